@@ -1,0 +1,10 @@
+//! Pure load-balancing logic for Rudder: label selectors, subsets, weighted splits and
+//! balancers. No I/O and no Kubernetes client types live here, so everything can be driven
+//! directly by unit and property tests.
+//!
+//! Today this crate holds [`Selector`], the Kubernetes label selector (string syntax and
+//! matching). Endpoint sets, subsets and balancers follow.
+
+pub mod selector;
+
+pub use self::selector::{Requirement, Selector, SelectorError};

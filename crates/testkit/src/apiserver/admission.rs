@@ -1,0 +1,481 @@
+//! What the API server does to an object before storing it: decoding checks, defaults,
+//! system metadata and validation, with the messages kube-apiserver uses.
+
+use std::net::IpAddr;
+
+use rand::Rng;
+use rudder_balance::selector::{is_dns1123_label, is_dns1123_subdomain, validate_label_key, validate_label_value};
+use serde_json::{Map, Value, json};
+
+use super::resource::Resource;
+use super::server::Config;
+use super::status::{ApiError, ApiResult, Cause};
+
+/// `2026-11-25T18:56:28Z`: RFC 3339 in whole seconds, as Kubernetes writes times.
+pub(crate) fn now() -> String {
+    format_time(jiff::Timestamp::now())
+}
+
+pub(crate) fn format_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub(crate) fn uid() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+}
+
+/// Five characters from the alphabet Kubernetes uses for generated names.
+pub(crate) fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn cannot_handle(res: Resource, why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!(
+        "{} in version \"v1\" cannot be handled as a {}: {why}",
+        res.kind(),
+        res.kind()
+    ))
+}
+
+/// Parses a request body as an object of `res`, with the API server's decoding errors.
+pub(crate) fn decode(res: Resource, body: &[u8]) -> ApiResult<Value> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let head: String = String::from_utf8_lossy(body).chars().take(30).collect();
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e} ({head} ...)",
+            res.kind()
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(cannot_handle(res, "json: cannot unmarshal non-object into Go value"));
+    }
+    if let Some(kind) = value.get("kind").and_then(Value::as_str)
+        && kind != res.kind()
+    {
+        let version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {}: converting (v1.{kind}) to (core.{}): unknown conversion",
+            res.kind(),
+            res.kind()
+        )));
+    }
+    check_types(res, &value)?;
+    Ok(value)
+}
+
+/// Rejects fields of the wrong JSON type by decoding into the typed k8s-openapi struct.
+fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
+    use k8s_openapi::api::{core::v1 as core, discovery::v1 as disco};
+    let v = value.clone();
+    let checked = match res {
+        Resource::Namespace => serde_json::from_value::<core::Namespace>(v).map(drop),
+        Resource::Node => serde_json::from_value::<core::Node>(v).map(drop),
+        Resource::Pod => serde_json::from_value::<core::Pod>(v).map(drop),
+        Resource::Service => serde_json::from_value::<core::Service>(v).map(drop),
+        Resource::Endpoints => serde_json::from_value::<core::Endpoints>(v).map(drop),
+        Resource::EndpointSlice => serde_json::from_value::<disco::EndpointSlice>(v).map(drop),
+    };
+    checked.map_err(|e| cannot_handle(res, e))
+}
+
+/// `fieldValidation=Strict`: unknown top-level fields are an error.
+pub(crate) fn check_strict(res: Resource, value: &Value) -> ApiResult<()> {
+    let allowed: &[&str] = match res {
+        Resource::EndpointSlice => &["kind", "apiVersion", "metadata", "addressType", "endpoints", "ports"],
+        Resource::Endpoints => &["kind", "apiVersion", "metadata", "subsets"],
+        _ => &["kind", "apiVersion", "metadata", "spec", "status"],
+    };
+    if let Some(obj) = value.as_object() {
+        for k in obj.keys() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(cannot_handle(res, format!("strict decoding error: unknown field \"{k}\"")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"].as_object_mut().expect("metadata is an object")
+}
+
+/// Fills in what the server owns on create: name from `generateName`, namespace, uid,
+/// creation time and generation, then the kind's defaults.
+pub(crate) fn on_create(res: Resource, ns: Option<&str>, obj: &mut Value) -> ApiResult<String> {
+    obj["kind"] = res.kind().into();
+    obj["apiVersion"] = res.api_version().into();
+    let meta = meta_mut(obj);
+    if res.namespaced() {
+        match (meta.get("namespace").and_then(Value::as_str), ns) {
+            (Some(given), Some(path)) if !given.is_empty() && given != path => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {}
+        }
+        meta.insert("namespace".into(), ns.unwrap_or("default").into());
+    } else {
+        meta.remove("namespace");
+    }
+    let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => match meta.get("generateName").and_then(Value::as_str) {
+            Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
+            _ => {
+                return Err(ApiError::invalid(res, "", vec![Cause::required("metadata.name")]));
+            }
+        },
+    };
+    meta.insert("name".into(), name.clone().into());
+    meta.insert("uid".into(), uid().into());
+    meta.insert("creationTimestamp".into(), now().into());
+    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        meta.remove(k);
+    }
+    if matches!(res, Resource::Pod | Resource::EndpointSlice) {
+        meta.insert("generation".into(), 1.into());
+    } else {
+        meta.remove("generation");
+    }
+    defaults(res, obj);
+    Ok(name)
+}
+
+fn set_default(obj: &mut Value, key: &str, value: Value) {
+    if let Some(m) = obj.as_object_mut()
+        && m.get(key).is_none_or(Value::is_null)
+    {
+        m.insert(key.to_string(), value);
+    }
+}
+
+/// The defaults kube-apiserver applies, as seen in the v1.34 captures.
+pub(crate) fn defaults(res: Resource, obj: &mut Value) {
+    match res {
+        Resource::Namespace => {
+            let name = obj["metadata"]["name"].clone();
+            let meta = meta_mut(obj);
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            labels["kubernetes.io/metadata.name"] = name;
+            set_default(obj, "spec", json!({}));
+            set_default(&mut obj["spec"], "finalizers", json!(["kubernetes"]));
+            set_default(obj, "status", json!({}));
+            set_default(&mut obj["status"], "phase", "Active".into());
+        }
+        Resource::Node => {
+            set_default(obj, "spec", json!({}));
+            set_default(obj, "status", json!({}));
+            let status = &mut obj["status"];
+            set_default(status, "daemonEndpoints", json!({"kubeletEndpoint": {"Port": 0}}));
+            set_default(
+                status,
+                "nodeInfo",
+                json!({"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
+                       "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "",
+                       "kubeProxyVersion": "", "operatingSystem": "", "architecture": ""}),
+            );
+        }
+        Resource::Pod => pod_defaults(obj),
+        Resource::Service => service_defaults(obj),
+        Resource::Endpoints => {
+            if let Some(subsets) = obj.get_mut("subsets").and_then(Value::as_array_mut) {
+                for s in subsets {
+                    if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
+                        for p in ports {
+                            set_default(p, "protocol", "TCP".into());
+                        }
+                    }
+                }
+            }
+        }
+        Resource::EndpointSlice => {
+            if let Some(ports) = obj.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    set_default(p, "protocol", "TCP".into());
+                }
+            }
+            set_default(obj, "endpoints", json!([]));
+        }
+    }
+}
+
+fn pod_defaults(obj: &mut Value) {
+    set_default(obj, "spec", json!({}));
+    let spec = &mut obj["spec"];
+    for key in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(key).and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                    for p in ports {
+                        set_default(p, "protocol", "TCP".into());
+                    }
+                }
+                set_default(c, "resources", json!({}));
+                set_default(c, "terminationMessagePath", "/dev/termination-log".into());
+                set_default(c, "terminationMessagePolicy", "File".into());
+                let tag_latest = c["image"].as_str().is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
+                set_default(c, "imagePullPolicy", if tag_latest { "Always" } else { "IfNotPresent" }.into());
+            }
+        }
+    }
+    set_default(spec, "restartPolicy", "Always".into());
+    set_default(spec, "terminationGracePeriodSeconds", 30.into());
+    set_default(spec, "dnsPolicy", "ClusterFirst".into());
+    set_default(spec, "serviceAccountName", "default".into());
+    let sa = spec["serviceAccountName"].clone();
+    set_default(spec, "serviceAccount", sa);
+    set_default(spec, "securityContext", json!({}));
+    set_default(spec, "schedulerName", "default-scheduler".into());
+    set_default(
+        spec,
+        "tolerations",
+        json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+        ]),
+    );
+    set_default(spec, "priority", 0.into());
+    set_default(spec, "enableServiceLinks", true.into());
+    set_default(spec, "preemptionPolicy", "PreemptLowerPriority".into());
+    set_default(obj, "status", json!({}));
+    set_default(&mut obj["status"], "phase", "Pending".into());
+    set_default(&mut obj["status"], "qosClass", "BestEffort".into());
+}
+
+fn service_defaults(obj: &mut Value) {
+    set_default(obj, "spec", json!({}));
+    let spec = &mut obj["spec"];
+    set_default(spec, "type", "ClusterIP".into());
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            set_default(p, "protocol", "TCP".into());
+            let port = p["port"].clone();
+            set_default(p, "targetPort", port);
+            if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+                let node_port = rand::rng().random_range(30000..32768);
+                set_default(p, "nodePort", node_port.into());
+            }
+        }
+    }
+    if ty != "ExternalName" {
+        let ip = spec["clusterIP"].as_str().map(str::to_string).unwrap_or_else(|| {
+            let mut rng = rand::rng();
+            format!("10.96.{}.{}", rng.random_range(0..=255), rng.random_range(1..=254))
+        });
+        spec["clusterIP"] = ip.clone().into();
+        set_default(spec, "clusterIPs", json!([ip]));
+        set_default(spec, "ipFamilies", json!(["IPv4"]));
+        set_default(spec, "ipFamilyPolicy", "SingleStack".into());
+        set_default(spec, "internalTrafficPolicy", "Cluster".into());
+    }
+    set_default(spec, "sessionAffinity", "None".into());
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        set_default(spec, "externalTrafficPolicy", "Cluster".into());
+    }
+    set_default(obj, "status", json!({"loadBalancer": {}}));
+}
+
+/// Adds the taint a new Node gets from admission.
+pub(crate) fn on_create_node(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if spec.get("taints").is_none_or(Value::is_null) {
+        spec["taints"] = json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]);
+    }
+}
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+/// Validates `obj` as kube-apiserver would; an empty result means valid.
+pub(crate) fn validate(res: Resource, obj: &Value, config: &Config) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    match res {
+        Resource::Namespace => {
+            if !is_dns1123_label(name) {
+                causes.push(Cause::invalid("metadata.name", name, LABEL_MSG));
+            }
+        }
+        Resource::Service => {
+            let ok = is_dns1123_label(name) && name.as_bytes()[0].is_ascii_lowercase();
+            if !ok {
+                causes.push(Cause::invalid("metadata.name", name, DNS1035_MSG));
+            }
+        }
+        _ => {
+            if !is_dns1123_subdomain(name) {
+                causes.push(Cause::invalid("metadata.name", name, SUBDOMAIN_MSG));
+            }
+        }
+    }
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for (k, v) in labels {
+            if let Err(why) = validate_label_key(k) {
+                causes.push(Cause::invalid("metadata.labels", k, &why));
+            }
+            match v.as_str() {
+                Some(v) => {
+                    if let Err(why) = validate_label_value(v) {
+                        causes.push(Cause::invalid("metadata.labels", v, &why));
+                    }
+                }
+                None => causes.push(Cause::invalid("metadata.labels", &v.to_string(), "must be a string")),
+            }
+        }
+    }
+    match res {
+        Resource::Endpoints => validate_endpoints(obj, config, &mut causes),
+        Resource::EndpointSlice => validate_slice(obj, config, &mut causes),
+        Resource::Service => validate_service(obj, &mut causes),
+        _ => {}
+    }
+    causes
+}
+
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    if let Some(selector) = obj["spec"]["selector"].as_object() {
+        for (k, v) in selector {
+            if let Err(why) = validate_label_key(k) {
+                causes.push(Cause::invalid("spec.selector", k, &why));
+            }
+            if let Err(why) = validate_label_value(v.as_str().unwrap_or("")) {
+                causes.push(Cause::invalid("spec.selector", v.as_str().unwrap_or(""), &why));
+            }
+        }
+    }
+    if let Some(ports) = obj["spec"]["ports"].as_array() {
+        for (i, p) in ports.iter().enumerate() {
+            let port = p["port"].as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&port) {
+                causes.push(Cause::invalid(
+                    format!("spec.ports[{i}].port"),
+                    &port.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+    }
+}
+
+/// Why an endpoint IP is refused, as `ValidateEndpointIP` words it.
+fn endpoint_ip_problem(ip: &str, config: &Config) -> Option<&'static str> {
+    let Ok(addr) = ip.parse::<IpAddr>() else {
+        return Some("must be a valid IP address");
+    };
+    if addr.is_unspecified() {
+        return Some("may not be unspecified");
+    }
+    if addr.is_loopback() && !config.allow_loopback_endpoints {
+        return Some("may not be in the loopback range (127.0.0.0/8, ::1/128)");
+    }
+    let link_local = match addr {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if link_local {
+        return Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)");
+    }
+    if addr.is_multicast() {
+        return Some("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)");
+    }
+    None
+}
+
+fn validate_endpoints(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
+    let Some(subsets) = obj["subsets"].as_array() else { return };
+    for (i, s) in subsets.iter().enumerate() {
+        for list in ["addresses", "notReadyAddresses"] {
+            for (j, a) in s[list].as_array().into_iter().flatten().enumerate() {
+                let ip = a["ip"].as_str().unwrap_or("");
+                if let Some(why) = endpoint_ip_problem(ip, config) {
+                    causes.push(Cause::invalid(format!("subsets[{i}].{list}[{j}].ip"), ip, why));
+                }
+            }
+        }
+        for (j, p) in s["ports"].as_array().into_iter().flatten().enumerate() {
+            let port = p["port"].as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&port) {
+                causes.push(Cause::invalid(
+                    format!("subsets[{i}].ports[{j}].port"),
+                    &port.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+    }
+}
+
+fn validate_slice(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
+    let at = obj["addressType"].as_str().unwrap_or("");
+    if !matches!(at, "IPv4" | "IPv6" | "FQDN") {
+        if at.is_empty() {
+            causes.push(Cause::required("addressType"));
+        } else {
+            causes.push(Cause::unsupported("addressType", at, &["FQDN", "IPv4", "IPv6"]));
+        }
+        return;
+    }
+    for (i, e) in obj["endpoints"].as_array().into_iter().flatten().enumerate() {
+        let addrs = e["addresses"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if addrs.is_empty() {
+            causes.push(Cause::required(format!("endpoints[{i}].addresses")));
+        }
+        for (j, a) in addrs.iter().enumerate() {
+            let s = a.as_str().unwrap_or("");
+            let field = format!("endpoints[{i}].addresses[{j}]");
+            let problem = match at {
+                "FQDN" => (!is_dns1123_subdomain(s)).then_some(SUBDOMAIN_MSG),
+                family => match s.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) if family == "IPv6" => Some("must be an IPv6 address"),
+                    Ok(IpAddr::V6(_)) if family == "IPv4" => Some("must be an IPv4 address"),
+                    _ => endpoint_ip_problem(s, config),
+                },
+            };
+            if let Some(why) = problem {
+                causes.push(Cause::invalid(field, s, why));
+            }
+        }
+    }
+}
+
+/// Orders keys the way Go's structs serialise them, so responses read like the real ones.
+pub(crate) fn canonical(res: Resource, obj: Value) -> Value {
+    const TOP: &[&str] = &["kind", "apiVersion", "metadata"];
+    const META: &[&str] = &[
+        "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+        "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+        "annotations", "ownerReferences", "finalizers", "managedFields",
+    ];
+    let rest: &[&str] = match res {
+        Resource::EndpointSlice => &["addressType", "endpoints", "ports"],
+        Resource::Endpoints => &["subsets"],
+        _ => &["spec", "status"],
+    };
+    let Value::Object(mut map) = obj else { return obj };
+    if let Some(Value::Object(meta)) = map.remove("metadata") {
+        map.insert("metadata".into(), Value::Object(reorder(meta, META)));
+    }
+    let order: Vec<&str> = TOP.iter().chain(rest).copied().collect();
+    Value::Object(reorder(map, &order))
+}
+
+fn reorder(mut map: Map<String, Value>, order: &[&str]) -> Map<String, Value> {
+    let mut out = Map::with_capacity(map.len());
+    for k in order {
+        if let Some(v) = map.remove(*k) {
+            out.insert((*k).to_string(), v);
+        }
+    }
+    out.extend(map);
+    out
+}

@@ -1,0 +1,124 @@
+//! Discovery documents: `/version`, `/api`, `/apis` and the resource lists that kube-rs and
+//! kubectl read before they talk about resources.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::handler::{Body, Out, full, json_response};
+use super::resource::Resource;
+use super::status::{ApiError, ApiResult};
+
+/// `/version`: public, always indented, no trailing newline (as observed).
+pub(crate) fn version() -> Response<Body> {
+    let v = json!({
+        "major": "1",
+        "minor": "34",
+        "emulationMajor": "1",
+        "emulationMinor": "34",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "33",
+        "gitVersion": "v1.34.2",
+        "gitCommit": "rudder-testkit",
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-25T00:00:00Z",
+        "goVersion": "go1.24.4",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    });
+    let mut resp = Response::new(full(serde_json::to_string_pretty(&v).unwrap_or_default()));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp
+}
+
+fn resource_list(group_version: &str, group: &str) -> Value {
+    let mut resources = Vec::new();
+    for r in Resource::ALL.into_iter().filter(|r| r.group() == group) {
+        let mut entry = json!({
+            "name": r.plural(),
+            "singularName": r.singular(),
+            "namespaced": r.namespaced(),
+            "kind": r.kind(),
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        });
+        if !r.short_names().is_empty() {
+            entry["shortNames"] = json!(r.short_names());
+        }
+        if matches!(r, Resource::Pod | Resource::Service) {
+            entry["categories"] = json!(["all"]);
+        }
+        resources.push(entry);
+        if r.has_status() {
+            resources.push(json!({
+                "name": format!("{}/status", r.plural()),
+                "singularName": "",
+                "namespaced": r.namespaced(),
+                "kind": r.kind(),
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    resources.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+}
+
+/// Serves discovery paths; anything else is the mux's plain-text 404.
+pub(crate) fn serve(path: &str, out: Out) -> ApiResult<Response<Body>> {
+    let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
+    let doc = match path.trim_end_matches('/') {
+        "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}]}),
+        "/api/v1" => resource_list("v1", ""),
+        "/apis/discovery.k8s.io" => json!({"kind": "APIGroup", "apiVersion": "v1",
+            "name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}),
+        "/apis/discovery.k8s.io/v1" => resource_list("discovery.k8s.io/v1", "discovery.k8s.io"),
+        "/openapi/v3" => {
+            // kubectl fetches this index to learn whether `fieldValidation` is supported.
+            let index = json!({"paths": {
+                "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=RUDDER"},
+                "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=RUDDER"},
+            }});
+            let mut resp = json_response(StatusCode::OK, &index, out);
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            return Ok(resp);
+        }
+        "/openapi/v3/api/v1" => openapi(""),
+        "/openapi/v3/apis/discovery.k8s.io/v1" => openapi("discovery.k8s.io"),
+        "/healthz" | "/readyz" | "/livez" => {
+            let mut resp = Response::new(full("ok"));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            return Ok(resp);
+        }
+        _ => return Err(ApiError::page_not_found()),
+    };
+    Ok(json_response(StatusCode::OK, &doc, out))
+}
+
+/// A minimal OpenAPI v3 document for one group version: the write operations of each
+/// resource, tagged with their group/version/kind and declaring `fieldValidation`. That is
+/// what kubectl's query-parameter verifier reads before `create -f` and `apply`. Schemas
+/// are not served, so kubectl does no client-side schema validation.
+fn openapi(group: &str) -> Value {
+    let field_validation = json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let mut paths = serde_json::Map::new();
+    for r in Resource::ALL.into_iter().filter(|r| r.group() == group) {
+        let prefix = if group.is_empty() { "/api/v1".to_string() } else { format!("/apis/{group}/v1") };
+        let collection = if r.namespaced() {
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural())
+        } else {
+            format!("{prefix}/{}", r.plural())
+        };
+        let gvk = json!({"group": group, "version": "v1", "kind": r.kind()});
+        let op = |action: &str| json!({
+            "parameters": [field_validation],
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk,
+        });
+        paths.insert(collection.clone(), json!({"post": op("post")}));
+        paths.insert(format!("{collection}/{{name}}"), json!({"put": op("put"), "patch": op("patch")}));
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.34.2"}, "paths": paths})
+}

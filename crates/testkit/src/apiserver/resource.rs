@@ -1,0 +1,154 @@
+//! The resource types the test server knows, and how each one is named on the wire.
+
+use serde_json::{Value, json};
+
+/// One served resource type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Resource {
+    Namespace,
+    Node,
+    Pod,
+    Service,
+    Endpoints,
+    EndpointSlice,
+}
+
+impl Resource {
+    pub(crate) const ALL: [Resource; 6] = [
+        Resource::Namespace,
+        Resource::Node,
+        Resource::Pod,
+        Resource::Service,
+        Resource::Endpoints,
+        Resource::EndpointSlice,
+    ];
+
+    /// The API group ("" for core).
+    pub(crate) fn group(self) -> &'static str {
+        match self {
+            Resource::EndpointSlice => "discovery.k8s.io",
+            _ => "",
+        }
+    }
+
+    pub(crate) fn api_version(self) -> &'static str {
+        match self {
+            Resource::EndpointSlice => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    pub(crate) fn plural(self) -> &'static str {
+        match self {
+            Resource::Namespace => "namespaces",
+            Resource::Node => "nodes",
+            Resource::Pod => "pods",
+            Resource::Service => "services",
+            Resource::Endpoints => "endpoints",
+            Resource::EndpointSlice => "endpointslices",
+        }
+    }
+
+    pub(crate) fn singular(self) -> &'static str {
+        match self {
+            Resource::Namespace => "namespace",
+            Resource::Node => "node",
+            Resource::Pod => "pod",
+            Resource::Service => "service",
+            Resource::Endpoints => "endpoints",
+            Resource::EndpointSlice => "endpointslice",
+        }
+    }
+
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Resource::Namespace => "Namespace",
+            Resource::Node => "Node",
+            Resource::Pod => "Pod",
+            Resource::Service => "Service",
+            Resource::Endpoints => "Endpoints",
+            Resource::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// The kind as it appears in `Invalid` messages: `EndpointSlice.discovery.k8s.io`.
+    pub(crate) fn qualified_kind(self) -> String {
+        match self.group() {
+            "" => self.kind().to_string(),
+            g => format!("{}.{g}", self.kind()),
+        }
+    }
+
+    /// The resource as it appears in `NotFound`/`Conflict` messages: `endpointslices.discovery.k8s.io`.
+    pub(crate) fn qualified_plural(self) -> String {
+        match self.group() {
+            "" => self.plural().to_string(),
+            g => format!("{}.{g}", self.plural()),
+        }
+    }
+
+    pub(crate) fn namespaced(self) -> bool {
+        !matches!(self, Resource::Namespace | Resource::Node)
+    }
+
+    pub(crate) fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Resource::Namespace => &["ns"],
+            Resource::Node => &["no"],
+            Resource::Pod => &["po"],
+            Resource::Service => &["svc"],
+            Resource::Endpoints => &["ep"],
+            Resource::EndpointSlice => &[],
+        }
+    }
+
+    pub(crate) fn has_status(self) -> bool {
+        matches!(self, Resource::Namespace | Resource::Node | Resource::Pod | Resource::Service)
+    }
+
+    /// Whether DELETE answers with the object (true) or a `Status` (false), as observed.
+    pub(crate) fn delete_returns_object(self) -> bool {
+        !matches!(self, Resource::Endpoints | Resource::EndpointSlice)
+    }
+
+    /// Responses about v1 Endpoints carry this deprecation warning since v1.33.
+    pub(crate) fn warning(self) -> Option<&'static str> {
+        match self {
+            Resource::Endpoints => Some(
+                "299 - \"v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice\"",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Looks up `(group, version, plural)` from a request path.
+    pub(crate) fn from_path(group: &str, version: &str, plural: &str) -> Option<Resource> {
+        Resource::ALL
+            .into_iter()
+            .find(|r| r.group() == group && version == "v1" && r.plural() == plural)
+    }
+
+    /// The object a BOOKMARK event carries: the kind's empty Go struct, with the fields that
+    /// Go serialises even when empty.
+    pub(crate) fn bookmark(self, rv: u64) -> Value {
+        let mut v = json!({
+            "kind": self.kind(),
+            "apiVersion": self.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()},
+        });
+        let extra = match self {
+            Resource::Pod => json!({"spec": {"containers": null}, "status": {}}),
+            Resource::EndpointSlice => {
+                json!({"addressType": "", "endpoints": null, "ports": null})
+            }
+            Resource::Node | Resource::Namespace | Resource::Service => {
+                json!({"spec": {}, "status": {}})
+            }
+            Resource::Endpoints => json!({}),
+        };
+        if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        v
+    }
+}

@@ -1,0 +1,166 @@
+//! Server-side `Table`s, which `kubectl get` asks for and prints as they are.
+
+use serde_json::{Value, json};
+
+use super::handler::as_metadata;
+use super::resource::Resource;
+
+fn age(obj: &Value) -> String {
+    let Some(created) = obj["metadata"]["creationTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return "<unknown>".into();
+    };
+    let secs = (jiff::Timestamp::now().as_second() - created.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// `a,b,c + N more...`, as kubectl's printers shorten long lists.
+fn first_three(items: &[String]) -> String {
+    if items.is_empty() {
+        return "<none>".into();
+    }
+    let head = items.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+    if items.len() > 3 { format!("{head} + {} more...", items.len() - 3) } else { head }
+}
+
+fn str_or<'a>(v: &'a Value, default: &'a str) -> &'a str {
+    v.as_str().filter(|s| !s.is_empty()).unwrap_or(default)
+}
+
+fn columns(res: Resource) -> Vec<(&'static str, i32)> {
+    match res {
+        Resource::Pod => vec![("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1), ("Nominated Node", 1), ("Readiness Gates", 1)],
+        Resource::Service => vec![("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0), ("Age", 0), ("Selector", 1)],
+        Resource::Endpoints => vec![("Name", 0), ("Endpoints", 0), ("Age", 0)],
+        Resource::EndpointSlice => vec![("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0), ("Age", 0)],
+        Resource::Node => vec![("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1), ("External-IP", 1), ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)],
+        Resource::Namespace => vec![("Name", 0), ("Status", 0), ("Age", 0)],
+    }
+}
+
+fn cells(res: Resource, o: &Value) -> Vec<Value> {
+    let name = o["metadata"]["name"].clone();
+    match res {
+        Resource::Pod => {
+            let containers = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let ready = statuses.iter().filter(|s| s["ready"] == true).count();
+            let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
+            let status = if o["metadata"].get("deletionTimestamp").is_some() {
+                "Terminating".to_string()
+            } else {
+                str_or(&o["status"]["phase"], "Unknown").to_string()
+            };
+            vec![
+                name,
+                format!("{ready}/{containers}").into(),
+                status.into(),
+                restarts.to_string().into(),
+                age(o).into(),
+                str_or(&o["status"]["podIP"], "<none>").into(),
+                str_or(&o["spec"]["nodeName"], "<none>").into(),
+                "<none>".into(),
+                "<none>".into(),
+            ]
+        }
+        Resource::Service => {
+            let ports: Vec<String> = o["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let proto = str_or(&p["protocol"], "TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                        None => format!("{}/{proto}", p["port"]),
+                    }
+                })
+                .collect();
+            let selector: Vec<String> = o["spec"]["selector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            let external = match o["spec"]["type"].as_str() {
+                Some("ExternalName") => str_or(&o["spec"]["externalName"], "<none>").to_string(),
+                _ => "<none>".to_string(),
+            };
+            vec![
+                name,
+                str_or(&o["spec"]["type"], "ClusterIP").into(),
+                str_or(&o["spec"]["clusterIP"], "<none>").into(),
+                external.into(),
+                if ports.is_empty() { "<none>".to_string() } else { ports.join(",") }.into(),
+                age(o).into(),
+                if selector.is_empty() { "<none>".to_string() } else { selector.join(",") }.into(),
+            ]
+        }
+        Resource::Endpoints => {
+            let mut eps = Vec::new();
+            for s in o["subsets"].as_array().into_iter().flatten() {
+                for a in s["addresses"].as_array().into_iter().flatten() {
+                    for p in s["ports"].as_array().into_iter().flatten() {
+                        eps.push(format!("{}:{}", str_or(&a["ip"], ""), p["port"]));
+                    }
+                }
+            }
+            vec![name, first_three(&eps).into(), age(o).into()]
+        }
+        Resource::EndpointSlice => {
+            let ports: Vec<String> = o["ports"].as_array().into_iter().flatten().map(|p| p["port"].to_string()).collect();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            vec![
+                name,
+                str_or(&o["addressType"], "").into(),
+                if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }.into(),
+                first_three(&addrs).into(),
+                age(o).into(),
+            ]
+        }
+        Resource::Node => {
+            let ready = o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let internal = o["status"]["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == "InternalIP").map(|a| str_or(&a["address"], "<none>").to_string());
+            vec![
+                name,
+                if ready { "Ready" } else { "NotReady" }.into(),
+                "<none>".into(),
+                age(o).into(),
+                str_or(&o["status"]["nodeInfo"]["kubeletVersion"], "").into(),
+                internal.unwrap_or_else(|| "<none>".into()).into(),
+                "<none>".into(),
+                "<unknown>".into(),
+                "<unknown>".into(),
+                "<unknown>".into(),
+            ]
+        }
+        Resource::Namespace => vec![name, str_or(&o["status"]["phase"], "Active").into(), age(o).into()],
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `objects`, rows carrying `PartialObjectMetadata`.
+pub(crate) fn render(res: Resource, objects: &[Value], rv: u64, next: Option<&str>) -> Value {
+    let columns: Vec<Value> = columns(res)
+        .into_iter()
+        .map(|(name, priority)| {
+            json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
+        })
+        .collect();
+    let rows: Vec<Value> = objects.iter().map(|o| json!({"cells": cells(res, o), "object": as_metadata(o)})).collect();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = next {
+        metadata["continue"] = c.into();
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
+}

@@ -1,0 +1,233 @@
+//! Watch streams: initial events, replay from a resourceVersion, live events, bookmarks,
+//! `410 Gone`, and the injected faults (dropped and stalled streams).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use rudder_balance::Selector;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::admission;
+use super::handler::{Body, Target, as_metadata, labels_of};
+use super::query::{self, FieldSelector, Query, Repr};
+use super::server::Shared;
+use super::status::{ApiError, ApiResult};
+use super::store::EventKind;
+
+/// Observed: without `timeoutSeconds` kube-apiserver picks 30–60 minutes.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Filter {
+    ns: Option<String>,
+    labels: Selector,
+    fields: FieldSelector,
+    metadata: bool,
+}
+
+impl Filter {
+    fn matches(&self, obj: &Value) -> bool {
+        self.ns.as_deref().is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+            && self.labels.matches(&labels_of(obj))
+            && self.fields.matches(obj)
+    }
+
+    fn line(&self, kind: &str, res: super::resource::Resource, obj: &Value) -> Bytes {
+        let object = if self.metadata { as_metadata(obj) } else { admission::canonical(res, obj.clone()) };
+        let mut s = json!({"type": kind, "object": object}).to_string();
+        s.push('\n');
+        Bytes::from(s)
+    }
+}
+
+fn bookmark_line(filter: &Filter, mut object: Value) -> Bytes {
+    if filter.metadata {
+        object = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"].clone()});
+    }
+    Bytes::from(format!("{}\n", json!({"type": "BOOKMARK", "object": object})))
+}
+
+fn expired_line(message: String) -> Bytes {
+    let status = ApiError::expired(message).to_status();
+    let mut s = json!({"type": "ERROR", "object": status}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// Validates the watch parameters and starts streaming.
+pub(crate) fn start(shared: Arc<Shared>, target: Target, query: &Query, repr: Repr) -> ApiResult<Response<Body>> {
+    let timeout = query.int("timeoutSeconds")?.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64));
+    let rv = query.resource_version(true)?;
+    let send_initial = query.get("sendInitialEvents").map(|v| v == "true");
+    if send_initial == Some(true) && query.get("resourceVersionMatch") != Some("NotOlderThan") {
+        return Err(query::list_options_invalid(
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ));
+    }
+    let filter = Filter {
+        ns: target.ns.clone(),
+        labels: query.label_selector()?,
+        fields: query.field_selector(target.res)?,
+        metadata: matches!(repr, Repr::Metadata | Repr::MetadataList),
+    };
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let initial = match (rv, send_initial) {
+        (_, Some(explicit)) => explicit,
+        (None | Some(0), None) => true,
+        (Some(_), None) => false,
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let expire = std::mem::take(&mut shared.faults.lock().expect("fault lock").expire_next_watch);
+    let deadline = Instant::now() + timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let warning = target.res.warning();
+    tokio::spawn(stream(shared, target, filter, rv, initial, bookmarks, expire, deadline, tx));
+
+    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    let mut resp = Response::new(body.boxed_unsync());
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    if let Some(w) = warning {
+        h.insert(header::WARNING, HeaderValue::from_static(w));
+    }
+    Ok(resp)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    shared: Arc<Shared>,
+    target: Target,
+    filter: Filter,
+    rv: Option<u64>,
+    initial: bool,
+    bookmarks: bool,
+    expire: bool,
+    deadline: Instant,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let res = target.res;
+    let mut changed = shared.changed.subscribe();
+    let mut dropped = shared.drop_watches.subscribe();
+    let mut stalled = shared.stalled.subscribe();
+
+    // Where this watch starts, and what it sends first.
+    let start = {
+        let store = shared.store.lock().expect("store lock");
+        let too_old = |v: u64| format!("too old resource version: {v} ({})", store.compacted() + 1);
+        if expire {
+            Err(expired_line(too_old(rv.unwrap_or(0))))
+        } else if let Some(v) = rv.filter(|v| *v > 0 && *v < store.compacted()) {
+            Err(expired_line(too_old(v)))
+        } else if initial {
+            let mut first = Vec::new();
+            for (_, obj) in store.iter(res, target.ns.as_deref()) {
+                if filter.matches(obj) {
+                    first.push(filter.line("ADDED", res, obj));
+                }
+            }
+            let now = store.rv().max(rv.unwrap_or(0));
+            if bookmarks {
+                let mut b = res.bookmark(now);
+                b["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                first.push(bookmark_line(&filter, b));
+            }
+            Ok((now, first))
+        } else {
+            Ok((rv.unwrap_or(0), Vec::new()))
+        }
+    };
+    let (mut cursor, first) = match start {
+        Ok(s) => s,
+        Err(line) => {
+            let _ = tx.send(line).await;
+            return;
+        }
+    };
+    for line in first {
+        if tx.send(line).await.is_err() {
+            return;
+        }
+    }
+
+    let interval = shared.config.bookmark_interval;
+    let mut next_bookmark = Instant::now() + interval;
+    // Observed: one more bookmark shortly before the server closes the stream.
+    let mut final_bookmark = deadline.checked_sub(Duration::from_secs(2)).filter(|t| *t > Instant::now());
+    loop {
+        let is_stalled = *stalled.borrow_and_update();
+        if !is_stalled {
+            // Deliver everything after the cursor.
+            let (lines, new_cursor) = {
+                let store = shared.store.lock().expect("store lock");
+                match store.events_after(res, cursor) {
+                    None => (vec![expired_line(format!("too old resource version: {cursor} ({})", store.compacted() + 1))], None),
+                    Some(events) => {
+                        let mut lines = Vec::new();
+                        for e in &events {
+                            let now = filter.matches(&e.object) && e.kind != EventKind::Deleted;
+                            let before = e.old.as_deref().is_some_and(|o| filter.matches(o));
+                            let line = match (before, now, e.kind) {
+                                (true, _, EventKind::Deleted) => Some(filter.line("DELETED", res, &e.object)),
+                                (true, true, _) => Some(filter.line("MODIFIED", res, &e.object)),
+                                (false, true, _) => Some(filter.line("ADDED", res, &e.object)),
+                                (true, false, _) => {
+                                    // Stopped matching: DELETED with the old state and the new version.
+                                    let mut old = e.old.as_deref().cloned().unwrap_or_default();
+                                    old["metadata"]["resourceVersion"] = e.rv.to_string().into();
+                                    Some(filter.line("DELETED", res, &old))
+                                }
+                                (false, false, _) => None,
+                            };
+                            lines.extend(line);
+                        }
+                        (lines, Some(store.rv().max(cursor)))
+                    }
+                }
+            };
+            for line in lines {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            match new_cursor {
+                Some(c) => cursor = c,
+                None => return,
+            }
+        }
+
+        let bookmark_at = match final_bookmark {
+            Some(f) if f < next_bookmark => f,
+            _ => next_bookmark,
+        };
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = stalled.changed() => {}
+            _ = dropped.changed() => return,
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = tokio::time::sleep_until(bookmark_at) => {
+                if final_bookmark == Some(bookmark_at) {
+                    final_bookmark = None;
+                } else {
+                    next_bookmark = Instant::now() + interval;
+                }
+                let now = shared.read(|s| s.rv());
+                // A watch from the future stays silent, bookmarks included.
+                if bookmarks && !is_stalled && cursor <= now {
+                    if tx.send(bookmark_line(&filter, res.bookmark(now))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Test support for Rudder and for any kube-rs client: a Kubernetes API server and Pod
+//! servers that run in-process on loopback, so discovery, routing and fault handling can be
+//! tested end to end without a cluster.
+//!
+//! - [`ApiServer`]: HTTPS list/watch/CRUD for Namespaces, Nodes, Pods, Services, Endpoints
+//!   and EndpointSlices, with the EndpointSlice/Endpoints controllers and fault injection
+//!   ([`Faults`]). Reach it with [`ApiServer::client`] (a `kube::Client`) or with `kubectl`
+//!   through [`ApiServer::kubeconfig_path`].
+//! - [`PodServer`]: a hyper server (HTTP/1.1 and HTTP/2 cleartext) on its own loopback IP
+//!   that answers with its Pod name and labels, with latency, error and kill knobs.
+//! - [`TestCluster`]: an API server plus N Pod servers registered as Ready Pods behind one
+//!   Service, in one call.
+//!
+//! The `rudder-apiserver` binary runs the same server for people and scripts.
+
+mod apiserver;
+mod cluster;
+mod error;
+mod pod_server;
+
+pub use self::apiserver::{Access, ApiServer, ApiServerBuilder, Faults, Rule};
+pub use self::cluster::{TestCluster, TestClusterBuilder};
+pub use self::error::Error;
+pub use self::pod_server::{PodReply, PodServer};
