@@ -131,7 +131,9 @@ impl TestClusterBuilder {
             pods: Vec::new(),
         };
         for i in 1..=self.replicas {
-            cluster.add_pod(&format!("{}-{i}", self.service), self.selector.clone()).await?;
+            cluster
+                .add_pod(&format!("{}-{i}", self.service), self.selector.clone())
+                .await?;
         }
         let services: Api<Service> = Api::namespaced(client, &self.namespace);
         let svc: Service = serde_json::from_value(json!({
@@ -191,9 +193,17 @@ impl TestCluster {
 
     /// Starts a Pod server with `labels` and registers it as a Ready Pod; it joins every
     /// Service whose selector it matches.
-    pub async fn add_pod(&mut self, name: &str, labels: BTreeMap<String, String>) -> Result<&PodServer, Error> {
+    pub async fn add_pod(
+        &mut self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<&PodServer, Error> {
         let server = PodServer::start_on_loopback(name, self.target_port, labels.clone()).await?;
-        let node = if self.pods.len() % 2 == 0 { "node-a" } else { "node-b" };
+        let node = if self.pods.len() % 2 == 0 {
+            "node-a"
+        } else {
+            "node-b"
+        };
         let pods: Api<Pod> = Api::namespaced(self.api.client().await?, &self.namespace);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
@@ -203,7 +213,11 @@ impl TestCluster {
         .map_err(|e| Error::Invalid(e.to_string()))?;
         pods.create(&PostParams::default(), &pod).await?;
         self.pods.push(server);
-        let ip = self.pods.last().map(|p| p.addr().ip().to_string()).unwrap_or_default();
+        let ip = self
+            .pods
+            .last()
+            .map(|p| p.addr().ip().to_string())
+            .unwrap_or_default();
         self.set_status(name, Some(&ip), true).await?;
         Ok(self.pods.last().expect("just pushed"))
     }
@@ -216,7 +230,9 @@ impl TestCluster {
     async fn set_status(&self, name: &str, ip: Option<&str>, ready: bool) -> Result<(), Error> {
         let pods: Api<Pod> = Api::namespaced(self.api.client().await?, &self.namespace);
         let flag = if ready { "True" } else { "False" };
-        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         let mut status = json!({"phase": "Running", "conditions": [
             {"type": "Ready", "status": flag, "lastProbeTime": null, "lastTransitionTime": now},
             {"type": "ContainersReady", "status": flag, "lastProbeTime": null, "lastTransitionTime": now}],
@@ -227,8 +243,12 @@ impl TestCluster {
             status["podIPs"] = json!([{"ip": ip}]);
             status["startTime"] = now.clone().into();
         }
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await?;
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
         Ok(())
     }
 
@@ -236,16 +256,27 @@ impl TestCluster {
     /// The Pod server keeps running, as a terminating process would; kill it separately.
     pub async fn delete_pod(&self, name: &str, grace_seconds: u32) -> Result<(), Error> {
         let pods: Api<Pod> = Api::namespaced(self.api.client().await?, &self.namespace);
-        let dp = DeleteParams { grace_period_seconds: Some(grace_seconds), ..DeleteParams::default() };
+        let dp = DeleteParams {
+            grace_period_seconds: Some(grace_seconds),
+            ..DeleteParams::default()
+        };
         pods.delete(name, &dp).await?;
         Ok(())
     }
 
     /// Replaces a Pod's labels (a merge patch; `None` values remove a label).
-    pub async fn label_pod(&self, name: &str, labels: BTreeMap<String, Option<String>>) -> Result<(), Error> {
+    pub async fn label_pod(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, Option<String>>,
+    ) -> Result<(), Error> {
         let pods: Api<Pod> = Api::namespaced(self.api.client().await?, &self.namespace);
-        pods.patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels}})))
-            .await?;
+        pods.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await?;
         Ok(())
     }
 }

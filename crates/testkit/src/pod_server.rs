@@ -81,7 +81,13 @@ impl PodServer {
         let knobs = Arc::new(Knobs::default());
         let name = name.into();
         let task = tokio::spawn(serve(listener, name.clone(), labels.clone(), knobs.clone()));
-        Ok(Self { name, addr, labels, knobs, task: Mutex::new(Some(task)) })
+        Ok(Self {
+            name,
+            addr,
+            labels,
+            knobs,
+            task: Mutex::new(Some(task)),
+        })
     }
 
     /// Starts a Pod server on the next free loopback IP of this process.
@@ -93,13 +99,22 @@ impl PodServer {
         let name = name.into();
         let mut last = None;
         for _ in 0..16 {
-            match Self::start(name.clone(), next_loopback_ip().into(), port, labels.clone()).await {
+            match Self::start(
+                name.clone(),
+                next_loopback_ip().into(),
+                port,
+                labels.clone(),
+            )
+            .await
+            {
                 Ok(s) => return Ok(s),
                 Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
-        Err(last.map(Error::Io).unwrap_or_else(|| Error::Invalid("no free loopback address".into())))
+        Err(last
+            .map(Error::Io)
+            .unwrap_or_else(|| Error::Invalid("no free loopback address".into())))
     }
 
     /// The Pod's name.
@@ -151,7 +166,12 @@ impl PodServer {
     pub async fn restart(&self) -> Result<(), Error> {
         self.kill().await;
         let listener = TcpListener::bind(self.addr).await?;
-        let task = tokio::spawn(serve(listener, self.name.clone(), self.labels.clone(), self.knobs.clone()));
+        let task = tokio::spawn(serve(
+            listener,
+            self.name.clone(),
+            self.labels.clone(),
+            self.knobs.clone(),
+        ));
         *self.task.lock().expect("task lock") = Some(task);
         Ok(())
     }
@@ -165,7 +185,12 @@ impl Drop for PodServer {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, labels: BTreeMap<String, String>, knobs: Arc<Knobs>) {
+async fn serve(
+    listener: TcpListener,
+    name: String,
+    labels: BTreeMap<String, String>,
+    knobs: Arc<Knobs>,
+) {
     let reply = Arc::new((name, labels));
     // Connections live in this set: aborting the task resets them all at once.
     let mut conns = JoinSet::new();
@@ -207,11 +232,12 @@ async fn respond(
     }
     let ppm = knobs.error_ppm.load(Ordering::Relaxed);
     let fail = ppm > 0 && rand::rng().random_range(0..1_000_000) < ppm;
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+    let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
     let body = PodReply {
         pod: reply.0.clone(),
         labels: reply.1.clone(),
@@ -219,9 +245,17 @@ async fn respond(
         path: req.uri().path().to_string(),
         version: format!("{:?}", req.version()),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())));
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-pod", http::HeaderValue::from_str(&reply.0).unwrap_or(http::HeaderValue::from_static("?")));
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        "x-pod",
+        http::HeaderValue::from_str(&reply.0).unwrap_or(http::HeaderValue::from_static("?")),
+    );
     if fail {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }

@@ -157,12 +157,12 @@ impl Requirement {
             Self::NotIn(_, vs) => value.is_none_or(|x| !vs.contains(x)),
             Self::Exists(_) => value.is_some(),
             Self::DoesNotExist(_) => value.is_none(),
-            Self::GreaterThan(_, n) => {
-                value.and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n)
-            }
-            Self::LessThan(_, n) => {
-                value.and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n)
-            }
+            Self::GreaterThan(_, n) => value
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            Self::LessThan(_, n) => value
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         }
     }
 }
@@ -193,7 +193,8 @@ fn is_name_part(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Whether `s` is a lowercase RFC 1123 subdomain (at most 253 characters).
@@ -208,7 +209,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Checks a label key (`[prefix/]name`), returning the Kubernetes explanation when invalid.

@@ -59,7 +59,11 @@ fn lex(input: &str) -> Vec<Token<'_>> {
                 _ => (Tok::Lt, 1),
             };
             i += len;
-            out.push(Token { tok, lit: &input[start..i], at: start });
+            out.push(Token {
+                tok,
+                lit: &input[start..i],
+                at: start,
+            });
             continue;
         }
         while i < input.len() {
@@ -75,9 +79,17 @@ fn lex(input: &str) -> Vec<Token<'_>> {
             "notin" => Tok::NotIn,
             _ => Tok::Ident,
         };
-        out.push(Token { tok, lit, at: start });
+        out.push(Token {
+            tok,
+            lit,
+            at: start,
+        });
     }
-    out.push(Token { tok: Tok::End, lit: "", at: input.len() });
+    out.push(Token {
+        tok: Tok::End,
+        lit: "",
+        at: input.len(),
+    });
     out
 }
 
@@ -145,7 +157,10 @@ impl<'a> Parser<'a> {
                 }
                 let n = v.lit.parse::<i64>().map_err(|_| {
                     SelectorError::new(
-                        format!("for 'Gt', 'Lt' operators, the value must be an integer: {}", v.lit),
+                        format!(
+                            "for 'Gt', 'Lt' operators, the value must be an integer: {}",
+                            v.lit
+                        ),
                         v.at,
                     )
                 })?;
@@ -223,12 +238,20 @@ impl<'a> Parser<'a> {
     }
 }
 
-fn validate(result: Result<(), String>, lit: &str, at: usize, what: &str) -> Result<(), SelectorError> {
+fn validate(
+    result: Result<(), String>,
+    lit: &str,
+    at: usize,
+    what: &str,
+) -> Result<(), SelectorError> {
     result.map_err(|why| SelectorError::new(format!("invalid label {what}: \"{lit}\": {why}"), at))
 }
 
 pub(super) fn parse(input: &str) -> Result<Vec<Requirement>, SelectorError> {
-    let mut p = Parser { tokens: lex(input), pos: 0 };
+    let mut p = Parser {
+        tokens: lex(input),
+        pos: 0,
+    };
     let mut out = Vec::new();
     loop {
         let t = p.peek();

@@ -27,12 +27,18 @@ pub struct Rule {
 impl Access {
     /// Everything is allowed (like `cluster-admin`).
     pub fn admin() -> Self {
-        Self { user: "admin".into(), rules: None }
+        Self {
+            user: "admin".into(),
+            rules: None,
+        }
     }
 
     /// Only what one of `rules` allows; anything else is a 403 `Status`.
     pub fn rules(rules: impl IntoIterator<Item = Rule>) -> Self {
-        Self { user: "restricted".into(), rules: Some(rules.into_iter().collect()) }
+        Self {
+            user: "restricted".into(),
+            rules: Some(rules.into_iter().collect()),
+        }
     }
 
     /// Names the user in 403 messages.
@@ -46,7 +52,9 @@ impl Access {
     }
 
     pub(crate) fn allows(&self, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
-        let Some(rules) = &self.rules else { return true };
+        let Some(rules) = &self.rules else {
+            return true;
+        };
         rules.iter().any(|r| {
             (r.verbs.iter().any(|v| v == verb || v == "*"))
                 && r.resources.iter().any(|x| x == resource || x == "*")

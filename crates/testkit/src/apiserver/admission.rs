@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 
 use rand::Rng;
-use rudder_balance::selector::{is_dns1123_label, is_dns1123_subdomain, validate_label_key, validate_label_value};
+use rudder_balance::selector::{
+    is_dns1123_label, is_dns1123_subdomain, validate_label_key, validate_label_value,
+};
 use serde_json::{Map, Value, json};
 
 use super::resource::Resource;
@@ -23,14 +25,23 @@ pub(crate) fn format_time(t: jiff::Timestamp) -> String {
 pub(crate) fn uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// Five characters from the alphabet Kubernetes uses for generated names.
 pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn cannot_handle(res: Resource, why: impl std::fmt::Display) -> ApiError {
@@ -51,12 +62,18 @@ pub(crate) fn decode(res: Resource, body: &[u8]) -> ApiResult<Value> {
         ))
     })?;
     if !value.is_object() {
-        return Err(cannot_handle(res, "json: cannot unmarshal non-object into Go value"));
+        return Err(cannot_handle(
+            res,
+            "json: cannot unmarshal non-object into Go value",
+        ));
     }
     if let Some(kind) = value.get("kind").and_then(Value::as_str)
         && kind != res.kind()
     {
-        let version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+        let version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("v1");
         return Err(ApiError::bad_request(format!(
             "{kind} in version \"{version}\" cannot be handled as a {}: converting (v1.{kind}) to (core.{}): unknown conversion",
             res.kind(),
@@ -78,6 +95,7 @@ fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
         Resource::Service => serde_json::from_value::<core::Service>(v).map(drop),
         Resource::Endpoints => serde_json::from_value::<core::Endpoints>(v).map(drop),
         Resource::EndpointSlice => serde_json::from_value::<disco::EndpointSlice>(v).map(drop),
+        Resource::Event => serde_json::from_value::<core::Event>(v).map(drop),
     };
     checked.map_err(|e| cannot_handle(res, e))
 }
@@ -85,14 +103,43 @@ fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
 /// `fieldValidation=Strict`: unknown top-level fields are an error.
 pub(crate) fn check_strict(res: Resource, value: &Value) -> ApiResult<()> {
     let allowed: &[&str] = match res {
-        Resource::EndpointSlice => &["kind", "apiVersion", "metadata", "addressType", "endpoints", "ports"],
+        Resource::EndpointSlice => &[
+            "kind",
+            "apiVersion",
+            "metadata",
+            "addressType",
+            "endpoints",
+            "ports",
+        ],
         Resource::Endpoints => &["kind", "apiVersion", "metadata", "subsets"],
+        Resource::Event => &[
+            "kind",
+            "apiVersion",
+            "metadata",
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "series",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ],
         _ => &["kind", "apiVersion", "metadata", "spec", "status"],
     };
     if let Some(obj) = value.as_object() {
         for k in obj.keys() {
             if !allowed.contains(&k.as_str()) {
-                return Err(cannot_handle(res, format!("strict decoding error: unknown field \"{k}\"")));
+                return Err(cannot_handle(
+                    res,
+                    format!("strict decoding error: unknown field \"{k}\""),
+                ));
             }
         }
     }
@@ -103,7 +150,9 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 /// Fills in what the server owns on create: name from `generateName`, namespace, uid,
@@ -125,19 +174,33 @@ pub(crate) fn on_create(res: Resource, ns: Option<&str>, obj: &mut Value) -> Api
     } else {
         meta.remove("namespace");
     }
-    let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+    let name = match meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
         Some(n) => n.to_string(),
         None => match meta.get("generateName").and_then(Value::as_str) {
             Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
             _ => {
-                return Err(ApiError::invalid(res, "", vec![Cause::required("metadata.name")]));
+                return Err(ApiError::invalid(
+                    res,
+                    "",
+                    vec![Cause::required("metadata.name")],
+                ));
             }
         },
     };
     meta.insert("name".into(), name.clone().into());
     meta.insert("uid".into(), uid().into());
     meta.insert("creationTimestamp".into(), now().into());
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    ] {
         meta.remove(k);
     }
     if matches!(res, Resource::Pod | Resource::EndpointSlice) {
@@ -174,7 +237,11 @@ pub(crate) fn defaults(res: Resource, obj: &mut Value) {
             set_default(obj, "spec", json!({}));
             set_default(obj, "status", json!({}));
             let status = &mut obj["status"];
-            set_default(status, "daemonEndpoints", json!({"kubeletEndpoint": {"Port": 0}}));
+            set_default(
+                status,
+                "daemonEndpoints",
+                json!({"kubeletEndpoint": {"Port": 0}}),
+            );
             set_default(
                 status,
                 "nodeInfo",
@@ -196,6 +263,7 @@ pub(crate) fn defaults(res: Resource, obj: &mut Value) {
                 }
             }
         }
+        Resource::Event => {}
         Resource::EndpointSlice => {
             if let Some(ports) = obj.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
@@ -221,8 +289,14 @@ fn pod_defaults(obj: &mut Value) {
                 set_default(c, "resources", json!({}));
                 set_default(c, "terminationMessagePath", "/dev/termination-log".into());
                 set_default(c, "terminationMessagePolicy", "File".into());
-                let tag_latest = c["image"].as_str().is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
-                set_default(c, "imagePullPolicy", if tag_latest { "Always" } else { "IfNotPresent" }.into());
+                let tag_latest = c["image"]
+                    .as_str()
+                    .is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
+                set_default(
+                    c,
+                    "imagePullPolicy",
+                    if tag_latest { "Always" } else { "IfNotPresent" }.into(),
+                );
             }
         }
     }
@@ -267,10 +341,17 @@ fn service_defaults(obj: &mut Value) {
         }
     }
     if ty != "ExternalName" {
-        let ip = spec["clusterIP"].as_str().map(str::to_string).unwrap_or_else(|| {
-            let mut rng = rand::rng();
-            format!("10.96.{}.{}", rng.random_range(0..=255), rng.random_range(1..=254))
-        });
+        let ip = spec["clusterIP"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let mut rng = rand::rng();
+                format!(
+                    "10.96.{}.{}",
+                    rng.random_range(0..=255),
+                    rng.random_range(1..=254)
+                )
+            });
         spec["clusterIP"] = ip.clone().into();
         set_default(spec, "clusterIPs", json!([ip]));
         set_default(spec, "ipFamilies", json!(["IPv4"]));
@@ -329,7 +410,11 @@ pub(crate) fn validate(res: Resource, obj: &Value, config: &Config) -> Vec<Cause
                         causes.push(Cause::invalid("metadata.labels", v, &why));
                     }
                 }
-                None => causes.push(Cause::invalid("metadata.labels", &v.to_string(), "must be a string")),
+                None => causes.push(Cause::invalid(
+                    "metadata.labels",
+                    &v.to_string(),
+                    "must be a string",
+                )),
             }
         }
     }
@@ -349,7 +434,11 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
                 causes.push(Cause::invalid("spec.selector", k, &why));
             }
             if let Err(why) = validate_label_value(v.as_str().unwrap_or("")) {
-                causes.push(Cause::invalid("spec.selector", v.as_str().unwrap_or(""), &why));
+                causes.push(Cause::invalid(
+                    "spec.selector",
+                    v.as_str().unwrap_or(""),
+                    &why,
+                ));
             }
         }
     }
@@ -392,13 +481,19 @@ fn endpoint_ip_problem(ip: &str, config: &Config) -> Option<&'static str> {
 }
 
 fn validate_endpoints(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
-    let Some(subsets) = obj["subsets"].as_array() else { return };
+    let Some(subsets) = obj["subsets"].as_array() else {
+        return;
+    };
     for (i, s) in subsets.iter().enumerate() {
         for list in ["addresses", "notReadyAddresses"] {
             for (j, a) in s[list].as_array().into_iter().flatten().enumerate() {
                 let ip = a["ip"].as_str().unwrap_or("");
                 if let Some(why) = endpoint_ip_problem(ip, config) {
-                    causes.push(Cause::invalid(format!("subsets[{i}].{list}[{j}].ip"), ip, why));
+                    causes.push(Cause::invalid(
+                        format!("subsets[{i}].{list}[{j}].ip"),
+                        ip,
+                        why,
+                    ));
                 }
             }
         }
@@ -421,11 +516,20 @@ fn validate_slice(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
         if at.is_empty() {
             causes.push(Cause::required("addressType"));
         } else {
-            causes.push(Cause::unsupported("addressType", at, &["FQDN", "IPv4", "IPv6"]));
+            causes.push(Cause::unsupported(
+                "addressType",
+                at,
+                &["FQDN", "IPv4", "IPv6"],
+            ));
         }
         return;
     }
-    for (i, e) in obj["endpoints"].as_array().into_iter().flatten().enumerate() {
+    for (i, e) in obj["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let addrs = e["addresses"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         if addrs.is_empty() {
             causes.push(Cause::required(format!("endpoints[{i}].addresses")));
@@ -452,16 +556,40 @@ fn validate_slice(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
 pub(crate) fn canonical(res: Resource, obj: Value) -> Value {
     const TOP: &[&str] = &["kind", "apiVersion", "metadata"];
     const META: &[&str] = &[
-        "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-        "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
-        "annotations", "ownerReferences", "finalizers", "managedFields",
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
     ];
     let rest: &[&str] = match res {
         Resource::EndpointSlice => &["addressType", "endpoints", "ports"],
         Resource::Endpoints => &["subsets"],
+        Resource::Event => &[
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+        ],
         _ => &["spec", "status"],
     };
-    let Value::Object(mut map) = obj else { return obj };
+    let Value::Object(mut map) = obj else {
+        return obj;
+    };
     if let Some(Value::Object(meta)) = map.remove("metadata") {
         map.insert("metadata".into(), Value::Object(reorder(meta, META)));
     }

@@ -96,7 +96,10 @@ fn reconcile(store: &mut Store, max: usize) {
             Some((name.clone(), z.to_string()))
         })
         .collect();
-    let services: Vec<Arc<Value>> = store.iter(Resource::Service, None).map(|(_, s)| s.clone()).collect();
+    let services: Vec<Arc<Value>> = store
+        .iter(Resource::Service, None)
+        .map(|(_, s)| s.clone())
+        .collect();
     let mut live: Vec<(String, String)> = Vec::new();
     for svc in &services {
         let ns = meta_str(svc, "namespace").unwrap_or_default().to_string();
@@ -105,7 +108,10 @@ fn reconcile(store: &mut Store, max: usize) {
         if svc["spec"]["type"] == "ExternalName" {
             continue;
         }
-        match svc["spec"]["selector"].as_object().filter(|s| !s.is_empty()) {
+        match svc["spec"]["selector"]
+            .as_object()
+            .filter(|s| !s.is_empty())
+        {
             Some(selector) => {
                 let groups = desired(store, svc, &ns, selector, &zones);
                 sync_slices(store, svc, &ns, &name, &groups, max);
@@ -138,7 +144,10 @@ fn desired(
         let Some(ip) = pod["status"]["podIP"].as_str().filter(|ip| !ip.is_empty()) else {
             continue;
         };
-        if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
             continue;
         }
         let pod_ready = pod["status"]["conditions"]
@@ -149,10 +158,18 @@ fn desired(
         let terminating = pod["metadata"].get("deletionTimestamp").is_some();
         let mut ports = Vec::new();
         for sp in &service_ports {
-            let Some(port) = resolve_target_port(sp, pod) else { continue };
+            let Some(port) = resolve_target_port(sp, pod) else {
+                continue;
+            };
             let mut p = Map::new();
-            p.insert("name".into(), sp["name"].as_str().unwrap_or_default().into());
-            p.insert("protocol".into(), sp["protocol"].as_str().unwrap_or("TCP").into());
+            p.insert(
+                "name".into(),
+                sp["name"].as_str().unwrap_or_default().into(),
+            );
+            p.insert(
+                "protocol".into(),
+                sp["protocol"].as_str().unwrap_or("TCP").into(),
+            );
             p.insert("port".into(), port.into());
             if let Some(ap) = sp["appProtocol"].as_str() {
                 p.insert("appProtocol".into(), ap.into());
@@ -162,7 +179,10 @@ fn desired(
         if ports.is_empty() && !service_ports.is_empty() {
             continue;
         }
-        let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).map(str::to_string);
+        let node = pod["spec"]["nodeName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
         let ep = Ep {
             ip: ip.to_string(),
             ready: pod_ready && !terminating,
@@ -190,14 +210,18 @@ fn resolve_target_port(sp: &Value, pod: &Value) -> Option<i64> {
                 return Some(n);
             }
             let protocol = sp["protocol"].as_str().unwrap_or("TCP");
-            pod["spec"]["containers"].as_array().into_iter().flatten().find_map(|c| {
-                c["ports"].as_array().into_iter().flatten().find_map(|p| {
-                    (p["name"].as_str() == Some(name.as_str())
-                        && p["protocol"].as_str().unwrap_or("TCP") == protocol)
-                        .then(|| p["containerPort"].as_i64())
-                        .flatten()
+            pod["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|c| {
+                    c["ports"].as_array().into_iter().flatten().find_map(|p| {
+                        (p["name"].as_str() == Some(name.as_str())
+                            && p["protocol"].as_str().unwrap_or("TCP") == protocol)
+                            .then(|| p["containerPort"].as_i64())
+                            .flatten()
+                    })
                 })
-            })
         }
         _ => sp["port"].as_i64(),
     }
@@ -249,7 +273,15 @@ fn write_if_changed(store: &mut Store, key: Key, current: Option<&Value>, mut ne
     store.put(key, new);
 }
 
-fn new_slice(svc_or_eps: &Value, owner_kind: &str, ns: &str, service: &str, manager: &str, extra_labels: &Value, address_type: &str) -> (Key, Value) {
+fn new_slice(
+    svc_or_eps: &Value,
+    owner_kind: &str,
+    ns: &str,
+    service: &str,
+    manager: &str,
+    extra_labels: &Value,
+    address_type: &str,
+) -> (Key, Value) {
     let name = format!("{service}-{}", admission::random_suffix());
     let mut labels = extra_labels.as_object().cloned().unwrap_or_default();
     labels.insert(MANAGED_BY.into(), manager.into());
@@ -267,9 +299,19 @@ fn new_slice(svc_or_eps: &Value, owner_kind: &str, ns: &str, service: &str, mana
     ((Resource::EndpointSlice, ns.to_string(), name), slice)
 }
 
-fn sync_slices(store: &mut Store, svc: &Value, ns: &str, service: &str, groups: &Groups, max: usize) {
+fn sync_slices(
+    store: &mut Store,
+    svc: &Value,
+    ns: &str,
+    service: &str,
+    groups: &Groups,
+    max: usize,
+) {
     let existing = managed_slices(store, ns, service, SLICE_CONTROLLER);
-    let mut labels = svc["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let mut labels = svc["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     labels.remove(SERVICE_NAME);
     labels.remove(MANAGED_BY);
     let labels = Value::Object(labels);
@@ -279,7 +321,10 @@ fn sync_slices(store: &mut Store, svc: &Value, ns: &str, service: &str, groups: 
     let mut wanted: Vec<(Value, &'static str, Vec<&Ep>)> = Vec::new();
     for (ports, eps) in groups {
         for family in ["IPv4", "IPv6"] {
-            let members: Vec<&Ep> = eps.iter().filter(|e| address_type(&e.ip) == family).collect();
+            let members: Vec<&Ep> = eps
+                .iter()
+                .filter(|e| address_type(&e.ip) == family)
+                .collect();
             if !members.is_empty() {
                 wanted.push((ports.clone(), family, members));
             }
@@ -293,7 +338,9 @@ fn sync_slices(store: &mut Store, svc: &Value, ns: &str, service: &str, groups: 
         let mut slices: Vec<(Key, Option<Arc<Value>>, Value, Vec<Value>)> = Vec::new();
         let matching: Vec<(Key, Arc<Value>)> = existing
             .iter()
-            .filter(|(k, s)| s["ports"] == *ports && s["addressType"] == *family && !used.contains(k))
+            .filter(|(k, s)| {
+                s["ports"] == *ports && s["addressType"] == *family && !used.contains(k)
+            })
             .cloned()
             .collect();
         for (k, s) in matching {
@@ -316,7 +363,15 @@ fn sync_slices(store: &mut Store, svc: &Value, ns: &str, service: &str, groups: 
             match slices.iter_mut().find(|(_, _, _, eps)| eps.len() < max) {
                 Some((_, _, _, list)) => list.push(ep.slice_entry()),
                 None => {
-                    let (k, fresh) = new_slice(svc, "Service", ns, service, SLICE_CONTROLLER, &labels, family);
+                    let (k, fresh) = new_slice(
+                        svc,
+                        "Service",
+                        ns,
+                        service,
+                        SLICE_CONTROLLER,
+                        &labels,
+                        family,
+                    );
                     used.push(k.clone());
                     slices.push((k, None, fresh, vec![ep.slice_entry()]));
                 }
@@ -339,13 +394,25 @@ fn sync_slices(store: &mut Store, svc: &Value, ns: &str, service: &str, groups: 
 
     // Slices of port sets that no longer exist go away; a Service without endpoints keeps
     // one empty placeholder slice, as the real controller does.
-    let stale: Vec<Key> = existing.iter().map(|(k, _)| k.clone()).filter(|k| !used.contains(k)).collect();
+    let stale: Vec<Key> = existing
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| !used.contains(k))
+        .collect();
     if wanted.is_empty() {
         let placeholder = existing.iter().find(|(k, _)| stale.contains(k));
         let (k, current, mut s) = match placeholder {
             Some((k, s)) => (k.clone(), Some(s.clone()), (**s).clone()),
             None => {
-                let (k, fresh) = new_slice(svc, "Service", ns, service, SLICE_CONTROLLER, &labels, "IPv4");
+                let (k, fresh) = new_slice(
+                    svc,
+                    "Service",
+                    ns,
+                    service,
+                    SLICE_CONTROLLER,
+                    &labels,
+                    "IPv4",
+                );
                 (k, None, fresh)
             }
         };
@@ -408,11 +475,22 @@ fn sync_endpoints(store: &mut Store, svc: &Value, ns: &str, service: &str, group
         if !not_ready.is_empty() {
             subset.insert("notReadyAddresses".into(), Value::Array(not_ready));
         }
-        subset.insert("ports".into(), ports.as_array().into_iter().flatten().map(endpoints_port).collect());
+        subset.insert(
+            "ports".into(),
+            ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(endpoints_port)
+                .collect(),
+        );
         subsets.push(Value::Object(subset));
     }
     let all: usize = groups.iter().map(|(_, e)| e.len()).sum();
-    let mut labels = svc["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let mut labels = svc["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     labels.insert(ENDPOINTS_MANAGED_BY.into(), ENDPOINTS_CONTROLLER.into());
     let mut obj = match &current {
         Some(c) => (**c).clone(),
@@ -422,7 +500,8 @@ fn sync_endpoints(store: &mut Store, svc: &Value, ns: &str, service: &str, group
     };
     obj["metadata"]["labels"] = Value::Object(labels);
     if all > MAX_ENDPOINTS_ADDRESSES {
-        obj["metadata"]["annotations"]["endpoints.kubernetes.io/over-capacity"] = "truncated".into();
+        obj["metadata"]["annotations"]["endpoints.kubernetes.io/over-capacity"] =
+            "truncated".into();
     } else if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
         a.remove("endpoints.kubernetes.io/over-capacity");
     }
@@ -477,7 +556,10 @@ fn mirror(store: &mut Store, ns: &str, service: &str) {
             .map(|p| {
                 let mut m = Map::new();
                 m.insert("name".into(), p["name"].as_str().unwrap_or_default().into());
-                m.insert("protocol".into(), p["protocol"].as_str().unwrap_or("TCP").into());
+                m.insert(
+                    "protocol".into(),
+                    p["protocol"].as_str().unwrap_or("TCP").into(),
+                );
                 m.insert("port".into(), p["port"].clone());
                 if let Some(ap) = p.get("appProtocol") {
                     m.insert("appProtocol".into(), ap.clone());
@@ -486,11 +568,21 @@ fn mirror(store: &mut Store, ns: &str, service: &str) {
             })
             .collect();
         let ports = Value::Array(ports);
-        let found = existing.iter().find(|(k, s)| s["ports"] == ports && !used.contains(k));
+        let found = existing
+            .iter()
+            .find(|(k, s)| s["ports"] == ports && !used.contains(k));
         let (k, current, mut s) = match found {
             Some((k, s)) => (k.clone(), Some(s.clone()), (**s).clone()),
             None => {
-                let (k, fresh) = new_slice(&eps, "Endpoints", ns, service, MIRROR_CONTROLLER, &labels, family);
+                let (k, fresh) = new_slice(
+                    &eps,
+                    "Endpoints",
+                    ns,
+                    service,
+                    MIRROR_CONTROLLER,
+                    &labels,
+                    family,
+                );
                 (k, None, fresh)
             }
         };
@@ -512,7 +604,10 @@ fn mirror(store: &mut Store, ns: &str, service: &str) {
 
 /// Removes controller-made objects whose Service is gone.
 fn collect_garbage(store: &mut Store, live: &[(String, String)]) {
-    let services: BTreeMap<(&str, &str), ()> = live.iter().map(|(n, s)| ((n.as_str(), s.as_str()), ())).collect();
+    let services: BTreeMap<(&str, &str), ()> = live
+        .iter()
+        .map(|(n, s)| ((n.as_str(), s.as_str()), ()))
+        .collect();
     let mut doomed = Vec::new();
     for (k, s) in store.iter(Resource::EndpointSlice, None) {
         let l = &s["metadata"]["labels"];

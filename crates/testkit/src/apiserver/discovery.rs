@@ -27,8 +27,14 @@ pub(crate) fn version() -> Response<Body> {
     });
     let mut resp = Response::new(full(serde_json::to_string_pretty(&v).unwrap_or_default()));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }
 
@@ -82,14 +88,20 @@ pub(crate) fn serve(path: &str, out: Out) -> ApiResult<Response<Body>> {
                 "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=RUDDER"},
             }});
             let mut resp = json_response(StatusCode::OK, &index, out);
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             return Ok(resp);
         }
         "/openapi/v3/api/v1" => openapi(""),
         "/openapi/v3/apis/discovery.k8s.io/v1" => openapi("discovery.k8s.io"),
         "/healthz" | "/readyz" | "/livez" => {
             let mut resp = Response::new(full("ok"));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             return Ok(resp);
         }
         _ => return Err(ApiError::page_not_found()),
@@ -105,20 +117,29 @@ fn openapi(group: &str) -> Value {
     let field_validation = json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     let mut paths = serde_json::Map::new();
     for r in Resource::ALL.into_iter().filter(|r| r.group() == group) {
-        let prefix = if group.is_empty() { "/api/v1".to_string() } else { format!("/apis/{group}/v1") };
+        let prefix = if group.is_empty() {
+            "/api/v1".to_string()
+        } else {
+            format!("/apis/{group}/v1")
+        };
         let collection = if r.namespaced() {
             format!("{prefix}/namespaces/{{namespace}}/{}", r.plural())
         } else {
             format!("{prefix}/{}", r.plural())
         };
         let gvk = json!({"group": group, "version": "v1", "kind": r.kind()});
-        let op = |action: &str| json!({
-            "parameters": [field_validation],
-            "x-kubernetes-action": action,
-            "x-kubernetes-group-version-kind": gvk,
-        });
+        let op = |action: &str| {
+            json!({
+                "parameters": [field_validation],
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+            })
+        };
         paths.insert(collection.clone(), json!({"post": op("post")}));
-        paths.insert(format!("{collection}/{{name}}"), json!({"put": op("put"), "patch": op("patch")}));
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"put": op("put"), "patch": op("patch")}),
+        );
     }
     json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.34.2"}, "paths": paths})
 }

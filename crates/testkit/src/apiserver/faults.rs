@@ -53,7 +53,11 @@ impl Faults {
 
     /// Answers the next watch request with `410 Gone` (an `ERROR` event of reason `Expired`).
     pub fn expire_next_watch(&self) {
-        self.shared.faults.lock().expect("fault lock").expire_next_watch = true;
+        self.shared
+            .faults
+            .lock()
+            .expect("fault lock")
+            .expire_next_watch = true;
     }
 
     /// Delays every request by `latency` before it is handled.

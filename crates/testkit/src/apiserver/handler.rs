@@ -56,9 +56,18 @@ pub(crate) fn json_response(code: StatusCode, value: &Value, out: Out) -> Respon
     let mut resp = Response::new(full(text));
     *resp.status_mut() = code;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
-    h.insert("audit-id", HeaderValue::from_str(&admission::uid()).expect("uid is ASCII"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    h.insert(
+        "audit-id",
+        HeaderValue::from_str(&admission::uid()).expect("uid is ASCII"),
+    );
     if let Some(w) = out.warning {
         h.insert(header::WARNING, HeaderValue::from_static(w));
     }
@@ -70,25 +79,38 @@ pub(crate) fn error_response(e: &ApiError, out: Out) -> Response<Body> {
         let mut resp = Response::new(full(format!("{}\n", e.message)));
         *resp.status_mut() = e.code;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
-        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
+        h.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
         return resp;
     }
     let pretty = out.pretty || e.code == StatusCode::NOT_ACCEPTABLE;
     let mut resp = json_response(e.code, &e.to_status(), Out { pretty, ..out });
     if e.code == StatusCode::FORBIDDEN {
-        resp.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        resp.headers_mut().insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
     }
     if let Some(s) = e.retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     resp
 }
 
 /// Creates what every cluster has before anyone writes: the `default` Namespace.
 pub(crate) fn bootstrap(shared: &Shared) {
-    for ns in ["default", "kube-system"] {
+    for ns in ["default", "kube-node-lease", "kube-public", "kube-system"] {
         let mut obj = json!({"metadata": {"name": ns}});
         if admission::on_create(Resource::Namespace, None, &mut obj).is_ok() {
             shared.write(|s| s.put((Resource::Namespace, String::new(), ns.into()), obj));
@@ -122,12 +144,21 @@ pub(crate) async fn handle(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ua| ua.starts_with("curl/") || ua.starts_with("Wget/"));
-    let out = Out { pretty, warning: None };
+    let out = Out {
+        pretty,
+        warning: None,
+    };
     if let Some(code) = injected {
         return Ok(error_response(&ApiError::injected(code), out));
     }
-    let target_warning = parse_target(req.uri().path()).ok().flatten().and_then(|t| t.res.warning());
-    let out = Out { pretty, warning: target_warning };
+    let target_warning = parse_target(req.uri().path())
+        .ok()
+        .flatten()
+        .and_then(|t| t.res.warning());
+    let out = Out {
+        pretty,
+        warning: target_warning,
+    };
     Ok(match route(&shared, req, out).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e, out),
@@ -148,7 +179,11 @@ fn verb_for(method: &Method, target: &Target, query: &Query) -> Option<&'static 
     })
 }
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>, out: Out) -> ApiResult<Response<Body>> {
+async fn route(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    out: Out,
+) -> ApiResult<Response<Body>> {
     let path = req.uri().path().to_string();
     if path == "/version" || path == "/version/" {
         return Ok(discovery::version());
@@ -167,7 +202,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, out: Out) -> ApiRes
     if target.res.namespaced() && target.ns.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::method_not_allowed());
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -175,7 +214,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, out: Out) -> ApiRes
         .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
     let repr = query::negotiate(accept.as_deref())?;
     match verb {
-        "get" => get(shared, &target, repr, out),
+        "get" => get(shared, &target, &query, repr, out),
         "list" => list(shared, &target, &query, repr, out).await,
         "watch" => watch::start(shared.clone(), target, &query, repr),
         "create" => {
@@ -213,7 +252,11 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> ApiResult<Option<Ac
         .map(str::trim)
         .ok_or_else(ApiError::unauthorized)?;
     let tokens = shared.tokens.lock().expect("token lock");
-    tokens.get(token).cloned().map(Some).ok_or_else(ApiError::unauthorized)
+    tokens
+        .get(token)
+        .cloned()
+        .map(Some)
+        .ok_or_else(ApiError::unauthorized)
 }
 
 fn authorize(user: Option<&Access>, verb: &str, target: &Target) -> ApiResult<()> {
@@ -227,7 +270,13 @@ fn authorize(user: Option<&Access>, verb: &str, target: &Target) -> ApiResult<()
         return Ok(());
     }
     let name = user.map_or("system:anonymous", |u| u.user_name());
-    Err(ApiError::forbidden(name, verb, target.res, target.ns.as_deref(), target.name.as_deref()))
+    Err(ApiError::forbidden(
+        name,
+        verb,
+        target.res,
+        target.ns.as_deref(),
+        target.name.as_deref(),
+    ))
 }
 
 /// `None` for paths that are not resource paths (discovery and unknown paths).
@@ -240,7 +289,8 @@ pub(crate) fn parse_target(path: &str) -> ApiResult<Option<Target>> {
         return Ok(None);
     };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let lookup = |plural: &str| Resource::from_path(group, "v1", plural).ok_or_else(ApiError::no_resource);
+    let lookup =
+        |plural: &str| Resource::from_path(group, "v1", plural).ok_or_else(ApiError::no_resource);
     let (res, ns, tail) = match segs.as_slice() {
         [] => return Ok(None),
         ["namespaces", ns, plural, tail @ ..] if *plural != "status" && *plural != "finalize" => {
@@ -261,7 +311,12 @@ pub(crate) fn parse_target(path: &str) -> ApiResult<Option<Target>> {
     if res.namespaced() && ns.is_none() && name.is_some() {
         return Err(ApiError::no_resource());
     }
-    Ok(Some(Target { res, ns, name, status }))
+    Ok(Some(Target {
+        res,
+        ns,
+        name,
+        status,
+    }))
 }
 
 async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
@@ -270,14 +325,22 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
         .await
         .map(|c| c.to_bytes())
         .map_err(|e| {
-            let mut err = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", format!("request body: {e}"));
+            let mut err = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!("request body: {e}"),
+            );
             err.details = Some(json!({}));
             err
         })
 }
 
 fn key(target: &Target, name: &str) -> Key {
-    (target.res, target.ns.clone().unwrap_or_default(), name.to_string())
+    (
+        target.res,
+        target.ns.clone().unwrap_or_default(),
+        name.to_string(),
+    )
 }
 
 // === representations ===
@@ -291,24 +354,48 @@ pub(crate) fn as_metadata(obj: &Value) -> Value {
     })
 }
 
-fn render_one(res: Resource, obj: &Value, repr: Repr, rv: u64) -> ApiResult<Value> {
+fn render_one(
+    res: Resource,
+    obj: &Value,
+    repr: Repr,
+    rv: u64,
+    include: table::Include,
+) -> ApiResult<Value> {
     match repr {
         Repr::Json => Ok(admission::canonical(res, obj.clone())),
         Repr::Metadata => Ok(as_metadata(obj)),
-        Repr::Table => Ok(table::render(res, std::slice::from_ref(obj), rv, None)),
+        Repr::Table => Ok(table::render(
+            res,
+            std::slice::from_ref(obj),
+            rv,
+            None,
+            include,
+        )),
         Repr::MetadataList => Err(ApiError::not_acceptable(format!(
-            "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf, application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+            "you requested PartialObjectMetadataList, but the requested object is not a list ({})",
+            res.go_type(false)
         ))),
     }
 }
 
 // === get / list ===
 
-fn get(shared: &Shared, target: &Target, repr: Repr, out: Out) -> ApiResult<Response<Body>> {
+fn get(
+    shared: &Shared,
+    target: &Target,
+    query: &Query,
+    repr: Repr,
+    out: Out,
+) -> ApiResult<Response<Body>> {
     let name = target.name.as_deref().unwrap_or_default();
     let (obj, rv) = shared.read(|s| (s.get(&key(target, name)).cloned(), s.rv()));
     let obj = obj.ok_or_else(|| ApiError::not_found(target.res, name))?;
-    Ok(json_response(StatusCode::OK, &render_one(target.res, &obj, repr, rv)?, out))
+    let include = table::Include::parse(query.get("includeObject"));
+    Ok(json_response(
+        StatusCode::OK,
+        &render_one(target.res, &obj, repr, rv, include)?,
+        out,
+    ))
 }
 
 async fn list(
@@ -399,12 +486,20 @@ async fn list(
         }
         Repr::Table => {
             let objs: Vec<Value> = items.iter().map(|o| (**o).clone()).collect();
-            table::render(res, &objs, rv_now, metadata.get("continue").and_then(Value::as_str))
+            let include = table::Include::parse(query.get("includeObject"));
+            table::render(
+                res,
+                &objs,
+                rv_now,
+                metadata.get("continue").and_then(Value::as_str),
+                include,
+            )
         }
         Repr::Metadata => {
-            return Err(ApiError::not_acceptable(
-                "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
-            ));
+            return Err(ApiError::not_acceptable(format!(
+                "you requested PartialObjectMetadata, but the requested object is a list ({})",
+                res.go_type(true)
+            )));
         }
     };
     Ok(json_response(StatusCode::OK, &body, out))
@@ -444,7 +539,11 @@ async fn wait_for_rv(shared: &Shared, want: u64) -> ApiResult<()> {
 pub(crate) fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
     obj["metadata"]["labels"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -495,7 +594,11 @@ fn create(
         }
         Ok((*store.put(k, obj)).clone())
     })?;
-    Ok(json_response(StatusCode::CREATED, &admission::canonical(res, stored), out))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &admission::canonical(res, stored),
+        out,
+    ))
 }
 
 /// Fields of `res` whose change bumps `metadata.generation`.
@@ -519,7 +622,16 @@ fn commit(
     let res = k.0;
     let name = k.2.clone();
     // The server owns these; a client cannot change them.
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name", "generateName"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+        "name",
+        "generateName",
+    ] {
         match current["metadata"].get(field) {
             Some(v) => new["metadata"][field] = v.clone(),
             None => {
@@ -565,7 +677,13 @@ fn commit(
     Ok(store.put(k, new))
 }
 
-fn update(shared: &Shared, target: &Target, content_type: Option<&str>, body: &[u8], out: Out) -> ApiResult<Response<Body>> {
+fn update(
+    shared: &Shared,
+    target: &Target,
+    content_type: Option<&str>,
+    body: &[u8],
+    out: Out,
+) -> ApiResult<Response<Body>> {
     require_json(content_type)?;
     let res = target.res;
     let name = target.name.clone().unwrap_or_default();
@@ -579,7 +697,10 @@ fn update(shared: &Shared, target: &Target, content_type: Option<&str>, body: &[
     }
     let stored = shared.write(|store| -> ApiResult<Arc<Value>> {
         let k = key(target, &name);
-        let current = store.get(&k).cloned().ok_or_else(|| ApiError::not_found(res, &name))?;
+        let current = store
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(res, &name))?;
         if let Some(rv) = meta_str(&new, "resourceVersion").filter(|rv| !rv.is_empty())
             && Some(rv) != meta_str(&current, "resourceVersion")
         {
@@ -587,7 +708,11 @@ fn update(shared: &Shared, target: &Target, content_type: Option<&str>, body: &[
         }
         commit(store, shared, k, &current, new, target.status)
     })?;
-    Ok(json_response(StatusCode::OK, &admission::canonical(res, (*stored).clone()), out))
+    Ok(json_response(
+        StatusCode::OK,
+        &admission::canonical(res, (*stored).clone()),
+        out,
+    ))
 }
 
 fn patch(
@@ -606,7 +731,9 @@ fn patch(
     let kind = match content_type {
         // Strategic merge is served as a JSON merge patch: identical for the metadata maps
         // that `kubectl label`/`annotate` change; list merge keys are not implemented.
-        Some("application/merge-patch+json" | "application/strategic-merge-patch+json") => Kind::Merge,
+        Some("application/merge-patch+json" | "application/strategic-merge-patch+json") => {
+            Kind::Merge
+        }
         Some("application/json-patch+json") => Kind::Json,
         Some("application/apply-patch+yaml" | "application/apply-patch+cbor") => {
             if query.get("fieldManager").is_none_or(str::is_empty) {
@@ -615,8 +742,10 @@ fn patch(
                     "Invalid",
                     "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
                 );
-                e.details = Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
-                    {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]}));
+                e.details = Some(
+                    json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
+                    {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]}),
+                );
                 return Err(e);
             }
             // Server-side apply is approximated by a merge patch of the applied config.
@@ -656,7 +785,11 @@ fn patch(
         }
         commit(store, shared, k, &current, doc, target.status)
     })?;
-    Ok(json_response(StatusCode::OK, &admission::canonical(res, (*stored).clone()), out))
+    Ok(json_response(
+        StatusCode::OK,
+        &admission::canonical(res, (*stored).clone()),
+        out,
+    ))
 }
 
 // === delete ===
@@ -670,7 +803,11 @@ struct DeleteOptions {
 }
 
 fn delete_options(query: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
-    let mut opts = DeleteOptions { grace: query.int("gracePeriodSeconds")?, dry_run: query.get("dryRun") == Some("All"), ..Default::default() };
+    let mut opts = DeleteOptions {
+        grace: query.int("gracePeriodSeconds")?,
+        dry_run: query.get("dryRun") == Some("All"),
+        ..Default::default()
+    };
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
@@ -678,8 +815,13 @@ fn delete_options(query: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
             opts.grace = Some(g);
         }
         opts.uid = v["preconditions"]["uid"].as_str().map(str::to_string);
-        opts.rv = v["preconditions"]["resourceVersion"].as_str().map(str::to_string);
-        if v["dryRun"].as_array().is_some_and(|d| d.iter().any(|x| x == "All")) {
+        opts.rv = v["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string);
+        if v["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x == "All"))
+        {
             opts.dry_run = true;
         }
     }
@@ -687,10 +829,18 @@ fn delete_options(query: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
 }
 
 /// Deletes one object; returns what the response shows (the object or its last state).
-fn delete_one(shared: &Arc<Shared>, store: &mut Store, k: Key, opts: &DeleteOptions) -> ApiResult<Value> {
+fn delete_one(
+    shared: &Arc<Shared>,
+    store: &mut Store,
+    k: Key,
+    opts: &DeleteOptions,
+) -> ApiResult<Value> {
     let res = k.0;
     let name = k.2.clone();
-    let current = store.get(&k).cloned().ok_or_else(|| ApiError::not_found(res, &name))?;
+    let current = store
+        .get(&k)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(res, &name))?;
     if let Some(uid) = &opts.uid
         && Some(uid.as_str()) != meta_str(&current, "uid")
     {
@@ -710,8 +860,16 @@ fn delete_one(shared: &Arc<Shared>, store: &mut Store, k: Key, opts: &DeleteOpti
     if opts.dry_run {
         return Ok((*current).clone());
     }
-    if res == Resource::Pod && current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
-        let grace = opts.grace.or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30).max(0);
+    if res == Resource::Pod
+        && current["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    {
+        let grace = opts
+            .grace
+            .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0);
         let terminating = current["metadata"].get("deletionTimestamp").is_some();
         let remaining = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
         if grace > 0 && (!terminating || remaining.is_some_and(|r| grace < r)) {
@@ -724,7 +882,12 @@ fn delete_one(shared: &Arc<Shared>, store: &mut Store, k: Key, opts: &DeleteOpti
             let g = pod["metadata"]["generation"].as_i64().unwrap_or(1);
             pod["metadata"]["generation"] = (g + 1).into();
             let stored = store.put(k.clone(), pod);
-            schedule_removal(Arc::downgrade(shared), k, meta_str(&stored, "uid").unwrap_or_default().to_string(), grace);
+            schedule_removal(
+                Arc::downgrade(shared),
+                k,
+                meta_str(&stored, "uid").unwrap_or_default().to_string(),
+                grace,
+            );
             return Ok((*stored).clone());
         }
         if grace == 0 && terminating {
@@ -742,24 +905,34 @@ fn delete_one(shared: &Arc<Shared>, store: &mut Store, k: Key, opts: &DeleteOpti
         let doomed: Vec<Key> = Resource::ALL
             .into_iter()
             .filter(|r| r.namespaced())
-            .flat_map(|r| store.iter(r, Some(&ns)).map(|(k, _)| k.clone()).collect::<Vec<_>>())
+            .flat_map(|r| {
+                store
+                    .iter(r, Some(&ns))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for d in doomed {
             store.remove(&d);
         }
     }
-    let last = store.remove(&k).ok_or_else(|| ApiError::not_found(res, &name))?;
+    let last = store
+        .remove(&k)
+        .ok_or_else(|| ApiError::not_found(res, &name))?;
     Ok((*last).clone())
 }
 
 fn schedule_removal(shared: Weak<Shared>, k: Key, uid: String, grace: i64) {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(grace as u64)).await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         shared.write(|store| {
-            let still_same = store
-                .get(&k)
-                .is_some_and(|o| meta_str(o, "uid") == Some(uid.as_str()) && o["metadata"].get("deletionTimestamp").is_some());
+            let still_same = store.get(&k).is_some_and(|o| {
+                meta_str(o, "uid") == Some(uid.as_str())
+                    && o["metadata"].get("deletionTimestamp").is_some()
+            });
             if still_same {
                 store.remove(&k);
             }
@@ -767,13 +940,23 @@ fn schedule_removal(shared: Weak<Shared>, k: Key, uid: String, grace: i64) {
     });
 }
 
-fn delete(shared: &Arc<Shared>, target: &Target, query: &Query, body: &[u8], out: Out) -> ApiResult<Response<Body>> {
+fn delete(
+    shared: &Arc<Shared>,
+    target: &Target,
+    query: &Query,
+    body: &[u8],
+    out: Out,
+) -> ApiResult<Response<Body>> {
     let opts = delete_options(query, body)?;
     let res = target.res;
     let name = target.name.clone().unwrap_or_default();
     let last = shared.write(|store| delete_one(shared, store, key(target, &name), &opts))?;
     if res.delete_returns_object() {
-        return Ok(json_response(StatusCode::OK, &admission::canonical(res, last), out));
+        return Ok(json_response(
+            StatusCode::OK,
+            &admission::canonical(res, last),
+            out,
+        ));
     }
     let mut details = serde_json::Map::new();
     details.insert("name".into(), name.into());
@@ -786,7 +969,13 @@ fn delete(shared: &Arc<Shared>, target: &Target, query: &Query, body: &[u8], out
     Ok(json_response(StatusCode::OK, &status, out))
 }
 
-fn delete_collection(shared: &Arc<Shared>, target: &Target, query: &Query, body: &[u8], out: Out) -> ApiResult<Response<Body>> {
+fn delete_collection(
+    shared: &Arc<Shared>,
+    target: &Target,
+    query: &Query,
+    body: &[u8],
+    out: Out,
+) -> ApiResult<Response<Body>> {
     let opts = delete_options(query, body)?;
     let labels = query.label_selector()?;
     let fields = query.field_selector(target.res)?;

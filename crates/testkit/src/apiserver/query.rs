@@ -42,7 +42,8 @@ impl Query {
         let mut map = HashMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            map.entry(percent_decode(k)).or_insert_with(|| percent_decode(v));
+            map.entry(percent_decode(k))
+                .or_insert_with(|| percent_decode(v));
         }
         Self(map)
     }
@@ -104,7 +105,9 @@ pub(crate) fn list_options_invalid(message: &str) -> ApiError {
     let mut e = ApiError::new(
         http::StatusCode::UNPROCESSABLE_ENTITY,
         "Invalid",
-        format!("ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: {message}"),
+        format!(
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: {message}"
+        ),
     );
     e.details = Some(json!({
         "group": "meta.k8s.io",
@@ -136,10 +139,24 @@ impl FieldSelector {
             let supported = match field {
                 "metadata.name" => true,
                 "metadata.namespace" => res.namespaced(),
+                "involvedObject.kind"
+                | "involvedObject.namespace"
+                | "involvedObject.name"
+                | "involvedObject.uid"
+                | "involvedObject.apiVersion"
+                | "involvedObject.resourceVersion"
+                | "involvedObject.fieldPath"
+                | "reason"
+                | "reportingComponent"
+                | "source"
+                | "type" => res == Resource::Event,
+                "spec.nodeName" | "status.phase" | "status.podIP" => res == Resource::Pod,
                 _ => false,
             };
             if !supported {
-                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field}"
+                )));
             }
             out.push((field.to_string(), eq, value.to_string()));
         }
@@ -148,9 +165,16 @@ impl FieldSelector {
 
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, want)| {
-            let key = field.trim_start_matches("metadata.");
-            let have = obj["metadata"][key].as_str().unwrap_or("");
-            (have == want) == *eq
+            let mut v = obj;
+            for part in field.split('.') {
+                v = &v[part];
+            }
+            let have = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (have == *want) == *eq
         })
     }
 }
@@ -172,8 +196,10 @@ pub(crate) fn negotiate(accept: Option<&str>) -> ApiResult<Repr> {
     for item in accept.split(',') {
         let mut parts = item.split(';').map(str::trim);
         let media = parts.next().unwrap_or("");
-        let params: HashMap<&str, &str> =
-            parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
+        let params: HashMap<&str, &str> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
         if !matches!(media, "application/json" | "application/*" | "*/*") {
             continue;
         }
@@ -215,7 +241,11 @@ pub(crate) fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
         .map_err(|_| bad("continue key is not valid: illegal base64 data"))?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| bad(&format!("continue key is not valid: {e}")))?;
-    let rv = v["rv"].as_i64().ok_or_else(|| bad("continue key is not valid: no rv"))?;
-    let start = v["start"].as_str().ok_or_else(|| bad("continue key is not valid: no start"))?;
+    let rv = v["rv"]
+        .as_i64()
+        .ok_or_else(|| bad("continue key is not valid: no rv"))?;
+    let start = v["start"]
+        .as_str()
+        .ok_or_else(|| bad("continue key is not valid: no start"))?;
     Ok((rv, start.trim_end_matches('\u{0}').to_string()))
 }

@@ -11,16 +11,18 @@ pub(crate) enum Resource {
     Service,
     Endpoints,
     EndpointSlice,
+    Event,
 }
 
 impl Resource {
-    pub(crate) const ALL: [Resource; 6] = [
+    pub(crate) const ALL: [Resource; 7] = [
         Resource::Namespace,
         Resource::Node,
         Resource::Pod,
         Resource::Service,
         Resource::Endpoints,
         Resource::EndpointSlice,
+        Resource::Event,
     ];
 
     /// The API group ("" for core).
@@ -46,6 +48,7 @@ impl Resource {
             Resource::Service => "services",
             Resource::Endpoints => "endpoints",
             Resource::EndpointSlice => "endpointslices",
+            Resource::Event => "events",
         }
     }
 
@@ -57,6 +60,7 @@ impl Resource {
             Resource::Service => "service",
             Resource::Endpoints => "endpoints",
             Resource::EndpointSlice => "endpointslice",
+            Resource::Event => "event",
         }
     }
 
@@ -68,6 +72,7 @@ impl Resource {
             Resource::Service => "Service",
             Resource::Endpoints => "Endpoints",
             Resource::EndpointSlice => "EndpointSlice",
+            Resource::Event => "Event",
         }
     }
 
@@ -99,16 +104,37 @@ impl Resource {
             Resource::Service => &["svc"],
             Resource::Endpoints => &["ep"],
             Resource::EndpointSlice => &[],
+            Resource::Event => &["ev"],
         }
     }
 
     pub(crate) fn has_status(self) -> bool {
-        matches!(self, Resource::Namespace | Resource::Node | Resource::Pod | Resource::Service)
+        matches!(
+            self,
+            Resource::Namespace | Resource::Node | Resource::Pod | Resource::Service
+        )
     }
 
     /// Whether DELETE answers with the object (true) or a `Status` (false), as observed.
     pub(crate) fn delete_returns_object(self) -> bool {
-        !matches!(self, Resource::Endpoints | Resource::EndpointSlice)
+        !matches!(
+            self,
+            Resource::Endpoints | Resource::EndpointSlice | Resource::Event
+        )
+    }
+
+    /// The Go type named in 406 messages: `*core.Pod`, `*discovery.EndpointSliceList`.
+    pub(crate) fn go_type(self, list: bool) -> String {
+        let package = if self.group().is_empty() {
+            "core"
+        } else {
+            "discovery"
+        };
+        format!(
+            "*{package}.{}{}",
+            self.kind(),
+            if list { "List" } else { "" }
+        )
     }
 
     /// Responses about v1 Endpoints carry this deprecation warning since v1.33.
@@ -144,7 +170,7 @@ impl Resource {
             Resource::Node | Resource::Namespace | Resource::Service => {
                 json!({"spec": {}, "status": {}})
             }
-            Resource::Endpoints => json!({}),
+            Resource::Endpoints | Resource::Event => json!({}),
         };
         if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
             obj.extend(extra);

@@ -197,7 +197,11 @@ impl ApiServerBuilder {
 
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, self.port)).await?;
         let addr = listener.local_addr()?;
-        let serving = tokio::spawn(serve(listener, shared.clone(), TlsAcceptor::from(tls.config.clone())));
+        let serving = tokio::spawn(serve(
+            listener,
+            shared.clone(),
+            TlsAcceptor::from(tls.config.clone()),
+        ));
         let controller = if self.controllers {
             tokio::spawn(controller::run(shared.clone()))
         } else {
@@ -286,14 +290,29 @@ impl ApiServer {
         client_for(&kubeconfig(self.addr, &self.tls.ca_pem, token)).await
     }
 
+    /// A new client that sends no credentials (the API answers as `system:anonymous`).
+    pub async fn anonymous_client(&self) -> Result<kube::Client, Error> {
+        let mut kc = self.kubeconfig.clone();
+        for user in &mut kc.auth_infos {
+            user.auth_info = Some(AuthInfo::default());
+        }
+        client_for(&kc).await
+    }
+
     /// Accepts `token` with the given access from now on.
     pub fn add_token(&self, token: impl Into<String>, access: Access) {
-        self.shared.tokens.lock().expect("token lock").insert(token.into(), access);
+        self.shared
+            .tokens
+            .lock()
+            .expect("token lock")
+            .insert(token.into(), access);
     }
 
     /// The fault-injection handle.
     pub fn faults(&self) -> Faults {
-        Faults { shared: self.shared.clone() }
+        Faults {
+            shared: self.shared.clone(),
+        }
     }
 
     /// How many HTTP requests the server has received (for asserting backoff).
@@ -365,7 +384,9 @@ async fn bind_again(addr: SocketAddr) -> Result<TcpListener, Error> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(last.map(Error::Io).unwrap_or_else(|| Error::Invalid("bind failed".into())))
+    Err(last
+        .map(Error::Io)
+        .unwrap_or_else(|| Error::Invalid("bind failed".into())))
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, acceptor: TlsAcceptor) {
@@ -419,7 +440,10 @@ fn kubeconfig(addr: SocketAddr, ca_pem: &str, token: &str) -> Kubeconfig {
         }],
         auth_infos: vec![NamedAuthInfo {
             name: "admin".into(),
-            auth_info: Some(AuthInfo { token: Some(token.to_string().into()), ..AuthInfo::default() }),
+            auth_info: Some(AuthInfo {
+                token: Some(token.to_string().into()),
+                ..AuthInfo::default()
+            }),
             other: Default::default(),
         }],
         contexts: vec![NamedContext {

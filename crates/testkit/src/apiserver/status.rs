@@ -105,7 +105,10 @@ impl ApiError {
     }
 
     pub(crate) fn page_not_found() -> Self {
-        Self { plain: true, ..Self::new(StatusCode::NOT_FOUND, "NotFound", "404 page not found") }
+        Self {
+            plain: true,
+            ..Self::new(StatusCode::NOT_FOUND, "NotFound", "404 page not found")
+        }
     }
 
     pub(crate) fn method_not_allowed() -> Self {
@@ -143,7 +146,10 @@ impl ApiError {
         Self::new(
             StatusCode::CONFLICT,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", res.qualified_plural()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                res.qualified_plural()
+            ),
         )
         .with_details(details(Some(name), res, false))
     }
@@ -227,7 +233,11 @@ fn details(name: Option<&str>, res: Resource, kind_not_plural: bool) -> Value {
     if !res.group().is_empty() {
         d.insert("group".into(), res.group().into());
     }
-    let kind = if kind_not_plural { res.kind() } else { res.plural() };
+    let kind = if kind_not_plural {
+        res.kind()
+    } else {
+        res.plural()
+    };
     d.insert("kind".into(), kind.into());
     Value::Object(d)
 }

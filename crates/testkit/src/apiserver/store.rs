@@ -108,7 +108,11 @@ impl Store {
         set_rv(&mut obj, self.rv);
         let obj = Arc::new(obj);
         let old = self.objects.insert(key.clone(), obj.clone());
-        let kind = if old.is_some() { EventKind::Modified } else { EventKind::Added };
+        let kind = if old.is_some() {
+            EventKind::Modified
+        } else {
+            EventKind::Added
+        };
         self.record(key.0, kind, obj.clone(), old);
         obj
     }
@@ -124,8 +128,20 @@ impl Store {
         Some(last)
     }
 
-    fn record(&mut self, res: Resource, kind: EventKind, object: Arc<Value>, old: Option<Arc<Value>>) {
-        self.events.push_back(Event { rv: self.rv, res, kind, object, old });
+    fn record(
+        &mut self,
+        res: Resource,
+        kind: EventKind,
+        object: Arc<Value>,
+        old: Option<Arc<Value>>,
+    ) {
+        self.events.push_back(Event {
+            rv: self.rv,
+            res,
+            kind,
+            object,
+            old,
+        });
         self.trim();
     }
 
@@ -143,6 +159,12 @@ impl Store {
             return None;
         }
         let start = self.events.partition_point(|e| e.rv <= after);
-        Some(self.events.range(start..).filter(|e| e.res == res).cloned().collect())
+        Some(
+            self.events
+                .range(start..)
+                .filter(|e| e.res == res)
+                .cloned()
+                .collect(),
+        )
     }
 }

@@ -6,7 +6,10 @@ use super::handler::as_metadata;
 use super::resource::Resource;
 
 fn age(obj: &Value) -> String {
-    let Some(created) = obj["metadata"]["creationTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+    let Some(created) = obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    else {
         return "<unknown>".into();
     };
     let secs = (jiff::Timestamp::now().as_second() - created.as_second()).max(0);
@@ -25,7 +28,11 @@ fn first_three(items: &[String]) -> String {
         return "<none>".into();
     }
     let head = items.iter().take(3).cloned().collect::<Vec<_>>().join(",");
-    if items.len() > 3 { format!("{head} + {} more...", items.len() - 3) } else { head }
+    if items.len() > 3 {
+        format!("{head} + {} more...", items.len() - 3)
+    } else {
+        head
+    }
 }
 
 fn str_or<'a>(v: &'a Value, default: &'a str) -> &'a str {
@@ -34,12 +41,54 @@ fn str_or<'a>(v: &'a Value, default: &'a str) -> &'a str {
 
 fn columns(res: Resource) -> Vec<(&'static str, i32)> {
     match res {
-        Resource::Pod => vec![("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1), ("Nominated Node", 1), ("Readiness Gates", 1)],
-        Resource::Service => vec![("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0), ("Age", 0), ("Selector", 1)],
+        Resource::Pod => vec![
+            ("Name", 0),
+            ("Ready", 0),
+            ("Status", 0),
+            ("Restarts", 0),
+            ("Age", 0),
+            ("IP", 1),
+            ("Node", 1),
+            ("Nominated Node", 1),
+            ("Readiness Gates", 1),
+        ],
+        Resource::Service => vec![
+            ("Name", 0),
+            ("Type", 0),
+            ("Cluster-IP", 0),
+            ("External-IP", 0),
+            ("Port(s)", 0),
+            ("Age", 0),
+            ("Selector", 1),
+        ],
         Resource::Endpoints => vec![("Name", 0), ("Endpoints", 0), ("Age", 0)],
-        Resource::EndpointSlice => vec![("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0), ("Age", 0)],
-        Resource::Node => vec![("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1), ("External-IP", 1), ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)],
+        Resource::EndpointSlice => vec![
+            ("Name", 0),
+            ("AddressType", 0),
+            ("Ports", 0),
+            ("Endpoints", 0),
+            ("Age", 0),
+        ],
+        Resource::Node => vec![
+            ("Name", 0),
+            ("Status", 0),
+            ("Roles", 0),
+            ("Age", 0),
+            ("Version", 0),
+            ("Internal-IP", 1),
+            ("External-IP", 1),
+            ("OS-Image", 1),
+            ("Kernel-Version", 1),
+            ("Container-Runtime", 1),
+        ],
         Resource::Namespace => vec![("Name", 0), ("Status", 0), ("Age", 0)],
+        Resource::Event => vec![
+            ("Last Seen", 0),
+            ("Type", 0),
+            ("Reason", 0),
+            ("Object", 0),
+            ("Message", 0),
+        ],
     }
 }
 
@@ -48,9 +97,15 @@ fn cells(res: Resource, o: &Value) -> Vec<Value> {
     match res {
         Resource::Pod => {
             let containers = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let statuses = o["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let ready = statuses.iter().filter(|s| s["ready"] == true).count();
-            let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|s| s["restartCount"].as_i64())
+                .sum();
             let status = if o["metadata"].get("deletionTimestamp").is_some() {
                 "Terminating".to_string()
             } else {
@@ -96,9 +151,19 @@ fn cells(res: Resource, o: &Value) -> Vec<Value> {
                 str_or(&o["spec"]["type"], "ClusterIP").into(),
                 str_or(&o["spec"]["clusterIP"], "<none>").into(),
                 external.into(),
-                if ports.is_empty() { "<none>".to_string() } else { ports.join(",") }.into(),
+                if ports.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    ports.join(",")
+                }
+                .into(),
                 age(o).into(),
-                if selector.is_empty() { "<none>".to_string() } else { selector.join(",") }.into(),
+                if selector.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    selector.join(",")
+                }
+                .into(),
             ]
         }
         Resource::Endpoints => {
@@ -113,7 +178,12 @@ fn cells(res: Resource, o: &Value) -> Vec<Value> {
             vec![name, first_three(&eps).into(), age(o).into()]
         }
         Resource::EndpointSlice => {
-            let ports: Vec<String> = o["ports"].as_array().into_iter().flatten().map(|p| p["port"].to_string()).collect();
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["port"].to_string())
+                .collect();
             let addrs: Vec<String> = o["endpoints"]
                 .as_array()
                 .into_iter()
@@ -124,14 +194,28 @@ fn cells(res: Resource, o: &Value) -> Vec<Value> {
             vec![
                 name,
                 str_or(&o["addressType"], "").into(),
-                if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }.into(),
+                if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }
+                .into(),
                 first_three(&addrs).into(),
                 age(o).into(),
             ]
         }
         Resource::Node => {
-            let ready = o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
-            let internal = o["status"]["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == "InternalIP").map(|a| str_or(&a["address"], "<none>").to_string());
+            let ready = o["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let internal = o["status"]["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["type"] == "InternalIP")
+                .map(|a| str_or(&a["address"], "<none>").to_string());
             vec![
                 name,
                 if ready { "Ready" } else { "NotReady" }.into(),
@@ -145,19 +229,69 @@ fn cells(res: Resource, o: &Value) -> Vec<Value> {
                 "<unknown>".into(),
             ]
         }
-        Resource::Namespace => vec![name, str_or(&o["status"]["phase"], "Active").into(), age(o).into()],
+        Resource::Namespace => vec![
+            name,
+            str_or(&o["status"]["phase"], "Active").into(),
+            age(o).into(),
+        ],
+        Resource::Event => vec![
+            age(o).into(),
+            str_or(&o["type"], "").into(),
+            str_or(&o["reason"], "").into(),
+            format!(
+                "{}/{}",
+                str_or(&o["involvedObject"]["kind"], "").to_lowercase(),
+                str_or(&o["involvedObject"]["name"], "")
+            )
+            .into(),
+            str_or(&o["message"], "").into(),
+        ],
     }
 }
 
-/// A `meta.k8s.io/v1` Table of `objects`, rows carrying `PartialObjectMetadata`.
-pub(crate) fn render(res: Resource, objects: &[Value], rv: u64, next: Option<&str>) -> Value {
+/// What each Table row carries (`includeObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Include {
+    None,
+    Metadata,
+    Object,
+}
+
+impl Include {
+    pub(crate) fn parse(v: Option<&str>) -> Self {
+        match v {
+            Some("None") => Include::None,
+            Some("Object") => Include::Object,
+            _ => Include::Metadata,
+        }
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `objects`.
+pub(crate) fn render(
+    res: Resource,
+    objects: &[Value],
+    rv: u64,
+    next: Option<&str>,
+    include: Include,
+) -> Value {
     let columns: Vec<Value> = columns(res)
         .into_iter()
         .map(|(name, priority)| {
             json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
         })
         .collect();
-    let rows: Vec<Value> = objects.iter().map(|o| json!({"cells": cells(res, o), "object": as_metadata(o)})).collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let object = match include {
+                Include::None => Value::Null,
+                Include::Metadata => as_metadata(o),
+                Include::Object => o.clone(),
+            };
+            json!({"cells": cells(res, o), "object": object})
+        })
+        .collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = next {
         metadata["continue"] = c.into();

@@ -20,13 +20,19 @@ pub(crate) fn generate() -> Result<Tls, Error> {
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "rudder-testkit-ca");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(tls)?)
-        .map_err(tls)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "rudder-testkit-ca");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(tls)?).map_err(tls)?;
 
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).map_err(tls)?;
-    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
     params.subject_alt_names.push(SanType::DnsName(
         "kubernetes.default.svc".try_into().map_err(tls)?,
     ));
@@ -44,5 +50,8 @@ pub(crate) fn generate() -> Result<Tls, Error> {
         .map_err(|e| Error::Tls(e.to_string()))?;
     // kubectl speaks HTTP/2, kube-rs HTTP/1.1; both are served.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Tls { ca_pem: ca.pem(), config: Arc::new(config) })
+    Ok(Tls {
+        ca_pem: ca.pem(),
+        config: Arc::new(config),
+    })
 }

@@ -33,13 +33,19 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, obj: &Value) -> bool {
-        self.ns.as_deref().is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+        self.ns
+            .as_deref()
+            .is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
             && self.labels.matches(&labels_of(obj))
             && self.fields.matches(obj)
     }
 
     fn line(&self, kind: &str, res: super::resource::Resource, obj: &Value) -> Bytes {
-        let object = if self.metadata { as_metadata(obj) } else { admission::canonical(res, obj.clone()) };
+        let object = if self.metadata {
+            as_metadata(obj)
+        } else {
+            admission::canonical(res, obj.clone())
+        };
         let mut s = json!({"type": kind, "object": object}).to_string();
         s.push('\n');
         Bytes::from(s)
@@ -50,7 +56,10 @@ fn bookmark_line(filter: &Filter, mut object: Value) -> Bytes {
     if filter.metadata {
         object = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"].clone()});
     }
-    Bytes::from(format!("{}\n", json!({"type": "BOOKMARK", "object": object})))
+    Bytes::from(format!(
+        "{}\n",
+        json!({"type": "BOOKMARK", "object": object})
+    ))
 }
 
 fn expired_line(message: String) -> Bytes {
@@ -61,8 +70,16 @@ fn expired_line(message: String) -> Bytes {
 }
 
 /// Validates the watch parameters and starts streaming.
-pub(crate) fn start(shared: Arc<Shared>, target: Target, query: &Query, repr: Repr) -> ApiResult<Response<Body>> {
-    let timeout = query.int("timeoutSeconds")?.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64));
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    target: Target,
+    query: &Query,
+    repr: Repr,
+) -> ApiResult<Response<Body>> {
+    let timeout = query
+        .int("timeoutSeconds")?
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(t as u64));
     let rv = query.resource_version(true)?;
     let send_initial = query.get("sendInitialEvents").map(|v| v == "true");
     if send_initial == Some(true) && query.get("resourceVersionMatch") != Some("NotOlderThan") {
@@ -86,16 +103,26 @@ pub(crate) fn start(shared: Arc<Shared>, target: Target, query: &Query, repr: Re
     let expire = std::mem::take(&mut shared.faults.lock().expect("fault lock").expire_next_watch);
     let deadline = Instant::now() + timeout.unwrap_or(DEFAULT_TIMEOUT);
     let warning = target.res.warning();
-    tokio::spawn(stream(shared, target, filter, rv, initial, bookmarks, expire, deadline, tx));
+    tokio::spawn(stream(
+        shared, target, filter, rv, initial, bookmarks, expire, deadline, tx,
+    ));
 
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     }));
     let mut resp = Response::new(body.boxed_unsync());
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     if let Some(w) = warning {
         h.insert(header::WARNING, HeaderValue::from_static(w));
     }
@@ -161,7 +188,9 @@ async fn stream(
     let interval = shared.config.bookmark_interval;
     let mut next_bookmark = Instant::now() + interval;
     // Observed: one more bookmark shortly before the server closes the stream.
-    let mut final_bookmark = deadline.checked_sub(Duration::from_secs(2)).filter(|t| *t > Instant::now());
+    let mut final_bookmark = deadline
+        .checked_sub(Duration::from_secs(2))
+        .filter(|t| *t > Instant::now());
     loop {
         let is_stalled = *stalled.borrow_and_update();
         if !is_stalled {
@@ -169,14 +198,22 @@ async fn stream(
             let (lines, new_cursor) = {
                 let store = shared.store.lock().expect("store lock");
                 match store.events_after(res, cursor) {
-                    None => (vec![expired_line(format!("too old resource version: {cursor} ({})", store.compacted() + 1))], None),
+                    None => (
+                        vec![expired_line(format!(
+                            "too old resource version: {cursor} ({})",
+                            store.compacted() + 1
+                        ))],
+                        None,
+                    ),
                     Some(events) => {
                         let mut lines = Vec::new();
                         for e in &events {
                             let now = filter.matches(&e.object) && e.kind != EventKind::Deleted;
                             let before = e.old.as_deref().is_some_and(|o| filter.matches(o));
                             let line = match (before, now, e.kind) {
-                                (true, _, EventKind::Deleted) => Some(filter.line("DELETED", res, &e.object)),
+                                (true, _, EventKind::Deleted) => {
+                                    Some(filter.line("DELETED", res, &e.object))
+                                }
                                 (true, true, _) => Some(filter.line("MODIFIED", res, &e.object)),
                                 (false, true, _) => Some(filter.line("ADDED", res, &e.object)),
                                 (true, false, _) => {

@@ -25,10 +25,16 @@ fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--kubeconfig" => kubeconfig = Some(PathBuf::from(args.next().ok_or("--kubeconfig needs a path")?)),
+            "--kubeconfig" => {
+                kubeconfig = Some(PathBuf::from(
+                    args.next().ok_or("--kubeconfig needs a path")?,
+                ))
+            }
             "--port" => {
                 let v = args.next().ok_or("--port needs a number")?;
-                port = v.parse().map_err(|_| format!("--port: not a port number: {v}"))?;
+                port = v
+                    .parse()
+                    .map_err(|_| format!("--port: not a port number: {v}"))?;
             }
             "--demo" => demo = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -36,7 +42,11 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let kubeconfig = kubeconfig.ok_or_else(|| format!("--kubeconfig is required\n{USAGE}"))?;
-    Ok(Args { kubeconfig, port, demo })
+    Ok(Args {
+        kubeconfig,
+        port,
+        demo,
+    })
 }
 
 fn main() -> ExitCode {
@@ -51,7 +61,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -68,10 +81,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
-    let api = rudder_testkit::ApiServer::builder().port(args.port).start().await?;
+    let api = rudder_testkit::ApiServer::builder()
+        .port(args.port)
+        .start()
+        .await?;
     let addr = api.addr();
     // Keep whichever owns the server alive until a signal arrives.
-    let _running: (Option<rudder_testkit::ApiServer>, Option<rudder_testkit::TestCluster>) = if args.demo {
+    let _running: (
+        Option<rudder_testkit::ApiServer>,
+        Option<rudder_testkit::TestCluster>,
+    ) = if args.demo {
         let cluster = rudder_testkit::TestCluster::builder()
             .service("hello-svc")
             .label("app", "hello-world")
@@ -84,7 +103,10 @@ async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
         api.write_kubeconfig(&args.kubeconfig)?;
         (Some(api), None)
     };
-    println!("rudder-apiserver ready on https://{addr} (kubeconfig: {})", args.kubeconfig.display());
+    println!(
+        "rudder-apiserver ready on https://{addr} (kubeconfig: {})",
+        args.kubeconfig.display()
+    );
     wait_for_signal().await?;
     eprintln!("rudder-apiserver: shutting down");
     let _ = std::fs::remove_file(&args.kubeconfig);

@@ -1,0 +1,151 @@
+//! Shared helpers: raw requests through `kube::Client`, fixtures, JSON comparison.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde_json::Value;
+
+/// The golden fixtures copied from a real kube-apiserver (see `tests/fixtures/README.md`).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn fixture_text(rel: &str) -> String {
+    let path = fixtures_dir().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+pub fn fixture(rel: &str) -> Value {
+    serde_json::from_str(&fixture_text(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// One captured request and response from `index.jsonl`.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    pub file: String,
+    pub method: String,
+    pub path: String,
+    pub accept: Option<String>,
+    pub content_type: Option<String>,
+    pub auth: String,
+    pub body: Option<String>,
+    pub status: u16,
+}
+
+pub fn captures() -> Vec<Capture> {
+    fixture_text("index.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("request").is_some())
+        .map(|v| {
+            let r = &v["request"];
+            let s = |x: &Value| x.as_str().map(str::to_string);
+            Capture {
+                file: v["file"].as_str().unwrap_or_default().to_string(),
+                method: s(&r["method"]).unwrap_or_default(),
+                path: s(&r["path"]).unwrap_or_default(),
+                accept: s(&r["accept"]),
+                content_type: s(&r["contentType"]),
+                auth: s(&r["auth"]).unwrap_or_default(),
+                body: s(&r["body"]),
+                status: v["response"]["status"].as_u64().unwrap_or(0) as u16,
+            }
+        })
+        .collect()
+}
+
+pub fn capture(file: &str) -> Capture {
+    captures()
+        .into_iter()
+        .find(|c| c.file == file)
+        .unwrap_or_else(|| panic!("no capture for {file}"))
+}
+
+/// A raw response.
+pub struct Raw {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Raw {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Sends a request as-is through a `kube::Client` (which adds the token and TLS).
+pub async fn send(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    accept: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<&str>,
+) -> Raw {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(a) = accept {
+        req = req.header(http::header::ACCEPT, a);
+    }
+    if let Some(ct) = content_type {
+        req = req.header(http::header::CONTENT_TYPE, ct);
+    }
+    let req = req
+        .body(kube::client::Body::from(
+            body.unwrap_or_default().as_bytes().to_vec(),
+        ))
+        .expect("valid request");
+    let resp = client
+        .send(req)
+        .await
+        .expect("transport to the test server");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect_bytes().await.expect("response body");
+    Raw {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Where two JSON documents differ, as `path: expected … got …` lines.
+pub fn diff(expected: &Value, actual: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_at("", expected, actual, &mut out);
+    out
+}
+
+fn diff_at(path: &str, e: &Value, a: &Value, out: &mut Vec<String>) {
+    match (e, a) {
+        (Value::Object(em), Value::Object(am)) => {
+            for (k, ev) in em {
+                match am.get(k) {
+                    Some(av) => diff_at(&format!("{path}.{k}"), ev, av, out),
+                    None => out.push(format!("{path}.{k}: missing (expected {ev})")),
+                }
+            }
+            for k in am.keys().filter(|k| !em.contains_key(*k)) {
+                out.push(format!("{path}.{k}: unexpected {}", am[k]));
+            }
+        }
+        (Value::Array(ea), Value::Array(aa)) if ea.len() == aa.len() => {
+            for (i, (ev, av)) in ea.iter().zip(aa).enumerate() {
+                diff_at(&format!("{path}[{i}]"), ev, av, out);
+            }
+        }
+        _ if e == a => {}
+        _ => {
+            let short = |v: &Value| {
+                let s = v.to_string();
+                if s.len() > 300 {
+                    format!("{}…", &s[..300])
+                } else {
+                    s
+                }
+            };
+            out.push(format!("{path}: expected {} got {}", short(e), short(a)));
+        }
+    }
+}
