@@ -57,8 +57,9 @@ pub(crate) fn decode(res: Resource, body: &[u8]) -> ApiResult<Value> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         let head: String = String::from_utf8_lossy(body).chars().take(30).collect();
         ApiError::bad_request(format!(
-            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e} ({head} ...)",
-            res.kind()
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {} ({head} ...)",
+            res.kind(),
+            super::query::go_json_error(body, &e)
         ))
     })?;
     if !value.is_object() {

@@ -552,7 +552,11 @@ pub(crate) fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, Strin
 fn require_json(content_type: Option<&str>) -> ApiResult<()> {
     match content_type {
         Some("application/json") | None => Ok(()),
-        Some(_) => Err(ApiError::unsupported_media_type()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        )),
     }
 }
 
@@ -753,8 +757,9 @@ fn patch(
         }
         _ => return Err(ApiError::unsupported_media_type()),
     };
-    let patch: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let patch: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("error decoding patch: {}", query::go_json_error(body, &e)))
+    })?;
     let res = target.res;
     let name = target.name.clone().unwrap_or_default();
     let stored = shared.write(|store| -> ApiResult<Arc<Value>> {

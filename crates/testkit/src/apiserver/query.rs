@@ -193,6 +193,7 @@ pub(crate) fn negotiate(accept: Option<&str>) -> ApiResult<Repr> {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return Ok(Repr::Json);
     };
+    let mut json_with_unknown_as = false;
     for item in accept.split(',') {
         let mut parts = item.split(';').map(str::trim);
         let media = parts.next().unwrap_or("");
@@ -216,10 +217,18 @@ pub(crate) fn negotiate(accept: Option<&str>) -> ApiResult<Repr> {
                     ("PartialObjectMetadataList", true, Some("v1" | "v1beta1")) => {
                         return Ok(Repr::MetadataList);
                     }
-                    _ => continue,
+                    _ => {
+                        json_with_unknown_as = true;
+                        continue;
+                    }
                 }
             }
         }
+    }
+    if json_with_unknown_as {
+        return Err(ApiError::not_acceptable(
+            "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        ));
     }
     Err(ApiError::not_acceptable(
         "406: Not Acceptable\n\nAvailable representations: application/json, application/yaml, application/vnd.kubernetes.protobuf",
@@ -230,17 +239,24 @@ pub(crate) fn negotiate(accept: Option<&str>) -> ApiResult<Repr> {
 /// A list continuation token: `{"v":"meta.k8s.io/v1","rv":N,"start":"key\u0000"}`, base64.
 pub(crate) fn encode_continue(rv: i64, start: &str) -> String {
     let json = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{start}\u{0}")});
-    base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
 }
+
+/// Go's `base64.RawURLEncoding`: no padding required, trailing bits ignored.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
 
 pub(crate) fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     let bad = |why: &str| ApiError::bad_request(format!("invalid continue token: {why}"));
-    let bytes = base64::engine::general_purpose::URL_SAFE
+    let bytes = LENIENT
         .decode(token)
-        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(token))
-        .map_err(|_| bad("continue key is not valid: illegal base64 data"))?;
+        .map_err(|e| bad(&format!("illegal base64 data: {e}")))?;
     let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(&format!("continue key is not valid: {e}")))?;
+        .map_err(|e| bad(&format!("continue key is not valid: {}", go_json_error(&bytes, &e))))?;
     let rv = v["rv"]
         .as_i64()
         .ok_or_else(|| bad("continue key is not valid: no rv"))?;
@@ -248,4 +264,30 @@ pub(crate) fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
         .as_str()
         .ok_or_else(|| bad("continue key is not valid: no start"))?;
     Ok((rv, start.trim_end_matches('\u{0}').to_string()))
+}
+
+/// Go's `encoding/json` wording for a syntax error, which clients may have matched on.
+pub(crate) fn go_json_error(input: &[u8], e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        return "unexpected end of JSON input".into();
+    }
+    // serde_json reports 1-based line and column of the offending character.
+    let line_start: usize = input
+        .split(|b| *b == b'\n')
+        .take(e.line().saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    let at = (line_start + e.column().saturating_sub(1)).min(input.len().saturating_sub(1));
+    // Like Go, name an invalid UTF-8 byte by its value.
+    let c = match String::from_utf8_lossy(&input[at..]).chars().next() {
+        Some('\u{fffd}') | None => char::from(input.get(at).copied().unwrap_or(b'?')),
+        Some(c) => c,
+    };
+    let shown = if c.is_ascii_graphic() || c == ' ' { c.to_string() } else { format!("\\u{:04x}", c as u32) };
+    let context = if e.to_string().contains("key must be a string") {
+        "looking for beginning of object key string"
+    } else {
+        "looking for beginning of value"
+    };
+    format!("invalid character '{shown}' {context}")
 }

@@ -216,7 +216,9 @@ impl ApiError {
         m.insert("metadata".into(), self.metadata.clone());
         m.insert("status".into(), "Failure".into());
         m.insert("message".into(), self.message.clone().into());
-        m.insert("reason".into(), self.reason.into());
+        if !self.reason.is_empty() {
+            m.insert("reason".into(), self.reason.into());
+        }
         if let Some(d) = &self.details {
             m.insert("details".into(), d.clone());
         }

@@ -23,6 +23,8 @@ pub fn fixture(rel: &str) -> Value {
 /// One captured request and response from `index.jsonl`.
 #[derive(Clone, Debug)]
 pub struct Capture {
+    /// 1-based line in `index.jsonl`.
+    pub line: usize,
     pub file: String,
     pub method: String,
     pub path: String,
@@ -36,12 +38,14 @@ pub struct Capture {
 pub fn captures() -> Vec<Capture> {
     fixture_text("index.jsonl")
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("request").is_some())
-        .map(|v| {
+        .enumerate()
+        .filter_map(|(i, l)| Some((i + 1, serde_json::from_str::<Value>(l).ok()?)))
+        .filter(|(_, v)| v.get("request").is_some())
+        .map(|(line, v)| {
             let r = &v["request"];
             let s = |x: &Value| x.as_str().map(str::to_string);
             Capture {
+                line,
                 file: v["file"].as_str().unwrap_or_default().to_string(),
                 method: s(&r["method"]).unwrap_or_default(),
                 path: s(&r["path"]).unwrap_or_default(),
