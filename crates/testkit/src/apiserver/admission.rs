@@ -323,6 +323,14 @@ fn pod_defaults(obj: &mut Value) {
     set_default(obj, "status", json!({}));
     set_default(&mut obj["status"], "phase", "Pending".into());
     set_default(&mut obj["status"], "qosClass", "BestEffort".into());
+    // Go serialises the zero `lastState` struct; clients see `{}`.
+    for key in ["containerStatuses", "initContainerStatuses"] {
+        if let Some(statuses) = obj["status"].get_mut(key).and_then(Value::as_array_mut) {
+            for st in statuses {
+                set_default(st, "lastState", json!({}));
+            }
+        }
+    }
 }
 
 fn service_defaults(obj: &mut Value) {

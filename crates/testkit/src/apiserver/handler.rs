@@ -758,7 +758,10 @@ fn patch(
         _ => return Err(ApiError::unsupported_media_type()),
     };
     let patch: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("error decoding patch: {}", query::go_json_error(body, &e)))
+        ApiError::bad_request(format!(
+            "error decoding patch: {}",
+            query::go_json_error(body, &e)
+        ))
     })?;
     let res = target.res;
     let name = target.name.clone().unwrap_or_default();

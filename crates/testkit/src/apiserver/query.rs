@@ -255,8 +255,12 @@ pub(crate) fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     let bytes = LENIENT
         .decode(token)
         .map_err(|e| bad(&format!("illegal base64 data: {e}")))?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(&format!("continue key is not valid: {}", go_json_error(&bytes, &e))))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(&format!(
+            "continue key is not valid: {}",
+            go_json_error(&bytes, &e)
+        ))
+    })?;
     let rv = v["rv"]
         .as_i64()
         .ok_or_else(|| bad("continue key is not valid: no rv"))?;
@@ -283,7 +287,11 @@ pub(crate) fn go_json_error(input: &[u8], e: &serde_json::Error) -> String {
         Some('\u{fffd}') | None => char::from(input.get(at).copied().unwrap_or(b'?')),
         Some(c) => c,
     };
-    let shown = if c.is_ascii_graphic() || c == ' ' { c.to_string() } else { format!("\\u{:04x}", c as u32) };
+    let shown = if c.is_ascii_graphic() || c == ' ' {
+        c.to_string()
+    } else {
+        format!("\\u{:04x}", c as u32)
+    };
     let context = if e.to_string().contains("key must be a string") {
         "looking for beginning of object key string"
     } else {

@@ -11,12 +11,13 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use rudder_balance::Selector;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::admission;
 use super::handler::{Body, Target, as_metadata, labels_of};
 use super::query::{self, FieldSelector, Query, Repr};
+use super::resource::Resource;
 use super::server::Shared;
 use super::status::{ApiError, ApiResult};
 use super::store::EventKind;
@@ -40,7 +41,7 @@ impl Filter {
             && self.fields.matches(obj)
     }
 
-    fn line(&self, kind: &str, res: super::resource::Resource, obj: &Value) -> Bytes {
+    fn line(&self, kind: &str, res: Resource, obj: &Value) -> Bytes {
         let object = if self.metadata {
             as_metadata(obj)
         } else {
@@ -103,9 +104,21 @@ pub(crate) fn start(
     let expire = std::mem::take(&mut shared.faults.lock().expect("fault lock").expire_next_watch);
     let deadline = Instant::now() + timeout.unwrap_or(DEFAULT_TIMEOUT);
     let warning = target.res.warning();
-    tokio::spawn(stream(
-        shared, target, filter, rv, initial, bookmarks, expire, deadline, tx,
-    ));
+    // Subscribe before answering, so a fault injected right after the response headers
+    // reach the client is not missed.
+    let signals = Signals {
+        changed: shared.changed.subscribe(),
+        dropped: shared.drop_watches.subscribe(),
+        stalled: shared.stalled.subscribe(),
+    };
+    let opts = Opts {
+        rv,
+        initial,
+        bookmarks,
+        expire,
+        deadline,
+    };
+    tokio::spawn(stream(shared, target, filter, opts, signals, tx));
 
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -129,22 +142,78 @@ pub(crate) fn start(
     Ok(resp)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream(
-    shared: Arc<Shared>,
-    target: Target,
-    filter: Filter,
+struct Signals {
+    changed: watch::Receiver<u64>,
+    dropped: watch::Receiver<u64>,
+    stalled: watch::Receiver<bool>,
+}
+
+struct Opts {
     rv: Option<u64>,
     initial: bool,
     bookmarks: bool,
     expire: bool,
     deadline: Instant,
+}
+
+/// The events after `cursor` as lines, and the new cursor (`None`: the watch fell out of
+/// the history and got a 410 line).
+fn drain(
+    shared: &Shared,
+    res: Resource,
+    filter: &Filter,
+    cursor: u64,
+) -> (Vec<Bytes>, Option<u64>) {
+    let store = shared.store.lock().expect("store lock");
+    let Some(events) = store.events_after(res, cursor) else {
+        let line = expired_line(format!(
+            "too old resource version: {cursor} ({})",
+            store.compacted() + 1
+        ));
+        return (vec![line], None);
+    };
+    let mut lines = Vec::new();
+    for e in &events {
+        let now = filter.matches(&e.object) && e.kind != EventKind::Deleted;
+        let before = e.old.as_deref().is_some_and(|o| filter.matches(o));
+        let line = match (before, now, e.kind) {
+            (true, _, EventKind::Deleted) => Some(filter.line("DELETED", res, &e.object)),
+            (true, true, _) => Some(filter.line("MODIFIED", res, &e.object)),
+            (false, true, _) => Some(filter.line("ADDED", res, &e.object)),
+            (true, false, _) => {
+                // Stopped matching: DELETED with the old state and the new version.
+                let mut old = e.old.as_deref().cloned().unwrap_or_default();
+                old["metadata"]["resourceVersion"] = e.rv.to_string().into();
+                Some(filter.line("DELETED", res, &old))
+            }
+            (false, false, _) => None,
+        };
+        lines.extend(line);
+    }
+    (lines, Some(store.rv().max(cursor)))
+}
+
+async fn stream(
+    shared: Arc<Shared>,
+    target: Target,
+    filter: Filter,
+    opts: Opts,
+    signals: Signals,
     tx: mpsc::Sender<Bytes>,
 ) {
     let res = target.res;
-    let mut changed = shared.changed.subscribe();
-    let mut dropped = shared.drop_watches.subscribe();
-    let mut stalled = shared.stalled.subscribe();
+    let Opts {
+        rv,
+        initial,
+        bookmarks,
+        expire,
+        deadline,
+    } = opts;
+    let Signals {
+        mut changed,
+        mut dropped,
+        mut stalled,
+    } = signals;
 
     // Where this watch starts, and what it sends first.
     let start = {
@@ -191,45 +260,11 @@ async fn stream(
     let mut final_bookmark = deadline
         .checked_sub(Duration::from_secs(2))
         .filter(|t| *t > Instant::now());
+    let mut ending = false;
     loop {
         let is_stalled = *stalled.borrow_and_update();
         if !is_stalled {
-            // Deliver everything after the cursor.
-            let (lines, new_cursor) = {
-                let store = shared.store.lock().expect("store lock");
-                match store.events_after(res, cursor) {
-                    None => (
-                        vec![expired_line(format!(
-                            "too old resource version: {cursor} ({})",
-                            store.compacted() + 1
-                        ))],
-                        None,
-                    ),
-                    Some(events) => {
-                        let mut lines = Vec::new();
-                        for e in &events {
-                            let now = filter.matches(&e.object) && e.kind != EventKind::Deleted;
-                            let before = e.old.as_deref().is_some_and(|o| filter.matches(o));
-                            let line = match (before, now, e.kind) {
-                                (true, _, EventKind::Deleted) => {
-                                    Some(filter.line("DELETED", res, &e.object))
-                                }
-                                (true, true, _) => Some(filter.line("MODIFIED", res, &e.object)),
-                                (false, true, _) => Some(filter.line("ADDED", res, &e.object)),
-                                (true, false, _) => {
-                                    // Stopped matching: DELETED with the old state and the new version.
-                                    let mut old = e.old.as_deref().cloned().unwrap_or_default();
-                                    old["metadata"]["resourceVersion"] = e.rv.to_string().into();
-                                    Some(filter.line("DELETED", res, &old))
-                                }
-                                (false, false, _) => None,
-                            };
-                            lines.extend(line);
-                        }
-                        (lines, Some(store.rv().max(cursor)))
-                    }
-                }
-            };
+            let (lines, new_cursor) = drain(&shared, res, &filter, cursor);
             for line in lines {
                 if tx.send(line).await.is_err() {
                     return;
@@ -240,6 +275,10 @@ async fn stream(
                 None => return,
             }
         }
+        if ending {
+            // Dropped: what was committed before the drop has been delivered.
+            return;
+        }
 
         let bookmark_at = match final_bookmark {
             Some(f) if f < next_bookmark => f,
@@ -248,7 +287,7 @@ async fn stream(
         tokio::select! {
             _ = changed.changed() => {}
             _ = stalled.changed() => {}
-            _ = dropped.changed() => return,
+            _ = dropped.changed() => ending = true,
             _ = tx.closed() => return,
             _ = tokio::time::sleep_until(deadline) => return,
             _ = tokio::time::sleep_until(bookmark_at) => {

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use rudder_testkit::{Access, ApiServer, Rule};
 use serde_json::{Value, json};
 
-use super::support::{Capture, Raw, capture, captures, diff, fixture, fixture_text, send};
+use super::support::{
+    Capture, Raw, capture, captures, diff, fixture, fixture_events, fixture_text, open_watch, send,
+    with_param,
+};
 
 pub struct Harness {
     pub server: ApiServer,
@@ -649,23 +652,147 @@ async fn errors_match_the_real_server() {
     let h = scenario().await;
     // Index lines 172–235: 400, 401, 403, 404, 405, 406, 409, 415, 422 and 500 answers,
     // plus the reader token's allowed list and the anonymous /version.
-    let list = files(172..=235, &[
-        // Needs `sendInitialEvents` without bookmarks: a watch stream, checked in the watch tests.
-        "watch/initial-events/pods.sendInitialEvents-without-allowWatchBookmarks.watch.jsonl",
-        // Watch streams that end with an error status are compared in the watch tests.
-        "errors/403-reader-watch-endpointslices-in-default.json",
-        // Captured after `kubectl label svc biz1 stage=prod` and two selector edits.
-        "lists/endpointslices-demo.as-reader.json",
-        // Our /version names our own build; it is checked in `version_is_public`.
-        "discovery/version.anonymous.json",
-        // YAML output is not implemented (406 instead).
-        "objects/pod-hello-world-1.accept-yaml.yaml",
-    ]);
+    let list = files(
+        172..=235,
+        &[
+            // Needs `sendInitialEvents` without bookmarks: a watch stream, checked in the watch tests.
+            "watch/initial-events/pods.sendInitialEvents-without-allowWatchBookmarks.watch.jsonl",
+            // Watch streams that end with an error status are compared in the watch tests.
+            "errors/403-reader-watch-endpointslices-in-default.json",
+            // Captured after `kubectl label svc biz1 stage=prod` and two selector edits.
+            "lists/endpointslices-demo.as-reader.json",
+            // Our /version names our own build; it is checked in `version_is_public`.
+            "discovery/version.anonymous.json",
+            // YAML output is not implemented (406 instead).
+            "objects/pod-hello-world-1.accept-yaml.yaml",
+        ],
+    );
     assert_eq!(list.len(), 60, "selected captures");
     // `409-create-existing-endpointslice` needs the hand-made slice of Service `manual`.
     let slice = strip_server_fields(&fixture("objects/endpointslice-manual-1.json"));
-    post(&h.admin, "/api/v1/namespaces/demo/services", &json!({"metadata": {"name": "manual"},
-        "spec": {"ports": [{"name": "http", "port": 8080}]}})).await;
-    post(&h.admin, "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices", &slice).await;
+    post(
+        &h.admin,
+        "/api/v1/namespaces/demo/services",
+        &json!({"metadata": {"name": "manual"},
+        "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    )
+    .await;
+    post(
+        &h.admin,
+        "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices",
+        &slice,
+    )
+    .await;
     check_all(&h, &list).await;
+}
+
+/// Replays captured watch requests from our own list version, then the captured steps, and
+/// compares every event (bookmarks aside) with the captured streams.
+async fn watch_scenario(
+    h: &Harness,
+    list_lines: std::ops::RangeInclusive<usize>,
+    watch_lines: std::ops::RangeInclusive<usize>,
+    steps: std::ops::RangeInclusive<usize>,
+) {
+    let mut rv = 0u64;
+    for c in files(list_lines, &[]) {
+        let r = h.replay(&c).await;
+        assert_eq!(r.status, 200, "{}", c.file);
+        rv = rv.max(
+            r.json()["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .expect("list version"),
+        );
+    }
+    let mut watches = Vec::new();
+    for c in files(watch_lines, &[]) {
+        let path = with_param(
+            &with_param(&c.path, "resourceVersion", &rv.to_string()),
+            "timeoutSeconds",
+            "600",
+        );
+        let client = &h.admin;
+        watches.push((
+            c.file.clone(),
+            open_watch(client, &path, c.accept.as_deref()).await,
+        ));
+    }
+    for c in files(steps, &[]) {
+        let r = h.replay(&c).await;
+        assert_eq!(
+            r.status.as_u16(),
+            c.status,
+            "{}: {}",
+            c.file,
+            String::from_utf8_lossy(&r.body)
+        );
+        h.server.settled().await;
+    }
+    h.server.faults().drop_watches();
+    let mut diffs = Vec::new();
+    for (file, handle) in watches {
+        let ours: Vec<Value> = handle
+            .await
+            .expect("watch task")
+            .into_iter()
+            .filter(|e| e["type"] != "BOOKMARK")
+            .collect();
+        let theirs: Vec<Value> = fixture_events(&file)
+            .into_iter()
+            .filter(|e| e["type"] != "BOOKMARK")
+            .collect();
+        let summary = |evs: &[Value]| {
+            evs.iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    normalize(&mut e);
+                    format!(
+                        "{} {}",
+                        e["type"].as_str().unwrap_or(""),
+                        e["object"]["metadata"]["name"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if summary(&ours) != summary(&theirs) {
+            diffs.push(format!(
+                "{file}: events {:?}, expected {:?}",
+                summary(&ours),
+                summary(&theirs)
+            ));
+            continue;
+        }
+        for (i, (mut a, mut e)) in ours.into_iter().zip(theirs).enumerate() {
+            normalize(&mut a);
+            normalize(&mut e);
+            diffs.extend(
+                diff(&e, &a)
+                    .into_iter()
+                    .map(|d| format!("{file} event {i}: {d}")),
+            );
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn hello_svc_watch_streams_match_the_real_server() {
+    let h = scenario().await;
+    // Pods, metadata-only Pods, EndpointSlices and Endpoints watched while hello-world-3
+    // goes NotReady and back, hello-world-4 is deleted gracefully then forcibly,
+    // hello-world-11 is created and becomes Ready, and hello-world-5 is relabelled away.
+    watch_scenario(&h, 110..=113, 121..=124, 114..=120).await;
+}
+
+#[tokio::test]
+async fn biz1_selector_switch_watch_streams_match_the_real_server() {
+    let h = scenario().await;
+    // The Service selector gains `version=4.2` (blue/green switch), then loses it.
+    watch_scenario(&h, 125..=126, 129..=130, 127..=128).await;
 }

@@ -153,3 +153,56 @@ fn diff_at(path: &str, e: &Value, a: &Value, out: &mut Vec<String>) {
         }
     }
 }
+
+/// Opens a watch and collects its events until the server ends the stream.
+pub async fn open_watch(
+    client: &kube::Client,
+    path: &str,
+    accept: Option<&str>,
+) -> tokio::task::JoinHandle<Vec<Value>> {
+    use http_body_util::BodyExt;
+    let mut req = Request::builder().method("GET").uri(path);
+    if let Some(a) = accept {
+        req = req.header(http::header::ACCEPT, a);
+    }
+    let req = req
+        .body(kube::client::Body::empty())
+        .expect("valid request");
+    let resp = client.send(req).await.expect("watch request");
+    assert_eq!(resp.status(), StatusCode::OK, "watch {path}");
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+        }
+        buf.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("watch line is JSON"))
+            .collect()
+    })
+}
+
+/// Reads a captured watch stream.
+pub fn fixture_events(rel: &str) -> Vec<Value> {
+    fixture_text(rel)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("event JSON"))
+        .collect()
+}
+
+/// Replaces (or adds) one query parameter.
+pub fn with_param(path: &str, key: &str, value: &str) -> String {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut parts: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with(&format!("{key}=")))
+        .map(str::to_string)
+        .collect();
+    parts.push(format!("{key}={value}"));
+    format!("{base}?{}", parts.join("&"))
+}
