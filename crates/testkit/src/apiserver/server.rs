@@ -285,6 +285,14 @@ impl ApiServer {
         client_for(&self.kubeconfig).await
     }
 
+    /// The `kube::Config` behind [`client`](Self::client), for clients with other settings
+    /// (note that kube-rs retries 429, 503 and 504 answers by default: `default_retry`).
+    pub async fn kube_config(&self) -> Result<kube::Config, Error> {
+        kube::Config::from_custom_kubeconfig(self.kubeconfig.clone(), &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kube(e.to_string()))
+    }
+
     /// A new client authenticated with `token` (see [`add_token`](Self::add_token)).
     pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, Error> {
         client_for(&kubeconfig(self.addr, &self.tls.ca_pem, token)).await

@@ -206,3 +206,17 @@ pub fn with_param(path: &str, key: &str, value: &str) -> String {
     parts.push(format!("{key}={value}"));
     format!("{base}?{}", parts.join("&"))
 }
+
+/// Removes one query parameter.
+pub fn without_param(path: &str, key: &str) -> String {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let parts: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with(&format!("{key}=")))
+        .collect();
+    if parts.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", parts.join("&"))
+    }
+}
