@@ -664,6 +664,16 @@ fn commit(
         }
     }
     admission::defaults(res, &mut new);
+    if res == Resource::Pod
+        && !status_only
+        && !pod_spec_change_allowed(&current["spec"], &new["spec"])
+    {
+        return Err(ApiError::invalid(res, &name, vec![super::status::Cause {
+            reason: "FieldValueForbidden",
+            field: "spec".into(),
+            message: "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+        }]));
+    }
     let causes = admission::validate(res, &new, &shared.config);
     if !causes.is_empty() {
         return Err(ApiError::invalid(res, &name, causes));
@@ -679,6 +689,29 @@ fn commit(
         return Ok(Arc::new(current.clone()));
     }
     Ok(store.put(k, new))
+}
+
+/// Pods are mostly immutable: only images, the active deadline and tolerations may change.
+fn pod_spec_change_allowed(old: &Value, new: &Value) -> bool {
+    let masked = |spec: &Value| {
+        let mut s = spec.clone();
+        for key in ["containers", "initContainers"] {
+            for c in s
+                .get_mut(key)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                c["image"] = Value::Null;
+            }
+        }
+        if let Some(m) = s.as_object_mut() {
+            m.remove("activeDeadlineSeconds");
+            m.remove("tolerations");
+        }
+        s
+    };
+    masked(old) == masked(new)
 }
 
 fn update(
@@ -898,11 +931,16 @@ fn delete_one(
             );
             return Ok((*stored).clone());
         }
-        if grace == 0 && terminating {
-            // Forced: first the deletion time moves to now, then the object goes.
+        if grace == 0 {
+            // Forced or immediate: the deletion time moves to now (a MODIFIED event), then
+            // the object goes; the answer shows that last state.
             let mut pod = (*current).clone();
             pod["metadata"]["deletionTimestamp"] = admission::now().into();
             pod["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+            if !terminating {
+                let g = pod["metadata"]["generation"].as_i64().unwrap_or(1);
+                pod["metadata"]["generation"] = (g + 1).into();
+            }
             store.put(k.clone(), pod);
         } else if terminating {
             return Ok((*current).clone());

@@ -298,9 +298,14 @@ impl Harness {
         }
         let body = c.body.as_deref().map(|b| {
             // A stale resourceVersion must stay stale on this server too.
+            // A fresh one is dropped: the write is unconditional here as it was there.
             match serde_json::from_str::<Value>(b) {
                 Ok(mut v) if v["metadata"]["resourceVersion"].is_string() => {
-                    v["metadata"]["resourceVersion"] = "1".into();
+                    if c.status == 409 {
+                        v["metadata"]["resourceVersion"] = "1".into();
+                    } else if let Some(m) = v["metadata"].as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
                     v.to_string()
                 }
                 _ => b.to_string(),
@@ -471,8 +476,40 @@ pub fn normalize(v: &mut Value) {
             }
         }
         Value::Array(a) => a.iter_mut().for_each(normalize),
+        Value::String(text) if text.len() >= 36 => *text = mask_uids(text),
         _ => {}
     }
+}
+
+/// Replaces UUIDs inside text (as quoted in conflict messages) with `<uid>`.
+fn mask_uids(text: &str) -> String {
+    let b = text.as_bytes();
+    let is_uuid = |s: &[u8]| {
+        s.len() == 36
+            && s.iter().enumerate().all(|(i, c)| {
+                if [8, 13, 18, 23].contains(&i) {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            })
+    };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if i + 36 <= b.len()
+            && is_uuid(&b[i..i + 36])
+            && !b[i..i + 36].iter().all(|c| *c == b'0' || *c == b'-')
+        {
+            out.push_str("<uid>");
+            i += 36;
+        } else {
+            let ch = text[i..].chars().next().expect("char boundary");
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
 }
 
 /// A key-order-independent rendering, for sorting.
@@ -995,4 +1032,61 @@ async fn expired_and_future_versions_match_the_real_server() {
         }
     }
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+/// Writes: the patches `kubectl label`/`annotate` send, strategic merge, JSON patch,
+/// apply, a no-op patch and a PUT (index 162–169, after the hello-svc steps), then
+/// generateName, dry run, deletes with their different answers, a precondition conflict,
+/// delete-collection and the mirrored slice's removal (252–261).
+#[tokio::test]
+async fn writes_match_the_real_server() {
+    let h = scenario().await;
+    for c in files(114..=120, &[]) {
+        assert_eq!(h.replay(&c).await.status.as_u16(), c.status, "{}", c.file);
+    }
+    let slice = strip_server_fields(&fixture("objects/endpointslice-manual-1.json"));
+    post(
+        &h.admin,
+        "/api/v1/namespaces/demo/services",
+        &json!({"metadata": {"name": "manual"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    post(
+        &h.admin,
+        "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices",
+        &slice,
+    )
+    .await;
+    let mut list = files(162..=169, &[]);
+    list.extend(files(
+        252..=261,
+        &[
+            // The captured deletecollection removed Pods made by earlier generateName creates
+            // of the capture script; ours removes the one made here (checked below).
+            "patches/deletecollection-pods.response.json",
+        ],
+    ));
+    assert_eq!(list.len(), 17);
+    let mut diffs = Vec::new();
+    for c in &list {
+        diffs.extend(h.check(c).await);
+        h.server.settled().await;
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    let dc = capture("patches/deletecollection-pods.response.json");
+    let raw = h.replay(&dc).await;
+    assert_eq!(raw.status, 200);
+    let deleted = raw.json();
+    assert_eq!(deleted["kind"], "PodList");
+    assert!(
+        deleted["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|p| p["metadata"]["labels"]["app"] == "gen"))
+    );
 }

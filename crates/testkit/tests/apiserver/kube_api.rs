@@ -1,1 +1,345 @@
-//! placeholder
+//! The server driven through `kube::Api` and `kube::runtime`, as discovery will use it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use rudder_testkit::{ApiServer, TestCluster};
+use serde_json::json;
+
+use super::support::open_watch;
+
+/// Bounds every wait on an event, so a broken server fails the test instead of hanging it.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))
+    .expect("pod")
+}
+
+#[tokio::test]
+async fn typed_api_crud_and_selectors() {
+    let server = ApiServer::start().await.expect("server");
+    let pods: Api<Pod> = Api::default_namespaced(server.client().await.expect("client"));
+    for (name, version) in [("a", "4.1"), ("b", "4.2"), ("c", "4.2")] {
+        pods.create(
+            &PostParams::default(),
+            &pod(name, &[("app", "biz1"), ("version", version)]),
+        )
+        .await
+        .expect("create");
+    }
+    let names = |l: kube::api::ObjectList<Pod>| {
+        l.items
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("version=4.2"))
+                .await
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("version notin (4.2)"))
+                .await
+                .unwrap()
+        ),
+        ["a"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().fields("metadata.name=c"))
+                .await
+                .unwrap()
+        ),
+        ["c"]
+    );
+
+    // Pagination with kube's own continue handling.
+    let page = pods.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    let token = page.metadata.continue_.clone().expect("continue token");
+    let rest = pods
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(rest), ["c"]);
+
+    // Optimistic concurrency: a replace from a stale copy is a 409 Conflict.
+    let stale = pods.get("a").await.unwrap();
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let err = pods
+        .replace("a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{err:?}"
+    );
+
+    // An invalid label is a 422 naming the field.
+    let err = pods
+        .create(
+            &PostParams::default(),
+            &pod("bad", &[("app", "bad value!")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("metadata.labels")),
+        "{err:?}"
+    );
+
+    // Pod specs are immutable but for images (and a few more).
+    let err = pods
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeName": "node-a"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("pod updates may not change")),
+        "{err:?}"
+    );
+    let image = json!({"spec": {"containers": [{"name": "app", "image": "app:2"}]}});
+    let b = pods
+        .patch("b", &PatchParams::default(), &Patch::Strategic(image))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.metadata.generation,
+        Some(2),
+        "a spec change bumps the generation"
+    );
+    let err = pods.get("missing").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
+    pods.delete("c", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pods.get_opt("c").await.unwrap().is_none(),
+        "unscheduled Pods go at once"
+    );
+}
+
+#[tokio::test]
+async fn graceful_pod_deletion_keeps_the_pod_terminating() {
+    let cluster = TestCluster::builder()
+        .service("web")
+        .replicas(2)
+        .start()
+        .await
+        .expect("cluster");
+    let pods: Api<Pod> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    cluster.delete_pod("web-1", 30).await.unwrap();
+    let p = pods.get("web-1").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
+    cluster.api().settled().await;
+    // Terminating but still Ready: serving, not ready, in the slice.
+    let slices: Api<EndpointSlice> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    let list = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap();
+    let eps: Vec<_> = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.clone())
+        .collect();
+    let web1 = eps
+        .iter()
+        .find(|e| e.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some("web-1"))
+        .expect("web-1 endpoint");
+    let c = web1.conditions.as_ref().unwrap();
+    assert_eq!(
+        (c.ready, c.serving, c.terminating),
+        (Some(false), Some(true), Some(true))
+    );
+    cluster.delete_pod("web-1", 0).await.unwrap();
+    assert!(pods.get_opt("web-1").await.unwrap().is_none());
+}
+
+/// `kube::runtime::watcher` over EndpointSlices: the initial list, then changes as Pods
+/// come and go, then a full relist after the watch is answered with 410 Gone.
+#[tokio::test]
+async fn runtime_watcher_follows_endpoints_and_recovers_from_410() {
+    let mut cluster = TestCluster::builder()
+        .service("hello-svc")
+        .label("app", "hello-world")
+        .replicas(3)
+        .start()
+        .await
+        .expect("cluster");
+    let slices: Api<EndpointSlice> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    let config = watcher::Config::default().labels("kubernetes.io/service-name=hello-svc");
+    let mut stream = watcher::watcher(slices, config).boxed();
+    let count = |s: &EndpointSlice| {
+        s.endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count()
+    };
+
+    let mut init = 0;
+    loop {
+        match within("initial list", stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::Init => {}
+            Event::InitApply(s) => init += count(&s),
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(init, 3);
+
+    let labels = BTreeMap::from([("app".to_string(), "hello-world".to_string())]);
+    cluster.add_pod("hello-world-4", labels).await.unwrap();
+    loop {
+        if let Event::Apply(s) = within("the new endpoint", stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            && count(&s) == 4
+        {
+            break;
+        }
+    }
+
+    // Answer the next watch with 410 and end the current one: the watcher relists.
+    cluster.api().faults().expire_next_watch();
+    cluster.api().faults().drop_watches();
+    let mut relisted = 0;
+    loop {
+        match within("the relist", stream.next()).await.expect("stream") {
+            Ok(Event::Init) => relisted = 0,
+            Ok(Event::InitApply(s)) => relisted += count(&s),
+            Ok(Event::InitDone) => break,
+            Ok(_) | Err(_) => {}
+        }
+    }
+    assert_eq!(relisted, 4);
+}
+
+#[tokio::test]
+async fn metadata_watcher_sees_pod_labels() {
+    let cluster = TestCluster::builder()
+        .service("biz1")
+        .label("app", "biz1")
+        .replicas(2)
+        .start()
+        .await
+        .expect("cluster");
+    let pods: Api<Pod> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    let mut stream =
+        watcher::metadata_watcher(pods, watcher::Config::default().labels("app=biz1")).boxed();
+    let mut seen = Vec::new();
+    loop {
+        match within("metadata list", stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::InitApply(m) => seen.push(m.metadata.name.unwrap_or_default()),
+            Event::InitDone => break,
+            _ => {}
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["biz1-1", "biz1-2"]);
+    cluster
+        .label_pod(
+            "biz1-1",
+            BTreeMap::from([("version".to_string(), Some("4.2".to_string()))]),
+        )
+        .await
+        .unwrap();
+    loop {
+        if let Event::Apply(m) = within("relabel", stream.try_next()).await.unwrap().unwrap()
+            && m.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("version"))
+                .map(String::as_str)
+                == Some("4.2")
+        {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn streaming_lists_work_with_the_runtime_watcher() {
+    let cluster = TestCluster::builder()
+        .service("s")
+        .replicas(2)
+        .start()
+        .await
+        .expect("cluster");
+    let pods: Api<Pod> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    let mut stream = watcher::watcher(pods, watcher::Config::default().streaming_lists()).boxed();
+    let mut n = 0;
+    loop {
+        match within("streamed list", stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::InitApply(_) => n += 1,
+            Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn bookmarks_arrive_at_the_configured_interval() {
+    let server = ApiServer::builder()
+        .bookmark_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .expect("server");
+    let client = server.client().await.unwrap();
+    let rv = server.resource_version();
+    let handle = open_watch(&client, &format!("/api/v1/namespaces/default/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={rv}"), None).await;
+    let events = within("watch timeout", handle).await.unwrap();
+    assert!(
+        !events.is_empty(),
+        "a 1 s watch with 50 ms bookmarks gets bookmarks"
+    );
+    for e in &events {
+        assert_eq!(e["type"], "BOOKMARK");
+        assert_eq!(e["object"]["kind"], "Pod");
+        assert_eq!(e["object"]["spec"]["containers"], serde_json::Value::Null);
+    }
+}
