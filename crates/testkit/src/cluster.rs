@@ -15,6 +15,7 @@ use crate::pod_server::PodServer;
 pub struct TestClusterBuilder {
     namespace: String,
     service: String,
+    pod_prefix: Option<String>,
     selector: BTreeMap<String, String>,
     replicas: usize,
     port: u16,
@@ -52,6 +53,7 @@ impl Default for TestClusterBuilder {
         Self {
             namespace: "default".into(),
             service: "hello-svc".into(),
+            pod_prefix: None,
             selector: BTreeMap::new(),
             replicas: 3,
             port: 8080,
@@ -70,6 +72,12 @@ impl TestClusterBuilder {
     /// The Service's name (default `hello-svc`).
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.service = name.into();
+        self
+    }
+
+    /// Names the Pods `<prefix>-1`, `<prefix>-2`, … (default: the Service's name).
+    pub fn pod_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.pod_prefix = Some(prefix.into());
         self
     }
 
@@ -130,9 +138,13 @@ impl TestClusterBuilder {
             target_port: self.target_port,
             pods: Vec::new(),
         };
+        let prefix = self
+            .pod_prefix
+            .clone()
+            .unwrap_or_else(|| self.service.clone());
         for i in 1..=self.replicas {
             cluster
-                .add_pod(&format!("{}-{i}", self.service), self.selector.clone())
+                .add_pod(&format!("{prefix}-{i}"), self.selector.clone())
                 .await?;
         }
         let services: Api<Service> = Api::namespaced(client, &self.namespace);

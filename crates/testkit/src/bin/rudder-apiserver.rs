@@ -93,6 +93,7 @@ async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
     ) = if args.demo {
         let cluster = rudder_testkit::TestCluster::builder()
             .service("hello-svc")
+            .pod_prefix("hello-world")
             .label("app", "hello-world")
             .replicas(10)
             .start_on(api)
