@@ -211,7 +211,7 @@ impl TestCluster {
         labels: BTreeMap<String, String>,
     ) -> Result<&PodServer, Error> {
         let server = PodServer::start_on_loopback(name, self.target_port, labels.clone()).await?;
-        let node = if self.pods.len() % 2 == 0 {
+        let node = if self.pods.len().is_multiple_of(2) {
             "node-a"
         } else {
             "node-b"

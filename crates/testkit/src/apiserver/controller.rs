@@ -299,6 +299,10 @@ fn new_slice(
     ((Resource::EndpointSlice, ns.to_string(), name), slice)
 }
 
+/// A slice being planned: its key, the stored version (if any), the object to write and
+/// its endpoints.
+type Planned = (Key, Option<Arc<Value>>, Value, Vec<Value>);
+
 fn sync_slices(
     store: &mut Store,
     svc: &Value,
@@ -335,7 +339,7 @@ fn sync_slices(
         let by_uid: HashMap<&str, &Ep> = eps.iter().map(|e| (e.uid(), *e)).collect();
         let mut placed: HashMap<&str, bool> = HashMap::new();
         // Existing slices for this port set keep their surviving endpoints in place.
-        let mut slices: Vec<(Key, Option<Arc<Value>>, Value, Vec<Value>)> = Vec::new();
+        let mut slices: Vec<Planned> = Vec::new();
         let matching: Vec<(Key, Arc<Value>)> = existing
             .iter()
             .filter(|(k, s)| {

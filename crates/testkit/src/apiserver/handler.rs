@@ -330,7 +330,7 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
                 "RequestEntityTooLarge",
                 format!("request body: {e}"),
             );
-            err.details = Some(json!({}));
+            err.details = Some(Box::new(json!({})));
             err
         })
 }
@@ -431,7 +431,7 @@ async fn list(
             && (*token_rv as u64) < store.compacted()
         {
             let mut e = ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.");
-            e.metadata = json!({"continue": query::encode_continue(-1, start)});
+            e.metadata = Some(Box::new(json!({"continue": query::encode_continue(-1, start)})));
             return Err(e);
         }
         // A list at resourceVersion=0 is served from the cache and ignores `limit`.
@@ -528,10 +528,10 @@ async fn wait_for_rv(shared: &Shared, want: u64) -> ApiResult<()> {
         "Timeout",
         format!("Timeout: Too large resource version: {want}, current: {current}"),
     );
-    e.details = Some(json!({
+    e.details = Some(Box::new(json!({
         "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
         "retryAfterSeconds": 1,
-    }));
+    })));
     e.retry_after = Some(1);
     Err(e)
 }
@@ -779,10 +779,10 @@ fn patch(
                     "Invalid",
                     "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
                 );
-                e.details = Some(
+                e.details = Some(Box::new(
                     json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
                     {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]}),
-                );
+                ));
                 return Err(e);
             }
             // Server-side apply is approximated by a merge patch of the applied config.

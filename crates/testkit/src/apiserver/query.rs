@@ -109,11 +109,11 @@ pub(crate) fn list_options_invalid(message: &str) -> ApiError {
             "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: {message}"
         ),
     );
-    e.details = Some(json!({
+    e.details = Some(Box::new(json!({
         "group": "meta.k8s.io",
         "kind": "ListOptions",
         "causes": [{"reason": cause.reason, "message": cause.message, "field": cause.field}],
-    }));
+    })));
     e
 }
 

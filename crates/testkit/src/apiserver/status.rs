@@ -11,8 +11,9 @@ pub(crate) struct ApiError {
     pub(crate) code: StatusCode,
     pub(crate) reason: &'static str,
     pub(crate) message: String,
-    pub(crate) details: Option<Value>,
-    pub(crate) metadata: Value,
+    // Boxed: errors travel through every `?` on the request path; keep them small.
+    pub(crate) details: Option<Box<Value>>,
+    pub(crate) metadata: Option<Box<Value>>,
     /// Plain-text body instead of a `Status` (the mux's `404 page not found`).
     pub(crate) plain: bool,
     pub(crate) retry_after: Option<u32>,
@@ -27,14 +28,14 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
-            metadata: json!({}),
+            metadata: None,
             plain: false,
             retry_after: None,
         }
     }
 
     pub(crate) fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -203,7 +204,7 @@ impl ApiError {
         let mut e = Self::new(code, reason, format!("injected failure ({code})"));
         if code == StatusCode::TOO_MANY_REQUESTS {
             e.retry_after = Some(1);
-            e.details = Some(json!({"retryAfterSeconds": 1}));
+            e.details = Some(Box::new(json!({"retryAfterSeconds": 1})));
         }
         e
     }
@@ -213,14 +214,20 @@ impl ApiError {
         let mut m = Map::new();
         m.insert("kind".into(), "Status".into());
         m.insert("apiVersion".into(), "v1".into());
-        m.insert("metadata".into(), self.metadata.clone());
+        m.insert(
+            "metadata".into(),
+            self.metadata
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        );
         m.insert("status".into(), "Failure".into());
         m.insert("message".into(), self.message.clone().into());
         if !self.reason.is_empty() {
             m.insert("reason".into(), self.reason.into());
         }
         if let Some(d) = &self.details {
-            m.insert("details".into(), d.clone());
+            m.insert("details".into(), (**d).clone());
         }
         m.insert("code".into(), self.code.as_u16().into());
         Value::Object(m)

@@ -298,10 +298,12 @@ async fn stream(
                 }
                 let now = shared.read(|s| s.rv());
                 // A watch from the future stays silent, bookmarks included.
-                if bookmarks && !is_stalled && cursor <= now {
-                    if tx.send(bookmark_line(&filter, res.bookmark(now))).await.is_err() {
-                        return;
-                    }
+                if bookmarks
+                    && !is_stalled
+                    && cursor <= now
+                    && tx.send(bookmark_line(&filter, res.bookmark(now))).await.is_err()
+                {
+                    return;
                 }
             }
         }

@@ -79,7 +79,11 @@ fn garbage_body(rng: &mut impl Rng) -> String {
     let mut body = shapes[rng.random_range(0..shapes.len())].clone();
     if rng.random_bool(0.2) {
         let cut = rng.random_range(0..=body.len());
-        body.truncate(body.floor_char_boundary(cut));
+        let cut = (0..=cut)
+            .rev()
+            .find(|i| body.is_char_boundary(*i))
+            .unwrap_or(0);
+        body.truncate(cut);
     }
     body
 }

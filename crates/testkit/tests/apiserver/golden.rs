@@ -16,9 +16,9 @@ use super::support::{
     with_param, without_param,
 };
 
-pub struct Harness {
-    pub server: ApiServer,
-    pub admin: kube::Client,
+pub(crate) struct Harness {
+    pub(crate) server: ApiServer,
+    pub(crate) admin: kube::Client,
     reader: kube::Client,
     wrong: kube::Client,
     anon: kube::Client,
@@ -147,7 +147,7 @@ fn scenario_pods() -> Vec<Value> {
     pods
 }
 
-pub async fn scenario() -> Harness {
+pub(crate) async fn scenario() -> Harness {
     // Validate like a real cluster: no loopback endpoints.
     let server = ApiServer::builder()
         .allow_loopback_endpoints(false)
@@ -282,7 +282,7 @@ pub async fn scenario() -> Harness {
 }
 
 impl Harness {
-    pub async fn replay(&self, c: &Capture) -> Raw {
+    pub(crate) async fn replay(&self, c: &Capture) -> Raw {
         let client = match c.auth.as_str() {
             "reader" => &self.reader,
             "wrong" => &self.wrong,
@@ -323,7 +323,7 @@ impl Harness {
     }
 
     /// Replays `c` and returns the differences from the capture (empty when equal).
-    pub async fn check(&self, c: &Capture) -> Vec<String> {
+    pub(crate) async fn check(&self, c: &Capture) -> Vec<String> {
         let raw = self.replay(c).await;
         let mut out = Vec::new();
         if raw.status.as_u16() != c.status {
@@ -402,7 +402,7 @@ fn merge_slices(list: &mut Value) {
 }
 
 /// Removes what legitimately differs between two servers or two runs.
-pub fn normalize(v: &mut Value) {
+pub(crate) fn normalize(v: &mut Value) {
     const DROP: &[&str] = &[
         "uid",
         "resourceVersion",
@@ -449,10 +449,8 @@ pub fn normalize(v: &mut Value) {
                         a.dedup();
                     }
                 }
-                if k == "endpoints" || k == "items" {
-                    if let Value::Array(a) = child {
-                        a.sort_by_key(canonical);
-                    }
+                if let (true, Value::Array(a)) = (k == "endpoints" || k == "items", &mut *child) {
+                    a.sort_by_key(canonical);
                 }
             }
             if m.get("annotations")

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use rudder_testkit::{ApiServer, TestCluster};
 use serde_json::json;
@@ -259,9 +259,10 @@ async fn metadata_watcher_sees_pod_labels() {
         .start()
         .await
         .expect("cluster");
-    let pods: Api<Pod> = Api::default_namespaced(cluster.api().client().await.unwrap());
-    let mut stream =
-        watcher::metadata_watcher(pods, watcher::Config::default().labels("app=biz1")).boxed();
+    // `Api<PartialObjectMeta<_>>` makes metadata-only requests (kube's metadata watcher).
+    let pods: Api<PartialObjectMeta<Pod>> =
+        Api::default_namespaced(cluster.api().client().await.unwrap());
+    let mut stream = watcher::watcher(pods, watcher::Config::default().labels("app=biz1")).boxed();
     let mut seen = Vec::new();
     loop {
         match within("metadata list", stream.try_next())

@@ -59,12 +59,11 @@ impl<'a> Kubectl<'a> {
             .output()
             .await
             .expect("kubectl must be installed (CI installs it; see .ci/run)");
-        let o = Output {
+        Output {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        o
+        }
     }
 
     async fn ok(&self, args: &[&str]) -> String {

@@ -7,35 +7,35 @@ use http::{Request, StatusCode};
 use serde_json::Value;
 
 /// The golden fixtures copied from a real kube-apiserver (see `tests/fixtures/README.md`).
-pub fn fixtures_dir() -> PathBuf {
+pub(crate) fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-pub fn fixture_text(rel: &str) -> String {
+pub(crate) fn fixture_text(rel: &str) -> String {
     let path = fixtures_dir().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
-pub fn fixture(rel: &str) -> Value {
+pub(crate) fn fixture(rel: &str) -> Value {
     serde_json::from_str(&fixture_text(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
 }
 
 /// One captured request and response from `index.jsonl`.
 #[derive(Clone, Debug)]
-pub struct Capture {
+pub(crate) struct Capture {
     /// 1-based line in `index.jsonl`.
-    pub line: usize,
-    pub file: String,
-    pub method: String,
-    pub path: String,
-    pub accept: Option<String>,
-    pub content_type: Option<String>,
-    pub auth: String,
-    pub body: Option<String>,
-    pub status: u16,
+    pub(crate) line: usize,
+    pub(crate) file: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) accept: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) auth: String,
+    pub(crate) body: Option<String>,
+    pub(crate) status: u16,
 }
 
-pub fn captures() -> Vec<Capture> {
+pub(crate) fn captures() -> Vec<Capture> {
     fixture_text("index.jsonl")
         .lines()
         .enumerate()
@@ -59,7 +59,7 @@ pub fn captures() -> Vec<Capture> {
         .collect()
 }
 
-pub fn capture(file: &str) -> Capture {
+pub(crate) fn capture(file: &str) -> Capture {
     captures()
         .into_iter()
         .find(|c| c.file == file)
@@ -67,21 +67,21 @@ pub fn capture(file: &str) -> Capture {
 }
 
 /// A raw response.
-pub struct Raw {
-    pub status: StatusCode,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
+pub(crate) struct Raw {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Raw {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// Sends a request as-is through a `kube::Client` (which adds the token and TLS).
-pub async fn send(
+pub(crate) async fn send(
     client: &kube::Client,
     method: &str,
     path: &str,
@@ -115,7 +115,7 @@ pub async fn send(
 }
 
 /// Where two JSON documents differ, as `path: expected … got …` lines.
-pub fn diff(expected: &Value, actual: &Value) -> Vec<String> {
+pub(crate) fn diff(expected: &Value, actual: &Value) -> Vec<String> {
     let mut out = Vec::new();
     diff_at("", expected, actual, &mut out);
     out
@@ -155,7 +155,7 @@ fn diff_at(path: &str, e: &Value, a: &Value, out: &mut Vec<String>) {
 }
 
 /// Opens a watch and collects its events until the server ends the stream.
-pub async fn open_watch(
+pub(crate) async fn open_watch(
     client: &kube::Client,
     path: &str,
     accept: Option<&str>,
@@ -187,7 +187,7 @@ pub async fn open_watch(
 }
 
 /// Reads a captured watch stream.
-pub fn fixture_events(rel: &str) -> Vec<Value> {
+pub(crate) fn fixture_events(rel: &str) -> Vec<Value> {
     fixture_text(rel)
         .lines()
         .filter(|l| !l.is_empty())
@@ -196,7 +196,7 @@ pub fn fixture_events(rel: &str) -> Vec<Value> {
 }
 
 /// Replaces (or adds) one query parameter.
-pub fn with_param(path: &str, key: &str, value: &str) -> String {
+pub(crate) fn with_param(path: &str, key: &str, value: &str) -> String {
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
     let mut parts: Vec<String> = query
         .split('&')
@@ -208,7 +208,7 @@ pub fn with_param(path: &str, key: &str, value: &str) -> String {
 }
 
 /// Removes one query parameter.
-pub fn without_param(path: &str, key: &str) -> String {
+pub(crate) fn without_param(path: &str, key: &str) -> String {
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
     let parts: Vec<&str> = query
         .split('&')
