@@ -1,6 +1,7 @@
 //! End-to-end tests of the test API server: through `kube::Client`, through `kubectl`,
 //! against the golden captures of a real kube-apiserver, under faults and garbage.
 
+mod binary;
 mod faults;
 mod garbage;
 mod golden;

@@ -1,0 +1,68 @@
+//! The `rudder-apiserver` binary: ready line, kubeconfig, clean exit on SIGTERM.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test]
+async fn prints_ready_serves_and_exits_cleanly_on_sigterm() {
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "rudder-apiserver-bin-{}.kubeconfig",
+        std::process::id()
+    ));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rudder-apiserver"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--demo")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rudder-apiserver");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("ready within 30 s")
+        .expect("stdout")
+        .expect("a line");
+    assert!(line.contains("ready"), "{line}");
+
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig written"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    let pods: Api<Pod> = Api::default_namespaced(kube::Client::try_from(config).expect("client"));
+    let listed = pods
+        .list(&ListParams::default().labels("app=hello-world"))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 10, "--demo serves hello-svc's 10 Pods");
+
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(!kubeconfig.exists(), "the kubeconfig is removed on exit");
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_2_with_usage() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rudder-apiserver"))
+        .arg("--port")
+        .arg("notaport")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+}

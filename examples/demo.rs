@@ -1,2 +1,0 @@
-//! Demo placeholder.
-fn main() {}
