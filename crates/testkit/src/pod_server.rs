@@ -200,7 +200,7 @@ async fn serve(
                 let Ok((tcp, _)) = accepted else { continue };
                 let _ = tcp.set_nodelay(true);
                 // Linger 0: dropping the socket sends RST, as a crashed process's would.
-                let _ = socket2_linger_zero(&tcp);
+                let _ = reset_on_close(&tcp);
                 let reply = reply.clone();
                 let knobs = knobs.clone();
                 conns.spawn(async move {
@@ -216,7 +216,7 @@ async fn serve(
 }
 
 #[allow(deprecated)]
-fn socket2_linger_zero(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+fn reset_on_close(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     tcp.set_linger(Some(Duration::ZERO))
 }
 

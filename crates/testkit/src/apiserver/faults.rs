@@ -43,12 +43,9 @@ impl Faults {
     }
 
     /// Fails the next `n` API requests with `status` (e.g. 429 or 500) as a `Status` object.
-    ///
-    /// # Panics
-    /// When `status` is not a valid HTTP status code (a programming error in the test).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let code = StatusCode::from_u16(status).expect("fail_next needs a valid HTTP status");
-        self.shared.faults.lock().expect("fault lock").fail_next = Some((n, code));
+    /// A 429 carries `Retry-After: 1`, like the real server's priority-and-fairness rejects.
+    pub fn fail_next(&self, n: usize, status: StatusCode) {
+        self.shared.faults.lock().expect("fault lock").fail_next = Some((n, status));
     }
 
     /// Answers the next watch request with `410 Gone` (an `ERROR` event of reason `Expired`).

@@ -18,7 +18,9 @@ async fn no_retry_client(server: &ApiServer) -> kube::Client {
 async fn fail_next_answers_with_the_chosen_status_then_recovers() {
     let server = ApiServer::start().await.expect("server");
     let pods: Api<Pod> = Api::default_namespaced(no_retry_client(&server).await);
-    server.faults().fail_next(2, 500);
+    server
+        .faults()
+        .fail_next(2, http::StatusCode::INTERNAL_SERVER_ERROR);
     for _ in 0..2 {
         let err = pods.list(&ListParams::default()).await.unwrap_err();
         assert!(
@@ -30,7 +32,9 @@ async fn fail_next_answers_with_the_chosen_status_then_recovers() {
         .await
         .expect("third request succeeds");
 
-    server.faults().fail_next(1, 429);
+    server
+        .faults()
+        .fail_next(1, http::StatusCode::TOO_MANY_REQUESTS);
     let raw = send(
         &no_retry_client(&server).await,
         "GET",
