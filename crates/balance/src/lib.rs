@@ -3,8 +3,13 @@
 //! directly by unit and property tests.
 //!
 //! Today this crate holds [`Selector`], the Kubernetes label selector (string syntax and
-//! matching). Endpoint sets, subsets and balancers follow.
+//! matching), and [`EndpointSet`], the immutable endpoint snapshot discovery publishes.
+//! Subsets, splits and balancers follow.
 
+pub mod endpoint;
 pub mod selector;
 
+pub use self::endpoint::{
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+};
 pub use self::selector::{Requirement, Selector, SelectorError};

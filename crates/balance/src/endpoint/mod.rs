@@ -1,0 +1,244 @@
+//! Endpoint snapshots: what discovery publishes and balancers read.
+//!
+//! An [`EndpointSet`] is immutable and shared behind an `Arc`: discovery builds a new one
+//! when something really changed and swaps it in, and the request path reads the newest one
+//! without locking. Endpoints are sorted by address, so two sets built from the same inputs
+//! compare equal and a relist of an unchanged cluster publishes nothing new.
+
+mod clock;
+#[cfg(test)]
+mod tests;
+
+pub use self::clock::SyncClock;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Whether an endpoint takes new requests normally or only as a fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    /// Ready: routable.
+    Ready,
+    /// Terminating but still serving: routable only when a Service has no ready endpoint,
+    /// as kube-proxy does, so rolling updates never empty a Service.
+    ServingTerminating,
+}
+
+/// One routable address of a Service: a Pod's IP and the resolved target port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    addr: SocketAddr,
+    readiness: Readiness,
+    weight: u32,
+    meta: Arc<EndpointMeta>,
+}
+
+/// What is known about an endpoint besides its address (shared, rarely read on the
+/// request path).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// The Pod's name, when the endpoint names one (`targetRef`).
+    pub pod: Option<String>,
+    /// The Pod's labels; empty until the Pod is known.
+    pub labels: BTreeMap<String, String>,
+    /// The zone the endpoint runs in.
+    pub zone: Option<String>,
+    /// The node the endpoint runs on.
+    pub node: Option<String>,
+    /// Zones this endpoint is hinted for (topology-aware routing).
+    pub zone_hints: Vec<String>,
+    /// The port's `appProtocol` (e.g. `http`, `kubernetes.io/h2c`).
+    pub app_protocol: Option<String>,
+    /// When the Pod last became Ready.
+    pub ready_since: Option<SystemTime>,
+    /// When a terminating Pod will be killed (`deletionTimestamp` + grace period).
+    pub deletion_deadline: Option<SystemTime>,
+}
+
+impl Endpoint {
+    /// A ready endpoint of weight 1 with no metadata.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            readiness: Readiness::Ready,
+            weight: 1,
+            meta: Arc::default(),
+        }
+    }
+
+    /// Sets how the endpoint may be used.
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Sets the relative weight (0: never chosen).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_meta(mut self, meta: EndpointMeta) -> Self {
+        self.meta = Arc::new(meta);
+        self
+    }
+
+    /// The socket address requests go to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Ready, or serving while terminating.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness
+    }
+
+    /// The relative weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Pod name, labels, zone and the rest.
+    pub fn meta(&self) -> &EndpointMeta {
+        &self.meta
+    }
+
+    /// The Pod's labels (empty when not known).
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.meta.labels
+    }
+}
+
+/// What discovery knows about the Service behind an [`EndpointSet`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServiceState {
+    /// Not synced with the API yet.
+    Pending,
+    /// The Service exists; its endpoints are in the set (possibly none, see
+    /// [`EndpointSet::empty_reason`]).
+    Active,
+    /// The Service does not exist.
+    NotFound,
+    /// An `ExternalName` Service: requests go to this DNS name, not to endpoints.
+    ExternalName(String),
+}
+
+/// Why a Service has no routable endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EmptyReason {
+    /// No endpoint at all (no Pod matches, or the Service has no slices).
+    NoEndpoints,
+    /// Endpoints exist but none is ready or serving.
+    NoneReady,
+    /// The requested port is not a port of the Service.
+    NoSuchPort,
+}
+
+/// An immutable snapshot of a Service's endpoints for one port.
+#[derive(Clone, Debug)]
+pub struct EndpointSet {
+    state: ServiceState,
+    endpoints: Arc<[Endpoint]>,
+    empty_reason: Option<EmptyReason>,
+    clock: Option<Arc<SyncClock>>,
+}
+
+impl PartialEq for EndpointSet {
+    /// Content equality; the sync clock is not content.
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+            && self.endpoints == other.endpoints
+            && self.empty_reason == other.empty_reason
+    }
+}
+
+impl EndpointSet {
+    /// A set in `state` with `endpoints`, sorted by address with duplicates removed (the
+    /// first occurrence of an address wins).
+    pub fn new(state: ServiceState, mut endpoints: Vec<Endpoint>) -> Self {
+        endpoints.sort_by_key(Endpoint::addr);
+        endpoints.dedup_by_key(|e| e.addr);
+        let empty_reason = match state {
+            ServiceState::Active if endpoints.is_empty() => Some(EmptyReason::NoEndpoints),
+            _ => None,
+        };
+        Self {
+            state,
+            endpoints: endpoints.into(),
+            empty_reason,
+            clock: None,
+        }
+    }
+
+    /// The set of a Service that is not synced yet.
+    pub fn pending() -> Self {
+        Self::new(ServiceState::Pending, Vec::new())
+    }
+
+    /// Overrides why the set is empty.
+    pub fn with_empty_reason(mut self, reason: EmptyReason) -> Self {
+        if self.endpoints.is_empty() {
+            self.empty_reason = Some(reason);
+        }
+        self
+    }
+
+    /// Attaches the clock that tells how fresh the set is.
+    pub fn with_clock(mut self, clock: Arc<SyncClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The Service's state.
+    pub fn state(&self) -> &ServiceState {
+        &self.state
+    }
+
+    /// The endpoints, sorted by address.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The routable endpoints as kube-proxy picks them: the ready ones, or if there are
+    /// none, the ones serving while terminating.
+    pub fn routable(&self) -> impl Iterator<Item = &Endpoint> + '_ {
+        let any_ready = self
+            .endpoints
+            .iter()
+            .any(|e| e.readiness == Readiness::Ready);
+        let wanted = if any_ready {
+            Readiness::Ready
+        } else {
+            Readiness::ServingTerminating
+        };
+        self.endpoints.iter().filter(move |e| e.readiness == wanted)
+    }
+
+    /// Why there is nothing to route to, if so.
+    pub fn empty_reason(&self) -> Option<EmptyReason> {
+        self.empty_reason
+    }
+
+    /// How long discovery has been out of touch with the API server: zero while its watches
+    /// are healthy, then the time since the last success (`None` for sets without a clock,
+    /// such as static ones). While the API is unreachable the last good set keeps being
+    /// served and this grows.
+    pub fn staleness(&self) -> Option<Duration> {
+        self.clock.as_ref().map(|c| c.staleness())
+    }
+
+    /// Number of endpoints (routable or not).
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether the set holds no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}

@@ -1,0 +1,327 @@
+//! From Kubernetes objects to an [`EndpointSet`]: pure functions, tested over synthetic
+//! inputs and the captured real objects.
+//!
+//! The rules are kube-proxy's and the API's documentation: an endpoint's `ready` condition
+//! when absent means ready, `serving` when absent equals `ready`, `terminating` when absent
+//! is false; ready endpoints are routable, and serving-terminating ones only when a Service
+//! has no ready endpoint (see [`EndpointSet::routable`]). Named target ports are resolved
+//! per slice, since two slices of one Service may map the same port name to different
+//! numbers. An address in two slices at once (during controller updates) counts once,
+//! preferring the ready copy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use rudder_balance::{
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+};
+
+use crate::service_ref::PortSpec;
+
+/// The Pod annotation that sets an endpoint's weight (a positive integer; default 1, `0`
+/// takes the Pod out of rotation without failing readiness).
+pub const WEIGHT_ANNOTATION: &str = "rudder.io/weight";
+
+/// What discovery keeps of a Pod: enough to label, weigh and age its endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PodInfo {
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) ready_since: Option<SystemTime>,
+    pub(crate) deletion_deadline: Option<SystemTime>,
+    pub(crate) weight: u32,
+}
+
+fn to_system_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<SystemTime> {
+    let secs = t.0.as_second();
+    let nanos = t.0.subsec_nanosecond();
+    let since = std::time::Duration::new(secs.try_into().ok()?, nanos.try_into().ok()?);
+    SystemTime::UNIX_EPOCH.checked_add(since)
+}
+
+impl PodInfo {
+    pub(crate) fn from_pod(pod: &Pod) -> Self {
+        let meta = &pod.metadata;
+        let weight = match meta.annotations.as_ref().and_then(|a| a.get(WEIGHT_ANNOTATION)) {
+            None => 1,
+            Some(v) => v.trim().parse::<u32>().unwrap_or_else(|_| {
+                tracing::warn!(pod = ?meta.name, value = %v, "invalid {WEIGHT_ANNOTATION} annotation; using weight 1");
+                1
+            }),
+        };
+        let ready_since = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(to_system_time);
+        let deletion_deadline = meta
+            .deletion_timestamp
+            .as_ref()
+            .and_then(to_system_time)
+            .map(|t| {
+                t + std::time::Duration::from_secs(
+                    meta.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64,
+                )
+            });
+        Self {
+            labels: meta.labels.clone().unwrap_or_default(),
+            ready_since,
+            deletion_deadline,
+            weight,
+        }
+    }
+}
+
+/// The Service port a reference asks for: its name (what slices use) and number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ResolvedPort {
+    pub(crate) name: String,
+}
+
+/// Finds the Service port `spec` names; `None` asks for the Service's only port.
+pub(crate) fn resolve_port(service: &Service, spec: Option<&PortSpec>) -> Option<ResolvedPort> {
+    let ports = service.spec.as_ref()?.ports.as_deref().unwrap_or_default();
+    let found = match spec {
+        Some(PortSpec::Number(n)) => ports.iter().find(|p| p.port == i32::from(*n)),
+        Some(PortSpec::Name(name)) => ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name.as_str())),
+        None if ports.len() == 1 => ports.first(),
+        None => None,
+    }?;
+    Some(ResolvedPort {
+        name: found.name.clone().unwrap_or_default(),
+    })
+}
+
+/// What the Service is, before looking at endpoints.
+pub(crate) fn service_state(service: Option<&Service>) -> ServiceState {
+    let Some(svc) = service else {
+        return ServiceState::NotFound;
+    };
+    let spec = svc.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        let name = spec
+            .and_then(|s| s.external_name.clone())
+            .unwrap_or_default();
+        return ServiceState::ExternalName(name);
+    }
+    ServiceState::Active
+}
+
+/// Sorts "better" copies of an address first, so de-duplication keeps them.
+fn readiness_rank(r: Readiness) -> u8 {
+    match r {
+        Readiness::Ready => 0,
+        Readiness::ServingTerminating => 1,
+    }
+}
+
+fn finish(
+    state: ServiceState,
+    mut endpoints: Vec<Endpoint>,
+    seen_any: bool,
+    clock: &Arc<SyncClock>,
+) -> EndpointSet {
+    endpoints.sort_by_key(|e| (e.addr(), readiness_rank(e.readiness())));
+    let set = EndpointSet::new(state, endpoints).with_clock(clock.clone());
+    if set.is_empty() && seen_any {
+        set.with_empty_reason(EmptyReason::NoneReady)
+    } else {
+        set
+    }
+}
+
+fn meta_for(
+    pod_name: Option<&str>,
+    pods: &HashMap<String, PodInfo>,
+    zone: Option<&str>,
+    node: Option<&str>,
+    hints: Vec<String>,
+    app_protocol: Option<&str>,
+) -> (EndpointMeta, u32) {
+    let pod = pod_name.and_then(|n| pods.get(n));
+    let meta = EndpointMeta {
+        pod: pod_name.map(str::to_string),
+        // A Pod not seen yet is routable; its labels arrive with the Pod watch.
+        labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+        zone: zone.map(str::to_string),
+        node: node.map(str::to_string),
+        zone_hints: hints,
+        app_protocol: app_protocol.map(str::to_string),
+        ready_since: pod.and_then(|p| p.ready_since),
+        deletion_deadline: pod.and_then(|p| p.deletion_deadline),
+    };
+    (meta, pod.map_or(1, |p| p.weight))
+}
+
+/// Builds the set for one port from a Service's EndpointSlices.
+pub(crate) fn from_slices<'a>(
+    service: Option<&Service>,
+    port: Option<&PortSpec>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    pods: &HashMap<String, PodInfo>,
+    clock: &Arc<SyncClock>,
+) -> EndpointSet {
+    let state = service_state(service);
+    let Some(svc) = service.filter(|_| state == ServiceState::Active) else {
+        return EndpointSet::new(state, Vec::new()).with_clock(clock.clone());
+    };
+    let Some(resolved) = resolve_port(svc, port) else {
+        return EndpointSet::new(state, Vec::new())
+            .with_clock(clock.clone())
+            .with_empty_reason(EmptyReason::NoSuchPort);
+    };
+    let mut endpoints = Vec::new();
+    let mut seen_any = false;
+    for slice in slices {
+        let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
+        match slice.address_type.as_str() {
+            "IPv4" | "IPv6" => {}
+            other => {
+                tracing::warn!(
+                    slice = slice_name,
+                    address_type = other,
+                    "skipping EndpointSlice: only IP addresses are routable"
+                );
+                continue;
+            }
+        }
+        // Per slice: the port with the Service port's name.
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == resolved.name)
+        else {
+            continue;
+        };
+        let Some(number) = sp
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
+            tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let c = ep.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            seen_any = true;
+            let readiness = if ready {
+                Readiness::Ready
+            } else if serving && terminating {
+                Readiness::ServingTerminating
+            } else {
+                continue;
+            };
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                tracing::warn!(slice = slice_name, addresses = ?ep.addresses, "skipping endpoint: not an IP address");
+                continue;
+            };
+            let pod_name = ep
+                .target_ref
+                .as_ref()
+                .filter(|t| t.kind.as_deref() == Some("Pod"))
+                .and_then(|t| t.name.as_deref());
+            let hints = ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                .unwrap_or_default();
+            let (meta, weight) = meta_for(
+                pod_name,
+                pods,
+                ep.zone.as_deref(),
+                ep.node_name.as_deref(),
+                hints,
+                sp.app_protocol.as_deref(),
+            );
+            endpoints.push(
+                Endpoint::new(SocketAddr::new(ip, number))
+                    .with_readiness(readiness)
+                    .with_weight(weight)
+                    .with_meta(meta),
+            );
+        }
+    }
+    finish(state, endpoints, seen_any, clock)
+}
+
+/// Builds the set for one port from the core `v1` Endpoints object (where EndpointSlices
+/// are not available). Not-ready addresses are not routable; terminating Pods are absent
+/// from Endpoints altogether.
+pub(crate) fn from_endpoints(
+    service: Option<&Service>,
+    port: Option<&PortSpec>,
+    endpoints: Option<&Endpoints>,
+    pods: &HashMap<String, PodInfo>,
+    clock: &Arc<SyncClock>,
+) -> EndpointSet {
+    let state = service_state(service);
+    let Some(svc) = service.filter(|_| state == ServiceState::Active) else {
+        return EndpointSet::new(state, Vec::new()).with_clock(clock.clone());
+    };
+    let Some(resolved) = resolve_port(svc, port) else {
+        return EndpointSet::new(state, Vec::new())
+            .with_clock(clock.clone())
+            .with_empty_reason(EmptyReason::NoSuchPort);
+    };
+    let mut out = Vec::new();
+    let mut seen_any = false;
+    for subset in endpoints
+        .and_then(|e| e.subsets.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let Some(sp) = subset
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == resolved.name)
+        else {
+            continue;
+        };
+        let Some(number) = u16::try_from(sp.port).ok().filter(|p| *p > 0) else {
+            continue;
+        };
+        seen_any |= subset
+            .not_ready_addresses
+            .as_ref()
+            .is_some_and(|a| !a.is_empty());
+        for a in subset.addresses.iter().flatten() {
+            seen_any = true;
+            let Ok(ip) = a.ip.parse::<IpAddr>() else {
+                tracing::warn!(ip = %a.ip, "skipping Endpoints address: not an IP address");
+                continue;
+            };
+            let pod_name = a
+                .target_ref
+                .as_ref()
+                .filter(|t| t.kind.as_deref() == Some("Pod"))
+                .and_then(|t| t.name.as_deref());
+            let (meta, weight) = meta_for(
+                pod_name,
+                pods,
+                None,
+                a.node_name.as_deref(),
+                Vec::new(),
+                sp.app_protocol.as_deref(),
+            );
+            out.push(
+                Endpoint::new(SocketAddr::new(ip, number))
+                    .with_weight(weight)
+                    .with_meta(meta),
+            );
+        }
+    }
+    finish(state, out, seen_any, clock)
+}

@@ -1,0 +1,513 @@
+//! Shared watches per Service, publishing endpoint snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use rudder_balance::{EndpointSet, ServiceState, SyncClock};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::convert::{self, PodInfo};
+use crate::error::DiscoveryError;
+use crate::service_ref::{PortSpec, ServiceRef};
+
+/// Where endpoints come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// EndpointSlices, unless the API (or the client's permissions) lacks them, then the
+    /// core `v1` Endpoints object. Decided once per Service watch.
+    #[default]
+    Auto,
+    /// `discovery.k8s.io/v1` EndpointSlices labelled `kubernetes.io/service-name`.
+    EndpointSlices,
+    /// The core `v1` Endpoints object named after the Service (at most 1000 addresses).
+    Endpoints,
+}
+
+/// Settings for [`Discovery`].
+#[derive(Clone)]
+pub struct DiscoveryBuilder {
+    client: kube::Client,
+    source: Source,
+    default_namespace: Option<String>,
+}
+
+impl std::fmt::Debug for DiscoveryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryBuilder")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("source", &self.source)
+            .field("default_namespace", &self.default_namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscoveryBuilder {
+    /// Where endpoints come from (default [`Source::Auto`]).
+    pub fn source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The namespace of references that name none (default: the client's).
+    pub fn default_namespace(mut self, ns: impl Into<String>) -> Self {
+        self.default_namespace = Some(ns.into());
+        self
+    }
+
+    /// Builds the handle. No request is made until a Service is subscribed to.
+    pub fn build(self) -> Discovery {
+        let default_namespace = self
+            .default_namespace
+            .unwrap_or_else(|| self.client.default_namespace().to_string());
+        Discovery {
+            inner: Arc::new(Inner {
+                client: self.client,
+                source: self.source,
+                default_namespace,
+                services: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// Endpoint discovery from the Kubernetes API over the caller's `kube::Client`.
+///
+/// Cheap to clone. [`subscribe`](Self::subscribe) hands out a [`Subscription`] per
+/// [`ServiceRef`]: a `tokio::sync::watch` of immutable `Arc<EndpointSet>` snapshots for the
+/// referenced port. One set of watches (Service, EndpointSlices or Endpoints, Pods) runs
+/// per Service per `Discovery`, shared by every subscription to that Service whatever its
+/// port, and stops when the last subscription drops.
+///
+/// The watches use `kube::runtime::watcher`: list, then watch from the list's version,
+/// with bookmarks, relisting on `410 Gone`. A relist is collected in full and swapped in at
+/// once, so an unchanged cluster publishes nothing. On API errors the watches retry with
+/// backoff and the last good snapshot stays published; its
+/// [`staleness`](EndpointSet::staleness) tells how long discovery has been out of touch.
+///
+/// Pods are watched (scoped to the Service's selector) to join labels, Ready time,
+/// deletion deadline and the [`WEIGHT_ANNOTATION`](crate::WEIGHT_ANNOTATION) weight onto
+/// endpoints through `targetRef`. An endpoint whose Pod is not known yet is still routable
+/// with no labels: readiness comes from the slice, which the control plane already derived
+/// from the Pod, and withholding it would only delay new Pods. Selector-less Services get
+/// no Pod labels.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: kube::Client,
+    source: Source,
+    default_namespace: String,
+    services: Mutex<HashMap<(String, String), Weak<Entry>>>,
+}
+
+/// A subscription to one Service port; dropping the last one of a Service stops its watches.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    rx: watch::Receiver<Arc<EndpointSet>>,
+    service: ServiceRef,
+    _entry: Arc<Entry>,
+}
+
+impl Subscription {
+    /// The newest snapshot.
+    pub fn current(&self) -> Arc<EndpointSet> {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver of snapshots (each clone keeps the watches alive only while this
+    /// subscription lives).
+    pub fn receiver(&self) -> watch::Receiver<Arc<EndpointSet>> {
+        self.rx.clone()
+    }
+
+    /// Waits for the next snapshot that differs from the last one seen.
+    pub async fn changed(&mut self) -> Arc<EndpointSet> {
+        // The sender lives in the entry this subscription keeps alive.
+        let _ = self.rx.changed().await;
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Waits until the first sync (at most `timeout`), then returns the snapshot.
+    pub async fn synced(&mut self, timeout: Duration) -> Result<Arc<EndpointSet>, DiscoveryError> {
+        let wait = self.rx.wait_for(|s| *s.state() != ServiceState::Pending);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(set)) => Ok(set.clone()),
+            _ => Err(DiscoveryError::NotSynced {
+                service: self.service.to_string(),
+                waited: timeout,
+            }),
+        }
+    }
+
+    /// The Service this subscription follows.
+    pub fn service(&self) -> &ServiceRef {
+        &self.service
+    }
+}
+
+impl Discovery {
+    /// Discovery with default settings.
+    pub fn new(client: kube::Client) -> Self {
+        Self::builder(client).build()
+    }
+
+    /// Settings for discovery over `client`.
+    pub fn builder(client: kube::Client) -> DiscoveryBuilder {
+        DiscoveryBuilder {
+            client,
+            source: Source::Auto,
+            default_namespace: None,
+        }
+    }
+
+    /// The namespace of references that name none.
+    pub fn default_namespace(&self) -> &str {
+        &self.inner.default_namespace
+    }
+
+    /// Parses `s` (see [`ServiceRef`]) in the default namespace and subscribes to it.
+    pub fn subscribe_str(&self, s: &str) -> Result<Subscription, DiscoveryError> {
+        let svc = ServiceRef::parse_in(s, &self.inner.default_namespace)?;
+        self.subscribe(&svc)
+    }
+
+    /// Subscribes to a Service port, starting the Service's watches if this is the first
+    /// subscription. Must be called within a Tokio runtime.
+    pub fn subscribe(&self, svc: &ServiceRef) -> Result<Subscription, DiscoveryError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| DiscoveryError::NoRuntime)?;
+        let key = (svc.namespace().to_string(), svc.name().to_string());
+        let mut services = self.inner.services.lock().expect("services lock");
+        services.retain(|_, w| w.strong_count() > 0);
+        let entry = match services.get(&key).and_then(Weak::upgrade) {
+            Some(e) => e,
+            None => {
+                let entry = Arc::new(Entry::new());
+                let task = runtime.spawn(run(
+                    Arc::downgrade(&entry),
+                    self.inner.client.clone(),
+                    self.inner.source,
+                    key.0.clone(),
+                    key.1.clone(),
+                ));
+                let _ = entry.task.set(task.abort_handle());
+                services.insert(key, Arc::downgrade(&entry));
+                entry
+            }
+        };
+        let rx = entry.receiver(svc.port());
+        Ok(Subscription {
+            rx,
+            service: svc.clone(),
+            _entry: entry,
+        })
+    }
+}
+
+// === impl Entry ===
+
+/// One Service's watches and the snapshots published per port.
+#[derive(Debug)]
+struct Entry {
+    clock: Arc<SyncClock>,
+    model: Mutex<Model>,
+    ports: Mutex<HashMap<Option<PortSpec>, watch::Sender<Arc<EndpointSet>>>>,
+    task: std::sync::OnceLock<AbortHandle>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.get() {
+            t.abort();
+        }
+    }
+}
+
+impl Entry {
+    fn new() -> Self {
+        Self {
+            clock: Arc::new(SyncClock::new()),
+            model: Mutex::new(Model::default()),
+            ports: Mutex::new(HashMap::new()),
+            task: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn receiver(&self, port: Option<&PortSpec>) -> watch::Receiver<Arc<EndpointSet>> {
+        let mut ports = self.ports.lock().expect("ports lock");
+        if let Some(tx) = ports.get(&port.cloned()) {
+            return tx.subscribe();
+        }
+        let set = self
+            .model
+            .lock()
+            .expect("model lock")
+            .build(port, &self.clock);
+        let (tx, rx) = watch::channel(Arc::new(set));
+        ports.insert(port.cloned(), tx);
+        rx
+    }
+
+    /// Rebuilds every subscribed port's set and publishes those that changed.
+    fn publish(&self) {
+        let model = self.model.lock().expect("model lock");
+        let ports = self.ports.lock().expect("ports lock");
+        for (port, tx) in ports.iter() {
+            let set = model.build(port.as_ref(), &self.clock);
+            tx.send_if_modified(|current| {
+                if **current == set {
+                    return false;
+                }
+                *current = Arc::new(set);
+                true
+            });
+        }
+    }
+}
+
+// === the model ===
+
+/// A watched collection, with a relist collected apart and swapped in whole.
+#[derive(Debug)]
+pub(crate) struct Cache<T> {
+    pub(crate) items: BTreeMap<String, T>,
+    pending: Option<BTreeMap<String, T>>,
+    pub(crate) synced: bool,
+}
+
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Self {
+            items: BTreeMap::new(),
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<T> Cache<T> {
+    /// Applies one watcher event; `key` names an object, `convert` keeps what matters.
+    pub(crate) fn apply<K>(
+        &mut self,
+        event: Event<K>,
+        key: impl Fn(&K) -> String,
+        convert: impl Fn(K) -> T,
+    ) {
+        match event {
+            Event::Init => self.pending = Some(BTreeMap::new()),
+            Event::InitApply(o) => {
+                let k = key(&o);
+                self.pending
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k, convert(o));
+            }
+            Event::InitDone => {
+                self.items = self.pending.take().unwrap_or_default();
+                self.synced = true;
+            }
+            Event::Apply(o) => {
+                self.items.insert(key(&o), convert(o));
+            }
+            Event::Delete(o) => {
+                self.items.remove(&key(&o));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Model {
+    pub(crate) source: Option<Source>,
+    pub(crate) service: Cache<Service>,
+    pub(crate) slices: Cache<EndpointSlice>,
+    pub(crate) endpoints: Cache<Endpoints>,
+    pub(crate) pods: Cache<PodInfo>,
+}
+
+impl Model {
+    pub(crate) fn build(&self, port: Option<&PortSpec>, clock: &Arc<SyncClock>) -> EndpointSet {
+        let endpoints_synced = match self.source {
+            Some(Source::Endpoints) => self.endpoints.synced,
+            Some(_) => self.slices.synced,
+            None => false,
+        };
+        if !self.service.synced || !endpoints_synced {
+            return EndpointSet::pending().with_clock(clock.clone());
+        }
+        let service = self.service.items.values().next();
+        let pods: HashMap<String, PodInfo> = self
+            .pods
+            .items
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match self.source {
+            Some(Source::Endpoints) => convert::from_endpoints(
+                service,
+                port,
+                self.endpoints.items.values().next(),
+                &pods,
+                clock,
+            ),
+            _ => convert::from_slices(service, port, self.slices.items.values(), &pods, clock),
+        }
+    }
+}
+
+fn name_of<K: kube::Resource>(o: &K) -> String {
+    o.meta().name.clone().unwrap_or_default()
+}
+
+/// The Service's selector as a label selector string (`None` for selector-less Services).
+fn selector_of(service: Option<&Service>) -> Option<String> {
+    let sel = service?
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())?;
+    Some(
+        sel.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+async fn choose_source(client: &kube::Client, ns: &str, name: &str, wanted: Source) -> Source {
+    if wanted != Source::Auto {
+        return wanted;
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default()
+        .labels(&format!("kubernetes.io/service-name={name}"))
+        .limit(1);
+    match slices.list_metadata(&lp).await {
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+            tracing::info!(
+                service = name,
+                namespace = ns,
+                code = s.code,
+                "EndpointSlices unavailable; using v1 Endpoints"
+            );
+            Source::Endpoints
+        }
+        _ => Source::EndpointSlices,
+    }
+}
+
+enum Change {
+    Service(Result<Event<Service>, watcher::Error>),
+    Slice(Result<Event<EndpointSlice>, watcher::Error>),
+    Endpoints(Result<Event<Endpoints>, watcher::Error>),
+    Pod(Result<Event<Pod>, watcher::Error>),
+}
+
+fn watch_stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> BoxStream<'static, Result<Event<K>, watcher::Error>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher::watcher(api, config).default_backoff().boxed()
+}
+
+/// The watch loop of one Service. Holds only a weak reference to its entry, so that the
+/// last subscription's drop ends it (the entry also aborts it).
+async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: String, name: String) {
+    let source = choose_source(&client, &ns, &name, wanted).await;
+    match entry.upgrade() {
+        Some(e) => e.model.lock().expect("model lock").source = Some(source),
+        None => return,
+    }
+    let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut services = watch_stream(
+        Api::<Service>::namespaced(client.clone(), &ns),
+        by_name.clone(),
+    )
+    .map(Change::Service);
+    let mut endpoints: BoxStream<'static, Change> = match source {
+        Source::Endpoints => {
+            watch_stream(Api::<Endpoints>::namespaced(client.clone(), &ns), by_name)
+                .map(Change::Endpoints)
+                .boxed()
+        }
+        _ => {
+            let by_label =
+                watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}"));
+            watch_stream(
+                Api::<EndpointSlice>::namespaced(client.clone(), &ns),
+                by_label,
+            )
+            .map(Change::Slice)
+            .boxed()
+        }
+    };
+    let mut pods: Option<BoxStream<'static, Change>> = None;
+    let mut pod_selector: Option<String> = None;
+    loop {
+        let change = tokio::select! {
+            Some(c) = services.next() => c,
+            Some(c) = endpoints.next() => c,
+            Some(c) = async { match pods.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => c,
+            else => return,
+        };
+        let Some(entry) = entry.upgrade() else { return };
+        let ok = {
+            let mut model = entry.model.lock().expect("model lock");
+            let result = match change {
+                Change::Service(r) => r.map(|e| model.service.apply(e, name_of, |s| s)),
+                Change::Slice(r) => r.map(|e| model.slices.apply(e, name_of, |s| s)),
+                Change::Endpoints(r) => r.map(|e| model.endpoints.apply(e, name_of, |s| s)),
+                Change::Pod(r) => {
+                    r.map(|e| model.pods.apply(e, name_of, |p| PodInfo::from_pod(&p)))
+                }
+            };
+            if let Err(e) = &result {
+                tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");
+            }
+            // The Pod watch follows the Service's selector.
+            let selector = selector_of(model.service.items.values().next());
+            if selector != pod_selector {
+                pod_selector = selector.clone();
+                model.pods = Cache::default();
+                pods = selector.map(|s| {
+                    let config = watcher::Config::default().labels(&s);
+                    watch_stream(Api::<Pod>::namespaced(client.clone(), &ns), config)
+                        .map(Change::Pod)
+                        .boxed()
+                });
+            }
+            result.is_ok()
+        };
+        if ok {
+            entry.clock.synced()
+        } else {
+            entry.clock.failed()
+        }
+        entry.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests;

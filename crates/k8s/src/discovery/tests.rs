@@ -1,0 +1,420 @@
+//! Pure tests: conversion and the relist-safe cache over synthetic watcher events and the
+//! objects captured from a real kube-apiserver.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+use rudder_balance::{EmptyReason, Readiness, ServiceState, SyncClock};
+use serde_json::{Value, json};
+
+use super::{Cache, Model, Source, name_of};
+use crate::convert::{self, PodInfo};
+use crate::service_ref::PortSpec;
+
+macro_rules! fixture {
+    ($path:literal) => {
+        serde_json::from_str::<Value>(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testkit/tests/fixtures/",
+            $path
+        )))
+        .expect("fixture JSON")
+    };
+}
+
+fn clock() -> Arc<SyncClock> {
+    Arc::new(SyncClock::new())
+}
+
+fn service(v: Value) -> Service {
+    serde_json::from_value(v).expect("service")
+}
+
+fn slice(v: Value) -> EndpointSlice {
+    serde_json::from_value(v).expect("slice")
+}
+
+fn simple_service(port_name: &str) -> Service {
+    service(json!({"metadata": {"name": "s", "namespace": "d"},
+        "spec": {"selector": {"app": "s"}, "ports": [{"name": port_name, "port": 80, "targetPort": 8080}]}}))
+}
+
+fn ep(ip: &str, ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Value {
+    let mut c = serde_json::Map::new();
+    if let Some(r) = ready {
+        c.insert("ready".into(), r.into());
+    }
+    if let Some(s) = serving {
+        c.insert("serving".into(), s.into());
+    }
+    if let Some(t) = terminating {
+        c.insert("terminating".into(), t.into());
+    }
+    json!({"addresses": [ip], "conditions": c})
+}
+
+fn slice_of(name: &str, family: &str, port: i32, eps: Vec<Value>) -> EndpointSlice {
+    slice(
+        json!({"metadata": {"name": name, "namespace": "d"}, "addressType": family,
+        "ports": [{"name": "http", "port": port}], "endpoints": eps}),
+    )
+}
+
+#[test]
+fn captured_web_named_resolves_the_named_port_per_slice() {
+    let svc = service(fixture!("objects/service-web-named.json"));
+    let slices = [
+        slice(fixture!("objects/endpointslice-web-named-1-port8080.json")),
+        slice(fixture!("objects/endpointslice-web-named-2-port9090.json")),
+    ];
+    let set = convert::from_slices(
+        Some(&svc),
+        Some(&PortSpec::Name("http".into())),
+        &slices,
+        &HashMap::new(),
+        &clock(),
+    );
+    let addrs: Vec<String> = set
+        .endpoints()
+        .iter()
+        .map(|e| e.addr().to_string())
+        .collect();
+    assert_eq!(
+        addrs,
+        [
+            "10.244.0.41:8080",
+            "10.244.0.42:8080",
+            "10.244.0.43:8080",
+            "10.244.0.44:9090",
+            "10.244.0.45:9090"
+        ]
+    );
+    assert!(
+        set.endpoints()
+            .iter()
+            .all(|e| e.meta().app_protocol.as_deref() == Some("http"))
+    );
+    assert_eq!(
+        set.endpoints()[0].meta().pod.as_deref(),
+        Some("web-named-1")
+    );
+    // The same Service port by number.
+    let by_number = convert::from_slices(
+        Some(&svc),
+        Some(&PortSpec::Number(80)),
+        &slices,
+        &HashMap::new(),
+        &clock(),
+    );
+    assert_eq!(by_number, set);
+}
+
+#[test]
+fn captured_big_service_merges_two_slices() {
+    let svc = service(fixture!("objects/service-big.json"));
+    let slices = [
+        slice(fixture!("objects/endpointslice-big-1-100eps.json")),
+        slice(fixture!("objects/endpointslice-big-2-30eps.json")),
+    ];
+    let set = convert::from_slices(Some(&svc), None, &slices, &HashMap::new(), &clock());
+    assert_eq!(set.len(), 130);
+    assert_eq!(set.routable().count(), 130);
+    assert!(
+        set.endpoints()
+            .iter()
+            .all(|e| e.meta().zone.is_some() && e.meta().node.is_some())
+    );
+}
+
+#[test]
+fn captured_hello_svc_from_endpoints_and_from_slices_agree() {
+    let svc = service(fixture!("objects/service-hello-svc.json"));
+    let slices = [slice(fixture!("objects/endpointslice-hello-svc-1.json"))];
+    let eps: Endpoints =
+        serde_json::from_value(fixture!("objects/endpoints-hello-svc.json")).unwrap();
+    let a = convert::from_slices(
+        Some(&svc),
+        Some(&PortSpec::Number(8080)),
+        &slices,
+        &HashMap::new(),
+        &clock(),
+    );
+    let b = convert::from_endpoints(
+        Some(&svc),
+        Some(&PortSpec::Number(8080)),
+        Some(&eps),
+        &HashMap::new(),
+        &clock(),
+    );
+    let addrs = |s: &rudder_balance::EndpointSet| {
+        s.endpoints().iter().map(|e| e.addr()).collect::<Vec<_>>()
+    };
+    assert_eq!(a.len(), 10);
+    assert_eq!(addrs(&a), addrs(&b));
+}
+
+#[test]
+fn captured_ext_mirrored_slice_has_only_ready_conditions() {
+    let svc = service(fixture!("objects/service-ext.json"));
+    let slices = [slice(fixture!("objects/endpointslice-ext-1.json"))];
+    let set = convert::from_slices(Some(&svc), None, &slices, &HashMap::new(), &clock());
+    // .51 ready; .52 ready=false and (absent) serving=ready=false: not routable.
+    let addrs: Vec<String> = set.routable().map(|e| e.addr().to_string()).collect();
+    assert_eq!(addrs, ["10.244.0.51:9090"]);
+}
+
+#[test]
+fn conditions_default_as_the_api_documents() {
+    let svc = simple_service("http");
+    let s = slice_of(
+        "s-1",
+        "IPv4",
+        8080,
+        vec![
+            ep("10.0.0.1", None, None, None),        // unknown: ready
+            ep("10.0.0.2", Some(false), None, None), // not ready, serving defaults to ready
+            ep("10.0.0.3", Some(false), Some(true), Some(true)), // serving while terminating
+            ep("10.0.0.4", Some(false), Some(true), None), // serving, not terminating: not routable
+        ],
+    );
+    let set = convert::from_slices(Some(&svc), None, [&s], &HashMap::new(), &clock());
+    let got: Vec<(String, Readiness)> = set
+        .endpoints()
+        .iter()
+        .map(|e| (e.addr().ip().to_string(), e.readiness()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.1".into(), Readiness::Ready),
+            ("10.0.0.3".into(), Readiness::ServingTerminating)
+        ]
+    );
+    assert_eq!(
+        set.routable().count(),
+        1,
+        "terminating ones only when none is ready"
+    );
+}
+
+#[test]
+fn terminating_fallback_keeps_a_rolling_update_routable() {
+    let svc = simple_service("http");
+    let s = slice_of(
+        "s-1",
+        "IPv4",
+        8080,
+        vec![
+            ep("10.0.0.1", Some(false), Some(true), Some(true)),
+            ep("10.0.0.2", Some(false), Some(false), Some(true)),
+        ],
+    );
+    let set = convert::from_slices(Some(&svc), None, [&s], &HashMap::new(), &clock());
+    let r: Vec<String> = set.routable().map(|e| e.addr().to_string()).collect();
+    assert_eq!(r, ["10.0.0.1:8080"]);
+}
+
+#[test]
+fn duplicates_across_slices_count_once_preferring_ready() {
+    let svc = simple_service("http");
+    let a = slice_of(
+        "s-a",
+        "IPv4",
+        8080,
+        vec![ep("10.0.0.1", Some(false), Some(true), Some(true))],
+    );
+    let b = slice_of(
+        "s-b",
+        "IPv4",
+        8080,
+        vec![
+            ep("10.0.0.1", Some(true), Some(true), Some(false)),
+            ep("10.0.0.2", None, None, None),
+        ],
+    );
+    let set = convert::from_slices(Some(&svc), None, [&a, &b], &HashMap::new(), &clock());
+    assert_eq!(set.len(), 2);
+    assert_eq!(set.endpoints()[0].readiness(), Readiness::Ready);
+}
+
+#[test]
+fn ipv6_is_routable_fqdn_and_garbage_are_skipped_without_losing_good_ones() {
+    let svc = simple_service("http");
+    let v6 = slice_of(
+        "s-6",
+        "IPv6",
+        8080,
+        vec![ep("fd00::1", Some(true), None, None)],
+    );
+    let fqdn = slice_of(
+        "s-f",
+        "FQDN",
+        8080,
+        vec![ep("pod.example.com", Some(true), None, None)],
+    );
+    let bad = slice_of(
+        "s-b",
+        "IPv4",
+        8080,
+        vec![
+            ep("999.0.0.1", Some(true), None, None),
+            ep("10.0.0.9", Some(true), None, None),
+        ],
+    );
+    let bad_port = slice_of(
+        "s-p",
+        "IPv4",
+        0,
+        vec![ep("10.0.0.10", Some(true), None, None)],
+    );
+    let set = convert::from_slices(
+        Some(&svc),
+        None,
+        [&v6, &fqdn, &bad, &bad_port],
+        &HashMap::new(),
+        &clock(),
+    );
+    let addrs: Vec<String> = set
+        .endpoints()
+        .iter()
+        .map(|e| e.addr().to_string())
+        .collect();
+    assert_eq!(addrs, ["10.0.0.9:8080", "[fd00::1]:8080"]);
+}
+
+#[test]
+fn service_states_are_distinct() {
+    let c = clock();
+    assert_eq!(
+        convert::from_slices(None, None, [], &HashMap::new(), &c).state(),
+        &ServiceState::NotFound
+    );
+    let ext = service(
+        json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}}),
+    );
+    assert_eq!(
+        convert::from_slices(Some(&ext), None, [], &HashMap::new(), &c).state(),
+        &ServiceState::ExternalName("db.example.com".into())
+    );
+    let svc = simple_service("http");
+    let empty = convert::from_slices(Some(&svc), None, [], &HashMap::new(), &c);
+    assert_eq!(
+        (empty.state(), empty.empty_reason()),
+        (&ServiceState::Active, Some(EmptyReason::NoEndpoints))
+    );
+    let none_ready = slice_of(
+        "s",
+        "IPv4",
+        8080,
+        vec![ep("10.0.0.1", Some(false), Some(false), Some(false))],
+    );
+    let set = convert::from_slices(Some(&svc), None, [&none_ready], &HashMap::new(), &c);
+    assert_eq!(set.empty_reason(), Some(EmptyReason::NoneReady));
+    let wrong_port = convert::from_slices(
+        Some(&svc),
+        Some(&PortSpec::Number(81)),
+        [&none_ready],
+        &HashMap::new(),
+        &c,
+    );
+    assert_eq!(wrong_port.empty_reason(), Some(EmptyReason::NoSuchPort));
+}
+
+#[test]
+fn pod_labels_weight_and_timing_are_joined_through_target_ref() {
+    let svc = simple_service("http");
+    let mut e = ep("10.0.0.1", Some(true), None, None);
+    e["targetRef"] = json!({"kind": "Pod", "name": "p1", "namespace": "d"});
+    let s = slice_of("s", "IPv4", 8080, vec![e, ep("10.0.0.2", None, None, None)]);
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": "p1", "labels": {"app": "s", "version": "4.2"}, "annotations": {convert::WEIGHT_ANNOTATION: "5"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T18:56:28Z"}]},
+    }))
+    .unwrap();
+    let pods = HashMap::from([("p1".to_string(), PodInfo::from_pod(&pod))]);
+    let set = convert::from_slices(Some(&svc), None, [&s], &pods, &clock());
+    let p1 = &set.endpoints()[0];
+    assert_eq!(p1.labels().get("version").map(String::as_str), Some("4.2"));
+    assert_eq!(p1.weight(), 5);
+    assert!(p1.meta().ready_since.is_some());
+    // Pod not known yet: routable, no labels, weight 1.
+    assert!(set.endpoints()[1].labels().is_empty());
+    assert_eq!(set.endpoints()[1].weight(), 1);
+
+    let bad: k8s_openapi::api::core::v1::Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p", "annotations": {convert::WEIGHT_ANNOTATION: "heavy"}}}),
+    )
+    .unwrap();
+    assert_eq!(
+        PodInfo::from_pod(&bad).weight,
+        1,
+        "an invalid weight is a warning and weight 1"
+    );
+}
+
+#[test]
+fn a_relist_of_an_unchanged_cluster_changes_nothing() {
+    let mut model = Model {
+        source: Some(Source::EndpointSlices),
+        ..Model::default()
+    };
+    let c = clock();
+    let svc = simple_service("http");
+    let s1 = slice_of(
+        "s-1",
+        "IPv4",
+        8080,
+        vec![
+            ep("10.0.0.1", None, None, None),
+            ep("10.0.0.2", None, None, None),
+        ],
+    );
+    let apply_all = |model: &mut Model| {
+        model.service.apply(Event::Init, name_of, |s| s);
+        model
+            .service
+            .apply(Event::InitApply(svc.clone()), name_of, |s| s);
+        model.service.apply(Event::InitDone, name_of, |s| s);
+        model.slices.apply(Event::Init, name_of, |s| s);
+        model
+            .slices
+            .apply(Event::InitApply(s1.clone()), name_of, |s| s);
+    };
+    apply_all(&mut model);
+    assert_eq!(
+        model.build(None, &c).state(),
+        &ServiceState::Pending,
+        "not synced before InitDone"
+    );
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    let before = model.build(None, &c);
+    assert_eq!(before.len(), 2);
+    // A relist: while it is collected, the old items stay in force.
+    model.slices.apply(Event::Init, name_of, |s| s);
+    assert_eq!(model.build(None, &c), before);
+    model
+        .slices
+        .apply(Event::InitApply(s1.clone()), name_of, |s| s);
+    assert_eq!(model.build(None, &c), before);
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    assert_eq!(model.build(None, &c), before);
+    // A real removal.
+    model.slices.apply(Event::Delete(s1), name_of, |s| s);
+    assert!(model.build(None, &c).is_empty());
+}
+
+#[test]
+fn cache_replaces_on_relist() {
+    let mut cache: Cache<i32> = Cache::default();
+    cache.apply(Event::Init, |v: &i32| v.to_string(), |v| v);
+    cache.apply(Event::InitApply(1), |v: &i32| v.to_string(), |v| v);
+    cache.apply(Event::InitDone, |v: &i32| v.to_string(), |v| v);
+    cache.apply(Event::Init, |v: &i32| v.to_string(), |v| v);
+    cache.apply(Event::InitApply(2), |v: &i32| v.to_string(), |v| v);
+    assert_eq!(cache.items.keys().collect::<Vec<_>>(), ["1"]);
+    cache.apply(Event::InitDone, |v: &i32| v.to_string(), |v| v);
+    assert_eq!(cache.items.keys().collect::<Vec<_>>(), ["2"]);
+}
