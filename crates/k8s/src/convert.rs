@@ -9,7 +9,7 @@
 //! numbers. An address in two slices at once (during controller updates) counts once,
 //! preferring the ready copy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -139,7 +139,7 @@ fn finish(
 
 fn meta_for(
     pod_name: Option<&str>,
-    pods: &HashMap<String, PodInfo>,
+    pods: &BTreeMap<String, PodInfo>,
     zone: Option<&str>,
     node: Option<&str>,
     hints: Vec<String>,
@@ -165,7 +165,7 @@ pub(crate) fn from_slices<'a>(
     service: Option<&Service>,
     port: Option<&PortSpec>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    pods: &HashMap<String, PodInfo>,
+    pods: &BTreeMap<String, PodInfo>,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
     let state = service_state(service);
@@ -263,7 +263,7 @@ pub(crate) fn from_endpoints(
     service: Option<&Service>,
     port: Option<&PortSpec>,
     endpoints: Option<&Endpoints>,
-    pods: &HashMap<String, PodInfo>,
+    pods: &BTreeMap<String, PodInfo>,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
     let state = service_state(service);

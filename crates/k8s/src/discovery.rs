@@ -184,6 +184,13 @@ impl Discovery {
         &self.inner.default_namespace
     }
 
+    /// How many Services have running watches (one set per Service, however many
+    /// subscriptions and ports).
+    pub fn watched_services(&self) -> usize {
+        let services = self.inner.services.lock().expect("services lock");
+        services.values().filter(|w| w.strong_count() > 0).count()
+    }
+
     /// Parses `s` (see [`ServiceRef`]) in the default namespace and subscribes to it.
     pub fn subscribe_str(&self, s: &str) -> Result<Subscription, DiscoveryError> {
         let svc = ServiceRef::parse_in(s, &self.inner.default_namespace)?;
@@ -354,21 +361,16 @@ impl Model {
             return EndpointSet::pending().with_clock(clock.clone());
         }
         let service = self.service.items.values().next();
-        let pods: HashMap<String, PodInfo> = self
-            .pods
-            .items
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let pods = &self.pods.items;
         match self.source {
             Some(Source::Endpoints) => convert::from_endpoints(
                 service,
                 port,
                 self.endpoints.items.values().next(),
-                &pods,
+                pods,
                 clock,
             ),
-            _ => convert::from_slices(service, port, self.slices.items.values(), &pods, clock),
+            _ => convert::from_slices(service, port, self.slices.items.values(), pods, clock),
         }
     }
 }
@@ -416,10 +418,11 @@ async fn choose_source(client: &kube::Client, ns: &str, name: &str, wanted: Sour
 }
 
 enum Change {
-    Service(Result<Event<Service>, watcher::Error>),
+    Service(Box<Result<Event<Service>, watcher::Error>>),
     Slice(Result<Event<EndpointSlice>, watcher::Error>),
     Endpoints(Result<Event<Endpoints>, watcher::Error>),
-    Pod(Result<Event<Pod>, watcher::Error>),
+    // Pods are large; boxing keeps every event of the loop small.
+    Pod(Box<Result<Event<Pod>, watcher::Error>>),
 }
 
 fn watch_stream<K>(
@@ -445,7 +448,7 @@ async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: Strin
         Api::<Service>::namespaced(client.clone(), &ns),
         by_name.clone(),
     )
-    .map(Change::Service);
+    .map(|r| Change::Service(Box::new(r)));
     let mut endpoints: BoxStream<'static, Change> = match source {
         Source::Endpoints => {
             watch_stream(Api::<Endpoints>::namespaced(client.clone(), &ns), by_name)
@@ -476,7 +479,7 @@ async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: Strin
         let ok = {
             let mut model = entry.model.lock().expect("model lock");
             let result = match change {
-                Change::Service(r) => r.map(|e| model.service.apply(e, name_of, |s| s)),
+                Change::Service(r) => (*r).map(|e| model.service.apply(e, name_of, |s| s)),
                 Change::Slice(r) => r.map(|e| model.slices.apply(e, name_of, |s| s)),
                 Change::Endpoints(r) => r.map(|e| model.endpoints.apply(e, name_of, |s| s)),
                 Change::Pod(r) => {
@@ -494,7 +497,7 @@ async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: Strin
                 pods = selector.map(|s| {
                     let config = watcher::Config::default().labels(&s);
                     watch_stream(Api::<Pod>::namespaced(client.clone(), &ns), config)
-                        .map(Change::Pod)
+                        .map(|r| Change::Pod(Box::new(r)))
                         .boxed()
                 });
             }

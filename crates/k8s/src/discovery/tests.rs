@@ -1,7 +1,7 @@
 //! Pure tests: conversion and the relist-safe cache over synthetic watcher events and the
 //! objects captured from a real kube-apiserver.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -74,7 +74,7 @@ fn captured_web_named_resolves_the_named_port_per_slice() {
         Some(&svc),
         Some(&PortSpec::Name("http".into())),
         &slices,
-        &HashMap::new(),
+        &BTreeMap::new(),
         &clock(),
     );
     let addrs: Vec<String> = set
@@ -106,7 +106,7 @@ fn captured_web_named_resolves_the_named_port_per_slice() {
         Some(&svc),
         Some(&PortSpec::Number(80)),
         &slices,
-        &HashMap::new(),
+        &BTreeMap::new(),
         &clock(),
     );
     assert_eq!(by_number, set);
@@ -119,7 +119,7 @@ fn captured_big_service_merges_two_slices() {
         slice(fixture!("objects/endpointslice-big-1-100eps.json")),
         slice(fixture!("objects/endpointslice-big-2-30eps.json")),
     ];
-    let set = convert::from_slices(Some(&svc), None, &slices, &HashMap::new(), &clock());
+    let set = convert::from_slices(Some(&svc), None, &slices, &BTreeMap::new(), &clock());
     assert_eq!(set.len(), 130);
     assert_eq!(set.routable().count(), 130);
     assert!(
@@ -139,14 +139,14 @@ fn captured_hello_svc_from_endpoints_and_from_slices_agree() {
         Some(&svc),
         Some(&PortSpec::Number(8080)),
         &slices,
-        &HashMap::new(),
+        &BTreeMap::new(),
         &clock(),
     );
     let b = convert::from_endpoints(
         Some(&svc),
         Some(&PortSpec::Number(8080)),
         Some(&eps),
-        &HashMap::new(),
+        &BTreeMap::new(),
         &clock(),
     );
     let addrs = |s: &rudder_balance::EndpointSet| {
@@ -160,7 +160,7 @@ fn captured_hello_svc_from_endpoints_and_from_slices_agree() {
 fn captured_ext_mirrored_slice_has_only_ready_conditions() {
     let svc = service(fixture!("objects/service-ext.json"));
     let slices = [slice(fixture!("objects/endpointslice-ext-1.json"))];
-    let set = convert::from_slices(Some(&svc), None, &slices, &HashMap::new(), &clock());
+    let set = convert::from_slices(Some(&svc), None, &slices, &BTreeMap::new(), &clock());
     // .51 ready; .52 ready=false and (absent) serving=ready=false: not routable.
     let addrs: Vec<String> = set.routable().map(|e| e.addr().to_string()).collect();
     assert_eq!(addrs, ["10.244.0.51:9090"]);
@@ -180,7 +180,7 @@ fn conditions_default_as_the_api_documents() {
             ep("10.0.0.4", Some(false), Some(true), None), // serving, not terminating: not routable
         ],
     );
-    let set = convert::from_slices(Some(&svc), None, [&s], &HashMap::new(), &clock());
+    let set = convert::from_slices(Some(&svc), None, [&s], &BTreeMap::new(), &clock());
     let got: Vec<(String, Readiness)> = set
         .endpoints()
         .iter()
@@ -212,7 +212,7 @@ fn terminating_fallback_keeps_a_rolling_update_routable() {
             ep("10.0.0.2", Some(false), Some(false), Some(true)),
         ],
     );
-    let set = convert::from_slices(Some(&svc), None, [&s], &HashMap::new(), &clock());
+    let set = convert::from_slices(Some(&svc), None, [&s], &BTreeMap::new(), &clock());
     let r: Vec<String> = set.routable().map(|e| e.addr().to_string()).collect();
     assert_eq!(r, ["10.0.0.1:8080"]);
 }
@@ -235,7 +235,7 @@ fn duplicates_across_slices_count_once_preferring_ready() {
             ep("10.0.0.2", None, None, None),
         ],
     );
-    let set = convert::from_slices(Some(&svc), None, [&a, &b], &HashMap::new(), &clock());
+    let set = convert::from_slices(Some(&svc), None, [&a, &b], &BTreeMap::new(), &clock());
     assert_eq!(set.len(), 2);
     assert_eq!(set.endpoints()[0].readiness(), Readiness::Ready);
 }
@@ -274,7 +274,7 @@ fn ipv6_is_routable_fqdn_and_garbage_are_skipped_without_losing_good_ones() {
         Some(&svc),
         None,
         [&v6, &fqdn, &bad, &bad_port],
-        &HashMap::new(),
+        &BTreeMap::new(),
         &clock(),
     );
     let addrs: Vec<String> = set
@@ -289,18 +289,18 @@ fn ipv6_is_routable_fqdn_and_garbage_are_skipped_without_losing_good_ones() {
 fn service_states_are_distinct() {
     let c = clock();
     assert_eq!(
-        convert::from_slices(None, None, [], &HashMap::new(), &c).state(),
+        convert::from_slices(None, None, [], &BTreeMap::new(), &c).state(),
         &ServiceState::NotFound
     );
     let ext = service(
         json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}}),
     );
     assert_eq!(
-        convert::from_slices(Some(&ext), None, [], &HashMap::new(), &c).state(),
+        convert::from_slices(Some(&ext), None, [], &BTreeMap::new(), &c).state(),
         &ServiceState::ExternalName("db.example.com".into())
     );
     let svc = simple_service("http");
-    let empty = convert::from_slices(Some(&svc), None, [], &HashMap::new(), &c);
+    let empty = convert::from_slices(Some(&svc), None, [], &BTreeMap::new(), &c);
     assert_eq!(
         (empty.state(), empty.empty_reason()),
         (&ServiceState::Active, Some(EmptyReason::NoEndpoints))
@@ -311,13 +311,13 @@ fn service_states_are_distinct() {
         8080,
         vec![ep("10.0.0.1", Some(false), Some(false), Some(false))],
     );
-    let set = convert::from_slices(Some(&svc), None, [&none_ready], &HashMap::new(), &c);
+    let set = convert::from_slices(Some(&svc), None, [&none_ready], &BTreeMap::new(), &c);
     assert_eq!(set.empty_reason(), Some(EmptyReason::NoneReady));
     let wrong_port = convert::from_slices(
         Some(&svc),
         Some(&PortSpec::Number(81)),
         [&none_ready],
-        &HashMap::new(),
+        &BTreeMap::new(),
         &c,
     );
     assert_eq!(wrong_port.empty_reason(), Some(EmptyReason::NoSuchPort));
@@ -334,7 +334,7 @@ fn pod_labels_weight_and_timing_are_joined_through_target_ref() {
         "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T18:56:28Z"}]},
     }))
     .unwrap();
-    let pods = HashMap::from([("p1".to_string(), PodInfo::from_pod(&pod))]);
+    let pods = BTreeMap::from([("p1".to_string(), PodInfo::from_pod(&pod))]);
     let set = convert::from_slices(Some(&svc), None, [&s], &pods, &clock());
     let p1 = &set.endpoints()[0];
     assert_eq!(p1.labels().get("version").map(String::as_str), Some("4.2"));
