@@ -1,5 +1,6 @@
-//! From Kubernetes objects to an [`EndpointSet`]: pure functions, tested over synthetic
-//! inputs and the captured real objects.
+//! From Kubernetes objects to an [`EndpointSet`]: pure functions, usable with any source
+//! of objects (Discovery uses them over its watches), tested over synthetic inputs and the
+//! captured real objects.
 //!
 //! The rules are kube-proxy's and the API's documentation: an endpoint's `ready` condition
 //! when absent means ready, `serving` when absent equals `ready`, `terminating` when absent
@@ -28,7 +29,7 @@ pub const WEIGHT_ANNOTATION: &str = "rudder.io/weight";
 
 /// What discovery keeps of a Pod: enough to label, weigh and age its endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PodInfo {
+pub struct PodInfo {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) ready_since: Option<SystemTime>,
     pub(crate) deletion_deadline: Option<SystemTime>,
@@ -43,7 +44,8 @@ fn to_system_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> O
 }
 
 impl PodInfo {
-    pub(crate) fn from_pod(pod: &Pod) -> Self {
+    /// Extracts labels, Ready time, deletion deadline and weight from a Pod.
+    pub fn from_pod(pod: &Pod) -> Self {
         let meta = &pod.metadata;
         let weight = match meta.annotations.as_ref().and_then(|a| a.get(WEIGHT_ANNOTATION)) {
             None => 1,
@@ -122,7 +124,7 @@ fn readiness_rank(r: Readiness) -> u8 {
     }
 }
 
-fn finish(
+pub(crate) fn finish(
     state: ServiceState,
     mut endpoints: Vec<Endpoint>,
     seen_any: bool,
@@ -160,8 +162,9 @@ fn meta_for(
     (meta, pod.map_or(1, |p| p.weight))
 }
 
-/// Builds the set for one port from a Service's EndpointSlices.
-pub(crate) fn from_slices<'a>(
+/// Builds the set for one port from a Service's EndpointSlices (`port: None` asks for
+/// the Service's only port). `pods` maps Pod names to what their endpoints inherit.
+pub fn from_slices<'a>(
     service: Option<&Service>,
     port: Option<&PortSpec>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
@@ -180,86 +183,102 @@ pub(crate) fn from_slices<'a>(
     let mut endpoints = Vec::new();
     let mut seen_any = false;
     for slice in slices {
-        let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
-        match slice.address_type.as_str() {
-            "IPv4" | "IPv6" => {}
-            other => {
-                tracing::warn!(
-                    slice = slice_name,
-                    address_type = other,
-                    "skipping EndpointSlice: only IP addresses are routable"
-                );
-                continue;
-            }
-        }
-        // Per slice: the port with the Service port's name.
-        let Some(sp) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == resolved.name)
-        else {
-            continue;
-        };
-        let Some(number) = sp
-            .port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-        else {
-            tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let c = ep.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            seen_any = true;
-            let readiness = if ready {
-                Readiness::Ready
-            } else if serving && terminating {
-                Readiness::ServingTerminating
-            } else {
-                continue;
-            };
-            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
-                tracing::warn!(slice = slice_name, addresses = ?ep.addresses, "skipping endpoint: not an IP address");
-                continue;
-            };
-            let pod_name = ep
-                .target_ref
-                .as_ref()
-                .filter(|t| t.kind.as_deref() == Some("Pod"))
-                .and_then(|t| t.name.as_deref());
-            let hints = ep
-                .hints
-                .as_ref()
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default();
-            let (meta, weight) = meta_for(
-                pod_name,
-                pods,
-                ep.zone.as_deref(),
-                ep.node_name.as_deref(),
-                hints,
-                sp.app_protocol.as_deref(),
-            );
-            endpoints.push(
-                Endpoint::new(SocketAddr::new(ip, number))
-                    .with_readiness(readiness)
-                    .with_weight(weight)
-                    .with_meta(meta),
-            );
-        }
+        let (eps, seen) = slice_endpoints(slice, &resolved.name, pods);
+        endpoints.extend(eps);
+        seen_any |= seen;
     }
     finish(state, endpoints, seen_any, clock)
+}
+
+/// The endpoints one slice contributes to the port named `port_name`, and whether the slice
+/// listed any endpoint for it at all (routable or not). Discovery caches this per slice, so
+/// a slice update converts only that slice.
+pub(crate) fn slice_endpoints(
+    slice: &EndpointSlice,
+    port_name: &str,
+    pods: &BTreeMap<String, PodInfo>,
+) -> (Vec<Endpoint>, bool) {
+    let mut endpoints = Vec::new();
+    let mut seen_any = false;
+    let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
+    match slice.address_type.as_str() {
+        "IPv4" | "IPv6" => {}
+        other => {
+            tracing::warn!(
+                slice = slice_name,
+                address_type = other,
+                "skipping EndpointSlice: only IP addresses are routable"
+            );
+            return (endpoints, seen_any);
+        }
+    }
+    // Per slice: the port with the Service port's name.
+    let Some(sp) = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+    else {
+        return (endpoints, seen_any);
+    };
+    let Some(number) = sp
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+    else {
+        tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
+        return (endpoints, seen_any);
+    };
+    for ep in &slice.endpoints {
+        let c = ep.conditions.as_ref();
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        seen_any = true;
+        let readiness = if ready {
+            Readiness::Ready
+        } else if serving && terminating {
+            Readiness::ServingTerminating
+        } else {
+            continue;
+        };
+        let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+            tracing::warn!(slice = slice_name, addresses = ?ep.addresses, "skipping endpoint: not an IP address");
+            continue;
+        };
+        let pod_name = ep
+            .target_ref
+            .as_ref()
+            .filter(|t| t.kind.as_deref() == Some("Pod"))
+            .and_then(|t| t.name.as_deref());
+        let hints = ep
+            .hints
+            .as_ref()
+            .and_then(|h| h.for_zones.as_ref())
+            .map(|z| z.iter().map(|z| z.name.clone()).collect())
+            .unwrap_or_default();
+        let (meta, weight) = meta_for(
+            pod_name,
+            pods,
+            ep.zone.as_deref(),
+            ep.node_name.as_deref(),
+            hints,
+            sp.app_protocol.as_deref(),
+        );
+        endpoints.push(
+            Endpoint::new(SocketAddr::new(ip, number))
+                .with_readiness(readiness)
+                .with_weight(weight)
+                .with_meta(meta),
+        );
+    }
+    (endpoints, seen_any)
 }
 
 /// Builds the set for one port from the core `v1` Endpoints object (where EndpointSlices
 /// are not available). Not-ready addresses are not routable; terminating Pods are absent
 /// from Endpoints altogether.
-pub(crate) fn from_endpoints(
+pub fn from_endpoints(
     service: Option<&Service>,
     port: Option<&PortSpec>,
     endpoints: Option<&Endpoints>,

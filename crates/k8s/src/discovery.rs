@@ -276,7 +276,7 @@ impl Entry {
 
     /// Rebuilds every subscribed port's set and publishes those that changed.
     fn publish(&self) {
-        let model = self.model.lock().expect("model lock");
+        let mut model = self.model.lock().expect("model lock");
         let ports = self.ports.lock().expect("ports lock");
         for (port, tx) in ports.iter() {
             let set = model.build(port.as_ref(), &self.clock);
@@ -348,10 +348,25 @@ pub(crate) struct Model {
     pub(crate) slices: Cache<EndpointSlice>,
     pub(crate) endpoints: Cache<Endpoints>,
     pub(crate) pods: Cache<PodInfo>,
+    /// Bumped on every Pod change: converted slices carry Pod data and go stale with it.
+    pub(crate) pods_epoch: u64,
+    converted: HashMap<Option<PortSpec>, Converted>,
+}
+
+/// Per port: each slice's converted endpoints, keyed by slice name, valid for the slice's
+/// resourceVersion, the port name and the Pod epoch they were made with.
+#[derive(Debug, Default)]
+struct Converted {
+    port_name: String,
+    pods_epoch: u64,
+    slices: HashMap<String, (Option<String>, Vec<rudder_balance::Endpoint>, bool)>,
 }
 
 impl Model {
-    pub(crate) fn build(&self, port: Option<&PortSpec>, clock: &Arc<SyncClock>) -> EndpointSet {
+    /// The snapshot for `port`. Only slices that changed since the last build (or all of
+    /// them after a Pod or Service change) are converted again; the rest is merged from
+    /// the per-slice cache.
+    pub(crate) fn build(&mut self, port: Option<&PortSpec>, clock: &Arc<SyncClock>) -> EndpointSet {
         let endpoints_synced = match self.source {
             Some(Source::Endpoints) => self.endpoints.synced,
             Some(_) => self.slices.synced,
@@ -362,16 +377,48 @@ impl Model {
         }
         let service = self.service.items.values().next();
         let pods = &self.pods.items;
-        match self.source {
-            Some(Source::Endpoints) => convert::from_endpoints(
+        if self.source == Some(Source::Endpoints) {
+            return convert::from_endpoints(
                 service,
                 port,
                 self.endpoints.items.values().next(),
                 pods,
                 clock,
-            ),
-            _ => convert::from_slices(service, port, self.slices.items.values(), pods, clock),
+            );
         }
+        let state = convert::service_state(service);
+        let resolved = service
+            .filter(|_| state == ServiceState::Active)
+            .map(|s| convert::resolve_port(s, port));
+        let Some(Some(resolved)) = resolved else {
+            // Not found, ExternalName, or no such port: the pure function says which.
+            return convert::from_slices(service, port, [], pods, clock);
+        };
+        let cache = self.converted.entry(port.cloned()).or_default();
+        if cache.port_name != resolved.name || cache.pods_epoch != self.pods_epoch {
+            cache.slices.clear();
+            cache.port_name.clone_from(&resolved.name);
+            cache.pods_epoch = self.pods_epoch;
+        }
+        cache
+            .slices
+            .retain(|name, _| self.slices.items.contains_key(name));
+        let mut all = Vec::new();
+        let mut seen_any = false;
+        for (name, slice) in &self.slices.items {
+            let rv = slice.metadata.resource_version.clone();
+            let entry = cache
+                .slices
+                .entry(name.clone())
+                .or_insert_with(|| (None, Vec::new(), false));
+            if entry.0.is_none() || entry.0 != rv {
+                let (eps, seen) = convert::slice_endpoints(slice, &resolved.name, pods);
+                *entry = (rv, eps, seen);
+            }
+            all.extend(entry.1.iter().cloned());
+            seen_any |= entry.2;
+        }
+        convert::finish(state, all, seen_any, clock)
     }
 }
 
@@ -482,9 +529,10 @@ async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: Strin
                 Change::Service(r) => (*r).map(|e| model.service.apply(e, name_of, |s| s)),
                 Change::Slice(r) => r.map(|e| model.slices.apply(e, name_of, |s| s)),
                 Change::Endpoints(r) => r.map(|e| model.endpoints.apply(e, name_of, |s| s)),
-                Change::Pod(r) => {
-                    r.map(|e| model.pods.apply(e, name_of, |p| PodInfo::from_pod(&p)))
-                }
+                Change::Pod(r) => r.map(|e| {
+                    model.pods.apply(e, name_of, |p| PodInfo::from_pod(&p));
+                    model.pods_epoch += 1;
+                }),
             };
             if let Err(e) = &result {
                 tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");

@@ -19,13 +19,13 @@
 //! # Ok(()) }
 //! ```
 
-mod convert;
+pub mod convert;
 mod discovery;
 mod error;
 mod service_ref;
 mod static_;
 
-pub use self::convert::WEIGHT_ANNOTATION;
+pub use self::convert::{PodInfo, WEIGHT_ANNOTATION};
 pub use self::discovery::{Discovery, DiscoveryBuilder, Source, Subscription};
 pub use self::error::DiscoveryError;
 pub use self::service_ref::{PortSpec, ServiceRef, ServiceRefError};

@@ -418,3 +418,57 @@ fn cache_replaces_on_relist() {
     cache.apply(Event::InitDone, |v: &i32| v.to_string(), |v| v);
     assert_eq!(cache.items.keys().collect::<Vec<_>>(), ["2"]);
 }
+
+#[test]
+fn slice_cache_follows_versions_ports_and_pods() {
+    let mut model = Model {
+        source: Some(Source::EndpointSlices),
+        ..Model::default()
+    };
+    let c = clock();
+    model
+        .service
+        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
+    model.service.apply(Event::InitDone, name_of, |s| s);
+    let mut a = slice_of("s-a", "IPv4", 8080, vec![ep("10.0.0.1", None, None, None)]);
+    a.metadata.resource_version = Some("1".into());
+    let mut b = slice_of("s-b", "IPv4", 8080, vec![ep("10.0.0.2", None, None, None)]);
+    b.metadata.resource_version = Some("1".into());
+    model
+        .slices
+        .apply(Event::InitApply(a.clone()), name_of, |s| s);
+    model
+        .slices
+        .apply(Event::InitApply(b.clone()), name_of, |s| s);
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    assert_eq!(model.build(None, &c).len(), 2);
+    // A new version of one slice is converted again.
+    b.endpoints
+        .push(serde_json::from_value(ep("10.0.0.3", None, None, None)).unwrap());
+    b.metadata.resource_version = Some("2".into());
+    model.slices.apply(Event::Apply(b.clone()), name_of, |s| s);
+    assert_eq!(model.build(None, &c).len(), 3);
+    // A Pod change invalidates converted slices (they carry Pod labels).
+    let mut e = ep("10.0.0.1", None, None, None);
+    e["targetRef"] = json!({"kind": "Pod", "name": "p1"});
+    a.endpoints = vec![serde_json::from_value(e).unwrap()];
+    a.metadata.resource_version = Some("2".into());
+    model.slices.apply(Event::Apply(a), name_of, |s| s);
+    assert!(model.build(None, &c).endpoints()[0].labels().is_empty());
+    let pod =
+        serde_json::from_value(json!({"metadata": {"name": "p1", "labels": {"v": "2"}}})).unwrap();
+    model
+        .pods
+        .apply(Event::Apply(pod), name_of, |p| PodInfo::from_pod(&p));
+    model.pods_epoch += 1;
+    assert_eq!(
+        model.build(None, &c).endpoints()[0]
+            .labels()
+            .get("v")
+            .map(String::as_str),
+        Some("2")
+    );
+    // A deleted slice leaves the cache too.
+    model.slices.apply(Event::Delete(b), name_of, |s| s);
+    assert_eq!(model.build(None, &c).len(), 1);
+}

@@ -1,0 +1,179 @@
+//! Discovery at scale, on loopback against the `rudder-testkit` API server:
+//!
+//! 1. initial sync of a Service with 10,000 endpoints in 100 EndpointSlices (subscribe →
+//!    first snapshot), fresh `Discovery` each round;
+//! 2. API write → new snapshot latency (p50/p99) when one endpoint of one slice changes
+//!    readiness in that 10,000-endpoint Service;
+//! 3. the pure cost of rebuilding the 10,000-endpoint set (what one slice update costs
+//!    discovery besides I/O), and of rebuilding a 100-endpoint set for comparison;
+//! 4. memory per endpoint of a published snapshot (RSS growth over many snapshots).
+//!
+//! `cargo bench -p rudder-k8s --bench discovery` (add `-- --quick` for fewer rounds).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rudder_k8s::{Discovery, convert};
+use rudder_testkit::ApiServer;
+use serde_json::json;
+
+const SLICES: usize = 100;
+const PER_SLICE: usize = 100;
+
+fn slice_json(i: usize, ready_first: bool) -> serde_json::Value {
+    let endpoints: Vec<_> = (0..PER_SLICE)
+        .map(|j| {
+            let ready = j != 0 || ready_first;
+            json!({"addresses": [format!("10.{}.{}.{}", 100 + i / 250, i % 250, j + 1)],
+                   "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                   "targetRef": {"kind": "Pod", "name": format!("big-{i}-{j}"), "namespace": "default"},
+                   "nodeName": "node-a", "zone": "zone-a"})
+        })
+        .collect();
+    json!({"metadata": {"name": format!("big-{i:03}"), "labels": {
+            "kubernetes.io/service-name": "big", "endpointslice.kubernetes.io/managed-by": "bench"}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints})
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (sync_rounds, update_rounds) = if quick { (2, 40) } else { (5, 200) };
+    let server = ApiServer::builder().controllers(false).start().await?;
+    let client = server.client().await?;
+    let services: Api<Service> = Api::default_namespaced(client.clone());
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": "big"}, "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )?;
+    services.create(&PostParams::default(), &svc).await?;
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    for i in 0..SLICES {
+        slices
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(slice_json(i, true))?,
+            )
+            .await?;
+    }
+    println!("| measurement | value |\n|---|---|");
+
+    // 1. Initial sync.
+    let mut syncs = Vec::new();
+    for _ in 0..sync_rounds {
+        let discovery = Discovery::new(server.client().await?);
+        let t = Instant::now();
+        let mut sub = discovery.subscribe_str("big")?;
+        let set = sub.synced(Duration::from_secs(60)).await?;
+        syncs.push(t.elapsed());
+        assert_eq!(set.len(), SLICES * PER_SLICE);
+    }
+    syncs.sort();
+    println!(
+        "| initial sync, 10,000 endpoints in 100 slices (median of {sync_rounds}) | {:.1} ms |",
+        percentile(&syncs, 0.5).as_secs_f64() * 1e3
+    );
+
+    // 2. Write → snapshot latency.
+    let discovery = Discovery::new(client.clone());
+    let mut sub = discovery.subscribe_str("big")?;
+    sub.synced(Duration::from_secs(60)).await?;
+    let mut lat = Vec::new();
+    let mut not_ready = 0;
+    for round in 0..update_rounds {
+        let i = round % SLICES;
+        // Each slice's first endpoint goes NotReady in turn, then Ready again in turn.
+        let ready = round % (2 * SLICES) >= SLICES;
+        not_ready = if ready { not_ready - 1 } else { not_ready + 1 };
+        let expected = SLICES * PER_SLICE - not_ready;
+        let patch = json!({"endpoints": slice_json(i, ready)["endpoints"]});
+        let t = Instant::now();
+        slices
+            .patch(
+                &format!("big-{i:03}"),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        loop {
+            let set = sub.changed().await;
+            if set.routable().count() == expected {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err("update not observed within 30 s".into());
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "| API write → new snapshot, p50 ({update_rounds} updates) | {:.2} ms |",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3
+    );
+    println!(
+        "| API write → new snapshot, p99 | {:.2} ms |",
+        percentile(&lat, 0.99).as_secs_f64() * 1e3
+    );
+
+    // 3. Pure rebuild cost.
+    let svc = services.get("big").await?;
+    let all: Vec<EndpointSlice> = (0..SLICES)
+        .map(|i| serde_json::from_value(slice_json(i, true)))
+        .collect::<Result<_, _>>()?;
+    let pods = BTreeMap::new();
+    let clock = std::sync::Arc::new(rudder_balance::SyncClock::new());
+    for (label, n) in [
+        ("10,000 endpoints (100 slices)", SLICES),
+        ("100 endpoints (1 slice)", 1),
+    ] {
+        let rounds = if n == 1 { 2000 } else { 50 };
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(convert::from_slices(
+                Some(&svc),
+                None,
+                &all[..n],
+                &pods,
+                &clock,
+            ));
+        }
+        let per = t.elapsed() / rounds;
+        println!(
+            "| full snapshot rebuild (pure `convert::from_slices`), {label} | {:.1} µs ({:.0} ns/endpoint) |",
+            per.as_secs_f64() * 1e6,
+            per.as_nanos() as f64 / (n * PER_SLICE) as f64
+        );
+    }
+
+    // 4. Memory per endpoint: keep many distinct snapshots alive and watch RSS grow.
+    let keep = 20;
+    let before = rss_bytes();
+    let held: Vec<_> = (0..keep)
+        .map(|_| convert::from_slices(Some(&svc), None, &all, &pods, &clock))
+        .collect();
+    let after = rss_bytes();
+    std::hint::black_box(&held);
+    let per_ep = (after.saturating_sub(before)) as f64 / (keep * SLICES * PER_SLICE) as f64;
+    println!(
+        "| memory per endpoint in a snapshot (RSS growth over {keep} × 10,000) | {per_ep:.0} bytes |"
+    );
+    Ok(())
+}
