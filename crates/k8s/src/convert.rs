@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
 };
@@ -46,14 +47,6 @@ fn to_system_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> O
 impl PodInfo {
     /// Extracts labels, Ready time, deletion deadline and weight from a Pod.
     pub fn from_pod(pod: &Pod) -> Self {
-        let meta = &pod.metadata;
-        let weight = match meta.annotations.as_ref().and_then(|a| a.get(WEIGHT_ANNOTATION)) {
-            None => 1,
-            Some(v) => v.trim().parse::<u32>().unwrap_or_else(|_| {
-                tracing::warn!(pod = ?meta.name, value = %v, "invalid {WEIGHT_ANNOTATION} annotation; using weight 1");
-                1
-            }),
-        };
         let ready_since = pod
             .status
             .as_ref()
@@ -61,18 +54,33 @@ impl PodInfo {
             .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
             .and_then(|c| c.last_transition_time.as_ref())
             .and_then(to_system_time);
+        Self {
+            ready_since,
+            ..Self::from_metadata(&pod.metadata)
+        }
+    }
+
+    /// Extracts labels, deletion deadline and weight from a Pod's metadata (what a
+    /// metadata-only watch delivers; the Ready time is then unknown).
+    pub fn from_metadata(meta: &ObjectMeta) -> Self {
+        let weight = match meta.annotations.as_ref().and_then(|a| a.get(WEIGHT_ANNOTATION)) {
+            None => 1,
+            Some(v) => v.trim().parse::<u32>().unwrap_or_else(|_| {
+                tracing::warn!(pod = ?meta.name, value = %v, "invalid {WEIGHT_ANNOTATION} annotation; using weight 1");
+                1
+            }),
+        };
         let deletion_deadline = meta
             .deletion_timestamp
             .as_ref()
             .and_then(to_system_time)
             .map(|t| {
-                t + std::time::Duration::from_secs(
-                    meta.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64,
-                )
+                let grace = meta.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64;
+                t + std::time::Duration::from_secs(grace)
             });
         Self {
             labels: meta.labels.clone().unwrap_or_default(),
-            ready_since,
+            ready_since: None,
             deletion_deadline,
             weight,
         }

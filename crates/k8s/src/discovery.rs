@@ -8,7 +8,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use rudder_balance::{EndpointSet, ServiceState, SyncClock};
@@ -39,6 +39,23 @@ pub struct DiscoveryBuilder {
     client: kube::Client,
     source: Source,
     default_namespace: Option<String>,
+    pods: PodWatch,
+}
+
+/// How much of each Pod discovery watches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PodWatch {
+    /// Whole Pods: labels, weight, deletion deadline and the Ready-transition time that
+    /// slow start ramps from.
+    #[default]
+    Full,
+    /// Metadata only (`PartialObjectMetadata`): labels, weight and deletion deadline, but
+    /// no Ready time; fewer bytes on the wire.
+    Metadata,
+    /// No Pod watch: endpoints carry no labels (label subsets cannot match), for clients
+    /// that may not read Pods.
+    None,
 }
 
 impl std::fmt::Debug for DiscoveryBuilder {
@@ -65,6 +82,12 @@ impl DiscoveryBuilder {
         self
     }
 
+    /// How much of each Pod to watch (default [`PodWatch::Full`]).
+    pub fn pods(mut self, pods: PodWatch) -> Self {
+        self.pods = pods;
+        self
+    }
+
     /// The namespace of references that name none (default: the client's).
     pub fn default_namespace(mut self, ns: impl Into<String>) -> Self {
         self.default_namespace = Some(ns.into());
@@ -80,6 +103,7 @@ impl DiscoveryBuilder {
             inner: Arc::new(Inner {
                 client: self.client,
                 source: self.source,
+                pods: self.pods,
                 default_namespace,
                 services: Mutex::new(HashMap::new()),
             }),
@@ -103,7 +127,9 @@ impl DiscoveryBuilder {
 ///
 /// Pods are watched (scoped to the Service's selector) to join labels, Ready time,
 /// deletion deadline and the [`WEIGHT_ANNOTATION`](crate::WEIGHT_ANNOTATION) weight onto
-/// endpoints through `targetRef`. An endpoint whose Pod is not known yet is still routable
+/// endpoints through `targetRef`. The default watches whole Pods, because the Ready-transition
+/// time (for slow start) is in the Pod's status; [`PodWatch::Metadata`] trades it for a
+/// metadata-only watch. An endpoint whose Pod is not known yet is still routable
 /// with no labels: readiness comes from the slice, which the control plane already derived
 /// from the Pod, and withholding it would only delay new Pods. Selector-less Services get
 /// no Pod labels.
@@ -115,6 +141,7 @@ pub struct Discovery {
 struct Inner {
     client: kube::Client,
     source: Source,
+    pods: PodWatch,
     default_namespace: String,
     services: Mutex<HashMap<(String, String), Weak<Entry>>>,
 }
@@ -176,6 +203,7 @@ impl Discovery {
             client,
             source: Source::Auto,
             default_namespace: None,
+            pods: PodWatch::Full,
         }
     }
 
@@ -213,6 +241,7 @@ impl Discovery {
                     Arc::downgrade(&entry),
                     self.inner.client.clone(),
                     self.inner.source,
+                    self.inner.pods,
                     key.0.clone(),
                     key.1.clone(),
                 ));
@@ -470,6 +499,7 @@ enum Change {
     Endpoints(Result<Event<Endpoints>, watcher::Error>),
     // Pods are large; boxing keeps every event of the loop small.
     Pod(Box<Result<Event<Pod>, watcher::Error>>),
+    PodMeta(Box<Result<Event<PartialObjectMeta<Pod>>, watcher::Error>>),
 }
 
 fn watch_stream<K>(
@@ -484,7 +514,14 @@ where
 
 /// The watch loop of one Service. Holds only a weak reference to its entry, so that the
 /// last subscription's drop ends it (the entry also aborts it).
-async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: String, name: String) {
+async fn run(
+    entry: Weak<Entry>,
+    client: kube::Client,
+    wanted: Source,
+    pod_watch: PodWatch,
+    ns: String,
+    name: String,
+) {
     let source = choose_source(&client, &ns, &name, wanted).await;
     match entry.upgrade() {
         Some(e) => e.model.lock().expect("model lock").source = Some(source),
@@ -533,6 +570,12 @@ async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: Strin
                     model.pods.apply(e, name_of, |p| PodInfo::from_pod(&p));
                     model.pods_epoch += 1;
                 }),
+                Change::PodMeta(r) => r.map(|e| {
+                    model
+                        .pods
+                        .apply(e, name_of, |p| PodInfo::from_metadata(&p.metadata));
+                    model.pods_epoch += 1;
+                }),
             };
             if let Err(e) = &result {
                 tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");
@@ -542,11 +585,24 @@ async fn run(entry: Weak<Entry>, client: kube::Client, wanted: Source, ns: Strin
             if selector != pod_selector {
                 pod_selector = selector.clone();
                 model.pods = Cache::default();
-                pods = selector.map(|s| {
+                pods = selector.and_then(|s| {
                     let config = watcher::Config::default().labels(&s);
-                    watch_stream(Api::<Pod>::namespaced(client.clone(), &ns), config)
-                        .map(|r| Change::Pod(Box::new(r)))
-                        .boxed()
+                    match pod_watch {
+                        PodWatch::Full => Some(
+                            watch_stream(Api::<Pod>::namespaced(client.clone(), &ns), config)
+                                .map(|r| Change::Pod(Box::new(r)))
+                                .boxed(),
+                        ),
+                        PodWatch::Metadata => Some(
+                            watch_stream(
+                                Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), &ns),
+                                config,
+                            )
+                            .map(|r| Change::PodMeta(Box::new(r)))
+                            .boxed(),
+                        ),
+                        PodWatch::None => None,
+                    }
                 });
             }
             result.is_ok()

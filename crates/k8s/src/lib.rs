@@ -26,7 +26,7 @@ mod service_ref;
 mod static_;
 
 pub use self::convert::{PodInfo, WEIGHT_ANNOTATION};
-pub use self::discovery::{Discovery, DiscoveryBuilder, Source, Subscription};
+pub use self::discovery::{Discovery, DiscoveryBuilder, PodWatch, Source, Subscription};
 pub use self::error::DiscoveryError;
 pub use self::service_ref::{PortSpec, ServiceRef, ServiceRefError};
 pub use self::static_::Static;

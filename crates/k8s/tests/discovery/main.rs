@@ -438,3 +438,49 @@ async fn not_synced_is_a_typed_error_when_the_api_is_unreachable() {
         Err(rudder_k8s::DiscoveryError::InvalidService(_))
     ));
 }
+
+#[tokio::test]
+async fn pod_watch_modes() {
+    let cluster = TestCluster::builder()
+        .service("hello-svc")
+        .replicas(2)
+        .start()
+        .await
+        .expect("cluster");
+    let client = cluster.api().client().await.unwrap();
+    let full = Discovery::new(client.clone());
+    let mut sub = full.subscribe_str("hello-svc").unwrap();
+    let set = until(&mut sub, "labels and Ready time", |s| {
+        s.len() == 2
+            && s.endpoints()
+                .iter()
+                .all(|e| !e.labels().is_empty() && e.meta().ready_since.is_some())
+    })
+    .await;
+    assert!(!set.is_empty());
+
+    let meta = Discovery::builder(client.clone())
+        .pods(rudder_k8s::PodWatch::Metadata)
+        .build();
+    let mut sub = meta.subscribe_str("hello-svc").unwrap();
+    let set = until(&mut sub, "labels from metadata", |s| {
+        s.len() == 2 && s.endpoints().iter().all(|e| !e.labels().is_empty())
+    })
+    .await
+    .pop()
+    .unwrap();
+    assert!(
+        set.endpoints()
+            .iter()
+            .all(|e| e.meta().ready_since.is_none()),
+        "no Ready time without Pod status"
+    );
+
+    let none = Discovery::builder(client)
+        .pods(rudder_k8s::PodWatch::None)
+        .build();
+    let mut sub = none.subscribe_str("hello-svc").unwrap();
+    let set = sub.synced(BOUND).await.unwrap();
+    assert_eq!(set.len(), 2);
+    assert!(set.endpoints().iter().all(|e| e.labels().is_empty()));
+}
