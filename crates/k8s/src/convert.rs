@@ -94,7 +94,7 @@ pub(crate) struct ResolvedPort {
 }
 
 /// Finds the Service port `spec` names; `None` asks for the Service's only port.
-pub(crate) fn resolve_port(service: &Service, spec: Option<&PortSpec>) -> Option<ResolvedPort> {
+fn resolve_port(service: &Service, spec: Option<&PortSpec>) -> Option<ResolvedPort> {
     let ports = service.spec.as_ref()?.ports.as_deref().unwrap_or_default();
     let found = match spec {
         Some(PortSpec::Number(n)) => ports.iter().find(|p| p.port == i32::from(*n)),
@@ -110,7 +110,7 @@ pub(crate) fn resolve_port(service: &Service, spec: Option<&PortSpec>) -> Option
 }
 
 /// What the Service is, before looking at endpoints.
-pub(crate) fn service_state(service: Option<&Service>) -> ServiceState {
+fn service_state(service: Option<&Service>) -> ServiceState {
     let Some(svc) = service else {
         return ServiceState::NotFound;
     };
@@ -170,6 +170,25 @@ fn meta_for(
     (meta, pod.map_or(1, |p| p.weight))
 }
 
+/// The Service port to collect endpoints for, or, when there is nothing to collect (no
+/// Service, an ExternalName, no such port), the finished set that says so.
+pub(crate) fn target(
+    service: Option<&Service>,
+    port: Option<&PortSpec>,
+    clock: &Arc<SyncClock>,
+) -> Result<(ServiceState, ResolvedPort), EndpointSet> {
+    let state = service_state(service);
+    let Some(svc) = service.filter(|_| state == ServiceState::Active) else {
+        return Err(EndpointSet::new(state, Vec::new()).with_clock(clock.clone()));
+    };
+    match resolve_port(svc, port) {
+        Some(resolved) => Ok((state, resolved)),
+        None => Err(EndpointSet::new(state, Vec::new())
+            .with_clock(clock.clone())
+            .with_empty_reason(EmptyReason::NoSuchPort)),
+    }
+}
+
 /// Builds the set for one port from a Service's EndpointSlices (`port: None` asks for
 /// the Service's only port). `pods` maps Pod names to what their endpoints inherit.
 pub fn from_slices<'a>(
@@ -179,14 +198,9 @@ pub fn from_slices<'a>(
     pods: &BTreeMap<String, PodInfo>,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
-    let state = service_state(service);
-    let Some(svc) = service.filter(|_| state == ServiceState::Active) else {
-        return EndpointSet::new(state, Vec::new()).with_clock(clock.clone());
-    };
-    let Some(resolved) = resolve_port(svc, port) else {
-        return EndpointSet::new(state, Vec::new())
-            .with_clock(clock.clone())
-            .with_empty_reason(EmptyReason::NoSuchPort);
+    let (state, resolved) = match target(service, port, clock) {
+        Ok(t) => t,
+        Err(done) => return done,
     };
     let mut endpoints = Vec::new();
     let mut seen_any = false;
@@ -293,14 +307,9 @@ pub fn from_endpoints(
     pods: &BTreeMap<String, PodInfo>,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
-    let state = service_state(service);
-    let Some(svc) = service.filter(|_| state == ServiceState::Active) else {
-        return EndpointSet::new(state, Vec::new()).with_clock(clock.clone());
-    };
-    let Some(resolved) = resolve_port(svc, port) else {
-        return EndpointSet::new(state, Vec::new())
-            .with_clock(clock.clone())
-            .with_empty_reason(EmptyReason::NoSuchPort);
+    let (state, resolved) = match target(service, port, clock) {
+        Ok(t) => t,
+        Err(done) => return done,
     };
     let mut out = Vec::new();
     let mut seen_any = false;

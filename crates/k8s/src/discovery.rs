@@ -415,13 +415,9 @@ impl Model {
                 clock,
             );
         }
-        let state = convert::service_state(service);
-        let resolved = service
-            .filter(|_| state == ServiceState::Active)
-            .map(|s| convert::resolve_port(s, port));
-        let Some(Some(resolved)) = resolved else {
-            // Not found, ExternalName, or no such port: the pure function says which.
-            return convert::from_slices(service, port, [], pods, clock);
+        let (state, resolved) = match convert::target(service, port, clock) {
+            Ok(t) => t,
+            Err(done) => return done,
         };
         let cache = self.converted.entry(port.cloned()).or_default();
         if cache.port_name != resolved.name || cache.pods_epoch != self.pods_epoch {
