@@ -8,8 +8,12 @@
 
 pub mod endpoint;
 pub mod selector;
+pub mod subset;
+pub mod weighted;
 
 pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
 };
 pub use self::selector::{Requirement, Selector, SelectorError};
+pub use self::subset::{Fallback, Picked, SubsetError, SubsetIndex};
+pub use self::weighted::WeightedIndex;

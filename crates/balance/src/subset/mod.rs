@@ -1,0 +1,195 @@
+//! Label subsets of a Service's endpoints, computed once per snapshot.
+//!
+//! Blue/green and canary releases the Kubernetes way edit a Service's selector (from
+//! `app=biz1,zone=prod` to `app=biz1,zone=prod,version=4.2`). A [`SubsetIndex`] does the same
+//! per client and per request without touching the Service: for each [`Selector`] it holds
+//! the positions of the matching routable endpoints of one [`EndpointSet`] snapshot. The
+//! configured selectors are indexed when the snapshot arrives; selectors first seen on a
+//! request (a header, say) are indexed once and cached with the snapshot, so no request
+//! scans the endpoints twice for the same selector.
+//!
+//! When a subset is empty, a [`Fallback`] says what happens: an error, any endpoint, or
+//! another selector.
+
+mod error;
+#[cfg(test)]
+mod tests;
+
+pub use self::error::SubsetError;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::endpoint::{Endpoint, EndpointSet, Readiness};
+use crate::selector::Selector;
+
+/// What to do when a subset has no routable endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fallback {
+    /// Fail with [`SubsetError::Empty`].
+    #[default]
+    NoFallback,
+    /// Use every routable endpoint of the Service.
+    AnyEndpoint,
+    /// Use this subset instead (which must not be empty itself).
+    Default(Selector),
+}
+
+/// The endpoints a request may go to: positions into a snapshot's endpoints.
+#[derive(Clone, Debug)]
+pub struct Picked {
+    set: Arc<EndpointSet>,
+    members: Arc<[u32]>,
+    fell_back: bool,
+}
+
+impl Picked {
+    /// The endpoints, in address order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Endpoint> + '_ {
+        self.members
+            .iter()
+            .map(|i| &self.set.endpoints()[*i as usize])
+    }
+
+    /// The `n`th member.
+    pub fn get(&self, n: usize) -> Option<&Endpoint> {
+        self.members
+            .get(n)
+            .map(|i| &self.set.endpoints()[*i as usize])
+    }
+
+    /// How many endpoints.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are none (only possible for an unmatched selector under a fallback
+    /// that also came up empty, which is reported as an error instead).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether the fallback was used because the requested subset was empty.
+    pub fn fell_back(&self) -> bool {
+        self.fell_back
+    }
+
+    /// Positions into [`EndpointSet::endpoints`].
+    pub fn positions(&self) -> &[u32] {
+        &self.members
+    }
+
+    /// The snapshot the positions point into.
+    pub fn set(&self) -> &Arc<EndpointSet> {
+        &self.set
+    }
+}
+
+/// The subsets of one snapshot.
+#[derive(Debug)]
+pub struct SubsetIndex {
+    set: Arc<EndpointSet>,
+    all: Arc<[u32]>,
+    known: RwLock<HashMap<Selector, Arc<[u32]>>>,
+}
+
+impl SubsetIndex {
+    /// Indexes `set` for `selectors` (the ones configured up front).
+    pub fn new<'a>(
+        set: Arc<EndpointSet>,
+        selectors: impl IntoIterator<Item = &'a Selector>,
+    ) -> Self {
+        let all: Arc<[u32]> = routable_positions(&set, &Selector::everything()).into();
+        let known = selectors
+            .into_iter()
+            .map(|s| (s.clone(), routable_positions(&set, s).into()))
+            .collect();
+        Self {
+            set,
+            all,
+            known: RwLock::new(known),
+        }
+    }
+
+    /// The snapshot indexed.
+    pub fn set(&self) -> &Arc<EndpointSet> {
+        &self.set
+    }
+
+    /// Every routable endpoint.
+    pub fn all(&self) -> Picked {
+        Picked {
+            set: self.set.clone(),
+            members: self.all.clone(),
+            fell_back: false,
+        }
+    }
+
+    fn members(&self, selector: &Selector) -> Arc<[u32]> {
+        if selector.is_everything() {
+            return self.all.clone();
+        }
+        if let Some(m) = self.known.read().expect("subset cache").get(selector) {
+            return m.clone();
+        }
+        let m: Arc<[u32]> = routable_positions(&self.set, selector).into();
+        self.known
+            .write()
+            .expect("subset cache")
+            .entry(selector.clone())
+            .or_insert(m)
+            .clone()
+    }
+
+    /// The routable endpoints matching `selector`, or the fallback's when there are none.
+    pub fn subset(&self, selector: &Selector, fallback: &Fallback) -> Result<Picked, SubsetError> {
+        let members = self.members(selector);
+        if !members.is_empty() {
+            return Ok(Picked {
+                set: self.set.clone(),
+                members,
+                fell_back: false,
+            });
+        }
+        let members = match fallback {
+            Fallback::NoFallback => None,
+            Fallback::AnyEndpoint => Some(self.all.clone()),
+            Fallback::Default(other) => Some(self.members(other)),
+        };
+        match members {
+            Some(m) if !m.is_empty() => Ok(Picked {
+                set: self.set.clone(),
+                members: m,
+                fell_back: true,
+            }),
+            _ => Err(SubsetError::Empty {
+                selector: selector.to_string(),
+                fallback: fallback.clone(),
+                endpoints: self.set.len(),
+            }),
+        }
+    }
+}
+
+/// Positions of the routable endpoints matching `selector`: its ready ones, or, when none of
+/// them is ready, its serving-terminating ones (kube-proxy's rule, applied per subset so a
+/// subset being rolled keeps serving).
+fn routable_positions(set: &EndpointSet, selector: &Selector) -> Vec<u32> {
+    let matching = || {
+        set.endpoints()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| selector.matches(e.labels()))
+    };
+    let any_ready = matching().any(|(_, e)| e.readiness() == Readiness::Ready);
+    let wanted = if any_ready {
+        Readiness::Ready
+    } else {
+        Readiness::ServingTerminating
+    };
+    matching()
+        .filter(|(_, e)| e.readiness() == wanted)
+        .map(|(i, _)| i as u32)
+        .collect()
+}

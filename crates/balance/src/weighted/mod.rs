@@ -1,0 +1,87 @@
+//! Weighted choice in O(log n): the primitive under every weighted balancer.
+//!
+//! [`WeightedIndex`] keeps cumulative weights; a uniformly random number in `0..total`
+//! lands in exactly one endpoint's range, so each endpoint is chosen with probability
+//! `weight / total`, exactly, and weight 0 is never chosen. Power-of-two-choices needs two
+//! *distinct* candidates drawn by weight: [`WeightedIndex::pick_two`] draws the second from
+//! the total minus the first's weight and skips over the first's range, which is the exact
+//! distribution of drawing without replacement, still in O(log n) and with no retry loop.
+
+#[cfg(test)]
+mod tests;
+
+/// Cumulative weights of a list of candidates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeightedIndex {
+    /// `ends[i]` is the sum of the weights of candidates `0..=i`.
+    ends: Vec<u64>,
+}
+
+impl WeightedIndex {
+    /// Indexes `weights` in order.
+    pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
+        let mut total = 0u64;
+        let ends = weights
+            .into_iter()
+            .map(|w| {
+                total += u64::from(w);
+                total
+            })
+            .collect();
+        Self { ends }
+    }
+
+    /// The sum of the weights.
+    pub fn total(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// How many candidates (including weight 0 ones).
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no candidates.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The weight of candidate `i`.
+    pub fn weight(&self, i: usize) -> u64 {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.ends[i] - start
+    }
+
+    /// The candidate whose range holds `x` (taken modulo the total); `None` when every
+    /// weight is 0.
+    pub fn pick(&self, x: u64) -> Option<usize> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        Some(self.find(x % total))
+    }
+
+    fn find(&self, x: u64) -> usize {
+        // The first candidate whose range ends after x; weight-0 ranges are empty and
+        // never contain x.
+        self.ends.partition_point(|end| *end <= x)
+    }
+
+    /// Two distinct candidates, each drawn by weight, the second among the others: the
+    /// first is `pick(x)`, the second is `None` when no other candidate has weight.
+    pub fn pick_two(&self, x: u64, y: u64) -> Option<(usize, Option<usize>)> {
+        let a = self.pick(x)?;
+        let wa = self.weight(a);
+        let rest = self.total() - wa;
+        if rest == 0 {
+            return Some((a, None));
+        }
+        let start_a = self.ends[a] - wa;
+        let mut z = y % rest;
+        if z >= start_a {
+            z += wa;
+        }
+        Some((a, Some(self.find(z))))
+    }
+}

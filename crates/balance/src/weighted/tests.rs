@@ -1,0 +1,57 @@
+use proptest::prelude::*;
+
+use super::*;
+
+#[test]
+fn exact_shares_over_the_whole_range() {
+    let w = WeightedIndex::new([99 * 2, 1, 1]);
+    let mut counts = [0u64; 3];
+    for x in 0..w.total() {
+        counts[w.pick(x).unwrap()] += 1;
+    }
+    assert_eq!(counts, [198, 1, 1]);
+}
+
+#[test]
+fn zero_weights_and_empty() {
+    assert_eq!(WeightedIndex::new([]).pick(7), None);
+    assert_eq!(WeightedIndex::new([0, 0]).pick(7), None);
+    let w = WeightedIndex::new([0, 5, 0]);
+    assert!((0..20).all(|x| w.pick(x) == Some(1)));
+    assert_eq!(w.pick_two(3, 4), Some((1, None)));
+}
+
+proptest! {
+    /// Every candidate is picked exactly `weight` times when x sweeps `0..total`.
+    #[test]
+    fn picks_honour_weights_exactly(weights in proptest::collection::vec(0u32..20, 1..30)) {
+        let w = WeightedIndex::new(weights.iter().copied());
+        let mut counts = vec![0u64; weights.len()];
+        for x in 0..w.total() {
+            counts[w.pick(x).unwrap()] += 1;
+        }
+        prop_assert_eq!(counts, weights.iter().map(|w| u64::from(*w)).collect::<Vec<_>>());
+    }
+
+    /// The second of a pair is distinct from the first, never weight 0, and, for a fixed
+    /// first, distributed exactly by the others' weights.
+    #[test]
+    fn pairs_are_distinct_and_weighted(weights in proptest::collection::vec(0u32..10, 1..20), x in any::<u64>()) {
+        let w = WeightedIndex::new(weights.iter().copied());
+        prop_assume!(w.total() > 0);
+        let (a, _) = w.pick_two(x, 0).unwrap();
+        let rest = w.total() - w.weight(a);
+        let mut counts = vec![0u64; weights.len()];
+        for y in 0..rest {
+            let (a2, b) = w.pick_two(x, y).unwrap();
+            prop_assert_eq!(a2, a);
+            let b = b.expect("others have weight");
+            prop_assert_ne!(b, a);
+            counts[b] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            let want = if i == a { 0 } else { u64::from(weights[i]) };
+            prop_assert_eq!(*c, want);
+        }
+    }
+}
