@@ -6,14 +6,18 @@
 //! matching), and [`EndpointSet`], the immutable endpoint snapshot discovery publishes.
 //! Subsets, splits and balancers follow.
 
+pub mod balancer;
 pub mod endpoint;
+pub mod load;
 pub mod selector;
 pub mod subset;
 pub mod weighted;
 
+pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
 };
+pub use self::load::{EndpointLoad, InFlight, LoadTable};
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::subset::{Fallback, Picked, SubsetError, SubsetIndex};
 pub use self::weighted::WeightedIndex;

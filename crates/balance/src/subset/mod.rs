@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::endpoint::{Endpoint, EndpointSet, Readiness};
 use crate::selector::Selector;
+use crate::weighted::WeightedIndex;
 
 /// What to do when a subset has no routable endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,11 +37,56 @@ pub enum Fallback {
     Default(Selector),
 }
 
+/// One subset of one snapshot: positions of its endpoints and their cumulative weights.
+#[derive(Debug)]
+struct Members {
+    positions: Vec<u32>,
+    weights: WeightedIndex,
+    /// A step coprime with the total weight, for weighted round robin.
+    stride: u64,
+}
+
+impl Members {
+    fn new(set: &EndpointSet, positions: Vec<u32>) -> Self {
+        let weights = WeightedIndex::new(
+            positions
+                .iter()
+                .map(|p| set.endpoints()[*p as usize].weight()),
+        );
+        let stride = coprime_stride(weights.total());
+        Self {
+            positions,
+            weights,
+            stride,
+        }
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// A step near `total / φ` that is coprime with `total`, so `k × step mod total` visits
+/// every value once per `total` steps, well spread (a low-discrepancy sequence).
+fn coprime_stride(total: u64) -> u64 {
+    if total <= 1 {
+        return 1;
+    }
+    let mut s = (((total as f64) * 0.618_033_988_75) as u64).max(1);
+    while gcd(s, total) != 1 {
+        s += 1;
+    }
+    s
+}
+
 /// The endpoints a request may go to: positions into a snapshot's endpoints.
 #[derive(Clone, Debug)]
 pub struct Picked {
     set: Arc<EndpointSet>,
-    members: Arc<[u32]>,
+    members: Arc<Members>,
     fell_back: bool,
 }
 
@@ -48,6 +94,7 @@ impl Picked {
     /// The endpoints, in address order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Endpoint> + '_ {
         self.members
+            .positions
             .iter()
             .map(|i| &self.set.endpoints()[*i as usize])
     }
@@ -55,19 +102,19 @@ impl Picked {
     /// The `n`th member.
     pub fn get(&self, n: usize) -> Option<&Endpoint> {
         self.members
+            .positions
             .get(n)
             .map(|i| &self.set.endpoints()[*i as usize])
     }
 
     /// How many endpoints.
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.members.positions.len()
     }
 
-    /// Whether there are none (only possible for an unmatched selector under a fallback
-    /// that also came up empty, which is reported as an error instead).
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.positions.is_empty()
     }
 
     /// Whether the fallback was used because the requested subset was empty.
@@ -75,9 +122,18 @@ impl Picked {
         self.fell_back
     }
 
-    /// Positions into [`EndpointSet::endpoints`].
+    /// Positions into [`EndpointSet::endpoints`], in member order.
     pub fn positions(&self) -> &[u32] {
-        &self.members
+        &self.members.positions
+    }
+
+    /// The members' cumulative weights, in member order.
+    pub fn weights(&self) -> &WeightedIndex {
+        &self.members.weights
+    }
+
+    pub(crate) fn stride(&self) -> u64 {
+        self.members.stride
     }
 
     /// The snapshot the positions point into.
@@ -90,8 +146,8 @@ impl Picked {
 #[derive(Debug)]
 pub struct SubsetIndex {
     set: Arc<EndpointSet>,
-    all: Arc<[u32]>,
-    known: RwLock<HashMap<Selector, Arc<[u32]>>>,
+    all: Arc<Members>,
+    known: RwLock<HashMap<Selector, Arc<Members>>>,
 }
 
 impl SubsetIndex {
@@ -100,10 +156,18 @@ impl SubsetIndex {
         set: Arc<EndpointSet>,
         selectors: impl IntoIterator<Item = &'a Selector>,
     ) -> Self {
-        let all: Arc<[u32]> = routable_positions(&set, &Selector::everything()).into();
+        let all = Arc::new(Members::new(
+            &set,
+            routable_positions(&set, &Selector::everything()),
+        ));
         let known = selectors
             .into_iter()
-            .map(|s| (s.clone(), routable_positions(&set, s).into()))
+            .map(|s| {
+                (
+                    s.clone(),
+                    Arc::new(Members::new(&set, routable_positions(&set, s))),
+                )
+            })
             .collect();
         Self {
             set,
@@ -126,14 +190,17 @@ impl SubsetIndex {
         }
     }
 
-    fn members(&self, selector: &Selector) -> Arc<[u32]> {
+    fn members(&self, selector: &Selector) -> Arc<Members> {
         if selector.is_everything() {
             return self.all.clone();
         }
         if let Some(m) = self.known.read().expect("subset cache").get(selector) {
             return m.clone();
         }
-        let m: Arc<[u32]> = routable_positions(&self.set, selector).into();
+        let m = Arc::new(Members::new(
+            &self.set,
+            routable_positions(&self.set, selector),
+        ));
         self.known
             .write()
             .expect("subset cache")
@@ -145,7 +212,7 @@ impl SubsetIndex {
     /// The routable endpoints matching `selector`, or the fallback's when there are none.
     pub fn subset(&self, selector: &Selector, fallback: &Fallback) -> Result<Picked, SubsetError> {
         let members = self.members(selector);
-        if !members.is_empty() {
+        if !members.positions.is_empty() {
             return Ok(Picked {
                 set: self.set.clone(),
                 members,
@@ -158,7 +225,7 @@ impl SubsetIndex {
             Fallback::Default(other) => Some(self.members(other)),
         };
         match members {
-            Some(m) if !m.is_empty() => Ok(Picked {
+            Some(m) if !m.positions.is_empty() => Ok(Picked {
                 set: self.set.clone(),
                 members: m,
                 fell_back: true,

@@ -1,0 +1,241 @@
+//! Balancer properties, driven by a discrete-event simulation of a closed-loop client (a
+//! fixed number of requests always in flight), so load feedback is real and time is
+//! simulated: no test sleeps.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::endpoint::{Endpoint, EndpointSet, ServiceState};
+use crate::load::LoadTable;
+use crate::selector::Selector;
+use crate::subset::{Fallback, SubsetIndex};
+
+fn set(weights: &[u32]) -> Arc<EndpointSet> {
+    let eps = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            Endpoint::new(
+                format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap(),
+            )
+            .with_weight(*w)
+        })
+        .collect();
+    Arc::new(EndpointSet::new(ServiceState::Active, eps))
+}
+
+/// Runs `requests` requests with `concurrency` in flight; endpoint `i` answers in
+/// `latency[i]`. Returns how many requests each endpoint got.
+fn simulate(
+    algorithm: Algorithm,
+    weights: &[u32],
+    latency: &[Duration],
+    concurrency: usize,
+    requests: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let set = set(weights);
+    let index = SubsetIndex::new(set.clone(), []);
+    let subset = index.all();
+    let table = LoadTable::new(Duration::from_millis(200), Duration::from_millis(1));
+    let loads = table.for_set(&set);
+    let balancer = Balancer::new(algorithm);
+    let mut rng = seed;
+    let mut next = move || {
+        // SplitMix64: deterministic per seed.
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut counts = vec![0; weights.len()];
+    let mut heap = BinaryHeap::new();
+    let mut now = Duration::ZERO;
+    let mut issued = 0;
+    let mut guards = BTreeMap::new();
+    let start = |now: Duration,
+                 heap: &mut BinaryHeap<_>,
+                 guards: &mut BTreeMap<usize, _>,
+                 issued: &mut usize,
+                 counts: &mut Vec<usize>,
+                 x: u64,
+                 y: u64| {
+        let Some(pos) = balancer.pick_with(&subset, &loads, x, y) else {
+            return;
+        };
+        counts[pos] += 1;
+        guards.insert(*issued, table.start(&loads[pos]));
+        heap.push(Reverse((now + latency[pos], *issued, pos)));
+        *issued += 1;
+    };
+    for _ in 0..concurrency {
+        let (x, y) = (next(), next());
+        start(now, &mut heap, &mut guards, &mut issued, &mut counts, x, y);
+    }
+    while let Some(Reverse((t, id, pos))) = heap.pop() {
+        now = t;
+        guards.remove(&id);
+        table.record_at(&loads[pos], latency[pos], now);
+        if issued < requests {
+            let (x, y) = (next(), next());
+            start(now, &mut heap, &mut guards, &mut issued, &mut counts, x, y);
+        }
+    }
+    counts
+}
+
+fn shares(counts: &[usize]) -> Vec<f64> {
+    let total: usize = counts.iter().sum();
+    counts.iter().map(|c| *c as f64 / total as f64).collect()
+}
+
+#[test]
+fn weighted_round_robin_is_exact_per_cycle_and_spread() {
+    let set = set(&[3, 1, 2]);
+    let index = SubsetIndex::new(set.clone(), []);
+    let loads = LoadTable::default().for_set(&set);
+    let b = Balancer::new(Algorithm::WeightedRoundRobin);
+    let picks: Vec<usize> = (0..6)
+        .map(|_| b.pick(&index.all(), &loads).unwrap())
+        .collect();
+    let mut counts = [0; 3];
+    for p in &picks {
+        counts[*p] += 1;
+    }
+    assert_eq!(counts, [3, 1, 2]);
+    assert!(
+        picks.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+        "not in bursts: {picks:?}"
+    );
+}
+
+#[test]
+fn p2c_respects_a_99_to_1_weighting() {
+    // tower's p2c draws candidates uniformly, so this weighting cannot be expressed there.
+    let latency = [Duration::from_millis(10); 3];
+    let s = shares(&simulate(
+        Algorithm::P2cPeakEwma,
+        &[198, 1, 1],
+        &latency,
+        8,
+        20_000,
+        1,
+    ));
+    assert!(s[0] > 0.97, "{s:?}");
+}
+
+#[test]
+fn p2c_sends_less_to_a_slow_endpoint_than_round_robin() {
+    let mut latency = vec![Duration::from_millis(10); 10];
+    latency[3] = Duration::from_millis(100);
+    let weights = [1; 10];
+    let rr = shares(&simulate(
+        Algorithm::WeightedRoundRobin,
+        &weights,
+        &latency,
+        20,
+        20_000,
+        2,
+    ))[3];
+    let p2c = shares(&simulate(
+        Algorithm::P2cPeakEwma,
+        &weights,
+        &latency,
+        20,
+        20_000,
+        2,
+    ))[3];
+    let lr = shares(&simulate(
+        Algorithm::LeastRequests,
+        &weights,
+        &latency,
+        20,
+        20_000,
+        2,
+    ))[3];
+    assert!(
+        (rr - 0.1).abs() < 0.001,
+        "round robin ignores latency: {rr}"
+    );
+    assert!(
+        p2c < rr / 3.0,
+        "P2C+EWMA share of the slow endpoint {p2c} vs round robin {rr}"
+    );
+    assert!(lr < rr, "least requests also avoids it: {lr} vs {rr}");
+}
+
+#[test]
+fn no_pick_panics_on_empty_single_or_all_zero_sets() {
+    for algorithm in [
+        Algorithm::P2cPeakEwma,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastRequests,
+    ] {
+        let b = Balancer::new(algorithm);
+        let one = set(&[1]);
+        let loads = LoadTable::default().for_set(&one);
+        assert_eq!(b.pick(&SubsetIndex::new(one, []).all(), &loads), Some(0));
+        let zero = set(&[0, 0]);
+        let loads = LoadTable::default().for_set(&zero);
+        assert_eq!(b.pick(&SubsetIndex::new(zero, []).all(), &loads), None);
+        let none = set(&[]);
+        let loads = LoadTable::default().for_set(&none);
+        assert!(
+            SubsetIndex::new(none, [])
+                .subset(&Selector::everything(), &Fallback::AnyEndpoint)
+                .is_err()
+        );
+        assert!(loads.is_empty());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// With equal latencies, every balancer's long-run shares follow the weights (within
+    /// 0.05 absolute), and weight-0 endpoints get nothing.
+    #[test]
+    fn weights_are_honoured(weights in proptest::collection::vec(0u32..6, 2..8), seed in any::<u64>()) {
+        prop_assume!(weights.iter().filter(|w| **w > 0).count() >= 1);
+        let total: u32 = weights.iter().sum();
+        let latency = vec![Duration::from_millis(10); weights.len()];
+        for algorithm in [Algorithm::P2cPeakEwma, Algorithm::WeightedRoundRobin, Algorithm::LeastRequests] {
+            let counts = simulate(algorithm, &weights, &latency, 16, 6_000, seed);
+            let s = shares(&counts);
+            for (i, w) in weights.iter().enumerate() {
+                let want = f64::from(*w) / f64::from(total);
+                if *w == 0 {
+                    prop_assert_eq!(counts[i], 0, "{:?} picked a weight-0 endpoint", algorithm);
+                } else {
+                    prop_assert!((s[i] - want).abs() < 0.05, "{:?}: share {} want {} (weights {:?})", algorithm, s[i], want, weights);
+                }
+            }
+        }
+    }
+
+    /// Picks only ever return members of the chosen subset.
+    #[test]
+    fn picks_stay_in_the_subset(n in 1usize..30, k in 1usize..30, x in any::<u64>(), y in any::<u64>()) {
+        let eps: Vec<Endpoint> = (0..n).map(|i| {
+            let labels = BTreeMap::from([("v".to_string(), (i % k).to_string())]);
+            Endpoint::new(format!("10.1.0.{}:80", i + 1).parse().unwrap())
+                .with_meta(crate::endpoint::EndpointMeta { labels, ..Default::default() })
+        }).collect();
+        let set = Arc::new(EndpointSet::new(ServiceState::Active, eps));
+        let sel: Selector = "v=0".parse().unwrap();
+        let index = SubsetIndex::new(set.clone(), [&sel]);
+        let subset = index.subset(&sel, &Fallback::NoFallback).unwrap();
+        let loads = LoadTable::default().for_set(&set);
+        for algorithm in [Algorithm::P2cPeakEwma, Algorithm::WeightedRoundRobin, Algorithm::LeastRequests] {
+            let pos = Balancer::new(algorithm).pick_with(&subset, &loads, x, y).unwrap();
+            prop_assert_eq!(set.endpoints()[pos].labels()["v"].as_str(), "0");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Per-endpoint load: requests in flight and peak-EWMA latency, keyed by address so it
+//! survives snapshot changes.
+//!
+//! Peak EWMA is Finagle's and linkerd's latency estimate (tower's `PeakEwma` too): a sample
+//! above the estimate replaces it at once (react to slowness immediately), a sample below
+//! it pulls it down exponentially with time constant `decay` (forgive slowly). The cost a
+//! balancer compares is `ewma × (in_flight + 1)`: an idle fast endpoint is cheapest, a busy
+//! or slow one dearer.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::endpoint::EndpointSet;
+
+/// The peak-EWMA update: the new estimate (nanoseconds) after `sample` arrived `elapsed`
+/// after the previous update.
+pub fn peak_ewma(estimate: f64, sample: f64, elapsed: Duration, decay: Duration) -> f64 {
+    if sample > estimate {
+        return sample;
+    }
+    let w = (-elapsed.as_secs_f64() / decay.as_secs_f64().max(f64::MIN_POSITIVE)).exp();
+    estimate * w + sample * (1.0 - w)
+}
+
+/// Load of one endpoint; shared by every snapshot that lists its address.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    in_flight: AtomicU32,
+    /// f64 bits: the latency estimate in nanoseconds.
+    ewma: AtomicU64,
+    /// Nanoseconds after the table's origin of the last update.
+    stamp: AtomicU64,
+}
+
+/// Counts a request in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointLoad>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl EndpointLoad {
+    fn new(initial: Duration) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            ewma: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
+            stamp: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests currently in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate.
+    pub fn ewma(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.ewma.load(Ordering::Relaxed)) as u64)
+    }
+
+    /// The cost balancers compare: `ewma × (in_flight + 1)`, in nanoseconds.
+    pub fn cost(&self) -> f64 {
+        f64::from_bits(self.ewma.load(Ordering::Relaxed)) * f64::from(self.in_flight() + 1)
+    }
+}
+
+/// Load state for every address a Service has had, with the EWMA settings.
+#[derive(Debug)]
+pub struct LoadTable {
+    origin: Instant,
+    decay: Duration,
+    initial: Duration,
+    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+}
+
+impl Default for LoadTable {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10), Duration::from_millis(1))
+    }
+}
+
+impl LoadTable {
+    /// A table whose estimates decay with time constant `decay` and start at `initial`
+    /// (linkerd uses 10 s and 1 ms... a new endpoint looks fast, so it gets tried).
+    pub fn new(decay: Duration, initial: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            decay,
+            initial,
+            loads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The loads of `set`'s endpoints, aligned with [`EndpointSet::endpoints`]. Called
+    /// once per snapshot (not per request); addresses that left the set are forgotten.
+    pub fn for_set(&self, set: &EndpointSet) -> Arc<[Arc<EndpointLoad>]> {
+        let mut loads = self.loads.lock().expect("load table");
+        let aligned: Arc<[Arc<EndpointLoad>]> = set
+            .endpoints()
+            .iter()
+            .map(|e| {
+                loads
+                    .entry(e.addr())
+                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
+                    .clone()
+            })
+            .collect();
+        loads.retain(|addr, _| {
+            set.endpoints()
+                .binary_search_by_key(addr, |e| e.addr())
+                .is_ok()
+        });
+        aligned
+    }
+
+    /// Marks a request to `load` as started; the guard ends it.
+    pub fn start(&self, load: &Arc<EndpointLoad>) -> InFlight {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(load.clone())
+    }
+
+    /// Records an observed latency (e.g. time to response headers).
+    pub fn record(&self, load: &EndpointLoad, latency: Duration) {
+        self.record_at(load, latency, self.origin.elapsed());
+    }
+
+    /// [`record`](Self::record) at an explicit time since the table's creation, for
+    /// simulations and tests.
+    pub fn record_at(&self, load: &EndpointLoad, latency: Duration, now: Duration) {
+        let now_ns = now.as_nanos() as u64;
+        let last = load.stamp.swap(now_ns, Ordering::Relaxed);
+        let elapsed = Duration::from_nanos(now_ns.saturating_sub(last));
+        let current = f64::from_bits(load.ewma.load(Ordering::Relaxed));
+        let next = peak_ewma(current, latency.as_nanos() as f64, elapsed, self.decay);
+        load.ewma.store(next.to_bits(), Ordering::Relaxed);
+    }
+}
