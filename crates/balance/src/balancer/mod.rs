@@ -15,11 +15,33 @@
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::load::EndpointLoad;
 use crate::subset::Picked;
+
+thread_local! {
+    /// Per-thread SplitMix64 state, seeded once from the OS-seeded `rand` generator: the
+    /// request path needs fast, not cryptographic, randomness (ThreadRng's ChaCha costs
+    /// more than the rest of a pick).
+    static RNG: Cell<u64> = Cell::new(rand::random());
+}
+
+fn random_pair() -> (u64, u64) {
+    RNG.with(|state| {
+        let next = || {
+            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(s);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        (next(), next())
+    })
+}
 
 /// A balancing algorithm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,12 +81,12 @@ impl Balancer {
     /// `loads`, which must be aligned with the snapshot's endpoints). `None` when every
     /// member has weight 0.
     pub fn pick(&self, subset: &Picked, loads: &[Arc<EndpointLoad>]) -> Option<usize> {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        self.pick_with(subset, loads, rng.random(), rng.random())
+        let (x, y) = random_pair();
+        self.pick_with(subset, loads, x, y)
     }
 
-    /// [`pick`](Self::pick) with the two random numbers given (for tests and simulations).
+    /// [`pick`](Self::pick) with the two uniformly random numbers given (for tests and
+    /// simulations).
     pub fn pick_with(
         &self,
         subset: &Picked,
@@ -85,7 +107,7 @@ impl Balancer {
                 weights.pick(x).map(position)
             }
             Algorithm::P2cPeakEwma | Algorithm::LeastRequests => {
-                let (a, b) = weights.pick_two(x, y)?;
+                let (a, b) = weights.pick_two_random(x, y)?;
                 let Some(b) = b else { return Some(position(a)) };
                 let cost = |m: usize| {
                     let load = &loads[position(m)];

@@ -10,6 +10,11 @@
 #[cfg(test)]
 mod tests;
 
+/// `r` (uniform over `u64`) mapped uniformly onto `0..n`.
+fn scale(r: u64, n: u64) -> u64 {
+    ((u128::from(r) * u128::from(n)) >> 64) as u64
+}
+
 /// Cumulative weights of a list of candidates.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedIndex {
@@ -71,14 +76,27 @@ impl WeightedIndex {
     /// Two distinct candidates, each drawn by weight, the second among the others: the
     /// first is `pick(x)`, the second is `None` when no other candidate has weight.
     pub fn pick_two(&self, x: u64, y: u64) -> Option<(usize, Option<usize>)> {
-        let a = self.pick(x)?;
+        self.two(x % self.total().max(1), |rest| y % rest)
+    }
+
+    /// [`pick_two`](Self::pick_two) from two uniformly random `u64`s, scaled into range
+    /// by a multiply instead of a division (Lemire), which is what the request path uses.
+    pub fn pick_two_random(&self, r1: u64, r2: u64) -> Option<(usize, Option<usize>)> {
+        self.two(scale(r1, self.total()), |rest| scale(r2, rest))
+    }
+
+    fn two(&self, x: u64, second: impl FnOnce(u64) -> u64) -> Option<(usize, Option<usize>)> {
+        if self.total() == 0 {
+            return None;
+        }
+        let a = self.find(x);
         let wa = self.weight(a);
         let rest = self.total() - wa;
         if rest == 0 {
             return Some((a, None));
         }
         let start_a = self.ends[a] - wa;
-        let mut z = y % rest;
+        let mut z = second(rest);
         if z >= start_a {
             z += wa;
         }

@@ -55,3 +55,21 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The request-path variant never returns a weight-0 or repeated candidate.
+    #[test]
+    fn random_pairs_are_distinct_and_never_weight_zero(weights in proptest::collection::vec(0u32..5, 1..20), r1 in any::<u64>(), r2 in any::<u64>()) {
+        let w = WeightedIndex::new(weights.iter().copied());
+        match w.pick_two_random(r1, r2) {
+            None => prop_assert_eq!(w.total(), 0),
+            Some((a, b)) => {
+                prop_assert!(weights[a] > 0);
+                if let Some(b) = b {
+                    prop_assert_ne!(a, b);
+                    prop_assert!(weights[b] > 0);
+                }
+            }
+        }
+    }
+}
