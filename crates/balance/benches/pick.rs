@@ -78,7 +78,7 @@ fn picks(c: &mut Criterion) {
                 let Poll::Ready(Ok(())) = balance.poll_ready(&mut cx) else {
                     panic!("tower balance not ready")
                 };
-                let _ = black_box(balance.call(()));
+                drop(black_box(balance.call(())));
             })
         });
     }
