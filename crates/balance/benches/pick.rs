@@ -58,6 +58,19 @@ fn picks(c: &mut Criterion) {
                 bench.iter(|| black_box(b.pick(&subset, &loads)))
             });
         }
+        let maglev = Balancer::new(Algorithm::Maglev);
+        let key = rudder_balance::maglev::hash_key(b"user-42");
+        subset.maglev();
+        group.bench_with_input(BenchmarkId::new("maglev_keyed", n), &n, |bench, _| {
+            bench.iter(|| black_box(maglev.pick_keyed(&subset, &loads, Some(black_box(key)))))
+        });
+        if n <= 1_000 {
+            let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            let weights = vec![1u32; n];
+            group.bench_with_input(BenchmarkId::new("maglev_table_build", n), &n, |bench, _| {
+                bench.iter(|| black_box(rudder_balance::Maglev::new(&ids, &weights)))
+            });
+        }
         // tower: the same number of always-ready endpoints behind p2c::Balance with a
         // constant load, driven through poll_ready + call as a client would.
         let services: Vec<_> = (0..n)

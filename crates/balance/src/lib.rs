@@ -9,6 +9,7 @@
 pub mod balancer;
 pub mod endpoint;
 pub mod load;
+pub mod maglev;
 pub mod selector;
 pub mod subset;
 pub mod weighted;
@@ -18,6 +19,7 @@ pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
 };
 pub use self::load::{EndpointLoad, InFlight, LoadTable};
+pub use self::maglev::Maglev;
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::subset::{Fallback, Picked, SubsetError, SubsetIndex};
 pub use self::weighted::WeightedIndex;

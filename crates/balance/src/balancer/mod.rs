@@ -9,6 +9,8 @@
 //!   the total, so every cycle of `total` picks gives each endpoint exactly its weight,
 //!   spread out rather than in bursts.
 //! - [`Algorithm::LeastRequests`]: power of two choices by weight over requests in flight.
+//! - [`Algorithm::Maglev`]: consistent hashing of a request key for affinity (see
+//!   [`maglev`](crate::maglev)).
 //!
 //! Each pick is O(log n) in the subset size and allocation-free.
 
@@ -54,6 +56,9 @@ pub enum Algorithm {
     WeightedRoundRobin,
     /// Weighted power of two choices over requests in flight.
     LeastRequests,
+    /// Consistent hashing of a request key (Maglev), for affinity; requests without a key
+    /// are spread by weight at random.
+    Maglev,
 }
 
 /// Chooses endpoints with one [`Algorithm`]; cheap to share between requests.
@@ -85,6 +90,23 @@ impl Balancer {
         self.pick_with(subset, loads, x, y)
     }
 
+    /// Like [`pick`](Self::pick), with the request's affinity key hash (see
+    /// [`hash_key`](crate::maglev::hash_key)) for [`Algorithm::Maglev`]; other algorithms
+    /// ignore the key.
+    pub fn pick_keyed(
+        &self,
+        subset: &Picked,
+        loads: &[Arc<EndpointLoad>],
+        key_hash: Option<u64>,
+    ) -> Option<usize> {
+        match (self.algorithm, key_hash) {
+            (Algorithm::Maglev, Some(h)) => subset
+                .maglev()
+                .map(|m| subset.positions()[m.lookup(h)] as usize),
+            _ => self.pick(subset, loads),
+        }
+    }
+
     /// [`pick`](Self::pick) with the two uniformly random numbers given (for tests and
     /// simulations).
     pub fn pick_with(
@@ -106,6 +128,7 @@ impl Balancer {
                 let x = ((u128::from(k) * u128::from(subset.stride())) % u128::from(total)) as u64;
                 weights.pick(x).map(position)
             }
+            Algorithm::Maglev => weights.pick_two_random(x, y).map(|(a, _)| position(a)),
             Algorithm::P2cPeakEwma | Algorithm::LeastRequests => {
                 let (a, b) = weights.pick_two_random(x, y)?;
                 let Some(b) = b else { return Some(position(a)) };

@@ -237,9 +237,37 @@ proptest! {
         let index = SubsetIndex::new(set.clone(), [&sel]);
         let subset = index.subset(&sel, &Fallback::NoFallback).unwrap();
         let loads = LoadTable::default().for_set(&set);
-        for algorithm in [Algorithm::P2cPeakEwma, Algorithm::WeightedRoundRobin, Algorithm::LeastRequests] {
+        for algorithm in [Algorithm::P2cPeakEwma, Algorithm::WeightedRoundRobin, Algorithm::LeastRequests, Algorithm::Maglev] {
             let pos = Balancer::new(algorithm).pick_with(&subset, &loads, x, y).unwrap();
             prop_assert_eq!(set.endpoints()[pos].labels()["v"].as_str(), "0");
         }
     }
+}
+
+#[test]
+fn maglev_keeps_affinity_and_honours_weights() {
+    let set = set(&[3, 1, 0, 1]);
+    let index = SubsetIndex::new(set.clone(), []);
+    let subset = index.all();
+    let loads = LoadTable::default().for_set(&set);
+    let b = Balancer::new(Algorithm::Maglev);
+    let mut counts = [0usize; 4];
+    for user in 0..20_000u32 {
+        let h = crate::maglev::hash_key(format!("user-{user}").as_bytes());
+        let first = b.pick_keyed(&subset, &loads, Some(h)).unwrap();
+        assert_eq!(
+            b.pick_keyed(&subset, &loads, Some(h)),
+            Some(first),
+            "same key, same endpoint"
+        );
+        counts[first] += 1;
+    }
+    let s = shares(&counts);
+    assert!(
+        (s[0] - 0.6).abs() < 0.03 && (s[1] - 0.2).abs() < 0.03 && (s[3] - 0.2).abs() < 0.03,
+        "{s:?}"
+    );
+    assert_eq!(counts[2], 0, "weight 0");
+    // Without a key: spread by weight, never weight 0.
+    assert!((0..100).all(|_| b.pick_keyed(&subset, &loads, None) != Some(2)));
 }

@@ -18,9 +18,10 @@ mod tests;
 pub use self::error::SubsetError;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::endpoint::{Endpoint, EndpointSet, Readiness};
+use crate::maglev::Maglev;
 use crate::selector::Selector;
 use crate::weighted::WeightedIndex;
 
@@ -44,6 +45,8 @@ struct Members {
     weights: WeightedIndex,
     /// A step coprime with the total weight, for weighted round robin.
     stride: u64,
+    /// The consistent-hashing table, built on first use.
+    maglev: OnceLock<Option<Maglev>>,
 }
 
 impl Members {
@@ -58,6 +61,7 @@ impl Members {
             positions,
             weights,
             stride,
+            maglev: OnceLock::new(),
         }
     }
 }
@@ -134,6 +138,19 @@ impl Picked {
 
     pub(crate) fn stride(&self) -> u64 {
         self.members.stride
+    }
+
+    /// The Maglev table of this subset (built once per subset and snapshot, on first use;
+    /// `None` when every member has weight 0).
+    pub fn maglev(&self) -> Option<&Maglev> {
+        self.members
+            .maglev
+            .get_or_init(|| {
+                let ids: Vec<String> = self.iter().map(|e| e.addr().to_string()).collect();
+                let weights: Vec<u32> = self.iter().map(Endpoint::weight).collect();
+                Maglev::new(&ids, &weights)
+            })
+            .as_ref()
     }
 
     /// The snapshot the positions point into.
