@@ -18,7 +18,7 @@ pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
 };
-pub use self::load::{EndpointLoad, InFlight, LoadTable};
+pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable};
 pub use self::maglev::Maglev;
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::subset::{Fallback, Picked, SubsetError, SubsetIndex};

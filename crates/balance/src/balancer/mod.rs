@@ -66,6 +66,7 @@ pub enum Algorithm {
 pub struct Balancer {
     algorithm: Algorithm,
     turn: AtomicU64,
+    slow_start: Option<std::time::Duration>,
 }
 
 impl Balancer {
@@ -74,7 +75,15 @@ impl Balancer {
         Self {
             algorithm,
             turn: AtomicU64::new(0),
+            slow_start: None,
         }
+    }
+
+    /// Ramps new endpoints up over `window` after their Pod became Ready (P2C and least
+    /// requests; round robin and Maglev use full weights).
+    pub fn with_slow_start(mut self, window: std::time::Duration) -> Self {
+        self.slow_start = Some(window);
+        self
     }
 
     /// The algorithm.
@@ -100,16 +109,60 @@ impl Balancer {
         key_hash: Option<u64>,
     ) -> Option<usize> {
         match (self.algorithm, key_hash) {
-            (Algorithm::Maglev, Some(h)) => subset
-                .maglev()
-                .map(|m| subset.positions()[m.lookup(h)] as usize),
+            (Algorithm::Maglev, Some(h)) => {
+                let pos = subset
+                    .maglev()
+                    .map(|m| subset.positions()[m.lookup(h)] as usize)?;
+                // An ejected endpoint's keys go elsewhere until it returns.
+                if loads[pos].is_ejected() {
+                    self.pick(subset, loads)
+                } else {
+                    Some(pos)
+                }
+            }
             _ => self.pick(subset, loads),
         }
     }
 
     /// [`pick`](Self::pick) with the two uniformly random numbers given (for tests and
     /// simulations).
+    ///
+    /// Ejected endpoints are avoided: a draw that lands only on ejected ones is redrawn a
+    /// few times, then the rare slow path scans the subset for one that is not. Only when
+    /// every member with weight is ejected (the panic case; [`Ejection`](crate::Ejection)
+    /// normally prevents it) does an ejected endpoint get the request.
     pub fn pick_with(
+        &self,
+        subset: &Picked,
+        loads: &[Arc<EndpointLoad>],
+        x: u64,
+        y: u64,
+    ) -> Option<usize> {
+        let first = self.choose(subset, loads, x, y)?;
+        if !loads[first].is_ejected() {
+            return Some(first);
+        }
+        let mut seed = x ^ y.rotate_left(17);
+        for _ in 0..3 {
+            seed = splitmix(seed);
+            let p = self.choose(subset, loads, splitmix(seed), splitmix(seed ^ 0x5555))?;
+            if !loads[p].is_ejected() {
+                return Some(p);
+            }
+        }
+        let weights = subset.weights();
+        let healthy: Vec<usize> = (0..subset.len())
+            .filter(|m| {
+                weights.weight(*m) > 0 && !loads[subset.positions()[*m] as usize].is_ejected()
+            })
+            .collect();
+        match healthy.as_slice() {
+            [] => Some(first),
+            h => Some(subset.positions()[h[(splitmix(seed) % h.len() as u64) as usize]] as usize),
+        }
+    }
+
+    fn choose(
         &self,
         subset: &Picked,
         loads: &[Arc<EndpointLoad>],
@@ -134,14 +187,40 @@ impl Balancer {
                 let Some(b) = b else { return Some(position(a)) };
                 let cost = |m: usize| {
                     let load = &loads[position(m)];
+                    if load.is_ejected() {
+                        return f64::INFINITY;
+                    }
                     let c = match self.algorithm {
                         Algorithm::LeastRequests => f64::from(load.in_flight() + 1),
                         _ => load.cost(),
                     };
-                    c / weights.weight(m) as f64
+                    c / (weights.weight(m) as f64 * self.ramp(subset, m))
                 };
                 Some(position(if cost(b) < cost(a) { b } else { a }))
             }
         }
     }
+
+    /// Slow start: the share of its weight a member gets, growing linearly from 10 % to
+    /// 100 % over the window after its Pod became Ready (known from discovery, so a client
+    /// that starts late does not restart the ramp).
+    fn ramp(&self, subset: &Picked, member: usize) -> f64 {
+        let Some(window) = self.slow_start.filter(|w| !w.is_zero()) else {
+            return 1.0;
+        };
+        let Some(since) = subset.get(member).and_then(|e| e.meta().ready_since) else {
+            return 1.0;
+        };
+        let age = std::time::SystemTime::now()
+            .duration_since(since)
+            .unwrap_or_default();
+        (age.as_secs_f64() / window.as_secs_f64()).clamp(0.1, 1.0)
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -271,3 +271,159 @@ fn maglev_keeps_affinity_and_honours_weights() {
     // Without a key: spread by weight, never weight 0.
     assert!((0..100).all(|_| b.pick_keyed(&subset, &loads, None) != Some(2)));
 }
+
+mod ejection {
+    use super::*;
+    use crate::load::Ejection;
+
+    fn table() -> LoadTable {
+        LoadTable::default().with_ejection(Ejection {
+            consecutive_failures: 3,
+            ..Ejection::default()
+        })
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_successes_reset_the_streak() {
+        let set = set(&[1, 1, 1, 1]);
+        let t = table();
+        let loads = t.for_set(&set);
+        t.record_failure(&loads[0]);
+        t.record_failure(&loads[0]);
+        t.record_success(&loads[0]);
+        t.record_failure(&loads[0]);
+        t.record_failure(&loads[0]);
+        assert!(!loads[0].is_ejected(), "the streak was broken");
+        assert!(t.record_failure(&loads[0]));
+        assert!(loads[0].is_ejected());
+        assert_eq!(loads[0].ejections(), 1);
+        let subset = SubsetIndex::new(set.clone(), []).all();
+        for algorithm in [
+            Algorithm::P2cPeakEwma,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastRequests,
+            Algorithm::Maglev,
+        ] {
+            let b = Balancer::new(algorithm);
+            for k in 0..2_000u64 {
+                assert_ne!(
+                    b.pick(&subset, &loads),
+                    Some(0),
+                    "{algorithm:?} picked an ejected endpoint"
+                );
+                assert_ne!(
+                    b.pick_keyed(
+                        &subset,
+                        &loads,
+                        Some(crate::maglev::hash_key(&k.to_le_bytes()))
+                    ),
+                    Some(0)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn at_most_the_configured_share_is_ejected() {
+        let set = set(&[1, 1, 1, 1]);
+        let t = table();
+        let loads = t.for_set(&set);
+        let mut ejected = 0;
+        for l in loads.iter() {
+            for _ in 0..3 {
+                if t.record_failure(l) {
+                    ejected += 1;
+                }
+            }
+        }
+        assert_eq!(ejected, 2, "50 % of 4");
+        assert_eq!(loads.iter().filter(|l| l.is_ejected()).count(), 2);
+    }
+
+    #[test]
+    fn when_everything_is_ejected_requests_still_go_somewhere() {
+        let set = set(&[1, 1]);
+        let t = LoadTable::default().with_ejection(Ejection {
+            consecutive_failures: 1,
+            max_ejected_percent: 100,
+            ..Ejection::default()
+        });
+        let loads = t.for_set(&set);
+        assert!(t.record_failure(&loads[0]) && t.record_failure(&loads[1]));
+        let subset = SubsetIndex::new(set, []).all();
+        for algorithm in [
+            Algorithm::P2cPeakEwma,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastRequests,
+            Algorithm::Maglev,
+        ] {
+            assert!(
+                Balancer::new(algorithm).pick(&subset, &loads).is_some(),
+                "panic mode balances over all"
+            );
+        }
+    }
+
+    proptest! {
+        /// Below the ejection limit, ejected and weight-0 endpoints are never picked.
+        #[test]
+        fn ejected_endpoints_are_never_picked(weights in proptest::collection::vec(0u32..4, 2..16), eject in proptest::collection::vec(any::<bool>(), 16), x in any::<u64>(), y in any::<u64>()) {
+            let set = set(&weights);
+            let t = LoadTable::default().with_ejection(Ejection { consecutive_failures: 1, ..Ejection::default() });
+            let loads = t.for_set(&set);
+            for (i, l) in loads.iter().enumerate() {
+                if eject[i] {
+                    t.record_failure(l);
+                }
+            }
+            let subset = SubsetIndex::new(set.clone(), []).all();
+            let any_healthy = (0..weights.len()).any(|i| weights[i] > 0 && !loads[i].is_ejected());
+            for algorithm in [Algorithm::P2cPeakEwma, Algorithm::WeightedRoundRobin, Algorithm::LeastRequests, Algorithm::Maglev] {
+                if let Some(p) = Balancer::new(algorithm).pick_with(&subset, &loads, x, y) {
+                    prop_assert!(weights[p] > 0);
+                    if any_healthy {
+                        prop_assert!(!loads[p].is_ejected(), "{:?}", algorithm);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn slow_start_ramps_from_the_pods_ready_time() {
+    use std::time::SystemTime;
+    let make = |new_age: Duration| {
+        let old = Endpoint::new("10.0.0.1:80".parse().unwrap()).with_meta(
+            crate::endpoint::EndpointMeta {
+                ready_since: Some(SystemTime::now() - Duration::from_secs(7200)),
+                ..Default::default()
+            },
+        );
+        let new = Endpoint::new("10.0.0.2:80".parse().unwrap()).with_meta(
+            crate::endpoint::EndpointMeta {
+                ready_since: Some(SystemTime::now() - new_age),
+                ..Default::default()
+            },
+        );
+        Arc::new(EndpointSet::new(ServiceState::Active, vec![old, new]))
+    };
+    let b = Balancer::new(Algorithm::P2cPeakEwma).with_slow_start(Duration::from_secs(600));
+    let count_new = |set: Arc<EndpointSet>| {
+        let loads = LoadTable::default().for_set(&set);
+        let subset = SubsetIndex::new(set, []).all();
+        (0..1_000)
+            .filter(|_| b.pick(&subset, &loads) == Some(1))
+            .count()
+    };
+    assert_eq!(
+        count_new(make(Duration::from_secs(1))),
+        0,
+        "a just-ready endpoint loses every tie"
+    );
+    let ramped = count_new(make(Duration::from_secs(3600)));
+    assert!(
+        (400..=600).contains(&ramped),
+        "after the window it is an equal: {ramped}"
+    );
+}

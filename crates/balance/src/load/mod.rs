@@ -36,6 +36,12 @@ pub struct EndpointLoad {
     ewma: AtomicU64,
     /// Nanoseconds after the table's origin of the last update.
     stamp: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// Nanoseconds after the table's origin until which the endpoint is ejected.
+    ejected_until: AtomicU64,
+    /// The table's clock origin, so `is_ejected` needs no table.
+    origin: Instant,
 }
 
 /// Counts a request in flight until dropped.
@@ -49,12 +55,26 @@ impl Drop for InFlight {
 }
 
 impl EndpointLoad {
-    fn new(initial: Duration) -> Self {
+    fn new(initial: Duration, origin: Instant) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
             ewma: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            origin,
         }
+    }
+
+    /// Whether the endpoint is ejected now (see [`Ejection`]).
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// How many times the endpoint has been ejected.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
     }
 
     /// Requests currently in flight.
@@ -79,7 +99,36 @@ pub struct LoadTable {
     origin: Instant,
     decay: Duration,
     initial: Duration,
+    ejection: Ejection,
     loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+}
+
+/// Passive outlier ejection (Envoy's consecutive-failures detector): an endpoint that fails
+/// `consecutive_failures` requests in a row is taken out of rotation for
+/// `base_time × (times ejected)`, capped at `max_time`. At most `max_ejected_percent` of a
+/// Service's endpoints are ejected at once; failures beyond that eject nobody, so a
+/// Service-wide problem never ejects everything.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ejection {
+    /// Failures in a row that eject an endpoint (0 disables ejection).
+    pub consecutive_failures: u32,
+    /// The first ejection's length; later ones are multiples of it.
+    pub base_time: Duration,
+    /// The longest ejection.
+    pub max_time: Duration,
+    /// The largest share of endpoints ejected at once, 0–100.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_time: Duration::from_secs(30),
+            max_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
 }
 
 impl Default for LoadTable {
@@ -96,8 +145,45 @@ impl LoadTable {
             origin: Instant::now(),
             decay,
             initial,
+            ejection: Ejection::default(),
             loads: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the outlier-ejection policy.
+    pub fn with_ejection(mut self, ejection: Ejection) -> Self {
+        self.ejection = ejection;
+        self
+    }
+
+    /// Records a success: the failure streak ends.
+    pub fn record_success(&self, load: &EndpointLoad) {
+        load.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a failure (connect error, reset, or a counted 5xx); returns whether this
+    /// failure ejected the endpoint.
+    pub fn record_failure(&self, load: &EndpointLoad) -> bool {
+        let e = &self.ejection;
+        if e.consecutive_failures == 0 {
+            return false;
+        }
+        let streak = load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak < e.consecutive_failures || load.is_ejected() {
+            return false;
+        }
+        // Ejections are rare: counting the ejected under the table lock is fine here.
+        let loads = self.loads.lock().expect("load table");
+        let ejected = loads.values().filter(|l| l.is_ejected()).count();
+        if (ejected + 1) * 100 > loads.len().max(1) * usize::from(e.max_ejected_percent) {
+            return false;
+        }
+        let times = load.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = e.base_time.saturating_mul(times).min(e.max_time);
+        let until = (self.origin.elapsed() + length).as_nanos() as u64;
+        load.ejected_until.store(until, Ordering::Relaxed);
+        load.consecutive_failures.store(0, Ordering::Relaxed);
+        true
     }
 
     /// The loads of `set`'s endpoints, aligned with [`EndpointSet::endpoints`]. Called
@@ -110,7 +196,7 @@ impl LoadTable {
             .map(|e| {
                 loads
                     .entry(e.addr())
-                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
+                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial, self.origin)))
                     .clone()
             })
             .collect();
