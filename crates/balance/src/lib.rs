@@ -2,15 +2,22 @@
 //! balancers. No I/O and no Kubernetes client types live here, so everything can be driven
 //! directly by unit and property tests.
 //!
-//! Today this crate holds [`Selector`], the Kubernetes label selector (string syntax and
-//! matching), and [`EndpointSet`], the immutable endpoint snapshot discovery publishes.
-//! Subsets, splits and balancers follow.
+//! - [`Selector`]: the Kubernetes label selector (string syntax and matching).
+//! - [`EndpointSet`]: the immutable endpoint snapshot discovery publishes.
+//! - [`SubsetIndex`]: label subsets of a snapshot with [`Fallback`]s; [`Split`]: weighted
+//!   traffic between subsets (canary, blue/green).
+//! - [`Balancer`]: weighted P2C over peak EWMA (default), exact weighted round robin,
+//!   least requests and Maglev consistent hashing, over per-endpoint load kept in a
+//!   [`LoadTable`] (with outlier [`Ejection`] and slow start).
+//!
+//! Not yet here: zone preference.
 
 pub mod balancer;
 pub mod endpoint;
 pub mod load;
 pub mod maglev;
 pub mod selector;
+pub mod split;
 pub mod subset;
 pub mod weighted;
 
@@ -21,5 +28,6 @@ pub use self::endpoint::{
 pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable};
 pub use self::maglev::Maglev;
 pub use self::selector::{Requirement, Selector, SelectorError};
+pub use self::split::{Split, SplitError};
 pub use self::subset::{Fallback, Picked, SubsetError, SubsetIndex};
 pub use self::weighted::WeightedIndex;

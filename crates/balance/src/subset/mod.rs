@@ -56,7 +56,7 @@ impl Members {
                 .iter()
                 .map(|p| set.endpoints()[*p as usize].weight()),
         );
-        let stride = coprime_stride(weights.total());
+        let stride = crate::weighted::coprime_stride(weights.total());
         Self {
             positions,
             weights,
@@ -64,26 +64,6 @@ impl Members {
             maglev: OnceLock::new(),
         }
     }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// A step near `total / φ` that is coprime with `total`, so `k × step mod total` visits
-/// every value once per `total` steps, well spread (a low-discrepancy sequence).
-fn coprime_stride(total: u64) -> u64 {
-    if total <= 1 {
-        return 1;
-    }
-    let mut s = (((total as f64) * 0.618_033_988_75) as u64).max(1);
-    while gcd(s, total) != 1 {
-        s += 1;
-    }
-    s
 }
 
 /// The endpoints a request may go to: positions into a snapshot's endpoints.

@@ -10,6 +10,26 @@
 #[cfg(test)]
 mod tests;
 
+/// A step near `total / φ` that is coprime with `total`, so `k × step mod total` visits
+/// every value once per `total` steps, well spread (a low-discrepancy sequence): the walk
+/// behind weighted round robin and splits.
+pub(crate) fn coprime_stride(total: u64) -> u64 {
+    fn gcd(mut a: u64, mut b: u64) -> u64 {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+    if total <= 1 {
+        return 1;
+    }
+    let mut s = (((total as f64) * 0.618_033_988_75) as u64).max(1);
+    while gcd(s, total) != 1 {
+        s += 1;
+    }
+    s
+}
+
 /// `r` (uniform over `u64`) mapped uniformly onto `0..n`.
 fn scale(r: u64, n: u64) -> u64 {
     ((u128::from(r) * u128::from(n)) >> 64) as u64
