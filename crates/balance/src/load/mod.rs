@@ -69,7 +69,9 @@ impl EndpointLoad {
 
     /// Whether the endpoint is ejected now (see [`Ejection`]).
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > self.origin.elapsed().as_nanos() as u64
+        // Fast path without reading the clock: never ejected.
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > self.origin.elapsed().as_nanos() as u64
     }
 
     /// How many times the endpoint has been ejected.
