@@ -142,7 +142,19 @@ impl Balancer {
         if !loads[first].is_ejected() {
             return Some(first);
         }
-        let mut seed = x ^ y.rotate_left(17);
+        self.avoid_ejected(subset, loads, x ^ y.rotate_left(17), first)
+    }
+
+    /// The rare path: the first choice was ejected.
+    #[cold]
+    #[inline(never)]
+    fn avoid_ejected(
+        &self,
+        subset: &Picked,
+        loads: &[Arc<EndpointLoad>],
+        mut seed: u64,
+        first: usize,
+    ) -> Option<usize> {
         for _ in 0..3 {
             seed = splitmix(seed);
             let p = self.choose(subset, loads, splitmix(seed), splitmix(seed ^ 0x5555))?;

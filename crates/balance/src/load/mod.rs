@@ -12,11 +12,18 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::EndpointSet;
+
+/// The process-wide origin of ejection deadlines, so an endpoint's load needs no clock of
+/// its own (keeping it small: balancers read many of them per second).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// The peak-EWMA update: the new estimate (nanoseconds) after `sample` arrived `elapsed`
 /// after the previous update.
@@ -36,12 +43,11 @@ pub struct EndpointLoad {
     ewma: AtomicU64,
     /// Nanoseconds after the table's origin of the last update.
     stamp: AtomicU64,
-    consecutive_failures: AtomicU32,
-    ejections: AtomicU32,
-    /// Nanoseconds after the table's origin until which the endpoint is ejected.
+    // 16 bits each keep the whole load in 32 bytes (48 with the `Arc` counts).
+    consecutive_failures: AtomicU16,
+    ejections: AtomicU16,
+    /// Nanoseconds after [`epoch`] until which the endpoint is ejected.
     ejected_until: AtomicU64,
-    /// The table's clock origin, so `is_ejected` needs no table.
-    origin: Instant,
 }
 
 /// Counts a request in flight until dropped.
@@ -55,15 +61,14 @@ impl Drop for InFlight {
 }
 
 impl EndpointLoad {
-    fn new(initial: Duration, origin: Instant) -> Self {
+    fn new(initial: Duration) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
             ewma: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
+            consecutive_failures: AtomicU16::new(0),
+            ejections: AtomicU16::new(0),
             ejected_until: AtomicU64::new(0),
-            origin,
         }
     }
 
@@ -71,12 +76,12 @@ impl EndpointLoad {
     pub fn is_ejected(&self) -> bool {
         // Fast path without reading the clock: never ejected.
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && until > self.origin.elapsed().as_nanos() as u64
+        until != 0 && until > epoch().elapsed().as_nanos() as u64
     }
 
     /// How many times the endpoint has been ejected.
     pub fn ejections(&self) -> u32 {
-        self.ejections.load(Ordering::Relaxed)
+        u32::from(self.ejections.load(Ordering::Relaxed))
     }
 
     /// Requests currently in flight.
@@ -170,8 +175,13 @@ impl LoadTable {
         if e.consecutive_failures == 0 {
             return false;
         }
-        let streak = load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if streak < e.consecutive_failures || load.is_ejected() {
+        let streak = load
+            .consecutive_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            })
+            .map_or(u16::MAX, |n| n.saturating_add(1));
+        if u32::from(streak) < e.consecutive_failures || load.is_ejected() {
             return false;
         }
         // Ejections are rare: counting the ejected under the table lock is fine here.
@@ -180,9 +190,15 @@ impl LoadTable {
         if (ejected + 1) * 100 > loads.len().max(1) * usize::from(e.max_ejected_percent) {
             return false;
         }
-        let times = load.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let times = u32::from(
+            load.ejections
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(1))
+                })
+                .map_or(u16::MAX, |n| n.saturating_add(1)),
+        );
         let length = e.base_time.saturating_mul(times).min(e.max_time);
-        let until = (self.origin.elapsed() + length).as_nanos() as u64;
+        let until = (epoch().elapsed() + length).as_nanos() as u64;
         load.ejected_until.store(until, Ordering::Relaxed);
         load.consecutive_failures.store(0, Ordering::Relaxed);
         true
@@ -198,7 +214,7 @@ impl LoadTable {
             .map(|e| {
                 loads
                     .entry(e.addr())
-                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial, self.origin)))
+                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
                     .clone()
             })
             .collect();
