@@ -8,9 +8,8 @@
 //!   traffic between subsets (canary, blue/green).
 //! - [`Balancer`]: weighted P2C over peak EWMA (default), exact weighted round robin,
 //!   least requests and Maglev consistent hashing, over per-endpoint load kept in a
-//!   [`LoadTable`] (with outlier [`Ejection`] and slow start).
-//!
-//! Not yet here: zone preference.
+//!   [`LoadTable`] (with outlier [`Ejection`] and slow start), and zone preference with
+//!   spill-over ([`Balancer::pick_local_first`]).
 
 pub mod balancer;
 pub mod endpoint;

@@ -99,6 +99,37 @@ impl Balancer {
         self.pick_with(subset, loads, x, y)
     }
 
+    /// Zone preference: picks in `local` (the caller's zone, see
+    /// [`SubsetIndex::in_zone`](crate::SubsetIndex::in_zone)) while it is healthy and not
+    /// overloaded, spilling over to `all` otherwise. The local choice is compared with one
+    /// candidate drawn from `all`; the remote one wins only when its cost per weight times
+    /// `spill_factor` (e.g. 2.0: remote must be twice as cheap) is still lower, or when the
+    /// local choice is ejected.
+    pub fn pick_local_first(
+        &self,
+        local: Option<&Picked>,
+        all: &Picked,
+        loads: &[Arc<EndpointLoad>],
+        spill_factor: f64,
+    ) -> Option<usize> {
+        let Some(local) = local.filter(|l| !l.is_empty()) else {
+            return self.pick(all, loads);
+        };
+        let Some(l) = self.pick(local, loads).filter(|l| !loads[*l].is_ejected()) else {
+            return self.pick(all, loads);
+        };
+        let (x, _) = random_pair();
+        let Some((m, _)) = all.weights().pick_two_random(x, x) else {
+            return Some(l);
+        };
+        let r = all.positions()[m] as usize;
+        let per_weight = |p: usize, w: u64| loads[p].cost() / w.max(1) as f64;
+        let local_weight = u64::from(all.set().endpoints()[l].weight());
+        let spill = !loads[r].is_ejected()
+            && per_weight(r, all.weights().weight(m)) * spill_factor < per_weight(l, local_weight);
+        Some(if spill { r } else { l })
+    }
+
     /// Like [`pick`](Self::pick), with the request's affinity key hash (see
     /// [`hash_key`](crate::maglev::hash_key)) for [`Algorithm::Maglev`]; other algorithms
     /// ignore the key.

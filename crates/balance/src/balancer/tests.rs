@@ -427,3 +427,49 @@ fn slow_start_ramps_from_the_pods_ready_time() {
         "after the window it is an equal: {ramped}"
     );
 }
+
+#[test]
+fn zone_preference_stays_local_until_overloaded() {
+    let eps: Vec<Endpoint> = (0..6)
+        .map(|i| {
+            let zone = if i < 2 { "zone-a" } else { "zone-b" };
+            Endpoint::new(format!("10.2.0.{}:80", i + 1).parse().unwrap()).with_meta(
+                crate::endpoint::EndpointMeta {
+                    zone: Some(zone.into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let set = Arc::new(EndpointSet::new(ServiceState::Active, eps));
+    let index = SubsetIndex::new(set.clone(), []);
+    let all = index.all();
+    let local = index.in_zone(&Selector::everything(), &all, "zone-a");
+    assert_eq!(local.as_ref().map(|l| l.len()), Some(2));
+    assert!(
+        index
+            .in_zone(&Selector::everything(), &all, "zone-z")
+            .is_none()
+    );
+    let table = LoadTable::default();
+    let loads = table.for_set(&set);
+    let b = Balancer::new(Algorithm::P2cPeakEwma);
+    // Idle: every request stays in zone-a.
+    assert!((0..1_000).all(|_| {
+        b.pick_local_first(local.as_ref(), &all, &loads, 2.0)
+            .unwrap()
+            < 2
+    }));
+    // zone-a overloaded (50 in flight each): requests spill over.
+    let _busy: Vec<_> = (0..50)
+        .flat_map(|_| [table.start(&loads[0]), table.start(&loads[1])])
+        .collect();
+    let spilled = (0..1_000)
+        .filter(|_| {
+            b.pick_local_first(local.as_ref(), &all, &loads, 2.0)
+                .unwrap()
+                >= 2
+        })
+        .count();
+    assert!(spilled > 500, "{spilled}");
+}

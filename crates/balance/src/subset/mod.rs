@@ -145,6 +145,7 @@ pub struct SubsetIndex {
     set: Arc<EndpointSet>,
     all: Arc<Members>,
     known: RwLock<HashMap<Selector, Arc<Members>>>,
+    zoned: RwLock<HashMap<(Selector, String), Arc<Members>>>,
 }
 
 impl SubsetIndex {
@@ -170,6 +171,7 @@ impl SubsetIndex {
             set,
             all,
             known: RwLock::new(known),
+            zoned: RwLock::new(HashMap::new()),
         }
     }
 
@@ -204,6 +206,36 @@ impl SubsetIndex {
             .entry(selector.clone())
             .or_insert(m)
             .clone()
+    }
+
+    /// The members of `picked` that run in `zone` or are hinted for it (topology-aware
+    /// routing), cached per snapshot; `None` when there are none.
+    pub fn in_zone(&self, selector: &Selector, picked: &Picked, zone: &str) -> Option<Picked> {
+        let key = (selector.clone(), zone.to_string());
+        let cached = self.zoned.read().expect("zone cache").get(&key).cloned();
+        let members = cached.unwrap_or_else(|| {
+            let positions = picked
+                .positions()
+                .iter()
+                .copied()
+                .filter(|p| {
+                    let meta = self.set.endpoints()[*p as usize].meta();
+                    meta.zone.as_deref() == Some(zone) || meta.zone_hints.iter().any(|h| h == zone)
+                })
+                .collect();
+            let m = Arc::new(Members::new(&self.set, positions));
+            self.zoned
+                .write()
+                .expect("zone cache")
+                .entry(key)
+                .or_insert(m)
+                .clone()
+        });
+        (!members.positions.is_empty()).then(|| Picked {
+            set: self.set.clone(),
+            members,
+            fell_back: picked.fell_back,
+        })
     }
 
     /// The routable endpoints matching `selector`, or the fallback's when there are none.
