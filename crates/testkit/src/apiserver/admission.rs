@@ -103,40 +103,11 @@ fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
 
 /// `fieldValidation=Strict`: unknown top-level fields are an error.
 pub(crate) fn check_strict(res: Resource, value: &Value) -> ApiResult<()> {
-    let allowed: &[&str] = match res {
-        Resource::EndpointSlice => &[
-            "kind",
-            "apiVersion",
-            "metadata",
-            "addressType",
-            "endpoints",
-            "ports",
-        ],
-        Resource::Endpoints => &["kind", "apiVersion", "metadata", "subsets"],
-        Resource::Event => &[
-            "kind",
-            "apiVersion",
-            "metadata",
-            "involvedObject",
-            "reason",
-            "message",
-            "source",
-            "firstTimestamp",
-            "lastTimestamp",
-            "count",
-            "type",
-            "eventTime",
-            "series",
-            "action",
-            "related",
-            "reportingComponent",
-            "reportingInstance",
-        ],
-        _ => &["kind", "apiVersion", "metadata", "spec", "status"],
-    };
+    let allowed =
+        |k: &str| matches!(k, "kind" | "apiVersion" | "metadata") || res.body_fields().contains(&k);
     if let Some(obj) = value.as_object() {
         for k in obj.keys() {
-            if !allowed.contains(&k.as_str()) {
+            if !allowed(k) {
                 return Err(cannot_handle(
                     res,
                     format!("strict decoding error: unknown field \"{k}\""),
@@ -581,21 +552,7 @@ pub(crate) fn canonical(res: Resource, obj: Value) -> Value {
         "finalizers",
         "managedFields",
     ];
-    let rest: &[&str] = match res {
-        Resource::EndpointSlice => &["addressType", "endpoints", "ports"],
-        Resource::Endpoints => &["subsets"],
-        Resource::Event => &[
-            "involvedObject",
-            "reason",
-            "message",
-            "source",
-            "firstTimestamp",
-            "lastTimestamp",
-            "count",
-            "type",
-        ],
-        _ => &["spec", "status"],
-    };
+    let rest = res.body_fields();
     let Value::Object(mut map) = obj else {
         return obj;
     };

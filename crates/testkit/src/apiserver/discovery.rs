@@ -27,14 +27,7 @@ pub(crate) fn version() -> Response<Body> {
     });
     let mut resp = Response::new(full(serde_json::to_string_pretty(&v).unwrap_or_default()));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, private"),
-    );
+    super::handler::api_headers(resp.headers_mut(), "application/json");
     resp
 }
 

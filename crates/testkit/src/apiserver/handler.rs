@@ -41,6 +41,15 @@ pub(crate) struct Out {
     pub(crate) warning: Option<&'static str>,
 }
 
+/// The headers every API answer carries.
+pub(crate) fn api_headers(h: &mut http::HeaderMap, content_type: &'static str) {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+}
+
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
@@ -56,14 +65,7 @@ pub(crate) fn json_response(code: StatusCode, value: &Value, out: Out) -> Respon
     let mut resp = Response::new(full(text));
     *resp.status_mut() = code;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, private"),
-    );
+    api_headers(h, "application/json");
     h.insert(
         "audit-id",
         HeaderValue::from_str(&admission::uid()).expect("uid is ASCII"),
@@ -79,14 +81,7 @@ pub(crate) fn error_response(e: &ApiError, out: Out) -> Response<Body> {
         let mut resp = Response::new(full(format!("{}\n", e.message)));
         *resp.status_mut() = e.code;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, private"),
-        );
+        api_headers(h, "text/plain; charset=utf-8");
         h.insert(
             "x-content-type-options",
             HeaderValue::from_static("nosniff"),

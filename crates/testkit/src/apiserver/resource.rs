@@ -147,6 +147,32 @@ impl Resource {
         }
     }
 
+    /// The top-level fields after `kind`, `apiVersion` and `metadata`, in Go struct order:
+    /// what strict decoding accepts and the order responses use.
+    pub(crate) fn body_fields(self) -> &'static [&'static str] {
+        match self {
+            Resource::EndpointSlice => &["addressType", "endpoints", "ports"],
+            Resource::Endpoints => &["subsets"],
+            Resource::Event => &[
+                "involvedObject",
+                "reason",
+                "message",
+                "source",
+                "firstTimestamp",
+                "lastTimestamp",
+                "count",
+                "type",
+                "eventTime",
+                "series",
+                "action",
+                "related",
+                "reportingComponent",
+                "reportingInstance",
+            ],
+            _ => &["spec", "status"],
+        }
+    }
+
     /// Looks up `(group, version, plural)` from a request path.
     pub(crate) fn from_path(group: &str, version: &str, plural: &str) -> Option<Resource> {
         Resource::ALL

@@ -128,14 +128,7 @@ pub(crate) fn start(
     let mut resp = Response::new(body.boxed_unsync());
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, private"),
-    );
+    super::handler::api_headers(h, "application/json");
     if let Some(w) = warning {
         h.insert(header::WARNING, HeaderValue::from_static(w));
     }
