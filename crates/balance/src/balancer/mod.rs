@@ -33,15 +33,9 @@ thread_local! {
 
 fn random_pair() -> (u64, u64) {
     RNG.with(|state| {
-        let next = || {
-            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            state.set(s);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        (next(), next())
+        let s = state.get();
+        state.set(s.wrapping_add(GOLDEN.wrapping_mul(2)));
+        (splitmix(s), splitmix(s.wrapping_add(GOLDEN)))
     })
 }
 
@@ -261,8 +255,11 @@ impl Balancer {
     }
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64: the output for state `z` (the state advances by [`GOLDEN`] per draw).
+pub(crate) fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(GOLDEN);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

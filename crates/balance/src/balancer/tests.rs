@@ -47,13 +47,10 @@ fn simulate(
     let loads = table.for_set(&set);
     let balancer = Balancer::new(algorithm);
     let mut rng = seed;
+    // Deterministic per seed: the balancer's own SplitMix64.
     let mut next = move || {
-        // SplitMix64: deterministic per seed.
         rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix(rng)
     };
     let mut counts = vec![0; weights.len()];
     let mut heap = BinaryHeap::new();

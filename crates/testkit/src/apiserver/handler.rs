@@ -340,6 +340,16 @@ fn key(target: &Target, name: &str) -> Key {
 
 // === representations ===
 
+/// An object as a list item: canonical key order, no `kind`/`apiVersion` (as observed).
+fn list_item(res: Resource, obj: Value) -> Value {
+    let mut o = admission::canonical(res, obj);
+    if let Some(m) = o.as_object_mut() {
+        m.remove("kind");
+        m.remove("apiVersion");
+    }
+    o
+}
+
 /// The `PartialObjectMetadata` form of an object.
 pub(crate) fn as_metadata(obj: &Value) -> Value {
     json!({
@@ -464,14 +474,7 @@ async fn list(
         Repr::Json => {
             let items: Vec<Value> = items
                 .iter()
-                .map(|o| {
-                    let mut o = admission::canonical(res, (**o).clone());
-                    if let Some(m) = o.as_object_mut() {
-                        m.remove("kind");
-                        m.remove("apiVersion");
-                    }
-                    o
-                })
+                .map(|o| list_item(res, (**o).clone()))
                 .collect();
             json!({"kind": format!("{}List", res.kind()), "apiVersion": res.api_version(), "metadata": metadata, "items": items})
         }
@@ -1030,14 +1033,7 @@ fn delete_collection(
         let items: Vec<Value> = keys
             .into_iter()
             .filter_map(|k| delete_one(shared, store, k, &opts).ok())
-            .map(|o| {
-                let mut o = admission::canonical(res, o);
-                if let Some(m) = o.as_object_mut() {
-                    m.remove("kind");
-                    m.remove("apiVersion");
-                }
-                o
-            })
+            .map(|o| list_item(res, o))
             .collect();
         (items, store.rv())
     });
