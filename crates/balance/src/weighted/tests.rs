@@ -73,3 +73,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn alias_draws_follow_weights() {
+    let weights = [0u32, 7, 1, 0, 2, 90];
+    let w = WeightedIndex::new(weights);
+    let mut counts = [0u64; 6];
+    let n = 200_000u64;
+    for k in 0..n {
+        // Evenly spread draws stand in for uniform random ones.
+        counts[w.draw(k.wrapping_mul(u64::MAX / n))] += 1;
+    }
+    for (c, weight) in counts.iter().zip(weights) {
+        let want = n as f64 * f64::from(weight) / 100.0;
+        assert!((*c as f64 - want).abs() <= n as f64 * 0.001, "{counts:?}");
+    }
+}
+
+proptest! {
+    /// Sweeping the alias table's draws evenly reproduces every weight within one draw per
+    /// bucket.
+    #[test]
+    fn alias_table_is_exact(weights in proptest::collection::vec(0u32..20, 1..30)) {
+        let w = WeightedIndex::new(weights.iter().copied());
+        prop_assume!(w.total() > 0);
+        let n = w.len() as u64 * w.total() * 64;
+        let mut counts = vec![0u64; weights.len()];
+        for k in 0..n {
+            counts[w.draw(k.wrapping_mul(u64::MAX / n))] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            let want = n * u64::from(weights[i]) / w.total();
+            prop_assert!(c.abs_diff(want) <= w.len() as u64 + 1, "{i}: {c} vs {want}");
+        }
+    }
+}
