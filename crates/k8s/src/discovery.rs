@@ -379,6 +379,10 @@ pub(crate) struct Model {
     pub(crate) pods: Cache<PodInfo>,
     /// Bumped on every Pod change: converted slices carry Pod data and go stale with it.
     pub(crate) pods_epoch: u64,
+    /// The first Pod list is on its way: snapshots wait for it, so the first one a client
+    /// sees already carries labels (label subsets would otherwise be empty at start). A
+    /// failing Pod watch (say, forbidden) ends the wait: endpoints flow without labels.
+    pub(crate) pods_pending: bool,
     converted: HashMap<Option<PortSpec>, Converted>,
 }
 
@@ -401,7 +405,7 @@ impl Model {
             Some(_) => self.slices.synced,
             None => false,
         };
-        if !self.service.synced || !endpoints_synced {
+        if !self.service.synced || !endpoints_synced || self.pods_pending {
             return EndpointSet::pending().with_clock(clock.clone());
         }
         let service = self.service.items.values().next();
@@ -556,6 +560,7 @@ async fn run(
             else => return,
         };
         let Some(entry) = entry.upgrade() else { return };
+        let is_pod = matches!(change, Change::Pod(_) | Change::PodMeta(_));
         let ok = {
             let mut model = entry.model.lock().expect("model lock");
             let result = match change {
@@ -573,6 +578,12 @@ async fn run(
                     model.pods_epoch += 1;
                 }),
             };
+            if model.pods_pending && (model.pods.synced || (result.is_err() && is_pod)) {
+                if !model.pods.synced {
+                    tracing::warn!(service = %name, namespace = %ns, "cannot list Pods: routing without Pod labels, so label subsets stay empty");
+                }
+                model.pods_pending = false;
+            }
             if let Err(e) = &result {
                 tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");
             }
@@ -580,6 +591,12 @@ async fn run(
             let selector = selector_of(model.service.items.values().next());
             if selector != pod_selector {
                 pod_selector = selector.clone();
+                // Only the very first Pod list holds snapshots back; later selector
+                // changes keep serving while the new list arrives.
+                model.pods_pending = selector.is_some()
+                    && pod_watch != PodWatch::None
+                    && model.pods_epoch == 0
+                    && !model.pods.synced;
                 model.pods = Cache::default();
                 pods = selector.and_then(|s| {
                     let config = watcher::Config::default().labels(&s);

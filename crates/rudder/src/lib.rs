@@ -1,8 +1,30 @@
 //! Rudder: tower layers that send each HTTP request to a ready Kubernetes Pod chosen per
 //! request, without DNS and without the Service ClusterIP.
 //!
-//! This crate will hold `Mesh` and `MeshLayer`, the layer users wrap around their hyper or
-//! tonic client. Discovery lives in `rudder-k8s` and balancing in `rudder-balance`; the
-//! test API server and Pod servers in `rudder-testkit`.
+//! Build one [`MeshLayer`] from a `kube::Client` and wrap it around the HTTP client you
+//! already use (hyper-util's pooled client for HTTP/1.1, or [`PodClient`], which also
+//! speaks HTTP/2 and keeps the Service's `:authority`). Requests addressed to a Service
+//! (`http://hello-svc.default:8080/`) go straight to one of its ready Pods, picked per
+//! request by weighted P2C over peak-EWMA latency, optionally restricted to a label subset
+//! (`version=4.2`) or split between subsets (90/10); everything else passes through. See
+//! [`mesh`] for the full request path.
 //!
-//! Status: the workspace foundation is in place; the layer itself is not implemented yet.
+//! Discovery lives in `rudder-k8s`, balancing in `rudder-balance`, the test API server and
+//! Pod servers in `rudder-testkit`.
+
+mod authority;
+pub mod client;
+mod error;
+pub mod mesh;
+
+pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
+pub use self::mesh::{
+    ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError, MeshLayer, ResponseBody,
+    ServiceView, Subset, Target,
+};
+pub use rudder_balance::{Algorithm, Ejection, Fallback, Selector, Split};
+pub use rudder_k8s::Static;
+
+/// The error type of Rudder's services: the Mesh's own [`MeshError`] or the inner
+/// service's error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,337 @@
+//! A client that connects straight to Pods and keeps the Service's authority.
+//!
+//! [`PodClient`] is the inner service to use under a [`Mesh`](crate::Mesh) when Pods speak
+//! HTTP/2, or when one process should hold exactly one connection per Pod. It is built on
+//! hyper's `client::conn` (the same connection state machines hyper-util's pooled client
+//! drives):
+//!
+//! - HTTP/2 (prior knowledge, `h2c`): one multiplexed connection per Pod, shared by every
+//!   request; concurrent first requests wait for one connect instead of racing. Each request
+//!   is sent with `:authority` set to the Service authority from the
+//!   [`Target`] extension (and no `Host` header), exactly what the Pod
+//!   would see through the ClusterIP.
+//! - HTTP/1.1: a stack of idle keep-alive connections per Pod; a connection returns to the
+//!   stack once its response body has been read, and idle ones are dropped after the idle
+//!   timeout. Requests go in origin form with `Host` set to the Service authority.
+//!
+//! The endpoint comes from the [`Target`] extension the Mesh sets, else from
+//! the URI (an IP literal is used as is; a name is resolved once per connection, which is
+//! how `ExternalName` Services are reached).
+
+mod error;
+
+pub use self::error::ConnectError;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::BoxError;
+use crate::mesh::Target;
+
+/// The HTTP version [`PodClient`] speaks to Pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (gRPC's usual in-cluster transport).
+    Http2,
+}
+
+/// Settings for a [`PodClient`].
+#[derive(Clone, Debug)]
+pub struct PodClientBuilder {
+    protocol: Protocol,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_endpoint: usize,
+}
+
+impl Default for PodClientBuilder {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Http1,
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_endpoint: 32,
+        }
+    }
+}
+
+impl PodClientBuilder {
+    /// The protocol (default HTTP/1.1).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// How long a TCP connect may take (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long an idle HTTP/1.1 connection is kept (default 90 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most idle HTTP/1.1 connections kept per endpoint (default 32).
+    pub fn max_idle_per_endpoint(mut self, max: usize) -> Self {
+        self.max_idle_per_endpoint = max;
+        self
+    }
+
+    /// The client.
+    pub fn build<B>(self) -> PodClient<B> {
+        PodClient {
+            pool: Arc::new(Pool {
+                settings: self,
+                endpoints: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// An HTTP client with one connection pool per endpoint; see the [module docs](self).
+pub struct PodClient<B> {
+    pool: Arc<Pool<B>>,
+}
+
+impl<B> Clone for PodClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for PodClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PodClient")
+            .field("settings", &self.pool.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodClient<()> {
+    /// Settings for a client.
+    pub fn builder() -> PodClientBuilder {
+        PodClientBuilder::default()
+    }
+}
+
+struct Pool<B> {
+    settings: PodClientBuilder,
+    endpoints: Mutex<HashMap<Authority, Arc<Conns<B>>>>,
+}
+
+/// The connections to one endpoint.
+struct Conns<B> {
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<B>>>,
+    idle: Mutex<Vec<(Instant, http1::SendRequest<B>)>>,
+}
+
+impl<B> Pool<B> {
+    fn conns(&self, endpoint: &Authority) -> Arc<Conns<B>> {
+        let mut endpoints = self.endpoints.lock().expect("pool lock");
+        if let Some(c) = endpoints.get(endpoint) {
+            return c.clone();
+        }
+        // A new endpoint is the moment to forget ones whose connections are all gone.
+        endpoints.retain(|_, c| Arc::strong_count(c) > 1 || !c.is_empty());
+        let c = Arc::new(Conns {
+            h2: tokio::sync::Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+        });
+        endpoints.insert(endpoint.clone(), c.clone());
+        c
+    }
+}
+
+impl<B> Conns<B> {
+    fn is_empty(&self) -> bool {
+        let h2_open = match self.h2.try_lock() {
+            Ok(h2) => h2.as_ref().is_some_and(|s| !s.is_closed()),
+            Err(_) => true,
+        };
+        !h2_open && self.idle.lock().expect("idle lock").is_empty()
+    }
+}
+
+async fn connect(endpoint: &Authority, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let port = endpoint.port_u16().unwrap_or(80);
+    let host = endpoint
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let err = |source| ConnectError {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let attempt = async {
+        let stream = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => TcpStream::connect((ip, port)).await?,
+            Err(_) => TcpStream::connect((host, port)).await?,
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(err(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for PodClient<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let target = req.extensions().get::<Target>().cloned();
+            let endpoint = match &target {
+                Some(t) => t.endpoint().clone(),
+                None => req
+                    .uri()
+                    .authority()
+                    .cloned()
+                    .ok_or("request URI names no endpoint")?,
+            };
+            let authority = target.map_or_else(|| endpoint.clone(), |t| t.authority().clone());
+            let conns = pool.conns(&endpoint);
+            match pool.settings.protocol {
+                Protocol::Http2 => send_h2(&pool, &conns, &endpoint, &authority, req).await,
+                Protocol::Http1 => send_h1(&pool, conns, &endpoint, &authority, req).await,
+            }
+        })
+    }
+}
+
+async fn send_h2<B>(
+    pool: &Pool<B>,
+    conns: &Conns<B>,
+    endpoint: &Authority,
+    authority: &Authority,
+    mut req: Request<B>,
+) -> Result<Response<Incoming>, BoxError>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut sender = {
+        let mut slot = conns.h2.lock().await;
+        match slot.as_ref().filter(|s| !s.is_closed()) {
+            Some(s) => s.clone(),
+            None => {
+                let io = connect(endpoint, pool.settings.connect_timeout).await?;
+                let (sender, conn) =
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "HTTP/2 connection to a Pod ended");
+                    }
+                });
+                *slot = Some(sender.clone());
+                sender
+            }
+        }
+    };
+    // `:authority` is the Service's, as through the ClusterIP; no Host beside it.
+    let scheme = req.uri().scheme().cloned().unwrap_or(Scheme::HTTP);
+    let path = req.uri().path_and_query().cloned();
+    let mut uri = Uri::builder().scheme(scheme).authority(authority.clone());
+    if let Some(p) = path {
+        uri = uri.path_and_query(p);
+    } else {
+        uri = uri.path_and_query("/");
+    }
+    *req.uri_mut() = uri.build()?;
+    *req.version_mut() = Version::HTTP_2;
+    req.headers_mut().remove(http::header::HOST);
+    sender.ready().await?;
+    Ok(sender.send_request(req).await?)
+}
+
+async fn send_h1<B>(
+    pool: &Arc<Pool<B>>,
+    conns: Arc<Conns<B>>,
+    endpoint: &Authority,
+    authority: &Authority,
+    mut req: Request<B>,
+) -> Result<Response<Incoming>, BoxError>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let idle_timeout = pool.settings.idle_timeout;
+    let reused = {
+        let mut idle = conns.idle.lock().expect("idle lock");
+        idle.retain(|(since, s)| !s.is_closed() && since.elapsed() < idle_timeout);
+        idle.pop().map(|(_, s)| s)
+    };
+    let mut sender = match reused.filter(|s| s.is_ready()) {
+        Some(s) => s,
+        None => {
+            let io = connect(endpoint, pool.settings.connect_timeout).await?;
+            let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/1.1 connection to a Pod ended");
+                }
+            });
+            sender
+        }
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
+    *req.uri_mut() = path.parse()?;
+    *req.version_mut() = Version::HTTP_11;
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_str(authority.as_str())?,
+        );
+    }
+    let res = sender.send_request(req).await?;
+    // The connection is free again once this response's body has been read.
+    let max_idle = pool.settings.max_idle_per_endpoint;
+    tokio::spawn(async move {
+        if sender.ready().await.is_ok() {
+            let mut idle = conns.idle.lock().expect("idle lock");
+            if idle.len() < max_idle {
+                idle.push((Instant::now(), sender));
+            }
+        }
+    });
+    Ok(res)
+}

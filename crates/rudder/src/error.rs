@@ -1,0 +1,33 @@
+//! Classifying failures of the inner service.
+
+use std::error::Error as StdError;
+use std::io;
+
+/// Whether `err` shows the request never reached an application: the connection was
+/// refused or could not be made, or it was closed or reset before any response. Such a
+/// request is safe to send to another endpoint.
+pub(crate) fn never_reached_application(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<crate::client::ConnectError>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::BrokenPipe
+            );
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_canceled() || h.is_incomplete_message())
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

@@ -1,0 +1,78 @@
+//! The response body: releases the request's in-flight count when the body ends, fails or
+//! is dropped, so least-loaded balancing sees streams that are still running.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use rudder_balance::{EndpointLoad, InFlight};
+
+use super::routed::Routed;
+
+/// Keeps a request counted in flight on its endpoint.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    pub(crate) _in_flight: InFlight,
+    pub(crate) routed: Arc<Routed>,
+    pub(crate) load: Arc<EndpointLoad>,
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from the inner service, holding the request's place on its endpoint
+    /// until the body is finished or dropped.
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<Guard>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(inner: B, guard: Option<Guard>) -> Self {
+        Self { inner, guard }
+    }
+
+    /// The inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The inner body; the endpoint's in-flight count is released.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            None => drop(this.guard.take()),
+            Some(Err(_)) => {
+                // A stream cut mid-body counts against the endpoint.
+                if let Some(g) = this.guard.take() {
+                    g.routed.loads.record_failure(&g.load);
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

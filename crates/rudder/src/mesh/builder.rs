@@ -1,0 +1,318 @@
+//! Building a [`MeshLayer`]: where endpoints come from and how requests are routed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use rudder_balance::{Algorithm, Ejection, Fallback, Selector, SelectorError, Split, SplitError};
+use rudder_k8s::{Discovery, ServiceRef, ServiceRefError, Static};
+use thiserror::Error;
+
+use super::config::{AlgorithmConfig, FallbackConfig, MeshConfig};
+use super::{MeshLayer, Shared};
+
+/// Why a configuration was refused (at build time, so requests have nothing left to
+/// reject).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A label selector (in `field`) does not parse.
+    #[error("invalid selector in {field}: {source}")]
+    Selector {
+        /// The setting holding it.
+        field: &'static str,
+        /// What is wrong, naming the offending part.
+        source: SelectorError,
+    },
+    /// The split has no weight.
+    #[error("invalid split: {0}")]
+    Split(#[from] SplitError),
+    /// The subset header is not a valid header name.
+    #[error("invalid subset header name {0:?}")]
+    HeaderName(String),
+    /// A static Service name does not parse.
+    #[error("invalid static Service: {0}")]
+    Service(#[from] ServiceRefError),
+    /// The retry budget share is not within 0–1000 %.
+    #[error("retry budget percent {0} is not within 0-1000")]
+    RetryBudget(f32),
+}
+
+#[derive(Debug)]
+pub(crate) enum Source {
+    Kube(Discovery),
+    /// Fixed endpoint lists keyed by (namespace, name).
+    Static(HashMap<(String, String), Static>),
+}
+
+/// Routing settings, validated.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) default_namespace: String,
+    pub(crate) cluster_domain: String,
+    pub(crate) subset: Option<Selector>,
+    pub(crate) fallback: Fallback,
+    pub(crate) subset_header: Option<HeaderName>,
+    pub(crate) split: Option<Arc<Split>>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) sync_timeout: Duration,
+    pub(crate) pass_through: bool,
+    pub(crate) dns_fallback: bool,
+    pub(crate) failure_on_5xx: bool,
+    pub(crate) max_retries: u32,
+    pub(crate) retry_budget: (f32, u32),
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) slow_start: Option<Duration>,
+    pub(crate) ejection: Ejection,
+}
+
+/// Settings for a [`MeshLayer`]; start from [`MeshLayer::builder`] (Kubernetes discovery)
+/// or [`MeshLayer::builder_static`] (fixed endpoint lists).
+pub struct MeshBuilder {
+    client: Option<kube::Client>,
+    statics: HashMap<(String, String), Static>,
+    settings: Settings,
+    error: Option<ConfigError>,
+}
+
+impl std::fmt::Debug for MeshBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshBuilder")
+            .field("kube", &self.client.is_some())
+            .field("statics", &self.statics.keys().collect::<Vec<_>>())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn selector(field: &'static str, s: &str) -> Result<Selector, ConfigError> {
+    s.parse()
+        .map_err(|source| ConfigError::Selector { field, source })
+}
+
+impl MeshBuilder {
+    pub(crate) fn new(client: Option<kube::Client>) -> Self {
+        let default_namespace = client
+            .as_ref()
+            .map_or("default", |c| c.default_namespace())
+            .to_string();
+        let config = MeshConfig::default();
+        Self {
+            client,
+            statics: HashMap::new(),
+            settings: Settings {
+                default_namespace,
+                cluster_domain: config.cluster_domain.clone(),
+                subset: None,
+                fallback: Fallback::NoFallback,
+                subset_header: Some(HeaderName::from_static(super::DEFAULT_SUBSET_HEADER)),
+                split: None,
+                algorithm: Algorithm::default(),
+                sync_timeout: config.sync_timeout(),
+                pass_through: config.pass_through,
+                dns_fallback: config.dns_fallback,
+                failure_on_5xx: config.failure_on_5xx,
+                max_retries: config.max_retries,
+                retry_budget: (config.retry_budget_percent, config.retry_min_per_second),
+                timeout: None,
+                slow_start: None,
+                ejection: Ejection::default(),
+            },
+            error: None,
+        }
+    }
+
+    /// Applies every setting of `config` (replacing earlier ones).
+    pub fn config(mut self, config: &MeshConfig) -> Result<Self, ConfigError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let s = &mut self.settings;
+        if let Some(ns) = &config.default_namespace {
+            s.default_namespace = ns.clone();
+        }
+        s.cluster_domain = config.cluster_domain.trim_matches('.').to_string();
+        s.subset = config
+            .subset
+            .as_deref()
+            .map(|v| selector("subset", v))
+            .transpose()?;
+        s.fallback = match &config.fallback {
+            FallbackConfig::None => Fallback::NoFallback,
+            FallbackConfig::Any => Fallback::AnyEndpoint,
+            FallbackConfig::Default(v) => Fallback::Default(selector("fallback", v)?),
+        };
+        s.subset_header = config
+            .subset_header
+            .as_deref()
+            .map(|h| HeaderName::try_from(h).map_err(|_| ConfigError::HeaderName(h.into())))
+            .transpose()?;
+        s.split = if config.split.is_empty() {
+            None
+        } else {
+            let legs = config
+                .split
+                .iter()
+                .map(|l| Ok((selector("split", &l.selector)?, l.weight)))
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            Some(Arc::new(Split::new(legs)?))
+        };
+        s.algorithm = match config.algorithm {
+            AlgorithmConfig::P2cPeakEwma => Algorithm::P2cPeakEwma,
+            AlgorithmConfig::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+            AlgorithmConfig::LeastRequests => Algorithm::LeastRequests,
+        };
+        s.sync_timeout = config.sync_timeout();
+        s.pass_through = config.pass_through;
+        s.dns_fallback = config.dns_fallback;
+        s.failure_on_5xx = config.failure_on_5xx;
+        s.max_retries = config.max_retries;
+        if !(0.0..=1000.0).contains(&config.retry_budget_percent) {
+            return Err(ConfigError::RetryBudget(config.retry_budget_percent));
+        }
+        s.retry_budget = (config.retry_budget_percent, config.retry_min_per_second);
+        s.timeout = config.timeout_ms.map(Duration::from_millis);
+        s.slow_start = config.slow_start_ms.map(Duration::from_millis);
+        let e = &config.ejection;
+        s.ejection = Ejection {
+            consecutive_failures: e.consecutive_failures,
+            base_time: Duration::from_millis(e.base_time_ms),
+            max_time: Duration::from_millis(e.max_time_ms),
+            max_ejected_percent: e.max_ejected_percent.min(100),
+        };
+        Ok(self)
+    }
+
+    /// Namespace of Service names written without one (default: the kube client's).
+    pub fn default_namespace(mut self, ns: impl Into<String>) -> Self {
+        self.settings.default_namespace = ns.into();
+        self
+    }
+
+    /// The cluster DNS domain (default `cluster.local`).
+    pub fn cluster_domain(mut self, domain: impl Into<String>) -> Self {
+        self.settings.cluster_domain = domain.into().trim_matches('.').to_string();
+        self
+    }
+
+    /// Sends every request to the Pods matching `selector`, unless the request names its
+    /// own subset (extension or header).
+    pub fn subset(mut self, selector: Selector) -> Self {
+        self.settings.subset = Some(selector);
+        self
+    }
+
+    /// What to do when a subset is empty (default: fail with `NoEndpoints`).
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.settings.fallback = fallback;
+        self
+    }
+
+    /// The header carrying a per-request subset (default `x-rudder-subset`); `None`
+    /// ignores subset headers.
+    pub fn subset_header(mut self, header: Option<HeaderName>) -> Self {
+        self.settings.subset_header = header;
+        self
+    }
+
+    /// Splits requests between subsets by weight (canary, blue/green); takes precedence
+    /// over [`subset`](Self::subset), not over a request's own subset.
+    pub fn split(mut self, split: Split) -> Self {
+        self.settings.split = Some(Arc::new(split));
+        self
+    }
+
+    /// The balancing algorithm (default weighted P2C over peak EWMA).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.settings.algorithm = algorithm;
+        self
+    }
+
+    /// How long a request waits for its Service's first discovery sync (default 5 s).
+    pub fn sync_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.sync_timeout = timeout;
+        self
+    }
+
+    /// Whether requests that do not name a Service pass through unchanged (default) or
+    /// fail with `NotAService`.
+    pub fn pass_through(mut self, pass: bool) -> Self {
+        self.settings.pass_through = pass;
+        self
+    }
+
+    /// When discovery cannot sync a Service (no credentials, forbidden, API unreachable),
+    /// send its requests to the original authority — cluster DNS and the ClusterIP — and
+    /// log it, instead of failing with `NotSynced` (the default).
+    pub fn dns_fallback(mut self, enabled: bool) -> Self {
+        self.settings.dns_fallback = enabled;
+        self
+    }
+
+    /// Whether 5xx responses count as endpoint failures for ejection (default true).
+    pub fn failure_on_5xx(mut self, enabled: bool) -> Self {
+        self.settings.failure_on_5xx = enabled;
+        self
+    }
+
+    /// Retries for requests that failed before reaching an application (connection
+    /// refused or reset before any response), on another endpoint, when the body is empty;
+    /// at most `max` per request and within a budget of `percent` of requests plus
+    /// `min_per_second` (defaults 2, 20 %, 10/s). `max` 0 disables retries.
+    pub fn retries(mut self, max: u32, percent: f32, min_per_second: u32) -> Self {
+        if !(0.0..=1000.0).contains(&percent) {
+            self.error = Some(ConfigError::RetryBudget(percent));
+        }
+        self.settings.max_retries = max;
+        self.settings.retry_budget = (percent, min_per_second);
+        self
+    }
+
+    /// Fails a request (with `Timeout`) that has no response headers after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// Ramps new Pods up over `window` after they became Ready.
+    pub fn slow_start(mut self, window: Duration) -> Self {
+        self.settings.slow_start = Some(window);
+        self
+    }
+
+    /// Outlier ejection settings.
+    pub fn ejection(mut self, ejection: Ejection) -> Self {
+        self.settings.ejection = ejection;
+        self
+    }
+
+    /// Serves Service `name` (`name` or `name.namespace`) from `endpoints` (static
+    /// builders only; with a kube client the Service comes from the API).
+    pub fn static_service(mut self, name: &str, endpoints: Static) -> Result<Self, ConfigError> {
+        let svc = ServiceRef::parse_in(name, &self.settings.default_namespace)?;
+        self.statics.insert(
+            (svc.namespace().to_string(), svc.name().to_string()),
+            endpoints,
+        );
+        Ok(self)
+    }
+
+    /// The layer.
+    pub fn build(self) -> Result<MeshLayer, ConfigError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let source = match self.client {
+            Some(client) => Source::Kube(
+                Discovery::builder(client)
+                    .default_namespace(self.settings.default_namespace.clone())
+                    .build(),
+            ),
+            None => Source::Static(self.statics),
+        };
+        Ok(MeshLayer {
+            shared: Arc::new(Shared::new(source, self.settings)),
+        })
+    }
+}

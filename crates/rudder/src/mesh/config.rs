@@ -1,0 +1,154 @@
+//! The serde form of the Mesh's settings, for services that read their configuration from
+//! a file or environment.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every [`MeshBuilder`](crate::MeshBuilder) setting as plain data.
+///
+/// ```
+/// let config: rudder::MeshConfig = serde_json::from_str(r#"{
+///     "subset": "version=4.1",
+///     "fallback": { "default": "version=4.0" },
+///     "algorithm": "least_requests",
+///     "sync_timeout_ms": 2000
+/// }"#).unwrap();
+/// assert_eq!(config.subset.as_deref(), Some("version=4.1"));
+/// ```
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MeshConfig {
+    /// Namespace of Service names written without one (default: the kube client's).
+    pub default_namespace: Option<String>,
+    /// The cluster DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Label selector of the Pods every request goes to, unless a request says otherwise.
+    pub subset: Option<String>,
+    /// What to do when the chosen subset is empty.
+    pub fallback: FallbackConfig,
+    /// Header naming a per-request subset (`x-rudder-subset`); `null` disables it.
+    pub subset_header: Option<String>,
+    /// Weighted traffic split between subsets (canary); replaces `subset` when non-empty.
+    pub split: Vec<SplitLeg>,
+    /// The balancing algorithm.
+    pub algorithm: AlgorithmConfig,
+    /// How long a request waits for the first discovery sync of its Service.
+    pub sync_timeout_ms: u64,
+    /// Pass requests whose authority is not a Service through unchanged (else an error).
+    pub pass_through: bool,
+    /// When discovery cannot sync, send requests to the original authority (cluster DNS and
+    /// ClusterIP) instead of failing.
+    pub dns_fallback: bool,
+    /// Count 5xx responses as endpoint failures for ejection.
+    pub failure_on_5xx: bool,
+    /// Retries of requests that never reached an application (0 disables).
+    pub max_retries: u32,
+    /// Retries allowed as a share of requests, in percent.
+    pub retry_budget_percent: f32,
+    /// Retries always allowed per second, whatever the share.
+    pub retry_min_per_second: u32,
+    /// Per-request timeout (none by default).
+    pub timeout_ms: Option<u64>,
+    /// Slow start window after a Pod became Ready (none by default).
+    pub slow_start_ms: Option<u64>,
+    /// Outlier ejection.
+    pub ejection: EjectionConfig,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            default_namespace: None,
+            cluster_domain: "cluster.local".into(),
+            subset: None,
+            fallback: FallbackConfig::None,
+            subset_header: Some(crate::mesh::DEFAULT_SUBSET_HEADER.into()),
+            split: Vec::new(),
+            algorithm: AlgorithmConfig::P2cPeakEwma,
+            sync_timeout_ms: 5_000,
+            pass_through: true,
+            dns_fallback: false,
+            failure_on_5xx: true,
+            max_retries: 2,
+            retry_budget_percent: 20.0,
+            retry_min_per_second: 10,
+            timeout_ms: None,
+            slow_start_ms: None,
+            ejection: EjectionConfig::default(),
+        }
+    }
+}
+
+impl MeshConfig {
+    pub(crate) fn sync_timeout(&self) -> Duration {
+        Duration::from_millis(self.sync_timeout_ms)
+    }
+}
+
+/// [`Fallback`](rudder_balance::Fallback) as data: `"none"`, `"any"` or
+/// `{ "default": "<selector>" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FallbackConfig {
+    /// Fail with `NoEndpoints`.
+    #[default]
+    None,
+    /// Use every ready endpoint of the Service.
+    Any,
+    /// Use this subset instead.
+    Default(String),
+}
+
+/// One leg of a split.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitLeg {
+    /// The subset's label selector.
+    pub selector: String,
+    /// Its share of requests, relative to the other legs.
+    pub weight: u32,
+}
+
+/// [`Algorithm`](rudder_balance::Algorithm) as data.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AlgorithmConfig {
+    /// Weighted P2C over peak EWMA.
+    #[default]
+    P2cPeakEwma,
+    /// Exact weighted round robin.
+    WeightedRoundRobin,
+    /// Weighted P2C over requests in flight.
+    LeastRequests,
+}
+
+/// [`Ejection`](rudder_balance::Ejection) as data.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EjectionConfig {
+    /// Failures in a row that eject an endpoint (0 disables ejection).
+    pub consecutive_failures: u32,
+    /// First ejection's length.
+    pub base_time_ms: u64,
+    /// Longest ejection.
+    pub max_time_ms: u64,
+    /// Largest share of endpoints ejected at once, percent.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        let e = rudder_balance::Ejection::default();
+        Self {
+            consecutive_failures: e.consecutive_failures,
+            base_time_ms: e.base_time.as_millis() as u64,
+            max_time_ms: e.max_time.as_millis() as u64,
+            max_ejected_percent: e.max_ejected_percent,
+        }
+    }
+}

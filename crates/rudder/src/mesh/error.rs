@@ -1,0 +1,72 @@
+//! The Mesh's own failures. Errors of the inner service pass through unchanged (boxed).
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why the Mesh could not send a request to a Pod. Returned boxed as the service's error;
+/// recover it with `err.downcast_ref::<MeshError>()`.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The request names neither a URI authority nor a `Host` header.
+    #[error("request has no authority (URI host or Host header) to route on")]
+    MissingAuthority,
+    /// The authority is not a Service name and pass-through is disabled.
+    #[error("{authority} does not name a Kubernetes Service and pass-through is disabled")]
+    NotAService {
+        /// The request's authority.
+        authority: String,
+    },
+    /// Discovery did not finish its first sync of the Service in time (API unreachable,
+    /// forbidden, or slow), and the DNS fallback is not enabled.
+    #[error("endpoints of {service} not synced after {waited:?}")]
+    NotSynced {
+        /// The Service (`name.namespace:port`).
+        service: String,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// The Service does not exist.
+    #[error("Service {service} not found")]
+    ServiceNotFound {
+        /// The Service.
+        service: String,
+    },
+    /// No endpoint can take the request.
+    #[error("no endpoints for {service} (subset {subset}): {reason}")]
+    NoEndpoints {
+        /// The Service.
+        service: String,
+        /// The label selector of the subset asked for (empty: every endpoint).
+        subset: String,
+        /// Why: no endpoints at all, none ready, no such port, an empty subset without
+        /// fallback, or every endpoint with weight 0.
+        reason: String,
+    },
+    /// The subset header holds no valid label selector.
+    #[error("invalid subset in header {header}: {source}")]
+    InvalidSubset {
+        /// The header's name.
+        header: String,
+        /// The selector error, naming the offending part.
+        source: rudder_balance::SelectorError,
+    },
+    /// A subset header value that is not visible ASCII.
+    #[error("subset header {header} is not visible ASCII")]
+    SubsetNotAscii {
+        /// The header's name.
+        header: String,
+    },
+    /// Discovery refused the Service reference or could not run.
+    #[error(transparent)]
+    Discovery(#[from] rudder_k8s::DiscoveryError),
+    /// The request took longer than the configured per-request timeout.
+    #[error("request to {service} timed out after {timeout:?}")]
+    Timeout {
+        /// The Service.
+        service: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}

@@ -1,0 +1,198 @@
+//! The Mesh: a tower layer that sends each request addressed to a Kubernetes Service
+//! straight to one of its Pods, chosen per request.
+//!
+//! For every request, [`Mesh`]:
+//!
+//! 1. reads the authority (URI, else `Host`) and decides whether it names a Service (the
+//!    cluster DNS rule: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`, with an
+//!    optional port; short names whose Service does not exist fall through to the inner
+//!    service unchanged, as a Pod's DNS search path does, and so do IP literals and other
+//!    names);
+//! 2. subscribes to the Service port through discovery (once per Service, shared by every
+//!    clone), waiting at most the sync timeout for the first snapshot;
+//! 3. chooses the subset: the request's [`Subset`] extension, else the subset header
+//!    (`x-rudder-subset: version=4.2`), else the configured split, else the configured
+//!    subset, else every ready Pod, with the configured fallback when it is empty;
+//! 4. picks a Pod with the balancer (weighted P2C over peak EWMA by default) and rewrites
+//!    the URI to the Pod's `ip:port`, keeping the caller's authority in `Host` and in the
+//!    [`Target`] extension; no DNS lookup, no ClusterIP;
+//! 5. records the outcome: latency to response headers feeds peak EWMA; errors and
+//!    (configurably) 5xx count towards outlier ejection; the request stays counted in
+//!    flight until the response body ends or is dropped ([`ResponseBody`]). A request that
+//!    failed before reaching any application (connection refused or reset before a
+//!    response) is retried on another Pod when its body is empty, within a retry budget.
+//!
+//! # Why the URI names the Pod
+//!
+//! hyper-util's client pools connections by URI authority, so a URI naming the Pod gives
+//! one pool per Pod for free and its connector never resolves anything. HTTP/1.1 Pods see
+//! the Service's authority in `Host`, which the Mesh sets and the client keeps. For
+//! HTTP/2, `:authority` comes from the URI; [`PodClient`](crate::PodClient) (hyper's
+//! `client::conn` with one multiplexed connection per Pod) restores the Service's
+//! authority from [`Target`] before sending, so HTTP/2 Pods see exactly what they would
+//! through the ClusterIP. Any other inner service gets a normal absolute-form request.
+
+mod body;
+mod builder;
+mod config;
+mod error;
+mod ext;
+mod routed;
+mod service;
+mod view;
+
+pub use self::body::ResponseBody;
+pub use self::builder::{ConfigError, MeshBuilder};
+pub use self::config::{AlgorithmConfig, EjectionConfig, FallbackConfig, MeshConfig, SplitLeg};
+pub use self::error::MeshError;
+pub use self::ext::{Subset, Target};
+pub use self::service::{Mesh, ResponseFuture};
+pub use self::view::{EndpointView, ServiceView};
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rudder_balance::{Balancer, LoadTable};
+use rudder_k8s::ServiceRef;
+use tower::retry::budget::TpsBudget;
+
+use self::builder::{Settings, Source};
+use self::routed::{Keep, Routed};
+
+/// The default header naming a per-request subset.
+pub const DEFAULT_SUBSET_HEADER: &str = "x-rudder-subset";
+
+/// A [`tower::Layer`] wrapping an HTTP client in a [`Mesh`]. Cheap to clone; every Mesh
+/// it makes shares discovery, load state and the retry budget.
+///
+/// ```no_run
+/// # async fn demo(client: kube::Client) -> Result<(), rudder::BoxError> {
+/// use http_body_util::Empty;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use tower::{Layer, ServiceExt};
+///
+/// let http = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+/// let mesh = rudder::MeshLayer::builder(client).build()?.layer(http);
+/// let req = http::Request::get("http://hello-svc.default:8080/").body(Empty::new())?;
+/// let res = mesh.oneshot(req).await?;
+/// println!("{}", res.status());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MeshLayer {
+    shared: Arc<Shared>,
+}
+
+impl MeshLayer {
+    /// Settings for a Mesh discovering Services through `client`.
+    pub fn builder(client: kube::Client) -> MeshBuilder {
+        MeshBuilder::new(Some(client))
+    }
+
+    /// Settings for a Mesh over fixed endpoint lists
+    /// ([`static_service`](MeshBuilder::static_service)), without Kubernetes.
+    pub fn builder_static() -> MeshBuilder {
+        MeshBuilder::new(None)
+    }
+
+    /// The current view of a Service (`name[.namespace]:port`), if this Mesh has routed to
+    /// it.
+    pub fn view(&self, service: &str) -> Option<ServiceView> {
+        self.shared.view(service)
+    }
+}
+
+impl<S> tower::Layer<S> for MeshLayer {
+    type Service = Mesh<S>;
+
+    fn layer(&self, inner: S) -> Mesh<S> {
+        Mesh::new(inner, self.shared.clone())
+    }
+}
+
+/// State shared by every clone of a Mesh.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    source: Source,
+    pub(crate) settings: Settings,
+    routed: RwLock<HashMap<ServiceRef, Arc<Routed>>>,
+    pub(crate) budget: TpsBudget,
+}
+
+impl Shared {
+    fn new(source: Source, settings: Settings) -> Self {
+        let (percent, min) = settings.retry_budget;
+        Self {
+            budget: TpsBudget::new(Duration::from_secs(10), min, percent / 100.0),
+            source,
+            settings,
+            routed: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The routing state of `svc`, subscribing on first use.
+    pub(crate) fn routed(&self, svc: &ServiceRef) -> Result<Arc<Routed>, MeshError> {
+        if let Some(r) = self.routed.read().expect("routed lock").get(svc) {
+            return Ok(r.clone());
+        }
+        let mut routed = self.routed.write().expect("routed lock");
+        if let Some(r) = routed.get(svc) {
+            return Ok(r.clone());
+        }
+        let (rx, keep) = match &self.source {
+            Source::Kube(discovery) => {
+                let sub = discovery.subscribe(svc)?;
+                (sub.receiver(), Keep::Subscription(sub))
+            }
+            Source::Static(statics) => {
+                let key = (svc.namespace().to_string(), svc.name().to_string());
+                let rx = match statics.get(&key) {
+                    Some(s) => s.subscribe(),
+                    None => {
+                        tokio::sync::watch::channel(Arc::new(rudder_balance::EndpointSet::new(
+                            rudder_balance::ServiceState::NotFound,
+                            Vec::new(),
+                        )))
+                        .1
+                    }
+                };
+                (rx, Keep::Static)
+            }
+        };
+        let s = &self.settings;
+        let mut balancer = Balancer::new(s.algorithm);
+        if let Some(window) = s.slow_start {
+            balancer = balancer.with_slow_start(window);
+        }
+        // An endpoint not measured yet looks almost free, so every new Pod gets tried
+        // (and measured) instead of losing every comparison to measured ones; its cost
+        // still grows with requests in flight, so a burst does not all land on it.
+        let loads = LoadTable::new(Duration::from_secs(10), Duration::from_micros(1))
+            .with_ejection(s.ejection.clone());
+        let mut selectors: Vec<_> = s.subset.iter().cloned().collect();
+        if let Some(split) = &s.split {
+            selectors.extend(split.legs().iter().map(|(sel, _)| sel.clone()));
+        }
+        if let rudder_balance::Fallback::Default(sel) = &s.fallback {
+            selectors.push(sel.clone());
+        }
+        let r = Arc::new(Routed::new(
+            svc.clone(),
+            rx,
+            keep,
+            loads,
+            balancer,
+            selectors,
+        ));
+        routed.insert(svc.clone(), r.clone());
+        Ok(r)
+    }
+
+    fn view(&self, service: &str) -> Option<ServiceView> {
+        let svc = ServiceRef::parse_in(service, &self.settings.default_namespace).ok()?;
+        let routed = self.routed.read().expect("routed lock").get(&svc)?.clone();
+        Some(ServiceView::of(&routed))
+    }
+}

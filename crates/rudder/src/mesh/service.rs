@@ -1,0 +1,428 @@
+//! The Mesh service: resolve, pick, dispatch, record.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use rudder_balance::{EmptyReason, Selector, ServiceState};
+use tower::ServiceExt;
+use tower::retry::budget::Budget;
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::Shared;
+use super::body::{Guard, ResponseBody};
+use super::error::MeshError;
+use super::ext::{Subset, Target};
+use super::routed::Routed;
+use crate::BoxError;
+use crate::authority::{self, Named};
+
+/// Routes requests addressed to Kubernetes Services to their Pods through the inner
+/// service `S`; built by [`MeshLayer`](crate::MeshLayer). See the [module docs](crate::mesh).
+pub struct Mesh<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Mesh<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Mesh<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mesh")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Mesh<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The response future of [`Mesh`]: the wait for the first sync, the pick, the dispatch and
+/// its retries are one `async` state machine, boxed once per request.
+pub struct ResponseFuture<T> {
+    inner: Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>,
+}
+
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T> Future for ResponseFuture<T> {
+    type Output = Result<T, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Mesh<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body + Default + Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<ResponseBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<Self::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The ready service goes with this request; the clone serves the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = Box::pin(route(self.shared.clone(), inner, req));
+        ResponseFuture { inner }
+    }
+}
+
+/// Sends `req` to the inner service unchanged.
+async fn pass<S, B, RB>(inner: S, req: Request<B>) -> Result<Response<ResponseBody<RB>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    let res = inner.oneshot(req).await.map_err(Into::into)?;
+    Ok(res.map(|b| ResponseBody::new(b, None)))
+}
+
+async fn route<S, B, RB>(
+    shared: Arc<Shared>,
+    inner: S,
+    req: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body + Default + Send + 'static,
+{
+    let settings = &shared.settings;
+    let Some(authority) = authority::of_request(&req) else {
+        return Err(MeshError::MissingAuthority.into());
+    };
+    let port = authority::port_of(&authority, req.uri());
+    let named = authority::classify(
+        authority.host(),
+        port,
+        &settings.default_namespace,
+        &settings.cluster_domain,
+    );
+    let Named::Service { svc, short } = named else {
+        if settings.pass_through {
+            return pass(inner, req).await;
+        }
+        return Err(MeshError::NotAService {
+            authority: authority.to_string(),
+        }
+        .into());
+    };
+    let routed = shared.routed(&svc)?;
+    let service = || format!("{}.{}:{port}", svc.name(), svc.namespace());
+    if !routed.synced(settings.sync_timeout).await {
+        if settings.dns_fallback {
+            tracing::warn!(service = %service(), "discovery not synced; sending through cluster DNS");
+            return pass(inner, req).await;
+        }
+        return Err(MeshError::NotSynced {
+            service: service(),
+            waited: settings.sync_timeout,
+        }
+        .into());
+    }
+    let view = routed.view();
+    match view.set().state() {
+        ServiceState::NotFound if short => return pass(inner, req).await,
+        ServiceState::NotFound => {
+            return Err(MeshError::ServiceNotFound { service: service() }.into());
+        }
+        ServiceState::ExternalName(name) => {
+            // Kubernetes answers an ExternalName Service with a CNAME: same request, same
+            // Host, sent to the external name's address.
+            let endpoint: Authority =
+                format!("{name}:{port}")
+                    .parse()
+                    .map_err(|e| MeshError::NoEndpoints {
+                        service: service(),
+                        subset: String::new(),
+                        reason: format!("invalid externalName {name:?}: {e}"),
+                    })?;
+            let req = retarget(req, &authority, endpoint)?;
+            return pass(inner, req).await;
+        }
+        ServiceState::Pending | ServiceState::Active => {}
+        _ => {}
+    }
+
+    let selector = choose_subset(&shared, &req)?;
+    let picked = view
+        .index
+        .subset(&selector, &settings.fallback)
+        .map_err(|e| MeshError::NoEndpoints {
+            service: service(),
+            subset: selector.to_string(),
+            reason: match view.set().empty_reason() {
+                Some(r) => empty_reason(r).to_string(),
+                None => e.to_string(),
+            },
+        })?;
+
+    let span = tracing::debug_span!(
+        "rudder",
+        service = %svc,
+        subset = %selector,
+        endpoint = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    let sent = dispatch(&shared, &routed, inner, req, authority, picked, view).instrument(span);
+    match settings.timeout {
+        None => sent.await,
+        Some(timeout) => tokio::time::timeout(timeout, sent)
+            .await
+            .unwrap_or_else(|_| {
+                Err(MeshError::Timeout {
+                    service: service(),
+                    timeout,
+                }
+                .into())
+            }),
+    }
+}
+
+/// Picks, sends and records, retrying on another endpoint when the request never reached
+/// an application.
+async fn dispatch<S, B, RB>(
+    shared: &Shared,
+    routed: &Arc<Routed>,
+    mut inner: S,
+    req: Request<B>,
+    authority: Authority,
+    picked: rudder_balance::Picked,
+    view: Arc<super::routed::View>,
+) -> Result<Response<ResponseBody<RB>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body + Default + Send + 'static,
+{
+    let settings = &shared.settings;
+    // Only an empty body can be sent again; keep what rebuilding the request needs.
+    let replay = (settings.max_retries > 0 && req.body().is_end_stream()).then(|| {
+        let mut copy = Request::new(());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        copy
+    });
+    shared.budget.deposit();
+    let mut req = Some(req);
+    // Endpoints this request already failed on; retries go elsewhere.
+    let mut failed: Vec<usize> = Vec::new();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let pos = pick_avoiding(routed, &picked, &view, &failed).ok_or_else(|| {
+            MeshError::NoEndpoints {
+                service: routed.service.to_string(),
+                subset: String::new(),
+                reason: "every endpoint of the subset has weight 0".into(),
+            }
+        })?;
+        let endpoint = view.set().endpoints()[pos].addr();
+        let span = tracing::Span::current();
+        span.record("endpoint", tracing::field::display(endpoint));
+        span.record("attempt", attempt);
+        let this = match req.take() {
+            Some(r) => r,
+            None => {
+                let parts = replay
+                    .as_ref()
+                    .expect("retries only with a replayable body");
+                let mut r = Request::new(B::default());
+                *r.method_mut() = parts.method().clone();
+                *r.uri_mut() = parts.uri().clone();
+                *r.version_mut() = parts.version();
+                *r.headers_mut() = parts.headers().clone();
+                *r.extensions_mut() = parts.extensions().clone();
+                r
+            }
+        };
+        let endpoint_authority: Authority = endpoint
+            .to_string()
+            .parse()
+            .expect("a socket address is an authority");
+        let this = retarget(this, &authority, endpoint_authority)?;
+        let load = view.loads[pos].clone();
+        let in_flight = routed.loads.start(&load);
+        let started = Instant::now();
+        let ready: Result<&mut S, BoxError> = (&mut inner).ready().await.map_err(Into::into);
+        let result = match ready {
+            Ok(svc) => svc.call(this).await.map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(res) => {
+                routed.loads.record(&load, started.elapsed());
+                if settings.failure_on_5xx && res.status().is_server_error() {
+                    routed.loads.record_failure(&load);
+                } else {
+                    routed.loads.record_success(&load);
+                }
+                let guard = Guard {
+                    _in_flight: in_flight,
+                    routed: routed.clone(),
+                    load,
+                };
+                return Ok(res.map(|b| ResponseBody::new(b, Some(guard))));
+            }
+            Err(e) => {
+                drop(in_flight);
+                if routed.loads.record_failure(&load) {
+                    tracing::info!(%endpoint, "endpoint ejected after consecutive failures");
+                }
+                let retry = replay.is_some()
+                    && attempt <= settings.max_retries
+                    && crate::error::never_reached_application(&*e)
+                    && picked.len() > failed.len() + 1
+                    && shared.budget.withdraw();
+                if !retry {
+                    return Err(e);
+                }
+                tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
+                failed.push(pos);
+            }
+        }
+    }
+}
+
+/// A pick that avoids endpoints this request already failed on: the balancer's choice when
+/// it is not one of them (a few draws), else the least loaded of the others.
+fn pick_avoiding(
+    routed: &Routed,
+    picked: &rudder_balance::Picked,
+    view: &super::routed::View,
+    avoid: &[usize],
+) -> Option<usize> {
+    let first = routed.balancer.pick(picked, &view.loads)?;
+    if avoid.is_empty() {
+        return Some(first);
+    }
+    for _ in 0..3 {
+        let pos = routed.balancer.pick(picked, &view.loads)?;
+        if !avoid.contains(&pos) {
+            return Some(pos);
+        }
+    }
+    let others = picked
+        .positions()
+        .iter()
+        .zip(picked.iter())
+        .filter(|(p, e)| e.weight() > 0 && !avoid.contains(&(**p as usize)))
+        .map(|(p, _)| *p as usize);
+    others
+        .min_by_key(|p| (view.loads[*p].is_ejected(), view.loads[*p].in_flight()))
+        .or(Some(first))
+}
+
+/// The subset for this request: extension, header, split, configured subset, everything.
+fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshError> {
+    let settings = &shared.settings;
+    if let Some(s) = req.extensions().get::<Subset>() {
+        return Ok(s.selector().clone());
+    }
+    if let Some(name) = &settings.subset_header
+        && let Some(value) = req.headers().get(name)
+    {
+        let text = value.to_str().map_err(|_| MeshError::SubsetNotAscii {
+            header: name.to_string(),
+        })?;
+        return text.parse().map_err(|source| MeshError::InvalidSubset {
+            header: name.to_string(),
+            source,
+        });
+    }
+    if let Some(split) = &settings.split {
+        return Ok(split.choose().clone());
+    }
+    Ok(settings.subset.clone().unwrap_or_else(Selector::everything))
+}
+
+fn empty_reason(r: EmptyReason) -> &'static str {
+    match r {
+        EmptyReason::NoEndpoints => "the Service has no endpoints",
+        EmptyReason::NoneReady => "no endpoint is ready",
+        EmptyReason::NoSuchPort => "the Service has no such port",
+        _ => "no routable endpoint",
+    }
+}
+
+/// Points `req` at `endpoint`, keeping the caller's `authority` in `Host` and [`Target`].
+fn retarget<B>(
+    mut req: Request<B>,
+    authority: &Authority,
+    endpoint: Authority,
+) -> Result<Request<B>, BoxError> {
+    let uri = req.uri();
+    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(endpoint.clone())
+        .path_and_query(path)
+        .build()?;
+    *req.uri_mut() = uri;
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_str(authority.as_str())?,
+        );
+    }
+    req.extensions_mut().insert(Target {
+        authority: authority.clone(),
+        endpoint,
+    });
+    Ok(req)
+}

@@ -1,0 +1,298 @@
+//! The Mesh end to end: real HTTP through `MeshLayer` over hyper-util's client and
+//! `PodClient`, to `rudder-testkit` Pod servers discovered from its API server through
+//! `kube::Client`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rudder::{Fallback, MeshError, MeshLayer, PodClient, Protocol, Selector, Split, Subset};
+use support::*;
+use tower::Layer;
+
+fn mesh_error(e: &rudder::BoxError) -> &MeshError {
+    e.downcast_ref::<MeshError>()
+        .unwrap_or_else(|| panic!("not a MeshError: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreads_requests_over_every_pod_keeping_the_service_authority() {
+    let cluster = hello(10).await;
+    let (_layer, mut mesh) = mesh(&cluster).await;
+    let mut hosts = HashMap::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..2_000 {
+        let reply = get(&mut mesh, req("http://hello-svc:8080/hi"))
+            .await
+            .expect("reply");
+        assert_eq!(reply.path, "/hi");
+        *hosts.entry(reply.authority.clone()).or_insert(0) += 1;
+        *counts.entry(reply.pod).or_default() += 1;
+    }
+    // P2C over peak EWMA follows measured latency, so shares are uneven; every Pod is
+    // tried, though.
+    assert_eq!(counts.len(), 10, "every Pod answered: {counts:?}");
+    assert_eq!(
+        hosts.keys().collect::<Vec<_>>(),
+        [&Some("hello-svc:8080".to_string())],
+        "Pods see the Service authority in Host: {hosts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_gives_every_pod_exactly_its_share() {
+    let cluster = hello(10).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .algorithm(rudder::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap();
+    let counts = spread(&mut layer.layer(h1()), 2_000, || {
+        req("http://hello-svc:8080/")
+    })
+    .await;
+    assert_eq!(counts.len(), 10);
+    assert!(counts.values().all(|c| *c == 200), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pods_see_the_service_authority() {
+    let cluster = hello(3).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(PodClient::builder().protocol(Protocol::Http2).build());
+    let mut pods = HashMap::new();
+    for _ in 0..300 {
+        let reply = get(
+            &mut mesh,
+            req("http://hello-svc.default.svc.cluster.local:8080/x"),
+        )
+        .await
+        .expect("reply");
+        assert_eq!(reply.version, "HTTP/2.0");
+        assert_eq!(
+            reply.authority.as_deref(),
+            Some("hello-svc.default.svc.cluster.local:8080")
+        );
+        *pods.entry(reply.pod).or_insert(0) += 1;
+    }
+    // One HTTP/2 connection per Pod, yet every request is balanced on its own.
+    assert_eq!(pods.len(), 3, "{pods:?}");
+
+    let mut mesh = layer.layer(PodClient::builder().build());
+    let reply = get(&mut mesh, req("http://hello-svc.default:8080/"))
+        .await
+        .unwrap();
+    assert_eq!(reply.version, "HTTP/1.1");
+    assert_eq!(reply.authority.as_deref(), Some("hello-svc.default:8080"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subsets_by_header_extension_and_static_config() {
+    let cluster = biz1(3, 2).await;
+    let (_layer, mut mesh) = mesh(&cluster).await;
+    let version = |pod: &str| cluster.pod(pod).unwrap().labels()["version"].clone();
+
+    let by_header = spread(&mut mesh, 200, || {
+        let mut r = req("http://biz1:8080/");
+        r.headers_mut()
+            .insert("x-rudder-subset", "version=4.2".parse().unwrap());
+        r
+    })
+    .await;
+    assert_eq!(by_header.len(), 2, "both 4.2 Pods: {by_header:?}");
+    assert!(by_header.keys().all(|p| version(p) == "4.2"));
+
+    let by_extension = spread(&mut mesh, 200, || {
+        let mut r = req("http://biz1:8080/");
+        r.extensions_mut()
+            .insert("version in (4.1)".parse::<Subset>().unwrap());
+        r
+    })
+    .await;
+    assert_eq!(by_extension.len(), 3);
+    assert!(by_extension.keys().all(|p| version(p) == "4.1"));
+
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .subset("version=4.2".parse().unwrap())
+        .build()
+        .unwrap();
+    let mut pinned = layer.layer(h1());
+    let fixed = spread(&mut pinned, 100, || req("http://biz1:8080/")).await;
+    assert!(fixed.keys().all(|p| version(p) == "4.2"), "{fixed:?}");
+    // The request's own subset wins over the client's.
+    let mut r = req("http://biz1:8080/");
+    r.headers_mut()
+        .insert("x-rudder-subset", "version=4.1".parse().unwrap());
+    assert_eq!(version(&get(&mut pinned, r).await.unwrap().pod), "4.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_is_exact_within_two_percent() {
+    let cluster = biz1(2, 2).await;
+    let split = Split::new([
+        ("version=4.1".parse::<Selector>().unwrap(), 90),
+        ("version=4.2".parse().unwrap(), 10),
+    ])
+    .unwrap();
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .split(split)
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let counts = spread(&mut mesh, 10_000, || req("http://biz1:8080/")).await;
+    let v42: usize = counts
+        .iter()
+        .filter(|(p, _)| cluster.pod(p).unwrap().labels()["version"] == "4.2")
+        .map(|(_, c)| c)
+        .sum();
+    let share = v42 as f64 / 10_000.0;
+    assert!((share - 0.10).abs() <= 0.02, "4.2 share {share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_subsets_fail_typed_or_fall_back() {
+    let cluster = biz1(2, 0).await;
+    let (_layer, mut mesh) = mesh(&cluster).await;
+    let mut r = req("http://biz1:8080/");
+    r.headers_mut()
+        .insert("x-rudder-subset", "version=9.9".parse().unwrap());
+    let err = get(&mut mesh, r).await.unwrap_err();
+    match mesh_error(&err) {
+        MeshError::NoEndpoints {
+            service, subset, ..
+        } => {
+            assert_eq!(
+                (service.as_str(), subset.as_str()),
+                ("biz1.default:8080", "version=9.9")
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let mut r = req("http://biz1:8080/");
+    r.headers_mut()
+        .insert("x-rudder-subset", "version in (4.1".parse().unwrap());
+    let err = get(&mut mesh, r).await.unwrap_err();
+    assert!(
+        matches!(mesh_error(&err), MeshError::InvalidSubset { .. }),
+        "{err}"
+    );
+
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .subset("version=4.2".parse().unwrap())
+        .fallback(Fallback::Default("version=4.1".parse().unwrap()))
+        .build()
+        .unwrap();
+    let reply = get(&mut layer.layer(h1()), req("http://biz1:8080/"))
+        .await
+        .unwrap();
+    assert_eq!(cluster.pod(&reply.pod).unwrap().labels()["version"], "4.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_other_hosts() {
+    let cluster = hello(2).await;
+    let (_layer, mut mesh) = mesh(&cluster).await;
+    // A full Service name that does not exist is an error...
+    let err = get(&mut mesh, req("http://nope.default.svc:8080/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(mesh_error(&err), MeshError::ServiceNotFound { service } if service == "nope.default:8080"),
+        "{err}"
+    );
+    // ...while IP literals and short names of missing Services pass through unchanged.
+    let pod = &cluster.pods()[0];
+    let reply = get(&mut mesh, req(&format!("http://{}/direct", pod.addr())))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.pod.as_str(), reply.path.as_str()),
+        (pod.name(), "/direct")
+    );
+
+    let strict = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .pass_through(false)
+        .build()
+        .unwrap();
+    let err = get(
+        &mut strict.layer(h1()),
+        req(&format!("http://{}/", pod.addr())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(mesh_error(&err), MeshError::NotAService { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_synced_is_a_typed_error_after_the_bound() {
+    let cluster = hello(1).await;
+    let client = cluster.api().client().await.unwrap();
+    cluster.api().stop().await;
+    let layer = MeshLayer::builder(client)
+        .sync_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = get(&mut layer.layer(h1()), req("http://hello-svc:8080/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(mesh_error(&err), MeshError::NotSynced { service, .. } if service == "hello-svc.default:8080"),
+        "{err}"
+    );
+    assert!(started.elapsed() < BOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_leaving_mid_load_fail_no_request() {
+    let cluster = hello(4).await;
+    let (_layer, mut mesh) = mesh(&cluster).await;
+    spread(&mut mesh, 100, || req("http://hello-svc:8080/")).await;
+
+    // Readiness lost: no request fails, and the Pod stops getting traffic.
+    cluster.set_ready("hello-world-1", false).await.unwrap();
+    cluster.api().settled().await;
+    // Deleted and its server killed (connections reset): retries and discovery cover it.
+    cluster.delete_pod("hello-world-2", 0).await.unwrap();
+    cluster.pod("hello-world-2").unwrap().kill().await;
+    // A Pod crashing while still listed: retries move its requests elsewhere.
+    cluster.pod("hello-world-3").unwrap().kill().await;
+    let counts = spread(&mut mesh, 1_000, || req("http://hello-svc:8080/")).await;
+    assert!(!counts.contains_key("hello-world-2"), "{counts:?}");
+    assert!(!counts.contains_key("hello-world-3"), "{counts:?}");
+    // The not-ready Pod may have had requests in flight when it left; none after the
+    // snapshot changed.
+    let before = cluster.pod("hello-world-1").unwrap().request_count();
+    spread(&mut mesh, 200, || req("http://hello-svc:8080/")).await;
+    assert_eq!(
+        cluster.pod("hello-world-1").unwrap().request_count(),
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_shows_endpoints_and_load() {
+    let cluster = hello(3).await;
+    let (layer, mut mesh) = mesh(&cluster).await;
+    assert!(layer.view("hello-svc:8080").is_none(), "not routed yet");
+    spread(&mut mesh, 30, || req("http://hello-svc:8080/")).await;
+    let view = layer.view("hello-svc:8080").expect("routed");
+    assert_eq!(view.endpoints.len(), 3);
+    assert!(
+        view.endpoints
+            .iter()
+            .all(|e| e.in_flight == 0 && !e.ejected)
+    );
+    let mut pods: Vec<_> = view
+        .endpoints
+        .iter()
+        .filter_map(|e| e.pod.clone())
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["hello-world-1", "hello-world-2", "hello-world-3"]);
+}
