@@ -53,7 +53,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rudder_balance::{Balancer, LoadTable};
+use rudder_balance::{Balancer, LoadTable, Split};
 use rudder_k8s::ServiceRef;
 use tower::retry::budget::TpsBudget;
 
@@ -97,6 +97,13 @@ impl MeshLayer {
         MeshBuilder::new(None)
     }
 
+    /// Replaces the traffic split for every request that does not name its own subset;
+    /// `None` returns to the configured subset. Takes effect with the next request, without
+    /// touching the Service: a blue/green switch or a canary promotion is one call.
+    pub fn set_split(&self, split: Option<Split>) {
+        *self.shared.split.write().expect("split lock") = split.map(Arc::new);
+    }
+
     /// The current view of a Service (`name[.namespace]:port`), if this Mesh has routed to
     /// it.
     pub fn view(&self, service: &str) -> Option<ServiceView> {
@@ -119,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     routed: RwLock<HashMap<ServiceRef, Arc<Routed>>>,
     pub(crate) budget: TpsBudget,
+    /// The split in force (see [`MeshLayer::set_split`]).
+    pub(crate) split: RwLock<Option<Arc<Split>>>,
 }
 
 impl Shared {
@@ -126,6 +135,7 @@ impl Shared {
         let (percent, min) = settings.retry_budget;
         Self {
             budget: TpsBudget::new(Duration::from_secs(10), min, percent / 100.0),
+            split: RwLock::new(settings.split.clone()),
             source,
             settings,
             routed: RwLock::new(HashMap::new()),

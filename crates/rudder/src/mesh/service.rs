@@ -381,7 +381,7 @@ fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshE
             source,
         });
     }
-    if let Some(split) = &settings.split {
+    if let Some(split) = shared.split.read().expect("split lock").as_ref() {
         return Ok(split.choose().clone());
     }
     Ok(settings.subset.clone().unwrap_or_else(Selector::everything))

@@ -296,3 +296,178 @@ async fn the_view_shows_endpoints_and_load() {
     pods.sort();
     assert_eq!(pods, ["hello-world-1", "hello-world-2", "hello-world-3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switch_and_rollback_without_touching_the_service() {
+    let cluster = biz1(2, 2).await;
+    let split = |v41, v42| {
+        Split::new([
+            ("version=4.1".parse::<Selector>().unwrap(), v41),
+            ("version=4.2".parse().unwrap(), v42),
+        ])
+        .unwrap()
+    };
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .split(split(100, 0))
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let versions = |counts: &HashMap<String, usize>| {
+        let mut v: Vec<String> = counts
+            .keys()
+            .map(|p| cluster.pod(p).unwrap().labels()["version"].clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let blue = spread(&mut mesh, 300, || req("http://biz1:8080/")).await;
+    assert_eq!(versions(&blue), ["4.1"]);
+    layer.set_split(Some(split(0, 100)));
+    let green = spread(&mut mesh, 300, || req("http://biz1:8080/")).await;
+    assert_eq!(versions(&green), ["4.2"]);
+    layer.set_split(Some(split(100, 0)));
+    let back = spread(&mut mesh, 300, || req("http://biz1:8080/")).await;
+    assert_eq!(versions(&back), ["4.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_load_survives_readiness_loss_and_deletion() {
+    let cluster = hello(5).await;
+    let (_layer, mesh) = mesh(&cluster).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut mesh = mesh.clone();
+        let stop = stop.clone();
+        load.spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            // Bounded: stops when told, or after 20,000 requests.
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match get(&mut mesh, req("http://hello-svc:8080/")).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    cluster.set_ready("hello-world-1", false).await.unwrap();
+    cluster.delete_pod("hello-world-2", 0).await.unwrap();
+    cluster.api().settled().await;
+    cluster.pod("hello-world-2").unwrap().kill().await;
+    cluster.pod("hello-world-3").unwrap().kill().await;
+    // Let traffic run against the new state for a while, then stop.
+    let before = cluster.pod("hello-world-4").unwrap().request_count();
+    let bounded = tokio::time::timeout(BOUND, async {
+        while cluster.pod("hello-world-4").unwrap().request_count() < before + 500 {
+            tokio::task::yield_now().await;
+        }
+    });
+    bounded.await.expect("traffic kept flowing");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 500, "{ok} requests succeeded");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_name_and_selectorless_services() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+
+    let cluster = hello(1).await;
+    let client = cluster.api().client().await.unwrap();
+    // A server on 127.0.0.1 stands in for an external host reached by DNS (`localhost`).
+    let outside = rudder_testkit::PodServer::start(
+        "outside",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        0,
+        labels(&[]),
+    )
+    .await
+    .unwrap();
+    let services: Api<Service> = Api::default_namespaced(client.clone());
+    let ext: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ext"},
+        "spec": {"type": "ExternalName", "externalName": "localhost"},
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &ext).await.unwrap();
+
+    // A selector-less Service with a hand-made EndpointSlice.
+    let manual = rudder_testkit::PodServer::start_on_loopback("manual-0", 8080, labels(&[]))
+        .await
+        .unwrap();
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "manual"},
+        "spec": {"ports": [{"port": 8080}]},
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "manual-1", "labels": {"kubernetes.io/service-name": "manual"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [manual.addr().ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
+
+    let layer = MeshLayer::builder(client).build().unwrap();
+    let mut mesh = layer.layer(h1());
+    let port = outside.addr().port();
+    let reply = get(&mut mesh, req(&format!("http://ext.default.svc:{port}/e")))
+        .await
+        .unwrap();
+    assert_eq!(reply.pod, "outside");
+    assert_eq!(
+        reply.authority.as_deref(),
+        Some(format!("ext.default.svc:{port}").as_str()),
+        "an ExternalName keeps the Host the caller wrote, like a CNAME"
+    );
+    let reply = get(&mut mesh, req("http://manual:8080/")).await.unwrap();
+    assert_eq!(reply.pod, "manual-0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_fallback_is_opt_in_when_discovery_cannot_run() {
+    let cluster = hello(1).await;
+    let client = cluster.api().client().await.unwrap();
+    cluster.api().stop().await;
+    let outside = rudder_testkit::PodServer::start(
+        "outside",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        0,
+        labels(&[]),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://localhost:{}/", outside.addr().port());
+    let layer = MeshLayer::builder(client)
+        .sync_timeout(Duration::from_millis(200))
+        .dns_fallback(true)
+        .build()
+        .unwrap();
+    // `localhost` is a short Service name; discovery cannot say whether that Service
+    // exists, so the opt-in fallback sends the request as cluster DNS would.
+    let reply = get(&mut layer.layer(h1()), req(&url)).await.unwrap();
+    assert_eq!(reply.pod, "outside");
+}
