@@ -295,7 +295,7 @@ where
         let load = view.loads[pos].clone();
         let in_flight = routed.loads.start(&load);
         let started = Instant::now();
-        let ready: Result<&mut S, BoxError> = (&mut inner).ready().await.map_err(Into::into);
+        let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
         let result = match ready {
             Ok(svc) => svc.call(this).await.map_err(Into::into),
             Err(e) => Err(e),
