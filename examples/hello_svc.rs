@@ -1,100 +1,75 @@
-//! The Kubernetes Services chapter's `hello-svc`, without a cluster.
+//! The Kubernetes Services chapter's `hello-svc`, through Rudder.
 //!
 //! Starts the embedded API server with 10 `app=hello-world` Pods (real HTTP servers on
-//! loopback IPs) behind `hello-svc`, reads the Service's EndpointSlices through
-//! `kube::Client` as discovery does, calls every ready Pod straight at its IP (no DNS, no
-//! ClusterIP), then takes one Pod out of the selector and shows the endpoints follow.
+//! loopback IPs) behind `hello-svc`, wraps hyper-util's client in a `MeshLayer`, sends
+//! 10,000 requests to `http://hello-svc:8080/` and prints each Pod's share. Every request
+//! goes straight to a Pod's IP (no DNS, no ClusterIP), and each Pod still sees
+//! `Host: hello-svc:8080`.
 //!
 //! ```text
-//! cargo run --example hello_svc
+//! cargo run --example hello_svc                          # embedded cluster
+//! cargo run --example hello_svc -- --kubeconfig ~/.kube/config   # a real cluster's hello-svc
 //! ```
 
-use std::collections::BTreeMap;
+#[path = "common/mod.rs"]
+mod common;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
-use rudder_testkit::{PodReply, TestCluster};
-
-async fn ready_endpoints(
-    slices: &Api<EndpointSlice>,
-) -> anyhow::Result<Vec<(String, String, i32)>> {
-    let list = slices
-        .list(&ListParams::default().labels("kubernetes.io/service-name=hello-svc"))
-        .await?;
-    let mut out = Vec::new();
-    for slice in list.items {
-        let port = slice
-            .ports
-            .iter()
-            .flatten()
-            .find_map(|p| p.port)
-            .unwrap_or(8080);
-        for ep in slice.endpoints {
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(true) {
-                let pod = ep.target_ref.and_then(|t| t.name).unwrap_or_default();
-                out.push((pod, ep.addresses[0].clone(), port));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
+use rudder::MeshLayer;
+use rudder_testkit::TestCluster;
+use tower::Layer;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cluster = TestCluster::builder()
-        .service("hello-svc")
-        .pod_prefix("hello-world")
-        .label("app", "hello-world")
-        .replicas(10)
-        .start()
-        .await?;
-    println!(
-        "API server: {} (kubeconfig {})",
-        cluster.api().url(),
-        cluster.api().kubeconfig_path().display()
-    );
+    let args = common::Args::parse()?;
+    let requests = args.requests.unwrap_or(10_000);
+    let mut embedded = None;
+    let client = match args.real_cluster().await? {
+        Some(client) => client,
+        None => {
+            let cluster = TestCluster::builder()
+                .service("hello-svc")
+                .pod_prefix("hello-world")
+                .label("app", "hello-world")
+                .replicas(10)
+                .start()
+                .await?;
+            println!(
+                "embedded API server {} (kubeconfig {})",
+                cluster.api().url(),
+                cluster.api().kubeconfig_path().display()
+            );
+            let client = cluster.api().client().await?;
+            embedded = Some(cluster);
+            client
+        }
+    };
 
-    let slices: Api<EndpointSlice> = Api::default_namespaced(cluster.api().client().await?);
-    let http: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let endpoints = ready_endpoints(&slices).await?;
-    println!("hello-svc has {} ready endpoints:", endpoints.len());
-    for (pod, ip, port) in &endpoints {
-        // The Pod still sees the Service's authority, as it would through the ClusterIP.
-        let req = http::Request::get(format!("http://{ip}:{port}/"))
-            .header(http::header::HOST, "hello-svc.default:8080")
-            .body(Empty::new())?;
-        let body = http
-            .request(req)
-            .await?
-            .into_body()
-            .collect()
-            .await?
-            .to_bytes();
-        let reply: PodReply = serde_json::from_slice(&body)?;
-        println!(
-            "  {pod:<14} {ip}:{port} -> answered by {} (Host {})",
-            reply.pod,
-            reply.authority.unwrap_or_default()
-        );
+    let layer = MeshLayer::builder(client).build()?;
+    let mesh = layer.layer(common::h1());
+    let tally = common::load(&mesh, "http://hello-svc:8080/", requests, 8).await;
+    let names = common::pod_names(&layer, "hello-svc:8080");
+    println!(
+        "\n{requests} requests to http://hello-svc:8080/ (weighted P2C over peak-EWMA latency):\n"
+    );
+    println!(
+        "{:<16} {:<20} {:>8} {:>7}",
+        "pod", "endpoint", "requests", "share"
+    );
+    for (endpoint, n) in &tally.per_endpoint {
+        let pod = names.get(endpoint).map_or("?", String::as_str);
+        let share = 100.0 * *n as f64 / requests as f64;
+        println!("{pod:<16} {endpoint:<20} {n:>8} {share:>6.1}%");
     }
-
-    // Relabel one Pod out of the selector: the controller removes it from the slices.
-    cluster
-        .label_pod(
-            "hello-world-5",
-            BTreeMap::from([("app".to_string(), Some("retired".to_string()))]),
-        )
-        .await?;
-    cluster.api().settled().await;
-    let after = ready_endpoints(&slices).await?;
     println!(
-        "after relabelling hello-world-5: {} ready endpoints",
-        after.len()
+        "\nfailed: {}   p50 {:?}   p99 {:?}",
+        tally.failures,
+        tally.percentile(0.50),
+        tally.percentile(0.99)
     );
+    if let Some(e) = &tally.first_failure {
+        println!("first failure: {e}");
+    }
+    drop(embedded);
+    anyhow::ensure!(tally.failures == 0, "{} requests failed", tally.failures);
     Ok(())
 }

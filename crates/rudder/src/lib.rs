@@ -22,7 +22,7 @@ pub use self::mesh::{
     ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError, MeshLayer, ResponseBody,
     ServiceView, Subset, Target,
 };
-pub use rudder_balance::{Algorithm, Ejection, Fallback, Selector, Split};
+pub use rudder_balance::{Algorithm, Ejection, Fallback, Readiness, Selector, Split};
 pub use rudder_k8s::Static;
 
 /// The error type of Rudder's services: the Mesh's own [`MeshError`] or the inner

@@ -220,7 +220,18 @@ impl Balancer {
             }
             Algorithm::Maglev => weights.pick_two_random(x, y).map(|(a, _)| position(a)),
             Algorithm::P2cPeakEwma | Algorithm::LeastRequests => {
-                let (a, b) = weights.pick_two_random(x, y)?;
+                let (mut a, mut b) = weights.pick_two_random(x, y)?;
+                // An ejected candidate would hand the other a free win (a slow endpoint
+                // paired with an ejected one is chosen without comparison); draw again.
+                let ejected = |m: usize| loads[position(m)].is_ejected();
+                let mut seed = x ^ y;
+                for _ in 0..3 {
+                    if !ejected(a) && !b.is_some_and(ejected) {
+                        break;
+                    }
+                    seed = splitmix(seed);
+                    (a, b) = weights.pick_two_random(splitmix(seed), splitmix(seed ^ GOLDEN))?;
+                }
                 let Some(b) = b else { return Some(position(a)) };
                 let cost = |m: usize| {
                     let load = &loads[position(m)];

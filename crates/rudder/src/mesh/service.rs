@@ -292,6 +292,7 @@ where
             .parse()
             .expect("a socket address is an authority");
         let this = retarget(this, &authority, endpoint_authority)?;
+        let target = this.extensions().get::<Target>().cloned();
         let load = view.loads[pos].clone();
         let in_flight = routed.loads.start(&load);
         let started = Instant::now();
@@ -301,8 +302,11 @@ where
             Err(e) => Err(e),
         };
         match result {
-            Ok(res) => {
+            Ok(mut res) => {
                 routed.loads.record(&load, started.elapsed());
+                if let Some(t) = target {
+                    res.extensions_mut().insert(t);
+                }
                 if settings.failure_on_5xx && res.status().is_server_error() {
                     routed.loads.record_failure(&load);
                 } else {

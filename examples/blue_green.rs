@@ -1,0 +1,86 @@
+//! Blue/green between `version=4.1` and `version=4.2` of `biz1` without touching the
+//! Service: all traffic to 4.1, switch to 4.2, roll back, under continuous load and with no
+//! failed request.
+//!
+//! ```text
+//! cargo run --example blue_green
+//! cargo run --example blue_green -- --kubeconfig ~/.kube/config   # a real cluster's biz1
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+
+use rudder::{MeshLayer, Selector, Split};
+use rudder_testkit::TestCluster;
+use tower::Layer;
+
+fn all_to(version: &str) -> Split {
+    let selector: Selector = format!("version={version}").parse().expect("selector");
+    Split::new([(selector, 1)]).expect("split")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = common::Args::parse()?;
+    let requests = args.requests.unwrap_or(2_000);
+    let mut embedded = None;
+    let client = match args.real_cluster().await? {
+        Some(client) => client,
+        None => {
+            let mut cluster = TestCluster::builder()
+                .service("biz1")
+                .label("app", "biz1")
+                .label("zone", "prod")
+                .replicas(0)
+                .start()
+                .await?;
+            for (name, version) in [
+                ("biz1-a", "4.1"),
+                ("biz1-b", "4.1"),
+                ("biz1-c", "4.2"),
+                ("biz1-d", "4.2"),
+            ] {
+                let labels: BTreeMap<String, String> =
+                    [("app", "biz1"), ("zone", "prod"), ("version", version)]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                cluster.add_pod(name, labels).await?;
+            }
+            cluster.api().settled().await;
+            let client = cluster.api().client().await?;
+            embedded = Some(cluster);
+            client
+        }
+    };
+
+    let layer = MeshLayer::builder(client).split(all_to("4.1")).build()?;
+    let mesh = layer.layer(common::h1());
+    let mut failed = 0;
+    for (step, version) in [
+        ("blue", "4.1"),
+        ("switch to green", "4.2"),
+        ("roll back", "4.1"),
+    ] {
+        layer.set_split(Some(all_to(version)));
+        let tally = common::load(&mesh, "http://biz1:8080/", requests, 8).await;
+        let names = common::pod_names(&layer, "biz1:8080");
+        let pods: Vec<String> = tally
+            .per_endpoint
+            .iter()
+            .map(|(e, n)| format!("{} {n}", names.get(e).map_or(e.as_str(), String::as_str)))
+            .collect();
+        println!(
+            "{step:<16} version={version}: {} ok, {} failed  [{}]",
+            tally.ok(),
+            tally.failures,
+            pods.join(", ")
+        );
+        failed += tally.failures;
+    }
+    drop(embedded);
+    anyhow::ensure!(failed == 0, "{failed} requests failed");
+    Ok(())
+}

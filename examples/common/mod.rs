@@ -1,0 +1,176 @@
+//! Shared by the examples: command-line flags, where the cluster comes from, and a bounded
+//! load loop that tallies which Pod answered.
+
+#![allow(dead_code, reason = "each example uses part of it")]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rudder::{Mesh, MeshLayer, Target};
+use tower::ServiceExt;
+
+/// The inner client every example wraps: hyper-util's pooled HTTP/1.1 client.
+pub(crate) type H1 = Client<HttpConnector, Empty<Bytes>>;
+
+pub(crate) fn h1() -> H1 {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `--kubeconfig PATH` (a real cluster), `--in-cluster`, `--once`, `--requests N`.
+#[derive(Debug, Default)]
+pub(crate) struct Args {
+    pub(crate) kubeconfig: Option<PathBuf>,
+    pub(crate) in_cluster: bool,
+    pub(crate) once: bool,
+    pub(crate) requests: Option<usize>,
+}
+
+impl Args {
+    pub(crate) fn parse() -> anyhow::Result<Self> {
+        let mut args = Args::default();
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--kubeconfig" => {
+                    args.kubeconfig = Some(
+                        it.next()
+                            .ok_or_else(|| anyhow::anyhow!("--kubeconfig needs a path"))?
+                            .into(),
+                    )
+                }
+                "--in-cluster" => args.in_cluster = true,
+                "--once" => args.once = true,
+                "--requests" => {
+                    args.requests = Some(
+                        it.next()
+                            .ok_or_else(|| anyhow::anyhow!("--requests needs a number"))?
+                            .parse()?,
+                    )
+                }
+                other => anyhow::bail!(
+                    "unknown argument {other:?} (expected --kubeconfig PATH, --in-cluster, --once, --requests N)"
+                ),
+            }
+        }
+        Ok(args)
+    }
+
+    /// A client for a real cluster, when one was asked for.
+    pub(crate) async fn real_cluster(&self) -> anyhow::Result<Option<kube::Client>> {
+        if self.in_cluster {
+            return Ok(Some(kube::Client::try_from(kube::Config::incluster()?)?));
+        }
+        let Some(path) = &self.kubeconfig else {
+            return Ok(None);
+        };
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(Some(kube::Client::try_from(config)?))
+    }
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Requests per endpoint address.
+    pub(crate) per_endpoint: BTreeMap<String, usize>,
+    pub(crate) failures: usize,
+    pub(crate) first_failure: Option<String>,
+    pub(crate) latencies: Vec<Duration>,
+}
+
+impl Tally {
+    pub(crate) fn ok(&self) -> usize {
+        self.per_endpoint.values().sum()
+    }
+
+    /// A latency percentile (`load` hands tallies back sorted).
+    pub(crate) fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[i]
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (k, v) in other.per_endpoint {
+            *self.per_endpoint.entry(k).or_default() += v;
+        }
+        self.failures += other.failures;
+        if self.first_failure.is_none() {
+            self.first_failure = other.first_failure;
+        }
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// Sends `n` GETs to `uri` over `concurrency` workers, reading every body.
+pub(crate) async fn load(mesh: &Mesh<H1>, uri: &str, n: usize, concurrency: usize) -> Tally {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (mesh, next, uri) = (mesh.clone(), next.clone(), uri.to_string());
+        workers.spawn(async move {
+            let mut tally = Tally::default();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let req = http::Request::get(&uri)
+                    .body(Empty::new())
+                    .expect("request");
+                let started = Instant::now();
+                let result = async {
+                    let res = mesh.clone().oneshot(req).await?;
+                    let endpoint = res
+                        .extensions()
+                        .get::<Target>()
+                        .map(|t| t.endpoint().to_string())
+                        .unwrap_or_default();
+                    let status = res.status();
+                    res.into_body().collect().await?;
+                    if !status.is_success() {
+                        return Err(format!("status {status} from {endpoint}").into());
+                    }
+                    Ok::<_, rudder::BoxError>(endpoint)
+                }
+                .await;
+                match result {
+                    Ok(endpoint) => {
+                        tally.latencies.push(started.elapsed());
+                        *tally.per_endpoint.entry(endpoint).or_default() += 1;
+                    }
+                    Err(e) => {
+                        tally.failures += 1;
+                        tally.first_failure.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut total = Tally::default();
+    while let Some(t) = workers.join_next().await {
+        total.merge(t.expect("load worker"));
+    }
+    total.latencies.sort_unstable();
+    total
+}
+
+/// Endpoint address → Pod name, from the Mesh's view of `service`.
+pub(crate) fn pod_names(layer: &MeshLayer, service: &str) -> BTreeMap<String, String> {
+    layer
+        .view(service)
+        .map(|v| {
+            v.endpoints
+                .into_iter()
+                .filter_map(|e| Some((e.addr.to_string(), e.pod?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
