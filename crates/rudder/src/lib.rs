@@ -28,3 +28,8 @@ pub use rudder_k8s::Static;
 /// The error type of Rudder's services: the Mesh's own [`MeshError`] or the inner
 /// service's error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's Rust snippets, compiled as doc tests so the quick start stays correct.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
