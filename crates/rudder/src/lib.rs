@@ -20,7 +20,7 @@ pub mod mesh;
 pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
     ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError, MeshLayer, ResponseBody,
-    ServiceView, Subset, Target,
+    Route, ServiceView, Subset, Target,
 };
 pub use rudder_balance::{Algorithm, Ejection, Fallback, Readiness, Selector, Split};
 pub use rudder_k8s::Static;

@@ -34,6 +34,12 @@ pub enum ConfigError {
     /// A static Service name does not parse.
     #[error("invalid static Service: {0}")]
     Service(#[from] ServiceRefError),
+    /// A route rule names neither a subset nor a split.
+    #[error("a route needs a destination: to_subset or to_split")]
+    RouteWithoutDestination,
+    /// A route's header name or value is invalid.
+    #[error("invalid route header {0:?}")]
+    RouteHeader(String),
     /// The retry budget share is not within 0–1000 %.
     #[error("retry budget percent {0} is not within 0-1000")]
     RetryBudget(f32),
@@ -55,6 +61,7 @@ pub(crate) struct Settings {
     pub(crate) fallback: Fallback,
     pub(crate) subset_header: Option<HeaderName>,
     pub(crate) split: Option<Arc<Split>>,
+    pub(crate) routes: Vec<super::Route>,
     pub(crate) algorithm: Algorithm,
     pub(crate) sync_timeout: Duration,
     pub(crate) pass_through: bool,
@@ -108,6 +115,7 @@ impl MeshBuilder {
                 fallback: Fallback::NoFallback,
                 subset_header: Some(HeaderName::from_static(super::DEFAULT_SUBSET_HEADER)),
                 split: None,
+                routes: Vec::new(),
                 algorithm: Algorithm::default(),
                 sync_timeout: config.sync_timeout(),
                 pass_through: config.pass_through,
@@ -158,6 +166,36 @@ impl MeshBuilder {
                 .collect::<Result<Vec<_>, ConfigError>>()?;
             Some(Arc::new(Split::new(legs)?))
         };
+        s.routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let mut route = super::Route::new();
+                if let Some(p) = &r.path_prefix {
+                    route = route.path_prefix(p.clone());
+                }
+                for (k, v) in &r.headers {
+                    let name = HeaderName::try_from(k.as_str())
+                        .map_err(|_| ConfigError::RouteHeader(k.clone()))?;
+                    let value = http::HeaderValue::try_from(v.as_str())
+                        .map_err(|_| ConfigError::RouteHeader(format!("{k}: {v}")))?;
+                    route = route.header_typed(name, value);
+                }
+                route = match (&r.subset, r.split.is_empty()) {
+                    (Some(sel), true) => route.to_subset(selector("routes[].subset", sel)?),
+                    (None, false) => {
+                        let legs = r
+                            .split
+                            .iter()
+                            .map(|l| Ok((selector("routes[].split", &l.selector)?, l.weight)))
+                            .collect::<Result<Vec<_>, ConfigError>>()?;
+                        route.to_split(Split::new(legs)?)
+                    }
+                    _ => return Err(ConfigError::RouteWithoutDestination),
+                };
+                Ok(route)
+            })
+            .collect::<Result<_, ConfigError>>()?;
         s.algorithm = match config.algorithm {
             AlgorithmConfig::P2cPeakEwma => Algorithm::P2cPeakEwma,
             AlgorithmConfig::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
@@ -221,6 +259,16 @@ impl MeshBuilder {
     pub fn split(mut self, split: Split) -> Self {
         self.settings.split = Some(Arc::new(split));
         self
+    }
+
+    /// Adds a route rule; rules are tried in the order added, after a request's own subset
+    /// (extension or header) and before the split and the static subset.
+    pub fn route(mut self, route: super::Route) -> Result<Self, ConfigError> {
+        if !route.has_destination() {
+            return Err(ConfigError::RouteWithoutDestination);
+        }
+        self.settings.routes.push(route);
+        Ok(self)
     }
 
     /// The balancing algorithm (default weighted P2C over peak EWMA).

@@ -32,6 +32,8 @@ pub struct MeshConfig {
     pub subset_header: Option<String>,
     /// Weighted traffic split between subsets (canary); replaces `subset` when non-empty.
     pub split: Vec<SplitLeg>,
+    /// Route rules, tried in order.
+    pub routes: Vec<RouteConfig>,
     /// The balancing algorithm.
     pub algorithm: AlgorithmConfig,
     /// How long a request waits for the first discovery sync of its Service.
@@ -66,6 +68,7 @@ impl Default for MeshConfig {
             fallback: FallbackConfig::None,
             subset_header: Some(crate::mesh::DEFAULT_SUBSET_HEADER.into()),
             split: Vec::new(),
+            routes: Vec::new(),
             algorithm: AlgorithmConfig::P2cPeakEwma,
             sync_timeout_ms: 5_000,
             pass_through: true,
@@ -151,4 +154,19 @@ impl Default for EjectionConfig {
             max_ejected_percent: e.max_ejected_percent,
         }
     }
+}
+
+/// A [`Route`](crate::Route) as data: conditions, then exactly one of `subset` or `split`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// Matches paths starting with this.
+    pub path_prefix: Option<String>,
+    /// Matches requests carrying each of these header values.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The subset matching requests go to.
+    pub subset: Option<String>,
+    /// Or the split between subsets they go to.
+    pub split: Vec<SplitLeg>,
 }

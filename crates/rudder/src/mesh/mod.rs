@@ -11,8 +11,9 @@
 //! 2. subscribes to the Service port through discovery (once per Service, shared by every
 //!    clone), waiting at most the sync timeout for the first snapshot;
 //! 3. chooses the subset: the request's [`Subset`] extension, else the subset header
-//!    (`x-rudder-subset: version=4.2`), else the configured split, else the configured
-//!    subset, else every ready Pod, with the configured fallback when it is empty;
+//!    (`x-rudder-subset: version=4.2`), else the first matching [`Route`], else the
+//!    configured split, else the configured subset, else every ready Pod, with the
+//!    configured fallback when it is empty;
 //! 4. picks a Pod with the balancer (weighted P2C over peak EWMA by default) and rewrites
 //!    the URI to the Pod's `ip:port`, keeping the caller's authority in `Host` and in the
 //!    [`Target`] extension; no DNS lookup, no ClusterIP;
@@ -37,15 +38,19 @@ mod builder;
 mod config;
 mod error;
 mod ext;
+mod route;
 mod routed;
 mod service;
 mod view;
 
 pub use self::body::ResponseBody;
 pub use self::builder::{ConfigError, MeshBuilder};
-pub use self::config::{AlgorithmConfig, EjectionConfig, FallbackConfig, MeshConfig, SplitLeg};
+pub use self::config::{
+    AlgorithmConfig, EjectionConfig, FallbackConfig, MeshConfig, RouteConfig, SplitLeg,
+};
 pub use self::error::MeshError;
 pub use self::ext::{Subset, Target};
+pub use self::route::Route;
 pub use self::service::{Mesh, ResponseFuture};
 pub use self::view::{EndpointView, ServiceView};
 
@@ -184,6 +189,9 @@ impl Shared {
         let mut selectors: Vec<_> = s.subset.iter().cloned().collect();
         if let Some(split) = &s.split {
             selectors.extend(split.legs().iter().map(|(sel, _)| sel.clone()));
+        }
+        for route in &s.routes {
+            selectors.extend(route.selectors());
         }
         if let rudder_balance::Fallback::Default(sel) = &s.fallback {
             selectors.push(sel.clone());

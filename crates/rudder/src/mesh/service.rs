@@ -368,7 +368,8 @@ fn pick_avoiding(
         .or(Some(first))
 }
 
-/// The subset for this request: extension, header, split, configured subset, everything.
+/// The subset for this request: extension, header, routes, split, configured subset,
+/// everything.
 fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshError> {
     let settings = &shared.settings;
     if let Some(s) = req.extensions().get::<Subset>() {
@@ -384,6 +385,14 @@ fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshE
             header: name.to_string(),
             source,
         });
+    }
+    if let Some(selector) = settings
+        .routes
+        .iter()
+        .find(|r| r.matches(req))
+        .and_then(|r| r.choose())
+    {
+        return Ok(selector.clone());
     }
     if let Some(split) = shared.split.read().expect("split lock").as_ref() {
         return Ok(split.choose().clone());

@@ -471,3 +471,77 @@ async fn dns_fallback_is_opt_in_when_discovery_cannot_run() {
     let reply = get(&mut layer.layer(h1()), req(&url)).await.unwrap();
     assert_eq!(reply.pod, "outside");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_rules_from_code_and_from_config() {
+    let cluster = biz1(2, 2).await;
+    let version = |pod: &str| cluster.pod(pod).unwrap().labels()["version"].clone();
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .subset("version=4.1".parse().unwrap())
+        .route(
+            rudder::Route::new()
+                .path_prefix("/v2/")
+                .header("x-user-group", "testers")
+                .to_subset("version=4.2".parse().unwrap()),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let testers = || {
+        let mut r = req("http://biz1:8080/v2/orders");
+        r.headers_mut()
+            .insert("x-user-group", "testers".parse().unwrap());
+        r
+    };
+    let routed = spread(&mut mesh, 100, testers).await;
+    assert!(routed.keys().all(|p| version(p) == "4.2"), "{routed:?}");
+    // Missing one condition: the static subset applies.
+    let others = spread(&mut mesh, 100, || req("http://biz1:8080/v2/orders")).await;
+    assert!(others.keys().all(|p| version(p) == "4.1"), "{others:?}");
+
+    let config: rudder::MeshConfig = serde_json::from_value(serde_json::json!({
+        "subset": "version=4.1",
+        "routes": [{"path_prefix": "/v2/", "split": [
+            {"selector": "version=4.1", "weight": 50},
+            {"selector": "version=4.2", "weight": 50}
+        ]}],
+        "algorithm": "weighted_round_robin",
+        "sync_timeout_ms": 3000
+    }))
+    .unwrap();
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .config(&config)
+        .unwrap()
+        .build()
+        .unwrap();
+    let counts = spread(&mut layer.layer(h1()), 1_000, || {
+        req("http://biz1:8080/v2/x")
+    })
+    .await;
+    let v42: usize = counts
+        .iter()
+        .filter(|(p, _)| version(p) == "4.2")
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(v42, 500, "an exact 50/50 split per cycle: {counts:?}");
+
+    let bad: rudder::MeshConfig =
+        serde_json::from_value(serde_json::json!({"routes": [{"path_prefix": "/"}]})).unwrap();
+    let err = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .config(&bad)
+        .unwrap_err();
+    assert!(
+        matches!(err, rudder::ConfigError::RouteWithoutDestination),
+        "{err}"
+    );
+    let bad: rudder::MeshConfig =
+        serde_json::from_value(serde_json::json!({"subset": "version in (4.1"})).unwrap();
+    let err = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .config(&bad)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("invalid selector in subset"),
+        "{err}"
+    );
+}
