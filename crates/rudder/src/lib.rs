@@ -16,12 +16,15 @@ mod authority;
 pub mod client;
 mod error;
 pub mod mesh;
+mod telemetry;
 
 pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
     ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError, MeshLayer, ResponseBody,
     Route, ServiceView, Subset, Target,
 };
+#[cfg(feature = "metrics")]
+pub use self::telemetry::Metrics;
 pub use rudder_balance::{Algorithm, Ejection, Fallback, Readiness, Selector, Split};
 pub use rudder_k8s::Static;
 

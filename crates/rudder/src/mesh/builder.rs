@@ -81,6 +81,7 @@ pub struct MeshBuilder {
     statics: HashMap<(String, String), Static>,
     settings: Settings,
     error: Option<ConfigError>,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for MeshBuilder {
@@ -128,6 +129,7 @@ impl MeshBuilder {
                 ejection: Ejection::default(),
             },
             error: None,
+            telemetry: crate::telemetry::Telemetry::default(),
         }
     }
 
@@ -335,6 +337,14 @@ impl MeshBuilder {
         self
     }
 
+    /// Registers the Mesh's Prometheus metrics in `registry` (see
+    /// [`Metrics`](crate::Metrics)) and records them from then on.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.telemetry.metrics = Some(crate::Metrics::register(registry));
+        self
+    }
+
     /// Serves Service `name` (`name` or `name.namespace`) from `endpoints` (static
     /// builders only; with a kube client the Service comes from the API).
     pub fn static_service(mut self, name: &str, endpoints: Static) -> Result<Self, ConfigError> {
@@ -359,8 +369,11 @@ impl MeshBuilder {
             ),
             None => Source::Static(self.statics),
         };
-        Ok(MeshLayer {
-            shared: Arc::new(Shared::new(source, self.settings)),
-        })
+        let shared = Arc::new(Shared::new(source, self.settings, self.telemetry));
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &shared.telemetry.metrics {
+            let _ = m.shared.set(Arc::downgrade(&shared));
+        }
+        Ok(MeshLayer { shared })
     }
 }

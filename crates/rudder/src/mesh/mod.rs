@@ -109,6 +109,11 @@ impl MeshLayer {
         *self.shared.split.write().expect("split lock") = split.map(Arc::new);
     }
 
+    /// The current view of every Service this Mesh has routed to.
+    pub fn views(&self) -> Vec<ServiceView> {
+        self.shared.views()
+    }
+
     /// The current view of a Service (`name[.namespace]:port`), if this Mesh has routed to
     /// it.
     pub fn view(&self, service: &str) -> Option<ServiceView> {
@@ -133,12 +138,14 @@ pub(crate) struct Shared {
     pub(crate) budget: TpsBudget,
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: RwLock<Option<Arc<Split>>>,
+    pub(crate) telemetry: crate::telemetry::Telemetry,
 }
 
 impl Shared {
-    fn new(source: Source, settings: Settings) -> Self {
+    fn new(source: Source, settings: Settings, telemetry: crate::telemetry::Telemetry) -> Self {
         let (percent, min) = settings.retry_budget;
         Self {
+            telemetry,
             budget: TpsBudget::new(Duration::from_secs(10), min, percent / 100.0),
             split: RwLock::new(settings.split.clone()),
             source,
@@ -206,6 +213,17 @@ impl Shared {
         ));
         routed.insert(svc.clone(), r.clone());
         Ok(r)
+    }
+
+    pub(crate) fn views(&self) -> Vec<ServiceView> {
+        let routed: Vec<_> = self
+            .routed
+            .read()
+            .expect("routed lock")
+            .values()
+            .cloned()
+            .collect();
+        routed.iter().map(|r| ServiceView::of(r)).collect()
     }
 
     fn view(&self, service: &str) -> Option<ServiceView> {

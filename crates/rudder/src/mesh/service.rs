@@ -22,6 +22,7 @@ use super::ext::{Subset, Target};
 use super::routed::Routed;
 use crate::BoxError;
 use crate::authority::{self, Named};
+use crate::telemetry::Outcome;
 
 /// Routes requests addressed to Kubernetes Services to their Pods through the inner
 /// service `S`; built by [`MeshLayer`](crate::MeshLayer). See the [module docs](crate::mesh).
@@ -158,6 +159,7 @@ where
     let service = || format!("{}.{}:{port}", svc.name(), svc.namespace());
     if !routed.synced(settings.sync_timeout).await {
         if settings.dns_fallback {
+            shared.telemetry.dns_fallback(&svc);
             tracing::warn!(service = %service(), "discovery not synced; sending through cluster DNS");
             return pass(inner, req).await;
         }
@@ -211,7 +213,19 @@ where
         endpoint = tracing::field::Empty,
         attempt = tracing::field::Empty,
     );
-    let sent = dispatch(&shared, &routed, inner, req, authority, picked, view).instrument(span);
+    let sent = dispatch(
+        &shared,
+        &routed,
+        inner,
+        req,
+        authority,
+        Chosen {
+            picked,
+            view,
+            selector,
+        },
+    )
+    .instrument(span);
     match settings.timeout {
         None => sent.await,
         Some(timeout) => tokio::time::timeout(timeout, sent)
@@ -226,6 +240,13 @@ where
     }
 }
 
+/// The subset a request may go to, in the snapshot it was chosen from.
+struct Chosen {
+    picked: rudder_balance::Picked,
+    view: Arc<super::routed::View>,
+    selector: Selector,
+}
+
 /// Picks, sends and records, retrying on another endpoint when the request never reached
 /// an application.
 async fn dispatch<S, B, RB>(
@@ -234,8 +255,7 @@ async fn dispatch<S, B, RB>(
     mut inner: S,
     req: Request<B>,
     authority: Authority,
-    picked: rudder_balance::Picked,
-    view: Arc<super::routed::View>,
+    chosen: Chosen,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
     S: Service<Request<B>, Response = Response<RB>> + Send,
@@ -244,6 +264,12 @@ where
     B: http_body::Body + Default + Send + 'static,
 {
     let settings = &shared.settings;
+    let Chosen {
+        picked,
+        view,
+        selector,
+    } = chosen;
+    let selector = &selector;
     // Only an empty body can be sent again; keep what rebuilding the request needs.
     let replay = (settings.max_retries > 0 && req.body().is_end_stream()).then(|| {
         let mut copy = Request::new(());
@@ -303,15 +329,23 @@ where
         };
         match result {
             Ok(mut res) => {
-                routed.loads.record(&load, started.elapsed());
+                let latency = started.elapsed();
+                routed.loads.record(&load, latency);
                 if let Some(t) = target {
                     res.extensions_mut().insert(t);
                 }
-                if settings.failure_on_5xx && res.status().is_server_error() {
-                    routed.loads.record_failure(&load);
+                let outcome = if settings.failure_on_5xx && res.status().is_server_error() {
+                    if routed.loads.record_failure(&load) {
+                        ejected(shared, routed, endpoint);
+                    }
+                    Outcome::Failure
                 } else {
                     routed.loads.record_success(&load);
-                }
+                    Outcome::Success
+                };
+                shared
+                    .telemetry
+                    .request(&routed.service, selector, endpoint, outcome, latency);
                 let guard = Guard {
                     _in_flight: in_flight,
                     routed: routed.clone(),
@@ -322,8 +356,15 @@ where
             Err(e) => {
                 drop(in_flight);
                 if routed.loads.record_failure(&load) {
-                    tracing::info!(%endpoint, "endpoint ejected after consecutive failures");
+                    ejected(shared, routed, endpoint);
                 }
+                shared.telemetry.request(
+                    &routed.service,
+                    selector,
+                    endpoint,
+                    Outcome::Error,
+                    started.elapsed(),
+                );
                 let retry = replay.is_some()
                     && attempt <= settings.max_retries
                     && crate::error::never_reached_application(&*e)
@@ -332,11 +373,17 @@ where
                 if !retry {
                     return Err(e);
                 }
+                shared.telemetry.retry(&routed.service);
                 tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
                 failed.push(pos);
             }
         }
     }
+}
+
+fn ejected(shared: &Shared, routed: &Routed, endpoint: std::net::SocketAddr) {
+    tracing::info!(service = %routed.service, %endpoint, "endpoint ejected after consecutive failures");
+    shared.telemetry.ejection(&routed.service);
 }
 
 /// A pick that avoids endpoints this request already failed on: the balancer's choice when

@@ -545,3 +545,63 @@ async fn route_rules_from_code_and_from_config() {
         "{err}"
     );
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_requests_ejections_and_endpoint_states() {
+    let cluster = hello(3).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .metrics(&mut registry)
+        // Round robin makes the failing Pod's share, and so the count below, exact.
+        .algorithm(rudder::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    spread(&mut mesh, 30, || req("http://hello-svc:8080/")).await;
+    // One Pod answers 500s until it is ejected (5 in a row by default).
+    let bad = cluster.pod("hello-world-1").unwrap();
+    bad.set_error_rate(1.0);
+    let mut failures = 0;
+    for _ in 0..300 {
+        if get(&mut mesh, req("http://hello-svc:8080/")).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 5, "ejected after five 500s in a row");
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let bad_addr = bad.addr();
+    assert_eq!(
+        value(&format!(
+            "rudder_requests_total{{service=\"hello-svc.default:8080\",subset=\"\",endpoint=\"{bad_addr}\",outcome=\"failure\"}}"
+        )),
+        5.0
+    );
+    assert_eq!(
+        value("rudder_ejections_total{service=\"hello-svc.default:8080\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("rudder_endpoints{service=\"hello-svc.default:8080\",state=\"ejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("rudder_endpoints{service=\"hello-svc.default:8080\",state=\"ready\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("rudder_discovery_staleness_seconds{service=\"hello-svc.default:8080\"}"),
+        0.0
+    );
+    assert!(
+        text.contains("rudder_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
