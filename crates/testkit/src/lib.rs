@@ -16,6 +16,7 @@
 mod apiserver;
 mod cluster;
 mod error;
+pub mod grpc;
 mod pod_server;
 
 pub use self::apiserver::{Access, ApiServer, ApiServerBuilder, Faults, Rule};

@@ -1,4 +1,5 @@
-//! Pod servers: real hyper servers on their own loopback IPs, standing in for Pods.
+//! Pod servers: real hyper servers on their own loopback IPs, standing in for Pods. They
+//! answer plain HTTP with a JSON [`PodReply`] and gRPC with [`grpc::WhoamiReply`](crate::grpc::WhoamiReply).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -224,7 +225,7 @@ async fn respond(
     req: Request<Incoming>,
     reply: Arc<(String, BTreeMap<String, String>)>,
     knobs: Arc<Knobs>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Either<Full<Bytes>, tonic::body::Body>>, Infallible> {
     knobs.requests.fetch_add(1, Ordering::Relaxed);
     let latency = *knobs.latency.lock().expect("latency lock");
     if !latency.is_zero() {
@@ -238,6 +239,19 @@ async fn respond(
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
     });
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let who = crate::grpc::WhoamiReply {
+            pod: reply.0.clone(),
+            authority: authority.unwrap_or_default(),
+            labels: reply.1.clone().into_iter().collect(),
+        };
+        let res = crate::grpc::respond(req, who).await;
+        return Ok(res.map(Either::Right));
+    }
     let body = PodReply {
         pod: reply.0.clone(),
         labels: reply.1.clone(),
@@ -259,5 +273,5 @@ async fn respond(
     if fail {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
-    Ok(resp)
+    Ok(resp.map(Either::Left))
 }

@@ -605,3 +605,28 @@ async fn prometheus_metrics_count_requests_ejections_and_endpoint_states() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_over_http2_is_balanced_per_request() {
+    let cluster = hello(3).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .build()
+        .unwrap();
+    let transport = layer.layer(
+        PodClient::builder()
+            .protocol(Protocol::Http2)
+            .build::<tonic::body::Body>(),
+    );
+    let origin: http::Uri = "http://hello-svc:8080".parse().unwrap();
+    let mut grpc = tonic::client::Grpc::with_origin(transport, origin);
+    let mut pods: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        let reply = rudder_testkit::grpc::whoami(&mut grpc)
+            .await
+            .expect("whoami");
+        assert_eq!(reply.authority, "hello-svc:8080");
+        *pods.entry(reply.pod).or_default() += 1;
+    }
+    // One HTTP/2 connection per Pod, every call balanced on its own.
+    assert_eq!(pods.len(), 3, "{pods:?}");
+}
