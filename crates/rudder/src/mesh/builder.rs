@@ -72,6 +72,8 @@ pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
     pub(crate) slow_start: Option<Duration>,
     pub(crate) ejection: Ejection,
+    /// The caller's zone, for topology-aware routing.
+    pub(crate) zone: Option<String>,
 }
 
 /// Settings for a [`MeshLayer`]; start from [`MeshLayer::builder`] (Kubernetes discovery)
@@ -127,6 +129,7 @@ impl MeshBuilder {
                 timeout: None,
                 slow_start: None,
                 ejection: Ejection::default(),
+                zone: None,
             },
             error: None,
             telemetry: crate::telemetry::Telemetry::default(),
@@ -213,6 +216,7 @@ impl MeshBuilder {
         }
         s.retry_budget = (config.retry_budget_percent, config.retry_min_per_second);
         s.timeout = config.timeout_ms.map(Duration::from_millis);
+        s.zone.clone_from(&config.zone);
         s.slow_start = config.slow_start_ms.map(Duration::from_millis);
         let e = &config.ejection;
         s.ejection = Ejection {
@@ -328,6 +332,14 @@ impl MeshBuilder {
     /// Ramps new Pods up over `window` after they became Ready.
     pub fn slow_start(mut self, window: Duration) -> Self {
         self.settings.slow_start = Some(window);
+        self
+    }
+
+    /// Prefers endpoints in `zone` (the caller's `topology.kubernetes.io/zone`) or hinted
+    /// for it, while they are healthy and not much busier than the rest: a remote endpoint
+    /// wins only when it is at least twice as cheap, or the local choice is ejected.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.settings.zone = Some(zone.into());
         self
     }
 

@@ -57,6 +57,8 @@ pub struct MeshConfig {
     pub slow_start_ms: Option<u64>,
     /// Outlier ejection.
     pub ejection: EjectionConfig,
+    /// The caller's zone, for topology-aware routing (none by default).
+    pub zone: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -80,6 +82,7 @@ impl Default for MeshConfig {
             timeout_ms: None,
             slow_start_ms: None,
             ejection: EjectionConfig::default(),
+            zone: None,
         }
     }
 }

@@ -41,6 +41,8 @@ mod ext;
 mod route;
 mod routed;
 mod service;
+#[cfg(test)]
+mod tests;
 mod view;
 
 pub use self::body::ResponseBody;

@@ -282,18 +282,24 @@ where
     });
     shared.budget.deposit();
     let mut req = Some(req);
+    // The subset's endpoints in the caller's zone (cached per snapshot).
+    let local = settings
+        .zone
+        .as_deref()
+        .and_then(|zone| view.index.in_zone(selector, &picked, zone));
     // Endpoints this request already failed on; retries go elsewhere.
     let mut failed: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let pos = pick_avoiding(routed, &picked, &view, &failed).ok_or_else(|| {
-            MeshError::NoEndpoints {
-                service: routed.service.to_string(),
-                subset: String::new(),
-                reason: "every endpoint of the subset has weight 0".into(),
-            }
-        })?;
+        let pos =
+            pick_avoiding(routed, &picked, local.as_ref(), &view, &failed).ok_or_else(|| {
+                MeshError::NoEndpoints {
+                    service: routed.service.to_string(),
+                    subset: String::new(),
+                    reason: "every endpoint of the subset has weight 0".into(),
+                }
+            })?;
         let endpoint = view.set().endpoints()[pos].addr();
         let span = tracing::Span::current();
         span.record("endpoint", tracing::field::display(endpoint));
@@ -391,11 +397,19 @@ fn ejected(shared: &Shared, routed: &Routed, endpoint: std::net::SocketAddr) {
 fn pick_avoiding(
     routed: &Routed,
     picked: &rudder_balance::Picked,
+    local: Option<&rudder_balance::Picked>,
     view: &super::routed::View,
     avoid: &[usize],
 ) -> Option<usize> {
-    let first = routed.balancer.pick(picked, &view.loads)?;
-    if avoid.is_empty() {
+    /// A remote endpoint must be this many times cheaper to beat the local choice.
+    const SPILL_FACTOR: f64 = 2.0;
+    let first = match local {
+        Some(l) => routed
+            .balancer
+            .pick_local_first(Some(l), picked, &view.loads, SPILL_FACTOR)?,
+        None => routed.balancer.pick(picked, &view.loads)?,
+    };
+    if avoid.is_empty() || !avoid.contains(&first) {
         return Some(first);
     }
     for _ in 0..3 {

@@ -630,3 +630,35 @@ async fn tonic_over_http2_is_balanced_per_request() {
     // One HTTP/2 connection per Pod, every call balanced on its own.
     assert_eq!(pods.len(), 3, "{pods:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_preference_keeps_traffic_local_while_local_pods_are_healthy() {
+    // Pods alternate between node-a (zone-a) and node-b (zone-b).
+    let cluster = hello(4).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .zone("zone-a")
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let local = ["hello-world-1", "hello-world-3"];
+    let counts = spread(&mut mesh, 1_000, || req("http://hello-svc:8080/")).await;
+    let in_zone: usize = counts
+        .iter()
+        .filter(|(p, _)| local.contains(&p.as_str()))
+        .map(|(_, c)| c)
+        .sum();
+    assert!(
+        in_zone >= 800,
+        "{in_zone} of 1000 stayed in zone-a: {counts:?}"
+    );
+
+    // Local Pods failing: traffic spills over to the other zone with no failed request.
+    for p in local {
+        cluster.pod(p).unwrap().kill().await;
+    }
+    let counts = spread(&mut mesh, 200, || req("http://hello-svc:8080/")).await;
+    assert!(
+        counts.keys().all(|p| !local.contains(&p.as_str())),
+        "{counts:?}"
+    );
+}

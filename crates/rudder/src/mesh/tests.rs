@@ -1,0 +1,229 @@
+//! The Mesh against static endpoints and hand-written inner services: what the inner
+//! service receives, retries, in-flight accounting and timeouts, without any I/O.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use rudder_balance::Endpoint;
+use rudder_k8s::Static;
+use tower::{Layer, ServiceExt};
+
+use super::{MeshError, MeshLayer, Target};
+use crate::BoxError;
+
+type Body = Full<Bytes>;
+
+fn pods(n: u8) -> Static {
+    Static::new(
+        (1..=n)
+            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().unwrap()))
+            .collect(),
+    )
+}
+
+fn layer(statics: Static) -> MeshLayer {
+    MeshLayer::builder_static()
+        .static_service("web", statics)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+/// An inner service recording what it receives; `fail` says which endpoints refuse
+/// connections.
+fn recorder(
+    seen: Arc<Mutex<Vec<Request<Body>>>>,
+    fail: &'static [&'static str],
+) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future = impl Send>
++ Clone {
+    tower::service_fn(move |req: Request<Body>| {
+        let seen = seen.clone();
+        async move {
+            let authority = req.uri().authority().unwrap().to_string();
+            seen.lock().unwrap().push(req);
+            if fail.contains(&authority.as_str()) {
+                let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+                return Err::<Response<Body>, BoxError>(Box::new(e));
+            }
+            Ok(Response::new(Full::new(Bytes::from(authority))))
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_inner_service_gets_the_pod_address_and_the_service_authority() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mesh = layer(pods(1)).layer(recorder(seen.clone(), &[]));
+    let req = Request::get("http://web:8080/a?b=c")
+        .body(Body::default())
+        .unwrap();
+    let res = mesh.oneshot(req).await.unwrap();
+    let target = res
+        .extensions()
+        .get::<Target>()
+        .cloned()
+        .expect("target on response");
+    assert_eq!(target.endpoint().as_str(), "10.0.0.1:8080");
+    let seen = seen.lock().unwrap();
+    let req = &seen[0];
+    assert_eq!(req.uri().to_string(), "http://10.0.0.1:8080/a?b=c");
+    assert_eq!(req.headers()["host"], "web:8080");
+    assert_eq!(
+        req.extensions()
+            .get::<Target>()
+            .unwrap()
+            .authority()
+            .as_str(),
+        "web:8080"
+    );
+}
+
+#[tokio::test]
+async fn other_hosts_pass_through_untouched() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mesh = layer(pods(1)).layer(recorder(seen.clone(), &[]));
+    let req = Request::get("http://api.example.com/x")
+        .body(Body::default())
+        .unwrap();
+    mesh.oneshot(req).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].uri().to_string(), "http://api.example.com/x");
+    assert!(seen[0].headers().get("host").is_none());
+    assert!(seen[0].extensions().get::<Target>().is_none());
+}
+
+#[tokio::test]
+async fn refused_connections_are_retried_on_other_pods_only_with_an_empty_body() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mesh = layer(pods(3)).layer(recorder(seen.clone(), &["10.0.0.1:8080", "10.0.0.2:8080"]));
+    for _ in 0..20 {
+        let req = Request::get("http://web:8080/")
+            .body(Body::default())
+            .unwrap();
+        let res = mesh
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("retried to the live Pod");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "10.0.0.3:8080");
+    }
+    // A body that cannot be replayed is not retried: with round robin, the refusing Pod
+    // gets every other request until five failures in a row eject it.
+    let mesh = MeshLayer::builder_static()
+        .static_service("web", pods(2))
+        .unwrap()
+        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap()
+        .layer(recorder(seen.clone(), &["10.0.0.1:8080"]));
+    let mut failures = 0;
+    for _ in 0..40 {
+        let req = Request::post("http://web:8080/")
+            .body(Body::from("payload"))
+            .unwrap();
+        if mesh.clone().oneshot(req).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(
+        failures, 5,
+        "POSTs to the refusing Pod failed until it was ejected"
+    );
+}
+
+#[tokio::test]
+async fn a_request_stays_in_flight_until_its_body_is_done() {
+    let statics = pods(1);
+    let layer = layer(statics);
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+    });
+    let mesh = layer.layer(inner);
+    let in_flight = || layer.view("web:8080").unwrap().endpoints[0].in_flight;
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let res = mesh.clone().oneshot(req).await.unwrap();
+    assert_eq!(in_flight(), 1, "headers arrived, body not read");
+    res.into_body().collect().await.unwrap();
+    assert_eq!(in_flight(), 0, "body read to the end");
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let res = mesh.oneshot(req).await.unwrap();
+    assert_eq!(in_flight(), 1);
+    drop(res);
+    assert_eq!(in_flight(), 0, "body dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_request_timeout_is_a_typed_error() {
+    let layer = MeshLayer::builder_static()
+        .static_service("web", pods(1))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, Infallible>(Response::new(Body::default()))
+    });
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let err = layer.layer(inner).oneshot(req).await.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<MeshError>(), Some(MeshError::Timeout { timeout, .. }) if *timeout == Duration::from_secs(2)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn empty_and_missing_services_are_typed_errors() {
+    let layer = layer(Static::new(Vec::new()));
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(Body::default())
+                .unwrap(),
+        )
+    });
+    let mesh = layer.layer(inner);
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let err = mesh.clone().oneshot(req).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::NoEndpoints { .. })
+        ),
+        "{err}"
+    );
+    let req = Request::get("http://other.default.svc:8080/")
+        .body(Body::default())
+        .unwrap();
+    let err = mesh.clone().oneshot(req).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::ServiceNotFound { .. })
+        ),
+        "{err}"
+    );
+    let req = Request::get("/no-authority").body(Body::default()).unwrap();
+    let err = mesh.oneshot(req).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::MissingAuthority)
+        ),
+        "{err}"
+    );
+}
