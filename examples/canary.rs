@@ -12,7 +12,6 @@ mod common;
 use std::collections::BTreeMap;
 
 use rudder::{MeshLayer, Selector, Split};
-use rudder_testkit::TestCluster;
 use tower::Layer;
 
 fn split(v41: u32, v42: u32) -> Split {
@@ -31,36 +30,15 @@ fn split(v41: u32, v42: u32) -> Split {
 async fn main() -> anyhow::Result<()> {
     let args = common::Args::parse()?;
     let requests = args.requests.unwrap_or(10_000);
-    let mut embedded = None;
-    let client = match args.real_cluster().await? {
-        Some(client) => client,
-        None => {
-            let mut cluster = TestCluster::builder()
-                .service("biz1")
-                .label("app", "biz1")
-                .label("zone", "prod")
-                .replicas(0)
-                .start()
-                .await?;
-            for (name, version) in [
-                ("biz1-a", "4.1"),
-                ("biz1-b", "4.1"),
-                ("biz1-c", "4.1"),
-                ("biz1-canary", "4.2"),
-            ] {
-                let labels: BTreeMap<String, String> =
-                    [("app", "biz1"), ("zone", "prod"), ("version", version)]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect();
-                cluster.add_pod(name, labels).await?;
-            }
-            cluster.api().settled().await;
-            let client = cluster.api().client().await?;
-            embedded = Some(cluster);
-            client
-        }
-    };
+    let (client, embedded) = common::client_or_embedded(&args, || {
+        common::biz1(&[
+            ("biz1-a", "4.1"),
+            ("biz1-b", "4.1"),
+            ("biz1-c", "4.1"),
+            ("biz1-canary", "4.2"),
+        ])
+    })
+    .await?;
 
     let layer = MeshLayer::builder(client).split(split(90, 10)).build()?;
     let mesh = layer.layer(common::h1());

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use rudder::{Mesh, MeshLayer, Selector, Split, Target};
-use rudder_testkit::{ApiServer, TestCluster};
 use tower::{Layer, ServiceExt};
 
 const URI: &str = "http://biz1:8080/";
@@ -193,25 +192,16 @@ async fn main() -> anyhow::Result<()> {
     let live = !args.once;
     let per_step = args.requests.unwrap_or(3_000);
 
-    let api = ApiServer::builder().start().await?;
-    let mut cluster = TestCluster::builder()
-        .service("biz1")
-        .label("app", "biz1")
-        .label("zone", "prod")
-        .replicas(0)
-        .start_on(api)
-        .await?;
+    let mut cluster = common::biz1(&[
+        ("biz1-1", "4.1"),
+        ("biz1-2", "4.1"),
+        ("biz1-3", "4.1"),
+        ("biz1-4", "4.1"),
+    ])
+    .await?;
     let kubeconfig = cluster.api().kubeconfig_path().display().to_string();
-    let labels = |version: &str| -> BTreeMap<String, String> {
-        [("app", "biz1"), ("zone", "prod"), ("version", version)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    for i in 1..=4 {
-        cluster.add_pod(&format!("biz1-{i}"), labels("4.1")).await?;
-    }
-    cluster.api().settled().await;
+    let labels =
+        |version: &str| common::labels(&[("app", "biz1"), ("zone", "prod"), ("version", version)]);
     println!(
         "embedded API server {} · kubeconfig {kubeconfig}",
         cluster.api().url()

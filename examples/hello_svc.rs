@@ -22,27 +22,17 @@ use tower::Layer;
 async fn main() -> anyhow::Result<()> {
     let args = common::Args::parse()?;
     let requests = args.requests.unwrap_or(10_000);
-    let mut embedded = None;
-    let client = match args.real_cluster().await? {
-        Some(client) => client,
-        None => {
-            let cluster = TestCluster::builder()
-                .service("hello-svc")
-                .pod_prefix("hello-world")
-                .label("app", "hello-world")
-                .replicas(10)
-                .start()
-                .await?;
-            println!(
-                "embedded API server {} (kubeconfig {})",
-                cluster.api().url(),
-                cluster.api().kubeconfig_path().display()
-            );
-            let client = cluster.api().client().await?;
-            embedded = Some(cluster);
-            client
-        }
-    };
+    let (client, embedded) = common::client_or_embedded(&args, || async {
+        let cluster = TestCluster::builder()
+            .service("hello-svc")
+            .pod_prefix("hello-world")
+            .label("app", "hello-world")
+            .replicas(10)
+            .start()
+            .await?;
+        Ok(cluster)
+    })
+    .await?;
 
     let layer = MeshLayer::builder(client).build()?;
     let mesh = layer.layer(common::h1());

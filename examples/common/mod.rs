@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rudder::{Mesh, MeshLayer, Target};
+use rudder_testkit::TestCluster;
 use tower::ServiceExt;
 
 /// The inner client every example wraps: hyper-util's pooled HTTP/1.1 client.
@@ -173,4 +174,51 @@ pub(crate) fn pod_names(layer: &MeshLayer, service: &str) -> BTreeMap<String, St
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Labels from pairs.
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The embedded `biz1` Service (selector `app=biz1,zone=prod`) with one Pod per
+/// `(name, version)`.
+pub(crate) async fn biz1(pods: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
+    let mut cluster = TestCluster::builder()
+        .service("biz1")
+        .label("app", "biz1")
+        .label("zone", "prod")
+        .replicas(0)
+        .start()
+        .await?;
+    for (name, version) in pods {
+        let l = labels(&[("app", "biz1"), ("zone", "prod"), ("version", version)]);
+        cluster.add_pod(name, l).await?;
+    }
+    cluster.api().settled().await;
+    Ok(cluster)
+}
+
+/// A client for the real cluster the flags name, else for the embedded one `start` makes
+/// (returned too, so it lives as long as the caller needs it).
+pub(crate) async fn client_or_embedded<F>(
+    args: &Args,
+    start: impl FnOnce() -> F,
+) -> anyhow::Result<(kube::Client, Option<TestCluster>)>
+where
+    F: std::future::Future<Output = anyhow::Result<TestCluster>>,
+{
+    if let Some(client) = args.real_cluster().await? {
+        return Ok((client, None));
+    }
+    let cluster = start().await?;
+    println!(
+        "embedded API server {} (kubeconfig {})",
+        cluster.api().url(),
+        cluster.api().kubeconfig_path().display()
+    );
+    Ok((cluster.api().client().await?, Some(cluster)))
 }

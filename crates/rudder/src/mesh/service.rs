@@ -240,6 +240,17 @@ where
     }
 }
 
+/// A copy of `req`'s head with `body`.
+fn with_body<A, B>(req: &Request<A>, body: B) -> Request<B> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
 /// The subset a request may go to, in the snapshot it was chosen from.
 struct Chosen {
     picked: rudder_balance::Picked,
@@ -271,15 +282,8 @@ where
     } = chosen;
     let selector = &selector;
     // Only an empty body can be sent again; keep what rebuilding the request needs.
-    let replay = (settings.max_retries > 0 && req.body().is_end_stream()).then(|| {
-        let mut copy = Request::new(());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        copy
-    });
+    let replay =
+        (settings.max_retries > 0 && req.body().is_end_stream()).then(|| with_body(&req, ()));
     shared.budget.deposit();
     let mut req = Some(req);
     // The subset's endpoints in the caller's zone (cached per snapshot).
@@ -306,18 +310,12 @@ where
         span.record("attempt", attempt);
         let this = match req.take() {
             Some(r) => r,
-            None => {
-                let parts = replay
+            None => with_body(
+                replay
                     .as_ref()
-                    .expect("retries only with a replayable body");
-                let mut r = Request::new(B::default());
-                *r.method_mut() = parts.method().clone();
-                *r.uri_mut() = parts.uri().clone();
-                *r.version_mut() = parts.version();
-                *r.headers_mut() = parts.headers().clone();
-                *r.extensions_mut() = parts.extensions().clone();
-                r
-            }
+                    .expect("retries only with a replayable body"),
+                B::default(),
+            ),
         };
         let endpoint_authority: Authority = endpoint
             .to_string()
