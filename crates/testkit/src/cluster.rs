@@ -234,6 +234,25 @@ impl TestCluster {
         Ok(self.pods.last().expect("just pushed"))
     }
 
+    /// Registers a Ready Pod at `ip` whose server runs elsewhere (another process or network
+    /// namespace); it joins every Service whose selector it matches.
+    pub async fn register_pod(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        ip: std::net::IpAddr,
+    ) -> Result<(), Error> {
+        let pods: Api<Pod> = Api::namespaced(self.api.client().await?, &self.namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "rudder/pod-server:1",
+                "ports": [{"name": "http", "containerPort": self.target_port}]}]},
+        }))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        self.set_status(name, Some(&ip.to_string()), true).await
+    }
+
     /// Marks a Pod Ready or not Ready through its `status` subresource.
     pub async fn set_ready(&self, name: &str, ready: bool) -> Result<(), Error> {
         self.set_status(name, None, ready).await

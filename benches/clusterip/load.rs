@@ -1,0 +1,248 @@
+//! Load generation: closed loop (fixed concurrency, as fast as possible) and open loop
+//! (fixed rate, latency measured from each request's intended send time, so a stall is
+//! not hidden by the generator waiting: no coordinated omission). Every loop is bounded
+//! in requests and in time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rudder::{Mesh, PodClient};
+use rudder_testkit::PodReply;
+use tower::ServiceExt;
+
+pub(crate) type Plain = Client<HttpConnector, Empty<Bytes>>;
+
+/// One way of sending requests.
+#[derive(Clone)]
+pub(crate) enum Sender {
+    /// The client alone (to the ClusterIP, or straight to one Pod).
+    Plain(Plain),
+    /// The same client wrapped in Rudder.
+    Mesh(Mesh<Plain>),
+    /// Rudder over `PodClient` (HTTP/2 with one connection per Pod).
+    MeshPod(Mesh<PodClient<Empty<Bytes>>>),
+}
+
+impl Sender {
+    /// Sends a GET to `uri`; the Pod that answered, or the error.
+    pub(crate) async fn get(&self, uri: &http::Uri) -> Result<String, String> {
+        let req = http::Request::get(uri.clone())
+            .body(Empty::new())
+            .expect("request");
+        let body = match self {
+            Sender::Plain(c) => {
+                let res = c.request(req).await.map_err(|e| e.to_string())?;
+                ok(res.status())?;
+                res.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes()
+            }
+            Sender::Mesh(m) => {
+                let res = m.clone().oneshot(req).await.map_err(|e| e.to_string())?;
+                ok(res.status())?;
+                res.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes()
+            }
+            Sender::MeshPod(m) => {
+                let res = m.clone().oneshot(req).await.map_err(|e| e.to_string())?;
+                ok(res.status())?;
+                res.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes()
+            }
+        };
+        serde_json::from_slice::<PodReply>(&body)
+            .map(|r| r.pod)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn ok(status: http::StatusCode) -> Result<(), String> {
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// What one run saw.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Run {
+    /// Sorted.
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) per_pod: BTreeMap<String, u64>,
+    /// (time since start, pod) of every success, for "when did traffic move" questions.
+    pub(crate) timeline: Vec<(Duration, String)>,
+    pub(crate) failures: u64,
+    /// When each failure happened (since start).
+    pub(crate) failure_times: Vec<Duration>,
+    pub(crate) first_failure: Option<String>,
+    pub(crate) elapsed: Duration,
+    /// CPU time of this process (client, Rudder, API server, proxy) during the run.
+    pub(crate) cpu: Duration,
+}
+
+impl Run {
+    pub(crate) fn ok(&self) -> u64 {
+        self.latencies.len() as u64
+    }
+
+    pub(crate) fn throughput(&self) -> f64 {
+        self.ok() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
+    }
+
+    /// CPU per successful request.
+    pub(crate) fn cpu_per_request(&self) -> Duration {
+        self.cpu / (self.ok().max(1) as u32)
+    }
+
+    /// Share of the busiest Pod over the mean, and Jain's fairness index, over `pods`.
+    pub(crate) fn fairness(&self, pods: &[String]) -> (f64, f64) {
+        let counts: Vec<f64> = pods
+            .iter()
+            .map(|p| self.per_pod.get(p).copied().unwrap_or(0) as f64)
+            .collect();
+        let n = counts.len().max(1) as f64;
+        let sum: f64 = counts.iter().sum();
+        let mean = sum / n;
+        let max = counts.iter().copied().fold(0.0, f64::max);
+        let squares: f64 = counts.iter().map(|c| c * c).sum();
+        let jain = if squares == 0.0 {
+            0.0
+        } else {
+            sum * sum / (n * squares)
+        };
+        (if mean == 0.0 { 0.0 } else { max / mean }, jain)
+    }
+
+    fn record(&mut self, started: Instant, sent: Instant, result: Result<String, String>) {
+        match result {
+            Ok(pod) => {
+                let now = Instant::now();
+                self.latencies.push(now - sent);
+                self.timeline.push((now - started, pod.clone()));
+                *self.per_pod.entry(pod).or_default() += 1;
+            }
+            Err(e) => {
+                self.failures += 1;
+                self.failure_times.push(started.elapsed());
+                self.first_failure.get_or_insert(e);
+            }
+        }
+    }
+
+    fn finish(&mut self, started: Instant, cpu_before: Duration) {
+        self.elapsed = started.elapsed();
+        self.cpu = cpu_time().saturating_sub(cpu_before);
+        self.latencies.sort_unstable();
+        self.timeline.sort();
+    }
+}
+
+/// This process's user + system CPU time.
+pub(crate) fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after the ')'.
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / 100)
+}
+
+/// `concurrency` workers sending back to back for `duration` (at most `max` requests).
+pub(crate) async fn closed(
+    sender: &Sender,
+    uri: &http::Uri,
+    concurrency: usize,
+    duration: Duration,
+    max: u64,
+) -> Run {
+    let started = Instant::now();
+    let cpu_before = cpu_time();
+    let deadline = started + duration;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let run = Arc::new(Mutex::new(Run::default()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (sender, uri, sent, run) = (sender.clone(), uri.clone(), sent.clone(), run.clone());
+        workers.spawn(async move {
+            while Instant::now() < deadline
+                && sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max
+            {
+                let t = Instant::now();
+                let result = sender.get(&uri).await;
+                run.lock().expect("run").record(started, t, result);
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let mut run = std::mem::take(&mut *run.lock().expect("run"));
+    run.finish(started, cpu_before);
+    run
+}
+
+/// `rate` requests per second for `duration`, each timed from its intended send time; at
+/// most `max_in_flight` outstanding (beyond that a request counts as failed: overload).
+pub(crate) async fn open(
+    sender: &Sender,
+    uri: &http::Uri,
+    rate: u32,
+    duration: Duration,
+    max_in_flight: usize,
+) -> Run {
+    let started = Instant::now();
+    let cpu_before = cpu_time();
+    let total = (f64::from(rate) * duration.as_secs_f64()) as u64;
+    let run = Arc::new(Mutex::new(Run::default()));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let intended = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+        tokio::time::sleep_until(intended.into()).await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let mut r = run.lock().expect("run");
+            r.failures += 1;
+            r.first_failure
+                .get_or_insert_with(|| "overload: too many in flight".into());
+            continue;
+        };
+        let (sender, uri, run) = (sender.clone(), uri.clone(), run.clone());
+        tasks.spawn(async move {
+            let result = sender.get(&uri).await;
+            run.lock().expect("run").record(started, intended, result);
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut run = std::mem::take(&mut *run.lock().expect("run"));
+    run.finish(started, cpu_before);
+    run
+}

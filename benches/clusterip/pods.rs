@@ -1,0 +1,149 @@
+//! Pods as processes: each runs this harness with `--pod` inside its own network namespace
+//! (a `rudder-testkit` PodServer on 10.244.x.y:8080) and takes commands on stdin
+//! (`latency <ms>`); closing stdin or killing it ends it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rudder_testkit::{PodServer, TestCluster};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::netns;
+
+/// The Pod side: serve until stdin closes.
+pub(crate) async fn serve(name: &str, addr: &str, labels: &str) -> anyhow::Result<()> {
+    let ip: IpAddr = addr.parse().context("pod address")?;
+    let labels: BTreeMap<String, String> = labels
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let server = PodServer::start(name, ip, 8080, labels).await?;
+    println!("ready");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(ms) = line.strip_prefix("latency ") {
+            server.set_latency(Duration::from_millis(ms.trim().parse()?));
+            println!("ok");
+        }
+    }
+    Ok(())
+}
+
+/// One running Pod.
+pub(crate) struct Pod {
+    pub(crate) name: String,
+    pub(crate) ip: Ipv4Addr,
+    child: Child,
+}
+
+impl Pod {
+    /// Sets the Pod's added latency.
+    pub(crate) async fn set_latency(&mut self, ms: u64) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("pod stdin")?;
+        stdin
+            .write_all(format!("latency {ms}\n").as_bytes())
+            .await?;
+        stdin.flush().await?;
+        // The knob is set once the Pod has read the line; a short settle is enough as the
+        // runs that depend on it last seconds.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    }
+}
+
+/// The Pods of the benchmark Service.
+pub(crate) struct Pods {
+    prefix: String,
+    next: u16,
+    pub(crate) running: Vec<Pod>,
+}
+
+impl Pods {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            next: 1,
+            running: Vec::new(),
+        }
+    }
+
+    /// Starts a Pod with `labels` and registers it with the API server.
+    pub(crate) async fn add(
+        &mut self,
+        cluster: &TestCluster,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<&Pod> {
+        let n = self.next;
+        self.next += 1;
+        let (ns, ip) = netns::pod(&self.prefix, n)?;
+        let name = format!("bench-{n}");
+        let label_arg = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(exe)
+            .args(["--pod", &name, &ip.to_string(), &label_arg])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a pod process")?;
+        let stdout = child.stdout.take().context("pod stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        match ready {
+            Ok(Ok(Some(l))) if l == "ready" => {}
+            other => bail!("pod {name} did not start: {other:?}"),
+        }
+        // Keep draining the Pod's answers to commands.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let map: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cluster.register_pod(&name, map, IpAddr::V4(ip)).await?;
+        self.running.push(Pod { name, ip, child });
+        Ok(self.running.last().expect("just pushed"))
+    }
+
+    /// Kills a Pod abruptly (its connections die with the process) and deletes it from the
+    /// API at once, as when a node loses a Pod.
+    pub(crate) async fn kill(&mut self, cluster: &TestCluster, name: &str) -> anyhow::Result<()> {
+        let i = self
+            .running
+            .iter()
+            .position(|p| p.name == name)
+            .context("no such pod")?;
+        let mut pod = self.running.remove(i);
+        pod.child.kill().await?;
+        cluster.delete_pod(name, 0).await?;
+        let _ = netns::ip(&["netns", "del", &format!("{}pod{}", self.prefix, &name[6..])]);
+        Ok(())
+    }
+
+    /// Kills every Pod after the first `keep`.
+    pub(crate) async fn truncate(
+        &mut self,
+        cluster: &TestCluster,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        while self.running.len() > keep {
+            let name = self.running.last().expect("non-empty").name.clone();
+            self.kill(cluster, &name).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.running.iter().map(|p| p.name.clone()).collect()
+    }
+}

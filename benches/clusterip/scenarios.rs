@@ -1,0 +1,741 @@
+//! The scenarios, run inside the client namespace: set-up, the arms, and the cells.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Service;
+use rudder::{MeshLayer, PodClient, Protocol, Selector, Split};
+use rudder_testkit::{ApiServer, PodServer, TestCluster};
+use tower::Layer;
+
+use crate::Options;
+use crate::load::{self, Plain, Run, Sender};
+use crate::pods::Pods;
+use crate::proxy::{self, ProxyStats};
+use crate::report::{Chart, Report, Table, ms};
+
+/// One repetition of the scale-up scenario: busiest/mean, Jain's index, new Pods reached,
+/// time until every new Pod was reached.
+type ScaleCell = (f64, f64, usize, Option<Duration>);
+
+/// Sizes of one run.
+struct Plan {
+    reps: usize,
+    pods: usize,
+    steady: Duration,
+    concurrency: usize,
+    rate: u32,
+    scale: Duration,
+    churn: Duration,
+    dummies: Vec<u32>,
+    max: u64,
+}
+
+impl Plan {
+    fn new(smoke: bool) -> Self {
+        if smoke {
+            Plan {
+                reps: 1,
+                pods: 3,
+                steady: Duration::from_millis(300),
+                concurrency: 4,
+                rate: 200,
+                scale: Duration::from_millis(1500),
+                churn: Duration::from_millis(1500),
+                dummies: vec![0, 50],
+                max: 5_000,
+            }
+        } else {
+            Plan {
+                reps: 3,
+                pods: 10,
+                steady: Duration::from_secs(3),
+                concurrency: 32,
+                rate: 2_000,
+                scale: Duration::from_secs(6),
+                churn: Duration::from_secs(5),
+                dummies: vec![0, 1_000, 10_000],
+                max: 2_000_000,
+            }
+        }
+    }
+}
+
+/// The connector every arm uses: no DNS involved (IP literals, or Rudder's Pod addresses),
+/// a bounded connect so a vanished Pod costs at most this long.
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    c.set_nodelay(true);
+    c
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn h1() -> Plain {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build(connector())
+}
+
+fn h2() -> Plain {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector())
+}
+
+fn no_keep_alive() -> Plain {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector())
+}
+
+fn pod_client_h2() -> PodClient<http_body_util::Empty<bytes::Bytes>> {
+    PodClient::builder()
+        .protocol(Protocol::Http2)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+}
+
+fn uri(s: &str) -> http::Uri {
+    s.parse().expect("uri")
+}
+
+/// Runs every arm `reps` times, interleaved (a b c a b c ...), so drift hits all alike.
+async fn cell<'a, F, Fut>(
+    reps: usize,
+    arms: &'a [(&'a str, Sender, http::Uri)],
+    mut f: F,
+) -> BTreeMap<&'a str, Vec<Run>>
+where
+    F: FnMut(&'a Sender, &'a http::Uri) -> Fut,
+    Fut: std::future::Future<Output = Run>,
+{
+    let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for _ in 0..reps {
+        for (name, sender, uri) in arms {
+            let run = f(sender, uri).await;
+            runs.entry(*name).or_default().push(run);
+        }
+    }
+    runs
+}
+
+/// Median and spread (min–max) of `f` over runs.
+fn stat(runs: &[Run], f: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn spread(s: (f64, f64, f64), fmt: impl Fn(f64) -> String) -> String {
+    if (s.2 - s.1).abs() < f64::EPSILON {
+        fmt(s.0)
+    } else {
+        format!("{} ({}–{})", fmt(s.0), fmt(s.1), fmt(s.2))
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The standard latency/throughput row of an arm.
+fn row(name: &str, runs: &[Run]) -> Vec<String> {
+    let thr = stat(runs, Run::throughput);
+    vec![
+        name.to_string(),
+        spread(thr, |v| format!("{v:.0}")),
+        spread(stat(runs, |r| us(r.percentile(0.5))), ms),
+        spread(stat(runs, |r| us(r.percentile(0.99))), ms),
+        spread(stat(runs, |r| us(r.percentile(0.999))), ms),
+        format!("{:.0}", stat(runs, |r| us(r.cpu_per_request())).0),
+        format!("{}", runs.iter().map(|r| r.failures).sum::<u64>()),
+    ]
+}
+
+const LATENCY_HEADERS: [&str; 7] = [
+    "arm",
+    "req/s",
+    "p50",
+    "p99",
+    "p99.9",
+    "CPU µs/req",
+    "failed",
+];
+
+pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
+    let plan = Plan::new(options.smoke);
+    let mut report = Report::new(options.smoke);
+    proxy::install()?;
+    let cluster = TestCluster::builder()
+        .service("bench-svc")
+        .label("app", "bench")
+        .replicas(0)
+        .port(80)
+        .target_port(8080)
+        .start_on(ApiServer::builder().start().await?)
+        .await?;
+    let kube = cluster.api().client().await?;
+    let svc: Service = kube::Api::default_namespaced(kube.clone())
+        .get("bench-svc")
+        .await?;
+    let vip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let stats = Arc::new(ProxyStats::default());
+    let mut proxy_task = spawn_proxy(&kube, 0, &stats);
+    let mut pods = Pods::new(prefix);
+    for _ in 0..plan.pods {
+        pods.add(&cluster, &[("app", "bench"), ("version", "4.1")])
+            .await?;
+    }
+    cluster.api().settled().await;
+
+    let vip_uri = uri(&format!("http://{vip}:80/"));
+    let svc_uri = uri("http://bench-svc:80/");
+    let direct_uri = uri(&format!("http://{}:8080/", pods.running[0].ip));
+    wait_for(&Sender::Plain(h1()), &vip_uri, "the ClusterIP rules").await?;
+
+    let layer = MeshLayer::builder(kube.clone()).build()?;
+    let h1_arms = [
+        ("ClusterIP", Sender::Plain(h1()), vip_uri.clone()),
+        ("Rudder", Sender::Mesh(layer.layer(h1())), svc_uri.clone()),
+        ("direct to one Pod", Sender::Plain(h1()), direct_uri.clone()),
+    ];
+    wait_for(&h1_arms[1].1, &svc_uri, "Rudder's discovery").await?;
+
+    eprintln!("[clusterip] 0/6 layer overhead on loopback");
+    // 0. The layer's own cost, on loopback: the same Pod server, raw client vs Mesh.
+    {
+        let pod = PodServer::start(
+            "loopback",
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            0,
+            Default::default(),
+        )
+        .await?;
+        let endpoints = rudder::Static::new(vec![rudder_balance::Endpoint::new(pod.addr())]);
+        let static_layer = MeshLayer::builder_static()
+            .static_service("loop", endpoints)?
+            .build()?;
+        let arms = [
+            (
+                "hyper-util client",
+                Sender::Plain(h1()),
+                uri(&format!("http://{}/", pod.addr())),
+            ),
+            (
+                "Rudder + hyper-util client",
+                Sender::Mesh(static_layer.layer(h1())),
+                uri(&format!("http://loop:{}/", pod.addr().port())),
+            ),
+        ];
+        let runs = cell(plan.reps, &arms, |s, u| {
+            load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        let raw = &runs["hyper-util client"];
+        let mesh = &runs["Rudder + hyper-util client"];
+        let ratio = stat(mesh, Run::throughput).0 / stat(raw, Run::throughput).0;
+        let added =
+            stat(mesh, |r| us(r.percentile(0.5))).0 - stat(raw, |r| us(r.percentile(0.5))).0;
+        let mut t = Table::new(
+            "Layer overhead on loopback (HTTP/1.1 keep-alive, closed loop)",
+            &LATENCY_HEADERS,
+        );
+        for (name, _, _) in &arms {
+            t.row(row(name, &runs[name]));
+        }
+        t.note(format!(
+            "Rudder's throughput is {:.1} % of the raw client's; it adds {:.1} µs at p50.",
+            ratio * 100.0,
+            added
+        ));
+        report.table(t);
+    }
+
+    eprintln!("[clusterip] 1/6 steady state");
+    // 1. Steady state.
+    {
+        let runs = cell(plan.reps, &h1_arms, |s, u| {
+            load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        let mut t = Table::new(
+            &format!(
+                "1a. Steady state, HTTP/1.1 keep-alive, closed loop ({} workers, {} Pods)",
+                plan.concurrency, plan.pods
+            ),
+            &LATENCY_HEADERS,
+        );
+        let mut chart = Chart::new(
+            "Steady state: requests per second (HTTP/1.1, closed loop)",
+            "req/s",
+        );
+        for (name, _, _) in &h1_arms {
+            t.row(row(name, &runs[name]));
+            chart.bar(name, stat(&runs[name], Run::throughput).0);
+        }
+        report.table(t);
+        report.chart("clusterip-throughput.svg", chart);
+
+        let runs = cell(plan.reps, &h1_arms, |s, u| {
+            load::open(s, u, plan.rate, plan.steady, 10_000)
+        })
+        .await;
+        let mut t = Table::new(
+            &format!(
+                "1b. Steady state, HTTP/1.1, open loop at {} req/s (latency from intended send time)",
+                plan.rate
+            ),
+            &LATENCY_HEADERS,
+        );
+        let mut chart = Chart::new(
+            &format!("Open loop at {} req/s: p99 latency", plan.rate),
+            "ms",
+        );
+        for (name, _, _) in &h1_arms {
+            t.row(row(name, &runs[name]));
+            chart.bar(
+                name,
+                stat(&runs[name], |r| us(r.percentile(0.99))).0 / 1000.0,
+            );
+        }
+        report.table(t);
+        report.chart("clusterip-open-loop-p99.svg", chart);
+
+        let h2_arms = [
+            (
+                "ClusterIP (one HTTP/2 connection)",
+                Sender::Plain(h2()),
+                vip_uri.clone(),
+            ),
+            (
+                "Rudder + PodClient (HTTP/2 per Pod)",
+                Sender::MeshPod(layer.layer(pod_client_h2())),
+                svc_uri.clone(),
+            ),
+            ("direct to one Pod", Sender::Plain(h2()), direct_uri.clone()),
+        ];
+        let runs = cell(plan.reps, &h2_arms, |s, u| {
+            load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        let mut t = Table::new("1c. Steady state, HTTP/2, closed loop", &LATENCY_HEADERS);
+        for (name, _, _) in &h2_arms {
+            t.row(row(name, &runs[name]));
+        }
+        let names = pods.names();
+        let pinned = stat(&runs["ClusterIP (one HTTP/2 connection)"], |r| {
+            r.fairness(&names).0
+        })
+        .0;
+        t.note(format!(
+            "Over the ClusterIP, hyper's HTTP/2 client multiplexes one connection, so one Pod takes everything (busiest Pod / mean = {pinned:.1})."
+        ));
+        report.table(t);
+    }
+
+    eprintln!("[clusterip] 2/6 HTTP/2 scale-up");
+    // 2. HTTP/2, scale from N to 2N Pods mid-run.
+    {
+        let h2_arms = [
+            (
+                "ClusterIP (one HTTP/2 connection)",
+                Sender::Plain(h2()),
+                vip_uri.clone(),
+            ),
+            (
+                "Rudder + PodClient (HTTP/2 per Pod)",
+                Sender::MeshPod(layer.layer(pod_client_h2())),
+                svc_uri.clone(),
+            ),
+        ];
+        let mut t = Table::new(
+            &format!("2. HTTP/2, {} → {} Pods mid-run", plan.pods, 2 * plan.pods),
+            &[
+                "arm",
+                "busiest Pod / mean (after scale-up)",
+                "Jain's index",
+                "new Pods reached",
+                "time to reach every new Pod",
+            ],
+        );
+        for (name, sender, target) in &h2_arms {
+            let mut rows = Vec::new();
+            for _ in 0..plan.reps {
+                let loop_ = {
+                    let (sender, target) = (sender.clone(), target.clone());
+                    let (c, d, m) = (plan.concurrency.min(8), plan.scale, plan.max);
+                    tokio::spawn(async move { load::closed(&sender, &target, c, d, m).await })
+                };
+                let started = Instant::now();
+                tokio::time::sleep(plan.scale / 3).await;
+                let mut added = Vec::new();
+                for _ in 0..plan.pods {
+                    let p = pods
+                        .add(&cluster, &[("app", "bench"), ("version", "4.1")])
+                        .await?;
+                    added.push((p.name.clone(), started.elapsed()));
+                }
+                let scaled_at = started.elapsed();
+                let run = loop_.await?;
+                let all = pods.names();
+                let after = Run {
+                    per_pod: run.timeline.iter().filter(|(t, _)| *t > scaled_at).fold(
+                        BTreeMap::new(),
+                        |mut m, (_, p)| {
+                            *m.entry(p.clone()).or_default() += 1;
+                            m
+                        },
+                    ),
+                    ..Run::default()
+                };
+                let (max_mean, jain) = after.fairness(&all);
+                let reached: Vec<Duration> = added
+                    .iter()
+                    .filter_map(|(p, at)| {
+                        run.timeline
+                            .iter()
+                            .find(|(_, q)| q == p)
+                            .map(|(t, _)| t.saturating_sub(*at))
+                    })
+                    .collect();
+                let every = (reached.len() == added.len())
+                    .then(|| reached.iter().max().copied().unwrap_or_default());
+                rows.push((max_mean, jain, reached.len(), every));
+                pods.truncate(&cluster, plan.pods).await?;
+                cluster.api().settled().await;
+            }
+            let med = |f: &dyn Fn(&ScaleCell) -> f64| {
+                let mut v: Vec<f64> = rows.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let every: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    r.3.map_or("never".into(), |d| {
+                        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+                    })
+                })
+                .collect();
+            t.row(vec![
+                name.to_string(),
+                format!("{:.2}", med(&|r| r.0)),
+                format!("{:.2}", med(&|r| r.1)),
+                format!("{:.0} of {}", med(&|r| r.2 as f64), plan.pods),
+                every.join(", "),
+            ]);
+        }
+        t.note(
+            "Jain's index is 1.0 when every Pod gets the same share and 1/n when one Pod gets all."
+                .into(),
+        );
+        report.table(t);
+    }
+
+    eprintln!("[clusterip] 3/6 one slow Pod");
+    // 3. One slow Pod.
+    {
+        let slow = pods.running[0].name.clone();
+        pods.running[0].set_latency(20).await?;
+        let arms = &h1_arms[..2];
+        let runs = cell(plan.reps, arms, |s, u| {
+            load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        pods.running[0].set_latency(0).await?;
+        let mut headers = LATENCY_HEADERS.to_vec();
+        headers.push("slow Pod's share");
+        let mut t = Table::new(
+            &format!("3. One slow Pod (+20 ms) of {}", plan.pods),
+            &headers,
+        );
+        let mut chart = Chart::new("Share of requests sent to the slow Pod (+20 ms)", "%");
+        for (name, _, _) in arms {
+            let share = stat(&runs[name], |r| {
+                100.0 * r.per_pod.get(&slow).copied().unwrap_or(0) as f64 / r.ok().max(1) as f64
+            });
+            let mut r = row(name, &runs[name]);
+            r.push(spread(share, |v| format!("{v:.1} %")));
+            t.row(r);
+            chart.bar(name, share.0);
+        }
+        report.table(t);
+        report.chart("clusterip-slow-pod.svg", chart);
+    }
+
+    eprintln!("[clusterip] 4/6 churn");
+    // 4. Churn: two Pods killed abruptly mid-run, two new ones added.
+    {
+        let arms = &h1_arms[..2];
+        let mut t = Table::new(
+            "4. Churn: 2 Pods killed abruptly (and deleted) mid-run, 2 added",
+            &[
+                "arm",
+                "failed per 10k",
+                "last failure after the kill",
+                "requests",
+                "proxy syncs after the kill",
+            ],
+        );
+        for (name, sender, target) in arms {
+            let mut cells = Vec::new();
+            for _ in 0..plan.reps {
+                let loop_ = {
+                    let (sender, target) = (sender.clone(), target.clone());
+                    let (c, d, m) = (plan.concurrency.min(16), plan.churn, plan.max);
+                    tokio::spawn(async move { load::closed(&sender, &target, c, d, m).await })
+                };
+                let started = Instant::now();
+                tokio::time::sleep(plan.churn / 5).await;
+                let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+                let killed_at = started.elapsed();
+                let victims: Vec<String> = pods.names().into_iter().rev().take(2).collect();
+                for v in &victims {
+                    pods.kill(&cluster, v).await?;
+                }
+                tokio::time::sleep(plan.churn / 4).await;
+                for _ in 0..2 {
+                    pods.add(&cluster, &[("app", "bench"), ("version", "4.1")])
+                        .await?;
+                }
+                let run = loop_.await?;
+                let last = run
+                    .failure_times
+                    .iter()
+                    .max()
+                    .map(|t| t.saturating_sub(killed_at));
+                let total = run.ok() + run.failures;
+                cells.push((
+                    run.failures as f64 * 10_000.0 / total.max(1) as f64,
+                    last,
+                    total,
+                    stats.syncs.load(std::sync::atomic::Ordering::Relaxed) - syncs,
+                ));
+                cluster.api().settled().await;
+            }
+            let per10k: Vec<String> = cells.iter().map(|c| format!("{:.1}", c.0)).collect();
+            let last: Vec<String> = cells
+                .iter()
+                .map(|c| {
+                    c.1.map_or("none".into(), |d| {
+                        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+                    })
+                })
+                .collect();
+            t.row(vec![
+                name.to_string(),
+                per10k.join(", "),
+                last.join(", "),
+                cells
+                    .iter()
+                    .map(|c| c.2.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cells
+                    .iter()
+                    .map(|c| c.3.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        t.note("One value per repetition. The proxy writes rules at most once per second (kube-proxy's minimum sync period); until then, and on kept-alive connections, requests still reach the dead Pods.".into());
+        report.table(t);
+    }
+
+    eprintln!("[clusterip] 5/6 canary");
+    // 5. Canary 90/10 by labels.
+    {
+        let mut canaries = Vec::new();
+        for _ in 0..2 {
+            canaries.push(
+                pods.add(&cluster, &[("app", "bench"), ("version", "4.2")])
+                    .await?
+                    .name
+                    .clone(),
+            );
+        }
+        cluster.api().settled().await;
+        // A new connection per request, so each one is balanced by the NAT rules.
+        wait_for_pods(&Sender::Plain(no_keep_alive()), &vip_uri, &canaries).await?;
+        let split = Split::new([
+            ("version=4.1".parse::<Selector>()?, 90),
+            ("version=4.2".parse()?, 10),
+        ])?;
+        let canary_layer = MeshLayer::builder(kube.clone()).split(split).build()?;
+        let arms = [
+            ("ClusterIP", Sender::Plain(h1()), vip_uri.clone()),
+            (
+                "Rudder, split 90/10",
+                Sender::Mesh(canary_layer.layer(h1())),
+                svc_uri.clone(),
+            ),
+        ];
+        wait_for(&arms[1].1, &svc_uri, "the canary Mesh").await?;
+        let runs = cell(plan.reps, &arms, |s, u| {
+            load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        let mut t = Table::new(
+            &format!(
+                "5. Canary: {} Pods at 4.1, 2 at 4.2, asked for 90/10",
+                plan.pods
+            ),
+            &["arm", "share to 4.2", "failed"],
+        );
+        for (name, _, _) in &arms {
+            let share = stat(&runs[name], |r| {
+                let c: u64 = canaries
+                    .iter()
+                    .map(|p| r.per_pod.get(p).copied().unwrap_or(0))
+                    .sum();
+                100.0 * c as f64 / r.ok().max(1) as f64
+            });
+            t.row(vec![
+                name.to_string(),
+                spread(share, |v| format!("{v:.1} %")),
+                runs[name]
+                    .iter()
+                    .map(|r| r.failures)
+                    .sum::<u64>()
+                    .to_string(),
+            ]);
+        }
+        t.note("A ClusterIP splits by Pod count (here 2 of the Pods); a 90/10 split needs a second Service and client-side logic.".into());
+        report.table(t);
+        for c in canaries {
+            pods.kill(&cluster, &c).await?;
+        }
+    }
+
+    eprintln!("[clusterip] 6/6 new connections and rule count");
+    // 6. Connection-heavy: a new connection per request, with extra Services' rules.
+    {
+        let mut t = Table::new(
+            "6. No keep-alive (a new connection per request), with extra Services' rules in the NAT table",
+            &["extra Services", "arm", "req/s", "p50", "p99", "failed"],
+        );
+        let mut chart = Chart::new(
+            "New-connection request latency (p50) by extra Services in iptables",
+            "ms",
+        );
+        for &dummies in &plan.dummies {
+            proxy_task.abort();
+            let before = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+            proxy_task = spawn_proxy(&kube, dummies, &stats);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while stats.syncs.load(std::sync::atomic::Ordering::Relaxed) == before {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the proxy did not sync {dummies} extra Services in time"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            wait_for(&Sender::Plain(h1()), &vip_uri, "the restarted proxy").await?;
+            let arms = [
+                ("ClusterIP", Sender::Plain(no_keep_alive()), vip_uri.clone()),
+                (
+                    "Rudder",
+                    Sender::Mesh(layer.layer(no_keep_alive())),
+                    svc_uri.clone(),
+                ),
+                (
+                    "direct to one Pod",
+                    Sender::Plain(no_keep_alive()),
+                    direct_uri.clone(),
+                ),
+            ];
+            let runs = cell(plan.reps, &arms, |s, u| {
+                load::closed(s, u, plan.concurrency.min(8), plan.steady, plan.max)
+            })
+            .await;
+            for (name, _, _) in &arms {
+                let r = &runs[name];
+                t.row(vec![
+                    dummies.to_string(),
+                    name.to_string(),
+                    spread(stat(r, Run::throughput), |v| format!("{v:.0}")),
+                    spread(stat(r, |x| us(x.percentile(0.5))), ms),
+                    spread(stat(r, |x| us(x.percentile(0.99))), ms),
+                    r.iter().map(|x| x.failures).sum::<u64>().to_string(),
+                ]);
+                chart.bar(
+                    &format!("{name}, {dummies}"),
+                    stat(r, |x| us(x.percentile(0.5))).0 / 1000.0,
+                );
+            }
+        }
+        report.table(t);
+        report.chart("clusterip-rules.svg", chart);
+    }
+
+    proxy_task.abort();
+    report.write(&options.out_dir)?;
+    Ok(())
+}
+
+/// Waits (at most 20 s) until `uri` answers through `sender`.
+async fn wait_for(sender: &Sender, uri: &http::Uri, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match sender.get(uri).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("{what} never answered at {uri}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Sends requests (at most 5,000, or 20 s) until each of `pods` has answered one.
+async fn wait_for_pods(sender: &Sender, uri: &http::Uri, pods: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut missing: Vec<&String> = pods.iter().collect();
+    for _ in 0..5_000 {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "Pods {missing:?} never answered at {uri}"
+        );
+        if let Ok(pod) = sender.get(uri).await {
+            missing.retain(|p| **p != pod);
+        }
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "Pods {missing:?} never answered at {uri}"
+    );
+    Ok(())
+}
+
+/// Runs the kube-proxy equivalent in the background; its failure is reported, not lost.
+fn spawn_proxy(
+    kube: &kube::Client,
+    dummies: u32,
+    stats: &Arc<ProxyStats>,
+) -> tokio::task::JoinHandle<()> {
+    let run = proxy::run(
+        kube.clone(),
+        "default".into(),
+        Duration::from_secs(1),
+        dummies,
+        stats.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = run.await {
+            eprintln!("[clusterip] the proxy stopped: {e:#}");
+        }
+    })
+}
