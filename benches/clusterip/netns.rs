@@ -75,6 +75,15 @@ pub(crate) fn client(prefix: &str) -> anyhow::Result<String> {
     ip(&["-n", &ns, "link", "set", "br0", "up"])?;
     // ClusterIPs must be routable before the DNAT rewrites them (as on a node).
     ip(&["-n", &ns, "route", "add", "10.96.0.0/12", "dev", "br0"])?;
+    // The no-keep-alive scenario opens thousands of connections per second to one
+    // address: reuse TIME_WAIT ports and use the whole range, as a busy node would, so it
+    // measures connection set-up and not port exhaustion. These sysctls are per namespace.
+    for setting in [
+        "net.ipv4.tcp_tw_reuse=1",
+        "net.ipv4.ip_local_port_range=1024 65000",
+    ] {
+        run("ip", &["netns", "exec", &ns, "sysctl", "-q", "-w", setting])?;
+    }
     Ok(ns)
 }
 

@@ -185,6 +185,12 @@ impl Subscription {
         }
     }
 
+    /// The last failure talking to the API (TLS, authorization, connection), with its
+    /// causes, until discovery succeeds again; `None` while healthy.
+    pub fn last_error(&self) -> Option<String> {
+        self._entry.last_error.lock().expect("error lock").clone()
+    }
+
     /// The Service this subscription follows.
     pub fn service(&self) -> &ServiceRef {
         &self.service
@@ -268,6 +274,8 @@ struct Entry {
     model: Mutex<Model>,
     ports: Mutex<HashMap<Option<PortSpec>, watch::Sender<Arc<EndpointSet>>>>,
     task: std::sync::OnceLock<AbortHandle>,
+    /// The last API failure, until the next success.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Drop for Entry {
@@ -285,6 +293,7 @@ impl Entry {
             model: Mutex::new(Model::default()),
             ports: Mutex::new(HashMap::new()),
             task: std::sync::OnceLock::new(),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -451,6 +460,21 @@ impl Model {
     }
 }
 
+/// An error and its sources on one line (a TLS failure hides two levels down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn name_of<K: kube::Resource>(o: &K) -> String {
     o.meta().name.clone().unwrap_or_default()
 }
@@ -584,8 +608,12 @@ async fn run(
                 }
                 model.pods_pending = false;
             }
-            if let Err(e) = &result {
-                tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");
+            match &result {
+                Err(e) => {
+                    tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");
+                    *entry.last_error.lock().expect("error lock") = Some(error_chain(e));
+                }
+                Ok(()) => *entry.last_error.lock().expect("error lock") = None,
             }
             // The Pod watch follows the Service's selector.
             let selector = selector_of(model.service.items.values().next());

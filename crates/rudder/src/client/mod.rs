@@ -142,7 +142,10 @@ struct Pool<B> {
 
 /// The connections to one endpoint.
 struct Conns<B> {
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<B>>>,
+    /// The HTTP/2 connection, read on every request.
+    h2: std::sync::RwLock<Option<http2::SendRequest<B>>>,
+    /// Held while connecting, so concurrent first requests make one connection.
+    connecting: tokio::sync::Mutex<()>,
     idle: Mutex<Vec<(Instant, http1::SendRequest<B>)>>,
 }
 
@@ -155,7 +158,8 @@ impl<B> Pool<B> {
         // A new endpoint is the moment to forget ones whose connections are all gone.
         endpoints.retain(|_, c| Arc::strong_count(c) > 1 || !c.is_empty());
         let c = Arc::new(Conns {
-            h2: tokio::sync::Mutex::new(None),
+            h2: std::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
         });
         endpoints.insert(endpoint.clone(), c.clone());
@@ -165,10 +169,13 @@ impl<B> Pool<B> {
 
 impl<B> Conns<B> {
     fn is_empty(&self) -> bool {
-        let h2_open = match self.h2.try_lock() {
-            Ok(h2) => h2.as_ref().is_some_and(|s| !s.is_closed()),
-            Err(_) => true,
-        };
+        let h2_open = self.connecting.try_lock().is_err()
+            || self
+                .h2
+                .read()
+                .expect("h2 lock")
+                .as_ref()
+                .is_some_and(|s| !s.is_closed());
         !h2_open && self.idle.lock().expect("idle lock").is_empty()
     }
 }
@@ -245,21 +252,34 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let mut sender = {
-        let mut slot = conns.h2.lock().await;
-        match slot.as_ref().filter(|s| !s.is_closed()) {
-            Some(s) => s.clone(),
-            None => {
-                let io = connect(endpoint, pool.settings.connect_timeout).await?;
-                let (sender, conn) =
-                    http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "HTTP/2 connection to a Pod ended");
-                    }
-                });
-                *slot = Some(sender.clone());
-                sender
+    let open = |conns: &Conns<B>| {
+        conns
+            .h2
+            .read()
+            .expect("h2 lock")
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    };
+    let mut sender = match open(conns) {
+        Some(s) => s,
+        None => {
+            let _connecting = conns.connecting.lock().await;
+            // Another request may have connected while this one waited.
+            match open(conns) {
+                Some(s) => s,
+                None => {
+                    let io = connect(endpoint, pool.settings.connect_timeout).await?;
+                    let (sender, conn) =
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "HTTP/2 connection to a Pod ended");
+                        }
+                    });
+                    *conns.h2.write().expect("h2 lock") = Some(sender.clone());
+                    sender
+                }
             }
         }
     };

@@ -20,12 +20,15 @@ pub enum MeshError {
     },
     /// Discovery did not finish its first sync of the Service in time (API unreachable,
     /// forbidden, or slow), and the DNS fallback is not enabled.
-    #[error("endpoints of {service} not synced after {waited:?}")]
+    #[error("endpoints of {service} not synced after {waited:?}{}", last_error_suffix(.last_error))]
     NotSynced {
         /// The Service (`name.namespace:port`).
         service: String,
         /// How long the request waited.
         waited: Duration,
+        /// The last failure talking to the API (a TLS, authorization or connection error),
+        /// if there was one.
+        last_error: Option<String>,
     },
     /// The Service does not exist.
     #[error("Service {service} not found")]
@@ -69,4 +72,10 @@ pub enum MeshError {
         /// The timeout.
         timeout: Duration,
     },
+}
+
+fn last_error_suffix(e: &Option<String>) -> String {
+    e.as_ref()
+        .map(|e| format!(" (last API error: {e})"))
+        .unwrap_or_default()
 }

@@ -131,12 +131,26 @@ impl<S> tower::Layer<S> for MeshLayer {
     }
 }
 
+/// What an authority resolved to, cached per `(authority, port)`.
+#[derive(Clone, Debug)]
+pub(crate) enum Resolved {
+    /// A Service port; `short` names fall through when the Service does not exist.
+    Service { routed: Arc<Routed>, short: bool },
+    /// Not a Service name.
+    Other,
+}
+
+/// How many distinct authorities the resolution cache holds; beyond that (a client talking
+/// to unboundedly many hosts) new ones are classified per request instead.
+const RESOLVED_CACHE: usize = 4096;
+
 /// State shared by every clone of a Mesh.
 #[derive(Debug)]
 pub(crate) struct Shared {
     source: Source,
     pub(crate) settings: Settings,
     routed: RwLock<HashMap<ServiceRef, Arc<Routed>>>,
+    resolved: RwLock<HashMap<(http::uri::Authority, u16), Resolved>>,
     pub(crate) budget: TpsBudget,
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: RwLock<Option<Arc<Split>>>,
@@ -153,7 +167,39 @@ impl Shared {
             source,
             settings,
             routed: RwLock::new(HashMap::new()),
+            resolved: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Resolves a request's authority (the request path's first step): cached, so the
+    /// name rule and the Service lookup run once per authority, not per request.
+    pub(crate) fn resolve(
+        &self,
+        authority: &http::uri::Authority,
+        port: u16,
+    ) -> Result<Resolved, MeshError> {
+        let key = (authority.clone(), port);
+        if let Some(r) = self.resolved.read().expect("resolved lock").get(&key) {
+            return Ok(r.clone());
+        }
+        let named = crate::authority::classify(
+            authority.host(),
+            port,
+            &self.settings.default_namespace,
+            &self.settings.cluster_domain,
+        );
+        let resolved = match named {
+            crate::authority::Named::Service { svc, short } => Resolved::Service {
+                routed: self.routed(&svc)?,
+                short,
+            },
+            crate::authority::Named::Other => Resolved::Other,
+        };
+        let mut cache = self.resolved.write().expect("resolved lock");
+        if cache.len() < RESOLVED_CACHE {
+            cache.insert(key, resolved.clone());
+        }
+        Ok(resolved)
     }
 
     /// The routing state of `svc`, subscribing on first use.

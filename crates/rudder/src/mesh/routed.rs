@@ -11,7 +11,7 @@ use tokio::sync::watch;
 /// What keeps a Service's discovery running while the Mesh routes to it.
 #[derive(Debug)]
 pub(crate) enum Keep {
-    Subscription(#[allow(dead_code, reason = "held for its Drop")] rudder_k8s::Subscription),
+    Subscription(rudder_k8s::Subscription),
     Static,
 }
 
@@ -34,9 +34,29 @@ pub(crate) struct Routed {
 pub(crate) struct View {
     pub(crate) index: SubsetIndex,
     pub(crate) loads: Arc<[Arc<EndpointLoad>]>,
+    /// Each endpoint's `ip:port` as a URI authority, made once per snapshot.
+    pub(crate) authorities: Vec<http::uri::Authority>,
 }
 
 impl View {
+    fn new(set: Arc<EndpointSet>, loads: &LoadTable, selectors: &[Selector]) -> Self {
+        let authorities = set
+            .endpoints()
+            .iter()
+            .map(|e| {
+                e.addr()
+                    .to_string()
+                    .parse()
+                    .expect("a socket address is a URI authority")
+            })
+            .collect();
+        Self {
+            loads: loads.for_set(&set),
+            index: SubsetIndex::new(set, selectors),
+            authorities,
+        }
+    }
+
     pub(crate) fn set(&self) -> &Arc<EndpointSet> {
         self.index.set()
     }
@@ -52,10 +72,7 @@ impl Routed {
         selectors: Vec<Selector>,
     ) -> Self {
         let set = rx.borrow().clone();
-        let view = View {
-            loads: loads.for_set(&set),
-            index: SubsetIndex::new(set, &selectors),
-        };
+        let view = View::new(set, &loads, &selectors);
         Self {
             service,
             rx,
@@ -79,16 +96,24 @@ impl Routed {
         }
         let mut slot = self.view.write().expect("view lock");
         if !Arc::ptr_eq(slot.set(), &set) {
-            *slot = Arc::new(View {
-                loads: self.loads.for_set(&set),
-                index: SubsetIndex::new(set, &self.selectors),
-            });
+            *slot = Arc::new(View::new(set, &self.loads, &self.selectors));
         }
         slot.clone()
     }
 
+    /// The last discovery failure, if any.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        match &self._keep {
+            Keep::Subscription(s) => s.last_error(),
+            Keep::Static => None,
+        }
+    }
+
     /// Waits (at most `bound`) for the first sync; whether it happened.
     pub(crate) async fn synced(&self, bound: Duration) -> bool {
+        if *self.rx.borrow().state() != rudder_balance::ServiceState::Pending {
+            return true;
+        }
         let mut rx = self.rx.clone();
         let wait = rx.wait_for(|s| *s.state() != rudder_balance::ServiceState::Pending);
         matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(_)))

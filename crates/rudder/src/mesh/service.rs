@@ -15,13 +15,14 @@ use tower::retry::budget::Budget;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::Resolved;
 use super::Shared;
 use super::body::{Guard, ResponseBody};
 use super::error::MeshError;
 use super::ext::{Subset, Target};
 use super::routed::Routed;
 use crate::BoxError;
-use crate::authority::{self, Named};
+use crate::authority;
 use crate::telemetry::Outcome;
 
 /// Routes requests addressed to Kubernetes Services to their Pods through the inner
@@ -140,13 +141,7 @@ where
         return Err(MeshError::MissingAuthority.into());
     };
     let port = authority::port_of(&authority, req.uri());
-    let named = authority::classify(
-        authority.host(),
-        port,
-        &settings.default_namespace,
-        &settings.cluster_domain,
-    );
-    let Named::Service { svc, short } = named else {
+    let Resolved::Service { routed, short } = shared.resolve(&authority, port)? else {
         if settings.pass_through {
             return pass(inner, req).await;
         }
@@ -155,17 +150,18 @@ where
         }
         .into());
     };
-    let routed = shared.routed(&svc)?;
-    let service = || format!("{}.{}:{port}", svc.name(), svc.namespace());
+    let svc = &routed.service;
+    let service = || svc.to_string();
     if !routed.synced(settings.sync_timeout).await {
         if settings.dns_fallback {
-            shared.telemetry.dns_fallback(&svc);
+            shared.telemetry.dns_fallback(svc);
             tracing::warn!(service = %service(), "discovery not synced; sending through cluster DNS");
             return pass(inner, req).await;
         }
         return Err(MeshError::NotSynced {
             service: service(),
             waited: settings.sync_timeout,
+            last_error: routed.last_error(),
         }
         .into());
     }
@@ -317,11 +313,7 @@ where
                 B::default(),
             ),
         };
-        let endpoint_authority: Authority = endpoint
-            .to_string()
-            .parse()
-            .expect("a socket address is an authority");
-        let this = retarget(this, &authority, endpoint_authority)?;
+        let this = retarget(this, &authority, view.authorities[pos].clone())?;
         let target = this.extensions().get::<Target>().cloned();
         let load = view.loads[pos].clone();
         let in_flight = routed.loads.start(&load);

@@ -2,6 +2,8 @@
 //! `PodClient`, to `rudder-testkit` Pod servers discovered from its API server through
 //! `kube::Client`.
 
+mod faults;
+mod security;
 mod support;
 
 use std::collections::HashMap;

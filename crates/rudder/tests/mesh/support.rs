@@ -116,3 +116,67 @@ where
     }
     counts
 }
+
+/// Background load: `workers` loops sending GETs to `uri` until stopped (at most 200,000
+/// requests each), counting successes and keeping failures.
+pub(crate) struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tasks: tokio::task::JoinSet<Vec<String>>,
+}
+
+impl Load {
+    pub(crate) fn start(mesh: &Mesh<H1>, uri: &str, workers: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let (mut mesh, stop, ok, uri) =
+                (mesh.clone(), stop.clone(), ok.clone(), uri.to_string());
+            tasks.spawn(async move {
+                let mut failed = Vec::new();
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match get(&mut mesh, req(&uri)).await {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                failed
+            });
+        }
+        Self { stop, ok, tasks }
+    }
+
+    /// Successful requests so far.
+    pub(crate) fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `n` more requests have succeeded.
+    pub(crate) async fn progress(&self, n: usize) {
+        let target = self.ok() + n;
+        tokio::time::timeout(BOUND, async {
+            while self.ok() < target {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("load kept making progress");
+    }
+
+    /// Stops the load; successes and failures.
+    pub(crate) async fn stop(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut failed = Vec::new();
+        while let Some(f) = self.tasks.join_next().await {
+            failed.extend(f.expect("load task"));
+        }
+        (self.ok(), failed)
+    }
+}

@@ -1,0 +1,159 @@
+//! Failures under steady load, through the Mesh: the API server restarting, failing and
+//! dropping watches, Pods rolled, and every Pod gone.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use rudder::MeshError;
+
+use super::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restarted_50_times_under_load_fails_no_request() {
+    let mut cluster = hello(3).await;
+    let (layer, mesh) = mesh(&cluster).await;
+    let load = Load::start(&mesh, "http://hello-svc:8080/", 2);
+    load.progress(100).await;
+    for _ in 0..50 {
+        cluster.api().stop().await;
+        // Requests keep flowing on the last known endpoints while the API is away.
+        load.progress(20).await;
+        cluster.api().restart().await.unwrap();
+        load.progress(20).await;
+    }
+    // After the last return, discovery catches up with changes made since.
+    let started = Instant::now();
+    cluster
+        .add_pod("hello-world-4", labels(&[("app", "hello-world")]))
+        .await
+        .unwrap();
+    tokio::time::timeout(BOUND, async {
+        while layer
+            .view("hello-svc:8080")
+            .is_none_or(|v| v.endpoints.len() < 4)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("resynced after the API came back");
+    let resync = started.elapsed();
+    load.progress(200).await;
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(resync < BOUND, "resync took {resync:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_drops_and_410s_cause_no_removals_and_api_errors_no_busy_loop() {
+    let cluster = hello(3).await;
+    let (layer, mesh) = mesh(&cluster).await;
+    let load = Load::start(&mesh, "http://hello-svc:8080/", 2);
+    load.progress(50).await;
+    let faults = cluster.api().faults();
+    for _ in 0..5 {
+        faults.expire_next_watch();
+        faults.drop_watches();
+        load.progress(50).await;
+        let view = layer.view("hello-svc:8080").unwrap();
+        assert_eq!(view.endpoints.len(), 3, "no spurious removal");
+    }
+    // The API answers 500 to everything: watches back off instead of hammering it.
+    faults.fail_next(100_000, StatusCode::INTERNAL_SERVER_ERROR);
+    faults.drop_watches();
+    let before = cluster.api().request_count();
+    let window = Instant::now();
+    load.progress(2_000).await;
+    let elapsed = window.elapsed();
+    let requests = cluster.api().request_count() - before;
+    // kube-rs's watcher backs off exponentially (from 800 ms); three watches.
+    let per_second = requests as f64 / elapsed.as_secs_f64().max(0.5);
+    assert!(per_second < 20.0, "{requests} API requests in {elapsed:?}");
+    faults.clear();
+    let (ok, failed) = load.stop().await;
+    assert!(failed.is_empty(), "{} of {ok} failed", failed.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_of_every_pod_fails_no_request() {
+    let mut cluster = hello(3).await;
+    let (_layer, mesh) = mesh(&cluster).await;
+    let load = Load::start(&mesh, "http://hello-svc:8080/", 4);
+    load.progress(100).await;
+    for i in 1..=3 {
+        let new = format!("hello-world-v2-{i}");
+        cluster
+            .add_pod(&new, labels(&[("app", "hello-world")]))
+            .await
+            .unwrap();
+        cluster.api().settled().await;
+        let old = format!("hello-world-{i}");
+        // Graceful: the old Pod terminates (not ready, still serving) and is then killed.
+        cluster.delete_pod(&old, 30).await.unwrap();
+        cluster.api().settled().await;
+        load.progress(100).await;
+        cluster.pod(&old).unwrap().kill().await;
+        load.progress(100).await;
+    }
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_gone_is_a_fast_typed_error_and_traffic_returns_with_them() {
+    let mut cluster = hello(2).await;
+    let (_layer, mut mesh) = mesh(&cluster).await;
+    spread(&mut mesh, 20, || req("http://hello-svc:8080/")).await;
+    for p in ["hello-world-1", "hello-world-2"] {
+        cluster.delete_pod(p, 0).await.unwrap();
+        cluster.pod(p).unwrap().kill().await;
+    }
+    cluster.api().settled().await;
+    // Once discovery has the empty set, each request fails at once with a typed error.
+    let deadline = Instant::now() + BOUND;
+    let err = loop {
+        match get(&mut mesh, req("http://hello-svc:8080/")).await {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<MeshError>(),
+                    Some(MeshError::NoEndpoints { .. })
+                ) =>
+            {
+                break e;
+            }
+            _ => assert!(Instant::now() < deadline, "no NoEndpoints error"),
+        }
+    };
+    assert!(err.to_string().contains("hello-svc.default:8080"), "{err}");
+    let started = Instant::now();
+    for _ in 0..100 {
+        get(&mut mesh, req("http://hello-svc:8080/"))
+            .await
+            .unwrap_err();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "100 failures took {:?}",
+        started.elapsed()
+    );
+    cluster
+        .add_pod("hello-world-3", labels(&[("app", "hello-world")]))
+        .await
+        .unwrap();
+    cluster.api().settled().await;
+    let deadline = Instant::now() + BOUND;
+    while get(&mut mesh, req("http://hello-svc:8080/")).await.is_err() {
+        assert!(Instant::now() < deadline, "traffic never returned");
+    }
+}

@@ -1,0 +1,155 @@
+//! Credentials and permissions: the RBAC manifest in `deploy/` is enough, missing
+//! permissions degrade as documented, TLS is verified, and tokens never leak into `Debug`.
+
+use rudder::{MeshError, MeshLayer};
+use rudder_testkit::{Access, Rule};
+use tower::Layer;
+
+use super::support::*;
+
+/// The verbs and resources of the Role in `deploy/rbac.yaml` (its `rules:` use one
+/// flow-style list per key, which is all this reads).
+fn manifest_rules() -> Vec<Rule> {
+    let text = include_str!("../../../../deploy/rbac.yaml");
+    let list = |line: &str| -> Vec<String> {
+        let inner = line
+            .split_once('[')
+            .and_then(|(_, r)| r.split_once(']'))
+            .map(|(l, _)| l);
+        inner
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let mut rules = Vec::new();
+    let mut resources = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("resources:") {
+            resources = list(rest);
+        } else if let Some(rest) = line.strip_prefix("verbs:") {
+            rules.push(Rule::new(list(rest), resources.clone()));
+        }
+    }
+    assert_eq!(rules.len(), 2, "two rules in deploy/rbac.yaml");
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rbac_manifest_is_enough_for_routing_and_subsets() {
+    let cluster = biz1(1, 1).await;
+    cluster
+        .api()
+        .add_token("rudder-client", Access::rules(manifest_rules()));
+    let client = cluster
+        .api()
+        .client_with_token("rudder-client")
+        .await
+        .unwrap();
+    let layer = MeshLayer::builder(client).build().unwrap();
+    let mut mesh = layer.layer(h1());
+    let mut r = req("http://biz1:8080/");
+    r.headers_mut()
+        .insert("x-rudder-subset", "version=4.2".parse().unwrap());
+    let reply = get(&mut mesh, r).await.expect("routed with label subsets");
+    assert_eq!(reply.labels["version"], "4.2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pod_access_routing_continues_without_label_subsets() {
+    let cluster = biz1(1, 1).await;
+    let no_pods = Access::rules([Rule::new(
+        ["get", "list", "watch"],
+        ["services", "endpointslices"],
+    )]);
+    cluster.api().add_token("no-pods", no_pods);
+    let client = cluster.api().client_with_token("no-pods").await.unwrap();
+    let layer = MeshLayer::builder(client).build().unwrap();
+    let mut mesh = layer.layer(h1());
+    let counts = spread(&mut mesh, 50, || req("http://biz1:8080/")).await;
+    assert_eq!(counts.len(), 2, "both Pods still get traffic: {counts:?}");
+    let mut r = req("http://biz1:8080/");
+    r.headers_mut()
+        .insert("x-rudder-subset", "version=4.2".parse().unwrap());
+    let err = get(&mut mesh, r).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::NoEndpoints { .. })
+        ),
+        "label subsets are empty without Pod labels: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_endpointslice_access_discovery_uses_endpoints() {
+    let cluster = hello(2).await;
+    let no_slices = Access::rules([Rule::new(
+        ["get", "list", "watch"],
+        ["services", "endpoints", "pods"],
+    )]);
+    cluster.api().add_token("no-slices", no_slices);
+    let client = cluster.api().client_with_token("no-slices").await.unwrap();
+    let layer = MeshLayer::builder(client).build().unwrap();
+    let counts = spread(&mut layer.layer(h1()), 50, || req("http://hello-svc:8080/")).await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_is_a_clear_error_not_a_downgrade() {
+    let cluster = hello(1).await;
+    let other = rudder_testkit::ApiServer::start().await.unwrap();
+    let mut config = cluster.api().kube_config().await.unwrap();
+    config.root_cert = other.kube_config().await.unwrap().root_cert;
+    let client = kube::Client::try_from(config).unwrap();
+    let layer = MeshLayer::builder(client)
+        .sync_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = get(&mut layer.layer(h1()), req("http://hello-svc:8080/"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::NotSynced {
+                last_error: Some(_),
+                ..
+            })
+        ),
+        "{text}"
+    );
+    assert!(
+        text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"),
+        "the error names the TLS failure: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_show_in_debug_output() {
+    let cluster = hello(1).await;
+    cluster
+        .api()
+        .add_token("very-secret-token-1234", Access::admin());
+    let client = cluster
+        .api()
+        .client_with_token("very-secret-token-1234")
+        .await
+        .unwrap();
+    let builder = MeshLayer::builder(client);
+    assert!(!format!("{builder:?}").contains("very-secret-token-1234"));
+    let layer = builder.build().unwrap();
+    let mesh = layer.layer(h1());
+    get(&mut mesh.clone(), req("http://hello-svc:8080/"))
+        .await
+        .unwrap();
+    for text in [
+        format!("{layer:?}"),
+        format!("{mesh:?}"),
+        format!("{:?}", layer.views()),
+    ] {
+        assert!(!text.contains("very-secret-token-1234"), "{text}");
+    }
+}
