@@ -389,6 +389,11 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Watch streams currently open (across every client and resource).
+    pub fn open_watches(&self) -> usize {
+        self.shared.drop_watches.receiver_count()
+    }
+
     /// Whether the server is currently accepting connections.
     pub fn is_serving(&self) -> bool {
         self.serving.lock().expect("serving lock").is_some()

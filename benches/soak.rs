@@ -1,0 +1,163 @@
+//! Soak: steady load through the Mesh while Pods churn every second, reporting memory,
+//! tasks and open watches over time, so a leak shows as a slope.
+//!
+//! ```text
+//! cargo bench --bench soak                      # 10 minutes
+//! cargo bench --bench soak -- --minutes 1
+//! ```
+//!
+//! Every second one change: a Pod deleted and its server killed, a deleted Pod brought back
+//! (same server and IP, new Pod object), or a Pod's readiness flipped off and on (the
+//! Service keeps 4 to 6 Pods; nothing in the harness grows). Four workers send requests back to
+//! back. Every 30 s (and at the end) a row: elapsed, RSS, live tokio tasks, open watches
+//! on the API server, requests and failures so far.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rudder::MeshLayer;
+use rudder_testkit::TestCluster;
+use tower::{Layer, ServiceExt};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn labels() -> BTreeMap<String, String> {
+    [("app".to_string(), "soak".to_string())].into()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut minutes = 10u64;
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--minutes" => {
+                minutes = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--minutes needs a number"))?
+                    .parse()?
+            }
+            other => anyhow::bail!("unknown argument {other:?} (expected --minutes N)"),
+        }
+    }
+    let duration = Duration::from_secs(minutes * 60);
+    let cluster = TestCluster::builder()
+        .service("soak")
+        .label("app", "soak")
+        .replicas(6)
+        .start()
+        .await?;
+    let layer = MeshLayer::builder(cluster.api().client().await?).build()?;
+    let mesh = layer.layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (mesh, stop, ok, failed) = (mesh.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::get("http://soak:8080/")
+                    .body(Empty::new())
+                    .expect("request");
+                let result = async {
+                    let res = mesh.clone().oneshot(req).await?;
+                    let status = res.status();
+                    res.into_body().collect().await?;
+                    if !status.is_success() {
+                        return Err(format!("status {status}").into());
+                    }
+                    Ok::<(), rudder::BoxError>(())
+                }
+                .await;
+                match result {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+
+    let started = Instant::now();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    println!("| elapsed | RSS (MiB) | tokio tasks | open watches | Pods | requests | failed |");
+    println!("|---|---|---|---|---|---|---|");
+    let row = |cluster: &TestCluster| {
+        println!(
+            "| {:>4} s | {:.1} | {} | {} | {} | {} | {} |",
+            started.elapsed().as_secs(),
+            rss_kib() as f64 / 1024.0,
+            tasks(),
+            cluster.api().open_watches(),
+            cluster.pods().iter().filter(|p| p.is_running()).count(),
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+        )
+    };
+    row(&cluster);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut live: Vec<String> = cluster
+        .pods()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    let mut dead: Vec<String> = Vec::new();
+    let mut step = 0u64;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        step += 1;
+        match step % 3 {
+            // A deleted Pod comes back (same server, same IP, new Pod object).
+            0 if !dead.is_empty() => {
+                let name = dead.remove(0);
+                let pod = cluster.pod(&name).expect("known pod");
+                pod.restart().await?;
+                cluster
+                    .register_pod(&name, labels(), pod.addr().ip())
+                    .await?;
+                live.push(name);
+            }
+            // The oldest Pod is deleted and its server killed (down to 4 Pods).
+            1 if live.len() > 4 => {
+                let name = live.remove(0);
+                cluster.delete_pod(&name, 0).await?;
+                cluster.pod(&name).expect("known pod").kill().await;
+                dead.push(name);
+            }
+            // A Pod's readiness flips off and on.
+            _ => {
+                let name = live[step as usize % live.len()].clone();
+                cluster.set_ready(&name, false).await?;
+                cluster.set_ready(&name, true).await?;
+            }
+        }
+        if step.is_multiple_of(30) {
+            row(&cluster);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    while workers.join_next().await.is_some() {}
+    row(&cluster);
+    anyhow::ensure!(ok.load(Ordering::Relaxed) > 0, "no request succeeded");
+    Ok(())
+}
