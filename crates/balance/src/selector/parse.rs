@@ -203,8 +203,11 @@ impl<'a> Parser<'a> {
         };
         match self.peek().tok {
             Tok::Close => {
+                // `()` is the set holding the empty string, as upstream's parser reads it
+                // (found by fuzzing: it used to be an empty set, so `x in (,)` printed as
+                // `x in ()` and read back as something else).
                 self.next();
-                return Ok(Vec::new());
+                return Ok(vec![String::new()]);
             }
             Tok::Ident | Tok::Comma => {}
             _ => return Err(err(self.peek(), "',', ')' or identifier")),

@@ -123,3 +123,25 @@ fn label_syntax() {
     assert!(is_dns1123_subdomain("hello-world-1"));
     assert!(!is_dns1123_subdomain("Hello_World"));
 }
+
+/// Found by fuzzing (the input is kept in `fuzz/corpus/selector`): `()` is the set of the
+/// empty string, as upstream, so every set prints to text that parses back to it.
+#[test]
+fn empty_value_sets_round_trip() {
+    for text in ["von in(\n,)", "a in (,x)", "a notin (,)", "a in ()"] {
+        let s: Selector = text.parse().unwrap();
+        assert_eq!(s.to_string().parse::<Selector>().unwrap(), s, "{text}");
+    }
+    assert_eq!(
+        "a in ()".parse::<Selector>().unwrap(),
+        "a in (,)".parse::<Selector>().unwrap()
+    );
+    let unlabelled = Default::default();
+    assert!(!"a in ()".parse::<Selector>().unwrap().matches(&unlabelled));
+    assert!(
+        "a notin ()"
+            .parse::<Selector>()
+            .unwrap()
+            .matches(&unlabelled)
+    );
+}

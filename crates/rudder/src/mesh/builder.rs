@@ -43,6 +43,9 @@ pub enum ConfigError {
     /// The retry budget share is not within 0–1000 %.
     #[error("retry budget percent {0} is not within 0-1000")]
     RetryBudget(f32),
+    /// The retries always allowed per second exceed 1,000,000.
+    #[error("retry floor {0} per second is above 1000000")]
+    RetryFloor(u32),
 }
 
 #[derive(Debug)]
@@ -95,6 +98,9 @@ impl std::fmt::Debug for MeshBuilder {
             .finish()
     }
 }
+
+/// The highest retry floor accepted (tower's budget refuses `i32::MAX` and above).
+const MAX_RETRY_FLOOR: u32 = 1_000_000;
 
 fn selector(field: &'static str, s: &str) -> Result<Selector, ConfigError> {
     s.parse()
@@ -214,6 +220,9 @@ impl MeshBuilder {
         if !(0.0..=1000.0).contains(&config.retry_budget_percent) {
             return Err(ConfigError::RetryBudget(config.retry_budget_percent));
         }
+        if config.retry_min_per_second > MAX_RETRY_FLOOR {
+            return Err(ConfigError::RetryFloor(config.retry_min_per_second));
+        }
         s.retry_budget = (config.retry_budget_percent, config.retry_min_per_second);
         s.timeout = config.timeout_ms.map(Duration::from_millis);
         s.zone.clone_from(&config.zone);
@@ -317,6 +326,9 @@ impl MeshBuilder {
     pub fn retries(mut self, max: u32, percent: f32, min_per_second: u32) -> Self {
         if !(0.0..=1000.0).contains(&percent) {
             self.error = Some(ConfigError::RetryBudget(percent));
+        }
+        if min_per_second > MAX_RETRY_FLOOR {
+            self.error = Some(ConfigError::RetryFloor(min_per_second));
         }
         self.settings.max_retries = max;
         self.settings.retry_budget = (percent, min_per_second);

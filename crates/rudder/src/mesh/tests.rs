@@ -227,3 +227,19 @@ async fn empty_and_missing_services_are_typed_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn out_of_range_retry_budgets_are_config_errors_not_panics() {
+    let config: super::MeshConfig =
+        serde_json::from_str(r#"{"retry_min_per_second": 4000000000}"#).unwrap();
+    let err = MeshLayer::builder_static().config(&config).unwrap_err();
+    assert!(
+        matches!(err, super::ConfigError::RetryFloor(4_000_000_000)),
+        "{err}"
+    );
+    let err = MeshLayer::builder_static()
+        .retries(2, 2000.0, 10)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, super::ConfigError::RetryBudget(_)), "{err}");
+}

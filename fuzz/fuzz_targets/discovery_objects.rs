@@ -1,0 +1,9 @@
+//! Fuzz target: see `checks::discovery_objects` in `fuzz/checks.rs`.
+#![no_main]
+
+mod checks {
+    #![allow(dead_code)]
+    include!("../checks.rs");
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::discovery_objects(data));
