@@ -223,8 +223,9 @@ pub(crate) fn slice_endpoints(
     let mut endpoints = Vec::new();
     let mut seen_any = false;
     let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
-    match slice.address_type.as_str() {
-        "IPv4" | "IPv6" => {}
+    let v6 = match slice.address_type.as_str() {
+        "IPv4" => false,
+        "IPv6" => true,
         other => {
             tracing::warn!(
                 slice = slice_name,
@@ -233,7 +234,7 @@ pub(crate) fn slice_endpoints(
             );
             return (endpoints, seen_any);
         }
-    }
+    };
     // Per slice: the port with the Service port's name.
     let Some(sp) = slice
         .ports
@@ -264,8 +265,10 @@ pub(crate) fn slice_endpoints(
         } else {
             continue;
         };
-        let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
-            tracing::warn!(slice = slice_name, addresses = ?ep.addresses, "skipping endpoint: not an IP address");
+        // An address of the other family than the slice's is as malformed as a non-IP.
+        let parsed = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok());
+        let Some(ip) = parsed.filter(|ip| ip.is_ipv6() == v6) else {
+            tracing::warn!(slice = slice_name, address_type = %slice.address_type, addresses = ?ep.addresses, "skipping endpoint: not an IP address of the slice's family");
             continue;
         };
         let pod_name = ep

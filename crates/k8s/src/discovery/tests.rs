@@ -472,3 +472,18 @@ fn slice_cache_follows_versions_ports_and_pods() {
     model.slices.apply(Event::Delete(b), name_of, |s| s);
     assert_eq!(model.build(None, &c).len(), 1);
 }
+
+/// Found by the malformed-objects test: an IPv6 address in an IPv4 slice was routed to.
+#[test]
+fn addresses_of_the_other_family_are_skipped() {
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mixed", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["::1"]}, {"addresses": ["10.0.0.1"]}],
+        "ports": [{"port": 80}],
+    }))
+    .unwrap();
+    let (eps, _) = crate::convert::slice_endpoints(&slice, "", &Default::default());
+    let addrs: Vec<String> = eps.iter().map(|e| e.addr().to_string()).collect();
+    assert_eq!(addrs, ["10.0.0.1:80"]);
+}

@@ -232,3 +232,144 @@ async fn ten_thousand_concurrent_requests_succeed_in_bounded_memory() {
         "RSS grew {grown} KiB for 10,000 requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_objects_from_the_api_are_skipped_and_good_endpoints_kept() {
+    use serde_json::json;
+
+    let cluster = hello(2).await;
+    let (layer, mut mesh) = mesh(&cluster).await;
+    spread(&mut mesh, 20, || req("http://hello-svc:8080/")).await;
+    let faults = cluster.api().faults();
+    let slice = |name: &str, body: serde_json::Value| {
+        let mut obj = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "hello-svc"}},
+        });
+        for (k, v) in body.as_object().unwrap() {
+            obj[k] = v.clone();
+        }
+        obj
+    };
+    // Bad addresses, an unknown address type, a missing address list, an endpoint with no
+    // conditions at all, and a 1,000-endpoint slice of addresses nobody listens on that
+    // are marked not ready.
+    faults
+        .put_unchecked(
+            "endpointslices",
+            "default",
+            slice(
+                "bad-ips",
+                json!({
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["not-an-ip"]}, {"addresses": ["127.0.0.999"]},
+                                  {"addresses": ["::1"]}, {"conditions": {"ready": true}}],
+                    "ports": [{"port": 8080, "protocol": "TCP"}],
+                }),
+            ),
+        )
+        .unwrap();
+    faults
+        .put_unchecked(
+            "endpointslices",
+            "default",
+            slice(
+                "fqdn",
+                json!({
+                    "addressType": "FQDN",
+                    "endpoints": [{"addresses": ["example.com"]}],
+                    "ports": [{"port": 8080}],
+                }),
+            ),
+        )
+        .unwrap();
+    let many: Vec<_> = (0..1000)
+        .map(|i| json!({"addresses": [format!("10.250.{}.{}", i / 250, i % 250 + 1)], "conditions": {"ready": false}}))
+        .collect();
+    faults
+        .put_unchecked(
+            "endpointslices",
+            "default",
+            slice(
+                "huge",
+                json!({
+                    "addressType": "IPv4", "endpoints": many, "ports": [{"port": 8080}],
+                }),
+            ),
+        )
+        .unwrap();
+    // A good endpoint after them: once discovery shows it, it has seen the bad ones too.
+    let extra = rudder_testkit::PodServer::start_on_loopback("extra", 8080, labels(&[]))
+        .await
+        .unwrap();
+    faults
+        .put_unchecked("endpointslices", "default", slice("good", json!({
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [extra.addr().ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        })))
+        .unwrap();
+    let routable = |layer: &rudder::MeshLayer| {
+        layer
+            .view("hello-svc:8080")
+            .map(|v| {
+                v.endpoints
+                    .iter()
+                    .filter(|e| e.readiness == rudder::Readiness::Ready)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    tokio::time::timeout(BOUND, async {
+        while routable(&layer) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the good endpoint arrives");
+    let counts = spread(&mut mesh, 300, || req("http://hello-svc:8080/")).await;
+    assert!(counts.contains_key("extra"), "{counts:?}");
+    assert!(
+        counts
+            .keys()
+            .all(|p| ["hello-world-1", "hello-world-2", "extra"].contains(&p.as_str())),
+        "{counts:?}"
+    );
+
+    // An object of the wrong shape makes typed lists fail: discovery keeps the last good
+    // endpoints (requests keep succeeding) until the object is gone, then catches up.
+    faults
+        .put_unchecked(
+            "endpointslices",
+            "default",
+            slice(
+                "wrong-type",
+                json!({
+                    "addressType": "IPv4", "endpoints": "oops", "ports": 8080,
+                }),
+            ),
+        )
+        .unwrap();
+    faults.drop_watches();
+    spread(&mut mesh, 300, || req("http://hello-svc:8080/")).await;
+    assert_eq!(
+        routable(&layer),
+        3,
+        "last good endpoints kept: {:?}",
+        layer.view("hello-svc:8080").map(|v| v
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .collect::<Vec<_>>())
+    );
+    faults.delete_unchecked("endpointslices", "default", "wrong-type");
+    faults.delete_unchecked("endpointslices", "default", "good");
+    tokio::time::timeout(BOUND, async {
+        while routable(&layer) != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("discovery recovers once the bad object is gone");
+}

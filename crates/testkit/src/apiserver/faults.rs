@@ -31,6 +31,42 @@ impl std::fmt::Debug for Faults {
 }
 
 impl Faults {
+    /// Stores `object` as a `resource` (plural name, e.g. `endpointslices`) in `namespace`
+    /// without any validation or defaulting, and tells watchers: the malformed or
+    /// wrongly-typed objects a buggy controller or a newer API version can produce. The name
+    /// comes from `metadata.name`.
+    pub fn put_unchecked(
+        &self,
+        resource: &str,
+        namespace: &str,
+        object: serde_json::Value,
+    ) -> Result<(), crate::Error> {
+        let res = super::resource::Resource::ALL
+            .into_iter()
+            .find(|r| r.plural() == resource)
+            .ok_or_else(|| crate::Error::Invalid(format!("unknown resource {resource:?}")))?;
+        let name = object["metadata"]["name"]
+            .as_str()
+            .ok_or_else(|| crate::Error::Invalid("metadata.name is required".into()))?
+            .to_string();
+        self.shared
+            .write(|store| store.put((res, namespace.to_string(), name), object));
+        Ok(())
+    }
+
+    /// Removes an object stored with [`put_unchecked`](Self::put_unchecked) (or any other),
+    /// telling watchers.
+    pub fn delete_unchecked(&self, resource: &str, namespace: &str, name: &str) {
+        if let Some(res) = super::resource::Resource::ALL
+            .into_iter()
+            .find(|r| r.plural() == resource)
+        {
+            self.shared.write(|store| {
+                store.remove(&(res, namespace.to_string(), name.to_string()));
+            });
+        }
+    }
+
     /// Ends every open watch stream now (as an apiserver restart or a proxy timeout does).
     pub fn drop_watches(&self) {
         self.shared.drop_watches.send_modify(|g| *g += 1);
