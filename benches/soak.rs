@@ -113,10 +113,12 @@ async fn main() -> anyhow::Result<()> {
             .metrics()
             .num_alive_tasks()
     };
-    println!("| elapsed | RSS (MiB) | tokio tasks | open watches | Pods | requests | failed |");
-    println!("|---|---|---|---|---|---|---|");
+    let table = std::sync::Mutex::new(String::from(
+        "| elapsed | RSS (MiB) | tokio tasks | open watches | Pods | requests | failed |\n|---|---|---|---|---|---|---|\n",
+    ));
+    print!("{}", table.lock().expect("table"));
     let row = |cluster: &TestCluster| {
-        println!(
+        let line = format!(
             "| {:>4} s | {:.1} | {} | {} | {} | {} | {} |",
             started.elapsed().as_secs(),
             rss_kib() as f64 / 1024.0,
@@ -125,7 +127,9 @@ async fn main() -> anyhow::Result<()> {
             cluster.pods().iter().filter(|p| p.is_running()).count(),
             ok.load(Ordering::Relaxed),
             failed.load(Ordering::Relaxed),
-        )
+        );
+        println!("{line}");
+        table.lock().expect("table").push_str(&(line + "\n"));
     };
     row(&cluster);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -181,5 +185,25 @@ async fn main() -> anyhow::Result<()> {
         workers_n == 0 || ok.load(Ordering::Relaxed) > 0,
         "no request succeeded"
     );
+    if churn && workers_n > 0 && minutes >= 10 {
+        write_results(minutes, &table.lock().expect("table"))?;
+    }
+    Ok(())
+}
+
+/// Replaces the "## Soak" section of `benches/RESULTS.md` (the ClusterIP harness keeps it).
+fn write_results(minutes: u64, table: &str) -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept = old.find("\n## Soak").map_or(old.as_str(), |at| &old[..at]);
+    let date = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
+    let section = format!(
+        "\n## Soak\n\n`cargo bench --bench soak` ({minutes} minutes, release build, {date}): four \
+         workers send requests back to back through the Mesh while every second a Pod is deleted \
+         and killed, brought back, or flips readiness. The process also hosts the test API server \
+         (watch history 500 events) and the Pod servers.\n\n{table}"
+    );
+    std::fs::write(&path, format!("{}\n{section}", kept.trim_end()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }

@@ -192,6 +192,12 @@ impl Report {
         } else {
             "RESULTS.md"
         };
+        // The soak bench owns the "## Soak" section; keep it.
+        if let Ok(old) = std::fs::read_to_string(dir.join(name))
+            && let Some(at) = old.find("\n## Soak")
+        {
+            md += &old[at..];
+        }
         std::fs::write(dir.join(name), md)?;
         println!("\nwrote {}", dir.join(name).display());
         Ok(())
