@@ -40,7 +40,11 @@ pub struct DiscoveryBuilder {
     source: Source,
     default_namespace: Option<String>,
     pods: PodWatch,
+    stall: Duration,
 }
+
+/// How long a Service's watches may stay silent before they are restarted.
+const DEFAULT_STALL: Duration = Duration::from_secs(300);
 
 /// How much of each Pod discovery watches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,6 +98,15 @@ impl DiscoveryBuilder {
         self
     }
 
+    /// Restarts a Service's watches when none of them has delivered an event for `quiet`
+    /// (default 5 minutes): a stalled watch (a proxy holding the connection open, an API
+    /// server that stopped sending) then costs at most this long. A quiet healthy Service
+    /// pays one relist per period, with no visible change.
+    pub fn stall_timeout(mut self, quiet: Duration) -> Self {
+        self.stall = quiet;
+        self
+    }
+
     /// Builds the handle. No request is made until a Service is subscribed to.
     pub fn build(self) -> Discovery {
         let default_namespace = self
@@ -105,6 +118,7 @@ impl DiscoveryBuilder {
                 source: self.source,
                 pods: self.pods,
                 default_namespace,
+                stall: self.stall,
                 services: Mutex::new(HashMap::new()),
             }),
         }
@@ -143,6 +157,7 @@ struct Inner {
     source: Source,
     pods: PodWatch,
     default_namespace: String,
+    stall: Duration,
     services: Mutex<HashMap<(String, String), Weak<Entry>>>,
 }
 
@@ -210,6 +225,7 @@ impl Discovery {
             source: Source::Auto,
             default_namespace: None,
             pods: PodWatch::Full,
+            stall: DEFAULT_STALL,
         }
     }
 
@@ -250,6 +266,7 @@ impl Discovery {
                     self.inner.pods,
                     key.0.clone(),
                     key.1.clone(),
+                    self.inner.stall,
                 ));
                 let _ = entry.task.set(task.abort_handle());
                 services.insert(key, Arc::downgrade(&entry));
@@ -536,6 +553,75 @@ where
     watcher::watcher(api, config).default_backoff().boxed()
 }
 
+/// Makes the watch streams of one Service (again, after a stall).
+struct Streams {
+    client: kube::Client,
+    ns: String,
+    name: String,
+    source: Source,
+    pod_watch: PodWatch,
+}
+
+impl Streams {
+    fn services(&self) -> BoxStream<'static, Change> {
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        watch_stream(
+            Api::<Service>::namespaced(self.client.clone(), &self.ns),
+            by_name,
+        )
+        .map(|r| Change::Service(Box::new(r)))
+        .boxed()
+    }
+
+    fn endpoints(&self) -> BoxStream<'static, Change> {
+        match self.source {
+            Source::Endpoints => {
+                let by_name =
+                    watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+                watch_stream(
+                    Api::<Endpoints>::namespaced(self.client.clone(), &self.ns),
+                    by_name,
+                )
+                .map(Change::Endpoints)
+                .boxed()
+            }
+            _ => {
+                let by_label = watcher::Config::default()
+                    .labels(&format!("kubernetes.io/service-name={}", self.name));
+                watch_stream(
+                    Api::<EndpointSlice>::namespaced(self.client.clone(), &self.ns),
+                    by_label,
+                )
+                .map(Change::Slice)
+                .boxed()
+            }
+        }
+    }
+
+    fn pods(&self, selector: &str) -> Option<BoxStream<'static, Change>> {
+        let config = watcher::Config::default().labels(selector);
+        match self.pod_watch {
+            PodWatch::Full => Some(
+                watch_stream(
+                    Api::<Pod>::namespaced(self.client.clone(), &self.ns),
+                    config,
+                )
+                .map(|r| Change::Pod(Box::new(r)))
+                .boxed(),
+            ),
+            PodWatch::Metadata => Some(
+                watch_stream(
+                    Api::<PartialObjectMeta<Pod>>::namespaced(self.client.clone(), &self.ns),
+                    config,
+                )
+                .map(|r| Change::PodMeta(Box::new(r)))
+                .boxed(),
+            ),
+            PodWatch::None => None,
+        }
+    }
+}
+
 /// The watch loop of one Service. Holds only a weak reference to its entry, so that the
 /// last subscription's drop ends it (the entry also aborts it).
 async fn run(
@@ -545,44 +631,44 @@ async fn run(
     pod_watch: PodWatch,
     ns: String,
     name: String,
+    stall: Duration,
 ) {
     let source = choose_source(&client, &ns, &name, wanted).await;
     match entry.upgrade() {
         Some(e) => e.model.lock().expect("model lock").source = Some(source),
         None => return,
     }
-    let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut services = watch_stream(
-        Api::<Service>::namespaced(client.clone(), &ns),
-        by_name.clone(),
-    )
-    .map(|r| Change::Service(Box::new(r)));
-    let mut endpoints: BoxStream<'static, Change> = match source {
-        Source::Endpoints => {
-            watch_stream(Api::<Endpoints>::namespaced(client.clone(), &ns), by_name)
-                .map(Change::Endpoints)
-                .boxed()
-        }
-        _ => {
-            let by_label =
-                watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}"));
-            watch_stream(
-                Api::<EndpointSlice>::namespaced(client.clone(), &ns),
-                by_label,
-            )
-            .map(Change::Slice)
-            .boxed()
-        }
+    let streams = Streams {
+        client: client.clone(),
+        ns: ns.clone(),
+        name: name.clone(),
+        source,
+        pod_watch,
     };
+    let mut services = streams.services();
+    let mut endpoints = streams.endpoints();
     let mut pods: Option<BoxStream<'static, Change>> = None;
     let mut pod_selector: Option<String> = None;
+    // A watch that delivers nothing for `stall` (no events; kube-rs keeps bookmarks to
+    // itself) may be stalled: restart every watch. The relist is swapped in whole, so a
+    // healthy quiet Service sees no change, and a stalled one catches up.
+    let mut quiet_until = tokio::time::Instant::now() + stall;
     loop {
         let change = tokio::select! {
             Some(c) = services.next() => c,
             Some(c) = endpoints.next() => c,
             Some(c) = async { match pods.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => c,
+            _ = tokio::time::sleep_until(quiet_until) => {
+                tracing::info!(service = %name, namespace = %ns, quiet = ?stall, "no watch event for a while; restarting the watches");
+                services = streams.services();
+                endpoints = streams.endpoints();
+                pods = pod_selector.as_deref().and_then(|s| streams.pods(s));
+                quiet_until = tokio::time::Instant::now() + stall;
+                continue;
+            }
             else => return,
         };
+        quiet_until = tokio::time::Instant::now() + stall;
         let Some(entry) = entry.upgrade() else { return };
         let is_pod = matches!(change, Change::Pod(_) | Change::PodMeta(_));
         let ok = {
@@ -626,25 +712,7 @@ async fn run(
                     && model.pods_epoch == 0
                     && !model.pods.synced;
                 model.pods = Cache::default();
-                pods = selector.and_then(|s| {
-                    let config = watcher::Config::default().labels(&s);
-                    match pod_watch {
-                        PodWatch::Full => Some(
-                            watch_stream(Api::<Pod>::namespaced(client.clone(), &ns), config)
-                                .map(|r| Change::Pod(Box::new(r)))
-                                .boxed(),
-                        ),
-                        PodWatch::Metadata => Some(
-                            watch_stream(
-                                Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), &ns),
-                                config,
-                            )
-                            .map(|r| Change::PodMeta(Box::new(r)))
-                            .boxed(),
-                        ),
-                        PodWatch::None => None,
-                    }
-                });
+                pods = selector.and_then(|s| streams.pods(&s));
             }
             result.is_ok()
         };

@@ -484,3 +484,37 @@ async fn pod_watch_modes() {
     assert_eq!(set.len(), 2);
     assert!(set.endpoints().iter().all(|e| e.labels().is_empty()));
 }
+
+#[tokio::test]
+async fn stalled_watches_are_restarted_within_the_quiet_bound() {
+    let mut cluster = TestCluster::builder()
+        .service("hello-svc")
+        .pod_prefix("hello-world")
+        .label("app", "hello-world")
+        .replicas(2)
+        .start()
+        .await
+        .unwrap();
+    let discovery = Discovery::builder(cluster.api().client().await.unwrap())
+        .stall_timeout(Duration::from_millis(500))
+        .build();
+    let mut sub = discovery.subscribe_str("hello-svc:8080").unwrap();
+    until(&mut sub, "2 ready", |s| ready(s) == 2).await;
+    // Streams stay open but deliver nothing, not even bookmarks; lists still answer.
+    cluster.api().faults().stall_watches(true);
+    cluster
+        .add_pod("hello-world-3", labels(&[("app", "hello-world")]))
+        .await
+        .unwrap();
+    let seen = until(
+        &mut sub,
+        "the new Pod, seen through a restarted watch",
+        |s| ready(s) == 3,
+    )
+    .await;
+    assert!(
+        seen.iter().all(|s| ready(s) >= 2),
+        "restarts cause no transient removal"
+    );
+    cluster.api().faults().stall_watches(false);
+}
