@@ -75,6 +75,19 @@ async fn watch_drops_and_410s_cause_no_removals_and_api_errors_no_busy_loop() {
     // kube-rs's watcher backs off exponentially (from 800 ms); three watches.
     let per_second = requests as f64 / elapsed.as_secs_f64().max(0.5);
     assert!(per_second < 20.0, "{requests} API requests in {elapsed:?}");
+    // Throttled (429 with Retry-After): the same.
+    faults.fail_next(100_000, StatusCode::TOO_MANY_REQUESTS);
+    faults.drop_watches();
+    let before = cluster.api().request_count();
+    let window = Instant::now();
+    load.progress(2_000).await;
+    let requests = cluster.api().request_count() - before;
+    let per_second = requests as f64 / window.elapsed().as_secs_f64().max(0.5);
+    assert!(
+        per_second < 20.0,
+        "{requests} API requests in {:?} under 429",
+        window.elapsed()
+    );
     faults.clear();
     let (ok, failed) = load.stop().await;
     assert!(failed.is_empty(), "{} of {ok} failed", failed.len());

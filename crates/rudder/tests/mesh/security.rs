@@ -153,3 +153,70 @@ async fn tokens_never_show_in_debug_output() {
         assert!(!text.contains("very-secret-token-1234"), "{text}");
     }
 }
+
+/// A writer collecting everything logged.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// One thread, so the subscriber set for this test sees every task's logs.
+#[tokio::test(flavor = "current_thread")]
+async fn tokens_never_show_in_logs_even_when_the_api_refuses_them() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let cluster = hello(1).await;
+    cluster
+        .api()
+        .add_token("allowed-secret-token-5678", Access::admin());
+    let good = cluster
+        .api()
+        .client_with_token("allowed-secret-token-5678")
+        .await
+        .unwrap();
+    let bad = cluster
+        .api()
+        .client_with_token("refused-secret-token-9012")
+        .await
+        .unwrap();
+    let layer = MeshLayer::builder(good).build().unwrap();
+    get(&mut layer.layer(h1()), req("http://hello-svc:8080/"))
+        .await
+        .unwrap();
+    let refused = MeshLayer::builder(bad)
+        .sync_timeout(std::time::Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let err = get(&mut refused.layer(h1()), req("http://hello-svc:8080/"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("401") || err.to_string().contains("Unauthorized"),
+        "{err}"
+    );
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    assert!(
+        text.contains("watch failed"),
+        "the refusal was logged: {text}"
+    );
+    for token in ["allowed-secret-token-5678", "refused-secret-token-9012"] {
+        assert!(!text.contains(token), "{token} leaked into the logs");
+    }
+}
