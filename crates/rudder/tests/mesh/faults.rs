@@ -386,3 +386,51 @@ async fn malformed_objects_from_the_api_are_skipped_and_good_endpoints_kept() {
     .await
     .expect("discovery recovers once the bad object is gone");
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_on_a_crashed_pod_stop_at_ejection() {
+    use rudder::MeshLayer;
+    use tower::Layer;
+
+    let cluster = hello(3).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .metrics(&mut registry)
+        .build()
+        .unwrap();
+    let mesh = layer.layer(h1());
+    let load = Load::start(&mesh, "http://hello-svc:8080/", 2);
+    load.progress(200).await;
+    // The Pod's process dies but the Pod stays listed: only the client can notice.
+    let dead = cluster.pod("hello-world-2").unwrap();
+    dead.kill().await;
+    load.progress(3_000).await;
+    let (ok, failed) = load.stop().await;
+    assert!(failed.is_empty(), "{} of {ok} failed", failed.len());
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series = format!(
+        "rudder_requests_total{{service=\"hello-svc.default:8080\",subset=\"\",endpoint=\"{}\",outcome=\"error\"}}",
+        dead.addr()
+    );
+    let attempts: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0.0);
+    eprintln!("attempts that reached the crashed Pod: {attempts}");
+    // Five failures in a row eject; the other worker may have one more attempt in flight.
+    assert!(
+        (1.0..=6.0).contains(&attempts),
+        "{attempts} attempts hit the crashed Pod before ejection"
+    );
+    assert!(
+        layer
+            .view("hello-svc:8080")
+            .unwrap()
+            .endpoints
+            .iter()
+            .any(|e| e.ejected)
+    );
+}
