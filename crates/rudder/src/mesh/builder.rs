@@ -77,6 +77,8 @@ pub(crate) struct Settings {
     pub(crate) ejection: Ejection,
     /// The caller's zone, for topology-aware routing.
     pub(crate) zone: Option<String>,
+    /// Discovery restarts a Service's watches after this long without an event.
+    pub(crate) watch_stall_timeout: Option<Duration>,
 }
 
 /// Settings for a [`MeshLayer`]; start from [`MeshLayer::builder`] (Kubernetes discovery)
@@ -136,6 +138,7 @@ impl MeshBuilder {
                 slow_start: None,
                 ejection: Ejection::default(),
                 zone: None,
+                watch_stall_timeout: None,
             },
             error: None,
             telemetry: crate::telemetry::Telemetry::default(),
@@ -226,6 +229,7 @@ impl MeshBuilder {
         s.retry_budget = (config.retry_budget_percent, config.retry_min_per_second);
         s.timeout = config.timeout_ms.map(Duration::from_millis);
         s.zone.clone_from(&config.zone);
+        s.watch_stall_timeout = config.watch_stall_timeout_ms.map(Duration::from_millis);
         s.slow_start = config.slow_start_ms.map(Duration::from_millis);
         let e = &config.ejection;
         s.ejection = Ejection {
@@ -355,6 +359,13 @@ impl MeshBuilder {
         self
     }
 
+    /// How long a Service's watches may deliver nothing before discovery restarts them
+    /// (default 5 minutes; see `rudder_k8s::DiscoveryBuilder::stall_timeout`).
+    pub fn watch_stall_timeout(mut self, quiet: Duration) -> Self {
+        self.settings.watch_stall_timeout = Some(quiet);
+        self
+    }
+
     /// Outlier ejection settings.
     pub fn ejection(mut self, ejection: Ejection) -> Self {
         self.settings.ejection = ejection;
@@ -386,11 +397,14 @@ impl MeshBuilder {
             return Err(e);
         }
         let source = match self.client {
-            Some(client) => Source::Kube(
-                Discovery::builder(client)
-                    .default_namespace(self.settings.default_namespace.clone())
-                    .build(),
-            ),
+            Some(client) => {
+                let mut discovery = Discovery::builder(client)
+                    .default_namespace(self.settings.default_namespace.clone());
+                if let Some(quiet) = self.settings.watch_stall_timeout {
+                    discovery = discovery.stall_timeout(quiet);
+                }
+                Source::Kube(discovery.build())
+            }
             None => Source::Static(self.statics),
         };
         let shared = Arc::new(Shared::new(source, self.settings, self.telemetry));

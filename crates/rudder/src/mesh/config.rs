@@ -59,6 +59,8 @@ pub struct MeshConfig {
     pub ejection: EjectionConfig,
     /// The caller's zone, for topology-aware routing (none by default).
     pub zone: Option<String>,
+    /// Restart a Service's watches after this long without an event (default 300,000).
+    pub watch_stall_timeout_ms: Option<u64>,
 }
 
 impl Default for MeshConfig {
@@ -83,6 +85,7 @@ impl Default for MeshConfig {
             slow_start_ms: None,
             ejection: EjectionConfig::default(),
             zone: None,
+            watch_stall_timeout_ms: None,
         }
     }
 }
