@@ -35,38 +35,32 @@ impl Sender {
             .body(Empty::new())
             .expect("request");
         let body = match self {
-            Sender::Plain(c) => {
-                let res = c.request(req).await.map_err(|e| e.to_string())?;
-                ok(res.status())?;
-                res.into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes()
-            }
-            Sender::Mesh(m) => {
-                let res = m.clone().oneshot(req).await.map_err(|e| e.to_string())?;
-                ok(res.status())?;
-                res.into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes()
-            }
-            Sender::MeshPod(m) => {
-                let res = m.clone().oneshot(req).await.map_err(|e| e.to_string())?;
-                ok(res.status())?;
-                res.into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes()
-            }
+            Sender::Plain(c) => body_of(c.clone(), req).await?,
+            Sender::Mesh(m) => body_of(m.clone(), req).await?,
+            Sender::MeshPod(m) => body_of(m.clone(), req).await?,
         };
         serde_json::from_slice::<PodReply>(&body)
             .map(|r| r.pod)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The body of a successful response from any of the arms' services.
+async fn body_of<S, B>(svc: S, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String>
+where
+    S: tower::Service<http::Request<Empty<Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Display,
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let res = svc.oneshot(req).await.map_err(|e| e.to_string())?;
+    ok(res.status())?;
+    Ok(res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes())
 }
 
 fn ok(status: http::StatusCode) -> Result<(), String> {
