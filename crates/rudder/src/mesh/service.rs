@@ -466,23 +466,18 @@ fn retarget<B>(
     authority: &Authority,
     endpoint: Authority,
 ) -> Result<Request<B>, BoxError> {
-    let uri = req.uri();
-    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(endpoint.clone())
-        .path_and_query(path)
-        .build()?;
-    *req.uri_mut() = uri;
+    // The parts are valid already; assembling them skips re-parsing.
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme.get_or_insert(Scheme::HTTP);
+    parts
+        .path_and_query
+        .get_or_insert_with(|| PathAndQuery::from_static("/"));
+    parts.authority = Some(endpoint.clone());
+    *req.uri_mut() = Uri::from_parts(parts)?;
     if !req.headers().contains_key(http::header::HOST) {
-        req.headers_mut().insert(
-            http::header::HOST,
-            HeaderValue::from_str(authority.as_str())?,
-        );
+        // An authority is always a valid header value.
+        let host = HeaderValue::from_maybe_shared(authority.as_str().to_owned().into_bytes())?;
+        req.headers_mut().insert(http::header::HOST, host);
     }
     req.extensions_mut().insert(Target {
         authority: authority.clone(),
