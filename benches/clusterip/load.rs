@@ -15,6 +15,9 @@ use rudder::{Mesh, PodClient};
 use rudder_testkit::PodReply;
 use tower::ServiceExt;
 
+/// The longest a request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) type Plain = Client<HttpConnector, Empty<Bytes>>;
 
 /// One way of sending requests.
@@ -34,11 +37,18 @@ impl Sender {
         let req = http::Request::get(uri.clone())
             .body(Empty::new())
             .expect("request");
-        let body = match self {
-            Sender::Plain(c) => body_of(c.clone(), req).await?,
-            Sender::Mesh(m) => body_of(m.clone(), req).await?,
-            Sender::MeshPod(m) => body_of(m.clone(), req).await?,
+        let body = async {
+            match self {
+                Sender::Plain(c) => body_of(c.clone(), req).await,
+                Sender::Mesh(m) => body_of(m.clone(), req).await,
+                Sender::MeshPod(m) => body_of(m.clone(), req).await,
+            }
         };
+        // A request on a connection whose peer vanished with its namespace may never hear
+        // back: every request is bounded, so every loop is.
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, body)
+            .await
+            .map_err(|_| format!("no response within {REQUEST_TIMEOUT:?}"))??;
         serde_json::from_slice::<PodReply>(&body)
             .map(|r| r.pod)
             .map_err(|e| e.to_string())

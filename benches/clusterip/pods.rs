@@ -39,6 +39,8 @@ pub(crate) struct Pod {
     pub(crate) name: String,
     pub(crate) ip: Ipv4Addr,
     child: Child,
+    /// The Pod's answers to commands.
+    answers: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 impl Pod {
@@ -49,10 +51,12 @@ impl Pod {
             .write_all(format!("latency {ms}\n").as_bytes())
             .await?;
         stdin.flush().await?;
-        // The knob is set once the Pod has read the line; a short settle is enough as the
-        // runs that depend on it last seconds.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        Ok(())
+        // The Pod answers `ok` once the knob is set.
+        let answer = tokio::time::timeout(Duration::from_secs(10), self.answers.next_line()).await;
+        match answer {
+            Ok(Ok(Some(l))) if l == "ok" => Ok(()),
+            other => bail!("pod {} did not take the latency: {other:?}", self.name),
+        }
     }
 }
 
@@ -104,14 +108,17 @@ impl Pods {
             Ok(Ok(Some(l))) if l == "ready" => {}
             other => bail!("pod {name} did not start: {other:?}"),
         }
-        // Keep draining the Pod's answers to commands.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let map: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         cluster.register_pod(&name, map, IpAddr::V4(ip)).await?;
-        self.running.push(Pod { name, ip, child });
+        self.running.push(Pod {
+            name,
+            ip,
+            child,
+            answers: lines,
+        });
         Ok(self.running.last().expect("just pushed"))
     }
 

@@ -35,6 +35,25 @@ pub(crate) struct ProxyStats {
     pub(crate) syncs: AtomicU64,
     /// Milliseconds after the proxy started of the last sync.
     pub(crate) last_sync_ms: AtomicU64,
+    /// Woken after every sync.
+    pub(crate) synced: Notify,
+}
+
+impl ProxyStats {
+    /// Waits (at most `bound`) until the proxy has synced more than `before` times.
+    pub(crate) async fn wait_past(&self, before: u64, bound: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(bound, async {
+            loop {
+                let woken = self.synced.notified();
+                if self.syncs.load(Ordering::Relaxed) > before {
+                    return;
+                }
+                woken.await;
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the proxy did not sync within {bound:?}"))
+    }
 }
 
 /// A short stable chain suffix, as kube-proxy's hashed names.
@@ -192,6 +211,7 @@ pub(crate) async fn run(
                 stats
                     .last_sync_ms
                     .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                stats.synced.notify_waiters();
                 last = Some(rules);
             }
             tokio::time::sleep(min_sync).await;

@@ -632,14 +632,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             proxy_task.abort();
             let before = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
             proxy_task = spawn_proxy(&kube, dummies, &stats);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while stats.syncs.load(std::sync::atomic::Ordering::Relaxed) == before {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "the proxy did not sync {dummies} extra Services in time"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            stats.wait_past(before, Duration::from_secs(120)).await?;
             wait_for(&Sender::Plain(h1()), &vip_uri, "the restarted proxy").await?;
             let arms = [
                 ("ClusterIP", Sender::Plain(no_keep_alive()), vip_uri.clone()),

@@ -145,7 +145,8 @@ pub struct SubsetIndex {
     set: Arc<EndpointSet>,
     all: Arc<Members>,
     known: RwLock<HashMap<Selector, Arc<Members>>>,
-    zoned: RwLock<HashMap<(Selector, String), Arc<Members>>>,
+    /// Per selector, per zone; nested so a lookup borrows its keys (it runs per request).
+    zoned: RwLock<HashMap<Selector, HashMap<String, Arc<Members>>>>,
 }
 
 impl SubsetIndex {
@@ -211,8 +212,13 @@ impl SubsetIndex {
     /// The members of `picked` that run in `zone` or are hinted for it (topology-aware
     /// routing), cached per snapshot; `None` when there are none.
     pub fn in_zone(&self, selector: &Selector, picked: &Picked, zone: &str) -> Option<Picked> {
-        let key = (selector.clone(), zone.to_string());
-        let cached = self.zoned.read().expect("zone cache").get(&key).cloned();
+        let cached = self
+            .zoned
+            .read()
+            .expect("zone cache")
+            .get(selector)
+            .and_then(|zones| zones.get(zone))
+            .cloned();
         let members = cached.unwrap_or_else(|| {
             let positions = picked
                 .positions()
@@ -227,7 +233,9 @@ impl SubsetIndex {
             self.zoned
                 .write()
                 .expect("zone cache")
-                .entry(key)
+                .entry(selector.clone())
+                .or_default()
+                .entry(zone.to_string())
                 .or_insert(m)
                 .clone()
         });

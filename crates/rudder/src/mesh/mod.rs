@@ -134,8 +134,13 @@ impl<S> tower::Layer<S> for MeshLayer {
 /// What an authority resolved to, cached per `(authority, port)`.
 #[derive(Clone, Debug)]
 pub(crate) enum Resolved {
-    /// A Service port; `short` names fall through when the Service does not exist.
-    Service { routed: Arc<Routed>, short: bool },
+    /// A Service port; `short` names fall through when the Service does not exist. `host`
+    /// is the authority as a `Host` value, made once rather than per request.
+    Service {
+        routed: Arc<Routed>,
+        short: bool,
+        host: http::HeaderValue,
+    },
     /// Not a Service name.
     Other,
 }
@@ -192,6 +197,8 @@ impl Shared {
             crate::authority::Named::Service { svc, short } => Resolved::Service {
                 routed: self.routed(&svc)?,
                 short,
+                host: http::HeaderValue::from_str(authority.as_str())
+                    .expect("a URI authority is a valid header value"),
             },
             crate::authority::Named::Other => Resolved::Other,
         };

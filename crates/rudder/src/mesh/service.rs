@@ -141,7 +141,12 @@ where
         return Err(MeshError::MissingAuthority.into());
     };
     let port = authority::port_of(&authority, req.uri());
-    let Resolved::Service { routed, short } = shared.resolve(&authority, port)? else {
+    let Resolved::Service {
+        routed,
+        short,
+        host,
+    } = shared.resolve(&authority, port)?
+    else {
         if settings.pass_through {
             return pass(inner, req).await;
         }
@@ -182,10 +187,10 @@ where
                         subset: String::new(),
                         reason: format!("invalid externalName {name:?}: {e}"),
                     })?;
-            let req = retarget(req, &authority, endpoint)?;
+            let req = retarget(req, &authority, &host, endpoint)?;
             return pass(inner, req).await;
         }
-        ServiceState::Pending | ServiceState::Active => {}
+        // Active (or Pending, which the wait above has ruled out) and anything newer.
         _ => {}
     }
 
@@ -215,6 +220,7 @@ where
         inner,
         req,
         authority,
+        host,
         Chosen {
             picked,
             view,
@@ -262,6 +268,7 @@ async fn dispatch<S, B, RB>(
     mut inner: S,
     req: Request<B>,
     authority: Authority,
+    host: http::HeaderValue,
     chosen: Chosen,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
@@ -313,7 +320,7 @@ where
                 B::default(),
             ),
         };
-        let this = retarget(this, &authority, view.authorities[pos].clone())?;
+        let this = retarget(this, &authority, &host, view.authorities[pos].clone())?;
         let target = this.extensions().get::<Target>().cloned();
         let load = view.loads[pos].clone();
         let in_flight = routed.loads.start(&load);
@@ -460,10 +467,12 @@ fn empty_reason(r: EmptyReason) -> &'static str {
     }
 }
 
-/// Points `req` at `endpoint`, keeping the caller's `authority` in `Host` and [`Target`].
+/// Points `req` at `endpoint`, keeping the caller's `authority` in `Host` (as `host`) and
+/// [`Target`].
 fn retarget<B>(
     mut req: Request<B>,
     authority: &Authority,
+    host: &HeaderValue,
     endpoint: Authority,
 ) -> Result<Request<B>, BoxError> {
     // The parts are valid already; assembling them skips re-parsing.
@@ -475,9 +484,7 @@ fn retarget<B>(
     parts.authority = Some(endpoint.clone());
     *req.uri_mut() = Uri::from_parts(parts)?;
     if !req.headers().contains_key(http::header::HOST) {
-        // An authority is always a valid header value.
-        let host = HeaderValue::from_maybe_shared(authority.as_str().to_owned().into_bytes())?;
-        req.headers_mut().insert(http::header::HOST, host);
+        req.headers_mut().insert(http::header::HOST, host.clone());
     }
     req.extensions_mut().insert(Target {
         authority: authority.clone(),
