@@ -8,14 +8,19 @@
 //!   traffic between subsets (canary, blue/green).
 //! - [`Balancer`]: weighted P2C over peak EWMA (default), exact weighted round robin,
 //!   least requests and Maglev consistent hashing, over per-endpoint load kept in a
-//!   [`LoadTable`] (with outlier [`Ejection`] and slow start), and zone preference with
-//!   spill-over ([`Balancer::pick_local_first`]).
+//!   [`LoadTable`] (with outlier [`Ejection`]), and zone preference with spill-over
+//!   ([`Balancer::pick_local_first`]); [`SlowStart`] ramps the weights they draw from.
+//! - [`Pool`]: all of the above for one Service port, indexed when discovery publishes and
+//!   swapped in atomically; a request loads a [`Snapshot`], picks, and holds an
+//!   [`Attempt`] that records its outcome.
 
 pub mod balancer;
 pub mod endpoint;
 pub mod load;
 pub mod maglev;
+pub mod pool;
 pub mod selector;
+pub mod slow_start;
 pub mod split;
 pub mod subset;
 pub mod weighted;
@@ -25,8 +30,10 @@ pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
 };
 pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable};
-pub use self::maglev::Maglev;
+pub use self::maglev::{Maglev, hash_key};
+pub use self::pool::{Attempt, EjectionHook, Pool, PoolConfig, Snapshot};
 pub use self::selector::{Requirement, Selector, SelectorError};
+pub use self::slow_start::SlowStart;
 pub use self::split::{Split, SplitError};
-pub use self::subset::{Fallback, Picked, SubsetError, SubsetIndex};
+pub use self::subset::{EXTRA_SUBSETS, Fallback, IndexOptions, Picked, SubsetError, SubsetIndex};
 pub use self::weighted::WeightedIndex;

@@ -20,12 +20,12 @@ mod telemetry;
 
 pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
-    ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError, MeshLayer, ResponseBody,
-    Route, ServiceView, Subset, Target,
+    Affinity, AffinityKey, ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError,
+    MeshLayer, ResponseBody, Route, ServiceView, Subset, Target,
 };
 #[cfg(feature = "metrics")]
 pub use self::telemetry::Metrics;
-pub use rudder_balance::{Algorithm, Ejection, Fallback, Readiness, Selector, Split};
+pub use rudder_balance::{Algorithm, Ejection, Fallback, Readiness, Selector, SlowStart, Split};
 pub use rudder_k8s::Static;
 
 /// The error type of Rudder's services: the Mesh's own [`MeshError`] or the inner

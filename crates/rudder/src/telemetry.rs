@@ -3,9 +3,10 @@
 //! feature they compile to nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rudder_balance::Selector;
+use rudder_balance::{EjectionHook, Selector};
 use rudder_k8s::ServiceRef;
 
 #[cfg(feature = "metrics")]
@@ -27,44 +28,106 @@ pub(crate) enum Outcome {
 pub(crate) struct Telemetry {
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<Metrics>,
+    /// The configured subsets: the only selectors that become `subset` label values.
+    subsets: Vec<Selector>,
 }
+
+/// An endpoint's metric handles per subset label, looked up in the registry on first use
+/// and then held: a request records without building labels or allocating.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointTelemetry {
+    #[cfg(feature = "metrics")]
+    slots: Box<[std::sync::OnceLock<self::prometheus::Handles>]>,
+}
+
+/// The `subset` label value of requests for a selector that was not configured (from a
+/// header or an extension): one value for all of them, so callers cannot grow the series.
+pub(crate) const OTHER_SUBSET: &str = "other";
 
 #[cfg_attr(
     not(feature = "metrics"),
     allow(unused_variables, reason = "only metrics use the arguments")
 )]
 impl Telemetry {
+    /// Sets the configured subsets (label values), de-duplicated.
+    pub(crate) fn with_subsets(mut self, subsets: impl IntoIterator<Item = Selector>) -> Self {
+        for s in subsets {
+            if !s.is_everything() && !self.subsets.contains(&s) {
+                self.subsets.push(s);
+            }
+        }
+        self
+    }
+
+    /// The label slot of `selector`: 0 for every endpoint, then the configured subsets,
+    /// then [`OTHER_SUBSET`].
+    pub(crate) fn slot(&self, selector: &Selector) -> usize {
+        if selector.is_everything() {
+            return 0;
+        }
+        self.subsets
+            .iter()
+            .position(|s| s == selector)
+            .map_or(self.subsets.len() + 1, |i| i + 1)
+    }
+
+    #[cfg(feature = "metrics")]
+    fn slot_label(&self, slot: usize) -> String {
+        match slot {
+            0 => String::new(),
+            i if i <= self.subsets.len() => self.subsets[i - 1].to_string(),
+            _ => OTHER_SUBSET.to_string(),
+        }
+    }
+
+    /// Empty handles for a new endpoint of a snapshot.
+    pub(crate) fn endpoint(&self) -> EndpointTelemetry {
+        #[cfg(feature = "metrics")]
+        if self.metrics.is_some() {
+            return EndpointTelemetry {
+                slots: (0..self.subsets.len() + 2)
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+            };
+        }
+        EndpointTelemetry::default()
+    }
+
+    /// What a pool calls when a failure ejects an endpoint: the one place ejections are
+    /// logged and counted.
+    pub(crate) fn ejection_hook(&self, service: Arc<str>) -> EjectionHook {
+        #[cfg(feature = "metrics")]
+        let counter = self.metrics.as_ref().map(|m| m.ejections_of(&service));
+        Arc::new(move |endpoint: SocketAddr| {
+            tracing::info!(service = %service, %endpoint, "endpoint ejected after consecutive failures");
+            #[cfg(feature = "metrics")]
+            if let Some(c) = &counter {
+                c.inc();
+            }
+        })
+    }
+
     pub(crate) fn request(
         &self,
-        service: &ServiceRef,
-        subset: &Selector,
-        endpoint: SocketAddr,
+        service: &str,
+        endpoint: &EndpointTelemetry,
+        addr: SocketAddr,
+        slot: usize,
         outcome: Outcome,
         latency: Duration,
     ) {
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.request(
-                &service.to_string(),
-                &subset.to_string(),
-                &endpoint.to_string(),
-                outcome,
-                latency,
-            );
+        if let (Some(m), Some(handles)) = (&self.metrics, endpoint.slots.get(slot)) {
+            handles
+                .get_or_init(|| m.handles(service, &self.slot_label(slot), &addr.to_string()))
+                .record(outcome, latency);
         }
     }
 
-    pub(crate) fn retry(&self, service: &ServiceRef) {
+    pub(crate) fn retry(&self, service: &str) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
-            m.retry(&service.to_string());
-        }
-    }
-
-    pub(crate) fn ejection(&self, service: &ServiceRef) {
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.ejection(&service.to_string());
+            m.retry(service);
         }
     }
 
@@ -120,6 +183,30 @@ mod prometheus {
 
     type Histograms = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+    /// One endpoint's series under one subset label.
+    #[derive(Debug)]
+    pub(crate) struct Handles {
+        success: Counter,
+        failure: Counter,
+        error: Counter,
+        latency: Histogram,
+    }
+
+    impl Handles {
+        pub(crate) fn record(&self, outcome: Outcome, latency: Duration) {
+            let counter = match outcome {
+                Outcome::Success => &self.success,
+                Outcome::Failure => &self.failure,
+                Outcome::Error => {
+                    self.error.inc();
+                    return;
+                }
+            };
+            counter.inc();
+            self.latency.observe(latency.as_secs_f64());
+        }
+    }
+
     fn latency_histogram() -> Histogram {
         // 100 µs to ~3.3 s.
         Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
@@ -137,6 +224,11 @@ mod prometheus {
     /// - at scrape time: `rudder_endpoints{service, state}` (`ready`, `terminating`,
     ///   `ejected`) and `rudder_discovery_staleness_seconds{service}` (0 while discovery is
     ///   in sync with the API).
+    ///
+    /// `subset` takes only configured values (the static subset, split legs, route targets,
+    /// the fallback; empty for every endpoint): requests for any other selector (from the
+    /// subset header or a [`Subset`](crate::Subset) extension) share the value `other`, so
+    /// no caller can grow the number of series.
     ///
     /// Endpoint labels make one series per Pod: fine for Services of tens or hundreds of
     /// Pods; for thousands, aggregate in the scrape configuration.
@@ -190,36 +282,40 @@ mod prometheus {
             m
         }
 
-        pub(crate) fn request(
-            &self,
-            service: &str,
-            subset: &str,
-            endpoint: &str,
-            outcome: Outcome,
-            latency: Duration,
-        ) {
-            let outcome = match outcome {
-                Outcome::Success => "success",
-                Outcome::Failure => "failure",
-                Outcome::Error => "error",
+        /// The handles of one endpoint under one subset label.
+        pub(crate) fn handles(&self, service: &str, subset: &str, endpoint: &str) -> Handles {
+            let counter = |outcome| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        service: service.into(),
+                        subset: subset.into(),
+                        endpoint: endpoint.into(),
+                        outcome,
+                    })
+                    .clone()
             };
-            self.requests
-                .get_or_create(&RequestLabels {
-                    service: service.into(),
-                    subset: subset.into(),
-                    endpoint: endpoint.into(),
-                    outcome,
-                })
-                .inc();
-            if !matches!(outcome, "error") {
-                self.latency
+            Handles {
+                success: counter("success"),
+                failure: counter("failure"),
+                error: counter("error"),
+                latency: self
+                    .latency
                     .get_or_create(&LatencyLabels {
                         service: service.into(),
                         subset: subset.into(),
                         endpoint: endpoint.into(),
                     })
-                    .observe(latency.as_secs_f64());
+                    .clone(),
             }
+        }
+
+        /// The ejection counter of `service`.
+        pub(crate) fn ejections_of(&self, service: &str) -> Counter {
+            self.ejections
+                .get_or_create(&ServiceLabels {
+                    service: service.into(),
+                })
+                .clone()
         }
 
         fn service(family: &Family<ServiceLabels, Counter>, service: &str) {
@@ -232,10 +328,6 @@ mod prometheus {
 
         pub(crate) fn retry(&self, service: &str) {
             Self::service(&self.retries, service);
-        }
-
-        pub(crate) fn ejection(&self, service: &str) {
-            Self::service(&self.ejections, service);
         }
 
         pub(crate) fn dns_fallback(&self, service: &str) {

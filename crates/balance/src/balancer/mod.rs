@@ -1,18 +1,25 @@
 //! Choosing one endpoint of a subset per request, honouring weights.
 //!
 //! - [`Algorithm::P2cPeakEwma`] (default): power of two choices (Mitzenmacher; as in
-//!   Finagle, linkerd and tower) over peak-EWMA cost, with both candidates drawn *by
-//!   weight* and their costs divided by weight. tower's `p2c::Balance` draws uniformly, so
-//!   weights cannot steer it; here a 99/0.5/0.5 weighting really sends about 99 %.
+//!   Finagle, linkerd and tower) over peak-EWMA cost `latency × (in flight + 1) / weight`, with both
+//!   candidates drawn *by weight*. tower's `p2c::Balance` draws uniformly, so weights cannot
+//!   steer it; here a 99/0.5/0.5 weighting really sends about 99 %. The second candidate
+//!   wins only when it is clearly cheaper ([`TOLERANCE`]; latencies below
+//!   [`LATENCY_RESOLUTION`] count as equal, and two idle endpoints compare by latency
+//!   alone): equal Pods then get shares set by the weighted draw, not by
+//!   measurement noise, sequential traffic follows the weights, and slow or busy Pods
+//!   still lose.
 //! - [`Algorithm::WeightedRoundRobin`]: deterministic and exact per cycle — the `k`th pick is
 //!   the endpoint whose weight range holds `k × stride mod total`, with `stride` coprime to
 //!   the total, so every cycle of `total` picks gives each endpoint exactly its weight,
 //!   spread out rather than in bursts.
 //! - [`Algorithm::LeastRequests`]: power of two choices by weight over requests in flight.
 //! - [`Algorithm::Maglev`]: consistent hashing of a request key for affinity (see
-//!   [`maglev`](crate::maglev)).
+//!   [`maglev`](crate::maglev)); requests without a key are drawn by weight.
 //!
-//! Each pick is O(log n) in the subset size and allocation-free.
+//! Slow start is not an algorithm: it scales the weights every algorithm draws from (see
+//! [`SlowStart`](crate::SlowStart)). Each pick is O(1) in the subset size and
+//! allocation-free.
 
 #[cfg(test)]
 mod tests;
@@ -55,12 +62,19 @@ pub enum Algorithm {
     Maglev,
 }
 
+/// How much cheaper the second P2C candidate must be to win over the first: costs within
+/// 25 % of each other count as equal, so the weighted draw decides.
+pub const TOLERANCE: f64 = 1.25;
+
+/// Latency estimates below this count as equal: on loopback and in-process, differences
+/// of tens of microseconds are scheduling noise, not a slower Pod.
+pub const LATENCY_RESOLUTION: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Chooses endpoints with one [`Algorithm`]; cheap to share between requests.
 #[derive(Debug, Default)]
 pub struct Balancer {
     algorithm: Algorithm,
     turn: AtomicU64,
-    slow_start: Option<std::time::Duration>,
 }
 
 impl Balancer {
@@ -69,15 +83,7 @@ impl Balancer {
         Self {
             algorithm,
             turn: AtomicU64::new(0),
-            slow_start: None,
         }
-    }
-
-    /// Ramps new endpoints up over `window` after their Pod became Ready (P2C and least
-    /// requests; round robin and Maglev use full weights).
-    pub fn with_slow_start(mut self, window: std::time::Duration) -> Self {
-        self.slow_start = Some(window);
-        self
     }
 
     /// The algorithm.
@@ -233,36 +239,32 @@ impl Balancer {
                     (a, b) = weights.pick_two_random(splitmix(seed), splitmix(seed ^ GOLDEN))?;
                 }
                 let Some(b) = b else { return Some(position(a)) };
+                // The load an endpoint would carry with this request, per unit of weight,
+                // as weighted least-request balancers compare it; but when both are idle
+                // their loads tie, so sequential traffic follows the weighted draw (slow
+                // start included) instead of always favouring the heavier one. Latency
+                // scales the load.
+                let floor = LATENCY_RESOLUTION.as_nanos() as f64;
+                let both_idle =
+                    loads[position(a)].in_flight() == 0 && loads[position(b)].in_flight() == 0;
                 let cost = |m: usize| {
                     let load = &loads[position(m)];
                     if load.is_ejected() {
                         return f64::INFINITY;
                     }
-                    let c = match self.algorithm {
-                        Algorithm::LeastRequests => f64::from(load.in_flight() + 1),
-                        _ => load.cost(),
+                    let pending = if both_idle {
+                        1.0
+                    } else {
+                        f64::from(load.in_flight() + 1) / weights.weight(m).max(1) as f64
                     };
-                    c / (weights.weight(m) as f64 * self.ramp(subset, m))
+                    match self.algorithm {
+                        Algorithm::LeastRequests => pending,
+                        _ => load.ewma_nanos().max(floor) * pending,
+                    }
                 };
-                Some(position(if cost(b) < cost(a) { b } else { a }))
+                Some(position(if cost(b) * TOLERANCE < cost(a) { b } else { a }))
             }
         }
-    }
-
-    /// Slow start: the share of its weight a member gets, growing linearly from 10 % to
-    /// 100 % over the window after its Pod became Ready (known from discovery, so a client
-    /// that starts late does not restart the ramp).
-    fn ramp(&self, subset: &Picked, member: usize) -> f64 {
-        let Some(window) = self.slow_start.filter(|w| !w.is_zero()) else {
-            return 1.0;
-        };
-        let Some(since) = subset.get(member).and_then(|e| e.meta().ready_since) else {
-            return 1.0;
-        };
-        let age = std::time::SystemTime::now()
-            .duration_since(since)
-            .unwrap_or_default();
-        (age.as_secs_f64() / window.as_secs_f64()).clamp(0.1, 1.0)
     }
 }
 

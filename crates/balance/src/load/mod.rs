@@ -54,6 +54,13 @@ pub struct EndpointLoad {
 #[derive(Debug)]
 pub struct InFlight(Arc<EndpointLoad>);
 
+impl InFlight {
+    /// The load this request counts on.
+    pub fn load(&self) -> &EndpointLoad {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -92,6 +99,11 @@ impl EndpointLoad {
     /// The latency estimate.
     pub fn ewma(&self) -> Duration {
         Duration::from_nanos(f64::from_bits(self.ewma.load(Ordering::Relaxed)) as u64)
+    }
+
+    /// The latency estimate in nanoseconds.
+    pub fn ewma_nanos(&self) -> f64 {
+        f64::from_bits(self.ewma.load(Ordering::Relaxed))
     }
 
     /// The cost balancers compare: `ewma × (in_flight + 1)`, in nanoseconds.

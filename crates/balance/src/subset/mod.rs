@@ -4,9 +4,15 @@
 //! `app=biz1,zone=prod` to `app=biz1,zone=prod,version=4.2`). A [`SubsetIndex`] does the same
 //! per client and per request without touching the Service: for each [`Selector`] it holds
 //! the positions of the matching routable endpoints of one [`EndpointSet`] snapshot. The
-//! configured selectors are indexed when the snapshot arrives; selectors first seen on a
-//! request (a header, say) are indexed once and cached with the snapshot, so no request
-//! scans the endpoints twice for the same selector.
+//! configured selectors (and, with a zone, their members in that zone) are indexed when the
+//! snapshot arrives, off the request path, and never change afterwards. Selectors first
+//! seen on a request (a header, say) are indexed on demand and cached with the snapshot,
+//! but only the first [`EXTRA_SUBSETS`] of them: past that bound each is evaluated per
+//! request without being kept, so a caller inventing selectors cannot grow memory.
+//!
+//! Weights are the endpoints' own, scaled by the [`SlowStart`] ramp of endpoints that
+//! became Ready recently. When every routable endpoint of a subset is terminating (the
+//! serving fallback), those that will be killed last are preferred.
 //!
 //! When a subset is empty, a [`Fallback`] says what happens: an error, any endpoint, or
 //! another selector.
@@ -19,11 +25,18 @@ pub use self::error::SubsetError;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::endpoint::{Endpoint, EndpointSet, Readiness};
 use crate::maglev::Maglev;
 use crate::selector::Selector;
+use crate::slow_start::{SlowStart, effective_weight};
 use crate::weighted::WeightedIndex;
+
+/// How many selectors that were not configured one snapshot caches (each holds a position
+/// list and weights: at most a few bytes per endpoint). Beyond this, such selectors are
+/// evaluated on every request and forgotten.
+pub const EXTRA_SUBSETS: usize = 64;
 
 /// What to do when a subset has no routable endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,38 +51,108 @@ pub enum Fallback {
     Default(Selector),
 }
 
-/// One subset of one snapshot: positions of its endpoints and their cumulative weights.
-#[derive(Debug)]
-struct Members {
-    positions: Vec<u32>,
-    weights: WeightedIndex,
-    /// A step coprime with the total weight, for weighted round robin.
-    stride: u64,
-    /// The consistent-hashing table, built on first use.
-    maglev: OnceLock<Option<Maglev>>,
+/// How a snapshot is indexed: what the pool knows from configuration.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// The caller's zone: every subset also indexes its members in this zone (or hinted
+    /// for it), for [`Picked::local`].
+    pub zone: Option<String>,
+    /// Ramps the weights of endpoints that became Ready recently.
+    pub slow_start: Option<SlowStart>,
+    /// Builds the consistent-hashing tables of configured subsets up front (for
+    /// [`Algorithm::Maglev`](crate::Algorithm::Maglev)) instead of on first use.
+    pub maglev: bool,
+    /// The time slow-start ramps are computed for.
+    pub now: SystemTime,
 }
 
-impl Members {
-    fn new(set: &EndpointSet, positions: Vec<u32>) -> Self {
-        let weights = WeightedIndex::new(
-            positions
-                .iter()
-                .map(|p| set.endpoints()[*p as usize].weight()),
-        );
-        let stride = crate::weighted::coprime_stride(weights.total());
+impl Default for IndexOptions {
+    fn default() -> Self {
         Self {
-            positions,
-            weights,
-            stride,
-            maglev: OnceLock::new(),
+            zone: None,
+            slow_start: None,
+            maglev: false,
+            now: SystemTime::now(),
         }
     }
 }
 
-/// The endpoints a request may go to: positions into a snapshot's endpoints.
+/// One subset of one snapshot: positions of its endpoints and their weights.
+#[derive(Debug)]
+struct Members {
+    set: Arc<EndpointSet>,
+    positions: Vec<u32>,
+    /// Effective weights (slow start applied), in member order.
+    weights: WeightedIndex,
+    /// A step coprime with the total weight, for weighted round robin.
+    stride: u64,
+    /// The consistent-hashing table over the endpoints' own weights.
+    maglev: OnceLock<Option<Maglev>>,
+    /// The members in the caller's zone, when a zone is configured and some are there.
+    local: Option<Arc<Members>>,
+}
+
+impl Members {
+    fn new(set: &Arc<EndpointSet>, positions: Vec<u32>, options: &IndexOptions) -> Self {
+        let local = options.zone.as_deref().and_then(|zone| {
+            let here: Vec<u32> = positions
+                .iter()
+                .copied()
+                .filter(|p| {
+                    let meta = set.endpoints()[*p as usize].meta();
+                    meta.zone.as_deref() == Some(zone) || meta.zone_hints.iter().any(|h| h == zone)
+                })
+                .collect();
+            (!here.is_empty()).then(|| Arc::new(Self::flat(set, here, options)))
+        });
+        Self {
+            local,
+            ..Self::flat(set, positions, options)
+        }
+    }
+
+    fn flat(set: &Arc<EndpointSet>, positions: Vec<u32>, options: &IndexOptions) -> Self {
+        let weight = |p: &u32| {
+            let e = &set.endpoints()[*p as usize];
+            match &options.slow_start {
+                None => e.weight(),
+                Some(s) => {
+                    effective_weight(e.weight(), s.factor(e.meta().ready_since, options.now))
+                }
+            }
+        };
+        let weights = WeightedIndex::new(positions.iter().map(weight));
+        let stride = crate::weighted::coprime_stride(weights.total());
+        Self {
+            set: set.clone(),
+            positions,
+            weights,
+            stride,
+            maglev: OnceLock::new(),
+            local: None,
+        }
+    }
+
+    fn maglev(&self) -> Option<&Maglev> {
+        self.maglev
+            .get_or_init(|| {
+                let eps = || {
+                    self.positions
+                        .iter()
+                        .map(|p| &self.set.endpoints()[*p as usize])
+                };
+                let ids: Vec<String> = eps().map(|e| e.addr().to_string()).collect();
+                let weights: Vec<u32> = eps().map(Endpoint::weight).collect();
+                Maglev::new(&ids, &weights)
+            })
+            .as_ref()
+    }
+}
+
+/// The endpoints a request may go to: positions into a snapshot's endpoints. Cloning it
+/// is one reference count.
 #[derive(Clone, Debug)]
 pub struct Picked {
-    set: Arc<EndpointSet>,
     members: Arc<Members>,
     fell_back: bool,
 }
@@ -77,10 +160,11 @@ pub struct Picked {
 impl Picked {
     /// The endpoints, in address order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Endpoint> + '_ {
+        let eps = self.members.set.endpoints();
         self.members
             .positions
             .iter()
-            .map(|i| &self.set.endpoints()[*i as usize])
+            .map(move |i| &eps[*i as usize])
     }
 
     /// The `n`th member.
@@ -88,7 +172,7 @@ impl Picked {
         self.members
             .positions
             .get(n)
-            .map(|i| &self.set.endpoints()[*i as usize])
+            .map(|i| &self.members.set.endpoints()[*i as usize])
     }
 
     /// How many endpoints.
@@ -111,7 +195,7 @@ impl Picked {
         &self.members.positions
     }
 
-    /// The members' cumulative weights, in member order.
+    /// The members' effective weights (slow start applied), in member order.
     pub fn weights(&self) -> &WeightedIndex {
         &self.members.weights
     }
@@ -120,22 +204,25 @@ impl Picked {
         self.members.stride
     }
 
-    /// The Maglev table of this subset (built once per subset and snapshot, on first use;
-    /// `None` when every member has weight 0).
+    /// The Maglev table of this subset over the endpoints' own weights (built when the
+    /// snapshot is indexed for Maglev, else on first use; `None` when every member has
+    /// weight 0).
     pub fn maglev(&self) -> Option<&Maglev> {
-        self.members
-            .maglev
-            .get_or_init(|| {
-                let ids: Vec<String> = self.iter().map(|e| e.addr().to_string()).collect();
-                let weights: Vec<u32> = self.iter().map(Endpoint::weight).collect();
-                Maglev::new(&ids, &weights)
-            })
-            .as_ref()
+        self.members.maglev()
+    }
+
+    /// The members in the zone the index was built for ([`IndexOptions::zone`]), or
+    /// `None` when no member is there.
+    pub fn local(&self) -> Option<Picked> {
+        self.members.local.as_ref().map(|m| Picked {
+            members: m.clone(),
+            fell_back: self.fell_back,
+        })
     }
 
     /// The snapshot the positions point into.
     pub fn set(&self) -> &Arc<EndpointSet> {
-        &self.set
+        &self.members.set
     }
 }
 
@@ -143,10 +230,12 @@ impl Picked {
 #[derive(Debug)]
 pub struct SubsetIndex {
     set: Arc<EndpointSet>,
+    options: IndexOptions,
     all: Arc<Members>,
-    known: RwLock<HashMap<Selector, Arc<Members>>>,
-    /// Per selector, per zone; nested so a lookup borrows its keys (it runs per request).
-    zoned: RwLock<HashMap<Selector, HashMap<String, Arc<Members>>>>,
+    /// The configured selectors, indexed up front; never changes.
+    known: HashMap<Selector, Arc<Members>>,
+    /// Selectors first seen on requests, at most [`EXTRA_SUBSETS`].
+    extra: RwLock<HashMap<Selector, Arc<Members>>>,
 }
 
 impl SubsetIndex {
@@ -155,24 +244,37 @@ impl SubsetIndex {
         set: Arc<EndpointSet>,
         selectors: impl IntoIterator<Item = &'a Selector>,
     ) -> Self {
-        let all = Arc::new(Members::new(
-            &set,
-            routable_positions(&set, &Selector::everything()),
-        ));
+        Self::with_options(set, selectors, IndexOptions::default())
+    }
+
+    /// Indexes `set` for `selectors` with `options`.
+    pub fn with_options<'a>(
+        set: Arc<EndpointSet>,
+        selectors: impl IntoIterator<Item = &'a Selector>,
+        options: IndexOptions,
+    ) -> Self {
+        let build = |s: &Selector| {
+            let m = Arc::new(Members::new(&set, routable_positions(&set, s), &options));
+            if options.maglev {
+                let _ = m.maglev();
+                if let Some(local) = &m.local {
+                    let _ = local.maglev();
+                }
+            }
+            m
+        };
+        let all = build(&Selector::everything());
         let known = selectors
             .into_iter()
-            .map(|s| {
-                (
-                    s.clone(),
-                    Arc::new(Members::new(&set, routable_positions(&set, s))),
-                )
-            })
+            .filter(|s| !s.is_everything())
+            .map(|s| (s.clone(), build(s)))
             .collect();
         Self {
-            set,
             all,
-            known: RwLock::new(known),
-            zoned: RwLock::new(HashMap::new()),
+            known,
+            extra: RwLock::new(HashMap::new()),
+            options,
+            set,
         }
     }
 
@@ -184,66 +286,52 @@ impl SubsetIndex {
     /// Every routable endpoint.
     pub fn all(&self) -> Picked {
         Picked {
-            set: self.set.clone(),
             members: self.all.clone(),
             fell_back: false,
         }
+    }
+
+    /// How many selectors first seen on requests this snapshot keeps (at most
+    /// [`EXTRA_SUBSETS`]).
+    pub fn extra_len(&self) -> usize {
+        self.extra.read().map_or(0, |m| m.len())
+    }
+
+    /// Whether some endpoint's weight is still ramping up at the index's time.
+    pub fn ramping(&self) -> bool {
+        let Some(s) = &self.options.slow_start else {
+            return false;
+        };
+        self.set
+            .endpoints()
+            .iter()
+            .any(|e| s.ends(e.meta().ready_since, self.options.now).is_some())
     }
 
     fn members(&self, selector: &Selector) -> Arc<Members> {
         if selector.is_everything() {
             return self.all.clone();
         }
-        if let Some(m) = self.known.read().expect("subset cache").get(selector) {
+        if let Some(m) = self.known.get(selector) {
+            return m.clone();
+        }
+        // A poisoned cache only loses caching, never routing.
+        if let Ok(extra) = self.extra.read()
+            && let Some(m) = extra.get(selector)
+        {
             return m.clone();
         }
         let m = Arc::new(Members::new(
             &self.set,
             routable_positions(&self.set, selector),
+            &self.options,
         ));
-        self.known
-            .write()
-            .expect("subset cache")
-            .entry(selector.clone())
-            .or_insert(m)
-            .clone()
-    }
-
-    /// The members of `picked` that run in `zone` or are hinted for it (topology-aware
-    /// routing), cached per snapshot; `None` when there are none.
-    pub fn in_zone(&self, selector: &Selector, picked: &Picked, zone: &str) -> Option<Picked> {
-        let cached = self
-            .zoned
-            .read()
-            .expect("zone cache")
-            .get(selector)
-            .and_then(|zones| zones.get(zone))
-            .cloned();
-        let members = cached.unwrap_or_else(|| {
-            let positions = picked
-                .positions()
-                .iter()
-                .copied()
-                .filter(|p| {
-                    let meta = self.set.endpoints()[*p as usize].meta();
-                    meta.zone.as_deref() == Some(zone) || meta.zone_hints.iter().any(|h| h == zone)
-                })
-                .collect();
-            let m = Arc::new(Members::new(&self.set, positions));
-            self.zoned
-                .write()
-                .expect("zone cache")
-                .entry(selector.clone())
-                .or_default()
-                .entry(zone.to_string())
-                .or_insert(m)
-                .clone()
-        });
-        (!members.positions.is_empty()).then(|| Picked {
-            set: self.set.clone(),
-            members,
-            fell_back: picked.fell_back,
-        })
+        if let Ok(mut extra) = self.extra.write()
+            && extra.len() < EXTRA_SUBSETS
+        {
+            return extra.entry(selector.clone()).or_insert(m).clone();
+        }
+        m
     }
 
     /// The routable endpoints matching `selector`, or the fallback's when there are none.
@@ -251,7 +339,6 @@ impl SubsetIndex {
         let members = self.members(selector);
         if !members.positions.is_empty() {
             return Ok(Picked {
-                set: self.set.clone(),
                 members,
                 fell_back: false,
             });
@@ -263,7 +350,6 @@ impl SubsetIndex {
         };
         match members {
             Some(m) if !m.positions.is_empty() => Ok(Picked {
-                set: self.set.clone(),
                 members: m,
                 fell_back: true,
             }),
@@ -278,7 +364,9 @@ impl SubsetIndex {
 
 /// Positions of the routable endpoints matching `selector`: its ready ones, or, when none of
 /// them is ready, its serving-terminating ones (kube-proxy's rule, applied per subset so a
-/// subset being rolled keeps serving).
+/// subset being rolled keeps serving). Among terminating ones, those killed last (latest
+/// deletion deadline, to the second as Kubernetes writes it; unknown counts as latest) are
+/// preferred: they will still be there when the request arrives.
 fn routable_positions(set: &EndpointSet, selector: &Selector) -> Vec<u32> {
     let matching = || {
         set.endpoints()
@@ -286,14 +374,21 @@ fn routable_positions(set: &EndpointSet, selector: &Selector) -> Vec<u32> {
             .enumerate()
             .filter(|(_, e)| selector.matches(e.labels()))
     };
-    let any_ready = matching().any(|(_, e)| e.readiness() == Readiness::Ready);
-    let wanted = if any_ready {
-        Readiness::Ready
-    } else {
-        Readiness::ServingTerminating
+    if matching().any(|(_, e)| e.readiness() == Readiness::Ready) {
+        return matching()
+            .filter(|(_, e)| e.readiness() == Readiness::Ready)
+            .map(|(i, _)| i as u32)
+            .collect();
+    }
+    let deadline = |e: &Endpoint| {
+        e.meta().deletion_deadline.map_or(u64::MAX, |t| {
+            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        })
     };
-    matching()
-        .filter(|(_, e)| e.readiness() == wanted)
+    let serving = || matching().filter(|(_, e)| e.readiness() == Readiness::ServingTerminating);
+    let latest = serving().map(|(_, e)| deadline(e)).max();
+    serving()
+        .filter(|(_, e)| Some(deadline(e)) == latest)
         .map(|(i, _)| i as u32)
         .collect()
 }

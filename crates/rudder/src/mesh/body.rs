@@ -1,22 +1,13 @@
 //! The response body: releases the request's in-flight count when the body ends, fails or
-//! is dropped, so least-loaded balancing sees streams that are still running.
+//! is dropped, so least-loaded balancing sees streams that are still running, and records
+//! a stream cut mid-body as a failure of its endpoint (through the same
+//! [`Attempt`] as every other outcome, so an ejection it causes is logged and counted).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
-use rudder_balance::{EndpointLoad, InFlight};
-
-use super::routed::Routed;
-
-/// Keeps a request counted in flight on its endpoint.
-#[derive(Debug)]
-pub(crate) struct Guard {
-    pub(crate) _in_flight: InFlight,
-    pub(crate) routed: Arc<Routed>,
-    pub(crate) load: Arc<EndpointLoad>,
-}
+use rudder_balance::Attempt;
 
 pin_project_lite::pin_project! {
     /// A response body from the inner service, holding the request's place on its endpoint
@@ -25,13 +16,13 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        guard: Option<Guard>,
+        attempt: Option<Attempt>,
     }
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<Guard>) -> Self {
-        Self { inner, guard }
+    pub(crate) fn new(inner: B, attempt: Option<Attempt>) -> Self {
+        Self { inner, attempt }
     }
 
     /// The inner body.
@@ -56,11 +47,11 @@ impl<B: Body> Body for ResponseBody<B> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         match &frame {
-            None => drop(this.guard.take()),
+            None => drop(this.attempt.take()),
             Some(Err(_)) => {
                 // A stream cut mid-body counts against the endpoint.
-                if let Some(g) = this.guard.take() {
-                    g.routed.loads.record_failure(&g.load);
+                if let Some(attempt) = this.attempt.take() {
+                    attempt.failed();
                 }
             }
             Some(Ok(_)) => {}

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use rudder_balance::{Algorithm, Ejection, Fallback, Selector, SelectorError, Split, SplitError};
+use rudder_balance::{
+    Algorithm, Ejection, Fallback, Selector, SelectorError, SlowStart, Split, SplitError,
+};
 use rudder_k8s::{Discovery, ServiceRef, ServiceRefError, Static};
 use thiserror::Error;
 
-use super::config::{AlgorithmConfig, FallbackConfig, MeshConfig};
+use super::config::{AffinityConfig, AlgorithmConfig, FallbackConfig, MeshConfig};
+use super::ext::Affinity;
 use super::{MeshLayer, Shared};
 
 /// Why a configuration was refused (at build time, so requests have nothing left to
@@ -46,6 +49,18 @@ pub enum ConfigError {
     /// The retries always allowed per second exceed 1,000,000.
     #[error("retry floor {0} per second is above 1000000")]
     RetryFloor(u32),
+    /// Slow start's aggression is not a positive number, or its minimum weight is not
+    /// within 0-100 %.
+    #[error("invalid slow start: aggression {aggression}, minimum weight {min_weight_percent} %")]
+    SlowStart {
+        /// The ramp's curve.
+        aggression: f64,
+        /// The smallest share of its weight, in percent.
+        min_weight_percent: f64,
+    },
+    /// The affinity header is not a valid header name.
+    #[error("invalid affinity header name {0:?}")]
+    AffinityHeader(String),
 }
 
 #[derive(Debug)]
@@ -73,7 +88,8 @@ pub(crate) struct Settings {
     pub(crate) max_retries: u32,
     pub(crate) retry_budget: (f32, u32),
     pub(crate) timeout: Option<Duration>,
-    pub(crate) slow_start: Option<Duration>,
+    pub(crate) slow_start: Option<SlowStart>,
+    pub(crate) affinity: Option<Affinity>,
     pub(crate) ejection: Ejection,
     /// The caller's zone, for topology-aware routing.
     pub(crate) zone: Option<String>,
@@ -109,6 +125,38 @@ fn selector(field: &'static str, s: &str) -> Result<Selector, ConfigError> {
         .map_err(|source| ConfigError::Selector { field, source })
 }
 
+fn slow_start(ramp: SlowStart) -> Result<SlowStart, ConfigError> {
+    let valid = ramp.aggression.is_finite()
+        && ramp.aggression > 0.0
+        && (0.0..=1.0).contains(&ramp.min_weight);
+    if !valid {
+        return Err(ConfigError::SlowStart {
+            aggression: ramp.aggression,
+            min_weight_percent: ramp.min_weight * 100.0,
+        });
+    }
+    Ok(ramp)
+}
+
+impl Settings {
+    /// Every selector the configuration names: the static subset, split legs, route
+    /// targets and the fallback. Pools index them up front, and they are the only values
+    /// of the `subset` metric label.
+    pub(crate) fn selectors(&self) -> Vec<Selector> {
+        let mut selectors: Vec<Selector> = self.subset.iter().cloned().collect();
+        if let Some(split) = &self.split {
+            selectors.extend(split.legs().iter().map(|(sel, _)| sel.clone()));
+        }
+        for route in &self.routes {
+            selectors.extend(route.selectors());
+        }
+        if let Fallback::Default(sel) = &self.fallback {
+            selectors.push(sel.clone());
+        }
+        selectors
+    }
+}
+
 impl MeshBuilder {
     pub(crate) fn new(client: Option<kube::Client>) -> Self {
         let default_namespace = client
@@ -136,6 +184,7 @@ impl MeshBuilder {
                 retry_budget: (config.retry_budget_percent, config.retry_min_per_second),
                 timeout: None,
                 slow_start: None,
+                affinity: None,
                 ejection: Ejection::default(),
                 zone: None,
                 watch_stall_timeout: None,
@@ -214,6 +263,15 @@ impl MeshBuilder {
             AlgorithmConfig::P2cPeakEwma => Algorithm::P2cPeakEwma,
             AlgorithmConfig::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
             AlgorithmConfig::LeastRequests => Algorithm::LeastRequests,
+            AlgorithmConfig::Maglev => Algorithm::Maglev,
+        };
+        s.affinity = match &config.affinity {
+            None => None,
+            Some(AffinityConfig::Header(h)) => Some(Affinity::Header(
+                HeaderName::try_from(h.as_str())
+                    .map_err(|_| ConfigError::AffinityHeader(h.clone()))?,
+            )),
+            Some(AffinityConfig::Cookie(c)) => Some(Affinity::Cookie(c.clone())),
         };
         s.sync_timeout = config.sync_timeout();
         s.pass_through = config.pass_through;
@@ -230,7 +288,14 @@ impl MeshBuilder {
         s.timeout = config.timeout_ms.map(Duration::from_millis);
         s.zone.clone_from(&config.zone);
         s.watch_stall_timeout = config.watch_stall_timeout_ms.map(Duration::from_millis);
-        s.slow_start = config.slow_start_ms.map(Duration::from_millis);
+        s.slow_start = match config.slow_start_ms {
+            None => None,
+            Some(ms) => Some(slow_start(SlowStart {
+                window: Duration::from_millis(ms),
+                aggression: config.slow_start_aggression,
+                min_weight: f64::from(config.slow_start_min_weight_percent) / 100.0,
+            })?),
+        };
         let e = &config.ejection;
         s.ejection = Ejection {
             consecutive_failures: e.consecutive_failures,
@@ -345,9 +410,27 @@ impl MeshBuilder {
         self
     }
 
-    /// Ramps new Pods up over `window` after they became Ready.
+    /// Ramps new Pods' weights up linearly over `window` after they became Ready,
+    /// starting at 10 % (see [`SlowStart`]).
     pub fn slow_start(mut self, window: Duration) -> Self {
-        self.settings.slow_start = Some(window);
+        self.settings.slow_start = Some(SlowStart::new(window));
+        self
+    }
+
+    /// Ramps new Pods' weights with a custom curve (Envoy's aggression and minimum weight).
+    pub fn slow_start_with(mut self, ramp: SlowStart) -> Self {
+        match slow_start(ramp) {
+            Ok(r) => self.settings.slow_start = Some(r),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Where requests' affinity keys come from for [`Algorithm::Maglev`] (a request's own
+    /// [`AffinityKey`](crate::AffinityKey) extension wins). Requests without a key are
+    /// spread by weight.
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.settings.affinity = Some(affinity);
         self
     }
 

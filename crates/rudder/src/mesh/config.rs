@@ -55,6 +55,13 @@ pub struct MeshConfig {
     pub timeout_ms: Option<u64>,
     /// Slow start window after a Pod became Ready (none by default).
     pub slow_start_ms: Option<u64>,
+    /// Slow start's curve: 1.0 is linear, larger ramps faster at first.
+    pub slow_start_aggression: f64,
+    /// The smallest share of its weight a ramping Pod gets, in percent (default 10).
+    pub slow_start_min_weight_percent: u8,
+    /// Where affinity keys come from for the `maglev` algorithm: `{"header": "x-user"}`
+    /// or `{"cookie": "session"}` (none by default).
+    pub affinity: Option<AffinityConfig>,
     /// Outlier ejection.
     pub ejection: EjectionConfig,
     /// The caller's zone, for topology-aware routing (none by default).
@@ -83,6 +90,9 @@ impl Default for MeshConfig {
             retry_min_per_second: 10,
             timeout_ms: None,
             slow_start_ms: None,
+            slow_start_aggression: 1.0,
+            slow_start_min_weight_percent: 10,
+            affinity: None,
             ejection: EjectionConfig::default(),
             zone: None,
             watch_stall_timeout_ms: None,
@@ -133,6 +143,19 @@ pub enum AlgorithmConfig {
     WeightedRoundRobin,
     /// Weighted P2C over requests in flight.
     LeastRequests,
+    /// Maglev consistent hashing of the request's affinity key (see `affinity`).
+    Maglev,
+}
+
+/// Where affinity keys come from.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum AffinityConfig {
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
 }
 
 /// [`Ejection`](rudder_balance::Ejection) as data.

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use http::HeaderName;
 use http::uri::Authority;
 use rudder_balance::{Selector, SelectorError};
 
@@ -59,5 +60,90 @@ impl Target {
     /// `name:port`.
     pub fn endpoint(&self) -> &Authority {
         &self.endpoint
+    }
+}
+
+/// A request's affinity key for consistent hashing ([`Algorithm::Maglev`](crate::Algorithm)):
+/// requests with the same key go to the same Pod, from every client replica, while the
+/// Pod stays. Set as a request extension, it overrides the configured [`Affinity`].
+///
+/// ```
+/// let mut req = http::Request::get("http://cart.shop:8080/").body(()).unwrap();
+/// req.extensions_mut().insert(rudder::AffinityKey::new("customer-42"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey(u64);
+
+impl AffinityKey {
+    /// The key for `bytes` (hashed with a hash that is stable across processes, so
+    /// replicas agree).
+    pub fn new(bytes: impl AsRef<[u8]>) -> Self {
+        Self(rudder_balance::hash_key(bytes.as_ref()))
+    }
+
+    /// The key's hash.
+    pub fn hash(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Where the affinity key of requests without an [`AffinityKey`] extension comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Affinity {
+    /// The value of this header (e.g. `x-user-id`).
+    Header(HeaderName),
+    /// The value of this cookie (e.g. `session`).
+    Cookie(String),
+}
+
+impl Affinity {
+    /// The key of `req`, if it carries one.
+    pub(crate) fn key<B>(&self, req: &http::Request<B>) -> Option<AffinityKey> {
+        match self {
+            Self::Header(name) => req
+                .headers()
+                .get(name)
+                .map(|v| AffinityKey::new(v.as_bytes())),
+            Self::Cookie(name) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+                .find_map(|pair| {
+                    let pair = pair.trim_ascii();
+                    let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+                    (k == name.as_bytes()).then(|| AffinityKey::new(&v[1..]))
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_headers_and_cookies() {
+        let req = http::Request::get("http://a/")
+            .header("x-user", "42")
+            .header("cookie", "theme=dark; session=abc")
+            .header("cookie", "other=1")
+            .body(())
+            .unwrap();
+        let header = Affinity::Header(HeaderName::from_static("x-user"));
+        assert_eq!(header.key(&req), Some(AffinityKey::new("42")));
+        let cookie = Affinity::Cookie("session".into());
+        assert_eq!(cookie.key(&req), Some(AffinityKey::new("abc")));
+        assert_eq!(
+            Affinity::Cookie("other".into()).key(&req),
+            Some(AffinityKey::new("1"))
+        );
+        assert_eq!(Affinity::Cookie("missing".into()).key(&req), None);
+        assert_eq!(
+            Affinity::Cookie("sess".into()).key(&req),
+            None,
+            "whole names only"
+        );
     }
 }

@@ -48,19 +48,21 @@ mod view;
 pub use self::body::ResponseBody;
 pub use self::builder::{ConfigError, MeshBuilder};
 pub use self::config::{
-    AlgorithmConfig, EjectionConfig, FallbackConfig, MeshConfig, RouteConfig, SplitLeg,
+    AffinityConfig, AlgorithmConfig, EjectionConfig, FallbackConfig, MeshConfig, RouteConfig,
+    SplitLeg,
 };
 pub use self::error::MeshError;
-pub use self::ext::{Subset, Target};
+pub use self::ext::{Affinity, AffinityKey, Subset, Target};
 pub use self::route::Route;
 pub use self::service::{Mesh, ResponseFuture};
 pub use self::view::{EndpointView, ServiceView};
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rudder_balance::{Balancer, LoadTable, Split};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rudder_balance::{PoolConfig, Split};
 use rudder_k8s::ServiceRef;
 use tower::retry::budget::TpsBudget;
 
@@ -108,7 +110,7 @@ impl MeshLayer {
     /// `None` returns to the configured subset. Takes effect with the next request, without
     /// touching the Service: a blue/green switch or a canary promotion is one call.
     pub fn set_split(&self, split: Option<Split>) {
-        *self.shared.split.write().expect("split lock") = split.map(Arc::new);
+        self.shared.split.store(split.map(Arc::new));
     }
 
     /// The current view of every Service this Mesh has routed to.
@@ -149,30 +151,36 @@ pub(crate) enum Resolved {
 /// to unboundedly many hosts) new ones are classified per request instead.
 const RESOLVED_CACHE: usize = 4096;
 
+type Resolutions = HashMap<(http::uri::Authority, u16), Resolved>;
+
 /// State shared by every clone of a Mesh.
 #[derive(Debug)]
 pub(crate) struct Shared {
     source: Source,
     pub(crate) settings: Settings,
     routed: RwLock<HashMap<ServiceRef, Arc<Routed>>>,
-    resolved: RwLock<HashMap<(http::uri::Authority, u16), Resolved>>,
+    /// Read on every request without a lock; copied on the rare insert.
+    resolved: ArcSwap<Resolutions>,
+    resolving: Mutex<()>,
     pub(crate) budget: TpsBudget,
     /// The split in force (see [`MeshLayer::set_split`]).
-    pub(crate) split: RwLock<Option<Arc<Split>>>,
-    pub(crate) telemetry: crate::telemetry::Telemetry,
+    pub(crate) split: ArcSwapOption<Split>,
+    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Shared {
     fn new(source: Source, settings: Settings, telemetry: crate::telemetry::Telemetry) -> Self {
         let (percent, min) = settings.retry_budget;
+        let telemetry = telemetry.with_subsets(settings.selectors());
         Self {
-            telemetry,
+            telemetry: Arc::new(telemetry),
             budget: TpsBudget::new(Duration::from_secs(10), min, percent / 100.0),
-            split: RwLock::new(settings.split.clone()),
+            split: ArcSwapOption::new(settings.split.clone()),
             source,
             settings,
             routed: RwLock::new(HashMap::new()),
-            resolved: RwLock::new(HashMap::new()),
+            resolved: ArcSwap::default(),
+            resolving: Mutex::new(()),
         }
     }
 
@@ -184,7 +192,7 @@ impl Shared {
         port: u16,
     ) -> Result<Resolved, MeshError> {
         let key = (authority.clone(), port);
-        if let Some(r) = self.resolved.read().expect("resolved lock").get(&key) {
+        if let Some(r) = self.resolved.load().get(&key) {
             return Ok(r.clone());
         }
         let named = crate::authority::classify(
@@ -202,9 +210,12 @@ impl Shared {
             },
             crate::authority::Named::Other => Resolved::Other,
         };
-        let mut cache = self.resolved.write().expect("resolved lock");
-        if cache.len() < RESOLVED_CACHE {
-            cache.insert(key, resolved.clone());
+        let _one = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self.resolved.load();
+        if cache.len() < RESOLVED_CACHE && !cache.contains_key(&key) {
+            let mut next = Resolutions::clone(&cache);
+            next.insert(key, resolved.clone());
+            self.resolved.store(Arc::new(next));
         }
         Ok(resolved)
     }
@@ -239,32 +250,20 @@ impl Shared {
             }
         };
         let s = &self.settings;
-        let mut balancer = Balancer::new(s.algorithm);
-        if let Some(window) = s.slow_start {
-            balancer = balancer.with_slow_start(window);
-        }
-        // An endpoint not measured yet looks almost free, so every new Pod gets tried
-        // (and measured) instead of losing every comparison to measured ones; its cost
-        // still grows with requests in flight, so a burst does not all land on it.
-        let loads = LoadTable::new(Duration::from_secs(10), Duration::from_micros(1))
-            .with_ejection(s.ejection.clone());
-        let mut selectors: Vec<_> = s.subset.iter().cloned().collect();
-        if let Some(split) = &s.split {
-            selectors.extend(split.legs().iter().map(|(sel, _)| sel.clone()));
-        }
-        for route in &s.routes {
-            selectors.extend(route.selectors());
-        }
-        if let rudder_balance::Fallback::Default(sel) = &s.fallback {
-            selectors.push(sel.clone());
-        }
+        let config = PoolConfig {
+            algorithm: s.algorithm,
+            selectors: s.selectors(),
+            zone: s.zone.clone(),
+            slow_start: s.slow_start,
+            ejection: s.ejection.clone(),
+            ..PoolConfig::default()
+        };
         let r = Arc::new(Routed::new(
             svc.clone(),
             rx,
             keep,
-            loads,
-            balancer,
-            selectors,
+            config,
+            self.telemetry.clone(),
         ));
         routed.insert(svc.clone(), r.clone());
         Ok(r)

@@ -1,12 +1,19 @@
-//! Per-Service routing state: the subscription, per-endpoint load and the subset index of
-//! the newest snapshot, rebuilt only when discovery publishes a new one.
+//! Per-Service routing state: a [`Pool`] kept current by an updater task that follows
+//! discovery, so requests only ever load a ready snapshot.
+//!
+//! This is linkerd2-proxy's shape (a worker task feeds the balancer's pool from the
+//! resolution stream): indexing a new snapshot, building Maglev tables, re-weighting
+//! slow-start ramps and making each endpoint's URI authority all happen in the updater,
+//! never while a request waits.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rudder_balance::{Balancer, EndpointLoad, EndpointSet, LoadTable, Selector, SubsetIndex};
+use rudder_balance::{Endpoint, EndpointSet, Pool, PoolConfig, ServiceState};
 use rudder_k8s::ServiceRef;
 use tokio::sync::watch;
+
+use crate::telemetry::{EndpointTelemetry, Telemetry};
 
 /// What keeps a Service's discovery running while the Mesh routes to it.
 #[derive(Debug)]
@@ -15,107 +22,139 @@ pub(crate) enum Keep {
     Static,
 }
 
+/// What the request path needs of each endpoint besides its address, made once per
+/// snapshot.
+#[derive(Debug)]
+pub(crate) struct EndpointExtra {
+    /// The endpoint's `ip:port` as a URI authority.
+    pub(crate) authority: http::uri::Authority,
+    /// Its metric handles, per subset label.
+    pub(crate) telemetry: EndpointTelemetry,
+}
+
+fn extra(telemetry: &Telemetry) -> impl FnMut(&Endpoint) -> EndpointExtra + '_ {
+    |e| EndpointExtra {
+        authority: e
+            .addr()
+            .to_string()
+            .parse()
+            .expect("a socket address is a URI authority"),
+        telemetry: telemetry.endpoint(),
+    }
+}
+
 /// One Service port as the Mesh routes to it.
 #[derive(Debug)]
 pub(crate) struct Routed {
     pub(crate) service: ServiceRef,
-    rx: watch::Receiver<Arc<EndpointSet>>,
-    _keep: Keep,
-    pub(crate) loads: LoadTable,
-    pub(crate) balancer: Balancer,
-    /// Selectors indexed up front with every snapshot (the static subset, split legs and
-    /// fallback), so requests never index them.
-    selectors: Vec<Selector>,
-    view: RwLock<Arc<View>>,
-}
-
-/// One snapshot, indexed.
-#[derive(Debug)]
-pub(crate) struct View {
-    pub(crate) index: SubsetIndex,
-    pub(crate) loads: Arc<[Arc<EndpointLoad>]>,
-    /// Each endpoint's `ip:port` as a URI authority, made once per snapshot.
-    pub(crate) authorities: Vec<http::uri::Authority>,
-}
-
-impl View {
-    fn new(set: Arc<EndpointSet>, loads: &LoadTable, selectors: &[Selector]) -> Self {
-        let authorities = set
-            .endpoints()
-            .iter()
-            .map(|e| {
-                e.addr()
-                    .to_string()
-                    .parse()
-                    .expect("a socket address is a URI authority")
-            })
-            .collect();
-        Self {
-            loads: loads.for_set(&set),
-            index: SubsetIndex::new(set, selectors),
-            authorities,
-        }
-    }
-
-    pub(crate) fn set(&self) -> &Arc<EndpointSet> {
-        self.index.set()
-    }
+    /// The Service as a metric label and log field, made once.
+    pub(crate) label: Arc<str>,
+    pub(crate) pool: Arc<Pool<EndpointExtra>>,
+    /// Flips to `true` once the pool holds a synced snapshot.
+    synced: watch::Receiver<bool>,
+    keep: Keep,
+    /// Dropping it stops the updater.
+    _stop: watch::Sender<()>,
 }
 
 impl Routed {
+    /// Builds the pool from the newest snapshot in `rx` and starts its updater.
     pub(crate) fn new(
         service: ServiceRef,
-        rx: watch::Receiver<Arc<EndpointSet>>,
+        mut rx: watch::Receiver<Arc<EndpointSet>>,
         keep: Keep,
-        loads: LoadTable,
-        balancer: Balancer,
-        selectors: Vec<Selector>,
+        config: PoolConfig,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
-        let set = rx.borrow().clone();
-        let view = View::new(set, &loads, &selectors);
+        let label: Arc<str> = service.to_string().into();
+        let hook = telemetry.ejection_hook(label.clone());
+        let set = rx.borrow_and_update().clone();
+        let is_synced = *set.state() != ServiceState::Pending;
+        let pool = Arc::new(Pool::with_ejection_hook(
+            config,
+            set,
+            extra(&telemetry),
+            Some(hook),
+        ));
+        let (synced_tx, synced) = watch::channel(is_synced);
+        let (stop, stopped) = watch::channel(());
+        tokio::spawn(follow(
+            Arc::downgrade(&pool),
+            rx,
+            synced_tx,
+            stopped,
+            telemetry,
+        ));
         Self {
             service,
-            rx,
-            _keep: keep,
-            loads,
-            balancer,
-            selectors,
-            view: RwLock::new(Arc::new(view)),
+            label,
+            pool,
+            synced,
+            keep,
+            _stop: stop,
         }
-    }
-
-    /// The newest snapshot, indexed (built once per snapshot, by whichever request sees it
-    /// first).
-    pub(crate) fn view(&self) -> Arc<View> {
-        let set = self.rx.borrow().clone();
-        {
-            let view = self.view.read().expect("view lock");
-            if Arc::ptr_eq(view.set(), &set) {
-                return view.clone();
-            }
-        }
-        let mut slot = self.view.write().expect("view lock");
-        if !Arc::ptr_eq(slot.set(), &set) {
-            *slot = Arc::new(View::new(set, &self.loads, &self.selectors));
-        }
-        slot.clone()
     }
 
     /// The last discovery failure, if any.
     pub(crate) fn last_error(&self) -> Option<String> {
-        match &self._keep {
+        match &self.keep {
             Keep::Subscription(s) => s.last_error(),
             Keep::Static => None,
         }
     }
 
-    /// Waits (at most `bound`) for the first sync; whether it happened.
+    /// Waits (at most `bound`) until the pool holds a synced snapshot; whether it does.
     pub(crate) async fn synced(&self, bound: Duration) -> bool {
-        if *self.rx.borrow().state() != rudder_balance::ServiceState::Pending {
+        if *self.synced.borrow() {
             return true;
         }
-        let mut rx = self.rx.clone();
-        let wait = rx.wait_for(|s| *s.state() != rudder_balance::ServiceState::Pending);
-        matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(_)))
+        let mut rx = self.synced.clone();
+        matches!(
+            tokio::time::timeout(bound, rx.wait_for(|s| *s)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// The updater: re-indexes the pool whenever discovery publishes, and while slow-start
+/// ramps run, every [`Pool::refresh_interval`]. Ends when the [`Routed`] is dropped or
+/// discovery ends.
+async fn follow(
+    pool: Weak<Pool<EndpointExtra>>,
+    mut rx: watch::Receiver<Arc<EndpointSet>>,
+    synced: watch::Sender<bool>,
+    mut stop: watch::Receiver<()>,
+    telemetry: Arc<Telemetry>,
+) {
+    let mut ramp = pool
+        .upgrade()
+        .and_then(|p| p.ramping().then(|| p.refresh_interval()));
+    loop {
+        let tick = async {
+            match ramp {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let set = rx.borrow_and_update().clone();
+                let Some(p) = pool.upgrade() else { return };
+                let is_synced = *set.state() != ServiceState::Pending;
+                p.update(set, extra(&telemetry));
+                ramp = p.ramping().then(|| p.refresh_interval());
+                if is_synced {
+                    synced.send_if_modified(|s| !std::mem::replace(s, true));
+                }
+            }
+            () = tick => {
+                let Some(p) = pool.upgrade() else { return };
+                ramp = p.refresh();
+            }
+            _ = stop.changed() => return,
+        }
     }
 }

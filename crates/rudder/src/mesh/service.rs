@@ -5,11 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use rudder_balance::{EmptyReason, Selector, ServiceState};
+use rudder_balance::{EmptyReason, Selector, ServiceState, Snapshot};
 use tower::ServiceExt;
 use tower::retry::budget::Budget;
 use tower_service::Service;
@@ -17,10 +16,10 @@ use tracing::Instrument;
 
 use super::Resolved;
 use super::Shared;
-use super::body::{Guard, ResponseBody};
+use super::body::ResponseBody;
 use super::error::MeshError;
-use super::ext::{Subset, Target};
-use super::routed::Routed;
+use super::ext::{AffinityKey, Subset, Target};
+use super::routed::{EndpointExtra, Routed};
 use crate::BoxError;
 use crate::authority;
 use crate::telemetry::Outcome;
@@ -170,8 +169,8 @@ where
         }
         .into());
     }
-    let view = routed.view();
-    match view.set().state() {
+    let snapshot = routed.pool.snapshot();
+    match snapshot.set().state() {
         ServiceState::NotFound if short => return pass(inner, req).await,
         ServiceState::NotFound => {
             return Err(MeshError::ServiceNotFound { service: service() }.into());
@@ -195,25 +194,35 @@ where
     }
 
     let selector = choose_subset(&shared, &req)?;
-    let picked = view
-        .index
+    let picked = snapshot
         .subset(&selector, &settings.fallback)
         .map_err(|e| MeshError::NoEndpoints {
             service: service(),
             subset: selector.to_string(),
-            reason: match view.set().empty_reason() {
+            reason: match snapshot.set().empty_reason() {
                 Some(r) => empty_reason(r).to_string(),
                 None => e.to_string(),
             },
         })?;
+    let key = match settings.algorithm {
+        rudder_balance::Algorithm::Maglev => req
+            .extensions()
+            .get::<AffinityKey>()
+            .copied()
+            .or_else(|| settings.affinity.as_ref().and_then(|a| a.key(&req)))
+            .map(|k| k.hash()),
+        _ => None,
+    };
 
     let span = tracing::debug_span!(
         "rudder",
         service = %svc,
         subset = %selector,
+        fell_back = picked.fell_back(),
         endpoint = tracing::field::Empty,
         attempt = tracing::field::Empty,
     );
+    let slot = shared.telemetry.slot(&selector);
     let sent = dispatch(
         &shared,
         &routed,
@@ -223,8 +232,9 @@ where
         host,
         Chosen {
             picked,
-            view,
-            selector,
+            snapshot,
+            slot,
+            key,
         },
     )
     .instrument(span);
@@ -256,8 +266,11 @@ fn with_body<A, B>(req: &Request<A>, body: B) -> Request<B> {
 /// The subset a request may go to, in the snapshot it was chosen from.
 struct Chosen {
     picked: rudder_balance::Picked,
-    view: Arc<super::routed::View>,
-    selector: Selector,
+    snapshot: Arc<Snapshot<EndpointExtra>>,
+    /// The subset's metric label slot.
+    slot: usize,
+    /// The affinity key's hash, for Maglev.
+    key: Option<u64>,
 }
 
 /// Picks, sends and records, retrying on another endpoint when the request never reached
@@ -280,37 +293,35 @@ where
     let settings = &shared.settings;
     let Chosen {
         picked,
-        view,
-        selector,
+        snapshot,
+        slot,
+        key,
     } = chosen;
-    let selector = &selector;
+    let pool = &routed.pool;
+    let telemetry = &shared.telemetry;
     // Only an empty body can be sent again; keep what rebuilding the request needs.
     let replay =
         (settings.max_retries > 0 && req.body().is_end_stream()).then(|| with_body(&req, ()));
     shared.budget.deposit();
     let mut req = Some(req);
-    // The subset's endpoints in the caller's zone (cached per snapshot).
-    let local = settings
-        .zone
-        .as_deref()
-        .and_then(|zone| view.index.in_zone(selector, &picked, zone));
     // Endpoints this request already failed on; retries go elsewhere.
     let mut failed: Vec<usize> = Vec::new();
-    let mut attempt = 0u32;
+    let mut attempt_no = 0u32;
     loop {
-        attempt += 1;
-        let pos =
-            pick_avoiding(routed, &picked, local.as_ref(), &view, &failed).ok_or_else(|| {
-                MeshError::NoEndpoints {
-                    service: routed.service.to_string(),
-                    subset: String::new(),
-                    reason: "every endpoint of the subset has weight 0".into(),
-                }
+        attempt_no += 1;
+        let pos = pool
+            .pick_avoiding(&snapshot, &picked, key, &failed)
+            .ok_or_else(|| MeshError::NoEndpoints {
+                service: routed.service.to_string(),
+                subset: String::new(),
+                reason: "every endpoint of the subset has weight 0".into(),
             })?;
-        let endpoint = view.set().endpoints()[pos].addr();
+        let extra = snapshot.extra(pos);
+        let attempt = pool.start(&snapshot, pos);
+        let endpoint = attempt.addr();
         let span = tracing::Span::current();
         span.record("endpoint", tracing::field::display(endpoint));
-        span.record("attempt", attempt);
+        span.record("attempt", attempt_no);
         let this = match req.take() {
             Some(r) => r,
             None => with_body(
@@ -320,11 +331,7 @@ where
                 B::default(),
             ),
         };
-        let this = retarget(this, &authority, &host, view.authorities[pos].clone())?;
-        let target = this.extensions().get::<Target>().cloned();
-        let load = view.loads[pos].clone();
-        let in_flight = routed.loads.start(&load);
-        let started = Instant::now();
+        let this = retarget(this, &authority, &host, extra.authority.clone())?;
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
         let result = match ready {
             Ok(svc) => svc.call(this).await.map_err(Into::into),
@@ -332,98 +339,51 @@ where
         };
         match result {
             Ok(mut res) => {
-                let latency = started.elapsed();
-                routed.loads.record(&load, latency);
-                if let Some(t) = target {
-                    res.extensions_mut().insert(t);
-                }
-                let outcome = if settings.failure_on_5xx && res.status().is_server_error() {
-                    if routed.loads.record_failure(&load) {
-                        ejected(shared, routed, endpoint);
-                    }
+                let failure = settings.failure_on_5xx && res.status().is_server_error();
+                let latency = attempt.responded(failure);
+                res.extensions_mut().insert(Target {
+                    authority,
+                    endpoint: extra.authority.clone(),
+                });
+                let outcome = if failure {
                     Outcome::Failure
                 } else {
-                    routed.loads.record_success(&load);
                     Outcome::Success
                 };
-                shared
-                    .telemetry
-                    .request(&routed.service, selector, endpoint, outcome, latency);
-                let guard = Guard {
-                    _in_flight: in_flight,
-                    routed: routed.clone(),
-                    load,
-                };
-                return Ok(res.map(|b| ResponseBody::new(b, Some(guard))));
+                telemetry.request(
+                    &routed.label,
+                    &extra.telemetry,
+                    endpoint,
+                    slot,
+                    outcome,
+                    latency,
+                );
+                return Ok(res.map(|b| ResponseBody::new(b, Some(attempt))));
             }
             Err(e) => {
-                drop(in_flight);
-                if routed.loads.record_failure(&load) {
-                    ejected(shared, routed, endpoint);
-                }
-                shared.telemetry.request(
-                    &routed.service,
-                    selector,
+                let elapsed = attempt.failed();
+                telemetry.request(
+                    &routed.label,
+                    &extra.telemetry,
                     endpoint,
+                    slot,
                     Outcome::Error,
-                    started.elapsed(),
+                    elapsed,
                 );
                 let retry = replay.is_some()
-                    && attempt <= settings.max_retries
+                    && attempt_no <= settings.max_retries
                     && crate::error::never_reached_application(&*e)
                     && picked.len() > failed.len() + 1
                     && shared.budget.withdraw();
                 if !retry {
                     return Err(e);
                 }
-                shared.telemetry.retry(&routed.service);
+                telemetry.retry(&routed.label);
                 tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
                 failed.push(pos);
             }
         }
     }
-}
-
-fn ejected(shared: &Shared, routed: &Routed, endpoint: std::net::SocketAddr) {
-    tracing::info!(service = %routed.service, %endpoint, "endpoint ejected after consecutive failures");
-    shared.telemetry.ejection(&routed.service);
-}
-
-/// A pick that avoids endpoints this request already failed on: the balancer's choice when
-/// it is not one of them (a few draws), else the least loaded of the others.
-fn pick_avoiding(
-    routed: &Routed,
-    picked: &rudder_balance::Picked,
-    local: Option<&rudder_balance::Picked>,
-    view: &super::routed::View,
-    avoid: &[usize],
-) -> Option<usize> {
-    /// A remote endpoint must be this many times cheaper to beat the local choice.
-    const SPILL_FACTOR: f64 = 2.0;
-    let first = match local {
-        Some(l) => routed
-            .balancer
-            .pick_local_first(Some(l), picked, &view.loads, SPILL_FACTOR)?,
-        None => routed.balancer.pick(picked, &view.loads)?,
-    };
-    if avoid.is_empty() || !avoid.contains(&first) {
-        return Some(first);
-    }
-    for _ in 0..3 {
-        let pos = routed.balancer.pick(picked, &view.loads)?;
-        if !avoid.contains(&pos) {
-            return Some(pos);
-        }
-    }
-    let others = picked
-        .positions()
-        .iter()
-        .zip(picked.iter())
-        .filter(|(p, e)| e.weight() > 0 && !avoid.contains(&(**p as usize)))
-        .map(|(p, _)| *p as usize);
-    others
-        .min_by_key(|p| (view.loads[*p].is_ejected(), view.loads[*p].in_flight()))
-        .or(Some(first))
 }
 
 /// The subset for this request: extension, header, routes, split, configured subset,
@@ -452,7 +412,7 @@ fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshE
     {
         return Ok(selector.clone());
     }
-    if let Some(split) = shared.split.read().expect("split lock").as_ref() {
+    if let Some(split) = shared.split.load().as_ref() {
         return Ok(split.choose().clone());
     }
     Ok(settings.subset.clone().unwrap_or_else(Selector::everything))

@@ -42,16 +42,24 @@ pub struct EndpointView {
     pub ewma: Duration,
     /// Whether outlier ejection has taken it out of rotation.
     pub ejected: bool,
+    /// How many times it has been ejected.
+    pub ejections: u32,
+    /// The node it runs on.
+    pub node: Option<String>,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// The port's `appProtocol` (e.g. `kubernetes.io/h2c`).
+    pub app_protocol: Option<String>,
 }
 
 impl ServiceView {
     pub(crate) fn of(routed: &Routed) -> Self {
-        let view = routed.view();
-        let set = view.set();
+        let snapshot = routed.pool.snapshot();
+        let set = snapshot.set();
         let endpoints = set
             .endpoints()
             .iter()
-            .zip(view.loads.iter())
+            .zip(snapshot.loads())
             .map(|(e, load)| EndpointView {
                 addr: e.addr(),
                 pod: e.meta().pod.clone(),
@@ -61,6 +69,10 @@ impl ServiceView {
                 in_flight: load.in_flight(),
                 ewma: load.ewma(),
                 ejected: load.is_ejected(),
+                ejections: load.ejections(),
+                node: e.meta().node.clone(),
+                zone: e.meta().zone.clone(),
+                app_protocol: e.meta().app_protocol.clone(),
             })
             .collect();
         Self {

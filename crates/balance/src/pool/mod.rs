@@ -1,0 +1,393 @@
+//! A routing pool: everything one Service port needs to route a request, rebuilt when
+//! discovery publishes and swapped in atomically, so a request never builds routing state.
+//!
+//! linkerd2-proxy feeds its balancer from a worker task that reads the resolution stream;
+//! requests only ever see a ready pool. [`Pool`] is that shape without the task (the
+//! caller owns it, see `rudder`'s per-Service updater): [`Pool::update`] indexes a new
+//! [`EndpointSet`] (configured subsets, zone members, slow-start weights, Maglev tables,
+//! per-endpoint load, and a caller payload per endpoint such as a ready-made URI
+//! authority) and publishes it as one immutable [`Snapshot`]. The request path is:
+//!
+//! 1. [`Pool::snapshot`]: one atomic load (`arc-swap`), no lock;
+//! 2. [`Snapshot::subset`]: a hash lookup for configured selectors;
+//! 3. [`Pool::pick`]: the balancer's O(1) draw;
+//! 4. [`Pool::start`]: an [`Attempt`] guard that counts the request in flight and is the
+//!    one place its outcome is recorded: latency, success, failure and the ejection a
+//!    failure may cause, logged through the pool's ejection hook and counted.
+//!
+//! Load state (in flight, peak EWMA, failure streaks, ejections) is keyed by address and
+//! carried from one snapshot to the next, so a Pod keeps its history across updates.
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::balancer::{Algorithm, Balancer};
+use crate::endpoint::{Endpoint, EndpointSet};
+use crate::load::{Ejection, EndpointLoad, InFlight, LoadTable};
+use crate::selector::Selector;
+use crate::slow_start::SlowStart;
+use crate::subset::{Fallback, IndexOptions, Picked, SubsetError, SubsetIndex};
+
+/// What a [`Pool`] is configured with; everything here is known before the first request.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// The balancing algorithm.
+    pub algorithm: Algorithm,
+    /// Selectors indexed with every snapshot (static subset, split legs, route targets,
+    /// fallback): requests for them never index anything.
+    pub selectors: Vec<Selector>,
+    /// The caller's zone: picks prefer endpoints there (see
+    /// [`Balancer::pick_local_first`]).
+    pub zone: Option<String>,
+    /// A remote endpoint must be this many times cheaper than the local choice to win.
+    pub spill_factor: f64,
+    /// Ramps new endpoints' weights.
+    pub slow_start: Option<SlowStart>,
+    /// Outlier ejection.
+    pub ejection: Ejection,
+    /// Peak-EWMA time constant.
+    pub decay: Duration,
+    /// The latency estimate of an endpoint not measured yet.
+    pub initial_latency: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::default(),
+            selectors: Vec::new(),
+            zone: None,
+            spill_factor: 2.0,
+            slow_start: None,
+            ejection: Ejection::default(),
+            decay: Duration::from_secs(10),
+            // An endpoint not measured yet looks almost free, so every new Pod gets tried
+            // (and measured) instead of losing every comparison to measured ones; its cost
+            // still grows with requests in flight, so a burst does not all land on it.
+            initial_latency: Duration::from_micros(1),
+        }
+    }
+}
+
+/// Called with an endpoint's address when a failure ejects it.
+pub type EjectionHook = Arc<dyn Fn(SocketAddr) + Send + Sync>;
+
+/// Where outcomes are recorded: shared by the pool and every [`Attempt`].
+struct Outcomes {
+    table: LoadTable,
+    ejections: AtomicU64,
+    hook: Option<EjectionHook>,
+}
+
+impl Outcomes {
+    fn failure(&self, load: &EndpointLoad, addr: SocketAddr) {
+        if self.table.record_failure(load) {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = &self.hook {
+                hook(addr);
+            }
+        }
+    }
+}
+
+/// One snapshot, indexed, with a caller payload `T` per endpoint.
+#[derive(Debug)]
+pub struct Snapshot<T> {
+    index: SubsetIndex,
+    loads: Box<[Arc<EndpointLoad>]>,
+    extras: Arc<[T]>,
+}
+
+impl<T> Snapshot<T> {
+    /// The endpoint set.
+    pub fn set(&self) -> &Arc<EndpointSet> {
+        self.index.set()
+    }
+
+    /// The subset index.
+    pub fn index(&self) -> &SubsetIndex {
+        &self.index
+    }
+
+    /// The routable endpoints matching `selector`, or the fallback's.
+    pub fn subset(&self, selector: &Selector, fallback: &Fallback) -> Result<Picked, SubsetError> {
+        self.index.subset(selector, fallback)
+    }
+
+    /// The endpoint at `pos` with its load and payload.
+    pub fn get(&self, pos: usize) -> Option<(&Endpoint, &EndpointLoad, &T)> {
+        Some((
+            self.set().endpoints().get(pos)?,
+            self.loads.get(pos)?,
+            self.extras.get(pos)?,
+        ))
+    }
+
+    /// The payload of the endpoint at `pos`.
+    pub fn extra(&self, pos: usize) -> &T {
+        &self.extras[pos]
+    }
+
+    /// Every endpoint's load, aligned with [`EndpointSet::endpoints`].
+    pub fn loads(&self) -> &[Arc<EndpointLoad>] {
+        &self.loads
+    }
+}
+
+/// The routing state of one Service port; see the [module docs](self).
+pub struct Pool<T> {
+    config: PoolConfig,
+    balancer: Balancer,
+    outcomes: Arc<Outcomes>,
+    current: ArcSwap<Snapshot<T>>,
+    /// Serialises updates (normally one updater task; tests may call from anywhere).
+    updating: Mutex<()>,
+}
+
+impl<T> fmt::Debug for Pool<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.config)
+            .field("endpoints", &self.current.load().set().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Pool<T> {
+    /// A pool routing over `set`, with `extra` computing each endpoint's payload.
+    pub fn new(
+        config: PoolConfig,
+        set: Arc<EndpointSet>,
+        extra: impl FnMut(&Endpoint) -> T,
+    ) -> Self {
+        Self::with_ejection_hook(config, set, extra, None)
+    }
+
+    /// [`new`](Self::new) with a hook called whenever a failure ejects an endpoint (to log
+    /// and count it).
+    pub fn with_ejection_hook(
+        config: PoolConfig,
+        set: Arc<EndpointSet>,
+        extra: impl FnMut(&Endpoint) -> T,
+        hook: Option<EjectionHook>,
+    ) -> Self {
+        let table = LoadTable::new(config.decay, config.initial_latency)
+            .with_ejection(config.ejection.clone());
+        let outcomes = Arc::new(Outcomes {
+            table,
+            ejections: AtomicU64::new(0),
+            hook,
+        });
+        let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
+        let first = Self::index(&config, &outcomes, set, extras, SystemTime::now());
+        Self {
+            balancer: Balancer::new(config.algorithm),
+            config,
+            outcomes,
+            current: ArcSwap::from_pointee(first),
+            updating: Mutex::new(()),
+        }
+    }
+
+    fn index(
+        config: &PoolConfig,
+        outcomes: &Outcomes,
+        set: Arc<EndpointSet>,
+        extras: Arc<[T]>,
+        now: SystemTime,
+    ) -> Snapshot<T> {
+        let loads = outcomes.table.for_set(&set).iter().cloned().collect();
+        let options = IndexOptions {
+            zone: config.zone.clone(),
+            slow_start: config.slow_start,
+            maglev: config.algorithm == Algorithm::Maglev,
+            now,
+        };
+        Snapshot {
+            index: SubsetIndex::with_options(set, &config.selectors, options),
+            loads,
+            extras,
+        }
+    }
+
+    /// Indexes `set` and publishes it; requests that already hold the previous snapshot
+    /// finish with it. Called when discovery publishes, never on the request path.
+    pub fn update(&self, set: Arc<EndpointSet>, extra: impl FnMut(&Endpoint) -> T) {
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
+        let next = Self::index(&self.config, &self.outcomes, set, extras, SystemTime::now());
+        self.current.store(Arc::new(next));
+    }
+
+    /// Re-indexes the current set at the current time, so slow-start weights follow their
+    /// ramps; returns when to call it again (`None`: no endpoint is ramping).
+    pub fn refresh(&self) -> Option<Duration> {
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        if !current.index.ramping() {
+            return None;
+        }
+        let next = Self::index(
+            &self.config,
+            &self.outcomes,
+            current.set().clone(),
+            current.extras.clone(),
+            SystemTime::now(),
+        );
+        let ramping = next.index.ramping();
+        self.current.store(Arc::new(next));
+        ramping.then(|| self.refresh_interval())
+    }
+
+    /// How often ramping weights are re-indexed: 1/20 of the window (so the effective
+    /// weight lags its ramp by at most 5 % of the window), and not more than 10 times a
+    /// second.
+    pub fn refresh_interval(&self) -> Duration {
+        self.config.slow_start.map_or(Duration::MAX, |s| {
+            (s.window / 20).max(Duration::from_millis(100))
+        })
+    }
+
+    /// Whether some endpoint is ramping up in the current snapshot.
+    pub fn ramping(&self) -> bool {
+        self.current.load().index.ramping()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot<T>> {
+        self.current.load_full()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// How many ejections failures have caused so far.
+    pub fn ejections(&self) -> u64 {
+        self.outcomes.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Picks an endpoint of `picked` (from `snapshot`); `key` is the request's affinity
+    /// key hash (see [`hash_key`](crate::maglev::hash_key)), used by
+    /// [`Algorithm::Maglev`]. With a zone configured, the local members are preferred.
+    /// `None` when every member has weight 0.
+    pub fn pick(&self, snapshot: &Snapshot<T>, picked: &Picked, key: Option<u64>) -> Option<usize> {
+        let loads = &snapshot.loads;
+        if let Some(h) = key.filter(|_| self.config.algorithm == Algorithm::Maglev) {
+            return self.balancer.pick_keyed(picked, loads, Some(h));
+        }
+        match picked.local() {
+            Some(local) => self.balancer.pick_local_first(
+                Some(&local),
+                picked,
+                loads,
+                self.config.spill_factor,
+            ),
+            None => self.balancer.pick(picked, loads),
+        }
+    }
+
+    /// [`pick`](Self::pick), avoiding the positions in `avoid` (endpoints this request
+    /// already failed on): the balancer's choice when it is not one of them (a few draws),
+    /// else the least loaded of the others, else the balancer's choice.
+    pub fn pick_avoiding(
+        &self,
+        snapshot: &Snapshot<T>,
+        picked: &Picked,
+        key: Option<u64>,
+        avoid: &[usize],
+    ) -> Option<usize> {
+        let first = self.pick(snapshot, picked, key)?;
+        if !avoid.contains(&first) {
+            return Some(first);
+        }
+        let loads = &snapshot.loads;
+        for _ in 0..3 {
+            let pos = self.balancer.pick(picked, loads)?;
+            if !avoid.contains(&pos) {
+                return Some(pos);
+            }
+        }
+        let others = picked
+            .positions()
+            .iter()
+            .enumerate()
+            .filter(|(m, p)| picked.weights().weight(*m) > 0 && !avoid.contains(&(**p as usize)))
+            .map(|(_, p)| *p as usize);
+        others
+            .min_by_key(|p| (loads[*p].is_ejected(), loads[*p].in_flight()))
+            .or(Some(first))
+    }
+
+    /// Starts a request to the endpoint at `pos` of `snapshot`: it counts in flight until
+    /// the returned [`Attempt`] is dropped, which records nothing else on its own.
+    ///
+    /// # Panics
+    /// When `pos` is not a position of `snapshot` (positions come from [`pick`](Self::pick)).
+    pub fn start(&self, snapshot: &Snapshot<T>, pos: usize) -> Attempt {
+        let load = &snapshot.loads[pos];
+        Attempt {
+            in_flight: self.outcomes.table.start(load),
+            outcomes: self.outcomes.clone(),
+            addr: snapshot.set().endpoints()[pos].addr(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One request on one endpoint, in flight until dropped; the one place its outcome is
+/// recorded.
+pub struct Attempt {
+    in_flight: InFlight,
+    outcomes: Arc<Outcomes>,
+    addr: SocketAddr,
+    started: Instant,
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("addr", &self.addr)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attempt {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Response headers arrived: records the latency into peak EWMA and the response as a
+    /// success or (a counted 5xx) a failure, which may eject the endpoint. Returns the
+    /// latency. The attempt stays in flight until the response body ends.
+    pub fn responded(&self, failure: bool) -> Duration {
+        let latency = self.started.elapsed();
+        let load = self.in_flight.load();
+        self.outcomes.table.record(load, latency);
+        if failure {
+            self.outcomes.failure(load, self.addr);
+        } else {
+            self.outcomes.table.record_success(load);
+        }
+        latency
+    }
+
+    /// No response (connection refused or reset, an inner error), or the response body
+    /// failed: records a failure, which may eject the endpoint, and ends the attempt.
+    /// Returns the time since the attempt started.
+    pub fn failed(self) -> Duration {
+        self.outcomes.failure(self.in_flight.load(), self.addr);
+        self.started.elapsed()
+    }
+}

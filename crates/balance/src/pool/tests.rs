@@ -1,0 +1,295 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+use crate::endpoint::{EndpointMeta, Readiness, ServiceState};
+use crate::maglev::hash_key;
+
+fn endpoint(i: u32, meta: EndpointMeta) -> Endpoint {
+    Endpoint::new(SocketAddr::from((
+        [10, 1, (i / 250) as u8, (i % 250 + 1) as u8],
+        80,
+    )))
+    .with_meta(meta)
+}
+
+fn labelled(i: u32, version: &str) -> Endpoint {
+    endpoint(
+        i,
+        EndpointMeta {
+            labels: BTreeMap::from([("version".to_string(), version.to_string())]),
+            ..Default::default()
+        },
+    )
+}
+
+fn set(eps: Vec<Endpoint>) -> Arc<EndpointSet> {
+    Arc::new(EndpointSet::new(ServiceState::Active, eps))
+}
+
+fn pool(config: PoolConfig, eps: Vec<Endpoint>) -> Pool<SocketAddr> {
+    Pool::new(config, set(eps), Endpoint::addr)
+}
+
+#[test]
+fn snapshots_are_indexed_on_update_and_carry_payloads_and_loads() {
+    let v2: Selector = "version=2".parse().unwrap();
+    let config = PoolConfig {
+        selectors: vec![v2.clone()],
+        ..Default::default()
+    };
+    let p = pool(config, vec![labelled(0, "1"), labelled(1, "2")]);
+    let s1 = p.snapshot();
+    let picked = s1.subset(&v2, &Fallback::NoFallback).unwrap();
+    assert_eq!(picked.len(), 1);
+    let pos = p.pick(&s1, &picked, None).unwrap();
+    assert_eq!(*s1.extra(pos), s1.set().endpoints()[pos].addr());
+    let attempt = p.start(&s1, pos);
+    assert_eq!(s1.loads()[pos].in_flight(), 1);
+
+    // An update publishes a new snapshot; load state follows the address.
+    p.update(
+        set(vec![labelled(1, "2"), labelled(2, "2")]),
+        Endpoint::addr,
+    );
+    let s2 = p.snapshot();
+    assert!(!Arc::ptr_eq(&s1, &s2));
+    let same = s2
+        .set()
+        .endpoints()
+        .iter()
+        .position(|e| e.addr() == attempt.addr())
+        .unwrap();
+    assert_eq!(s2.loads()[same].in_flight(), 1);
+    drop(attempt);
+    assert_eq!(s2.loads()[same].in_flight(), 0);
+    assert_eq!(s2.subset(&v2, &Fallback::NoFallback).unwrap().len(), 2);
+    assert_eq!(
+        s2.index().extra_len(),
+        0,
+        "configured selectors are not extras"
+    );
+}
+
+#[test]
+fn selectors_from_requests_are_cached_up_to_a_bound() {
+    let p = pool(
+        PoolConfig::default(),
+        (0..20).map(|i| labelled(i, &(i % 4).to_string())).collect(),
+    );
+    let snap = p.snapshot();
+    for i in 0..100_000u32 {
+        let sel: Selector = format!("version={}", i % 4 + (i / 4) * 10).parse().unwrap();
+        let picked = snap.subset(&sel, &Fallback::AnyEndpoint).unwrap();
+        assert!(!picked.is_empty());
+    }
+    assert_eq!(snap.index().extra_len(), crate::subset::EXTRA_SUBSETS);
+    // Past the bound, answers are still right.
+    let late: Selector = "version=3".parse().unwrap();
+    assert_eq!(snap.subset(&late, &Fallback::NoFallback).unwrap().len(), 5);
+}
+
+#[test]
+fn failures_eject_once_through_the_hook_and_are_counted() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook: EjectionHook = {
+        let seen = seen.clone();
+        Arc::new(move |addr| seen.lock().unwrap().push(addr))
+    };
+    let config = PoolConfig {
+        ejection: Ejection {
+            consecutive_failures: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = Pool::with_ejection_hook(
+        config,
+        set((0..4).map(|i| labelled(i, "1")).collect()),
+        |_| (),
+        Some(hook),
+    );
+    let snap = p.snapshot();
+    // Two 5xx responses and one body failure: three in a row.
+    p.start(&snap, 0).responded(true);
+    p.start(&snap, 0).responded(true);
+    assert_eq!(p.ejections(), 0);
+    p.start(&snap, 0).responded(false);
+    p.start(&snap, 0).responded(true);
+    p.start(&snap, 0).responded(true);
+    assert_eq!(p.ejections(), 0, "a success ended the streak");
+    p.start(&snap, 0).failed();
+    assert_eq!(p.ejections(), 1);
+    assert!(snap.loads()[0].is_ejected());
+    assert_eq!(*seen.lock().unwrap(), [snap.set().endpoints()[0].addr()]);
+    assert_eq!(snap.loads()[0].in_flight(), 0, "every attempt ended");
+}
+
+/// Shares of the endpoint at `new` (Ready `age` ago, window 1,000 s) among 10, over 20,000
+/// picks; `concurrent` keeps 400 requests in flight (40 per endpoint at full weight, so a
+/// ramping endpoint's fair share is several requests), releasing the oldest each time.
+fn ramp_share(algorithm: Algorithm, age_percent: u64, concurrent: bool) -> f64 {
+    let window = Duration::from_secs(1_000);
+    let now = SystemTime::now();
+    let eps = (0..10)
+        .map(|i| {
+            let age = if i == 0 {
+                window * age_percent as u32 / 100
+            } else {
+                window * 10
+            };
+            endpoint(
+                i,
+                EndpointMeta {
+                    ready_since: Some(now - age),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let config = PoolConfig {
+        algorithm,
+        slow_start: Some(SlowStart::new(window)),
+        ..Default::default()
+    };
+    let p = pool(config, eps);
+    let snap = p.snapshot();
+    let all = snap.index().all();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut new = 0;
+    let rounds = 20_000;
+    for _ in 0..rounds {
+        let pos = p.pick(&snap, &all, None).unwrap();
+        new += usize::from(pos == 0);
+        let attempt = p.start(&snap, pos);
+        if concurrent {
+            in_flight.push_back(attempt);
+            if in_flight.len() > 400 {
+                in_flight.pop_front();
+            }
+        }
+    }
+    new as f64 / rounds as f64
+}
+
+#[test]
+fn slow_start_ramps_the_share_for_every_algorithm() {
+    for algorithm in [
+        Algorithm::P2cPeakEwma,
+        Algorithm::LeastRequests,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::Maglev,
+    ] {
+        for concurrent in [false, true] {
+            for (age, factor) in [(10, 0.1), (50, 0.5), (90, 0.9), (200, 1.0)] {
+                let expected = factor / (factor + 9.0);
+                let share = ramp_share(algorithm, age, concurrent);
+                let tolerance = if concurrent { 0.3 } else { 0.12 };
+                assert!(
+                    (share - expected).abs() <= expected * tolerance,
+                    "{algorithm:?} concurrent={concurrent} at {age} % of the window: share {share:.4}, expected {expected:.4}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ramping_pools_refresh_until_the_window_ends() {
+    let now = SystemTime::now();
+    let config = PoolConfig {
+        slow_start: Some(SlowStart::new(Duration::from_secs(60))),
+        ..Default::default()
+    };
+    let ready = |age: u64| EndpointMeta {
+        ready_since: Some(now - Duration::from_secs(age)),
+        ..Default::default()
+    };
+    let p = pool(
+        config.clone(),
+        vec![endpoint(0, ready(30)), endpoint(1, ready(600))],
+    );
+    assert!(p.ramping());
+    let before = p.snapshot();
+    assert_eq!(p.refresh(), Some(Duration::from_secs(3)));
+    assert!(!Arc::ptr_eq(&before, &p.snapshot()), "a refresh publishes");
+    let done = pool(config, vec![endpoint(0, ready(600))]);
+    assert!(!done.ramping());
+    assert_eq!(done.refresh(), None);
+}
+
+fn maglev_pool(n: u32) -> Pool<SocketAddr> {
+    let config = PoolConfig {
+        algorithm: Algorithm::Maglev,
+        ..Default::default()
+    };
+    pool(config, (0..n).map(|i| labelled(i, "1")).collect())
+}
+
+fn owner(p: &Pool<SocketAddr>, key: u64) -> SocketAddr {
+    let snap = p.snapshot();
+    let all = snap.index().all();
+    *snap.extra(p.pick(&snap, &all, Some(key)).unwrap())
+}
+
+#[test]
+fn keyed_picks_are_sticky_agree_between_pools_and_move_about_one_nth() {
+    let (a, b) = (maglev_pool(10), maglev_pool(10));
+    let keys: Vec<u64> = (0..1_000)
+        .map(|i| hash_key(format!("user-{i}").as_bytes()))
+        .collect();
+    let first: Vec<SocketAddr> = keys.iter().map(|k| owner(&a, *k)).collect();
+    for (k, o) in keys.iter().zip(&first) {
+        assert_eq!(owner(&a, *k), *o, "same key, same Pod");
+        assert_eq!(owner(&b, *k), *o, "replicas agree");
+    }
+    let distinct: std::collections::HashSet<_> = first.iter().collect();
+    assert_eq!(distinct.len(), 10, "keys spread over every Pod");
+    // One of ten leaves: its keys move, about 1/10 of the rest stay put.
+    let gone = first[0];
+    let eps: Vec<Endpoint> = (0..10u32)
+        .map(|i| labelled(i, "1"))
+        .filter(|e| e.addr() != gone)
+        .collect();
+    a.update(set(eps), Endpoint::addr);
+    let moved = keys
+        .iter()
+        .zip(&first)
+        .filter(|(k, o)| owner(&a, **k) != **o)
+        .count();
+    let owned = first.iter().filter(|o| **o == gone).count();
+    assert!(moved >= owned, "the leaving Pod's keys moved");
+    assert!(
+        moved <= 150,
+        "about 1/10 of the keys move: {moved} moved, the leaving Pod owned {owned}"
+    );
+}
+
+#[test]
+fn terminating_endpoints_killed_last_are_preferred() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let term = |i: u32, deadline: u64| {
+        endpoint(
+            i,
+            EndpointMeta {
+                deletion_deadline: Some(now + Duration::from_secs(deadline)),
+                ..Default::default()
+            },
+        )
+        .with_readiness(Readiness::ServingTerminating)
+    };
+    let p = pool(
+        PoolConfig::default(),
+        vec![term(0, 5), term(1, 30), term(2, 30), term(3, 10)],
+    );
+    let snap = p.snapshot();
+    let all = snap.index().all();
+    assert_eq!(all.positions(), [1, 2]);
+    let hits = AtomicUsize::new(0);
+    for _ in 0..100 {
+        let pos = p.pick(&snap, &all, None).unwrap();
+        assert!(pos == 1 || pos == 2);
+        hits.fetch_add(1, Ordering::Relaxed);
+    }
+    assert_eq!(hits.into_inner(), 100);
+}
