@@ -11,6 +11,8 @@
 //! through.
 
 use http::Uri;
+use std::borrow::Cow;
+
 use http::uri::Authority;
 use rudder_k8s::{PortSpec, ServiceRef};
 
@@ -23,15 +25,17 @@ pub(crate) enum Named {
     Other,
 }
 
-/// The authority a request is addressed to: the URI's, else its `Host` header's.
-pub(crate) fn of_request<B>(req: &http::Request<B>) -> Option<Authority> {
+/// The authority a request is addressed to: the URI's (borrowed), else its `Host`
+/// header's.
+pub(crate) fn of_request<B>(req: &http::Request<B>) -> Option<Cow<'_, Authority>> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.clone());
+        return Some(Cow::Borrowed(a));
     }
     req.headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse().ok())
+        .map(Cow::Owned)
 }
 
 /// The port a request goes to: the authority's, else the scheme's default.

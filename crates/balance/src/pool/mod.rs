@@ -340,6 +340,7 @@ impl<T> Pool<T> {
             outcomes: self.outcomes.clone(),
             addr: snapshot.set().endpoints()[pos].addr(),
             started: Instant::now(),
+            succeeded: false,
         }
     }
 }
@@ -351,6 +352,9 @@ pub struct Attempt {
     outcomes: Arc<Outcomes>,
     addr: SocketAddr,
     started: Instant,
+    /// Response headers arrived and were not a counted failure: a success once the body
+    /// ends (or is dropped) without an error.
+    succeeded: bool,
 }
 
 impl fmt::Debug for Attempt {
@@ -368,17 +372,19 @@ impl Attempt {
         self.addr
     }
 
-    /// Response headers arrived: records the latency into peak EWMA and the response as a
-    /// success or (a counted 5xx) a failure, which may eject the endpoint. Returns the
-    /// latency. The attempt stays in flight until the response body ends.
-    pub fn responded(&self, failure: bool) -> Duration {
+    /// Response headers arrived: records the latency into peak EWMA, and a counted 5xx
+    /// (`failure`) as a failure, which may eject the endpoint. Otherwise the attempt is a
+    /// success when it ends, unless its body fails first ([`failed`](Self::failed)): a
+    /// stream cut mid-body must not reset the endpoint's failure streak. Returns the
+    /// latency. The attempt stays in flight until dropped (at the response body's end).
+    pub fn responded(&mut self, failure: bool) -> Duration {
         let latency = self.started.elapsed();
         let load = self.in_flight.load();
         self.outcomes.table.record(load, latency);
         if failure {
             self.outcomes.failure(load, self.addr);
         } else {
-            self.outcomes.table.record_success(load);
+            self.succeeded = true;
         }
         latency
     }
@@ -386,8 +392,17 @@ impl Attempt {
     /// No response (connection refused or reset, an inner error), or the response body
     /// failed: records a failure, which may eject the endpoint, and ends the attempt.
     /// Returns the time since the attempt started.
-    pub fn failed(self) -> Duration {
+    pub fn failed(mut self) -> Duration {
+        self.succeeded = false;
         self.outcomes.failure(self.in_flight.load(), self.addr);
         self.started.elapsed()
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.succeeded {
+            self.outcomes.table.record_success(self.in_flight.load());
+        }
     }
 }

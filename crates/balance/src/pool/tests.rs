@@ -110,14 +110,17 @@ fn failures_eject_once_through_the_hook_and_are_counted() {
         Some(hook),
     );
     let snap = p.snapshot();
-    // Two 5xx responses and one body failure: three in a row.
+    // Two 5xx responses, then a success that ends the streak.
     p.start(&snap, 0).responded(true);
     p.start(&snap, 0).responded(true);
     assert_eq!(p.ejections(), 0);
     p.start(&snap, 0).responded(false);
+    // A 5xx, then a response whose body fails (not a success), then no response.
     p.start(&snap, 0).responded(true);
-    p.start(&snap, 0).responded(true);
-    assert_eq!(p.ejections(), 0, "a success ended the streak");
+    let mut cut = p.start(&snap, 0);
+    cut.responded(false);
+    cut.failed();
+    assert_eq!(p.ejections(), 0, "the success ended the earlier streak");
     p.start(&snap, 0).failed();
     assert_eq!(p.ejections(), 1);
     assert!(snap.loads()[0].is_ejected());

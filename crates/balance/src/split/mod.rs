@@ -55,14 +55,17 @@ impl Split {
 
     /// The subset for the next request.
     pub fn choose(&self) -> &Selector {
+        &self.legs[self.choose_leg()].0
+    }
+
+    /// The index into [`legs`](Self::legs) of the subset for the next request.
+    pub fn choose_leg(&self) -> usize {
         let total = self.weights.total();
         let k = self.turn.fetch_add(1, Ordering::Relaxed) % total;
         let x = ((u128::from(k) * u128::from(self.stride)) % u128::from(total)) as u64;
-        let leg = self
-            .weights
+        self.weights
             .pick(x)
-            .expect("validated: positive total weight");
-        &self.legs[leg].0
+            .expect("validated: positive total weight")
     }
 }
 

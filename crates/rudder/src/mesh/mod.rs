@@ -142,6 +142,7 @@ pub(crate) enum Resolved {
         routed: Arc<Routed>,
         short: bool,
         host: http::HeaderValue,
+        authority: http::uri::Authority,
     },
     /// Not a Service name.
     Other,
@@ -151,7 +152,8 @@ pub(crate) enum Resolved {
 /// to unboundedly many hosts) new ones are classified per request instead.
 const RESOLVED_CACHE: usize = 4096;
 
-type Resolutions = HashMap<(http::uri::Authority, u16), Resolved>;
+/// Per authority, per port (a URI without a port takes its scheme's): almost always one.
+type Resolutions = HashMap<http::uri::Authority, Vec<(u16, Resolved)>>;
 
 /// State shared by every clone of a Mesh.
 #[derive(Debug)]
@@ -191,9 +193,14 @@ impl Shared {
         authority: &http::uri::Authority,
         port: u16,
     ) -> Result<Resolved, MeshError> {
-        let key = (authority.clone(), port);
-        if let Some(r) = self.resolved.load().get(&key) {
-            return Ok(r.clone());
+        let cached = |map: &Resolutions| {
+            map.get(authority)?
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map(|(_, r)| r.clone())
+        };
+        if let Some(r) = cached(&self.resolved.load()) {
+            return Ok(r);
         }
         let named = crate::authority::classify(
             authority.host(),
@@ -207,14 +214,17 @@ impl Shared {
                 short,
                 host: http::HeaderValue::from_str(authority.as_str())
                     .expect("a URI authority is a valid header value"),
+                authority: authority.as_str().parse().expect("an authority parses"),
             },
             crate::authority::Named::Other => Resolved::Other,
         };
         let _one = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
         let cache = self.resolved.load();
-        if cache.len() < RESOLVED_CACHE && !cache.contains_key(&key) {
+        if cache.len() < RESOLVED_CACHE && cached(&cache).is_none() {
             let mut next = Resolutions::clone(&cache);
-            next.insert(key, resolved.clone());
+            next.entry(authority.clone())
+                .or_default()
+                .push((port, resolved.clone()));
             self.resolved.store(Arc::new(next));
         }
         Ok(resolved)

@@ -136,23 +136,30 @@ where
     B: http_body::Body + Default + Send + 'static,
 {
     let settings = &shared.settings;
-    let Some(authority) = authority::of_request(&req) else {
-        return Err(MeshError::MissingAuthority.into());
+    let (resolved, port) = {
+        let Some(authority) = authority::of_request(&req) else {
+            return Err(MeshError::MissingAuthority.into());
+        };
+        let port = authority::port_of(&authority, req.uri());
+        match shared.resolve(&authority, port)? {
+            Resolved::Other if !settings.pass_through => {
+                return Err(MeshError::NotAService {
+                    authority: authority.to_string(),
+                }
+                .into());
+            }
+            resolved => (resolved, port),
+        }
     };
-    let port = authority::port_of(&authority, req.uri());
+    // The cached authority: cloning it shares its bytes instead of copying the request's.
     let Resolved::Service {
         routed,
         short,
         host,
-    } = shared.resolve(&authority, port)?
+        authority,
+    } = resolved
     else {
-        if settings.pass_through {
-            return pass(inner, req).await;
-        }
-        return Err(MeshError::NotAService {
-            authority: authority.to_string(),
-        }
-        .into());
+        return pass(inner, req).await;
     };
     let svc = &routed.service;
     let service = || svc.to_string();
@@ -193,17 +200,19 @@ where
         _ => {}
     }
 
-    let selector = choose_subset(&shared, &req)?;
-    let picked = snapshot
-        .subset(&selector, &settings.fallback)
-        .map_err(|e| MeshError::NoEndpoints {
-            service: service(),
-            subset: selector.to_string(),
-            reason: match snapshot.set().empty_reason() {
-                Some(r) => empty_reason(r).to_string(),
-                None => e.to_string(),
-            },
-        })?;
+    let choice = choose_subset(&shared, &req)?;
+    let selector = choice.selector();
+    let picked =
+        snapshot
+            .subset(selector, &settings.fallback)
+            .map_err(|e| MeshError::NoEndpoints {
+                service: service(),
+                subset: selector.to_string(),
+                reason: match snapshot.set().empty_reason() {
+                    Some(r) => empty_reason(r).to_string(),
+                    None => e.to_string(),
+                },
+            })?;
     let key = match settings.algorithm {
         rudder_balance::Algorithm::Maglev => req
             .extensions()
@@ -222,7 +231,8 @@ where
         endpoint = tracing::field::Empty,
         attempt = tracing::field::Empty,
     );
-    let slot = shared.telemetry.slot(&selector);
+    let slot = shared.telemetry.slot(selector);
+    drop(choice);
     let sent = dispatch(
         &shared,
         &routed,
@@ -317,7 +327,7 @@ where
                 reason: "every endpoint of the subset has weight 0".into(),
             })?;
         let extra = snapshot.extra(pos);
-        let attempt = pool.start(&snapshot, pos);
+        let mut attempt = pool.start(&snapshot, pos);
         let endpoint = attempt.addr();
         let span = tracing::Span::current();
         span.record("endpoint", tracing::field::display(endpoint));
@@ -386,12 +396,33 @@ where
     }
 }
 
+/// The subset a request asked for, borrowed from the configuration where it came from
+/// there, so choosing allocates nothing on the common paths.
+enum SubsetChoice<'a> {
+    Configured(&'a Selector),
+    Split(Arc<rudder_balance::Split>, usize),
+    Owned(Selector),
+}
+
+impl SubsetChoice<'_> {
+    fn selector(&self) -> &Selector {
+        match self {
+            Self::Configured(s) => s,
+            Self::Split(split, leg) => &split.legs()[*leg].0,
+            Self::Owned(s) => s,
+        }
+    }
+}
+
 /// The subset for this request: extension, header, routes, split, configured subset,
 /// everything.
-fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshError> {
+fn choose_subset<'a, B>(
+    shared: &'a Shared,
+    req: &Request<B>,
+) -> Result<SubsetChoice<'a>, MeshError> {
     let settings = &shared.settings;
     if let Some(s) = req.extensions().get::<Subset>() {
-        return Ok(s.selector().clone());
+        return Ok(SubsetChoice::Owned(s.selector().clone()));
     }
     if let Some(name) = &settings.subset_header
         && let Some(value) = req.headers().get(name)
@@ -399,10 +430,13 @@ fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshE
         let text = value.to_str().map_err(|_| MeshError::SubsetNotAscii {
             header: name.to_string(),
         })?;
-        return text.parse().map_err(|source| MeshError::InvalidSubset {
-            header: name.to_string(),
-            source,
-        });
+        return text
+            .parse()
+            .map(SubsetChoice::Owned)
+            .map_err(|source| MeshError::InvalidSubset {
+                header: name.to_string(),
+                source,
+            });
     }
     if let Some(selector) = settings
         .routes
@@ -410,12 +444,16 @@ fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<Selector, MeshE
         .find(|r| r.matches(req))
         .and_then(|r| r.choose())
     {
-        return Ok(selector.clone());
+        return Ok(SubsetChoice::Configured(selector));
     }
-    if let Some(split) = shared.split.load().as_ref() {
-        return Ok(split.choose().clone());
+    if let Some(split) = shared.split.load_full() {
+        let leg = split.choose_leg();
+        return Ok(SubsetChoice::Split(split, leg));
     }
-    Ok(settings.subset.clone().unwrap_or_else(Selector::everything))
+    Ok(match &settings.subset {
+        Some(s) => SubsetChoice::Configured(s),
+        None => SubsetChoice::Owned(Selector::everything()),
+    })
 }
 
 fn empty_reason(r: EmptyReason) -> &'static str {

@@ -3,6 +3,7 @@
 //! `kube::Client`.
 
 mod faults;
+mod request_path;
 mod security;
 mod support;
 

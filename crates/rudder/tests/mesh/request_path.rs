@@ -1,0 +1,295 @@
+//! The request path through the Mesh: affinity with Maglev, slow-start ramps, one place
+//! recording outcomes (also mid-body), and metric labels bounded against hostile headers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use rudder::{Affinity, Algorithm, MeshLayer, Static};
+use rudder_balance::{Endpoint, EndpointMeta};
+use tower::{Layer, Service, ServiceExt};
+
+use super::support::*;
+
+/// Maglev with the key from a header: the same user reaches the same Pod on every
+/// request and from two independently built Meshes (separate kube clients and
+/// discoveries, as two client replicas), and when one of ten Pods leaves, only about a
+/// tenth of the users move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
+    let cluster = hello(10).await;
+    let replica = || async {
+        MeshLayer::builder(cluster.api().client().await.unwrap())
+            .algorithm(Algorithm::Maglev)
+            .affinity(Affinity::Header(http::HeaderName::from_static("x-user")))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (replica().await, replica().await);
+    let (mut ma, mut mb) = (a.layer(h1()), b.layer(h1()));
+    let user = |u: usize| {
+        Request::get("http://hello-svc:8080/")
+            .header("x-user", format!("user-{u}"))
+            .body(Empty::new())
+            .unwrap()
+    };
+    let mut owner: HashMap<usize, String> = HashMap::new();
+    for i in 0..1_000 {
+        let u = i % 100;
+        let pod = get(&mut ma, user(u)).await.expect("reply").pod;
+        let first = owner.entry(u).or_insert_with(|| pod.clone());
+        assert_eq!(*first, pod, "user-{u} stays on its Pod (request {i})");
+    }
+    for (u, pod) in &owner {
+        assert_eq!(
+            get(&mut mb, user(*u)).await.expect("reply").pod,
+            *pod,
+            "replicas agree on user-{u}"
+        );
+    }
+    let used: HashSet<&String> = owner.values().collect();
+    assert!(used.len() >= 8, "keys spread over the Pods: {used:?}");
+
+    // One Pod leaves: wait until the Mesh routes over the other nine.
+    let gone = owner[&0].clone();
+    cluster.delete_pod(&gone, 0).await.unwrap();
+    tokio::time::timeout(BOUND, async {
+        while a.view("hello-svc:8080").unwrap().endpoints.len() != 9 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the Mesh saw the Pod leave");
+    let mut moved = 0;
+    for (u, pod) in &owner {
+        let now = get(&mut ma, user(*u)).await.expect("reply").pod;
+        assert_ne!(now, gone);
+        moved += usize::from(now != *pod);
+    }
+    let owned = owner.values().filter(|p| **p == gone).count();
+    assert!(moved >= owned, "the leaving Pod's users moved");
+    assert!(
+        moved <= 20,
+        "about 1/10 of the users move: {moved} moved, {owned} were on the Pod that left"
+    );
+
+    // Without a key, requests are still spread.
+    let counts = spread(&mut ma, 300, || req("http://hello-svc:8080/")).await;
+    assert!(counts.len() >= 8, "{counts:?}");
+}
+
+fn endpoint(i: u8, ready_since: SystemTime) -> Endpoint {
+    Endpoint::new(SocketAddr::from(([10, 9, 0, i], 8080))).with_meta(EndpointMeta {
+        pod: Some(format!("pod-{i}")),
+        ready_since: Some(ready_since),
+        ..EndpointMeta::default()
+    })
+}
+
+/// An inner service that answers at once, naming the address it was sent to.
+fn echo_addr() -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|req: Request<Empty<Bytes>>| async move {
+        let mut res = Response::new(Empty::new());
+        let addr = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        res.headers_mut().insert("x-addr", addr.parse().unwrap());
+        Ok::<_, Infallible>(res)
+    })
+}
+
+/// The share of requests the ramping endpoint (Ready `age_percent` of a 1,000 s window
+/// ago, among nine old ones) gets through the Mesh, sequentially or with 400 in flight.
+async fn ramp_share(algorithm: Algorithm, age_percent: u32, concurrent: bool) -> f64 {
+    let window = Duration::from_secs(1_000);
+    let now = SystemTime::now();
+    let mut eps = vec![endpoint(1, now - window * age_percent / 100)];
+    eps.extend((2..=10).map(|i| endpoint(i, now - window * 10)));
+    let layer = MeshLayer::builder_static()
+        .static_service("web", Static::new(eps))
+        .unwrap()
+        .algorithm(algorithm)
+        .slow_start(window)
+        .build()
+        .unwrap();
+    let mesh = layer.layer(echo_addr());
+    let total = 4_000;
+    // Concurrent callers keep 400 responses open (each counts in flight until its body
+    // is dropped), 40 per endpoint at full weight, releasing the oldest as they go.
+    let window = if concurrent { 400 } else { 0 };
+    let mut open = std::collections::VecDeque::new();
+    let mut hits = 0;
+    for _ in 0..total {
+        let res = mesh
+            .clone()
+            .oneshot(req("http://web:8080/"))
+            .await
+            .expect("response");
+        hits += usize::from(res.headers()["x-addr"] == "10.9.0.1:8080");
+        open.push_back(res);
+        if open.len() > window {
+            open.pop_front();
+        }
+    }
+    hits as f64 / total as f64
+}
+
+/// Slow start ramps a new Pod's share with its weight, `max(10 %, age / window)`, for
+/// every algorithm, with sequential and concurrent callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_follows_the_ramp_through_the_mesh() {
+    for algorithm in [
+        Algorithm::P2cPeakEwma,
+        Algorithm::LeastRequests,
+        Algorithm::WeightedRoundRobin,
+    ] {
+        for concurrent in [false, true] {
+            for (age, factor) in [(10, 0.1), (50, 0.5), (90, 0.9)] {
+                let expected: f64 = factor / (factor + 9.0);
+                let share = ramp_share(algorithm, age, concurrent).await;
+                // Binomial noise over 4,000 requests: three standard deviations.
+                let sd = (expected * (1.0 - expected) / 4_000.0).sqrt();
+                assert!(
+                    (share - expected).abs() <= 3.0 * sd + 0.002,
+                    "{algorithm:?} concurrent={concurrent} at {age} %: share {share:.4}, ramp says {expected:.4}"
+                );
+            }
+        }
+    }
+}
+
+type Frames =
+    futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::io::Error>>>;
+
+/// A body that fails after its first frame, as a Pod that resets the stream mid-body.
+fn cut_body() -> StreamBody<Frames> {
+    StreamBody::new(futures::stream::iter(vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset mid-body",
+        )),
+    ]))
+}
+
+/// Failures mid-body go through the same recording as every other outcome: after five in
+/// a row the endpoint is ejected, and the ejection is counted and visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_mid_body_eject_and_are_counted() {
+    let eps = vec![
+        Endpoint::new("10.9.1.1:8080".parse().unwrap()),
+        Endpoint::new("10.9.1.2:8080".parse().unwrap()),
+    ];
+    let mut registry = prometheus_client::registry::Registry::default();
+    let layer = MeshLayer::builder_static()
+        .static_service("web", Static::new(eps))
+        .unwrap()
+        .algorithm(Algorithm::WeightedRoundRobin)
+        .metrics(&mut registry)
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|req: Request<Empty<Bytes>>| async move {
+        let bad = req
+            .uri()
+            .authority()
+            .is_some_and(|a| a.host() == "10.9.1.1");
+        let body = if bad {
+            cut_body().boxed()
+        } else {
+            Empty::new().map_err(|e| match e {}).boxed()
+        };
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let mesh = layer.layer(inner);
+    let mut cut = 0;
+    for _ in 0..40 {
+        let res = mesh.clone().oneshot(req("http://web:8080/")).await.unwrap();
+        cut += usize::from(res.into_body().collect().await.is_err());
+    }
+    assert_eq!(cut, 5, "five cut bodies in a row eject the endpoint");
+    let view = layer.view("web:8080").unwrap();
+    let bad_addr: SocketAddr = "10.9.1.1:8080".parse().unwrap();
+    let bad = view.endpoints.iter().find(|e| e.addr == bad_addr).unwrap();
+    assert!(bad.ejected);
+    assert_eq!(bad.ejections, 1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "rudder_ejections_total{service=\"web.default:8080\"} 1"),
+        "{text}"
+    );
+}
+
+/// Selectors from the subset header never become metric label values: 2,000 distinct ones
+/// add no series beyond the single `other` value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_subsets_share_one_metric_label() {
+    let eps = (1..=4)
+        .map(|i| {
+            Endpoint::new(SocketAddr::from(([10, 9, 2, i], 8080))).with_meta(EndpointMeta {
+                labels: BTreeMap::from([("version".into(), format!("{}", i % 2))]),
+                ..EndpointMeta::default()
+            })
+        })
+        .collect();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let layer = MeshLayer::builder_static()
+        .static_service("web", Static::new(eps))
+        .unwrap()
+        .subset("version=1".parse().unwrap())
+        .fallback(rudder::Fallback::AnyEndpoint)
+        .metrics(&mut registry)
+        .build()
+        .unwrap();
+    let mesh = layer.layer(echo_addr());
+    let series = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        let subsets: HashSet<String> = text
+            .lines()
+            .filter(|l| l.starts_with("rudder_requests_total{"))
+            .filter_map(|l| Some(l.split("subset=\"").nth(1)?.split('"').next()?.to_string()))
+            .collect();
+        (
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            subsets,
+        )
+    };
+    let send = |value: String| {
+        let req = Request::get("http://web:8080/")
+            .header("x-rudder-subset", value)
+            .body(Empty::new())
+            .unwrap();
+        mesh.clone().oneshot(req)
+    };
+    // Every endpoint gets requests under both label values first.
+    for _ in 0..40 {
+        send("version=0".into()).await.unwrap();
+        mesh.clone().oneshot(req("http://web:8080/")).await.unwrap();
+    }
+    let before = series(&registry);
+    for i in 0..2_000 {
+        send(format!("version in (0,{})", i + 2)).await.unwrap();
+    }
+    let after = series(&registry);
+    assert_eq!(before, after, "no new series");
+    assert_eq!(
+        after.1,
+        HashSet::from(["version=1".to_string(), "other".to_string()]),
+        "label values: the configured subset and one value for the rest"
+    );
+}
