@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use rudder::{Mesh, MeshLayer, Selector, Split, Target};
+use rudder::{Mesh, MeshLayer, Selector, Split};
 use tower::{Layer, ServiceExt};
 
 const URI: &str = "http://biz1:8080/";
@@ -73,10 +73,7 @@ async fn load(mesh: &Mesh<common::H1>, n: usize, stats: &Arc<Mutex<Stats>>) {
                 let started = Instant::now();
                 let result = async {
                     let res = mesh.clone().oneshot(req).await?;
-                    let endpoint = res
-                        .extensions()
-                        .get::<Target>()
-                        .map(|t| t.endpoint().to_string());
+                    let endpoint = res.body().target().map(|t| t.endpoint().to_string());
                     let status = res.status();
                     res.into_body().collect().await?;
                     match endpoint {

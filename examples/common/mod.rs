@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rudder::{Mesh, MeshLayer, Target};
+use rudder::{Mesh, MeshLayer};
 use rudder_testkit::TestCluster;
 use tower::ServiceExt;
 
@@ -129,8 +129,8 @@ pub(crate) async fn load(mesh: &Mesh<H1>, uri: &str, n: usize, concurrency: usiz
                 let result = async {
                     let res = mesh.clone().oneshot(req).await?;
                     let endpoint = res
-                        .extensions()
-                        .get::<Target>()
+                        .body()
+                        .target()
                         .map(|t| t.endpoint().to_string())
                         .unwrap_or_default();
                     let status = res.status();

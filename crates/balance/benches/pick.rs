@@ -114,5 +114,100 @@ fn subsets(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, picks, subsets);
+/// A request's whole balancing cost, like for like: Rudder's pool (snapshot, subset
+/// lookup, weighted P2C pick, in-flight start, peak-EWMA record on response, end)
+/// against tower's `p2c::Balance` over `PeakEwma` services (poll_ready, call, the response
+/// future completing, which records the round trip).
+fn pick_and_record(c: &mut Criterion) {
+    use std::future::Future;
+    use std::time::Duration;
+    use tower::Service;
+
+    let mut group = c.benchmark_group("pick_and_record");
+    let everything = Selector::everything();
+    for n in [10usize, 1_000, 10_000] {
+        let set = set(n);
+        let pool = rudder_balance::Pool::new(rudder_balance::PoolConfig::default(), set, |_| ());
+        group.bench_with_input(BenchmarkId::new("rudder_pool_p2c", n), &n, |bench, _| {
+            bench.iter(|| {
+                let snapshot = pool.snapshot();
+                let subset = snapshot
+                    .subset(&everything, &Fallback::NoFallback)
+                    .expect("endpoints");
+                let pos = pool.pick(&snapshot, &subset, None).expect("pick");
+                let mut attempt = pool.start(&snapshot, pos);
+                black_box(attempt.responded(false));
+            })
+        });
+
+        let services: Vec<_> = (0..n)
+            .map(|_| {
+                tower::load::PeakEwma::new(
+                    tower::service_fn(|_: ()| async { Ok::<_, Infallible>(()) }),
+                    Duration::from_millis(1),
+                    Duration::from_secs(10).as_nanos() as f64,
+                    tower::load::CompleteOnResponse::default(),
+                )
+            })
+            .collect();
+        let mut balance =
+            tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        group.bench_with_input(
+            BenchmarkId::new("tower_p2c_peak_ewma", n),
+            &n,
+            |bench, _| {
+                bench.iter(|| {
+                    let Poll::Ready(Ok(())) = balance.poll_ready(&mut cx) else {
+                        panic!("tower balance not ready")
+                    };
+                    let mut response = std::pin::pin!(balance.call(()));
+                    let Poll::Ready(Ok(r)) = response.as_mut().poll(&mut cx) else {
+                        panic!("tower response not ready")
+                    };
+                    black_box(r);
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+/// What one discovery publish costs the pool off the request path: a 10,000-endpoint
+/// Service where one endpoint changed, re-indexed with two configured subsets and every
+/// payload reused.
+fn pool_update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool_update");
+    let v42: Selector = "version=4.2".parse().unwrap();
+    let v41: Selector = "version=4.1".parse().unwrap();
+    for n in [1_000usize, 10_000] {
+        let a = set(n);
+        let mut changed: Vec<Endpoint> = a.endpoints().to_vec();
+        changed[n / 2] = changed[n / 2].clone().with_weight(7);
+        let b = Arc::new(EndpointSet::new(ServiceState::Active, changed));
+        let config = rudder_balance::PoolConfig {
+            selectors: vec![v41.clone(), v42.clone()],
+            ..Default::default()
+        };
+        let pool = rudder_balance::Pool::new(config, a.clone(), |e| Arc::new(e.addr()));
+        let mut flip = false;
+        group.bench_with_input(
+            BenchmarkId::new("one_endpoint_changed", n),
+            &n,
+            |bench, _| {
+                bench.iter(|| {
+                    flip = !flip;
+                    let next = if flip { b.clone() } else { a.clone() };
+                    pool.update(next, |e, before| {
+                        before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
+                    });
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, picks, subsets, pick_and_record, pool_update);
 criterion_main!(benches);

@@ -40,13 +40,16 @@ pub(crate) fn of_request<B>(req: &http::Request<B>) -> Option<Cow<'_, Authority>
 
 /// The port a request goes to: the authority's, else the scheme's default.
 pub(crate) fn port_of(authority: &Authority, uri: &Uri) -> u16 {
-    authority.port_u16().unwrap_or_else(|| {
-        if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            443
-        } else {
-            80
-        }
-    })
+    authority.port_u16().unwrap_or_else(|| default_port(uri))
+}
+
+/// The port of `uri`'s scheme: 443 for `https`, else 80.
+pub(crate) fn default_port(uri: &Uri) -> u16 {
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    }
 }
 
 /// Classifies `host` (without port) for a request to `port`.

@@ -249,6 +249,11 @@ impl LoadTable {
         self.record_at(load, latency, self.origin.elapsed());
     }
 
+    /// [`record`](Self::record) with the current time already read.
+    pub fn record_instant(&self, load: &EndpointLoad, latency: Duration, now: Instant) {
+        self.record_at(load, latency, now.saturating_duration_since(self.origin));
+    }
+
     /// [`record`](Self::record) at an explicit time since the table's creation, for
     /// simulations and tests.
     pub fn record_at(&self, load: &EndpointLoad, latency: Duration, now: Duration) {

@@ -220,9 +220,26 @@ impl<T> Pool<T> {
 
     /// Indexes `set` and publishes it; requests that already hold the previous snapshot
     /// finish with it. Called when discovery publishes, never on the request path.
-    pub fn update(&self, set: Arc<EndpointSet>, extra: impl FnMut(&Endpoint) -> T) {
+    /// `extra` makes each endpoint's payload, given the payload its address had in the
+    /// previous snapshot (if any) so it can be reused rather than rebuilt.
+    pub fn update(&self, set: Arc<EndpointSet>, mut extra: impl FnMut(&Endpoint, Option<&T>) -> T) {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
-        let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
+        let previous = self.current.load_full();
+        let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
+        // Both lists are sorted by address: one merge walk pairs each endpoint with its
+        // previous payload.
+        let mut j = 0;
+        let extras: Arc<[T]> = set
+            .endpoints()
+            .iter()
+            .map(|e| {
+                while j < old.len() && old[j].addr() < e.addr() {
+                    j += 1;
+                }
+                let before = (j < old.len() && old[j].addr() == e.addr()).then(|| &old_extras[j]);
+                extra(e, before)
+            })
+            .collect();
         let next = Self::index(&self.config, &self.outcomes, set, extras, SystemTime::now());
         self.current.store(Arc::new(next));
     }
@@ -378,9 +395,10 @@ impl Attempt {
     /// stream cut mid-body must not reset the endpoint's failure streak. Returns the
     /// latency. The attempt stays in flight until dropped (at the response body's end).
     pub fn responded(&mut self, failure: bool) -> Duration {
-        let latency = self.started.elapsed();
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(self.started);
         let load = self.in_flight.load();
-        self.outcomes.table.record(load, latency);
+        self.outcomes.table.record_instant(load, latency, now);
         if failure {
             self.outcomes.failure(load, self.addr);
         } else {

@@ -48,9 +48,18 @@ fn snapshots_are_indexed_on_update_and_carry_payloads_and_loads() {
     assert_eq!(s1.loads()[pos].in_flight(), 1);
 
     // An update publishes a new snapshot; load state follows the address.
+    let mut reused = Vec::new();
     p.update(
         set(vec![labelled(1, "2"), labelled(2, "2")]),
-        Endpoint::addr,
+        |e, before| {
+            reused.push(before.copied());
+            e.addr()
+        },
+    );
+    assert_eq!(
+        reused,
+        [Some(labelled(1, "2").addr()), None],
+        "payloads of staying addresses are offered for reuse"
     );
     let s2 = p.snapshot();
     assert!(!Arc::ptr_eq(&s1, &s2));
@@ -254,7 +263,7 @@ fn keyed_picks_are_sticky_agree_between_pools_and_move_about_one_nth() {
         .map(|i| labelled(i, "1"))
         .filter(|e| e.addr() != gone)
         .collect();
-    a.update(set(eps), Endpoint::addr);
+    a.update(set(eps), |e, _| e.addr());
     let moved = keys
         .iter()
         .zip(&first)

@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use rudder_balance::Attempt;
 
+use super::ext::Target;
+
 pin_project_lite::pin_project! {
     /// A response body from the inner service, holding the request's place on its endpoint
     /// until the body is finished or dropped.
@@ -17,12 +19,24 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         attempt: Option<Attempt>,
+        target: Option<Target>,
     }
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, attempt: Option<Attempt>) -> Self {
-        Self { inner, attempt }
+    pub(crate) fn new(inner: B, attempt: Option<Attempt>, target: Option<Target>) -> Self {
+        Self {
+            inner,
+            attempt,
+            target,
+        }
+    }
+
+    /// Where the Mesh sent the request (`None` when it passed through unchanged). Kept
+    /// in the body rather than in the response's extensions, which would cost three
+    /// allocations per request.
+    pub fn target(&self) -> Option<&Target> {
+        self.target.as_ref()
     }
 
     /// The inner body.

@@ -37,8 +37,8 @@ impl FromStr for Subset {
     }
 }
 
-/// Where the Mesh sent a request: an extension of the request the inner service gets and
-/// of the response the caller gets back.
+/// Where the Mesh sent a request: an extension of the request the inner service gets, and
+/// on the way back [`ResponseBody::target`](crate::ResponseBody::target).
 ///
 /// The request's URI names the endpoint (`http://10.244.0.7:8080/path`), so a connection
 /// pool keyed by URI authority (hyper-util's) keeps one pool per Pod and never resolves a

@@ -152,8 +152,9 @@ pub(crate) enum Resolved {
 /// to unboundedly many hosts) new ones are classified per request instead.
 const RESOLVED_CACHE: usize = 4096;
 
-/// Per authority, per port (a URI without a port takes its scheme's): almost always one.
-type Resolutions = HashMap<http::uri::Authority, Vec<(u16, Resolved)>>;
+/// Per authority text, per scheme default port (the port when the authority names none):
+/// almost always one entry.
+type Resolutions = HashMap<Box<str>, Vec<(u16, Resolved)>, foldhash::fast::RandomState>;
 
 /// State shared by every clone of a Mesh.
 #[derive(Debug)]
@@ -191,17 +192,22 @@ impl Shared {
     pub(crate) fn resolve(
         &self,
         authority: &http::uri::Authority,
-        port: u16,
+        uri: &http::Uri,
     ) -> Result<Resolved, MeshError> {
+        // Keyed by the authority's text as written (one fast hash, no per-byte case
+        // folding) and the scheme's default port, which is the port when the authority
+        // names none; the port itself is parsed only on a miss.
+        let default_port = crate::authority::default_port(uri);
         let cached = |map: &Resolutions| {
-            map.get(authority)?
+            map.get(authority.as_str())?
                 .iter()
-                .find(|(p, _)| *p == port)
+                .find(|(p, _)| *p == default_port)
                 .map(|(_, r)| r.clone())
         };
         if let Some(r) = cached(&self.resolved.load()) {
             return Ok(r);
         }
+        let port = crate::authority::port_of(authority, uri);
         let named = crate::authority::classify(
             authority.host(),
             port,
@@ -222,9 +228,9 @@ impl Shared {
         let cache = self.resolved.load();
         if cache.len() < RESOLVED_CACHE && cached(&cache).is_none() {
             let mut next = Resolutions::clone(&cache);
-            next.entry(authority.clone())
+            next.entry(authority.as_str().into())
                 .or_default()
-                .push((port, resolved.clone()));
+                .push((default_port, resolved.clone()));
             self.resolved.store(Arc::new(next));
         }
         Ok(resolved)

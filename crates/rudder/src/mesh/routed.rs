@@ -32,15 +32,16 @@ pub(crate) struct EndpointExtra {
     pub(crate) telemetry: EndpointTelemetry,
 }
 
-fn extra(telemetry: &Telemetry) -> impl FnMut(&Endpoint) -> EndpointExtra + '_ {
-    |e| EndpointExtra {
+/// A new endpoint's payload (an address that stays keeps its own).
+fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
+    Arc::new(EndpointExtra {
         authority: e
             .addr()
             .to_string()
             .parse()
             .expect("a socket address is a URI authority"),
         telemetry: telemetry.endpoint(),
-    }
+    })
 }
 
 /// One Service port as the Mesh routes to it.
@@ -49,7 +50,7 @@ pub(crate) struct Routed {
     pub(crate) service: ServiceRef,
     /// The Service as a metric label and log field, made once.
     pub(crate) label: Arc<str>,
-    pub(crate) pool: Arc<Pool<EndpointExtra>>,
+    pub(crate) pool: Arc<Pool<Arc<EndpointExtra>>>,
     /// Flips to `true` once the pool holds a synced snapshot.
     synced: watch::Receiver<bool>,
     keep: Keep,
@@ -73,7 +74,7 @@ impl Routed {
         let pool = Arc::new(Pool::with_ejection_hook(
             config,
             set,
-            extra(&telemetry),
+            |e| extra(&telemetry, e),
             Some(hook),
         ));
         let (synced_tx, synced) = watch::channel(is_synced);
@@ -120,7 +121,7 @@ impl Routed {
 /// ramps run, every [`Pool::refresh_interval`]. Ends when the [`Routed`] is dropped or
 /// discovery ends.
 async fn follow(
-    pool: Weak<Pool<EndpointExtra>>,
+    pool: Weak<Pool<Arc<EndpointExtra>>>,
     mut rx: watch::Receiver<Arc<EndpointSet>>,
     synced: watch::Sender<bool>,
     mut stop: watch::Receiver<()>,
@@ -144,7 +145,9 @@ async fn follow(
                 let set = rx.borrow_and_update().clone();
                 let Some(p) = pool.upgrade() else { return };
                 let is_synced = *set.state() != ServiceState::Pending;
-                p.update(set, extra(&telemetry));
+                p.update(set, |e, before| {
+                    before.cloned().unwrap_or_else(|| extra(&telemetry, e))
+                });
                 ramp = p.ramping().then(|| p.refresh_interval());
                 if is_synced {
                     synced.send_if_modified(|s| !std::mem::replace(s, true));

@@ -12,7 +12,6 @@ use rudder_balance::{EmptyReason, Selector, ServiceState, Snapshot};
 use tower::ServiceExt;
 use tower::retry::budget::Budget;
 use tower_service::Service;
-use tracing::Instrument;
 
 use super::Resolved;
 use super::Shared;
@@ -121,7 +120,7 @@ where
     S::Error: Into<BoxError>,
 {
     let res = inner.oneshot(req).await.map_err(Into::into)?;
-    Ok(res.map(|b| ResponseBody::new(b, None)))
+    Ok(res.map(|b| ResponseBody::new(b, None, None)))
 }
 
 async fn route<S, B, RB>(
@@ -136,19 +135,18 @@ where
     B: http_body::Body + Default + Send + 'static,
 {
     let settings = &shared.settings;
-    let (resolved, port) = {
+    let resolved = {
         let Some(authority) = authority::of_request(&req) else {
             return Err(MeshError::MissingAuthority.into());
         };
-        let port = authority::port_of(&authority, req.uri());
-        match shared.resolve(&authority, port)? {
+        match shared.resolve(&authority, req.uri())? {
             Resolved::Other if !settings.pass_through => {
                 return Err(MeshError::NotAService {
                     authority: authority.to_string(),
                 }
                 .into());
             }
-            resolved => (resolved, port),
+            resolved => resolved,
         }
     };
     // The cached authority: cloning it shares its bytes instead of copying the request's.
@@ -185,6 +183,7 @@ where
         ServiceState::ExternalName(name) => {
             // Kubernetes answers an ExternalName Service with a CNAME: same request, same
             // Host, sent to the external name's address.
+            let port = authority::port_of(&authority, req.uri());
             let endpoint: Authority =
                 format!("{name}:{port}")
                     .parse()
@@ -193,8 +192,13 @@ where
                         subset: String::new(),
                         reason: format!("invalid externalName {name:?}: {e}"),
                     })?;
+            let target = Target {
+                authority: authority.clone(),
+                endpoint: endpoint.clone(),
+            };
             let req = retarget(req, &authority, &host, endpoint)?;
-            return pass(inner, req).await;
+            let res = inner.oneshot(req).await.map_err(Into::into)?;
+            return Ok(res.map(|b| ResponseBody::new(b, None, Some(target))));
         }
         // Active (or Pending, which the wait above has ruled out) and anything newer.
         _ => {}
@@ -223,39 +227,30 @@ where
         _ => None,
     };
 
-    let span = tracing::debug_span!(
-        "rudder",
-        service = %svc,
-        subset = %selector,
-        fell_back = picked.fell_back(),
-        endpoint = tracing::field::Empty,
-        attempt = tracing::field::Empty,
-    );
     let slot = shared.telemetry.slot(selector);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(service = %svc, subset = %selector, fell_back = picked.fell_back(), "routing");
+    }
     drop(choice);
-    let sent = dispatch(
-        &shared,
-        &routed,
-        inner,
-        req,
-        authority,
-        host,
-        Chosen {
-            picked,
-            snapshot,
-            slot,
-            key,
-        },
-    )
-    .instrument(span);
-    match settings.timeout {
+    let chosen = Chosen {
+        picked,
+        snapshot,
+        slot,
+        key,
+    };
+    // One dispatch future, awaited in place: moving it (it holds the inner service's
+    // future) would copy kilobytes per request.
+    let timeout = settings.timeout;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let sent = dispatch(&shared, &routed, inner, req, authority, host, chosen);
+    match deadline {
         None => sent.await,
-        Some(timeout) => tokio::time::timeout(timeout, sent)
+        Some(deadline) => tokio::time::timeout_at(deadline, sent)
             .await
             .unwrap_or_else(|_| {
                 Err(MeshError::Timeout {
                     service: service(),
-                    timeout,
+                    timeout: timeout.unwrap_or_default(),
                 }
                 .into())
             }),
@@ -276,7 +271,7 @@ fn with_body<A, B>(req: &Request<A>, body: B) -> Request<B> {
 /// The subset a request may go to, in the snapshot it was chosen from.
 struct Chosen {
     picked: rudder_balance::Picked,
-    snapshot: Arc<Snapshot<EndpointExtra>>,
+    snapshot: Arc<Snapshot<Arc<EndpointExtra>>>,
     /// The subset's metric label slot.
     slot: usize,
     /// The affinity key's hash, for Maglev.
@@ -312,7 +307,9 @@ where
     // Only an empty body can be sent again; keep what rebuilding the request needs.
     let replay =
         (settings.max_retries > 0 && req.body().is_end_stream()).then(|| with_body(&req, ()));
-    shared.budget.deposit();
+    if settings.max_retries > 0 {
+        shared.budget.deposit();
+    }
     let mut req = Some(req);
     // Endpoints this request already failed on; retries go elsewhere.
     let mut failed: Vec<usize> = Vec::new();
@@ -329,9 +326,7 @@ where
         let extra = snapshot.extra(pos);
         let mut attempt = pool.start(&snapshot, pos);
         let endpoint = attempt.addr();
-        let span = tracing::Span::current();
-        span.record("endpoint", tracing::field::display(endpoint));
-        span.record("attempt", attempt_no);
+        tracing::trace!(service = %routed.service, %endpoint, attempt = attempt_no, "sending");
         let this = match req.take() {
             Some(r) => r,
             None => with_body(
@@ -348,13 +343,13 @@ where
             Err(e) => Err(e),
         };
         match result {
-            Ok(mut res) => {
+            Ok(res) => {
                 let failure = settings.failure_on_5xx && res.status().is_server_error();
                 let latency = attempt.responded(failure);
-                res.extensions_mut().insert(Target {
+                let target = Target {
                     authority,
                     endpoint: extra.authority.clone(),
-                });
+                };
                 let outcome = if failure {
                     Outcome::Failure
                 } else {
@@ -368,7 +363,7 @@ where
                     outcome,
                     latency,
                 );
-                return Ok(res.map(|b| ResponseBody::new(b, Some(attempt))));
+                return Ok(res.map(|b| ResponseBody::new(b, Some(attempt), Some(target))));
             }
             Err(e) => {
                 let elapsed = attempt.failed();
