@@ -238,6 +238,43 @@ impl LoadTable {
         aligned
     }
 
+    /// The loads of `next`'s endpoints, carried over from `previous` (a set and its aligned
+    /// loads, as [`for_set`](Self::for_set) returned them) by one merge walk over the two
+    /// address-sorted lists: only addresses that came or went touch the table, so an
+    /// update costs O(changed) table operations rather than O(endpoints).
+    pub fn carry(
+        &self,
+        previous: &EndpointSet,
+        previous_loads: &[Arc<EndpointLoad>],
+        next: &EndpointSet,
+    ) -> Box<[Arc<EndpointLoad>]> {
+        let old = previous.endpoints();
+        let mut table = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut j = 0;
+        let mut carried = Vec::with_capacity(next.len());
+        for e in next.endpoints() {
+            while j < old.len() && old[j].addr() < e.addr() {
+                // Gone from the set.
+                table.remove(&old[j].addr());
+                j += 1;
+            }
+            if j < old.len() && old[j].addr() == e.addr() {
+                carried.push(previous_loads[j].clone());
+                j += 1;
+            } else {
+                let load = table
+                    .entry(e.addr())
+                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
+                    .clone();
+                carried.push(load);
+            }
+        }
+        for gone in &old[j..] {
+            table.remove(&gone.addr());
+        }
+        carried.into_boxed_slice()
+    }
+
     /// Marks a request to `load` as started; the guard ends it.
     pub fn start(&self, load: &Arc<EndpointLoad>) -> InFlight {
         load.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -187,7 +187,8 @@ impl<T> Pool<T> {
             hook,
         });
         let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
-        let first = Self::index(&config, &outcomes, set, extras, SystemTime::now());
+        let loads = outcomes.table.for_set(&set).iter().cloned().collect();
+        let first = Self::index(&config, set, loads, extras, SystemTime::now());
         Self {
             balancer: Balancer::new(config.algorithm),
             config,
@@ -199,12 +200,11 @@ impl<T> Pool<T> {
 
     fn index(
         config: &PoolConfig,
-        outcomes: &Outcomes,
         set: Arc<EndpointSet>,
+        loads: Box<[Arc<EndpointLoad>]>,
         extras: Arc<[T]>,
         now: SystemTime,
     ) -> Snapshot<T> {
-        let loads = outcomes.table.for_set(&set).iter().cloned().collect();
         let options = IndexOptions {
             zone: config.zone.clone(),
             slow_start: config.slow_start,
@@ -240,7 +240,11 @@ impl<T> Pool<T> {
                 extra(e, before)
             })
             .collect();
-        let next = Self::index(&self.config, &self.outcomes, set, extras, SystemTime::now());
+        let loads = self
+            .outcomes
+            .table
+            .carry(previous.set(), &previous.loads, &set);
+        let next = Self::index(&self.config, set, loads, extras, SystemTime::now());
         self.current.store(Arc::new(next));
     }
 
@@ -254,8 +258,8 @@ impl<T> Pool<T> {
         }
         let next = Self::index(
             &self.config,
-            &self.outcomes,
             current.set().clone(),
+            current.loads.clone(),
             current.extras.clone(),
             SystemTime::now(),
         );

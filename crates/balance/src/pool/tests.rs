@@ -194,11 +194,15 @@ fn slow_start_ramps_the_share_for_every_algorithm() {
     ] {
         for concurrent in [false, true] {
             for (age, factor) in [(10, 0.1), (50, 0.5), (90, 0.9), (200, 1.0)] {
-                let expected = factor / (factor + 9.0);
+                let expected: f64 = factor / (factor + 9.0);
                 let share = ramp_share(algorithm, age, concurrent);
-                let tolerance = if concurrent { 0.3 } else { 0.12 };
+                // Sampling noise (four standard deviations of 20,000 draws) plus what the
+                // algorithm itself may deviate: nothing sequentially, some under load,
+                // where P2C also weighs requests in flight.
+                let noise = 4.0 * (expected * (1.0 - expected) / 20_000.0).sqrt();
+                let model = if concurrent { 0.3 } else { 0.02 };
                 assert!(
-                    (share - expected).abs() <= expected * tolerance,
+                    (share - expected).abs() <= noise + expected * model,
                     "{algorithm:?} concurrent={concurrent} at {age} % of the window: share {share:.4}, expected {expected:.4}"
                 );
             }

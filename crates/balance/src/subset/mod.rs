@@ -368,27 +368,31 @@ impl SubsetIndex {
 /// deletion deadline, to the second as Kubernetes writes it; unknown counts as latest) are
 /// preferred: they will still be there when the request arrives.
 fn routable_positions(set: &EndpointSet, selector: &Selector) -> Vec<u32> {
-    let matching = || {
-        set.endpoints()
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| selector.matches(e.labels()))
-    };
-    if matching().any(|(_, e)| e.readiness() == Readiness::Ready) {
-        return matching()
-            .filter(|(_, e)| e.readiness() == Readiness::Ready)
-            .map(|(i, _)| i as u32)
-            .collect();
+    // One pass over the endpoints, matching each once.
+    let mut ready = Vec::new();
+    let mut serving: Vec<(u32, u64)> = Vec::new();
+    for (i, e) in set.endpoints().iter().enumerate() {
+        if !selector.matches(e.labels()) {
+            continue;
+        }
+        match e.readiness() {
+            Readiness::Ready => ready.push(i as u32),
+            Readiness::ServingTerminating if ready.is_empty() => {
+                let deadline = e.meta().deletion_deadline.map_or(u64::MAX, |t| {
+                    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                });
+                serving.push((i as u32, deadline));
+            }
+            Readiness::ServingTerminating => {}
+        }
     }
-    let deadline = |e: &Endpoint| {
-        e.meta().deletion_deadline.map_or(u64::MAX, |t| {
-            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-        })
-    };
-    let serving = || matching().filter(|(_, e)| e.readiness() == Readiness::ServingTerminating);
-    let latest = serving().map(|(_, e)| deadline(e)).max();
-    serving()
-        .filter(|(_, e)| Some(deadline(e)) == latest)
-        .map(|(i, _)| i as u32)
+    if !ready.is_empty() {
+        return ready;
+    }
+    let latest = serving.iter().map(|(_, d)| *d).max();
+    serving
+        .into_iter()
+        .filter(|(_, d)| Some(*d) == latest)
+        .map(|(i, _)| i)
         .collect()
 }
