@@ -29,6 +29,40 @@ pub(crate) enum Sender {
     Mesh(Mesh<Plain>),
     /// Rudder over `PodClient` (HTTP/2 with one connection per Pod).
     MeshPod(Mesh<PodClient<Empty<Bytes>>>),
+    /// The fair baseline for the layer's cost: the same client sending each request to the
+    /// next Pod of a fixed list, with the Service's authority in `Host` as Rudder sends it;
+    /// no discovery, no subsets, no load feedback.
+    RoundRobin(Arc<RoundRobin>),
+}
+
+/// A naive per-request round robin over fixed Pod addresses.
+pub(crate) struct RoundRobin {
+    client: Plain,
+    pods: Vec<http::uri::Authority>,
+    host: http::HeaderValue,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RoundRobin {
+    pub(crate) fn new(client: Plain, pods: &[String], host: &str) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            pods: pods.iter().map(|p| p.parse().expect("pod authority")).collect(),
+            host: host.parse().expect("host"),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn request(&self, uri: &http::Uri) -> http::Request<Empty<Bytes>> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.pods.len();
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.pods[i].clone());
+        let mut req = http::Request::new(Empty::new());
+        *req.uri_mut() = http::Uri::from_parts(parts).expect("pod uri");
+        req.headers_mut().insert(http::header::HOST, self.host.clone());
+        req
+    }
 }
 
 impl Sender {
@@ -42,6 +76,7 @@ impl Sender {
                 Sender::Plain(c) => body_of(c.clone(), req).await,
                 Sender::Mesh(m) => body_of(m.clone(), req).await,
                 Sender::MeshPod(m) => body_of(m.clone(), req).await,
+                Sender::RoundRobin(rr) => body_of(rr.client.clone(), rr.request(uri)).await,
             }
         };
         // A request on a connection whose peer vanished with its namespace may never hear

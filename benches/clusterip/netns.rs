@@ -49,7 +49,7 @@ pub(crate) fn preflight() -> anyhow::Result<()> {
     if uid != "0" {
         bail!("the ClusterIP harness needs root (network namespaces and iptables); run it as root");
     }
-    for tool in ["ip", "iptables", "iptables-restore"] {
+    for tool in ["ip", "iptables", "iptables-restore", "nft"] {
         let found = Command::new(tool)
             .arg("--version")
             .stdout(Stdio::null())
@@ -58,7 +58,7 @@ pub(crate) fn preflight() -> anyhow::Result<()> {
             .is_ok_and(|s| s.success() || tool == "ip");
         if !found {
             bail!(
-                "`{tool}` not found: install iproute2 and iptables (Debian: apt-get install iproute2 iptables)"
+                "`{tool}` not found: install iproute2, iptables and nftables (Debian: apt-get install iproute2 iptables nftables)"
             );
         }
     }

@@ -1,8 +1,18 @@
-//! A kube-proxy equivalent (iptables mode) for the client namespace: it watches Services
-//! and EndpointSlices through the same API server and programs the NAT table the way
-//! kube-proxy does — `KUBE-SERVICES` → `KUBE-SVC-*` with `statistic --mode random
-//! --probability` rules → `KUBE-SEP-*` DNAT — written whole with `iptables-restore`, at
-//! most once per minimum sync period (kube-proxy's default: 1 s).
+//! A kube-proxy equivalent for the client namespace: it watches Services and
+//! EndpointSlices through the same API server and programs NAT the way kube-proxy does, in
+//! either of its Linux modes, at most once per minimum sync period (kube-proxy's default:
+//! 1 s):
+//!
+//! - iptables: `KUBE-SERVICES` → `KUBE-SVC-*` with `statistic --mode random --probability`
+//!   rules → `KUBE-SEP-*` DNAT, written whole with `iptables-restore`: every new
+//!   connection walks the Service list rule by rule;
+//! - nftables (the mode kube-proxy now recommends): one table with a verdict map from
+//!   `address . protocol . port` to a Service chain, which picks an endpoint chain with
+//!   `numgen random mod N`, written whole with `nft -f`: one map lookup per connection,
+//!   whatever the number of Services.
+//!
+//! Both run side by side: the nftables proxy serves the Services at [`Backend::Nftables`]'s
+//! address instead of their ClusterIP, so the two never handle the same packets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -121,6 +131,98 @@ pub(crate) fn render(
     (chains + &body + "COMMIT\n", names)
 }
 
+/// Which of kube-proxy's modes to program.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// iptables NAT chains at each Service's ClusterIP.
+    Iptables,
+    /// An nftables table; Services are served at `vip` (one Service port) instead of their
+    /// ClusterIP.
+    Nftables { vip: String },
+}
+
+/// The nftables table this proxy owns (replaced whole on every sync).
+const NFT_TABLE: &str = "rudder-kube-proxy";
+
+/// The `nft -f` input for `rules` at `vip`, plus `dummies` extra Services in the map.
+pub(crate) fn render_nft(rules: &BTreeMap<String, Rule>, dummies: u32, vip: &str) -> String {
+    let mut elements = Vec::new();
+    let mut chains = String::new();
+    let mut add_service = |id: usize, rule: &Rule, vip: &str| {
+        elements.push(format!("{vip} . tcp . {} : goto svc-{id}", rule.port));
+        let n = rule.endpoints.len();
+        if n == 0 {
+            // No endpoint: reject, as kube-proxy does.
+            let _ = writeln!(chains, "  chain svc-{id} {{ reject; }}");
+            return;
+        }
+        let picks: Vec<String> = (0..n).map(|i| format!("{i} : goto ep-{id}-{i}")).collect();
+        let _ = writeln!(
+            chains,
+            "  chain svc-{id} {{ numgen random mod {n} vmap {{ {} }}; }}",
+            picks.join(", ")
+        );
+        for (i, ep) in rule.endpoints.iter().enumerate() {
+            let _ = writeln!(chains, "  chain ep-{id}-{i} {{ meta l4proto tcp dnat to {ep}; }}");
+        }
+    };
+    let mut id = 0;
+    for d in 0..dummies {
+        let rule = Rule {
+            vip: format!("10.97.{}.{}", d / 250, d % 250 + 1),
+            port: 80,
+            endpoints: vec![format!("10.245.{}.{}:8080", d / 250, d % 250 + 1)],
+        };
+        add_service(id, &rule, &rule.vip);
+        id += 1;
+    }
+    for rule in rules.values() {
+        add_service(id, rule, vip);
+        id += 1;
+    }
+    format!(
+        "table ip {NFT_TABLE}
+delete table ip {NFT_TABLE}
+table ip {NFT_TABLE} {{
+  map service-ips {{
+    type ipv4_addr . inet_proto . inet_service : verdict
+{}  }}
+  chain nat-output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr . meta l4proto . th dport vmap @service-ips
+  }}
+{chains}}}
+",
+        if elements.is_empty() {
+            String::new()
+        } else {
+            format!("    elements = {{ {} }}
+", elements.join(", "))
+        }
+    )
+}
+
+/// Applies `input` with `nft -f -` (one transaction).
+fn nft(input: &str) -> anyhow::Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Writes `input` with `iptables-restore --noflush` (only the chains named are replaced).
 fn restore(input: &str) -> anyhow::Result<()> {
     let mut child = Command::new("iptables-restore")
@@ -157,6 +259,7 @@ pub(crate) async fn run(
     namespace: String,
     min_sync: Duration,
     dummies: u32,
+    backend: Backend,
     stats: Arc<ProxyStats>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -204,9 +307,14 @@ pub(crate) async fn run(
                 rules_of(&st.services, &st.slices)
             };
             if last.as_ref() != Some(&rules) {
-                let (input, names) = render(&rules, dummies, &chains);
-                restore(&input)?;
-                chains = names;
+                match &backend {
+                    Backend::Iptables => {
+                        let (input, names) = render(&rules, dummies, &chains);
+                        restore(&input)?;
+                        chains = names;
+                    }
+                    Backend::Nftables { vip } => nft(&render_nft(&rules, dummies, vip))?,
+                }
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
                 stats
                     .last_sync_ms

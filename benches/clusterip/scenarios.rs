@@ -14,9 +14,12 @@ use rudder_testkit::{ApiServer, PodServer, TestCluster};
 use tower::Layer;
 
 use crate::Options;
-use crate::load::{self, Plain, Run, Sender};
+use crate::load::{self, Plain, RoundRobin, Run, Sender};
 use crate::pods::Pods;
-use crate::proxy::{self, ProxyStats};
+use crate::proxy::{self, Backend, ProxyStats};
+
+/// Where the nftables proxy serves `bench-svc` (the iptables proxy has its ClusterIP).
+const NFT_VIP: &str = "10.96.255.250";
 use crate::report::{Chart, Report, Table, ms};
 
 /// One repetition of the scale-up scenario: busiest/mean, Jain's index, new Pods reached,
@@ -190,7 +193,12 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         .and_then(|s| s.cluster_ip)
         .context("the Service has no ClusterIP")?;
     let stats = Arc::new(ProxyStats::default());
-    let mut proxy_task = spawn_proxy(&kube, 0, &stats);
+    let mut proxy_task = spawn_proxy(&kube, 0, Backend::Iptables, &stats);
+    let nft_stats = Arc::new(ProxyStats::default());
+    let nft = || Backend::Nftables {
+        vip: NFT_VIP.into(),
+    };
+    let mut nft_task = spawn_proxy(&kube, 0, nft(), &nft_stats);
     let mut pods = Pods::new(prefix);
     for _ in 0..plan.pods {
         pods.add(&cluster, &[("app", "bench"), ("version", "4.1")])
@@ -200,16 +208,32 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
 
     let vip_uri = uri(&format!("http://{vip}:80/"));
     let svc_uri = uri("http://bench-svc:80/");
+    let nft_uri = uri(&format!("http://{NFT_VIP}:80/"));
     let direct_uri = uri(&format!("http://{}:8080/", pods.running[0].ip));
+    let pod_addrs: Vec<String> = pods
+        .running
+        .iter()
+        .map(|p| format!("{}:8080", p.ip))
+        .collect();
     wait_for(&Sender::Plain(h1()), &vip_uri, "the ClusterIP rules").await?;
+    wait_for(&Sender::Plain(h1()), &nft_uri, "the nftables rules").await?;
 
     let layer = MeshLayer::builder(kube.clone()).build()?;
+    // The first two are the arms every scenario compares; the others join where they say
+    // something (the static round robin cannot follow Pods that come and go).
     let h1_arms = [
         ("ClusterIP", Sender::Plain(h1()), vip_uri.clone()),
         ("Rudder", Sender::Mesh(layer.layer(h1())), svc_uri.clone()),
         ("direct to one Pod", Sender::Plain(h1()), direct_uri.clone()),
+        (
+            "naive round robin",
+            Sender::RoundRobin(RoundRobin::new(h1(), &pod_addrs, "bench-svc:80")),
+            svc_uri.clone(),
+        ),
+        ("ClusterIP (nftables)", Sender::Plain(h1()), nft_uri.clone()),
     ];
     wait_for(&h1_arms[1].1, &svc_uri, "Rudder's discovery").await?;
+    let names = pods.names();
 
     eprintln!("[clusterip] 0/6 layer overhead on loopback");
     // 0. The layer's own cost, on loopback: the same Pod server, raw client vs Mesh.
@@ -283,6 +307,19 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             t.row(row(name, &runs[name]));
             chart.bar(name, stat(&runs[name], Run::throughput).0);
         }
+        let tput = |arm: &str| stat(&runs[arm], Run::throughput).0;
+        let jain = |arm: &str| stat(&runs[arm], |r| r.fairness(&names).1).0;
+        t.note(format!(
+            "Rudder's closed-loop throughput is {:.2}× the naive round robin's (the same client, the fair baseline for the layer's cost), {:.2}× ClusterIP's (iptables) and {:.2}× ClusterIP's (nftables). Jain's index over the {} Pods: Rudder {:.3}, naive round robin {:.3}, ClusterIP {:.3}, nftables {:.3}.",
+            tput("Rudder") / tput("naive round robin"),
+            tput("Rudder") / tput("ClusterIP"),
+            tput("Rudder") / tput("ClusterIP (nftables)"),
+            names.len(),
+            jain("Rudder"),
+            jain("naive round robin"),
+            jain("ClusterIP"),
+            jain("ClusterIP (nftables)"),
+        ));
         report.table(t);
         report.chart("clusterip-throughput.svg", chart);
 
@@ -323,6 +360,11 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 svc_uri.clone(),
             ),
             ("direct to one Pod", Sender::Plain(h2()), direct_uri.clone()),
+            (
+                "naive round robin (HTTP/2 per Pod)",
+                Sender::RoundRobin(RoundRobin::new(h2(), &pod_addrs, "bench-svc:80")),
+                svc_uri.clone(),
+            ),
         ];
         let runs = cell(plan.reps, &h2_arms, |s, u| {
             load::closed(s, u, plan.concurrency, plan.steady, plan.max)
@@ -332,7 +374,12 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         for (name, _, _) in &h2_arms {
             t.row(row(name, &runs[name]));
         }
-        let names = pods.names();
+        let tput = |arm: &str| stat(&runs[arm], Run::throughput).0;
+        t.note(format!(
+            "Rudder + PodClient reaches {:.2}× the naive round robin's throughput over per-Pod HTTP/2 connections and {:.2}× ClusterIP's.",
+            tput("Rudder + PodClient (HTTP/2 per Pod)") / tput("naive round robin (HTTP/2 per Pod)"),
+            tput("Rudder + PodClient (HTTP/2 per Pod)") / tput("ClusterIP (one HTTP/2 connection)"),
+        ));
         let pinned = stat(&runs["ClusterIP (one HTTP/2 connection)"], |r| {
             r.fairness(&names).0
         })
@@ -447,9 +494,18 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     {
         let slow = pods.running[0].name.clone();
         pods.running[0].set_latency(20).await?;
-        let arms = &h1_arms[..2];
+        let arms: Vec<_> = h1_arms
+            .iter()
+            .filter(|(name, _, _)| *name != "direct to one Pod")
+            .cloned()
+            .collect();
+        let arms = &arms[..];
         let runs = cell(plan.reps, arms, |s, u| {
             load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        let open_runs = cell(plan.reps, arms, |s, u| {
+            load::open(s, u, plan.rate, plan.steady, 10_000)
         })
         .await;
         pods.running[0].set_latency(0).await?;
@@ -471,6 +527,23 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         }
         report.table(t);
         report.chart("clusterip-slow-pod.svg", chart);
+        let mut t = Table::new(
+            &format!(
+                "3b. One slow Pod (+20 ms) of {}, open loop at {} req/s (latency from intended send time)",
+                plan.pods, plan.rate
+            ),
+            &headers,
+        );
+        for (name, _, _) in arms {
+            let share = stat(&open_runs[name], |r| {
+                100.0 * r.per_pod.get(&slow).copied().unwrap_or(0) as f64 / r.ok().max(1) as f64
+            });
+            let mut r = row(name, &open_runs[name]);
+            r.push(spread(share, |v| format!("{v:.1} %")));
+            t.row(r);
+        }
+        t.note("At a fixed rate the ClusterIP (and a naive round robin) send about 1/n of requests to the slow Pod, so their p99 is the slow Pod's latency; Rudder's peak-EWMA P2C moves traffic away from it.".into());
+        report.table(t);
     }
 
     eprintln!("[clusterip] 4/6 churn");
@@ -630,12 +703,24 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         );
         for &dummies in &plan.dummies {
             proxy_task.abort();
+            nft_task.abort();
             let before = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
-            proxy_task = spawn_proxy(&kube, dummies, &stats);
+            let nft_before = nft_stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+            proxy_task = spawn_proxy(&kube, dummies, Backend::Iptables, &stats);
+            nft_task = spawn_proxy(&kube, dummies, nft(), &nft_stats);
             stats.wait_past(before, Duration::from_secs(120)).await?;
+            nft_stats
+                .wait_past(nft_before, Duration::from_secs(120))
+                .await?;
             wait_for(&Sender::Plain(h1()), &vip_uri, "the restarted proxy").await?;
+            wait_for(&Sender::Plain(h1()), &nft_uri, "the restarted nftables proxy").await?;
             let arms = [
                 ("ClusterIP", Sender::Plain(no_keep_alive()), vip_uri.clone()),
+                (
+                    "ClusterIP (nftables)",
+                    Sender::Plain(no_keep_alive()),
+                    nft_uri.clone(),
+                ),
                 (
                     "Rudder",
                     Sender::Mesh(layer.layer(no_keep_alive())),
@@ -672,6 +757,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     }
 
     proxy_task.abort();
+    nft_task.abort();
     report.write(&options.out_dir)?;
     Ok(())
 }
@@ -717,6 +803,7 @@ async fn wait_for_pods(sender: &Sender, uri: &http::Uri, pods: &[String]) -> any
 fn spawn_proxy(
     kube: &kube::Client,
     dummies: u32,
+    backend: Backend,
     stats: &Arc<ProxyStats>,
 ) -> tokio::task::JoinHandle<()> {
     let run = proxy::run(
@@ -724,6 +811,7 @@ fn spawn_proxy(
         "default".into(),
         Duration::from_secs(1),
         dummies,
+        backend,
         stats.clone(),
     );
     tokio::spawn(async move {

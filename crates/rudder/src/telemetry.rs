@@ -42,6 +42,7 @@ pub(crate) struct EndpointTelemetry {
 
 /// The `subset` label value of requests for a selector that was not configured (from a
 /// header or an extension): one value for all of them, so callers cannot grow the series.
+#[cfg(feature = "metrics")]
 pub(crate) const OTHER_SUBSET: &str = "other";
 
 #[cfg_attr(
