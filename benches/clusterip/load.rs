@@ -47,7 +47,10 @@ impl RoundRobin {
     pub(crate) fn new(client: Plain, pods: &[String], host: &str) -> Arc<Self> {
         Arc::new(Self {
             client,
-            pods: pods.iter().map(|p| p.parse().expect("pod authority")).collect(),
+            pods: pods
+                .iter()
+                .map(|p| p.parse().expect("pod authority"))
+                .collect(),
             host: host.parse().expect("host"),
             next: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -60,7 +63,8 @@ impl RoundRobin {
         parts.authority = Some(self.pods[i].clone());
         let mut req = http::Request::new(Empty::new());
         *req.uri_mut() = http::Uri::from_parts(parts).expect("pod uri");
-        req.headers_mut().insert(http::header::HOST, self.host.clone());
+        req.headers_mut()
+            .insert(http::header::HOST, self.host.clone());
         req
     }
 }

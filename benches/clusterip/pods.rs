@@ -137,6 +137,20 @@ impl Pods {
         Ok(())
     }
 
+    /// Retires a Pod the way a rolling update does: deleted with a grace period (its
+    /// endpoint turns terminating and leaves the ready set while the process still
+    /// serves), `drain` later the process exits and the Pod is gone.
+    pub(crate) async fn retire(
+        &mut self,
+        cluster: &TestCluster,
+        name: &str,
+        drain: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        cluster.delete_pod(name, 30).await?;
+        tokio::time::sleep(drain).await;
+        self.kill(cluster, name).await
+    }
+
     /// Kills every Pod after the first `keep`.
     pub(crate) async fn truncate(
         &mut self,

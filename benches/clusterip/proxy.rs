@@ -163,7 +163,10 @@ pub(crate) fn render_nft(rules: &BTreeMap<String, Rule>, dummies: u32, vip: &str
             picks.join(", ")
         );
         for (i, ep) in rule.endpoints.iter().enumerate() {
-            let _ = writeln!(chains, "  chain ep-{id}-{i} {{ meta l4proto tcp dnat to {ep}; }}");
+            let _ = writeln!(
+                chains,
+                "  chain ep-{id}-{i} {{ meta l4proto tcp dnat to {ep}; }}"
+            );
         }
     };
     let mut id = 0;
@@ -196,8 +199,11 @@ table ip {NFT_TABLE} {{
         if elements.is_empty() {
             String::new()
         } else {
-            format!("    elements = {{ {} }}
-", elements.join(", "))
+            format!(
+                "    elements = {{ {} }}
+",
+                elements.join(", ")
+            )
         }
     )
 }

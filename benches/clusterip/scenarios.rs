@@ -18,6 +18,9 @@ use crate::load::{self, Plain, RoundRobin, Run, Sender};
 use crate::pods::Pods;
 use crate::proxy::{self, Backend, ProxyStats};
 
+/// How long a retired Pod keeps serving after its deletion (a preStop hook's drain).
+const ROLLING_DRAIN: Duration = Duration::from_millis(500);
+
 /// Where the nftables proxy serves `bench-svc` (the iptables proxy has its ClusterIP).
 const NFT_VIP: &str = "10.96.255.250";
 use crate::report::{Chart, Report, Table, ms};
@@ -235,7 +238,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     wait_for(&h1_arms[1].1, &svc_uri, "Rudder's discovery").await?;
     let names = pods.names();
 
-    eprintln!("[clusterip] 0/6 layer overhead on loopback");
+    eprintln!("[clusterip] 0/7 layer overhead on loopback");
     // 0. The layer's own cost, on loopback: the same Pod server, raw client vs Mesh.
     {
         let pod = PodServer::start(
@@ -285,7 +288,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 1/6 steady state");
+    eprintln!("[clusterip] 1/7 steady state");
     // 1. Steady state.
     {
         let runs = cell(plan.reps, &h1_arms, |s, u| {
@@ -390,7 +393,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 2/6 HTTP/2 scale-up");
+    eprintln!("[clusterip] 2/7 HTTP/2 scale-up");
     // 2. HTTP/2, scale from N to 2N Pods mid-run.
     {
         let h2_arms = [
@@ -489,7 +492,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 3/6 one slow Pod");
+    eprintln!("[clusterip] 3/7 one slow Pod");
     // 3. One slow Pod.
     {
         let slow = pods.running[0].name.clone();
@@ -546,7 +549,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 4/6 churn");
+    eprintln!("[clusterip] 4/7 churn");
     // 4. Churn: two Pods killed abruptly mid-run, two new ones added.
     {
         let arms = &h1_arms[..2];
@@ -625,7 +628,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 5/6 canary");
+    eprintln!("[clusterip] 5/7 canary");
     // 5. Canary 90/10 by labels.
     {
         let mut canaries = Vec::new();
@@ -690,7 +693,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("[clusterip] 6/6 new connections and rule count");
+    eprintln!("[clusterip] 6/7 new connections and rule count");
     // 6. Connection-heavy: a new connection per request, with extra Services' rules.
     {
         let mut t = Table::new(
@@ -713,7 +716,12 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 .wait_past(nft_before, Duration::from_secs(120))
                 .await?;
             wait_for(&Sender::Plain(h1()), &vip_uri, "the restarted proxy").await?;
-            wait_for(&Sender::Plain(h1()), &nft_uri, "the restarted nftables proxy").await?;
+            wait_for(
+                &Sender::Plain(h1()),
+                &nft_uri,
+                "the restarted nftables proxy",
+            )
+            .await?;
             let arms = [
                 ("ClusterIP", Sender::Plain(no_keep_alive()), vip_uri.clone()),
                 (
@@ -754,6 +762,85 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         }
         report.table(t);
         report.chart("clusterip-rules.svg", chart);
+    }
+
+    eprintln!("[clusterip] 7/7 rolling update");
+    // 7. A rolling update of every Pod (maxSurge 1, maxUnavailable 0) under load: each old
+    // Pod is replaced by a new one, then deleted with a grace period and drained. Last,
+    // because it replaces the Pods the other scenarios address directly.
+    {
+        let arms = [
+            ("ClusterIP", Sender::Plain(h1()), vip_uri.clone()),
+            ("ClusterIP (nftables)", Sender::Plain(h1()), nft_uri.clone()),
+            ("Rudder", Sender::Mesh(layer.layer(h1())), svc_uri.clone()),
+        ];
+        let mut t = Table::new(
+            &format!(
+                "7. Rolling update of all {} Pods under load (one at a time: add, then delete with a grace period, drain {} ms, exit)",
+                plan.pods,
+                ROLLING_DRAIN.as_millis()
+            ),
+            &[
+                "arm",
+                "failed per 10k",
+                "requests",
+                "req/s",
+                "p99",
+                "new Pods' share at the end",
+            ],
+        );
+        for (name, sender, target) in &arms {
+            let mut cells = Vec::new();
+            for _ in 0..plan.reps {
+                let old = pods.names();
+                // Long enough for every replacement; the loop stops when they are done.
+                let budget = ROLLING_DRAIN * 4 * old.len() as u32 + Duration::from_secs(5);
+                let loop_ = {
+                    let (sender, target) = (sender.clone(), target.clone());
+                    let (c, m) = (plan.concurrency.min(16), plan.max);
+                    tokio::spawn(async move { load::closed(&sender, &target, c, budget, m).await })
+                };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let started = Instant::now();
+                for o in &old {
+                    pods.add(&cluster, &[("app", "bench"), ("version", "4.1")])
+                        .await?;
+                    cluster.api().settled().await;
+                    pods.retire(&cluster, o, ROLLING_DRAIN).await?;
+                }
+                let done = started.elapsed();
+                let run = loop_.await?;
+                let fresh = pods.names();
+                let tail: u64 = run.timeline.iter().filter(|(t, _)| *t > done).count() as u64;
+                let on_new: u64 = run
+                    .timeline
+                    .iter()
+                    .filter(|(t, p)| *t > done && fresh.contains(p))
+                    .count() as u64;
+                let total = run.ok() + run.failures;
+                cells.push((
+                    run.failures as f64 * 10_000.0 / total.max(1) as f64,
+                    total,
+                    run.throughput(),
+                    us(run.percentile(0.99)),
+                    100.0 * on_new as f64 / tail.max(1) as f64,
+                ));
+                cluster.api().settled().await;
+            }
+            let join = |f: &dyn Fn(&(f64, u64, f64, f64, f64)) -> String| {
+                cells.iter().map(f).collect::<Vec<_>>().join(", ")
+            };
+            t.row(vec![
+                name.to_string(),
+                join(&|c| format!("{:.1}", c.0)),
+                join(&|c| c.1.to_string()),
+                join(&|c| format!("{:.0}", c.2)),
+                join(&|c| ms(c.3)),
+                join(&|c| format!("{:.0} %", c.4)),
+            ]);
+        }
+        t.note("One value per repetition. Keep-alive connections to a retired Pod end when its process exits; until then the ClusterIP keeps sending over them, while Rudder stops choosing a Pod as soon as its endpoint turns terminating.".into());
+        report.table(t);
     }
 
     proxy_task.abort();
