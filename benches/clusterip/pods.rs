@@ -132,7 +132,13 @@ impl Pods {
             .context("no such pod")?;
         let mut pod = self.running.remove(i);
         pod.child.kill().await?;
-        cluster.delete_pod(name, 0).await?;
+        // A Pod already deleted (a graceful deletion the API server completed) is gone,
+        // which is what this wants.
+        if let Err(e) = cluster.delete_pod(name, 0).await
+            && !e.to_string().contains("NotFound")
+        {
+            return Err(e.into());
+        }
         let _ = netns::ip(&["netns", "del", &format!("{}pod{}", self.prefix, &name[6..])]);
         Ok(())
     }
