@@ -227,6 +227,18 @@ pub(crate) async fn closed(
     duration: Duration,
     max: u64,
 ) -> Run {
+    closed_until(sender, uri, concurrency, duration, max, None).await
+}
+
+/// [`closed`], also stopping as soon as `stop` is set.
+pub(crate) async fn closed_until(
+    sender: &Sender,
+    uri: &http::Uri,
+    concurrency: usize,
+    duration: Duration,
+    max: u64,
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Run {
     let started = Instant::now();
     let cpu_before = cpu_time();
     let deadline = started + duration;
@@ -235,8 +247,14 @@ pub(crate) async fn closed(
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (sender, uri, sent, run) = (sender.clone(), uri.clone(), sent.clone(), run.clone());
+        let stop = stop.clone();
         workers.spawn(async move {
+            let stopped = || {
+                stop.as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            };
             while Instant::now() < deadline
+                && !stopped()
                 && sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max
             {
                 let t = Instant::now();

@@ -795,24 +795,31 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         );
         for (name, sender, target) in &arms {
             let mut cells = Vec::new();
-            for _ in 0..plan.reps {
+            // One rollout per arm: replacing every Pod is slow on two cores under load.
+            for _ in 0..1 {
                 let old = pods.names();
-                // Long enough for every replacement; the loop stops when they are done.
-                let budget = ROLLING_DRAIN * 4 * old.len() as u32 + Duration::from_secs(5);
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let load_started = Instant::now();
                 let loop_ = {
-                    let (sender, target) = (sender.clone(), target.clone());
-                    let (c, m) = (plan.concurrency.min(16), plan.max);
-                    tokio::spawn(async move { load::closed(&sender, &target, c, budget, m).await })
+                    let (sender, target, stop) = (sender.clone(), target.clone(), stop.clone());
+                    let (c, m) = (plan.concurrency.min(16), plan.max.max(10_000_000));
+                    // Bounded in time whatever happens; stopped when the rollout is done.
+                    let bound = Duration::from_secs(600);
+                    tokio::spawn(async move {
+                        load::closed_until(&sender, &target, c, bound, m, Some(stop)).await
+                    })
                 };
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let started = Instant::now();
                 for o in &old {
                     pods.add(&cluster, &[("app", "bench"), ("version", "4.1")])
                         .await?;
                     cluster.api().settled().await;
                     pods.retire(&cluster, o, ROLLING_DRAIN).await?;
                 }
-                let done = started.elapsed();
+                // Half a second more on the new Pods only, then stop.
+                let done = load_started.elapsed();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 let run = loop_.await?;
                 let fresh = pods.names();
                 let tail: u64 = run.timeline.iter().filter(|(t, _)| *t > done).count() as u64;
@@ -843,7 +850,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 join(&|c| format!("{:.0} %", c.4)),
             ]);
         }
-        t.note("One value per repetition. Keep-alive connections to a retired Pod end when its process exits; until then the ClusterIP keeps sending over them, while Rudder stops choosing a Pod as soon as its endpoint turns terminating.".into());
+        t.note("One rollout per arm; the load runs from before the first new Pod until half a second after the last old one exited, and the last column is the share of that last half second on the new Pods. Keep-alive connections to a retired Pod end when its process exits; until then the ClusterIP keeps sending over them, while Rudder stops choosing a Pod as soon as its endpoint turns terminating.".into());
         report.table(t);
     }
 
