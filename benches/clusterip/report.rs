@@ -163,10 +163,14 @@ impl Report {
              Measured {date} on {cores} cores ({cpu}), Linux {kernel_trim}, release build.\n\n\
              Command: `cargo bench --bench clusterip` (as root; see `benches/clusterip/main.rs`).\n\n\
              Pods are network namespaces with veth pairs on a bridge (10.244.x.y), each running a\n\
-             `rudder-testkit` Pod server; a kube-proxy equivalent programs iptables NAT\n\
-             (`KUBE-SERVICES` → `KUBE-SVC-*` with `statistic --mode random` → `KUBE-SEP-*` DNAT,\n\
-             `iptables-restore`, 1 s minimum sync period) from the same test API server Rudder\n\
-             watches. Arms use the same hyper-util client and settings and run interleaved; each\n\
+             `rudder-testkit` Pod server; a kube-proxy equivalent programs NAT from the same test API\n\
+             server Rudder watches, in both of kube-proxy's modes: iptables (`KUBE-SERVICES` →\n\
+             `KUBE-SVC-*` with `statistic --mode random` → `KUBE-SEP-*` DNAT, `iptables-restore`)\n\
+             and nftables (a verdict map to per-Service chains choosing with `numgen random`, `nft\n\
+             -f`, at a second VIP), each with a 1 s minimum sync period. \"naive round robin\" is the\n\
+             same client sending each request to the next Pod of a fixed list, with the Service's\n\
+             `Host`: the fair baseline for the layer's own cost. Arms use the same hyper-util client\n\
+             and settings and run interleaved; each\n\
              cell is repeated 3 times and shows the median with the min–max range in brackets.\n\
              Latencies include the client, the kernel path and the Pod server on this machine;\n\
              CPU is the client process (which also hosts the API server and the proxy) per request.\n",
