@@ -100,7 +100,7 @@ impl Balancer {
     }
 
     /// Zone preference: picks in `local` (the caller's zone, see
-    /// [`SubsetIndex::in_zone`](crate::SubsetIndex::in_zone)) while it is healthy and not
+    /// [`Picked::local`](crate::Picked::local)) while it is healthy and not
     /// overloaded, spilling over to `all` otherwise. The local choice is compared with one
     /// candidate drawn from `all`; the remote one wins only when its cost per weight times
     /// `spill_factor` (e.g. 2.0: remote must be twice as cheap) is still lower, or when the
