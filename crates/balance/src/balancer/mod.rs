@@ -26,7 +26,6 @@ mod tests;
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::load::EndpointLoad;
 use crate::subset::Picked;
@@ -74,16 +73,12 @@ pub const LATENCY_RESOLUTION: std::time::Duration = std::time::Duration::from_mi
 #[derive(Debug, Default)]
 pub struct Balancer {
     algorithm: Algorithm,
-    turn: AtomicU64,
 }
 
 impl Balancer {
     /// A balancer using `algorithm`.
     pub fn new(algorithm: Algorithm) -> Self {
-        Self {
-            algorithm,
-            turn: AtomicU64::new(0),
-        }
+        Self { algorithm }
     }
 
     /// The algorithm.
@@ -220,7 +215,7 @@ impl Balancer {
                 if total == 0 {
                     return None;
                 }
-                let k = self.turn.fetch_add(1, Ordering::Relaxed) % total;
+                let k = subset.next_turn() % total;
                 let x = ((u128::from(k) * u128::from(subset.stride())) % u128::from(total)) as u64;
                 weights.pick(x).map(position)
             }

@@ -309,3 +309,36 @@ fn terminating_endpoints_killed_last_are_preferred() {
     }
     assert_eq!(hits.into_inner(), 100);
 }
+
+#[test]
+fn round_robin_turns_are_per_subset() {
+    // Requests for two subsets, interleaved: each subset still alternates between its
+    // members (a shared counter would give each subset every other turn: one member).
+    let (v1, v2): (Selector, Selector) =
+        ("version=1".parse().unwrap(), "version=2".parse().unwrap());
+    let config = PoolConfig {
+        algorithm: Algorithm::WeightedRoundRobin,
+        selectors: vec![v1.clone(), v2.clone()],
+        ..Default::default()
+    };
+    let p = pool(
+        config,
+        vec![
+            labelled(0, "1"),
+            labelled(1, "1"),
+            labelled(2, "2"),
+            labelled(3, "2"),
+        ],
+    );
+    let snap = p.snapshot();
+    let (one, two) = (
+        snap.subset(&v1, &Fallback::NoFallback).unwrap(),
+        snap.subset(&v2, &Fallback::NoFallback).unwrap(),
+    );
+    let mut counts = [0; 4];
+    for _ in 0..100 {
+        counts[p.pick(&snap, &one, None).unwrap()] += 1;
+        counts[p.pick(&snap, &two, None).unwrap()] += 1;
+    }
+    assert_eq!(counts, [50; 4]);
+}

@@ -24,6 +24,7 @@ mod tests;
 pub use self::error::SubsetError;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -86,6 +87,9 @@ struct Members {
     weights: WeightedIndex,
     /// A step coprime with the total weight, for weighted round robin.
     stride: u64,
+    /// Weighted round robin's position, per subset: a counter shared between subsets
+    /// would let interleaved requests for two subsets each see only every other turn.
+    turn: AtomicU64,
     /// The consistent-hashing table over the endpoints' own weights.
     maglev: OnceLock<Option<Maglev>>,
     /// The members in the caller's zone, when a zone is configured and some are there.
@@ -128,6 +132,7 @@ impl Members {
             positions,
             weights,
             stride,
+            turn: AtomicU64::new(0),
             maglev: OnceLock::new(),
             local: None,
         }
@@ -202,6 +207,11 @@ impl Picked {
 
     pub(crate) fn stride(&self) -> u64 {
         self.members.stride
+    }
+
+    /// The next weighted-round-robin turn of this subset.
+    pub(crate) fn next_turn(&self) -> u64 {
+        self.members.turn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The Maglev table of this subset over the endpoints' own weights (built when the

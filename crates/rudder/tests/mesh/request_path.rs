@@ -17,8 +17,8 @@ use super::support::*;
 
 /// Maglev with the key from a header: the same user reaches the same Pod on every
 /// request and from two independently built Meshes (separate kube clients and
-/// discoveries, as two client replicas), and when one of ten Pods leaves, only about a
-/// tenth of the users move.
+/// discoveries, as two client replicas), and when one of ten Pods leaves, its users move
+/// and the others' (all but a few) stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
     let cluster = hello(10).await;
@@ -72,9 +72,11 @@ async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
     }
     let owned = owner.values().filter(|p| **p == gone).count();
     assert!(moved >= owned, "the leaving Pod's users moved");
+    // Users of the nine Pods that stay keep their Pod, but for Maglev's small disruption
+    // (about 3.5 % of keys in rudder_balance's pool tests).
     assert!(
-        moved <= 20,
-        "about 1/10 of the users move: {moved} moved, {owned} were on the Pod that left"
+        moved - owned <= 8,
+        "only the leaving Pod's users move: {moved} moved, {owned} were on the Pod that left"
     );
 
     // Without a key, requests are still spread.
@@ -255,6 +257,8 @@ async fn header_subsets_share_one_metric_label() {
         .unwrap()
         .subset("version=1".parse().unwrap())
         .fallback(rudder::Fallback::AnyEndpoint)
+        // Round robin reaches every endpoint during the warm-up, whatever latencies do.
+        .algorithm(Algorithm::WeightedRoundRobin)
         .metrics(&mut registry)
         .build()
         .unwrap();
@@ -282,6 +286,8 @@ async fn header_subsets_share_one_metric_label() {
     // Every endpoint gets requests under both label values first.
     for _ in 0..40 {
         send("version=0".into()).await.unwrap();
+    }
+    for _ in 0..40 {
         mesh.clone().oneshot(req("http://web:8080/")).await.unwrap();
     }
     let before = series(&registry);
