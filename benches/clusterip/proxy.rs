@@ -208,15 +208,15 @@ table ip {NFT_TABLE} {{
     )
 }
 
-/// Applies `input` with `nft -f -` (one transaction).
-fn nft(input: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+/// Runs `program args` with `input` on its standard input; its stderr on failure.
+fn pipe(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running nft")?;
+        .with_context(|| format!("running {program}"))?;
     child
         .stdin
         .take()
@@ -224,33 +224,19 @@ fn nft(input: &str) -> anyhow::Result<()> {
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
 
+/// Applies `input` with `nft -f -` (one transaction).
+fn nft(input: &str) -> anyhow::Result<()> {
+    pipe("nft", &["-f", "-"], input)
+}
+
 /// Writes `input` with `iptables-restore --noflush` (only the chains named are replaced).
 fn restore(input: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("iptables-restore")
-        .arg("--noflush")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running iptables-restore")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "iptables-restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    pipe("iptables-restore", &["--noflush"], input)
 }
 
 /// Hooks `KUBE-SERVICES` into `OUTPUT` (traffic from this namespace's own sockets).

@@ -6,6 +6,7 @@
 //! slow-start ramps and making each endpoint's URI authority all happen in the updater,
 //! never while a request waits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub(crate) struct Routed {
     pub(crate) pool: Arc<Pool<Arc<EndpointExtra>>>,
     /// Flips to `true` once the pool holds a synced snapshot.
     synced: watch::Receiver<bool>,
+    /// The same, read by every request without the watch channel's lock.
+    is_synced: Arc<AtomicBool>,
     keep: Keep,
     /// Dropping it stops the updater.
     _stop: watch::Sender<()>,
@@ -78,11 +81,12 @@ impl Routed {
             Some(hook),
         ));
         let (synced_tx, synced) = watch::channel(is_synced);
+        let is_synced = Arc::new(AtomicBool::new(is_synced));
         let (stop, stopped) = watch::channel(());
         tokio::spawn(follow(
             Arc::downgrade(&pool),
             rx,
-            synced_tx,
+            (synced_tx, is_synced.clone()),
             stopped,
             telemetry,
         ));
@@ -91,6 +95,7 @@ impl Routed {
             label,
             pool,
             synced,
+            is_synced,
             keep,
             _stop: stop,
         }
@@ -106,7 +111,7 @@ impl Routed {
 
     /// Waits (at most `bound`) until the pool holds a synced snapshot; whether it does.
     pub(crate) async fn synced(&self, bound: Duration) -> bool {
-        if *self.synced.borrow() {
+        if self.is_synced.load(Ordering::Acquire) {
             return true;
         }
         let mut rx = self.synced.clone();
@@ -123,7 +128,7 @@ impl Routed {
 async fn follow(
     pool: Weak<Pool<Arc<EndpointExtra>>>,
     mut rx: watch::Receiver<Arc<EndpointSet>>,
-    synced: watch::Sender<bool>,
+    (synced, is_synced): (watch::Sender<bool>, Arc<AtomicBool>),
     mut stop: watch::Receiver<()>,
     telemetry: Arc<Telemetry>,
 ) {
@@ -144,12 +149,14 @@ async fn follow(
                 }
                 let set = rx.borrow_and_update().clone();
                 let Some(p) = pool.upgrade() else { return };
-                let is_synced = *set.state() != ServiceState::Pending;
+                let set_synced = *set.state() != ServiceState::Pending;
                 p.update(set, |e, before| {
                     before.cloned().unwrap_or_else(|| extra(&telemetry, e))
                 });
                 ramp = p.ramping().then(|| p.refresh_interval());
-                if is_synced {
+                if set_synced {
+                    // The flag first: a request that sees the watch flip also sees it.
+                    is_synced.store(true, Ordering::Release);
                     synced.send_if_modified(|s| !std::mem::replace(s, true));
                 }
             }
