@@ -27,7 +27,7 @@ pub mod weighted;
 
 pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock, WatchKind,
 };
 pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable};
 pub use self::maglev::{Maglev, hash_key};

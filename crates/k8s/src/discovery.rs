@@ -9,9 +9,8 @@ use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PartialObjectMeta};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use rudder_balance::{EndpointSet, ServiceState, SyncClock};
+use rudder_balance::{EndpointSet, ServiceState, SyncClock, WatchKind};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -41,10 +40,21 @@ pub struct DiscoveryBuilder {
     default_namespace: Option<String>,
     pods: PodWatch,
     stall: Duration,
+    max_backoff: Duration,
+    forbidden_retry: Duration,
 }
 
 /// How long a Service's watches may stay silent before they are restarted.
 const DEFAULT_STALL: Duration = Duration::from_secs(300);
+
+/// The longest wait between two attempts of a failing watch, jitter included.
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a watch the API refused (403) rests before it asks again.
+const DEFAULT_FORBIDDEN_RETRY: Duration = Duration::from_secs(30);
+
+/// The first wait after a watch fails.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How much of each Pod discovery watches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +117,24 @@ impl DiscoveryBuilder {
         self
     }
 
+    /// The longest wait between two attempts of a failing watch, jitter included
+    /// (default 1 second; at least 100 ms). Waits start at 50 ms and double up to this;
+    /// a success resets them. It bounds both how long discovery stays blind after the API
+    /// server returns and how often each watch asks a server that is down (at most about
+    /// once per `max / 2`).
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max.max(2 * MIN_BACKOFF);
+        self
+    }
+
+    /// How long a watch the API refused (`403 Forbidden`) waits before asking again
+    /// (default 30 seconds), so a client without permission neither hammers the API nor
+    /// floods its log, and notices a new RoleBinding within this time.
+    pub fn forbidden_retry(mut self, wait: Duration) -> Self {
+        self.forbidden_retry = wait;
+        self
+    }
+
     /// Builds the handle. No request is made until a Service is subscribed to.
     pub fn build(self) -> Discovery {
         let default_namespace = self
@@ -118,7 +146,11 @@ impl DiscoveryBuilder {
                 source: self.source,
                 pods: self.pods,
                 default_namespace,
-                stall: self.stall,
+                timing: Timing {
+                    stall: self.stall,
+                    max_backoff: self.max_backoff,
+                    forbidden_retry: self.forbidden_retry,
+                },
                 services: Mutex::new(HashMap::new()),
             }),
         }
@@ -157,8 +189,16 @@ struct Inner {
     source: Source,
     pods: PodWatch,
     default_namespace: String,
-    stall: Duration,
+    timing: Timing,
     services: Mutex<HashMap<(String, String), Weak<Entry>>>,
+}
+
+/// How the watches of a Service pace themselves.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    stall: Duration,
+    max_backoff: Duration,
+    forbidden_retry: Duration,
 }
 
 /// A subscription to one Service port; dropping the last one of a Service stops its watches.
@@ -188,15 +228,32 @@ impl Subscription {
         self.rx.borrow_and_update().clone()
     }
 
-    /// Waits until the first sync (at most `timeout`), then returns the snapshot.
+    /// Waits until the first sync (at most `timeout`), then returns the snapshot. Fails
+    /// as soon as the first attempt fails ([`DiscoveryError::Forbidden`],
+    /// [`DiscoveryError::Unreachable`]; discovery keeps retrying, so a later call may
+    /// succeed) or when `timeout` passes ([`DiscoveryError::NotSynced`]).
     pub async fn synced(&mut self, timeout: Duration) -> Result<Arc<EndpointSet>, DiscoveryError> {
         let wait = self.rx.wait_for(|s| *s.state() != ServiceState::Pending);
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(set)) => Ok(set.clone()),
-            _ => Err(DiscoveryError::NotSynced {
-                service: self.service.to_string(),
-                waited: timeout,
+        let service = || self.service.to_string();
+        let set = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(set)) => set.clone(),
+            _ => {
+                return Err(DiscoveryError::NotSynced {
+                    service: service(),
+                    waited: timeout,
+                });
+            }
+        };
+        match set.state() {
+            ServiceState::Forbidden(message) => Err(DiscoveryError::Forbidden {
+                service: service(),
+                message: message.clone(),
             }),
+            ServiceState::Unreachable(error) => Err(DiscoveryError::Unreachable {
+                service: service(),
+                error: error.clone(),
+            }),
+            _ => Ok(set),
         }
     }
 
@@ -226,6 +283,8 @@ impl Discovery {
             default_namespace: None,
             pods: PodWatch::Full,
             stall: DEFAULT_STALL,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            forbidden_retry: DEFAULT_FORBIDDEN_RETRY,
         }
     }
 
@@ -266,7 +325,7 @@ impl Discovery {
                     self.inner.pods,
                     key.0.clone(),
                     key.1.clone(),
-                    self.inner.stall,
+                    self.inner.timing,
                 ));
                 let _ = entry.task.set(task.abort_handle());
                 services.insert(key, Arc::downgrade(&entry));
@@ -409,6 +468,9 @@ pub(crate) struct Model {
     /// sees already carries labels (label subsets would otherwise be empty at start). A
     /// failing Pod watch (say, forbidden) ends the wait: endpoints flow without labels.
     pub(crate) pods_pending: bool,
+    /// Per watch, its last failure while it has not succeeded since: before the first
+    /// sync, that is what the Service's state reports.
+    pub(crate) errors: [Option<ServiceState>; 3],
     converted: HashMap<Option<PortSpec>, Converted>,
 }
 
@@ -432,7 +494,9 @@ impl Model {
             None => false,
         };
         if !self.service.synced || !endpoints_synced || self.pods_pending {
-            return EndpointSet::pending().with_clock(clock.clone());
+            let state = self.errors.iter().flatten().next();
+            let state = state.cloned().unwrap_or(ServiceState::Pending);
+            return EndpointSet::new(state, Vec::new()).with_clock(clock.clone());
         }
         let service = self.service.items.values().next();
         let pods = &self.pods.items;
@@ -520,15 +584,24 @@ async fn choose_source(client: &kube::Client, ns: &str, name: &str, wanted: Sour
     let lp = ListParams::default()
         .labels(&format!("kubernetes.io/service-name={name}"))
         .limit(1);
+    // Only a 404 says the API has no EndpointSlices. A 403 says this client may not read
+    // them: that is reported as the Service's state (with a hint), never taken for absence.
     match slices.list_metadata(&lp).await {
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+        Err(kube::Error::Api(s)) if s.code == 404 => {
             tracing::info!(
                 service = name,
                 namespace = ns,
-                code = s.code,
-                "EndpointSlices unavailable; using v1 Endpoints"
+                "the API serves no EndpointSlices; using v1 Endpoints"
             );
             Source::Endpoints
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(
+                service = name,
+                namespace = ns,
+                "this client may not list EndpointSlices: grant get/list/watch on endpointslices (see deploy/rbac.yaml), or choose Source::Endpoints explicitly"
+            );
+            Source::EndpointSlices
         }
         _ => Source::EndpointSlices,
     }
@@ -543,31 +616,117 @@ enum Change {
     PodMeta(Box<Result<Event<PartialObjectMeta<Pod>>, watcher::Error>>),
 }
 
+impl Change {
+    fn kind(&self) -> WatchKind {
+        match self {
+            Change::Service(_) => WatchKind::Service,
+            Change::Slice(_) | Change::Endpoints(_) => WatchKind::Endpoints,
+            Change::Pod(_) | Change::PodMeta(_) => WatchKind::Pods,
+        }
+    }
+}
+
+/// The HTTP status of an API refusal inside a watcher error, if it is one.
+fn api_code(e: &watcher::Error) -> Option<u16> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Exponential backoff from [`MIN_BACKOFF`] up to `max` with jitter included (jitter adds
+/// up to the current delay, so delays stop doubling at `max / 2`).
+fn backoff(max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// A watcher stream that waits after each error, longer after each consecutive one, and
+/// starts over after a success. kube-rs's own `StreamBackoff` resets on every `Ok` item,
+/// and the watcher yields `Event::Init` before each list attempt, so a failing list would
+/// be retried at the shortest delay forever; here `Init` is not a success.
+fn paced<K: Send + 'static>(
+    stream: BoxStream<'static, Result<Event<K>, watcher::Error>>,
+    max: Duration,
+) -> BoxStream<'static, Result<Event<K>, watcher::Error>> {
+    let state = (stream, backoff(max), None::<Duration>);
+    futures::stream::unfold(state, move |(mut stream, mut delays, wait)| async move {
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+        let item = stream.next().await?;
+        let wait = match &item {
+            Err(_) => Some(delays.next().unwrap_or(max)),
+            Ok(Event::Init) => None,
+            Ok(_) => {
+                delays = backoff(max);
+                None
+            }
+        };
+        Some((item, (stream, delays, wait)))
+    })
+    .boxed()
+}
+
 fn watch_stream<K>(
     api: Api<K>,
     config: watcher::Config,
+    max_backoff: Duration,
 ) -> BoxStream<'static, Result<Event<K>, watcher::Error>>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    watcher::watcher(api, config).default_backoff().boxed()
+    paced(watcher::watcher(api, config).boxed(), max_backoff)
 }
 
-/// Makes the watch streams of one Service (again, after a stall).
+/// `stream`, started after `wait`.
+fn later(stream: BoxStream<'static, Change>, wait: Duration) -> BoxStream<'static, Change> {
+    futures::stream::once(async move {
+        tokio::time::sleep(wait).await;
+        stream
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Makes the watch streams of one Service (again, after a stall or a refusal).
 struct Streams {
     client: kube::Client,
     ns: String,
     name: String,
     source: Source,
     pod_watch: PodWatch,
+    max_backoff: Duration,
 }
 
 impl Streams {
+    fn make(
+        &self,
+        kind: WatchKind,
+        pod_selector: Option<&str>,
+    ) -> Option<BoxStream<'static, Change>> {
+        match kind {
+            WatchKind::Service => Some(self.services()),
+            WatchKind::Endpoints => Some(self.endpoints()),
+            _ => pod_selector.and_then(|s| self.pods(s)),
+        }
+    }
+
     fn services(&self) -> BoxStream<'static, Change> {
         let by_name = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         watch_stream(
             Api::<Service>::namespaced(self.client.clone(), &self.ns),
             by_name,
+            self.max_backoff,
         )
         .map(|r| Change::Service(Box::new(r)))
         .boxed()
@@ -581,6 +740,7 @@ impl Streams {
                 watch_stream(
                     Api::<Endpoints>::namespaced(self.client.clone(), &self.ns),
                     by_name,
+                    self.max_backoff,
                 )
                 .map(Change::Endpoints)
                 .boxed()
@@ -591,6 +751,7 @@ impl Streams {
                 watch_stream(
                     Api::<EndpointSlice>::namespaced(self.client.clone(), &self.ns),
                     by_label,
+                    self.max_backoff,
                 )
                 .map(Change::Slice)
                 .boxed()
@@ -605,6 +766,7 @@ impl Streams {
                 watch_stream(
                     Api::<Pod>::namespaced(self.client.clone(), &self.ns),
                     config,
+                    self.max_backoff,
                 )
                 .map(|r| Change::Pod(Box::new(r)))
                 .boxed(),
@@ -613,6 +775,7 @@ impl Streams {
                 watch_stream(
                     Api::<PartialObjectMeta<Pod>>::namespaced(self.client.clone(), &self.ns),
                     config,
+                    self.max_backoff,
                 )
                 .map(|r| Change::PodMeta(Box::new(r)))
                 .boxed(),
@@ -622,8 +785,58 @@ impl Streams {
     }
 }
 
+/// The three watches of a Service, any of which may be absent (no Pod watch yet, or one
+/// resting after a refusal is replaced by a delayed stream).
+#[derive(Default)]
+struct Watches {
+    streams: [Option<BoxStream<'static, Change>>; 3],
+}
+
+impl Watches {
+    fn set(&mut self, kind: WatchKind, stream: Option<BoxStream<'static, Change>>) {
+        self.streams[index(kind)] = stream;
+    }
+
+    async fn next(&mut self) -> Option<Change> {
+        let [a, b, c] = &mut self.streams;
+        async fn one(s: &mut Option<BoxStream<'static, Change>>) -> Option<Change> {
+            match s.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            Some(c) = one(a) => Some(c),
+            Some(c) = one(b) => Some(c),
+            Some(c) = one(c) => Some(c),
+            else => None,
+        }
+    }
+}
+
+fn index(kind: WatchKind) -> usize {
+    match kind {
+        WatchKind::Service => 0,
+        WatchKind::Endpoints => 1,
+        _ => 2,
+    }
+}
+
+fn kind_name(kind: WatchKind) -> &'static str {
+    match kind {
+        WatchKind::Service => "Service",
+        WatchKind::Endpoints => "endpoints",
+        _ => "Pods",
+    }
+}
+
 /// The watch loop of one Service. Holds only a weak reference to its entry, so that the
 /// last subscription's drop ends it (the entry also aborts it).
+///
+/// Failures are logged once per watch at WARN when they start (repeats at DEBUG) and
+/// once at INFO when the watch heals. A watch the API refuses (403) rests for
+/// `forbidden_retry` instead of retrying with backoff; a refused Pod watch only costs
+/// label subsets, so it is not counted as stale.
 async fn run(
     entry: Weak<Entry>,
     client: kube::Client,
@@ -631,7 +844,7 @@ async fn run(
     pod_watch: PodWatch,
     ns: String,
     name: String,
-    stall: Duration,
+    timing: Timing,
 ) {
     let source = choose_source(&client, &ns, &name, wanted).await;
     match entry.upgrade() {
@@ -644,34 +857,41 @@ async fn run(
         name: name.clone(),
         source,
         pod_watch,
+        max_backoff: timing.max_backoff,
     };
-    let mut services = streams.services();
-    let mut endpoints = streams.endpoints();
-    let mut pods: Option<BoxStream<'static, Change>> = None;
+    let mut watches = Watches::default();
+    watches.set(WatchKind::Service, streams.make(WatchKind::Service, None));
+    watches.set(
+        WatchKind::Endpoints,
+        streams.make(WatchKind::Endpoints, None),
+    );
     let mut pod_selector: Option<String> = None;
+    // Per watch: failing since its last success (for logging once per outage).
+    let mut failing = [false; 3];
+    let stall = timing.stall;
     // A watch that delivers nothing for `stall` (no events; kube-rs keeps bookmarks to
     // itself) may be stalled: restart every watch. The relist is swapped in whole, so a
     // healthy quiet Service sees no change, and a stalled one catches up.
     let mut quiet_until = tokio::time::Instant::now() + stall;
     loop {
         let change = tokio::select! {
-            Some(c) = services.next() => c,
-            Some(c) = endpoints.next() => c,
-            Some(c) = async { match pods.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => c,
+            c = watches.next() => match c {
+                Some(c) => c,
+                None => return,
+            },
             _ = tokio::time::sleep_until(quiet_until) => {
                 tracing::info!(service = %name, namespace = %ns, quiet = ?stall, "no watch event for a while; restarting the watches");
-                services = streams.services();
-                endpoints = streams.endpoints();
-                pods = pod_selector.as_deref().and_then(|s| streams.pods(s));
+                for kind in WatchKind::ALL {
+                    watches.set(kind, streams.make(kind, pod_selector.as_deref()));
+                }
                 quiet_until = tokio::time::Instant::now() + stall;
                 continue;
             }
-            else => return,
         };
         quiet_until = tokio::time::Instant::now() + stall;
         let Some(entry) = entry.upgrade() else { return };
-        let is_pod = matches!(change, Change::Pod(_) | Change::PodMeta(_));
-        let ok = {
+        let kind = change.kind();
+        let result = {
             let mut model = entry.model.lock().expect("model lock");
             let result = match change {
                 Change::Service(r) => (*r).map(|e| model.service.apply(e, name_of, |s| s)),
@@ -688,39 +908,81 @@ async fn run(
                     model.pods_epoch += 1;
                 }),
             };
+            let is_pod = kind == WatchKind::Pods;
             if model.pods_pending && (model.pods.synced || (result.is_err() && is_pod)) {
                 if !model.pods.synced {
                     tracing::warn!(service = %name, namespace = %ns, "cannot list Pods: routing without Pod labels, so label subsets stay empty");
                 }
                 model.pods_pending = false;
             }
-            match &result {
-                Err(e) => {
-                    tracing::warn!(service = %name, namespace = %ns, error = %e, "watch failed; serving the last known endpoints");
-                    *entry.last_error.lock().expect("error lock") = Some(error_chain(e));
+            if let Err(e) = &result {
+                let text = error_chain(e);
+                let refused = api_code(e) == Some(403);
+                // Before the first sync, the failure is the Service's state (a Pod
+                // watch's failure only costs labels).
+                if !is_pod {
+                    model.errors[index(kind)] = Some(if refused {
+                        ServiceState::Forbidden(text.clone())
+                    } else {
+                        ServiceState::Unreachable(text.clone())
+                    });
                 }
-                Ok(()) => *entry.last_error.lock().expect("error lock") = None,
+                *entry.last_error.lock().expect("error lock") = Some(text);
+                let first = !std::mem::replace(&mut failing[index(kind)], true);
+                if refused {
+                    if first {
+                        tracing::warn!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, retry = ?timing.forbidden_retry, "the API refuses this watch; serving the last known endpoints");
+                    } else {
+                        tracing::debug!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "the API still refuses this watch");
+                    }
+                    let again = streams.make(kind, pod_selector.as_deref());
+                    watches.set(kind, again.map(|s| later(s, timing.forbidden_retry)));
+                } else if first {
+                    tracing::warn!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "watch failed; serving the last known endpoints");
+                } else {
+                    tracing::debug!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "watch still failing");
+                }
+                if refused && is_pod {
+                    // Routing goes on without labels: an answer, not an outage.
+                    entry.clock.synced(kind);
+                } else {
+                    entry.clock.failed(kind);
+                }
+            } else {
+                if std::mem::replace(&mut failing[index(kind)], false) {
+                    tracing::info!(service = %name, namespace = %ns, watch = kind_name(kind), "watch recovered");
+                }
+                entry.clock.synced(kind);
+                model.errors[index(kind)] = None;
+                if !failing.iter().any(|f| *f) {
+                    *entry.last_error.lock().expect("error lock") = None;
+                }
             }
             // The Pod watch follows the Service's selector.
             let selector = selector_of(model.service.items.values().next());
             if selector != pod_selector {
                 pod_selector = selector.clone();
-                // Only the very first Pod list holds snapshots back; later selector
-                // changes keep serving while the new list arrives.
+                // Only the very first Pod list holds snapshots back. On later selector
+                // changes the known Pods keep their labels until the new list replaces
+                // them whole (as on a relist), so label subsets never empty in between.
                 model.pods_pending = selector.is_some()
                     && pod_watch != PodWatch::None
                     && model.pods_epoch == 0
                     && !model.pods.synced;
-                model.pods = Cache::default();
-                pods = selector.and_then(|s| streams.pods(&s));
+                if selector.is_none() {
+                    model.pods = Cache::default();
+                    model.pods_epoch += 1;
+                }
+                failing[index(WatchKind::Pods)] = false;
+                entry.clock.synced(WatchKind::Pods);
+                watches.set(
+                    WatchKind::Pods,
+                    streams.make(WatchKind::Pods, selector.as_deref()),
+                );
             }
-            result.is_ok()
+            result
         };
-        if ok {
-            entry.clock.synced()
-        } else {
-            entry.clock.failed()
-        }
+        drop(result);
         entry.publish();
     }
 }

@@ -24,4 +24,20 @@ pub enum DiscoveryError {
         /// How long was waited.
         waited: Duration,
     },
+    /// The API refused to show the Service or its endpoints to this client (`403`).
+    #[error("the API refuses to show {service} to this client: {message}")]
+    Forbidden {
+        /// The Service.
+        service: String,
+        /// The API's message (which names the user, verb and resource).
+        message: String,
+    },
+    /// The first sync failed: the API could not be reached or answered with an error.
+    #[error("cannot sync {service}: {error}")]
+    Unreachable {
+        /// The Service.
+        service: String,
+        /// The failure, with its causes.
+        error: String,
+    },
 }

@@ -25,8 +25,14 @@ pub use self::mesh::{
 };
 #[cfg(feature = "metrics")]
 pub use self::telemetry::Metrics;
-pub use rudder_balance::{Algorithm, Ejection, Fallback, Readiness, Selector, SlowStart, Split};
-pub use rudder_k8s::Static;
+pub use rudder_balance::{
+    Algorithm, Ejection, EmptyReason, Endpoint, EndpointMeta, EndpointSet, Fallback, Readiness,
+    Selector, SelectorError, ServiceState, SlowStart, Split, SplitError, WatchKind,
+};
+pub use rudder_k8s::{
+    Discovery, DiscoveryBuilder, DiscoveryError, PodWatch, PortSpec, ServiceRef, ServiceRefError,
+    Source as DiscoverySource, Static, Subscription,
+};
 
 /// The error type of Rudder's services: the Mesh's own [`MeshError`] or the inner
 /// service's error, boxed.

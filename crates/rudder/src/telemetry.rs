@@ -384,7 +384,7 @@ mod prometheus {
                 let labels = ServiceLabels {
                     service: v.service.clone(),
                 };
-                let stale = v.staleness.unwrap_or_default().as_secs_f64();
+                let stale = v.staleness.as_secs_f64();
                 ConstGauge::new(stale).encode(family.encode_family(&labels)?)?;
             }
             Ok(())

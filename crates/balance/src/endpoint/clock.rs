@@ -1,18 +1,46 @@
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// One of the watches discovery keeps per Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WatchKind {
+    /// The Service object.
+    Service,
+    /// Its EndpointSlices (or v1 Endpoints).
+    Endpoints,
+    /// Its Pods (labels, weights, Ready time).
+    Pods,
+}
+
+impl WatchKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [WatchKind; 3] = [WatchKind::Service, WatchKind::Endpoints, WatchKind::Pods];
+
+    fn index(self) -> usize {
+        match self {
+            WatchKind::Service => 0,
+            WatchKind::Endpoints => 1,
+            WatchKind::Pods => 2,
+        }
+    }
+}
 
 /// How fresh discovery's view is, shared by every snapshot of a Service so that an old
 /// snapshot still tells the current staleness.
 ///
-/// A quiet, healthy watch delivers no events, so freshness is tracked as health: the
-/// clock is fresh while the last thing heard from the API was a success, and stale since
-/// that last success once a failure arrives.
+/// A quiet, healthy watch delivers no events, so freshness is tracked as health, per
+/// watch: a watch is healthy until a failure arrives, and stale from that first failure
+/// until its next success (an event or a completed list). A Service's staleness is that of
+/// its stalest watch: zero while every watch is healthy, otherwise the time since the
+/// earliest failure not yet healed. A watch that is switched off on purpose (say, Pods the
+/// client may not read) is not stale.
 #[derive(Debug)]
 pub struct SyncClock {
     origin: Instant,
-    /// Milliseconds after `origin` of the last success.
-    last_ms: AtomicU64,
-    healthy: AtomicBool,
+    /// Per [`WatchKind`]: 0 while healthy, else 1 + milliseconds after `origin` of the
+    /// first failure since the last success.
+    failing_since: [AtomicU64; 3],
 }
 
 impl Default for SyncClock {
@@ -22,38 +50,80 @@ impl Default for SyncClock {
 }
 
 impl SyncClock {
-    /// A clock that is healthy now.
+    /// A clock whose watches are all healthy now.
     pub fn new() -> Self {
         Self {
             origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
+            failing_since: Default::default(),
         }
     }
 
-    /// Records a success (an event or a completed list).
-    pub fn synced(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-        self.healthy.store(true, Ordering::Relaxed);
+    /// Records a success of `kind` (an event or a completed list): it is healthy again.
+    pub fn synced(&self, kind: WatchKind) {
+        self.failing_since[kind.index()].store(0, Ordering::Relaxed);
     }
 
-    /// Records a failure (an API error or a broken watch).
-    pub fn failed(&self) {
-        self.healthy.store(false, Ordering::Relaxed);
+    /// Records a failure of `kind` (an API error or a broken watch); a watch already
+    /// failing keeps the time of its first failure.
+    pub fn failed(&self, kind: WatchKind) {
+        let now = self.origin.elapsed().as_millis() as u64 + 1;
+        let _ = self.failing_since[kind.index()].compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
-    /// Whether the last thing heard from the API was a success.
+    /// Whether every watch is healthy.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.failing_since
+            .iter()
+            .all(|f| f.load(Ordering::Relaxed) == 0)
     }
 
-    /// Zero while healthy; otherwise the time since the last success.
+    /// Zero while every watch is healthy; otherwise the time since the earliest failure
+    /// that has not healed.
     pub fn staleness(&self) -> Duration {
-        if self.is_healthy() {
-            return Duration::ZERO;
+        WatchKind::ALL
+            .into_iter()
+            .map(|k| self.staleness_of(k))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Zero while `kind` is healthy; otherwise the time since its first failure.
+    pub fn staleness_of(&self, kind: WatchKind) -> Duration {
+        match self.failing_since[kind.index()].load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => self
+                .origin
+                .elapsed()
+                .saturating_sub(Duration::from_millis(since - 1)),
         }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_counts_from_the_first_unhealed_failure_per_watch() {
+        let clock = SyncClock::new();
+        assert!(clock.is_healthy());
+        assert_eq!(clock.staleness(), Duration::ZERO);
+        clock.failed(WatchKind::Pods);
+        std::thread::sleep(Duration::from_millis(30));
+        // A second failure, and another watch's success, keep the first failure's time.
+        clock.failed(WatchKind::Pods);
+        clock.synced(WatchKind::Service);
+        let pods = clock.staleness_of(WatchKind::Pods);
+        assert!(pods >= Duration::from_millis(30), "{pods:?}");
+        assert_eq!(clock.staleness_of(WatchKind::Service), Duration::ZERO);
+        assert!(clock.staleness() >= pods);
+        clock.synced(WatchKind::Pods);
+        assert!(clock.is_healthy());
+        assert_eq!(clock.staleness(), Duration::ZERO);
     }
 }

@@ -9,7 +9,7 @@ mod clock;
 #[cfg(test)]
 mod tests;
 
-pub use self::clock::SyncClock;
+pub use self::clock::{SyncClock, WatchKind};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -125,6 +125,23 @@ pub enum ServiceState {
     NotFound,
     /// An `ExternalName` Service: requests go to this DNS name, not to endpoints.
     ExternalName(String),
+    /// Never synced: the API could not be reached or failed (the error). Discovery keeps
+    /// retrying; the first success replaces this state.
+    Unreachable(String),
+    /// Never synced: the API refused to show the Service or its endpoints to this client
+    /// (a `403`, with the API's message). Not the same as absent: the Service may exist.
+    Forbidden(String),
+}
+
+impl ServiceState {
+    /// Whether discovery has not (yet) learnt anything about the Service: pending, or
+    /// its first sync failed.
+    pub fn is_unsynced(&self) -> bool {
+        matches!(
+            self,
+            ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_)
+        )
+    }
 }
 
 /// Why a Service has no routable endpoint.
@@ -224,12 +241,22 @@ impl EndpointSet {
         self.empty_reason
     }
 
-    /// How long discovery has been out of touch with the API server: zero while its watches
-    /// are healthy, then the time since the last success (`None` for sets without a clock,
-    /// such as static ones). While the API is unreachable the last good set keeps being
-    /// served and this grows.
-    pub fn staleness(&self) -> Option<Duration> {
-        self.clock.as_ref().map(|c| c.staleness())
+    /// How long discovery has been out of touch with the API server: zero while every
+    /// watch of the Service is healthy (and for sets without a clock, such as static ones),
+    /// otherwise the time since the earliest failure that has not healed (see
+    /// [`SyncClock`]). While the API is unreachable the last good set keeps being served
+    /// and this grows.
+    pub fn staleness(&self) -> Duration {
+        self.clock
+            .as_ref()
+            .map(|c| c.staleness())
+            .unwrap_or_default()
+    }
+
+    /// The clock behind [`staleness`](Self::staleness), per watch; `None` for sets
+    /// without one.
+    pub fn clock(&self) -> Option<&SyncClock> {
+        self.clock.as_deref()
     }
 
     /// Number of endpoints (routable or not).

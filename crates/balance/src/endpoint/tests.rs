@@ -45,14 +45,3 @@ fn empty_sets_say_why() {
     assert_eq!(EndpointSet::pending().empty_reason(), None);
     assert_eq!(EndpointSet::pending().state(), &ServiceState::Pending);
 }
-
-#[test]
-fn clock_is_fresh_while_healthy_and_stale_after_a_failure() {
-    let c = SyncClock::new();
-    assert_eq!(c.staleness(), Duration::ZERO);
-    c.failed();
-    std::thread::sleep(Duration::from_millis(5));
-    assert!(c.staleness() >= Duration::from_millis(5));
-    c.synced();
-    assert_eq!(c.staleness(), Duration::ZERO);
-}

@@ -8,7 +8,7 @@ use http::HeaderName;
 use rudder_balance::{
     Algorithm, Ejection, Fallback, Selector, SelectorError, SlowStart, Split, SplitError,
 };
-use rudder_k8s::{Discovery, ServiceRef, ServiceRefError, Static};
+use rudder_k8s::{Discovery, DiscoveryBuilder, ServiceRef, ServiceRefError, Static};
 use thiserror::Error;
 
 use super::config::{AffinityConfig, AlgorithmConfig, FallbackConfig, MeshConfig};
@@ -95,12 +95,19 @@ pub(crate) struct Settings {
     pub(crate) zone: Option<String>,
     /// Discovery restarts a Service's watches after this long without an event.
     pub(crate) watch_stall_timeout: Option<Duration>,
+    /// A Service unused this long loses its watches.
+    pub(crate) idle_timeout: Duration,
+    /// How long a negative answer (no such Service or port, forbidden) is kept.
+    pub(crate) negative_ttl: Duration,
+    /// The only namespaces whose Service names are routed (`None`: all).
+    pub(crate) namespaces: Option<Vec<String>>,
 }
 
 /// Settings for a [`MeshLayer`]; start from [`MeshLayer::builder`] (Kubernetes discovery)
 /// or [`MeshLayer::builder_static`] (fixed endpoint lists).
 pub struct MeshBuilder {
     client: Option<kube::Client>,
+    discovery: Option<Box<dyn FnOnce(DiscoveryBuilder) -> DiscoveryBuilder + Send>>,
     statics: HashMap<(String, String), Static>,
     settings: Settings,
     error: Option<ConfigError>,
@@ -166,6 +173,7 @@ impl MeshBuilder {
         let config = MeshConfig::default();
         Self {
             client,
+            discovery: None,
             statics: HashMap::new(),
             settings: Settings {
                 default_namespace,
@@ -188,6 +196,9 @@ impl MeshBuilder {
                 ejection: Ejection::default(),
                 zone: None,
                 watch_stall_timeout: None,
+                idle_timeout: config.idle_timeout(),
+                negative_ttl: config.negative_ttl(),
+                namespaces: None,
             },
             error: None,
             telemetry: crate::telemetry::Telemetry::default(),
@@ -288,6 +299,9 @@ impl MeshBuilder {
         s.timeout = config.timeout_ms.map(Duration::from_millis);
         s.zone.clone_from(&config.zone);
         s.watch_stall_timeout = config.watch_stall_timeout_ms.map(Duration::from_millis);
+        s.idle_timeout = config.idle_timeout();
+        s.negative_ttl = config.negative_ttl();
+        s.namespaces.clone_from(&config.namespaces);
         s.slow_start = match config.slow_start_ms {
             None => None,
             Some(ms) => Some(slow_start(SlowStart {
@@ -449,6 +463,55 @@ impl MeshBuilder {
         self
     }
 
+    /// Adjusts discovery's settings (where endpoints come from, how much of each Pod is
+    /// watched, backoff), applied last when the layer is built:
+    ///
+    /// ```no_run
+    /// # fn demo(client: kube::Client) -> Result<(), rudder::ConfigError> {
+    /// // A client whose Role grants v1 Endpoints but not EndpointSlices.
+    /// let layer = rudder::MeshLayer::builder(client)
+    ///     .discovery(|d| d.source(rudder::DiscoverySource::Endpoints))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn discovery(
+        mut self,
+        tune: impl FnOnce(DiscoveryBuilder) -> DiscoveryBuilder + Send + 'static,
+    ) -> Self {
+        self.discovery = Some(Box::new(tune));
+        self
+    }
+
+    /// Releases a Service's watches once no request has named it for `idle` (default 5
+    /// minutes); the next request subscribes again and waits for the first sync. A
+    /// long-lived client calling many hosts keeps watches only for those in use.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.settings.idle_timeout = idle;
+        self
+    }
+
+    /// How long a negative answer is kept (default 5 seconds): a Service that does not
+    /// exist, a port it does not have, or one this client may not read. Its watches are
+    /// released at once, and requests get the answer (a short name falls through, a full
+    /// name fails) without asking the API again until it expires. A Service created
+    /// meanwhile is seen when the answer expires.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.negative_ttl = ttl;
+        self
+    }
+
+    /// Routes Service names only in these namespaces; names in any other (say
+    /// `example.com`, which reads as Service `example` in namespace `com`) pass through
+    /// unchanged, without any API request. Default: every namespace.
+    pub fn namespaces<I>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.settings.namespaces = Some(namespaces.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Outlier ejection settings.
     pub fn ejection(mut self, ejection: Ejection) -> Self {
         self.settings.ejection = ejection;
@@ -486,11 +549,15 @@ impl MeshBuilder {
                 if let Some(quiet) = self.settings.watch_stall_timeout {
                     discovery = discovery.stall_timeout(quiet);
                 }
+                if let Some(tune) = self.discovery {
+                    discovery = tune(discovery);
+                }
                 Source::Kube(discovery.build())
             }
             None => Source::Static(self.statics),
         };
-        let shared = Arc::new(Shared::new(source, self.settings, self.telemetry));
+        let shared =
+            Arc::new_cyclic(|me| Shared::new(source, self.settings, self.telemetry, me.clone()));
         #[cfg(feature = "metrics")]
         if let Some(m) = &shared.telemetry.metrics {
             let _ = m.shared.set(Arc::downgrade(&shared));

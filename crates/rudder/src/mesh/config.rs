@@ -68,6 +68,14 @@ pub struct MeshConfig {
     pub zone: Option<String>,
     /// Restart a Service's watches after this long without an event (default 300,000).
     pub watch_stall_timeout_ms: Option<u64>,
+    /// Release a Service's watches after this long without a request (default 300,000).
+    pub idle_timeout_ms: u64,
+    /// How long an answer that a Service or port does not exist, or may not be read, is
+    /// kept before asking the API again (default 5,000).
+    pub negative_ttl_ms: u64,
+    /// The only namespaces whose Service names are routed; names in others pass through
+    /// without any API request (default: every namespace).
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl Default for MeshConfig {
@@ -96,6 +104,9 @@ impl Default for MeshConfig {
             ejection: EjectionConfig::default(),
             zone: None,
             watch_stall_timeout_ms: None,
+            idle_timeout_ms: 300_000,
+            negative_ttl_ms: 5_000,
+            namespaces: None,
         }
     }
 }
@@ -103,6 +114,14 @@ impl Default for MeshConfig {
 impl MeshConfig {
     pub(crate) fn sync_timeout(&self) -> Duration {
         Duration::from_millis(self.sync_timeout_ms)
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub(crate) fn negative_ttl(&self) -> Duration {
+        Duration::from_millis(self.negative_ttl_ms)
     }
 }
 

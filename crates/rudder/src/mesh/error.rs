@@ -30,6 +30,17 @@ pub enum MeshError {
         /// if there was one.
         last_error: Option<String>,
     },
+    /// The API refuses to show the Service (or its endpoints) to this client: a `403`
+    /// for a full `*.svc` name (short names fall through instead). The message names the
+    /// user, verb and resource; grant them (see `deploy/rbac.yaml`) or restrict
+    /// [`MeshBuilder::namespaces`](crate::MeshBuilder::namespaces).
+    #[error("not allowed to discover {service}: {message}")]
+    Forbidden {
+        /// The Service.
+        service: String,
+        /// The API's message.
+        message: String,
+    },
     /// The Service does not exist.
     #[error("Service {service} not found")]
     ServiceNotFound {

@@ -58,8 +58,8 @@ pub use self::service::{Mesh, ResponseFuture};
 pub use self::view::{EndpointView, ServiceView};
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rudder_balance::{PoolConfig, Split};
@@ -111,6 +111,14 @@ impl MeshLayer {
     /// touching the Service: a blue/green switch or a canary promotion is one call.
     pub fn set_split(&self, split: Option<Split>) {
         self.shared.split.store(split.map(Arc::new));
+    }
+
+    /// How many Services discovery watches for this Mesh right now (each with its
+    /// Service, endpoints and Pod watches). Services unused for the
+    /// [idle timeout](MeshBuilder::idle_timeout), deleted, or answered negatively lose
+    /// theirs.
+    pub fn watched_services(&self) -> usize {
+        self.shared.watched_services()
     }
 
     /// The current view of every Service this Mesh has routed to.
@@ -169,13 +177,23 @@ pub(crate) struct Shared {
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: ArcSwapOption<Split>,
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Itself, for the sweeper task it starts on first use.
+    me: Weak<Shared>,
+    sweeper: OnceLock<()>,
 }
 
 impl Shared {
-    fn new(source: Source, settings: Settings, telemetry: crate::telemetry::Telemetry) -> Self {
+    fn new(
+        source: Source,
+        settings: Settings,
+        telemetry: crate::telemetry::Telemetry,
+        me: Weak<Shared>,
+    ) -> Self {
         let (percent, min) = settings.retry_budget;
         let telemetry = telemetry.with_subsets(settings.selectors());
         Self {
+            me,
+            sweeper: OnceLock::new(),
             telemetry: Arc::new(telemetry),
             budget: TpsBudget::new(Duration::from_secs(10), min, percent / 100.0),
             split: ArcSwapOption::new(settings.split.clone()),
@@ -214,7 +232,14 @@ impl Shared {
             &self.settings.default_namespace,
             &self.settings.cluster_domain,
         );
+        let allowed = |svc: &ServiceRef| {
+            self.settings
+                .namespaces
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|ns| ns == svc.namespace()))
+        };
         let resolved = match named {
+            crate::authority::Named::Service { svc, .. } if !allowed(&svc) => Resolved::Other,
             crate::authority::Named::Service { svc, short } => Resolved::Service {
                 routed: self.routed(&svc)?,
                 short,
@@ -282,7 +307,81 @@ impl Shared {
             self.telemetry.clone(),
         ));
         routed.insert(svc.clone(), r.clone());
+        drop(routed);
+        self.start_sweeper();
         Ok(r)
+    }
+
+    /// Starts the task that releases idle and negative Services (once per Mesh).
+    fn start_sweeper(&self) {
+        self.sweeper.get_or_init(|| {
+            let s = &self.settings;
+            let every = (s.idle_timeout.min(s.negative_ttl) / 4)
+                .clamp(Duration::from_millis(20), Duration::from_secs(5));
+            tokio::spawn(sweep(self.me.clone(), every));
+        });
+    }
+
+    /// One sweep: Services with a negative answer (no such Service or port, or forbidden)
+    /// lose their watches and keep the answer for `negative_ttl`; Services unused for
+    /// `idle_timeout`, and negative answers that expired, are forgotten (the next request
+    /// subscribes again).
+    fn sweep(&self, now: Instant) {
+        let s = &self.settings;
+        let mut forget = Vec::new();
+        for r in self.routed.read().expect("routed lock").values() {
+            let mut last_used = r.last_used.lock().unwrap_or_else(|e| e.into_inner());
+            if r.take_used() {
+                *last_used = now;
+            }
+            let mut released = r.released.lock().unwrap_or_else(|e| e.into_inner());
+            match *released {
+                Some(at) if now.duration_since(at) >= s.negative_ttl => forget.push(r.clone()),
+                Some(_) => {}
+                None if r.is_negative() => {
+                    tracing::debug!(service = %r.service, "no such Service or port, or not allowed: releasing its watches");
+                    r.release();
+                    *released = Some(now);
+                }
+                None if now.duration_since(*last_used) >= s.idle_timeout => {
+                    tracing::debug!(service = %r.service, idle = ?s.idle_timeout, "unused: releasing its watches");
+                    forget.push(r.clone());
+                }
+                None => {}
+            }
+        }
+        if forget.is_empty() {
+            return;
+        }
+        {
+            let mut routed = self.routed.write().expect("routed lock");
+            for r in &forget {
+                if routed.get(&r.service).is_some_and(|x| Arc::ptr_eq(x, r)) {
+                    routed.remove(&r.service);
+                }
+            }
+        }
+        let _one = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Resolutions::clone(&self.resolved.load());
+        next.retain(|_, entries| {
+            entries.retain(|(_, resolved)| match resolved {
+                Resolved::Service { routed, .. } => !forget.iter().any(|f| Arc::ptr_eq(f, routed)),
+                Resolved::Other => true,
+            });
+            !entries.is_empty()
+        });
+        self.resolved.store(Arc::new(next));
+        for r in &forget {
+            r.release();
+        }
+    }
+
+    /// How many Services have running watches.
+    fn watched_services(&self) -> usize {
+        match &self.source {
+            Source::Kube(discovery) => discovery.watched_services(),
+            Source::Static(_) => 0,
+        }
     }
 
     pub(crate) fn views(&self) -> Vec<ServiceView> {
@@ -296,9 +395,22 @@ impl Shared {
         routed.iter().map(|r| ServiceView::of(r)).collect()
     }
 
-    fn view(&self, service: &str) -> Option<ServiceView> {
+    pub(crate) fn view(&self, service: &str) -> Option<ServiceView> {
         let svc = ServiceRef::parse_in(service, &self.settings.default_namespace).ok()?;
         let routed = self.routed.read().expect("routed lock").get(&svc)?.clone();
         Some(ServiceView::of(&routed))
+    }
+}
+
+/// The sweeper: runs [`Shared::sweep`] every `every` until the Mesh is dropped.
+async fn sweep(shared: Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.sweep(Instant::now());
     }
 }

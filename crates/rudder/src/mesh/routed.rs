@@ -7,10 +7,10 @@
 //! never while a request waits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use rudder_balance::{Endpoint, EndpointSet, Pool, PoolConfig, ServiceState};
+use rudder_balance::{EmptyReason, Endpoint, EndpointSet, Pool, PoolConfig, ServiceState};
 use rudder_k8s::ServiceRef;
 use tokio::sync::watch;
 
@@ -52,13 +52,21 @@ pub(crate) struct Routed {
     /// The Service as a metric label and log field, made once.
     pub(crate) label: Arc<str>,
     pub(crate) pool: Arc<Pool<Arc<EndpointExtra>>>,
-    /// Flips to `true` once the pool holds a synced snapshot.
+    /// Flips to `true` once discovery has decided: synced, or its first attempt failed.
     synced: watch::Receiver<bool>,
-    /// The same, read by every request without the watch channel's lock.
+    /// The same, read by every request without the watch channel's lock; also set when a
+    /// request gave up waiting, so later ones fail (or fall back) at once.
     is_synced: Arc<AtomicBool>,
-    keep: Keep,
-    /// Dropping it stops the updater.
-    _stop: watch::Sender<()>,
+    /// Discovery and the updater, until the Mesh releases this Service (dropping them stops
+    /// the watches and the updater; the pool keeps its last snapshot).
+    running: Mutex<Option<(Keep, watch::Sender<()>)>>,
+    /// Set by requests, cleared by the Mesh's sweeper: whether the Service was used since
+    /// the last sweep.
+    used: AtomicBool,
+    /// When the sweeper last saw it used (or made it).
+    pub(crate) last_used: Mutex<Instant>,
+    /// When its watches were released after a negative answer.
+    pub(crate) released: Mutex<Option<Instant>>,
 }
 
 impl Routed {
@@ -96,29 +104,73 @@ impl Routed {
             pool,
             synced,
             is_synced,
-            keep,
-            _stop: stop,
+            running: Mutex::new(Some((keep, stop))),
+            used: AtomicBool::new(true),
+            last_used: Mutex::new(Instant::now()),
+            released: Mutex::new(None),
         }
     }
 
     /// The last discovery failure, if any.
     pub(crate) fn last_error(&self) -> Option<String> {
-        match &self.keep {
-            Keep::Subscription(s) => s.last_error(),
-            Keep::Static => None,
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.as_ref().map(|(keep, _)| keep) {
+            Some(Keep::Subscription(s)) => s.last_error(),
+            _ => None,
         }
     }
 
-    /// Waits (at most `bound`) until the pool holds a synced snapshot; whether it does.
-    pub(crate) async fn synced(&self, bound: Duration) -> bool {
+    /// Waits (at most `bound`) until discovery has decided about the Service (synced, or
+    /// failed its first attempt); `false` when the wait ran out. With `give_up`, later
+    /// calls then return at once until discovery decides.
+    pub(crate) async fn decided(&self, bound: Duration, give_up: bool) -> bool {
         if self.is_synced.load(Ordering::Acquire) {
             return true;
         }
         let mut rx = self.synced.clone();
-        matches!(
+        let decided = matches!(
             tokio::time::timeout(bound, rx.wait_for(|s| *s)).await,
             Ok(Ok(_))
-        )
+        );
+        if give_up {
+            // Fail fast from now on: one request paid the wait.
+            self.is_synced.store(true, Ordering::Release);
+        }
+        decided
+    }
+
+    /// Marks the Service as used (cheap: a read, and a write once per sweep).
+    pub(crate) fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether it was used since the last call.
+    pub(crate) fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether discovery's answer is negative (no such Service or port, or not allowed to
+    /// look): then its watches can go, and the answer is kept for a while.
+    pub(crate) fn is_negative(&self) -> bool {
+        let snapshot = self.pool.snapshot();
+        let set = snapshot.set();
+        match set.state() {
+            ServiceState::NotFound | ServiceState::Forbidden(_) => true,
+            ServiceState::Active => set.empty_reason() == Some(EmptyReason::NoSuchPort),
+            _ => false,
+        }
+    }
+
+    /// Stops discovery and the updater; the pool keeps its last snapshot.
+    pub(crate) fn release(&self) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(running);
     }
 }
 

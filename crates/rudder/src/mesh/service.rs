@@ -161,21 +161,51 @@ where
     };
     let svc = &routed.service;
     let service = || svc.to_string();
-    if !routed.synced(settings.sync_timeout).await {
-        if settings.dns_fallback {
-            shared.telemetry.dns_fallback(svc);
-            tracing::warn!(service = %service(), "discovery not synced; sending through cluster DNS");
-            return pass(inner, req).await;
-        }
-        return Err(MeshError::NotSynced {
+    routed.touch();
+    // The per-request timeout covers the wait for the first sync too.
+    let timeout = settings.timeout;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let (bound, give_up) = match timeout {
+        Some(t) if t < settings.sync_timeout => (t, false),
+        _ => (settings.sync_timeout, true),
+    };
+    let started = tokio::time::Instant::now();
+    if !routed.decided(bound, give_up).await && !give_up {
+        return Err(MeshError::Timeout {
             service: service(),
-            waited: settings.sync_timeout,
-            last_error: routed.last_error(),
+            timeout: timeout.unwrap_or_default(),
         }
         .into());
     }
     let snapshot = routed.pool.snapshot();
+    let unsynced = |last_error: Option<String>| -> Result<(), BoxError> {
+        Err(MeshError::NotSynced {
+            service: service(),
+            waited: started.elapsed(),
+            last_error: last_error.or_else(|| routed.last_error()),
+        }
+        .into())
+    };
     match snapshot.set().state() {
+        ServiceState::Pending | ServiceState::Unreachable(_) if settings.dns_fallback => {
+            shared.telemetry.dns_fallback(svc);
+            tracing::debug!(service = %service(), "discovery not synced; sending through cluster DNS");
+            return pass(inner, req).await;
+        }
+        ServiceState::Pending => unsynced(None)?,
+        ServiceState::Unreachable(e) => unsynced(Some(e.clone()))?,
+        // Not allowed to look: as if Rudder were not there (a short name goes out as
+        // written, a full one through cluster DNS when the fallback is on).
+        ServiceState::Forbidden(_) if short || settings.dns_fallback => {
+            return pass(inner, req).await;
+        }
+        ServiceState::Forbidden(message) => {
+            return Err(MeshError::Forbidden {
+                service: service(),
+                message: message.clone(),
+            }
+            .into());
+        }
         ServiceState::NotFound if short => return pass(inner, req).await,
         ServiceState::NotFound => {
             return Err(MeshError::ServiceNotFound { service: service() }.into());
@@ -200,7 +230,7 @@ where
             let res = inner.oneshot(req).await.map_err(Into::into)?;
             return Ok(res.map(|b| ResponseBody::new(b, None, Some(target))));
         }
-        // Active (or Pending, which the wait above has ruled out) and anything newer.
+        // Active, and anything newer.
         _ => {}
     }
 
@@ -240,8 +270,6 @@ where
     };
     // One dispatch future, awaited in place: moving it (it holds the inner service's
     // future) would copy kilobytes per request.
-    let timeout = settings.timeout;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let sent = dispatch(&shared, &routed, inner, req, authority, host, chosen);
     match deadline {
         None => sent.await,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rudder_balance::{Readiness, ServiceState};
+use rudder_balance::{Readiness, ServiceState, WatchKind};
 
 use super::routed::Routed;
 
@@ -16,8 +16,13 @@ pub struct ServiceView {
     pub service: String,
     /// Whether it exists, is synced, or is an `ExternalName`.
     pub state: ServiceState,
-    /// How long since discovery last heard from the API, when it is not in sync.
-    pub staleness: Option<Duration>,
+    /// How long discovery has been out of touch with the API: zero while every watch of
+    /// the Service is healthy, otherwise the time since the earliest failure that has not
+    /// healed. The last known endpoints keep being used meanwhile.
+    pub staleness: Duration,
+    /// The same per watch: `Service`, `endpoints` (EndpointSlices or Endpoints) and `Pods`
+    /// (a Pod watch the client may not read is off, not stale).
+    pub watches: Vec<(&'static str, Duration)>,
     /// Every endpoint of the snapshot, in address order.
     pub endpoints: Vec<EndpointView>,
 }
@@ -79,7 +84,22 @@ impl ServiceView {
             service: routed.service.to_string(),
             state: set.state().clone(),
             staleness: set.staleness(),
+            watches: WatchKind::ALL
+                .into_iter()
+                .map(|k| {
+                    let stale = set.clock().map(|c| c.staleness_of(k)).unwrap_or_default();
+                    (watch_name(k), stale)
+                })
+                .collect(),
             endpoints,
         }
+    }
+}
+
+fn watch_name(kind: WatchKind) -> &'static str {
+    match kind {
+        WatchKind::Service => "Service",
+        WatchKind::Endpoints => "endpoints",
+        _ => "Pods",
     }
 }

@@ -64,30 +64,28 @@ async fn watch_drops_and_410s_cause_no_removals_and_api_errors_no_busy_loop() {
         let view = layer.view("hello-svc:8080").unwrap();
         assert_eq!(view.endpoints.len(), 3, "no spurious removal");
     }
-    // The API answers 500 to everything: watches back off instead of hammering it.
-    faults.fail_next(100_000, StatusCode::INTERNAL_SERVER_ERROR);
-    faults.drop_watches();
-    let before = cluster.api().request_count();
-    let window = Instant::now();
-    load.progress(2_000).await;
-    let elapsed = window.elapsed();
-    let requests = cluster.api().request_count() - before;
-    // kube-rs's watcher backs off exponentially (from 800 ms); three watches.
-    let per_second = requests as f64 / elapsed.as_secs_f64().max(0.5);
-    assert!(per_second < 20.0, "{requests} API requests in {elapsed:?}");
-    // Throttled (429 with Retry-After): the same.
-    faults.fail_next(100_000, StatusCode::TOO_MANY_REQUESTS);
-    faults.drop_watches();
-    let before = cluster.api().request_count();
-    let window = Instant::now();
-    load.progress(2_000).await;
-    let requests = cluster.api().request_count() - before;
-    let per_second = requests as f64 / window.elapsed().as_secs_f64().max(0.5);
-    assert!(
-        per_second < 20.0,
-        "{requests} API requests in {:?} under 429",
-        window.elapsed()
-    );
+    // The API answers 500 (then 429) to everything: each of the three watches retries
+    // with backoff (50 ms doubling to 0.5-1 s): at least once a second, so discovery sees
+    // the server within a second of its return, and at most a burst plus two a second.
+    for status in [
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        faults.fail_next(100_000, status);
+        faults.drop_watches();
+        let before = cluster.api().request_count();
+        let window = Instant::now();
+        // A measuring window, not a synchronisation: requests keep flowing meanwhile.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        load.progress(200).await;
+        let secs = window.elapsed().as_secs_f64();
+        let requests = (cluster.api().request_count() - before) as f64;
+        let (at_least, at_most) = (3.0 * (secs - 1.5).floor(), 3.0 * (6.0 + 2.0 * secs));
+        assert!(
+            (at_least..=at_most).contains(&requests),
+            "{requests} API requests in {secs:.1} s under {status}: expected {at_least}..={at_most}"
+        );
+    }
     faults.clear();
     let (ok, failed) = load.stop().await;
     assert!(failed.is_empty(), "{} of {ok} failed", failed.len());

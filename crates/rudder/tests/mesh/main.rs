@@ -2,6 +2,7 @@
 //! `PodClient`, to `rudder-testkit` Pod servers discovered from its API server through
 //! `kube::Client`.
 
+mod edges;
 mod faults;
 mod request_path;
 mod security;

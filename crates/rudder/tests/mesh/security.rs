@@ -80,10 +80,13 @@ async fn without_pod_access_routing_continues_without_label_subsets() {
         ),
         "label subsets are empty without Pod labels: {err}"
     );
+    // The refused Pod watch is off, not an outage: nothing is stale.
+    let view = layer.view("biz1:8080").unwrap();
+    assert_eq!(view.staleness, std::time::Duration::ZERO, "{view:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_endpointslice_access_discovery_uses_endpoints() {
+async fn a_403_on_endpointslices_is_not_taken_for_absence() {
     let cluster = hello(2).await;
     let no_slices = Access::rules([Rule::new(
         ["get", "list", "watch"],
@@ -91,7 +94,24 @@ async fn without_endpointslice_access_discovery_uses_endpoints() {
     )]);
     cluster.api().add_token("no-slices", no_slices);
     let client = cluster.api().client_with_token("no-slices").await.unwrap();
-    let layer = MeshLayer::builder(client).build().unwrap();
+    // The default source does not switch to v1 Endpoints on a 403: the refusal is the
+    // answer, named in the error of a full name.
+    let layer = MeshLayer::builder(client.clone()).build().unwrap();
+    let mut mesh = layer.layer(h1());
+    let err = get(&mut mesh, req("http://hello-svc.default.svc:8080/"))
+        .await
+        .unwrap_err();
+    match err.downcast_ref::<MeshError>() {
+        Some(MeshError::Forbidden { message, .. }) => {
+            assert!(message.contains("endpointslices"), "{message}")
+        }
+        _ => panic!("expected Forbidden, got {err}"),
+    }
+    // Chosen explicitly, v1 Endpoints serve.
+    let layer = MeshLayer::builder(client)
+        .discovery(|d| d.source(rudder::DiscoverySource::Endpoints))
+        .build()
+        .unwrap();
     let counts = spread(&mut layer.layer(h1()), 50, || req("http://hello-svc:8080/")).await;
     assert_eq!(counts.len(), 2, "{counts:?}");
 }

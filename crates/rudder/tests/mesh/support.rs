@@ -180,3 +180,36 @@ impl Load {
         (self.ok(), failed)
     }
 }
+
+/// An inner service that answers every request itself with `200` and the URI it was
+/// given in `x-uri`: what a request that falls through to the application's own client
+/// would reach (the network beyond loopback is not there to reach).
+pub(crate) fn recorder() -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = http::Response<Empty<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|req: Request<Empty<Bytes>>| async move {
+        let mut res = http::Response::new(Empty::new());
+        res.headers_mut().insert(
+            "x-uri",
+            req.uri()
+                .to_string()
+                .parse()
+                .expect("a URI is a header value"),
+        );
+        Ok(res)
+    })
+}
+
+/// The URI a [`recorder`] saw, or the error.
+pub(crate) async fn recorded<S, B>(svc: &mut S, uri: &str) -> Result<String, BoxError>
+where
+    S: Service<Request<Empty<Bytes>>, Response = http::Response<B>, Error = BoxError>,
+{
+    let res = svc.ready().await?.call(req(uri)).await?;
+    Ok(res.headers()["x-uri"].to_str()?.to_string())
+}

@@ -1,0 +1,346 @@
+//! The edges a new adopter meets first (issue 12): names that are not Services, RBAC
+//! that says no, an API that is down or slow, watches that must be let go, and selector
+//! changes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use rudder::{MeshError, MeshLayer};
+use rudder_testkit::{Access, Rule};
+use serde_json::json;
+use tower::Layer;
+
+use super::support::*;
+
+/// Polls `cond` every 10 ms until it holds (bounded).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(BOUND, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// A token with the Role of `deploy/rbac.yaml`, bound in `default` only.
+fn namespaced_reader() -> Access {
+    Access::rules([
+        Rule::new(["get", "list", "watch"], ["services", "endpoints", "pods"])
+            .in_namespace("default"),
+        Rule::new(["get", "list", "watch"], ["endpointslices"]).in_namespace("default"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_namespace_falls_through_at_once_and_is_not_asked_again() {
+    let cluster = hello(1).await;
+    cluster.api().add_token("reader", namespaced_reader());
+    let client = cluster.api().client_with_token("reader").await.unwrap();
+    // A sync timeout far beyond every bound here: a request that waited for it would fail
+    // the test.
+    let layer = MeshLayer::builder(client)
+        .sync_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(recorder());
+    // `example.com` reads as Service `example` in namespace `com`, which the Role does not
+    // cover: the request goes out unchanged, as it would without Rudder.
+    for _ in 0..3 {
+        let uri = tokio::time::timeout(BOUND, recorded(&mut mesh, "http://example.com/"))
+            .await
+            .expect("no wait for a sync that cannot happen")
+            .unwrap();
+        assert_eq!(uri, "http://example.com/");
+    }
+    // A full name in that namespace is a typed error naming the refusal.
+    let err = recorded(&mut mesh, "http://example.com.svc:8080/")
+        .await
+        .unwrap_err();
+    match err.downcast_ref::<MeshError>() {
+        Some(MeshError::Forbidden { service, message }) => {
+            assert!(service.starts_with("example.com"), "{service}");
+            assert!(message.contains("forbidden"), "{message}");
+        }
+        _ => panic!("expected Forbidden, got {err}"),
+    }
+    // The refusal is cached: its watches go, and 200 more requests ask the API nothing.
+    eventually("forbidden watches released", || {
+        layer.watched_services() == 0
+    })
+    .await;
+    let before = cluster.api().request_count();
+    for _ in 0..200 {
+        assert_eq!(
+            recorded(&mut mesh, "http://example.com/").await.unwrap(),
+            "http://example.com/"
+        );
+    }
+    assert_eq!(cluster.api().request_count(), before, "no API request");
+    // Services the Role covers route as before, through the same Mesh.
+    let mut routed = layer.layer(h1());
+    get(&mut routed, req("http://hello-svc:8080/"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_allow_list_keeps_other_names_away_from_the_api() {
+    let cluster = hello(1).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .namespaces(["default"])
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(recorder());
+    let before = cluster.api().request_count();
+    for uri in [
+        "http://example.com/",
+        "http://api.github/",
+        "http://x.kube-system.svc/",
+    ] {
+        assert_eq!(recorded(&mut mesh, uri).await.unwrap(), uri);
+    }
+    assert_eq!(cluster.api().request_count(), before, "no API request");
+    assert_eq!(layer.watched_services(), 0);
+    // Names in `default` are routed (the recorder sees the Pod's address).
+    let uri = recorded(&mut mesh, "http://hello-svc:8080/").await.unwrap();
+    assert!(uri.starts_with("http://127."), "{uri}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_fails_fast_or_falls_back_at_once() {
+    let cluster = hello(1).await;
+    let client = cluster.api().client().await.unwrap();
+    cluster.api().stop().await;
+    for dns_fallback in [false, true] {
+        let layer = MeshLayer::builder(client.clone())
+            .sync_timeout(Duration::from_secs(600))
+            .dns_fallback(dns_fallback)
+            .build()
+            .unwrap();
+        let mut mesh = layer.layer(recorder());
+        for _ in 0..5 {
+            let result = tokio::time::timeout(BOUND, recorded(&mut mesh, "http://hello-svc:8080/"))
+                .await
+                .expect("no wait for the sync timeout");
+            if dns_fallback {
+                assert_eq!(
+                    result.unwrap(),
+                    "http://hello-svc:8080/",
+                    "through cluster DNS"
+                );
+            } else {
+                let err = result.unwrap_err();
+                assert!(
+                    matches!(
+                        err.downcast_ref::<MeshError>(),
+                        Some(MeshError::NotSynced {
+                            last_error: Some(_),
+                            ..
+                        })
+                    ),
+                    "{err}"
+                );
+            }
+        }
+    }
+    // The API returns: the same Mesh routes again.
+    let layer = MeshLayer::builder(client).build().unwrap();
+    let mut mesh = layer.layer(recorder());
+    let _ = recorded(&mut mesh, "http://hello-svc:8080/").await;
+    cluster.api().restart().await.unwrap();
+    eventually("synced after the API came back", || {
+        layer
+            .view("hello-svc:8080")
+            .is_some_and(|v| v.endpoints.len() == 1)
+    })
+    .await;
+    let uri = recorded(&mut mesh, "http://hello-svc:8080/").await.unwrap();
+    assert!(uri.starts_with("http://127."), "{uri}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_covers_the_wait_for_the_first_sync() {
+    let cluster = hello(1).await;
+    // Every API answer takes a minute.
+    cluster.api().faults().set_latency(Duration::from_secs(60));
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .timeout(Duration::from_millis(300))
+        .sync_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(recorder());
+    let err = tokio::time::timeout(BOUND, recorded(&mut mesh, "http://hello-svc:8080/"))
+        .await
+        .expect("bounded by the request timeout")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::Timeout { .. })
+        ),
+        "{err}"
+    );
+    cluster.api().faults().clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_deleted_and_portless_services_release_their_watches() {
+    let cluster = hello(2).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let baseline = cluster.api().open_watches();
+    get(&mut mesh, req("http://hello-svc:8080/")).await.unwrap();
+    assert_eq!(layer.watched_services(), 1);
+    // Unused, the Service's three watches go.
+    eventually("idle watches released", || layer.watched_services() == 0).await;
+    eventually("the API's watches closed", || {
+        cluster.api().open_watches() <= baseline
+    })
+    .await;
+    // A port the Service does not have: a typed error, and its watches go at once.
+    let err = get(&mut mesh, req("http://hello-svc:9999/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::NoEndpoints { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no such port"), "{err}");
+    eventually("watches of a missing port released", || {
+        layer.watched_services() == 0
+    })
+    .await;
+    // The answer is kept: 100 more requests ask the API nothing.
+    let before = cluster.api().request_count();
+    for _ in 0..100 {
+        get(&mut mesh, req("http://hello-svc:9999/"))
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(cluster.api().request_count(), before, "no API request");
+    // Asked for a port it has, it subscribes again.
+    get(&mut mesh, req("http://hello-svc:8080/")).await.unwrap();
+    assert_eq!(layer.watched_services(), 1);
+
+    // A deleted Service: its watches go too.
+    let services: Api<Service> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    services
+        .delete("hello-svc", &Default::default())
+        .await
+        .unwrap();
+    eventually("deleted Service released", || layer.watched_services() == 0).await;
+    let err = get(&mut mesh, req("http://hello-svc.default.svc:8080/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::ServiceNotFound { .. })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_change_keeps_pod_labels_until_the_new_list_is_in() {
+    let cluster = biz1(2, 2).await;
+    let client = cluster.api().client().await.unwrap();
+    // Every Pod also carries `track=stable`, so the new selector matches the same Pods.
+    for pod in cluster.pods() {
+        cluster
+            .label_pod(
+                pod.name(),
+                [("track".to_string(), Some("stable".to_string()))].into(),
+            )
+            .await
+            .unwrap();
+    }
+    let discovery = rudder::Discovery::new(client.clone());
+    let mut sub = discovery.subscribe_str("biz1:8080").unwrap();
+    sub.synced(BOUND).await.unwrap();
+    let layer = MeshLayer::builder(client.clone()).build().unwrap();
+    let mut mesh = layer.layer(h1());
+    let subset = || {
+        let mut r = req("http://biz1:8080/");
+        r.headers_mut()
+            .insert("x-rudder-subset", "version=4.2".parse().unwrap());
+        r
+    };
+    get(&mut mesh, subset()).await.unwrap();
+    // Record every snapshot discovery publishes from here on.
+    let mut rx = sub.receiver();
+    rx.borrow_and_update();
+    let recording = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while rx.changed().await.is_ok() {
+            let set = rx.borrow_and_update().clone();
+            let done = set
+                .endpoints()
+                .iter()
+                .any(|e| e.labels().get("marker").is_some());
+            seen.push(set);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let load = {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            let mut mesh = mesh;
+            let mut failed = Vec::new();
+            for _ in 0..2_000 {
+                if let Err(e) = get(&mut mesh, subset()).await {
+                    failed.push(e.to_string());
+                }
+            }
+            failed
+        })
+    };
+    let services: Api<Service> = Api::default_namespaced(client);
+    services
+        .patch(
+            "biz1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"selector": {"app": "biz1", "zone": null, "track": "stable"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // A label change after the selector change: seeing it proves the new Pod list is in.
+    let first = cluster.pods()[0].name().to_string();
+    cluster
+        .label_pod(
+            &first,
+            [("marker".to_string(), Some("1".to_string()))].into(),
+        )
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(BOUND, recording)
+        .await
+        .expect("the marker arrived")
+        .unwrap();
+    for set in &seen {
+        assert!(
+            set.endpoints().iter().all(|e| !e.labels().is_empty()),
+            "a snapshot lost Pod labels: {set:?}"
+        );
+    }
+    let failed = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} subset requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
