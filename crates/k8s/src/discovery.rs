@@ -617,6 +617,20 @@ enum Change {
 }
 
 impl Change {
+    /// Whether this is news from the API (an `Init` only announces a list attempt).
+    fn is_news(&self) -> bool {
+        fn news<K>(r: &Result<Event<K>, watcher::Error>) -> bool {
+            matches!(r, Ok(e) if !matches!(e, Event::Init))
+        }
+        match self {
+            Change::Service(r) => news(r),
+            Change::Slice(r) => news(r),
+            Change::Endpoints(r) => news(r),
+            Change::Pod(r) => news(r),
+            Change::PodMeta(r) => news(r),
+        }
+    }
+
     fn kind(&self) -> WatchKind {
         match self {
             Change::Service(_) => WatchKind::Service,
@@ -650,42 +664,14 @@ fn backoff(max: Duration) -> backon::ExponentialBackoff {
         .build()
 }
 
-/// A watcher stream that waits after each error, longer after each consecutive one, and
-/// starts over after a success. kube-rs's own `StreamBackoff` resets on every `Ok` item,
-/// and the watcher yields `Event::Init` before each list attempt, so a failing list would
-/// be retried at the shortest delay forever; here `Init` is not a success.
-fn paced<K: Send + 'static>(
-    stream: BoxStream<'static, Result<Event<K>, watcher::Error>>,
-    max: Duration,
-) -> BoxStream<'static, Result<Event<K>, watcher::Error>> {
-    let state = (stream, backoff(max), None::<Duration>);
-    futures::stream::unfold(state, move |(mut stream, mut delays, wait)| async move {
-        if let Some(wait) = wait {
-            tokio::time::sleep(wait).await;
-        }
-        let item = stream.next().await?;
-        let wait = match &item {
-            Err(_) => Some(delays.next().unwrap_or(max)),
-            Ok(Event::Init) => None,
-            Ok(_) => {
-                delays = backoff(max);
-                None
-            }
-        };
-        Some((item, (stream, delays, wait)))
-    })
-    .boxed()
-}
-
 fn watch_stream<K>(
     api: Api<K>,
     config: watcher::Config,
-    max_backoff: Duration,
 ) -> BoxStream<'static, Result<Event<K>, watcher::Error>>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    paced(watcher::watcher(api, config).boxed(), max_backoff)
+    watcher::watcher(api, config).boxed()
 }
 
 /// `stream`, started after `wait`.
@@ -705,7 +691,6 @@ struct Streams {
     name: String,
     source: Source,
     pod_watch: PodWatch,
-    max_backoff: Duration,
 }
 
 impl Streams {
@@ -726,7 +711,6 @@ impl Streams {
         watch_stream(
             Api::<Service>::namespaced(self.client.clone(), &self.ns),
             by_name,
-            self.max_backoff,
         )
         .map(|r| Change::Service(Box::new(r)))
         .boxed()
@@ -740,7 +724,6 @@ impl Streams {
                 watch_stream(
                     Api::<Endpoints>::namespaced(self.client.clone(), &self.ns),
                     by_name,
-                    self.max_backoff,
                 )
                 .map(Change::Endpoints)
                 .boxed()
@@ -751,7 +734,6 @@ impl Streams {
                 watch_stream(
                     Api::<EndpointSlice>::namespaced(self.client.clone(), &self.ns),
                     by_label,
-                    self.max_backoff,
                 )
                 .map(Change::Slice)
                 .boxed()
@@ -766,7 +748,6 @@ impl Streams {
                 watch_stream(
                     Api::<Pod>::namespaced(self.client.clone(), &self.ns),
                     config,
-                    self.max_backoff,
                 )
                 .map(|r| Change::Pod(Box::new(r)))
                 .boxed(),
@@ -775,7 +756,6 @@ impl Streams {
                 watch_stream(
                     Api::<PartialObjectMeta<Pod>>::namespaced(self.client.clone(), &self.ns),
                     config,
-                    self.max_backoff,
                 )
                 .map(|r| Change::PodMeta(Box::new(r)))
                 .boxed(),
@@ -857,7 +837,6 @@ async fn run(
         name: name.clone(),
         source,
         pod_watch,
-        max_backoff: timing.max_backoff,
     };
     let mut watches = Watches::default();
     watches.set(WatchKind::Service, streams.make(WatchKind::Service, None));
@@ -866,8 +845,10 @@ async fn run(
         streams.make(WatchKind::Endpoints, None),
     );
     let mut pod_selector: Option<String> = None;
-    // Per watch: failing since its last success (for logging once per outage).
+    // Per watch: failing since its last success (for logging once per outage), and the
+    // delays before its next attempts.
     let mut failing = [false; 3];
+    let mut delays: [_; 3] = std::array::from_fn(|_| backoff(timing.max_backoff));
     let stall = timing.stall;
     // A watch that delivers nothing for `stall` (no events; kube-rs keeps bookmarks to
     // itself) may be stalled: restart every watch. The relist is swapped in whole, so a
@@ -891,6 +872,7 @@ async fn run(
         quiet_until = tokio::time::Instant::now() + stall;
         let Some(entry) = entry.upgrade() else { return };
         let kind = change.kind();
+        let news = change.is_news();
         let result = {
             let mut model = entry.model.lock().expect("model lock");
             let result = match change {
@@ -937,10 +919,17 @@ async fn run(
                     }
                     let again = streams.make(kind, pod_selector.as_deref());
                     watches.set(kind, again.map(|s| later(s, timing.forbidden_retry)));
-                } else if first {
-                    tracing::warn!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "watch failed; serving the last known endpoints");
                 } else {
-                    tracing::debug!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "watch still failing");
+                    if first {
+                        tracing::warn!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "watch failed; serving the last known endpoints");
+                    } else {
+                        tracing::debug!(service = %name, namespace = %ns, watch = kind_name(kind), error = %e, "watch still failing");
+                    }
+                    // Start over with a list after a pause: a watch that resumes quietly
+                    // would never say it healed, and a list that completes does.
+                    let wait = delays[index(kind)].next().unwrap_or(timing.max_backoff);
+                    let again = streams.make(kind, pod_selector.as_deref());
+                    watches.set(kind, again.map(|s| later(s, wait)));
                 }
                 if refused && is_pod {
                     // Routing goes on without labels: an answer, not an outage.
@@ -948,7 +937,8 @@ async fn run(
                 } else {
                     entry.clock.failed(kind);
                 }
-            } else {
+            } else if news {
+                delays[index(kind)] = backoff(timing.max_backoff);
                 if std::mem::replace(&mut failing[index(kind)], false) {
                     tracing::info!(service = %name, namespace = %ns, watch = kind_name(kind), "watch recovered");
                 }

@@ -42,6 +42,7 @@ fn request_path_heap_use_is_bounded() {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
     let layer = MeshLayer::builder_static()
+        .trust_subset_header()
         .static_service("web", Static::new(endpoints()))
         .expect("static")
         .subset("version=1".parse().expect("selector"))
@@ -85,6 +86,7 @@ fn request_path_heap_use_is_bounded() {
         {
             let mut registry = prometheus_client::registry::Registry::default();
             let metered = MeshLayer::builder_static()
+                .trust_subset_header()
                 .static_service("web", Static::new(endpoints()))
                 .expect("static")
                 .subset("version=1".parse().expect("selector"))

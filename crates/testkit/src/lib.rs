@@ -22,4 +22,4 @@ mod pod_server;
 pub use self::apiserver::{Access, ApiServer, ApiServerBuilder, Faults, Rule};
 pub use self::cluster::{TestCluster, TestClusterBuilder};
 pub use self::error::Error;
-pub use self::pod_server::{PodReply, PodServer};
+pub use self::pod_server::{PodReply, PodServer, next_loopback_ip};

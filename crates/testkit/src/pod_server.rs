@@ -62,7 +62,7 @@ static NEXT_IP: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh loopback address `127.X.Y.Z` for a Pod, distinct within this process; the
 /// second octet comes from the process id so parallel test processes rarely meet.
-pub(crate) fn next_loopback_ip() -> Ipv4Addr {
+pub fn next_loopback_ip() -> Ipv4Addr {
     let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
     let base = 1 + (std::process::id() % 250);
     let host = n % (256 * 254);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -486,4 +487,15 @@ fn addresses_of_the_other_family_are_skipped() {
     let (eps, _) = crate::convert::slice_endpoints(&slice, "", &Default::default());
     let addrs: Vec<String> = eps.iter().map(|e| e.addr().to_string()).collect();
     assert_eq!(addrs, ["10.0.0.1:80"]);
+}
+
+#[test]
+fn watch_retries_stay_within_the_max_backoff_and_reach_its_half() {
+    let max = Duration::from_secs(1);
+    let delays: Vec<Duration> = super::backoff(max).take(50).collect();
+    assert_eq!(delays.len(), 50, "never gives up");
+    assert!(delays.iter().all(|d| *d <= max), "{delays:?}");
+    // 50 ms doubling: from the fifth attempt on, at least half the maximum apart, so a
+    // server that is down sees at most about two requests a second per watch.
+    assert!(delays[5..].iter().all(|d| *d >= max / 2), "{delays:?}");
 }

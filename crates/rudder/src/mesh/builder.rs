@@ -88,6 +88,7 @@ pub(crate) struct Settings {
     pub(crate) max_retries: u32,
     pub(crate) retry_budget: (f32, u32),
     pub(crate) timeout: Option<Duration>,
+    pub(crate) response_timeout: Option<Duration>,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) affinity: Option<Affinity>,
     pub(crate) ejection: Ejection,
@@ -180,7 +181,7 @@ impl MeshBuilder {
                 cluster_domain: config.cluster_domain.clone(),
                 subset: None,
                 fallback: Fallback::NoFallback,
-                subset_header: Some(HeaderName::from_static(super::DEFAULT_SUBSET_HEADER)),
+                subset_header: None,
                 split: None,
                 routes: Vec::new(),
                 algorithm: Algorithm::default(),
@@ -191,6 +192,7 @@ impl MeshBuilder {
                 max_retries: config.max_retries,
                 retry_budget: (config.retry_budget_percent, config.retry_min_per_second),
                 timeout: None,
+                response_timeout: config.response_timeout(),
                 slow_start: None,
                 affinity: None,
                 ejection: Ejection::default(),
@@ -297,6 +299,7 @@ impl MeshBuilder {
         }
         s.retry_budget = (config.retry_budget_percent, config.retry_min_per_second);
         s.timeout = config.timeout_ms.map(Duration::from_millis);
+        s.response_timeout = config.response_timeout();
         s.zone.clone_from(&config.zone);
         s.watch_stall_timeout = config.watch_stall_timeout_ms.map(Duration::from_millis);
         s.idle_timeout = config.idle_timeout();
@@ -345,11 +348,26 @@ impl MeshBuilder {
         self
     }
 
-    /// The header carrying a per-request subset (default `x-rudder-subset`); `None`
-    /// ignores subset headers.
+    /// The header carrying a per-request subset; `None` (the default) ignores subset
+    /// headers.
+    ///
+    /// Off by default because a header is whatever the caller says: a service that
+    /// forwards incoming headers to its own calls (tracing and auth middlewares often do)
+    /// would let any outside client steer its traffic to any label subset, including Pods
+    /// not meant to be reached (a canary, a debug build). Turn it on for clients whose
+    /// requests are built by trusted code, and strip the header at your edge. Code can
+    /// always choose a subset with the [`Subset`](crate::Subset) request extension, which
+    /// no remote caller can set.
     pub fn subset_header(mut self, header: Option<HeaderName>) -> Self {
         self.settings.subset_header = header;
         self
+    }
+
+    /// Reads per-request subsets from `x-rudder-subset` ([`DEFAULT_SUBSET_HEADER`](
+    /// crate::mesh::DEFAULT_SUBSET_HEADER)); see [`subset_header`](Self::subset_header)
+    /// for why this is off by default.
+    pub fn trust_subset_header(self) -> Self {
+        self.subset_header(Some(HeaderName::from_static(super::DEFAULT_SUBSET_HEADER)))
     }
 
     /// Splits requests between subsets by weight (canary, blue/green); takes precedence
@@ -479,6 +497,22 @@ impl MeshBuilder {
         tune: impl FnOnce(DiscoveryBuilder) -> DiscoveryBuilder + Send + 'static,
     ) -> Self {
         self.discovery = Some(Box::new(tune));
+        self
+    }
+
+    /// How long one attempt may wait for the Pod's response headers (default 15 seconds;
+    /// `None` waits forever). The response body is never cut by it, so streams and large
+    /// downloads are unaffected.
+    ///
+    /// Without it, a Pod that is Ready but stopped answering (deadlocked, paused, on a
+    /// node that lost its network after accepting the connection) would hang a request
+    /// forever. 15 seconds is Envoy's default route timeout: far above the response time
+    /// of a healthy RPC, short enough that a hung Pod fails requests instead of piling
+    /// them up. The attempt counts as a failure towards ejection, and the request fails
+    /// with [`MeshError::Timeout`](crate::MeshError::Timeout) (it may have reached the
+    /// application, so it is not retried). Long-polling APIs should raise it.
+    pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.response_timeout = timeout;
         self
     }
 

@@ -28,7 +28,8 @@ pub struct MeshConfig {
     pub subset: Option<String>,
     /// What to do when the chosen subset is empty.
     pub fallback: FallbackConfig,
-    /// Header naming a per-request subset (`x-rudder-subset`); `null` disables it.
+    /// Header naming a per-request subset, e.g. `x-rudder-subset` (default: none, see
+    /// [`MeshBuilder::subset_header`](crate::MeshBuilder::subset_header) for why).
     pub subset_header: Option<String>,
     /// Weighted traffic split between subsets (canary); replaces `subset` when non-empty.
     pub split: Vec<SplitLeg>,
@@ -53,6 +54,9 @@ pub struct MeshConfig {
     pub retry_min_per_second: u32,
     /// Per-request timeout (none by default).
     pub timeout_ms: Option<u64>,
+    /// How long one attempt waits for response headers (default 15,000; `0` waits
+    /// forever). Response bodies are never cut.
+    pub response_timeout_ms: u64,
     /// Slow start window after a Pod became Ready (none by default).
     pub slow_start_ms: Option<u64>,
     /// Slow start's curve: 1.0 is linear, larger ramps faster at first.
@@ -85,7 +89,7 @@ impl Default for MeshConfig {
             cluster_domain: "cluster.local".into(),
             subset: None,
             fallback: FallbackConfig::None,
-            subset_header: Some(crate::mesh::DEFAULT_SUBSET_HEADER.into()),
+            subset_header: None,
             split: Vec::new(),
             routes: Vec::new(),
             algorithm: AlgorithmConfig::P2cPeakEwma,
@@ -97,6 +101,7 @@ impl Default for MeshConfig {
             retry_budget_percent: 20.0,
             retry_min_per_second: 10,
             timeout_ms: None,
+            response_timeout_ms: 15_000,
             slow_start_ms: None,
             slow_start_aggression: 1.0,
             slow_start_min_weight_percent: 10,
@@ -114,6 +119,10 @@ impl Default for MeshConfig {
 impl MeshConfig {
     pub(crate) fn sync_timeout(&self) -> Duration {
         Duration::from_millis(self.sync_timeout_ms)
+    }
+
+    pub(crate) fn response_timeout(&self) -> Option<Duration> {
+        (self.response_timeout_ms > 0).then(|| Duration::from_millis(self.response_timeout_ms))
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {

@@ -62,14 +62,15 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use rudder_balance::{PoolConfig, Split};
+use rudder_balance::{PoolConfig, ServiceState, Split};
 use rudder_k8s::ServiceRef;
 use tower::retry::budget::TpsBudget;
 
 use self::builder::{Settings, Source};
 use self::routed::{Keep, Routed};
 
-/// The default header naming a per-request subset.
+/// The conventional header naming a per-request subset; read only when enabled
+/// ([`MeshBuilder::trust_subset_header`]).
 pub const DEFAULT_SUBSET_HEADER: &str = "x-rudder-subset";
 
 /// A [`tower::Layer`] wrapping an HTTP client in a [`Mesh`]. Cheap to clone; every Mesh
@@ -119,6 +120,64 @@ impl MeshLayer {
     /// theirs.
     pub fn watched_services(&self) -> usize {
         self.shared.watched_services()
+    }
+
+    /// Starts discovery of `services` (`name[.namespace]:port`, as
+    /// [`ServiceRef`] parses them) now rather than on their first request, and waits until
+    /// each has synced (at most the [sync timeout](MeshBuilder::sync_timeout) each). Call it
+    /// at startup so that the first requests find their Pods known, and so that a missing
+    /// permission or Service shows before traffic does.
+    ///
+    /// ```no_run
+    /// # async fn demo(layer: rudder::MeshLayer) -> Result<(), rudder::MeshError> {
+    /// layer.warm(["hello-svc:8080", "biz1.prod:8080"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn warm<I>(&self, services: I) -> Result<(), MeshError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let settings = &self.shared.settings;
+        let mut routed = Vec::new();
+        for name in services {
+            let svc = ServiceRef::parse_in(name.as_ref(), &settings.default_namespace)
+                .map_err(rudder_k8s::DiscoveryError::from)?;
+            routed.push(self.shared.routed(&svc)?);
+        }
+        for r in routed {
+            r.decided(settings.sync_timeout, true).await;
+            let set = r.pool.snapshot();
+            match set.set().state() {
+                ServiceState::Forbidden(message) => {
+                    return Err(MeshError::Forbidden {
+                        service: r.service.to_string(),
+                        message: message.clone(),
+                    });
+                }
+                ServiceState::NotFound => {
+                    return Err(MeshError::ServiceNotFound {
+                        service: r.service.to_string(),
+                    });
+                }
+                state if state.is_unsynced() => {
+                    return Err(MeshError::NotSynced {
+                        service: r.service.to_string(),
+                        waited: settings.sync_timeout,
+                        last_error: r.last_error(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every Service this Mesh routes to has synced with the API at least once
+    /// (for a readiness probe: `false` while any is pending or its first sync failed).
+    /// Services whose watches were released count as synced.
+    pub fn is_synced(&self) -> bool {
+        self.views().iter().all(|v| !v.state.is_unsynced())
     }
 
     /// The current view of every Service this Mesh has routed to.

@@ -366,9 +366,17 @@ where
         };
         let this = retarget(this, &authority, &host, extra.authority.clone())?;
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
-        let result = match ready {
-            Ok(svc) => svc.call(this).await.map_err(Into::into),
-            Err(e) => Err(e),
+        let result = match (ready, settings.response_timeout) {
+            (Ok(svc), None) => svc.call(this).await.map_err(Into::into),
+            (Ok(svc), Some(limit)) => match tokio::time::timeout(limit, svc.call(this)).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(MeshError::Timeout {
+                    service: routed.service.to_string(),
+                    timeout: limit,
+                }
+                .into()),
+            },
+            (Err(e), _) => Err(e),
         };
         match result {
             Ok(res) => {

@@ -266,7 +266,10 @@ async fn a_selector_change_keeps_pod_labels_until_the_new_list_is_in() {
     let discovery = rudder::Discovery::new(client.clone());
     let mut sub = discovery.subscribe_str("biz1:8080").unwrap();
     sub.synced(BOUND).await.unwrap();
-    let layer = MeshLayer::builder(client.clone()).build().unwrap();
+    let layer = MeshLayer::builder(client.clone())
+        .trust_subset_header()
+        .build()
+        .unwrap();
     let mut mesh = layer.layer(h1());
     let subset = || {
         let mut r = req("http://biz1:8080/");
@@ -343,4 +346,66 @@ async fn a_selector_change_keeps_pod_labels_until_the_new_list_is_in() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_pod_that_never_answers_times_out_and_is_ejected() {
+    let cluster = hello(2).await;
+    // A Pod that accepts connections and never says a word.
+    let ip = rudder_testkit::next_loopback_ip();
+    let listener = tokio::net::TcpListener::bind((ip, 8080)).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            conns.push(c);
+        }
+    });
+    cluster
+        .register_pod(
+            "hello-world-hung",
+            labels(&[("app", "hello-world")]),
+            ip.into(),
+        )
+        .await
+        .unwrap();
+    cluster.api().settled().await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .response_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    layer.warm(["hello-svc:8080"]).await.unwrap();
+    assert!(layer.is_synced());
+    let view = layer.view("hello-svc:8080").unwrap();
+    assert_eq!(view.endpoints.len(), 3, "{view:?}");
+    // Every request ends (bounded), the hung Pod's with a typed timeout, until ejection
+    // takes it out of rotation.
+    let (mut ok, mut timeouts) = (0, 0);
+    for _ in 0..200 {
+        match tokio::time::timeout(BOUND, get(&mut mesh, req("http://hello-svc:8080/")))
+            .await
+            .expect("no request hangs")
+        {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.downcast_ref::<MeshError>(),
+                        Some(MeshError::Timeout { .. })
+                    ),
+                    "{e}"
+                );
+                timeouts += 1;
+            }
+        }
+    }
+    let view = layer.view("hello-svc:8080").unwrap();
+    let hung = view
+        .endpoints
+        .iter()
+        .find(|e| e.addr.ip() == std::net::IpAddr::from(ip))
+        .unwrap();
+    assert!(hung.ejections >= 1, "the hung Pod was ejected: {view:?}");
+    assert!(timeouts >= 1 && ok >= 150, "{ok} ok, {timeouts} timed out");
+    held.abort();
 }

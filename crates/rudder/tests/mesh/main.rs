@@ -48,6 +48,7 @@ async fn spreads_requests_over_every_pod_keeping_the_service_authority() {
 async fn round_robin_gives_every_pod_exactly_its_share() {
     let cluster = hello(10).await;
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .algorithm(rudder::Algorithm::WeightedRoundRobin)
         .build()
         .unwrap();
@@ -63,6 +64,7 @@ async fn round_robin_gives_every_pod_exactly_its_share() {
 async fn http2_pods_see_the_service_authority() {
     let cluster = hello(3).await;
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .build()
         .unwrap();
     let mut mesh = layer.layer(PodClient::builder().protocol(Protocol::Http2).build());
@@ -119,6 +121,7 @@ async fn subsets_by_header_extension_and_static_config() {
     assert!(by_extension.keys().all(|p| version(p) == "4.1"));
 
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .subset("version=4.2".parse().unwrap())
         .build()
         .unwrap();
@@ -141,6 +144,7 @@ async fn weighted_split_is_exact_within_two_percent() {
     ])
     .unwrap();
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .split(split)
         .build()
         .unwrap();
@@ -184,6 +188,7 @@ async fn empty_subsets_fail_typed_or_fall_back() {
     );
 
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .subset("version=4.2".parse().unwrap())
         .fallback(Fallback::Default("version=4.1".parse().unwrap()))
         .build()
@@ -217,6 +222,7 @@ async fn unknown_services_and_other_hosts() {
     );
 
     let strict = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .pass_through(false)
         .build()
         .unwrap();
@@ -238,6 +244,7 @@ async fn not_synced_is_a_typed_error_after_the_bound() {
     let client = cluster.api().client().await.unwrap();
     cluster.api().stop().await;
     let layer = MeshLayer::builder(client)
+        .trust_subset_header()
         .sync_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -312,6 +319,7 @@ async fn blue_green_switch_and_rollback_without_touching_the_service() {
         .unwrap()
     };
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .split(split(100, 0))
         .build()
         .unwrap();
@@ -435,7 +443,10 @@ async fn external_name_and_selectorless_services() {
         .await
         .unwrap();
 
-    let layer = MeshLayer::builder(client).build().unwrap();
+    let layer = MeshLayer::builder(client)
+        .trust_subset_header()
+        .build()
+        .unwrap();
     let mut mesh = layer.layer(h1());
     let port = outside.addr().port();
     let reply = get(&mut mesh, req(&format!("http://ext.default.svc:{port}/e")))
@@ -466,6 +477,7 @@ async fn dns_fallback_is_opt_in_when_discovery_cannot_run() {
     .unwrap();
     let url = format!("http://localhost:{}/", outside.addr().port());
     let layer = MeshLayer::builder(client)
+        .trust_subset_header()
         .sync_timeout(Duration::from_millis(200))
         .dns_fallback(true)
         .build()
@@ -481,6 +493,7 @@ async fn route_rules_from_code_and_from_config() {
     let cluster = biz1(2, 2).await;
     let version = |pod: &str| cluster.pod(pod).unwrap().labels()["version"].clone();
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .subset("version=4.1".parse().unwrap())
         .route(
             rudder::Route::new()
@@ -515,6 +528,7 @@ async fn route_rules_from_code_and_from_config() {
     }))
     .unwrap();
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .config(&config)
         .unwrap()
         .build()
@@ -533,6 +547,7 @@ async fn route_rules_from_code_and_from_config() {
     let bad: rudder::MeshConfig =
         serde_json::from_value(serde_json::json!({"routes": [{"path_prefix": "/"}]})).unwrap();
     let err = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .config(&bad)
         .unwrap_err();
     assert!(
@@ -542,6 +557,7 @@ async fn route_rules_from_code_and_from_config() {
     let bad: rudder::MeshConfig =
         serde_json::from_value(serde_json::json!({"subset": "version in (4.1"})).unwrap();
     let err = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .config(&bad)
         .unwrap_err();
     assert!(
@@ -556,6 +572,7 @@ async fn prometheus_metrics_count_requests_ejections_and_endpoint_states() {
     let cluster = hello(3).await;
     let mut registry = prometheus_client::registry::Registry::default();
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .metrics(&mut registry)
         // Round robin makes the failing Pod's share, and so the count below, exact.
         .algorithm(rudder::Algorithm::WeightedRoundRobin)
@@ -614,6 +631,7 @@ async fn prometheus_metrics_count_requests_ejections_and_endpoint_states() {
 async fn tonic_over_http2_is_balanced_per_request() {
     let cluster = hello(3).await;
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .build()
         .unwrap();
     let transport = layer.layer(
@@ -640,6 +658,7 @@ async fn zone_preference_keeps_traffic_local_while_local_pods_are_healthy() {
     // Pods alternate between node-a (zone-a) and node-b (zone-b).
     let cluster = hello(4).await;
     let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .trust_subset_header()
         .zone("zone-a")
         .build()
         .unwrap();

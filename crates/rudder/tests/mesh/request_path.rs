@@ -24,6 +24,7 @@ async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
     let cluster = hello(10).await;
     let replica = || async {
         MeshLayer::builder(cluster.api().client().await.unwrap())
+            .trust_subset_header()
             .algorithm(Algorithm::Maglev)
             .affinity(Affinity::Header(http::HeaderName::from_static("x-user")))
             .build()
@@ -121,6 +122,7 @@ async fn ramp_share(algorithm: Algorithm, age_percent: u32, concurrent: bool) ->
     let mut eps = vec![endpoint(1, now - window * age_percent / 100)];
     eps.extend((2..=10).map(|i| endpoint(i, now - window * 10)));
     let layer = MeshLayer::builder_static()
+        .trust_subset_header()
         .static_service("web", Static::new(eps))
         .unwrap()
         .algorithm(algorithm)
@@ -200,6 +202,7 @@ async fn failures_mid_body_eject_and_are_counted() {
     ];
     let mut registry = prometheus_client::registry::Registry::default();
     let layer = MeshLayer::builder_static()
+        .trust_subset_header()
         .static_service("web", Static::new(eps))
         .unwrap()
         .algorithm(Algorithm::WeightedRoundRobin)
@@ -253,6 +256,7 @@ async fn header_subsets_share_one_metric_label() {
         .collect();
     let mut registry = prometheus_client::registry::Registry::default();
     let layer = MeshLayer::builder_static()
+        .trust_subset_header()
         .static_service("web", Static::new(eps))
         .unwrap()
         .subset("version=1".parse().unwrap())

@@ -47,7 +47,10 @@ async fn the_rbac_manifest_is_enough_for_routing_and_subsets() {
         .client_with_token("rudder-client")
         .await
         .unwrap();
-    let layer = MeshLayer::builder(client).build().unwrap();
+    let layer = MeshLayer::builder(client)
+        .trust_subset_header()
+        .build()
+        .unwrap();
     let mut mesh = layer.layer(h1());
     let mut r = req("http://biz1:8080/");
     r.headers_mut()
@@ -65,7 +68,10 @@ async fn without_pod_access_routing_continues_without_label_subsets() {
     )]);
     cluster.api().add_token("no-pods", no_pods);
     let client = cluster.api().client_with_token("no-pods").await.unwrap();
-    let layer = MeshLayer::builder(client).build().unwrap();
+    let layer = MeshLayer::builder(client)
+        .trust_subset_header()
+        .build()
+        .unwrap();
     let mut mesh = layer.layer(h1());
     let counts = spread(&mut mesh, 50, || req("http://biz1:8080/")).await;
     assert_eq!(counts.len(), 2, "both Pods still get traffic: {counts:?}");
@@ -96,7 +102,10 @@ async fn a_403_on_endpointslices_is_not_taken_for_absence() {
     let client = cluster.api().client_with_token("no-slices").await.unwrap();
     // The default source does not switch to v1 Endpoints on a 403: the refusal is the
     // answer, named in the error of a full name.
-    let layer = MeshLayer::builder(client.clone()).build().unwrap();
+    let layer = MeshLayer::builder(client.clone())
+        .trust_subset_header()
+        .build()
+        .unwrap();
     let mut mesh = layer.layer(h1());
     let err = get(&mut mesh, req("http://hello-svc.default.svc:8080/"))
         .await
@@ -109,6 +118,7 @@ async fn a_403_on_endpointslices_is_not_taken_for_absence() {
     }
     // Chosen explicitly, v1 Endpoints serve.
     let layer = MeshLayer::builder(client)
+        .trust_subset_header()
         .discovery(|d| d.source(rudder::DiscoverySource::Endpoints))
         .build()
         .unwrap();
@@ -124,6 +134,7 @@ async fn a_wrong_ca_is_a_clear_error_not_a_downgrade() {
     config.root_cert = other.kube_config().await.unwrap().root_cert;
     let client = kube::Client::try_from(config).unwrap();
     let layer = MeshLayer::builder(client)
+        .trust_subset_header()
         .sync_timeout(std::time::Duration::from_secs(2))
         .build()
         .unwrap();
@@ -158,7 +169,7 @@ async fn tokens_never_show_in_debug_output() {
         .client_with_token("very-secret-token-1234")
         .await
         .unwrap();
-    let builder = MeshLayer::builder(client);
+    let builder = MeshLayer::builder(client).trust_subset_header();
     assert!(!format!("{builder:?}").contains("very-secret-token-1234"));
     let layer = builder.build().unwrap();
     let mesh = layer.layer(h1());
@@ -215,11 +226,15 @@ async fn tokens_never_show_in_logs_even_when_the_api_refuses_them() {
         .client_with_token("refused-secret-token-9012")
         .await
         .unwrap();
-    let layer = MeshLayer::builder(good).build().unwrap();
+    let layer = MeshLayer::builder(good)
+        .trust_subset_header()
+        .build()
+        .unwrap();
     get(&mut layer.layer(h1()), req("http://hello-svc:8080/"))
         .await
         .unwrap();
     let refused = MeshLayer::builder(bad)
+        .trust_subset_header()
         .sync_timeout(std::time::Duration::from_millis(500))
         .build()
         .unwrap();
@@ -239,4 +254,28 @@ async fn tokens_never_show_in_logs_even_when_the_api_refuses_them() {
     for token in ["allowed-secret-token-5678", "refused-secret-token-9012"] {
         assert!(!text.contains(token), "{token} leaked into the logs");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subset_header_is_ignored_unless_trusted() {
+    let cluster = biz1(1, 1).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    // A caller asking for a subset that does not exist would get NoEndpoints if the header
+    // were read; by default it is not, and both Pods serve.
+    let counts = spread(&mut mesh, 50, || {
+        let mut r = req("http://biz1:8080/");
+        r.headers_mut()
+            .insert("x-rudder-subset", "version=9.9".parse().unwrap());
+        r
+    })
+    .await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    // The request extension, which only code can set, still chooses.
+    let mut r = req("http://biz1:8080/");
+    r.extensions_mut()
+        .insert(rudder::Subset::new("version=4.2".parse().unwrap()));
+    assert_eq!(get(&mut mesh, r).await.unwrap().labels["version"], "4.2");
 }

@@ -65,6 +65,7 @@ pub(crate) async fn biz1(v41: usize, v42: usize) -> TestCluster {
 
 pub(crate) async fn mesh(cluster: &TestCluster) -> (MeshLayer, Mesh<H1>) {
     let layer = MeshLayer::builder(cluster.api().client().await.expect("client"))
+        .trust_subset_header()
         .build()
         .expect("layer");
     let mesh = layer.layer(h1());
