@@ -15,6 +15,8 @@
 mod authority;
 pub mod client;
 mod error;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod mesh;
 mod telemetry;
 

@@ -653,6 +653,47 @@ async fn tonic_over_http2_is_balanced_per_request() {
     assert_eq!(pods.len(), 3, "{pods:?}");
 }
 
+#[cfg(feature = "tonic")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_get_unavailable_and_deadline_exceeded_not_unknown() {
+    use tower::ServiceExt;
+    let cluster = hello(1).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .build()
+        .unwrap();
+    let pods = || {
+        PodClient::builder()
+            .protocol(Protocol::Http2)
+            .build::<tonic::body::Body>()
+    };
+    let missing: http::Uri = "http://nosuch.default.svc:8080".parse().unwrap();
+    // Without the mapping tonic finds no status in the error and says Unknown.
+    let mut raw = tonic::client::Grpc::with_origin(layer.layer(pods()), missing.clone());
+    let status = rudder_testkit::grpc::whoami(&mut raw).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status}");
+    // Mapped, it is Unavailable (retryable), with the MeshError as its source.
+    let transport = layer.layer(pods()).map_err(rudder::grpc::status);
+    let mut grpc = tonic::client::Grpc::with_origin(transport, missing);
+    let status = rudder_testkit::grpc::whoami(&mut grpc).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("not found"), "{status}");
+    // A Mesh timeout is DeadlineExceeded.
+    let slow = cluster.pods()[0].name().to_string();
+    cluster
+        .pod(&slow)
+        .unwrap()
+        .set_latency(Duration::from_secs(2));
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let transport = layer.layer(pods()).map_err(rudder::grpc::status);
+    let origin: http::Uri = "http://hello-svc:8080".parse().unwrap();
+    let mut grpc = tonic::client::Grpc::with_origin(transport, origin);
+    let status = rudder_testkit::grpc::whoami(&mut grpc).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_preference_keeps_traffic_local_while_local_pods_are_healthy() {
     // Pods alternate between node-a (zone-a) and node-b (zone-b).
