@@ -132,6 +132,16 @@ impl Telemetry {
         }
     }
 
+    /// Counts a request the Mesh itself failed.
+    pub(crate) fn mesh_error(&self, e: &crate::MeshError) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.mesh_error(e);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = e;
+    }
+
     pub(crate) fn dns_fallback(&self, service: &ServiceRef) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
@@ -222,6 +232,11 @@ mod prometheus {
     ///   headers;
     /// - `rudder_retries_total`, `rudder_ejections_total`, `rudder_dns_fallbacks_total`
     ///   per `service`;
+    /// - `rudder_mesh_errors_total{service, reason}`: requests the Mesh failed itself
+    ///   (`not_synced`, `forbidden`, `service_not_found`, `no_endpoints`, `timeout`,
+    ///   `invalid_subset`, `not_a_service`, `missing_authority`, `discovery`); `service`
+    ///   is set only for `no_endpoints` and `timeout` (Services that exist), since the
+    ///   others can name anything a caller writes;
     /// - at scrape time: `rudder_endpoints{service, state}` (`ready`, `terminating`,
     ///   `ejected`) and `rudder_discovery_staleness_seconds{service}` (0 while discovery is
     ///   in sync with the API).
@@ -240,7 +255,14 @@ mod prometheus {
         retries: Family<ServiceLabels, Counter>,
         ejections: Family<ServiceLabels, Counter>,
         dns_fallbacks: Family<ServiceLabels, Counter>,
+        mesh_errors: Family<ErrorLabels, Counter>,
         pub(crate) shared: Arc<OnceLock<Weak<Shared>>>,
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ErrorLabels {
+        service: String,
+        reason: &'static str,
     }
 
     impl Metrics {
@@ -251,6 +273,7 @@ mod prometheus {
                 retries: Family::default(),
                 ejections: Family::default(),
                 dns_fallbacks: Family::default(),
+                mesh_errors: Family::default(),
                 shared: Arc::new(OnceLock::new()),
             };
             let r = registry.sub_registry_with_prefix("rudder");
@@ -278,6 +301,11 @@ mod prometheus {
                 "dns_fallbacks",
                 "Requests sent through cluster DNS because discovery could not sync",
                 m.dns_fallbacks.clone(),
+            );
+            r.register(
+                "mesh_errors",
+                "Requests the Mesh failed itself, by reason",
+                m.mesh_errors.clone(),
             );
             r.register_collector(Box::new(Views(m.shared.clone())));
             m
@@ -333,6 +361,27 @@ mod prometheus {
 
         pub(crate) fn dns_fallback(&self, service: &str) {
             Self::service(&self.dns_fallbacks, service);
+        }
+
+        pub(crate) fn mesh_error(&self, e: &crate::MeshError) {
+            use crate::MeshError as E;
+            let (reason, service) = match e {
+                E::NotSynced { .. } => ("not_synced", None),
+                E::Forbidden { .. } => ("forbidden", None),
+                E::ServiceNotFound { .. } => ("service_not_found", None),
+                E::NoEndpoints { service, .. } => ("no_endpoints", Some(service)),
+                E::Timeout { service, .. } => ("timeout", Some(service)),
+                E::InvalidSubset { .. } | E::SubsetNotAscii { .. } => ("invalid_subset", None),
+                E::NotAService { .. } => ("not_a_service", None),
+                E::MissingAuthority => ("missing_authority", None),
+                _ => ("discovery", None),
+            };
+            self.mesh_errors
+                .get_or_create(&ErrorLabels {
+                    service: service.cloned().unwrap_or_default(),
+                    reason,
+                })
+                .inc();
         }
     }
 

@@ -108,7 +108,7 @@ where
         // The ready service goes with this request; the clone serves the next one.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let inner = Box::pin(route(self.shared.clone(), inner, req));
+        let inner = Box::pin(counted(self.shared.clone(), inner, req));
         ResponseFuture { inner }
     }
 }
@@ -123,8 +123,29 @@ where
     Ok(res.map(|b| ResponseBody::new(b, None, None)))
 }
 
-async fn route<S, B, RB>(
+/// [`route`], counting the Mesh's own failures.
+async fn counted<S, B, RB>(
     shared: Arc<Shared>,
+    inner: S,
+    req: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body + Default + Send + 'static,
+{
+    let result = route(&shared, inner, req).await;
+    if let Err(e) = &result
+        && let Some(e) = e.downcast_ref::<MeshError>()
+    {
+        shared.telemetry.mesh_error(e);
+    }
+    result
+}
+
+async fn route<S, B, RB>(
+    shared: &Shared,
     inner: S,
     req: Request<B>,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>

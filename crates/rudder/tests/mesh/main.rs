@@ -590,6 +590,22 @@ async fn prometheus_metrics_count_requests_ejections_and_endpoint_states() {
         }
     }
     assert_eq!(failures, 5, "ejected after five 500s in a row");
+    // Failures of the Mesh itself: 7 requests for an empty subset, 3 for a Service that
+    // does not exist under a full name (its name stays out of the labels).
+    for _ in 0..7 {
+        let mut r = req("http://hello-svc:8080/");
+        r.headers_mut()
+            .insert("x-rudder-subset", "version=9.9".parse().unwrap());
+        get(&mut mesh, r).await.unwrap_err();
+    }
+    for i in 0..3 {
+        get(
+            &mut mesh,
+            req(&format!("http://nosuch{i}.default.svc:8080/")),
+        )
+        .await
+        .unwrap_err();
+    }
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -624,6 +640,16 @@ async fn prometheus_metrics_count_requests_ejections_and_endpoint_states() {
     assert!(
         text.contains("rudder_request_duration_seconds_bucket"),
         "{text}"
+    );
+    assert_eq!(
+        value(
+            "rudder_mesh_errors_total{service=\"hello-svc.default:8080\",reason=\"no_endpoints\"}"
+        ),
+        7.0
+    );
+    assert_eq!(
+        value("rudder_mesh_errors_total{service=\"\",reason=\"service_not_found\"}"),
+        3.0
     );
 }
 
