@@ -255,7 +255,7 @@ where
         _ => {}
     }
 
-    let choice = choose_subset(&shared, &req)?;
+    let choice = choose_subset(shared, &req)?;
     let selector = choice.selector();
     let picked =
         snapshot
@@ -291,7 +291,7 @@ where
     };
     // One dispatch future, awaited in place: moving it (it holds the inner service's
     // future) would copy kilobytes per request.
-    let sent = dispatch(&shared, &routed, inner, req, authority, host, chosen);
+    let sent = dispatch(shared, &routed, inner, req, authority, host, chosen);
     match deadline {
         None => sent.await,
         Some(deadline) => tokio::time::timeout_at(deadline, sent)
