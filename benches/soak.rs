@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let layer = MeshLayer::builder(cluster.api().client().await?).build()?;
-    let mesh = layer.layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let mesh = layer.layer(
+        Client::builder(TokioExecutor::new()).build_http::<rudder::ReplayBody<Empty<Bytes>>>(),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));

@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let transport = layer.layer(
         PodClient::builder()
             .protocol(Protocol::Http2)
-            .build::<tonic::body::Body>(),
+            .build::<rudder::ReplayBody<tonic::body::Body>>(),
     );
     let grpc = tonic::client::Grpc::with_origin(transport, "http://greeter:8080".parse()?);
 

@@ -18,7 +18,9 @@ use tower::ServiceExt;
 /// The longest a request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) type Plain = Client<HttpConnector, Empty<Bytes>>;
+/// The hyper-util client every arm uses; its body type is the one the Mesh hands on, so
+/// the same client serves direct and routed arms.
+pub(crate) type Plain = Client<HttpConnector, rudder::ReplayBody<Empty<Bytes>>>;
 
 /// One way of sending requests.
 #[derive(Clone)]
@@ -28,7 +30,7 @@ pub(crate) enum Sender {
     /// The same client wrapped in Rudder.
     Mesh(Mesh<Plain>),
     /// Rudder over `PodClient` (HTTP/2 with one connection per Pod).
-    MeshPod(Mesh<PodClient<Empty<Bytes>>>),
+    MeshPod(Mesh<PodClient<rudder::ReplayBody<Empty<Bytes>>>>),
     /// The fair baseline for the layer's cost: the same client sending each request to the
     /// next Pod of a fixed list, with the Service's authority in `Host` as Rudder sends it;
     /// no discovery, no subsets, no load feedback.
@@ -77,10 +79,13 @@ impl Sender {
             .expect("request");
         let body = async {
             match self {
-                Sender::Plain(c) => body_of(c.clone(), req).await,
+                Sender::Plain(c) => body_of(c.clone(), req.map(rudder::ReplayBody::new)).await,
                 Sender::Mesh(m) => body_of(m.clone(), req).await,
                 Sender::MeshPod(m) => body_of(m.clone(), req).await,
-                Sender::RoundRobin(rr) => body_of(rr.client.clone(), rr.request(uri)).await,
+                Sender::RoundRobin(rr) => {
+                    let req = rr.request(uri).map(rudder::ReplayBody::new);
+                    body_of(rr.client.clone(), req).await
+                }
             }
         };
         // A request on a connection whose peer vanished with its namespace may never hear
@@ -95,9 +100,9 @@ impl Sender {
 }
 
 /// The body of a successful response from any of the arms' services.
-async fn body_of<S, B>(svc: S, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String>
+async fn body_of<S, RQ, B>(svc: S, req: http::Request<RQ>) -> Result<Bytes, String>
 where
-    S: tower::Service<http::Request<Empty<Bytes>>, Response = http::Response<B>>,
+    S: tower::Service<http::Request<RQ>, Response = http::Response<B>>,
     S::Error: std::fmt::Display,
     B: http_body::Body,
     B::Error: std::fmt::Display,

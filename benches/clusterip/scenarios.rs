@@ -105,7 +105,7 @@ fn no_keep_alive() -> Plain {
         .build(connector())
 }
 
-fn pod_client_h2() -> PodClient<http_body_util::Empty<bytes::Bytes>> {
+fn pod_client_h2() -> PodClient<rudder::ReplayBody<http_body_util::Empty<bytes::Bytes>>> {
     PodClient::builder()
         .protocol(Protocol::Http2)
         .connect_timeout(CONNECT_TIMEOUT)

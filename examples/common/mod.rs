@@ -18,7 +18,7 @@ use rudder_testkit::TestCluster;
 use tower::ServiceExt;
 
 /// The inner client every example wraps: hyper-util's pooled HTTP/1.1 client.
-pub(crate) type H1 = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type H1 = Client<HttpConnector, rudder::ReplayBody<Empty<Bytes>>>;
 
 pub(crate) fn h1() -> H1 {
     Client::builder(TokioExecutor::new()).build_http()

@@ -19,7 +19,7 @@ fn mesh(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let inner = tower::service_fn(|_: Request<Empty<Bytes>>| async {
+    let inner = tower::service_fn(|_: Request<rudder::ReplayBody<Empty<Bytes>>>| async {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
     let endpoints = (1..=10)
@@ -49,7 +49,12 @@ fn mesh(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("request");
     group.bench_function("inner_alone", |b| {
-        b.iter(|| rt.block_on(async { black_box(inner.oneshot(req()).await) }))
+        b.iter(|| {
+            rt.block_on(async {
+                let req = req().map(rudder::ReplayBody::new);
+                black_box(inner.oneshot(req).await)
+            })
+        })
     });
     group.bench_function("through_mesh", |b| {
         b.iter(|| rt.block_on(async { black_box(mesh.clone().oneshot(req()).await) }))

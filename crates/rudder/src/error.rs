@@ -31,3 +31,22 @@ pub(crate) fn never_reached_application(err: &(dyn StdError + 'static)) -> bool 
     }
     false
 }
+
+/// Whether `err` shows the connection to the endpoint was never made (refused, or the
+/// connector failed): then no application saw the request, whatever its method.
+pub(crate) fn never_connected(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<crate::client::ConnectError>() {
+            return true;
+        }
+        if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            return legacy.is_connect();
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::ConnectionRefused;
+        }
+        cur = e.source();
+    }
+    false
+}

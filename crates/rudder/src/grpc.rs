@@ -9,6 +9,8 @@
 //! |---|---|
 //! | `NotSynced`, `ServiceNotFound`, `NoEndpoints`, `Forbidden`, `Discovery` (API side) | `Unavailable` |
 //! | `Timeout` | `DeadlineExceeded` |
+//! | `Failed` (no response from the Pods tried): connection never made | `Unavailable` |
+//! | `Failed`, otherwise | left to tonic, which reads the HTTP/2 error in its source chain |
 //! | `MissingAuthority`, `NotAService`, `InvalidSubset`, `SubsetNotAscii`, an invalid Service name | `InvalidArgument` |
 //!
 //! `Unavailable` is what tonic's channel reports when it cannot connect or resolve, and
@@ -22,7 +24,7 @@
 //!
 //! let pods = rudder::PodClient::builder()
 //!     .protocol(rudder::Protocol::Http2)
-//!     .build::<tonic::body::Body>();
+//!     .build::<rudder::ReplayBody<tonic::body::Body>>();
 //! let transport = layer.layer(pods).map_err(rudder::grpc::status);
 //! let grpc = tonic::client::Grpc::with_origin(transport, "http://greeter:8080".parse()?);
 //! # let _ = grpc; Ok(()) }
@@ -61,7 +63,14 @@ impl From<MeshError> for Status {
 /// source); any other error passes unchanged. For `ServiceExt::map_err` over a Mesh.
 pub fn status(e: BoxError) -> BoxError {
     match e.downcast::<MeshError>() {
-        Ok(mesh) => Box::new(Status::from(*mesh)),
+        Ok(mesh) => match *mesh {
+            MeshError::Failed { ref source, .. }
+                if !crate::error::never_connected(source.as_ref()) =>
+            {
+                mesh
+            }
+            mesh => Box::new(Status::from(mesh)),
+        },
         Err(other) => other,
     }
 }

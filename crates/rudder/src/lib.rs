@@ -23,7 +23,7 @@ mod telemetry;
 pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
     Affinity, AffinityKey, ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError,
-    MeshLayer, ResponseBody, Route, ServiceView, Subset, Target,
+    MeshLayer, ReplayBody, ResponseBody, Route, ServiceView, Subset, Target,
 };
 #[cfg(feature = "metrics")]
 pub use self::telemetry::Metrics;

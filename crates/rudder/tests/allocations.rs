@@ -38,7 +38,7 @@ fn request_path_heap_use_is_bounded() {
         .enable_all()
         .build()
         .expect("runtime");
-    let inner = tower::service_fn(|_: Request<Empty<Bytes>>| async {
+    let inner = tower::service_fn(|_: Request<rudder::ReplayBody<Empty<Bytes>>>| async {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
     let layer = MeshLayer::builder_static()
@@ -63,7 +63,9 @@ fn request_path_heap_use_is_bounded() {
         let n = 1_000;
         let bare = Region::new(GLOBAL);
         for _ in 0..n {
-            let _ = inner.oneshot(get("http://web:8080/x")).await;
+            let _ = inner
+                .oneshot(get("http://web:8080/x").map(rudder::ReplayBody::new))
+                .await;
         }
         let bare = bare.change().allocations as f64 / f64::from(n);
         let region = Region::new(GLOBAL);

@@ -34,6 +34,9 @@ pub struct PodReply {
     pub path: String,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub version: String,
+    /// The request body, when it was UTF-8 (empty otherwise).
+    #[serde(default)]
+    pub body: String,
 }
 
 #[derive(Debug, Default)]
@@ -252,12 +255,19 @@ async fn respond(
         let res = crate::grpc::respond(req, who).await;
         return Ok(res.map(Either::Right));
     }
+    let path = req.uri().path().to_string();
+    let version = format!("{:?}", req.version());
+    let received = match http_body_util::BodyExt::collect(req.into_body()).await {
+        Ok(b) => String::from_utf8(b.to_bytes().to_vec()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     let body = PodReply {
         pod: reply.0.clone(),
         labels: reply.1.clone(),
         authority,
-        path: req.uri().path().to_string(),
-        version: format!("{:?}", req.version()),
+        path,
+        version,
+        body: received,
     };
     let mut resp = Response::new(Full::new(Bytes::from(
         serde_json::to_vec(&body).unwrap_or_default(),

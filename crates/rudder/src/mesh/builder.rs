@@ -89,6 +89,7 @@ pub(crate) struct Settings {
     pub(crate) retry_budget: (f32, u32),
     pub(crate) timeout: Option<Duration>,
     pub(crate) response_timeout: Option<Duration>,
+    pub(crate) max_replay_body: usize,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) affinity: Option<Affinity>,
     pub(crate) ejection: Ejection,
@@ -193,6 +194,7 @@ impl MeshBuilder {
                 retry_budget: (config.retry_budget_percent, config.retry_min_per_second),
                 timeout: None,
                 response_timeout: config.response_timeout(),
+                max_replay_body: config.max_replay_body_bytes,
                 slow_start: None,
                 affinity: None,
                 ejection: Ejection::default(),
@@ -300,6 +302,7 @@ impl MeshBuilder {
         s.retry_budget = (config.retry_budget_percent, config.retry_min_per_second);
         s.timeout = config.timeout_ms.map(Duration::from_millis);
         s.response_timeout = config.response_timeout();
+        s.max_replay_body = config.max_replay_body_bytes;
         s.zone.clone_from(&config.zone);
         s.watch_stall_timeout = config.watch_stall_timeout_ms.map(Duration::from_millis);
         s.idle_timeout = config.idle_timeout();
@@ -497,6 +500,17 @@ impl MeshBuilder {
         tune: impl FnOnce(DiscoveryBuilder) -> DiscoveryBuilder + Send + 'static,
     ) -> Self {
         self.discovery = Some(Box::new(tune));
+        self
+    }
+
+    /// The largest request body kept for a retry (default
+    /// [`DEFAULT_MAX_REPLAY_BODY`](crate::mesh::DEFAULT_MAX_REPLAY_BODY), 64 KiB; 0 keeps
+    /// none). A request whose attempt never reached an application is sent again on
+    /// another Pod, body and all, if its body was within this size; larger bodies stream
+    /// through without being kept, and are not retried. Memory per request in flight is
+    /// bounded by it.
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.settings.max_replay_body = bytes;
         self
     }
 

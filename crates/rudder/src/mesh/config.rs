@@ -54,6 +54,8 @@ pub struct MeshConfig {
     pub retry_min_per_second: u32,
     /// Per-request timeout (none by default).
     pub timeout_ms: Option<u64>,
+    /// The largest request body kept for a retry, in bytes (default 65,536; 0 keeps none).
+    pub max_replay_body_bytes: usize,
     /// How long one attempt waits for response headers (default 15,000; `0` waits
     /// forever). Response bodies are never cut.
     pub response_timeout_ms: u64,
@@ -101,6 +103,7 @@ impl Default for MeshConfig {
             retry_budget_percent: 20.0,
             retry_min_per_second: 10,
             timeout_ms: None,
+            max_replay_body_bytes: crate::mesh::DEFAULT_MAX_REPLAY_BODY,
             response_timeout_ms: 15_000,
             slow_start_ms: None,
             slow_start_aggression: 1.0,

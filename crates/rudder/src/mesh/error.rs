@@ -75,6 +75,18 @@ pub enum MeshError {
     /// Discovery refused the Service reference or could not run.
     #[error(transparent)]
     Discovery(#[from] rudder_k8s::DiscoveryError),
+    /// The request was sent and failed without a response (connection refused or reset,
+    /// protocol error), on every endpoint tried. The inner service's error is the source.
+    #[error("request to {service} failed on {}: {source}", endpoints(.tried))]
+    Failed {
+        /// The Service.
+        service: String,
+        /// The endpoints tried, in order (more than one when retried).
+        tried: Vec<std::net::SocketAddr>,
+        /// The last attempt's error, from the inner service.
+        #[source]
+        source: crate::BoxError,
+    },
     /// The request took longer than the configured per-request timeout.
     #[error("request to {service} timed out after {timeout:?}")]
     Timeout {
@@ -89,4 +101,9 @@ fn last_error_suffix(e: &Option<String>) -> String {
     e.as_ref()
         .map(|e| format!(" (last API error: {e})"))
         .unwrap_or_default()
+}
+
+fn endpoints(tried: &[std::net::SocketAddr]) -> String {
+    let list: Vec<String> = tried.iter().map(ToString::to_string).collect();
+    list.join(", ")
 }

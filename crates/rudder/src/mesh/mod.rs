@@ -38,6 +38,7 @@ mod builder;
 mod config;
 mod error;
 mod ext;
+mod replay;
 mod route;
 mod routed;
 mod service;
@@ -53,6 +54,7 @@ pub use self::config::{
 };
 pub use self::error::MeshError;
 pub use self::ext::{Affinity, AffinityKey, Subset, Target};
+pub use self::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody};
 pub use self::route::Route;
 pub use self::service::{Mesh, ResponseFuture};
 pub use self::view::{EndpointView, ServiceView};
@@ -83,9 +85,10 @@ pub const DEFAULT_SUBSET_HEADER: &str = "x-rudder-subset";
 /// use hyper_util::rt::TokioExecutor;
 /// use tower::{Layer, ServiceExt};
 ///
-/// let http = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+/// // The Mesh hands its inner client `rudder::ReplayBody`s (so retries can resend bodies).
+/// let http = Client::builder(TokioExecutor::new()).build_http();
 /// let mesh = rudder::MeshLayer::builder(client).build()?.layer(http);
-/// let req = http::Request::get("http://hello-svc.default:8080/").body(Empty::new())?;
+/// let req = http::Request::get("http://hello-svc.default:8080/").body(Empty::<bytes::Bytes>::new())?;
 /// let res = mesh.oneshot(req).await?;
 /// println!("{}", res.status());
 /// # Ok(()) }

@@ -18,6 +18,7 @@ use super::Shared;
 use super::body::ResponseBody;
 use super::error::MeshError;
 use super::ext::{AffinityKey, Subset, Target};
+use super::replay::ReplayBody;
 use super::routed::{EndpointExtra, Routed};
 use crate::BoxError;
 use crate::authority;
@@ -90,10 +91,11 @@ impl<T> Future for ResponseFuture<T> {
 
 impl<S, B, RB> Service<Request<B>> for Mesh<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: http_body::Body + Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
     RB: Send + 'static,
 {
     type Response = Response<ResponseBody<RB>>;
@@ -116,9 +118,11 @@ where
 /// Sends `req` to the inner service unchanged.
 async fn pass<S, B, RB>(inner: S, req: Request<B>) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
 {
+    let req = req.map(|b| ReplayBody::first(b, 0).0);
     let res = inner.oneshot(req).await.map_err(Into::into)?;
     Ok(res.map(|b| ResponseBody::new(b, None, None)))
 }
@@ -130,10 +134,11 @@ async fn counted<S, B, RB>(
     req: Request<B>,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: http_body::Body + Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let result = route(&shared, inner, req).await;
     if let Err(e) = &result
@@ -150,10 +155,11 @@ async fn route<S, B, RB>(
     req: Request<B>,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: http_body::Body + Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let settings = &shared.settings;
     let resolved = {
@@ -248,6 +254,7 @@ where
                 endpoint: endpoint.clone(),
             };
             let req = retarget(req, &authority, &host, endpoint)?;
+            let req = req.map(|b| ReplayBody::first(b, 0).0);
             let res = inner.oneshot(req).await.map_err(Into::into)?;
             return Ok(res.map(|b| ResponseBody::new(b, None, Some(target))));
         }
@@ -317,6 +324,21 @@ fn with_body<A, B>(req: &Request<A>, body: B) -> Request<B> {
     copy
 }
 
+/// Whether `method` is idempotent (RFC 9110, 9.2.2): sending it twice has the effect of
+/// sending it once, so it may be retried when no response came.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
 /// The subset a request may go to, in the snapshot it was chosen from.
 struct Chosen {
     picked: rudder_balance::Picked,
@@ -339,10 +361,11 @@ async fn dispatch<S, B, RB>(
     chosen: Chosen,
 ) -> Result<Response<ResponseBody<RB>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: http_body::Body + Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let settings = &shared.settings;
     let Chosen {
@@ -353,15 +376,25 @@ where
     } = chosen;
     let pool = &routed.pool;
     let telemetry = &shared.telemetry;
-    // Only an empty body can be sent again; keep what rebuilding the request needs.
-    let replay =
-        (settings.max_retries > 0 && req.body().is_end_stream()).then(|| with_body(&req, ()));
-    if settings.max_retries > 0 {
+    // What rebuilding the request for another attempt needs: its head, and its body as
+    // kept while the first attempt sends it (up to the cap).
+    let retries = settings.max_retries > 0;
+    let head = retries.then(|| with_body(&req, ()));
+    let idempotent = is_idempotent(req.method());
+    let cap = if retries { settings.max_replay_body } else { 0 };
+    let mut replay = None;
+    let body_was_empty = req.body().is_end_stream();
+    let mut req = Some(req.map(|b| {
+        let (body, kept) = ReplayBody::first(b, cap);
+        replay = kept;
+        body
+    }));
+    if retries {
         shared.budget.deposit();
     }
-    let mut req = Some(req);
     // Endpoints this request already failed on; retries go elsewhere.
     let mut failed: Vec<usize> = Vec::new();
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut attempt_no = 0u32;
     loop {
         attempt_no += 1;
@@ -378,12 +411,15 @@ where
         tracing::trace!(service = %routed.service, %endpoint, attempt = attempt_no, "sending");
         let this = match req.take() {
             Some(r) => r,
-            None => with_body(
-                replay
-                    .as_ref()
-                    .expect("retries only with a replayable body"),
-                B::default(),
-            ),
+            None => {
+                // A retry: only chosen below when the head was kept and the body can
+                // be sent again.
+                let body = match &replay {
+                    Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
+                    None => ReplayBody::empty(),
+                };
+                with_body(head.as_ref().expect("retries keep the head"), body)
+            }
         };
         let this = retarget(this, &authority, &host, extra.authority.clone())?;
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
@@ -432,13 +468,36 @@ where
                     Outcome::Error,
                     elapsed,
                 );
-                let retry = replay.is_some()
+                tried.push(endpoint);
+                // The body can go again if it was empty or everything read was kept.
+                let body_again = match &replay {
+                    None => body_was_empty,
+                    Some(r) => r.can_replay(),
+                };
+                // Idempotent requests are retried when no response came; others only
+                // when the connection was never made, so no application saw them.
+                let unseen = if idempotent {
+                    crate::error::never_reached_application(&*e)
+                } else {
+                    crate::error::never_connected(&*e)
+                };
+                let retry = head.is_some()
+                    && body_again
                     && attempt_no <= settings.max_retries
-                    && crate::error::never_reached_application(&*e)
+                    && unseen
                     && picked.len() > failed.len() + 1
                     && shared.budget.withdraw();
                 if !retry {
-                    return Err(e);
+                    // The Mesh's own (a response timeout) stays as it is.
+                    if e.is::<MeshError>() {
+                        return Err(e);
+                    }
+                    return Err(MeshError::Failed {
+                        service: routed.service.to_string(),
+                        tried,
+                        source: e,
+                    }
+                    .into());
                 }
                 telemetry.retry(&routed.label);
                 tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");

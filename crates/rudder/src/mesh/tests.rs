@@ -16,6 +16,8 @@ use super::{MeshError, MeshLayer, Target};
 use crate::BoxError;
 
 type Body = Full<Bytes>;
+/// What the inner service receives.
+type Sent = super::ReplayBody<Body>;
 
 fn pods(n: u8) -> Static {
     Static::new(
@@ -33,22 +35,26 @@ fn layer(statics: Static) -> MeshLayer {
         .unwrap()
 }
 
-/// An inner service recording what it receives; `fail` says which endpoints refuse
-/// connections.
+/// An inner service recording what it receives (the body read whole, as a server would);
+/// `fail` says which endpoints refuse connections (those never read the body, like a
+/// connection that was never made).
 fn recorder(
-    seen: Arc<Mutex<Vec<Request<Body>>>>,
+    seen: Arc<Mutex<Vec<Request<Bytes>>>>,
     fail: &'static [&'static str],
-) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future = impl Send>
+) -> impl tower::Service<Request<Sent>, Response = Response<Body>, Error = BoxError, Future = impl Send>
 + Clone {
-    tower::service_fn(move |req: Request<Body>| {
+    tower::service_fn(move |req: Request<Sent>| {
         let seen = seen.clone();
         async move {
             let authority = req.uri().authority().unwrap().to_string();
-            seen.lock().unwrap().push(req);
             if fail.contains(&authority.as_str()) {
+                seen.lock().unwrap().push(req.map(|_| Bytes::new()));
                 let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
                 return Err::<Response<Body>, BoxError>(Box::new(e));
             }
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes();
+            seen.lock().unwrap().push(Request::from_parts(parts, body));
             Ok(Response::new(Full::new(Bytes::from(authority))))
         }
     })
@@ -93,12 +99,13 @@ async fn other_hosts_pass_through_untouched() {
 }
 
 #[tokio::test]
-async fn refused_connections_are_retried_on_other_pods_only_with_an_empty_body() {
+async fn refused_connections_are_retried_on_other_pods_with_their_bodies() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mesh = layer(pods(3)).layer(recorder(seen.clone(), &["10.0.0.1:8080", "10.0.0.2:8080"]));
-    for _ in 0..20 {
-        let req = Request::get("http://web:8080/")
-            .body(Body::default())
+    for i in 0..20 {
+        // A POST with a body: never reaching an application, it is safe to send again.
+        let req = Request::post("http://web:8080/")
+            .body(Body::from(format!("payload {i}")))
             .unwrap();
         let res = mesh
             .clone()
@@ -107,13 +114,21 @@ async fn refused_connections_are_retried_on_other_pods_only_with_an_empty_body()
             .expect("retried to the live Pod");
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "10.0.0.3:8080");
+        let last = seen.lock().unwrap().last().unwrap().body().clone();
+        assert_eq!(
+            last,
+            format!("payload {i}"),
+            "the live Pod got the whole body"
+        );
     }
-    // A body that cannot be replayed is not retried: with round robin, the refusing Pod
-    // gets every other request until five failures in a row eject it.
+    // A body over the replay cap is not kept, so not retried: with round robin, the
+    // refusing Pod gets every other request until five failures in a row eject it, and
+    // the error names the Pod tried.
     let mesh = MeshLayer::builder_static()
         .static_service("web", pods(2))
         .unwrap()
         .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+        .max_replay_body(4)
         .build()
         .unwrap()
         .layer(recorder(seen.clone(), &["10.0.0.1:8080"]));
@@ -122,7 +137,13 @@ async fn refused_connections_are_retried_on_other_pods_only_with_an_empty_body()
         let req = Request::post("http://web:8080/")
             .body(Body::from("payload"))
             .unwrap();
-        if mesh.clone().oneshot(req).await.is_err() {
+        if let Err(e) = mesh.clone().oneshot(req).await {
+            match e.downcast_ref::<MeshError>() {
+                Some(MeshError::Failed { tried, .. }) => {
+                    assert_eq!(tried, &["10.0.0.1:8080".parse().unwrap()]);
+                }
+                _ => panic!("{e}"),
+            }
             failures += 1;
         }
     }
@@ -133,10 +154,51 @@ async fn refused_connections_are_retried_on_other_pods_only_with_an_empty_body()
 }
 
 #[tokio::test]
+async fn a_post_that_may_have_reached_an_application_is_not_retried() {
+    // The connection was reset after the request went out: a GET is sent again, a POST
+    // is not (its application may have acted on it).
+    let calls = Arc::new(Mutex::new(0));
+    let counted = calls.clone();
+    let inner = tower::service_fn(move |req: Request<Sent>| {
+        let calls = counted.clone();
+        async move {
+            *calls.lock().unwrap() += 1;
+            let first = req.uri().authority().unwrap().as_str() == "10.0.0.1:8080";
+            if first {
+                let e = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                return Err::<Response<Body>, BoxError>(Box::new(e));
+            }
+            Ok(Response::new(Body::default()))
+        }
+    });
+    let mesh = MeshLayer::builder_static()
+        .static_service("web", pods(2))
+        .unwrap()
+        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap()
+        .layer(inner);
+    let mut get_failed = 0;
+    let mut post_failed = 0;
+    for _ in 0..4 {
+        let req = Request::get("http://web:8080/")
+            .body(Body::default())
+            .unwrap();
+        get_failed += usize::from(mesh.clone().oneshot(req).await.is_err());
+        let req = Request::post("http://web:8080/")
+            .body(Body::from("x"))
+            .unwrap();
+        post_failed += usize::from(mesh.clone().oneshot(req).await.is_err());
+    }
+    assert_eq!(get_failed, 0, "GETs retried after a reset");
+    assert!(post_failed >= 1, "POSTs reset mid-flight are not retried");
+}
+
+#[tokio::test]
 async fn a_request_stays_in_flight_until_its_body_is_done() {
     let statics = pods(1);
     let layer = layer(statics);
-    let inner = tower::service_fn(|_: Request<Body>| async {
+    let inner = tower::service_fn(|_: Request<Sent>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
     });
     let mesh = layer.layer(inner);
@@ -165,7 +227,7 @@ async fn the_per_request_timeout_is_a_typed_error() {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let inner = tower::service_fn(|_: Request<Body>| async {
+    let inner = tower::service_fn(|_: Request<Sent>| async {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, Infallible>(Response::new(Body::default()))
     });
@@ -182,7 +244,7 @@ async fn the_per_request_timeout_is_a_typed_error() {
 #[tokio::test]
 async fn empty_and_missing_services_are_typed_errors() {
     let layer = layer(Static::new(Vec::new()));
-    let inner = tower::service_fn(|_: Request<Body>| async {
+    let inner = tower::service_fn(|_: Request<Sent>| async {
         Ok::<_, Infallible>(
             Response::builder()
                 .status(StatusCode::OK)

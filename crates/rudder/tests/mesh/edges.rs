@@ -409,3 +409,60 @@ async fn a_ready_pod_that_never_answers_times_out_and_is_ejected() {
     assert!(timeouts >= 1 && ok >= 150, "{ok} ok, {timeouts} timed out");
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_with_bodies_are_replayed_on_another_pod_when_one_refuses() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::ServiceExt;
+
+    let cluster = hello(3).await;
+    // Dead but still Ready in the API: every connection to it is refused.
+    let dead = cluster.pods()[0].addr();
+    cluster.pods()[0].kill().await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .build()
+        .unwrap();
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let mesh = layer.layer(http);
+    let post = |body: String| {
+        http::Request::post("http://hello-svc:8080/orders")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    for i in 0..100 {
+        let sent = format!("order {i}: {}", "x".repeat(i * 10));
+        let res = mesh
+            .clone()
+            .oneshot(post(sent.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("POST {i} failed: {e}"));
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let reply: rudder_testkit::PodReply = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(reply.body, sent, "the Pod got the whole body");
+    }
+    // A body above the replay cap streams through unkept: a refusal is final, and the
+    // error names the Pod tried.
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .max_replay_body(16)
+        .algorithm(rudder::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap();
+    let mesh = layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        if let Err(e) = mesh.clone().oneshot(post("y".repeat(100))).await {
+            refused.push(e);
+        }
+    }
+    assert!(!refused.is_empty(), "round robin reached the dead Pod");
+    for e in &refused {
+        match e.downcast_ref::<MeshError>() {
+            Some(MeshError::Failed { tried, .. }) => assert_eq!(tried, &[dead]),
+            _ => panic!("{e}"),
+        }
+        assert!(e.to_string().contains(&dead.to_string()), "{e}");
+    }
+}

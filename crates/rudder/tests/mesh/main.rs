@@ -663,7 +663,7 @@ async fn tonic_over_http2_is_balanced_per_request() {
     let transport = layer.layer(
         PodClient::builder()
             .protocol(Protocol::Http2)
-            .build::<tonic::body::Body>(),
+            .build::<rudder::ReplayBody<tonic::body::Body>>(),
     );
     let origin: http::Uri = "http://hello-svc:8080".parse().unwrap();
     let mut grpc = tonic::client::Grpc::with_origin(transport, origin);
@@ -690,7 +690,7 @@ async fn grpc_callers_get_unavailable_and_deadline_exceeded_not_unknown() {
     let pods = || {
         PodClient::builder()
             .protocol(Protocol::Http2)
-            .build::<tonic::body::Body>()
+            .build::<rudder::ReplayBody<tonic::body::Body>>()
     };
     let missing: http::Uri = "http://nosuch.default.svc:8080".parse().unwrap();
     // Without the mapping tonic finds no status in the error and says Unknown.

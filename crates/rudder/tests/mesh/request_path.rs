@@ -95,23 +95,25 @@ fn endpoint(i: u8, ready_since: SystemTime) -> Endpoint {
 
 /// An inner service that answers at once, naming the address it was sent to.
 fn echo_addr() -> impl Service<
-    Request<Empty<Bytes>>,
+    Request<rudder::ReplayBody<Empty<Bytes>>>,
     Response = Response<Empty<Bytes>>,
     Error = Infallible,
     Future: Send,
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(|req: Request<Empty<Bytes>>| async move {
-        let mut res = Response::new(Empty::new());
-        let addr = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        res.headers_mut().insert("x-addr", addr.parse().unwrap());
-        Ok::<_, Infallible>(res)
-    })
+    tower::service_fn(
+        |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
+            let mut res = Response::new(Empty::new());
+            let addr = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            res.headers_mut().insert("x-addr", addr.parse().unwrap());
+            Ok::<_, Infallible>(res)
+        },
+    )
 }
 
 /// The share of requests the ramping endpoint (Ready `age_percent` of a 1,000 s window
@@ -209,18 +211,20 @@ async fn failures_mid_body_eject_and_are_counted() {
         .metrics(&mut registry)
         .build()
         .unwrap();
-    let inner = tower::service_fn(|req: Request<Empty<Bytes>>| async move {
-        let bad = req
-            .uri()
-            .authority()
-            .is_some_and(|a| a.host() == "10.9.1.1");
-        let body = if bad {
-            cut_body().boxed()
-        } else {
-            Empty::new().map_err(|e| match e {}).boxed()
-        };
-        Ok::<_, Infallible>(Response::new(body))
-    });
+    let inner = tower::service_fn(
+        |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
+            let bad = req
+                .uri()
+                .authority()
+                .is_some_and(|a| a.host() == "10.9.1.1");
+            let body = if bad {
+                cut_body().boxed()
+            } else {
+                Empty::new().map_err(|e| match e {}).boxed()
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        },
+    );
     let mesh = layer.layer(inner);
     let mut cut = 0;
     for _ in 0..40 {

@@ -13,7 +13,7 @@ use rudder::{BoxError, Mesh, MeshLayer};
 use rudder_testkit::{PodReply, TestCluster};
 use tower::{Layer, Service, ServiceExt};
 
-pub(crate) type H1 = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type H1 = Client<HttpConnector, rudder::ReplayBody<Empty<Bytes>>>;
 
 /// Bound on every wait in these tests.
 pub(crate) const BOUND: Duration = Duration::from_secs(20);
@@ -186,24 +186,26 @@ impl Load {
 /// given in `x-uri`: what a request that falls through to the application's own client
 /// would reach (the network beyond loopback is not there to reach).
 pub(crate) fn recorder() -> impl Service<
-    Request<Empty<Bytes>>,
+    Request<rudder::ReplayBody<Empty<Bytes>>>,
     Response = http::Response<Empty<Bytes>>,
     Error = std::convert::Infallible,
     Future = impl Send,
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(|req: Request<Empty<Bytes>>| async move {
-        let mut res = http::Response::new(Empty::new());
-        res.headers_mut().insert(
-            "x-uri",
-            req.uri()
-                .to_string()
-                .parse()
-                .expect("a URI is a header value"),
-        );
-        Ok(res)
-    })
+    tower::service_fn(
+        |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
+            let mut res = http::Response::new(Empty::new());
+            res.headers_mut().insert(
+                "x-uri",
+                req.uri()
+                    .to_string()
+                    .parse()
+                    .expect("a URI is a header value"),
+            );
+            Ok(res)
+        },
+    )
 }
 
 /// The URI a [`recorder`] saw, or the error.
