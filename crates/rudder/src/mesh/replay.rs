@@ -281,11 +281,9 @@ where
         match &self.state {
             State::Empty => SizeHint::with_exact(0),
             State::Direct { body } => body.size_hint(),
-            State::Shared { capture, .. } => capture
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .size_hint
-                .clone(),
+            State::Shared { capture, .. } => {
+                capture.lock().unwrap_or_else(|e| e.into_inner()).size_hint
+            }
         }
     }
 }
