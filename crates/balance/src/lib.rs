@@ -27,7 +27,8 @@ pub mod weighted;
 
 pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock, WatchKind,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+    Unroutable, UnroutableReason, WatchKind,
 };
 pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable};
 pub use self::maglev::{Maglev, hash_key};

@@ -20,6 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+    Unroutable, UnroutableReason,
 };
 
 use crate::service_ref::PortSpec;
@@ -135,11 +136,15 @@ fn readiness_rank(r: Readiness) -> u8 {
 pub(crate) fn finish(
     state: ServiceState,
     mut endpoints: Vec<Endpoint>,
+    mut unroutable: Vec<Unroutable>,
     seen_any: bool,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
     endpoints.sort_by_key(|e| (e.addr(), readiness_rank(e.readiness())));
-    let set = EndpointSet::new(state, endpoints).with_clock(clock.clone());
+    unroutable.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    let set = EndpointSet::new(state, endpoints)
+        .with_unroutable(unroutable)
+        .with_clock(clock.clone());
     if set.is_empty() && seen_any {
         set.with_empty_reason(EmptyReason::NoneReady)
     } else {
@@ -203,25 +208,35 @@ pub fn from_slices<'a>(
         Err(done) => return done,
     };
     let mut endpoints = Vec::new();
+    let mut unroutable = Vec::new();
     let mut seen_any = false;
     for slice in slices {
-        let (eps, seen) = slice_endpoints(slice, &resolved.name, pods);
-        endpoints.extend(eps);
-        seen_any |= seen;
+        let converted = slice_endpoints(slice, &resolved.name, pods);
+        endpoints.extend(converted.endpoints);
+        unroutable.extend(converted.unroutable);
+        seen_any |= converted.seen_any;
     }
-    finish(state, endpoints, seen_any, clock)
+    finish(state, endpoints, unroutable, seen_any, clock)
 }
 
-/// The endpoints one slice contributes to the port named `port_name`, and whether the slice
-/// listed any endpoint for it at all (routable or not). Discovery caches this per slice, so
-/// a slice update converts only that slice.
+/// What one slice contributes to a port.
+#[derive(Debug, Default)]
+pub(crate) struct SliceEndpoints {
+    pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) unroutable: Vec<Unroutable>,
+    /// Whether the slice listed any endpoint for the port at all (routable or not).
+    pub(crate) seen_any: bool,
+}
+
+/// The endpoints one slice contributes to the port named `port_name`, and those it lists
+/// but that are not routable. Discovery caches this per slice, so a slice update converts
+/// only that slice.
 pub(crate) fn slice_endpoints(
     slice: &EndpointSlice,
     port_name: &str,
     pods: &BTreeMap<String, PodInfo>,
-) -> (Vec<Endpoint>, bool) {
-    let mut endpoints = Vec::new();
-    let mut seen_any = false;
+) -> SliceEndpoints {
+    let mut out = SliceEndpoints::default();
     let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
     let v6 = match slice.address_type.as_str() {
         "IPv4" => false,
@@ -232,7 +247,7 @@ pub(crate) fn slice_endpoints(
                 address_type = other,
                 "skipping EndpointSlice: only IP addresses are routable"
             );
-            return (endpoints, seen_any);
+            return out;
         }
     };
     // Per slice: the port with the Service port's name.
@@ -242,7 +257,7 @@ pub(crate) fn slice_endpoints(
         .flatten()
         .find(|p| p.name.as_deref().unwrap_or("") == port_name)
     else {
-        return (endpoints, seen_any);
+        return out;
     };
     let Some(number) = sp
         .port
@@ -250,32 +265,47 @@ pub(crate) fn slice_endpoints(
         .filter(|p| *p > 0)
     else {
         tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
-        return (endpoints, seen_any);
+        return out;
     };
     for ep in &slice.endpoints {
         let c = ep.conditions.as_ref();
         let ready = c.and_then(|c| c.ready).unwrap_or(true);
         let serving = c.and_then(|c| c.serving).unwrap_or(ready);
         let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-        seen_any = true;
+        out.seen_any = true;
+        let pod_name = ep
+            .target_ref
+            .as_ref()
+            .filter(|t| t.kind.as_deref() == Some("Pod"))
+            .and_then(|t| t.name.as_deref());
+        let unroutable = |reason| Unroutable {
+            address: ep.addresses.first().cloned().unwrap_or_default(),
+            port: number,
+            pod: pod_name.map(str::to_string),
+            node: ep.node_name.clone(),
+            zone: ep.zone.clone(),
+            reason,
+        };
         let readiness = if ready {
             Readiness::Ready
         } else if serving && terminating {
             Readiness::ServingTerminating
+        } else if terminating {
+            out.unroutable
+                .push(unroutable(UnroutableReason::Terminating));
+            continue;
         } else {
+            out.unroutable.push(unroutable(UnroutableReason::NotReady));
             continue;
         };
         // An address of the other family than the slice's is as malformed as a non-IP.
         let parsed = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok());
         let Some(ip) = parsed.filter(|ip| ip.is_ipv6() == v6) else {
             tracing::warn!(slice = slice_name, address_type = %slice.address_type, addresses = ?ep.addresses, "skipping endpoint: not an IP address of the slice's family");
+            out.unroutable
+                .push(unroutable(UnroutableReason::InvalidAddress));
             continue;
         };
-        let pod_name = ep
-            .target_ref
-            .as_ref()
-            .filter(|t| t.kind.as_deref() == Some("Pod"))
-            .and_then(|t| t.name.as_deref());
         let hints = ep
             .hints
             .as_ref()
@@ -290,14 +320,14 @@ pub(crate) fn slice_endpoints(
             hints,
             sp.app_protocol.as_deref(),
         );
-        endpoints.push(
+        out.endpoints.push(
             Endpoint::new(SocketAddr::new(ip, number))
                 .with_readiness(readiness)
                 .with_weight(weight)
                 .with_meta(meta),
         );
     }
-    (endpoints, seen_any)
+    out
 }
 
 /// Builds the set for one port from the core `v1` Endpoints object (where EndpointSlices
@@ -315,6 +345,7 @@ pub fn from_endpoints(
         Err(done) => return done,
     };
     let mut out = Vec::new();
+    let mut unroutable = Vec::new();
     let mut seen_any = false;
     for subset in endpoints
         .and_then(|e| e.subsets.as_ref())
@@ -332,10 +363,21 @@ pub fn from_endpoints(
         let Some(number) = u16::try_from(sp.port).ok().filter(|p| *p > 0) else {
             continue;
         };
-        seen_any |= subset
-            .not_ready_addresses
-            .as_ref()
-            .is_some_and(|a| !a.is_empty());
+        for a in subset.not_ready_addresses.iter().flatten() {
+            seen_any = true;
+            unroutable.push(Unroutable {
+                address: a.ip.clone(),
+                port: number,
+                pod: a
+                    .target_ref
+                    .as_ref()
+                    .filter(|t| t.kind.as_deref() == Some("Pod"))
+                    .and_then(|t| t.name.clone()),
+                node: a.node_name.clone(),
+                zone: None,
+                reason: UnroutableReason::NotReady,
+            });
+        }
         for a in subset.addresses.iter().flatten() {
             seen_any = true;
             let Ok(ip) = a.ip.parse::<IpAddr>() else {
@@ -362,5 +404,5 @@ pub fn from_endpoints(
             );
         }
     }
-    finish(state, out, seen_any, clock)
+    finish(state, out, unroutable, seen_any, clock)
 }

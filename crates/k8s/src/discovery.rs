@@ -480,7 +480,7 @@ pub(crate) struct Model {
 struct Converted {
     port_name: String,
     pods_epoch: u64,
-    slices: HashMap<String, (Option<String>, Vec<rudder_balance::Endpoint>, bool)>,
+    slices: HashMap<String, (Option<String>, convert::SliceEndpoints)>,
 }
 
 impl Model {
@@ -523,21 +523,22 @@ impl Model {
             .slices
             .retain(|name, _| self.slices.items.contains_key(name));
         let mut all = Vec::new();
+        let mut unroutable = Vec::new();
         let mut seen_any = false;
         for (name, slice) in &self.slices.items {
             let rv = slice.metadata.resource_version.clone();
             let entry = cache
                 .slices
                 .entry(name.clone())
-                .or_insert_with(|| (None, Vec::new(), false));
+                .or_insert_with(|| (None, convert::SliceEndpoints::default()));
             if entry.0.is_none() || entry.0 != rv {
-                let (eps, seen) = convert::slice_endpoints(slice, &resolved.name, pods);
-                *entry = (rv, eps, seen);
+                *entry = (rv, convert::slice_endpoints(slice, &resolved.name, pods));
             }
-            all.extend(entry.1.iter().cloned());
-            seen_any |= entry.2;
+            all.extend(entry.1.endpoints.iter().cloned());
+            unroutable.extend(entry.1.unroutable.iter().cloned());
+            seen_any |= entry.1.seen_any;
         }
-        convert::finish(state, all, seen_any, clock)
+        convert::finish(state, all, unroutable, seen_any, clock)
     }
 }
 

@@ -23,13 +23,15 @@ mod telemetry;
 pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
     Affinity, AffinityKey, ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError,
-    MeshLayer, ReplayBody, ResponseBody, Route, ServiceView, Subset, Target,
+    MeshLayer, ReplayBody, ResponseBody, Route, ServiceView, Subset, Target, UnroutableView,
+    WatchView,
 };
 #[cfg(feature = "metrics")]
 pub use self::telemetry::Metrics;
 pub use rudder_balance::{
     Algorithm, Ejection, EmptyReason, Endpoint, EndpointMeta, EndpointSet, Fallback, Readiness,
-    Selector, SelectorError, ServiceState, SlowStart, Split, SplitError, WatchKind,
+    Selector, SelectorError, ServiceState, SlowStart, Split, SplitError, Unroutable,
+    UnroutableReason, WatchKind,
 };
 pub use rudder_k8s::{
     Discovery, DiscoveryBuilder, DiscoveryError, PodWatch, PortSpec, ServiceRef, ServiceRefError,

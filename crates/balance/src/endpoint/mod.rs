@@ -144,6 +144,47 @@ impl ServiceState {
     }
 }
 
+/// An endpoint discovery saw but does not route to, and why: so that "why does my Pod get
+/// no traffic?" has an answer in views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unroutable {
+    /// The address as the API listed it.
+    pub address: String,
+    /// The target port.
+    pub port: u16,
+    /// The Pod, from the endpoint's `targetRef`.
+    pub pod: Option<String>,
+    /// The node it runs on.
+    pub node: Option<String>,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Why it gets no traffic.
+    pub reason: UnroutableReason,
+}
+
+/// Why an endpoint is not routable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnroutableReason {
+    /// Not ready (its readiness probe fails, or it is still starting).
+    NotReady,
+    /// Terminating and no longer serving.
+    Terminating,
+    /// The address is not an IP address of the slice's family.
+    InvalidAddress,
+}
+
+impl UnroutableReason {
+    /// A short explanation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnroutableReason::NotReady => "not ready",
+            UnroutableReason::Terminating => "terminating and no longer serving",
+            UnroutableReason::InvalidAddress => "not an IP address of the slice's family",
+        }
+    }
+}
+
 /// Why a Service has no routable endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -162,6 +203,7 @@ pub struct EndpointSet {
     state: ServiceState,
     endpoints: Arc<[Endpoint]>,
     empty_reason: Option<EmptyReason>,
+    unroutable: Arc<[Unroutable]>,
     clock: Option<Arc<SyncClock>>,
 }
 
@@ -171,6 +213,7 @@ impl PartialEq for EndpointSet {
         self.state == other.state
             && self.endpoints == other.endpoints
             && self.empty_reason == other.empty_reason
+            && self.unroutable == other.unroutable
     }
 }
 
@@ -188,8 +231,20 @@ impl EndpointSet {
             state,
             endpoints: endpoints.into(),
             empty_reason,
+            unroutable: Arc::new([]),
             clock: None,
         }
+    }
+
+    /// Attaches the endpoints discovery saw but does not route to.
+    pub fn with_unroutable(mut self, unroutable: Vec<Unroutable>) -> Self {
+        self.unroutable = unroutable.into();
+        self
+    }
+
+    /// The endpoints discovery saw but does not route to, with why.
+    pub fn unroutable(&self) -> &[Unroutable] {
+        &self.unroutable
     }
 
     /// The set of a Service that is not synced yet.

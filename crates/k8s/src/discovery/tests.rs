@@ -484,7 +484,7 @@ fn addresses_of_the_other_family_are_skipped() {
         "ports": [{"port": 80}],
     }))
     .unwrap();
-    let (eps, _) = crate::convert::slice_endpoints(&slice, "", &Default::default());
+    let eps = crate::convert::slice_endpoints(&slice, "", &Default::default()).endpoints;
     let addrs: Vec<String> = eps.iter().map(|e| e.addr().to_string()).collect();
     assert_eq!(addrs, ["10.0.0.1:80"]);
 }

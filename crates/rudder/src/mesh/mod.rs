@@ -57,7 +57,7 @@ pub use self::ext::{Affinity, AffinityKey, Subset, Target};
 pub use self::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody};
 pub use self::route::Route;
 pub use self::service::{Mesh, ResponseFuture};
-pub use self::view::{EndpointView, ServiceView};
+pub use self::view::{EndpointView, ServiceView, UnroutableView, WatchView};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};

@@ -163,6 +163,14 @@ impl Routed {
         }
     }
 
+    /// Whether its watches were released.
+    pub(crate) fn is_released(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
     /// Stops discovery and the updater; the pool keeps its last snapshot.
     pub(crate) fn release(&self) {
         let running = self
