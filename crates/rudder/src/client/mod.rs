@@ -30,11 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+#[cfg(feature = "http2")]
+use hyper::client::conn::http2;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::BoxError;
@@ -47,7 +49,9 @@ pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     #[default]
     Http1,
-    /// HTTP/2 over cleartext TCP with prior knowledge (gRPC's usual in-cluster transport).
+    /// HTTP/2 over cleartext TCP with prior knowledge (gRPC's usual in-cluster transport;
+    /// feature `http2`, on by default).
+    #[cfg(feature = "http2")]
     Http2,
 }
 
@@ -143,6 +147,7 @@ struct Pool<B> {
 /// The connections to one endpoint.
 struct Conns<B> {
     /// The HTTP/2 connection, read on every request.
+    #[cfg(feature = "http2")]
     h2: std::sync::RwLock<Option<http2::SendRequest<B>>>,
     /// Held while connecting, so concurrent first requests make one connection.
     connecting: tokio::sync::Mutex<()>,
@@ -158,6 +163,7 @@ impl<B> Pool<B> {
         // A new endpoint is the moment to forget ones whose connections are all gone.
         endpoints.retain(|_, c| Arc::strong_count(c) > 1 || !c.is_empty());
         let c = Arc::new(Conns {
+            #[cfg(feature = "http2")]
             h2: std::sync::RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
@@ -169,14 +175,17 @@ impl<B> Pool<B> {
 
 impl<B> Conns<B> {
     fn is_empty(&self) -> bool {
-        let h2_open = self.connecting.try_lock().is_err()
-            || self
-                .h2
-                .read()
-                .expect("h2 lock")
-                .as_ref()
-                .is_some_and(|s| !s.is_closed());
-        !h2_open && self.idle.lock().expect("idle lock").is_empty()
+        #[cfg(feature = "http2")]
+        let h2_open = self
+            .h2
+            .read()
+            .expect("h2 lock")
+            .as_ref()
+            .is_some_and(|s| !s.is_closed());
+        #[cfg(not(feature = "http2"))]
+        let h2_open = false;
+        let busy = self.connecting.try_lock().is_err() || h2_open;
+        !busy && self.idle.lock().expect("idle lock").is_empty()
     }
 }
 
@@ -233,6 +242,7 @@ where
             let authority = target.map_or_else(|| endpoint.clone(), |t| t.authority().clone());
             let conns = pool.conns(&endpoint);
             match pool.settings.protocol {
+                #[cfg(feature = "http2")]
                 Protocol::Http2 => send_h2(&pool, &conns, &endpoint, &authority, req).await,
                 Protocol::Http1 => send_h1(&pool, conns, &endpoint, &authority, req).await,
             }
@@ -240,6 +250,7 @@ where
     }
 }
 
+#[cfg(feature = "http2")]
 async fn send_h2<B>(
     pool: &Pool<B>,
     conns: &Conns<B>,
@@ -252,6 +263,10 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    use http::Uri;
+    use http::uri::Scheme;
+    use hyper_util::rt::TokioExecutor;
+
     let open = |conns: &Conns<B>| {
         conns
             .h2
