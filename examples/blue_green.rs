@@ -20,7 +20,14 @@ fn all_to(version: &str) -> Split {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = common::Args::parse()?;
+    let args = common::Args::parse(
+        "blue_green",
+        "Blue/green between label subsets of one Service, switched at runtime",
+        common::Flags {
+            real_cluster: true,
+            once: false,
+        },
+    );
     let requests = args.requests.unwrap_or(2_000);
     let (client, embedded) = common::client_or_embedded(&args, || {
         common::biz1(&[

@@ -28,7 +28,14 @@ fn split(v41: u32, v42: u32) -> Split {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = common::Args::parse()?;
+    let args = common::Args::parse(
+        "canary",
+        "A 90/10 canary between label subsets, then its promotion",
+        common::Flags {
+            real_cluster: true,
+            once: false,
+        },
+    );
     let requests = args.requests.unwrap_or(10_000);
     let (client, embedded) = common::client_or_embedded(&args, || {
         common::biz1(&[

@@ -185,7 +185,14 @@ fn remember(layer: &MeshLayer, known: &mut BTreeMap<String, (String, String)>) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = common::Args::parse()?;
+    let args = common::Args::parse(
+        "demo",
+        "Rudder's walk-through on an embedded cluster: scaling, failures, a slow Pod, blue/green and canary",
+        common::Flags {
+            real_cluster: false,
+            once: true,
+        },
+    );
     let live = !args.once;
     let per_step = args.requests.unwrap_or(3_000);
 

@@ -7,8 +7,11 @@
 //! `rudder.testkit.Pod/Whoami`.
 //!
 //! ```text
-//! cargo run --example grpc
+//! cargo run --example grpc [-- --requests N]
 //! ```
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,14 @@ use tower::Layer;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = common::Args::parse(
+        "grpc",
+        "A tonic client balanced per call across Pods over HTTP/2 (embedded cluster)",
+        common::Flags {
+            real_cluster: false,
+            once: false,
+        },
+    );
     let cluster = TestCluster::builder()
         .service("greeter")
         .label("app", "greeter")
@@ -32,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let grpc = tonic::client::Grpc::with_origin(transport, "http://greeter:8080".parse()?);
 
-    let calls = 5_000;
+    let calls = args.requests.unwrap_or(5_000);
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..8 {
         let mut grpc = grpc.clone();

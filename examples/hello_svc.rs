@@ -20,7 +20,14 @@ use tower::Layer;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = common::Args::parse()?;
+    let args = common::Args::parse(
+        "hello_svc",
+        "The Services chapter's hello-svc through Rudder: per-Pod shares",
+        common::Flags {
+            real_cluster: true,
+            once: false,
+        },
+    );
     let requests = args.requests.unwrap_or(10_000);
     let (client, embedded) = common::client_or_embedded(&args, || async {
         let cluster = TestCluster::builder()

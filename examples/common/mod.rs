@@ -24,7 +24,18 @@ pub(crate) fn h1() -> H1 {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// `--kubeconfig PATH` (a real cluster), `--in-cluster`, `--once`, `--requests N`.
+/// Which flags an example takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Flags {
+    /// `--kubeconfig PATH` and `--in-cluster`: run against a real cluster.
+    pub(crate) real_cluster: bool,
+    /// `--once`: no live screen, a summary, exit.
+    pub(crate) once: bool,
+}
+
+/// The parsed command line: `--kubeconfig PATH`, `--in-cluster`, `--once`, `--requests N`
+/// (each only where the example takes it; anything else is refused, and `--help` lists
+/// what is taken).
 #[derive(Debug, Default)]
 pub(crate) struct Args {
     pub(crate) kubeconfig: Option<PathBuf>,
@@ -34,33 +45,52 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    pub(crate) fn parse() -> anyhow::Result<Self> {
-        let mut args = Args::default();
-        let mut it = std::env::args().skip(1);
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--kubeconfig" => {
-                    args.kubeconfig = Some(
-                        it.next()
-                            .ok_or_else(|| anyhow::anyhow!("--kubeconfig needs a path"))?
-                            .into(),
-                    )
-                }
-                "--in-cluster" => args.in_cluster = true,
-                "--once" => args.once = true,
-                "--requests" => {
-                    args.requests = Some(
-                        it.next()
-                            .ok_or_else(|| anyhow::anyhow!("--requests needs a number"))?
-                            .parse()?,
-                    )
-                }
-                other => anyhow::bail!(
-                    "unknown argument {other:?} (expected --kubeconfig PATH, --in-cluster, --once, --requests N)"
-                ),
-            }
+    /// Parses the command line of example `name`; on `--help` prints usage and exits 0, on
+    /// a bad flag prints what is wrong (naming the flag) and exits 2.
+    pub(crate) fn parse(name: &'static str, about: &'static str, flags: Flags) -> Self {
+        use clap::{Arg, ArgAction, Command, value_parser};
+        let mut cmd = Command::new(name).about(about).arg(
+            Arg::new("requests")
+                .long("requests")
+                .value_name("N")
+                .help("How many requests to send")
+                .value_parser(value_parser!(usize)),
+        );
+        if flags.real_cluster {
+            cmd = cmd
+                .arg(
+                    Arg::new("kubeconfig")
+                        .long("kubeconfig")
+                        .value_name("PATH")
+                        .help("Run against the cluster of this kubeconfig instead of the embedded one")
+                        .value_parser(value_parser!(PathBuf))
+                        .conflicts_with("in-cluster"),
+                )
+                .arg(
+                    Arg::new("in-cluster")
+                        .long("in-cluster")
+                        .help("Run against the cluster this Pod runs in")
+                        .action(ArgAction::SetTrue),
+                );
         }
-        Ok(args)
+        if flags.once {
+            cmd = cmd.arg(
+                Arg::new("once")
+                    .long("once")
+                    .help("No live screen: run the steps, print a summary, exit")
+                    .action(ArgAction::SetTrue),
+            );
+        }
+        let m = cmd.get_matches();
+        Args {
+            kubeconfig: flags
+                .real_cluster
+                .then(|| m.get_one::<PathBuf>("kubeconfig").cloned())
+                .flatten(),
+            in_cluster: flags.real_cluster && m.get_flag("in-cluster"),
+            once: flags.once && m.get_flag("once"),
+            requests: m.get_one::<usize>("requests").copied(),
+        }
     }
 
     /// A client for a real cluster, when one was asked for.

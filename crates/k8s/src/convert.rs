@@ -188,9 +188,23 @@ pub(crate) fn target(
     };
     match resolve_port(svc, port) {
         Some(resolved) => Ok((state, resolved)),
-        None => Err(EndpointSet::new(state, Vec::new())
-            .with_clock(clock.clone())
-            .with_empty_reason(EmptyReason::NoSuchPort)),
+        None => {
+            let ports = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|p| match &p.name {
+                    Some(name) if !name.is_empty() => format!("{}/{name}", p.port),
+                    _ => p.port.to_string(),
+                })
+                .collect();
+            Err(EndpointSet::new(state, Vec::new())
+                .with_clock(clock.clone())
+                .with_empty_reason(EmptyReason::NoSuchPort)
+                .with_service_ports(ports))
+        }
     }
 }
 

@@ -204,6 +204,7 @@ pub struct EndpointSet {
     endpoints: Arc<[Endpoint]>,
     empty_reason: Option<EmptyReason>,
     unroutable: Arc<[Unroutable]>,
+    service_ports: Arc<[String]>,
     clock: Option<Arc<SyncClock>>,
 }
 
@@ -232,6 +233,7 @@ impl EndpointSet {
             endpoints: endpoints.into(),
             empty_reason,
             unroutable: Arc::new([]),
+            service_ports: Arc::new([]),
             clock: None,
         }
     }
@@ -240,6 +242,18 @@ impl EndpointSet {
     pub fn with_unroutable(mut self, unroutable: Vec<Unroutable>) -> Self {
         self.unroutable = unroutable.into();
         self
+    }
+
+    /// Names the Service's ports (`8080`, `8080/http`), for sets that say
+    /// [`EmptyReason::NoSuchPort`].
+    pub fn with_service_ports(mut self, ports: Vec<String>) -> Self {
+        self.service_ports = ports.into();
+        self
+    }
+
+    /// The Service's ports, when the set was built for a port it does not have.
+    pub fn service_ports(&self) -> &[String] {
+        &self.service_ports
     }
 
     /// The endpoints discovery saw but does not route to, with why.

@@ -522,3 +522,45 @@ async fn stalled_watches_are_restarted_within_the_quiet_bound() {
     );
     cluster.api().faults().stall_watches(false);
 }
+
+#[tokio::test]
+async fn a_refused_watch_is_an_answer_and_rests_instead_of_retrying() {
+    use rudder_testkit::{Access, Rule};
+    let cluster = TestCluster::builder()
+        .service("hello-svc")
+        .replicas(1)
+        .start()
+        .await
+        .expect("cluster");
+    cluster.api().add_token(
+        "default-only",
+        Access::rules([Rule::new(
+            ["get", "list", "watch"],
+            ["services", "endpointslices", "pods"],
+        )
+        .in_namespace("default")]),
+    );
+    let client = cluster
+        .api()
+        .client_with_token("default-only")
+        .await
+        .unwrap();
+    let discovery = Discovery::new(client);
+    let before = cluster.api().request_count();
+    let started = std::time::Instant::now();
+    let mut sub = discovery.subscribe_str("example.com").unwrap();
+    // Answered at once, as forbidden (not absent, not a timeout).
+    let err = sub.synced(BOUND).await.unwrap_err();
+    match &err {
+        rudder_k8s::DiscoveryError::Forbidden { message, .. } => {
+            assert!(message.contains("forbidden"), "{message}")
+        }
+        other => panic!("expected Forbidden, got {other}"),
+    }
+    assert!(matches!(sub.current().state(), ServiceState::Forbidden(_)));
+    // The refused watches rest (30 s by default): in three seconds the API sees the
+    // source probe and one list per watch, and no retry.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    let requests = cluster.api().request_count() - before;
+    assert!(requests <= 3, "{requests} API requests in 3 s");
+}

@@ -48,7 +48,7 @@ pub enum MeshError {
         service: String,
     },
     /// No endpoint can take the request.
-    #[error("no endpoints for {service} (subset {subset}): {reason}")]
+    #[error("no endpoints for {service}{}: {reason}", subset_suffix(.subset))]
     NoEndpoints {
         /// The Service.
         service: String,
@@ -106,4 +106,12 @@ fn last_error_suffix(e: &Option<String>) -> String {
 fn endpoints(tried: &[std::net::SocketAddr]) -> String {
     let list: Vec<String> = tried.iter().map(ToString::to_string).collect();
     list.join(", ")
+}
+
+fn subset_suffix(subset: &str) -> String {
+    if subset.is_empty() {
+        String::new()
+    } else {
+        format!(" (subset {subset})")
+    }
 }

@@ -271,6 +271,10 @@ where
                 service: service(),
                 subset: selector.to_string(),
                 reason: match snapshot.set().empty_reason() {
+                    Some(EmptyReason::NoSuchPort) => format!(
+                        "the Service has no such port (its ports: {})",
+                        snapshot.set().service_ports().join(", ")
+                    ),
                     Some(r) => empty_reason(r).to_string(),
                     None => e.to_string(),
                 },

@@ -279,3 +279,49 @@ async fn the_subset_header_is_ignored_unless_trusted() {
         .insert(rudder::Subset::new("version=4.2".parse().unwrap()));
     assert_eq!(get(&mut mesh, r).await.unwrap().labels["version"], "4.2");
 }
+
+// One thread, so the subscriber set for this test sees every task's logs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_namespace_is_logged_once_not_per_retry() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let cluster = hello(1).await;
+    cluster.api().add_token(
+        "reader",
+        Access::rules(
+            manifest_rules()
+                .into_iter()
+                .map(|r| r.in_namespace("default")),
+        ),
+    );
+    let client = cluster.api().client_with_token("reader").await.unwrap();
+    let layer = MeshLayer::builder(client).build().unwrap();
+    let mut mesh = layer.layer(recorder());
+    // Three seconds of requests to a name in a namespace the Role does not cover.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut sent = 0;
+    while std::time::Instant::now() < until {
+        recorded(&mut mesh, "http://example.com/").await.unwrap();
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("namespace=com"))
+        .count();
+    // One per watch (Service, EndpointSlices) and one for the source probe; retries of a
+    // refused watch log at DEBUG, and the refusal is cached anyway.
+    assert!(warnings >= 1, "the refusal was logged: {text}");
+    assert!(
+        warnings <= 3,
+        "{warnings} warnings for {sent} requests:\n{text}"
+    );
+}

@@ -1,62 +1,78 @@
 //! `rudder-apiserver`: the test Kubernetes API server as a standalone process.
 //!
 //! ```text
-//! rudder-apiserver --kubeconfig PATH [--port N] [--demo]
+//! rudder-apiserver --kubeconfig PATH [--port N] [--demo] [--force]
 //! ```
-//! Writes a kubeconfig for the server to PATH, prints a line containing `ready` once it
-//! serves, and runs until SIGINT or SIGTERM. `--demo` also starts the Kubernetes Services
+//! Writes a kubeconfig for the server to PATH (refusing an existing file unless `--force`),
+//! prints a line containing `ready` once it serves, runs until SIGINT or SIGTERM, and then
+//! removes the kubeconfig it wrote. `--demo` also starts the Kubernetes Services
 //! chapter's `hello-svc` with 10 `app=hello-world` Pods served on loopback.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: rudder-apiserver --kubeconfig PATH [--port N] [--demo]";
-
 struct Args {
     kubeconfig: PathBuf,
     port: u16,
     demo: bool,
+    force: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut kubeconfig = None;
-    let mut port = 0;
-    let mut demo = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--kubeconfig" => {
-                kubeconfig = Some(PathBuf::from(
-                    args.next().ok_or("--kubeconfig needs a path")?,
-                ))
-            }
-            "--port" => {
-                let v = args.next().ok_or("--port needs a number")?;
-                port = v
-                    .parse()
-                    .map_err(|_| format!("--port: not a port number: {v}"))?;
-            }
-            "--demo" => demo = true,
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
+/// Parses the command line; `--help` prints usage and exits 0, a bad flag exits 2 naming it.
+fn parse_args() -> Args {
+    use clap::{Arg, ArgAction, Command, value_parser};
+    let m = Command::new("rudder-apiserver")
+        .about("The Rudder test Kubernetes API server, standalone, for kubectl and scripts")
+        .arg(
+            Arg::new("kubeconfig")
+                .long("kubeconfig")
+                .value_name("PATH")
+                .help("Where to write a kubeconfig for the server (removed on exit)")
+                .required(true)
+                .value_parser(value_parser!(PathBuf)),
+        )
+        .arg(
+            Arg::new("port")
+                .long("port")
+                .value_name("N")
+                .help("The port to listen on (default: any free one)")
+                .default_value("0")
+                .value_parser(value_parser!(u16)),
+        )
+        .arg(
+            Arg::new("demo")
+                .long("demo")
+                .help("Also run the Services chapter's hello-svc with 10 Pods on loopback")
+                .action(ArgAction::SetTrue),
+        )
+        .arg(
+            Arg::new("force")
+                .long("force")
+                .help("Overwrite PATH if it exists (it is still removed on exit)")
+                .action(ArgAction::SetTrue),
+        )
+        .get_matches();
+    Args {
+        kubeconfig: m
+            .get_one::<PathBuf>("kubeconfig")
+            .cloned()
+            .unwrap_or_default(),
+        port: m.get_one::<u16>("port").copied().unwrap_or(0),
+        demo: m.get_flag("demo"),
+        force: m.get_flag("force"),
     }
-    let kubeconfig = kubeconfig.ok_or_else(|| format!("--kubeconfig is required\n{USAGE}"))?;
-    Ok(Args {
-        kubeconfig,
-        port,
-        demo,
-    })
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
+    // Never clobber a file the user has (say, ~/.kube/config) unless asked.
+    if args.kubeconfig.exists() && !args.force {
+        eprintln!(
+            "rudder-apiserver: {} exists; choose another path or pass --force to overwrite it",
+            args.kubeconfig.display()
+        );
+        return ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

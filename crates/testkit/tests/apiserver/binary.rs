@@ -66,3 +66,37 @@ async fn bad_arguments_exit_2_with_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
 }
+
+#[tokio::test]
+async fn help_exits_0_and_an_existing_kubeconfig_is_never_overwritten() {
+    let bin = env!("CARGO_BIN_EXE_rudder-apiserver");
+    let out = tokio::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--kubeconfig") && help.contains("--force"),
+        "{help}"
+    );
+
+    // A file that is already there (a user's ~/.kube/config, say) is refused, untouched.
+    let path = std::env::temp_dir().join(format!(
+        "rudder-apiserver-existing-{}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(&path, "precious").unwrap();
+    let out = tokio::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(&path)
+        .output()
+        .await
+        .expect("run");
+    let contents = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(contents, "precious", "left as it was");
+}
