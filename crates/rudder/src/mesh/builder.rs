@@ -58,6 +58,9 @@ pub enum ConfigError {
         /// The smallest share of its weight, in percent.
         min_weight_percent: f64,
     },
+    /// A status code to retry on is not a valid HTTP status.
+    #[error("invalid status code {0} in retry_on_status")]
+    RetryStatus(u16),
     /// The affinity header is not a valid header name.
     #[error("invalid affinity header name {0:?}")]
     AffinityHeader(String),
@@ -90,6 +93,7 @@ pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
     pub(crate) response_timeout: Option<Duration>,
     pub(crate) max_replay_body: usize,
+    pub(crate) retry_statuses: Vec<http::StatusCode>,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) affinity: Option<Affinity>,
     pub(crate) ejection: Ejection,
@@ -195,6 +199,7 @@ impl MeshBuilder {
                 timeout: None,
                 response_timeout: config.response_timeout(),
                 max_replay_body: config.max_replay_body_bytes,
+                retry_statuses: Vec::new(),
                 slow_start: None,
                 affinity: None,
                 ejection: Ejection::default(),
@@ -303,6 +308,11 @@ impl MeshBuilder {
         s.timeout = config.timeout_ms.map(Duration::from_millis);
         s.response_timeout = config.response_timeout();
         s.max_replay_body = config.max_replay_body_bytes;
+        s.retry_statuses = config
+            .retry_on_status
+            .iter()
+            .map(|c| http::StatusCode::from_u16(*c).map_err(|_| ConfigError::RetryStatus(*c)))
+            .collect::<Result<_, _>>()?;
         s.zone.clone_from(&config.zone);
         s.watch_stall_timeout = config.watch_stall_timeout_ms.map(Duration::from_millis);
         s.idle_timeout = config.idle_timeout();
@@ -500,6 +510,16 @@ impl MeshBuilder {
         tune: impl FnOnce(DiscoveryBuilder) -> DiscoveryBuilder + Send + 'static,
     ) -> Self {
         self.discovery = Some(Box::new(tune));
+        self
+    }
+
+    /// Also retries idempotent requests (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose
+    /// response has one of `statuses` (say 502, 503, 504 from a Pod shedding load) on
+    /// another Pod, within the same retry limit and budget as every retry, with the body
+    /// when it was kept. Off by default: only the application knows which of its statuses
+    /// mean "try elsewhere". The last response is returned as it is.
+    pub fn retry_on_status(mut self, statuses: impl IntoIterator<Item = http::StatusCode>) -> Self {
+        self.settings.retry_statuses = statuses.into_iter().collect();
         self
     }
 

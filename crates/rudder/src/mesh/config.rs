@@ -56,6 +56,8 @@ pub struct MeshConfig {
     pub timeout_ms: Option<u64>,
     /// The largest request body kept for a retry, in bytes (default 65,536; 0 keeps none).
     pub max_replay_body_bytes: usize,
+    /// Status codes on which idempotent requests are retried on another Pod (default none).
+    pub retry_on_status: Vec<u16>,
     /// How long one attempt waits for response headers (default 15,000; `0` waits
     /// forever). Response bodies are never cut.
     pub response_timeout_ms: u64,
@@ -104,6 +106,7 @@ impl Default for MeshConfig {
             retry_min_per_second: 10,
             timeout_ms: None,
             max_replay_body_bytes: crate::mesh::DEFAULT_MAX_REPLAY_BODY,
+            retry_on_status: Vec::new(),
             response_timeout_ms: 15_000,
             slow_start_ms: None,
             slow_start_aggression: 1.0,

@@ -443,10 +443,6 @@ where
             Ok(res) => {
                 let failure = settings.failure_on_5xx && res.status().is_server_error();
                 let latency = attempt.responded(failure);
-                let target = Target {
-                    authority,
-                    endpoint: extra.authority.clone(),
-                };
                 let outcome = if failure {
                     Outcome::Failure
                 } else {
@@ -460,6 +456,28 @@ where
                     outcome,
                     latency,
                 );
+                // The opt-in retry on status codes: idempotent requests only, within the
+                // same limits and budget as every retry.
+                let retry = !settings.retry_statuses.is_empty()
+                    && idempotent
+                    && settings.retry_statuses.contains(&res.status())
+                    && head.is_some()
+                    && replay.as_ref().map_or(body_was_empty, |r| r.can_replay())
+                    && attempt_no <= settings.max_retries
+                    && picked.len() > failed.len() + 1
+                    && shared.budget.withdraw();
+                if retry {
+                    tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
+                    drop((res, attempt));
+                    telemetry.retry(&routed.label);
+                    tried.push(endpoint);
+                    failed.push(pos);
+                    continue;
+                }
+                let target = Target {
+                    authority,
+                    endpoint: extra.authority.clone(),
+                };
                 return Ok(res.map(|b| ResponseBody::new(b, Some(attempt), Some(target))));
             }
             Err(e) => {

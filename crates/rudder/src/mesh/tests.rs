@@ -301,3 +301,56 @@ fn out_of_range_retry_budgets_are_config_errors_not_panics() {
         .unwrap_err();
     assert!(matches!(err, super::ConfigError::RetryBudget(_)), "{err}");
 }
+
+#[tokio::test]
+async fn chosen_statuses_are_retried_for_idempotent_requests_only() {
+    // 10.0.0.1 sheds load with 503s; the others answer.
+    let inner = tower::service_fn(|req: Request<Sent>| async move {
+        let shedding = req.uri().authority().unwrap().as_str() == "10.0.0.1:8080";
+        let mut res = Response::new(Body::default());
+        if shedding {
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        Ok::<_, Infallible>(res)
+    });
+    let build = |retry: bool| {
+        let mut b = MeshLayer::builder_static()
+            .static_service("web", pods(3))
+            .unwrap()
+            .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+            // Keep the shedding Pod in rotation: this is about retries, not ejection.
+            .failure_on_5xx(false);
+        if retry {
+            b = b.retry_on_status([StatusCode::SERVICE_UNAVAILABLE]);
+        }
+        b.build().unwrap().layer(inner)
+    };
+    let statuses = |mesh: super::Mesh<_>, method: http::Method| async move {
+        let mut unavailable = 0;
+        for _ in 0..30 {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri("http://web:8080/")
+                .body(Body::from("b"))
+                .unwrap();
+            let res = mesh.clone().oneshot(req).await.unwrap();
+            unavailable += usize::from(res.status() == StatusCode::SERVICE_UNAVAILABLE);
+        }
+        unavailable
+    };
+    assert_eq!(
+        statuses(build(false), http::Method::GET).await,
+        10,
+        "a third, without"
+    );
+    assert_eq!(
+        statuses(build(true), http::Method::GET).await,
+        0,
+        "retried elsewhere"
+    );
+    assert_eq!(
+        statuses(build(true), http::Method::POST).await,
+        10,
+        "a POST's 503 is its answer"
+    );
+}
