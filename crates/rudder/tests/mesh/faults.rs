@@ -405,7 +405,12 @@ async fn attempts_on_a_crashed_pod_stop_at_ejection() {
     dead.kill().await;
     load.progress(3_000).await;
     let (ok, failed) = load.stop().await;
-    assert!(failed.is_empty(), "{} of {ok} failed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
