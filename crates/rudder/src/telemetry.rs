@@ -234,9 +234,10 @@ mod prometheus {
     ///   per `service`;
     /// - `rudder_mesh_errors_total{service, reason}`: requests the Mesh failed itself
     ///   (`not_synced`, `forbidden`, `service_not_found`, `no_endpoints`, `timeout`,
-    ///   `invalid_subset`, `not_a_service`, `missing_authority`, `discovery`); `service`
-    ///   is set only for `no_endpoints` and `timeout` (Services that exist), since the
-    ///   others can name anything a caller writes;
+    ///   `failed` (no response from the Pods tried), `invalid_subset`, `not_a_service`,
+    ///   `missing_authority`, `discovery`); `service` is set only for `no_endpoints`,
+    ///   `timeout` and `failed` (Services that exist), since the others can name anything
+    ///   a caller writes;
     /// - at scrape time: `rudder_endpoints{service, state}` (`ready`, `terminating`,
     ///   `ejected`) and `rudder_discovery_staleness_seconds{service}` (0 while discovery is
     ///   in sync with the API).
@@ -371,6 +372,7 @@ mod prometheus {
                 E::ServiceNotFound { .. } => ("service_not_found", None),
                 E::NoEndpoints { service, .. } => ("no_endpoints", Some(service)),
                 E::Timeout { service, .. } => ("timeout", Some(service)),
+                E::Failed { service, .. } => ("failed", Some(service)),
                 E::InvalidSubset { .. } | E::SubsetNotAscii { .. } => ("invalid_subset", None),
                 E::NotAService { .. } => ("not_a_service", None),
                 E::MissingAuthority => ("missing_authority", None),

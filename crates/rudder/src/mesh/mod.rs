@@ -177,10 +177,16 @@ impl MeshLayer {
     }
 
     /// Whether every Service this Mesh routes to has synced with the API at least once
-    /// (for a readiness probe: `false` while any is pending or its first sync failed).
-    /// Services whose watches were released count as synced.
+    /// (for a readiness probe: `false` while any is pending or its first sync failed to
+    /// reach the API). An answer counts as synced, negative ones included: a Service that
+    /// does not exist, or that this client may not read (a name that falls through).
     pub fn is_synced(&self) -> bool {
-        self.views().iter().all(|v| !v.state.is_unsynced())
+        self.views().iter().all(|v| {
+            !matches!(
+                v.state,
+                ServiceState::Pending | ServiceState::Unreachable(_)
+            )
+        })
     }
 
     /// The current view of every Service this Mesh has routed to.

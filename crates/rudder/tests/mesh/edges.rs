@@ -65,6 +65,8 @@ async fn a_forbidden_namespace_falls_through_at_once_and_is_not_asked_again() {
         }
         _ => panic!("expected Forbidden, got {err}"),
     }
+    // A refusal is an answer: a readiness probe stays green.
+    assert!(layer.is_synced());
     // The refusal is cached: its watches go, and 200 more requests ask the API nothing.
     eventually("forbidden watches released", || {
         layer.watched_services() == 0
@@ -131,6 +133,7 @@ async fn an_unreachable_api_fails_fast_or_falls_back_at_once() {
                     "through cluster DNS"
                 );
             } else {
+                assert!(!layer.is_synced(), "a probe reports the failed sync");
                 let err = result.unwrap_err();
                 assert!(
                     matches!(
