@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `NotSynced`, `ServiceNotFound`, `NoEndpoints`, `Forbidden`, `Discovery` (API side) | `Unavailable` |
 //! | `Timeout` | `DeadlineExceeded` |
+//! | `TooManyServices` | `ResourceExhausted` |
 //! | `Failed` (no response from the Pods tried): connection never made | `Unavailable` |
 //! | `Failed`, otherwise | left to tonic, which reads the HTTP/2 error in its source chain |
 //! | `MissingAuthority`, `NotAService`, `InvalidSubset`, `SubsetNotAscii`, an invalid Service name | `InvalidArgument` |
@@ -40,6 +41,7 @@ use crate::{BoxError, MeshError};
 pub fn code(e: &MeshError) -> Code {
     match e {
         MeshError::Timeout { .. } => Code::DeadlineExceeded,
+        MeshError::TooManyServices { .. } => Code::ResourceExhausted,
         MeshError::MissingAuthority
         | MeshError::NotAService { .. }
         | MeshError::InvalidSubset { .. }

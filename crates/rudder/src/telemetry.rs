@@ -375,6 +375,7 @@ mod prometheus {
                 E::Failed { service, .. } => ("failed", Some(service)),
                 E::InvalidSubset { .. } | E::SubsetNotAscii { .. } => ("invalid_subset", None),
                 E::NotAService { .. } => ("not_a_service", None),
+                E::TooManyServices { .. } => ("too_many_services", None),
                 E::MissingAuthority => ("missing_authority", None),
                 _ => ("discovery", None),
             };

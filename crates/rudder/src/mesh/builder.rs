@@ -107,6 +107,8 @@ pub(crate) struct Settings {
     pub(crate) negative_ttl: Duration,
     /// The only namespaces whose Service names are routed (`None`: all).
     pub(crate) namespaces: Option<Vec<String>>,
+    /// The most distinct Services routed (and watched) at once.
+    pub(crate) max_services: usize,
 }
 
 /// Settings for a [`MeshLayer`]; start from [`MeshLayer::builder`] (Kubernetes discovery)
@@ -208,6 +210,7 @@ impl MeshBuilder {
                 idle_timeout: config.idle_timeout(),
                 negative_ttl: config.negative_ttl(),
                 namespaces: None,
+                max_services: config.max_services,
             },
             error: None,
             telemetry: crate::telemetry::Telemetry::default(),
@@ -318,6 +321,7 @@ impl MeshBuilder {
         s.idle_timeout = config.idle_timeout();
         s.negative_ttl = config.negative_ttl();
         s.namespaces.clone_from(&config.namespaces);
+        s.max_services = config.max_services;
         s.slow_start = match config.slow_start_ms {
             None => None,
             Some(ms) => Some(slow_start(SlowStart {
@@ -577,6 +581,17 @@ impl MeshBuilder {
         I::Item: Into<String>,
     {
         self.settings.namespaces = Some(namespaces.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The most distinct Service ports the Mesh routes to, and so watches, at once
+    /// (default 256). A request naming one more fails with
+    /// [`MeshError::TooManyServices`](crate::MeshError::TooManyServices) (negative answers
+    /// kept for their TTL make room first; idle Services leave after the idle timeout).
+    /// It bounds what a caller that makes up host names can cost in memory, watches and
+    /// API requests; [`namespaces`](Self::namespaces) keeps such names away entirely.
+    pub fn max_services(mut self, limit: usize) -> Self {
+        self.settings.max_services = limit;
         self
     }
 

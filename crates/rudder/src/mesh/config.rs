@@ -84,6 +84,8 @@ pub struct MeshConfig {
     /// The only namespaces whose Service names are routed; names in others pass through
     /// without any API request (default: every namespace).
     pub namespaces: Option<Vec<String>>,
+    /// The most distinct Service ports routed (and watched) at once (default 256).
+    pub max_services: usize,
 }
 
 impl Default for MeshConfig {
@@ -118,6 +120,7 @@ impl Default for MeshConfig {
             idle_timeout_ms: 300_000,
             negative_ttl_ms: 5_000,
             namespaces: None,
+            max_services: 256,
         }
     }
 }

@@ -41,6 +41,15 @@ pub enum MeshError {
         /// The API's message.
         message: String,
     },
+    /// The Mesh already routes to its limit of distinct Services
+    /// ([`MeshBuilder::max_services`](crate::MeshBuilder::max_services)): requests naming
+    /// ever new Services (a caller making up host names) cannot grow its watches and
+    /// memory without bound.
+    #[error("already routing to {limit} distinct Services; refusing another")]
+    TooManyServices {
+        /// The limit.
+        limit: usize,
+    },
     /// The Service does not exist.
     #[error("Service {service} not found")]
     ServiceNotFound {

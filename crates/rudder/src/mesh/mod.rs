@@ -338,6 +338,24 @@ impl Shared {
         if let Some(r) = routed.get(svc) {
             return Ok(r.clone());
         }
+        let limit = self.settings.max_services;
+        if routed.len() >= limit {
+            // Negative answers kept for their TTL make room first.
+            let released: Vec<_> = routed
+                .values()
+                .filter(|r| r.is_released())
+                .cloned()
+                .collect();
+            drop(routed);
+            self.forget(&released);
+            routed = self.routed.write().expect("routed lock");
+            if let Some(r) = routed.get(svc) {
+                return Ok(r.clone());
+            }
+            if routed.len() >= limit {
+                return Err(MeshError::TooManyServices { limit });
+            }
+        }
         let (rx, keep) = match &self.source {
             Source::Kube(discovery) => {
                 let sub = discovery.subscribe(svc)?;
@@ -418,12 +436,18 @@ impl Shared {
                 None => {}
             }
         }
-        if forget.is_empty() {
+        self.forget(&forget);
+    }
+
+    /// Drops the routing state of `gone` (from the map and the authority cache) and
+    /// releases its watches; in-flight requests keep what they hold.
+    fn forget(&self, gone: &[Arc<Routed>]) {
+        if gone.is_empty() {
             return;
         }
         {
             let mut routed = self.routed.write().expect("routed lock");
-            for r in &forget {
+            for r in gone {
                 if routed.get(&r.service).is_some_and(|x| Arc::ptr_eq(x, r)) {
                     routed.remove(&r.service);
                 }
@@ -433,13 +457,13 @@ impl Shared {
         let mut next = Resolutions::clone(&self.resolved.load());
         next.retain(|_, entries| {
             entries.retain(|(_, resolved)| match resolved {
-                Resolved::Service { routed, .. } => !forget.iter().any(|f| Arc::ptr_eq(f, routed)),
+                Resolved::Service { routed, .. } => !gone.iter().any(|f| Arc::ptr_eq(f, routed)),
                 Resolved::Other => true,
             });
             !entries.is_empty()
         });
         self.resolved.store(Arc::new(next));
-        for r in &forget {
+        for r in gone {
             r.release();
         }
     }

@@ -568,3 +568,49 @@ async fn after_an_api_outage_changes_arrive_within_the_retry_period() {
     // backoff and the request-count test in `faults` check that schedule).
     eprintln!("change seen {:?} after the API came back", back.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_host_names_cannot_grow_the_services_watched() {
+    let cluster = hello(1).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .max_services(2)
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(recorder());
+    let routed = recorded(&mut mesh, "http://hello-svc:8080/").await.unwrap();
+    assert!(routed.starts_with("http://127."), "{routed}");
+    // A made-up short name: no such Service, falls through, and its negative answer is
+    // kept (released) for a while.
+    assert_eq!(
+        recorded(&mut mesh, "http://made-up-1/").await.unwrap(),
+        "http://made-up-1/"
+    );
+    eventually("the negative answer released its watches", || {
+        layer
+            .views()
+            .iter()
+            .any(|v| v.service.starts_with("made-up-1") && v.released)
+    })
+    .await;
+    // At the limit, a released answer makes room for the next Service.
+    let services: Api<Service> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    let other: Service = serde_json::from_value(json!({
+        "metadata": {"name": "other-svc"},
+        "spec": {"selector": {"app": "hello-world"}, "ports": [{"port": 8080}]},
+    }))
+    .unwrap();
+    services.create(&Default::default(), &other).await.unwrap();
+    cluster.api().settled().await;
+    let routed = recorded(&mut mesh, "http://other-svc:8080/").await.unwrap();
+    assert!(routed.starts_with("http://127."), "{routed}");
+    // Two Services in use: a third distinct name is refused, whatever it is.
+    let err = recorded(&mut mesh, "http://made-up-3/").await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::TooManyServices { limit: 2 })
+        ),
+        "{err}"
+    );
+    assert!(layer.views().len() <= 2);
+}
