@@ -139,6 +139,11 @@ impl Routed {
         decided
     }
 
+    /// Whether discovery has decided (or a request gave up waiting): no wait ahead.
+    pub(crate) fn is_decided(&self) -> bool {
+        self.is_synced.load(Ordering::Acquire)
+    }
+
     /// Marks the Service as used (cheap: a read, and a write once per sweep).
     pub(crate) fn touch(&self) {
         if !self.used.load(Ordering::Relaxed) {

@@ -196,7 +196,8 @@ where
         Some(t) if t < settings.sync_timeout => (t, false),
         _ => (settings.sync_timeout, true),
     };
-    let started = tokio::time::Instant::now();
+    // Read the clock only when there may be a wait to report.
+    let started = (!routed.is_decided()).then(tokio::time::Instant::now);
     if !routed.decided(bound, give_up).await && !give_up {
         return Err(MeshError::Timeout {
             service: service(),
@@ -208,7 +209,7 @@ where
     let unsynced = |last_error: Option<String>| -> Result<(), BoxError> {
         Err(MeshError::NotSynced {
             service: service(),
-            waited: started.elapsed(),
+            waited: started.map(|s| s.elapsed()).unwrap_or_default(),
             last_error: last_error.or_else(|| routed.last_error()),
         }
         .into())
