@@ -167,9 +167,16 @@ impl DiscoveryBuilder {
 ///
 /// The watches use `kube::runtime::watcher`: list, then watch from the list's version,
 /// with bookmarks, relisting on `410 Gone`. A relist is collected in full and swapped in at
-/// once, so an unchanged cluster publishes nothing. On API errors the watches retry with
-/// backoff and the last good snapshot stays published; its
+/// once, so an unchanged cluster publishes nothing. On API errors a watch starts over with
+/// a list after a pause (50 ms doubling to at most [`max_backoff`](DiscoveryBuilder::max_backoff),
+/// 1 s, reset by a success), and the last good snapshot stays published; its
 /// [`staleness`](EndpointSet::staleness) tells how long discovery has been out of touch.
+/// A watch the API refuses (`403`) rests for
+/// [`forbidden_retry`](DiscoveryBuilder::forbidden_retry) instead.
+///
+/// Before the first sync, a failure is the answer: the snapshot's state becomes
+/// [`ServiceState::Forbidden`] (a `403`: not allowed, which is not "absent") or
+/// [`ServiceState::Unreachable`], so callers can fail or fall back at once rather than wait.
 ///
 /// Pods are watched (scoped to the Service's selector) to join labels, Ready time,
 /// deletion deadline and the [`WEIGHT_ANNOTATION`](crate::WEIGHT_ANNOTATION) weight onto
