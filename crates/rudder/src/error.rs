@@ -12,6 +12,10 @@ pub(crate) fn never_reached_application(err: &(dyn StdError + 'static)) -> bool 
         if e.is::<crate::client::ConnectError>() {
             return true;
         }
+        #[cfg(feature = "tls")]
+        if e.is::<crate::tls::TlsError>() {
+            return true;
+        }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return matches!(
                 io.kind(),
@@ -38,6 +42,10 @@ pub(crate) fn never_connected(err: &(dyn StdError + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.is::<crate::client::ConnectError>() {
+            return true;
+        }
+        #[cfg(feature = "tls")]
+        if e.is::<crate::tls::TlsError>() {
             return true;
         }
         if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>() {

@@ -19,6 +19,8 @@ mod error;
 pub mod grpc;
 pub mod mesh;
 mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{

@@ -20,6 +20,7 @@ pub struct TestClusterBuilder {
     replicas: usize,
     port: u16,
     target_port: u16,
+    tls: Option<crate::PodTls>,
 }
 
 /// An API server holding one Service whose Pods are real [`PodServer`]s on loopback.
@@ -45,6 +46,7 @@ pub struct TestCluster {
     service: String,
     port: u16,
     target_port: u16,
+    tls: Option<crate::PodTls>,
     pods: Vec<PodServer>,
 }
 
@@ -58,6 +60,7 @@ impl Default for TestClusterBuilder {
             replicas: 3,
             port: 8080,
             target_port: 8080,
+            tls: None,
         }
     }
 }
@@ -105,6 +108,13 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Pods serve TLS with `tls` (certificates for the Service's names; see
+    /// [`PodTls`](crate::PodTls)), on this and every later Pod.
+    pub fn tls(mut self, tls: crate::PodTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Starts the API server, the Pods and the Service, and waits until the controllers
     /// have published the Service's endpoints.
     pub async fn start(self) -> Result<TestCluster, Error> {
@@ -136,6 +146,7 @@ impl TestClusterBuilder {
             service: self.service.clone(),
             port: self.port,
             target_port: self.target_port,
+            tls: self.tls.clone(),
             pods: Vec::new(),
         };
         let prefix = self
@@ -210,7 +221,13 @@ impl TestCluster {
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<&PodServer, Error> {
-        let server = PodServer::start_on_loopback(name, self.target_port, labels.clone()).await?;
+        let server = PodServer::start_on_loopback_with(
+            name,
+            self.target_port,
+            labels.clone(),
+            self.tls.as_ref(),
+        )
+        .await?;
         let node = if self.pods.len().is_multiple_of(2) {
             "node-a"
         } else {

@@ -18,8 +18,10 @@ mod cluster;
 mod error;
 pub mod grpc;
 mod pod_server;
+mod pod_tls;
 
 pub use self::apiserver::{Access, ApiServer, ApiServerBuilder, Faults, Rule};
 pub use self::cluster::{TestCluster, TestClusterBuilder};
 pub use self::error::Error;
 pub use self::pod_server::{PodReply, PodServer, next_loopback_ip};
+pub use self::pod_tls::PodTls;

@@ -37,6 +37,9 @@ pub struct PodReply {
     /// The request body, when it was UTF-8 (empty otherwise).
     #[serde(default)]
     pub body: String,
+    /// The server name (SNI) the client sent, when the Pod serves TLS.
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +48,8 @@ struct Knobs {
     /// Probability of a 500, in millionths.
     error_ppm: AtomicU32,
     requests: AtomicU64,
+    /// TLS handshakes completed.
+    handshakes: AtomicU64,
 }
 
 /// A stand-in Pod: an HTTP/1.1 + HTTP/2 (cleartext) server on `ip:port`.
@@ -58,6 +63,7 @@ pub struct PodServer {
     addr: SocketAddr,
     labels: BTreeMap<String, String>,
     knobs: Arc<Knobs>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -80,18 +86,44 @@ impl PodServer {
         port: u16,
         labels: BTreeMap<String, String>,
     ) -> Result<Self, Error> {
+        Self::start_with(name, ip, port, labels, None).await
+    }
+
+    /// Like [`start`](Self::start), serving TLS with `tls` (see [`PodTls`](crate::PodTls))
+    /// when given: the reply then names the SNI the client sent, and
+    /// [`handshakes`](Self::handshakes) counts TLS handshakes.
+    pub async fn start_with(
+        name: impl Into<String>,
+        ip: IpAddr,
+        port: u16,
+        labels: BTreeMap<String, String>,
+        tls: Option<&crate::PodTls>,
+    ) -> Result<Self, Error> {
         let listener = TcpListener::bind((ip, port)).await?;
         let addr = listener.local_addr()?;
         let knobs = Arc::new(Knobs::default());
         let name = name.into();
-        let task = tokio::spawn(serve(listener, name.clone(), labels.clone(), knobs.clone()));
+        let tls = tls.map(crate::PodTls::server_config);
+        let task = tokio::spawn(serve(
+            listener,
+            name.clone(),
+            labels.clone(),
+            knobs.clone(),
+            tls.clone(),
+        ));
         Ok(Self {
             name,
             addr,
             labels,
             knobs,
+            tls,
             task: Mutex::new(Some(task)),
         })
+    }
+
+    /// TLS handshakes completed (0 for a plain HTTP Pod).
+    pub fn handshakes(&self) -> u64 {
+        self.knobs.handshakes.load(Ordering::Relaxed)
     }
 
     /// Starts a Pod server on the next free loopback IP of this process.
@@ -100,14 +132,25 @@ impl PodServer {
         port: u16,
         labels: BTreeMap<String, String>,
     ) -> Result<Self, Error> {
+        Self::start_on_loopback_with(name, port, labels, None).await
+    }
+
+    /// Like [`start_on_loopback`](Self::start_on_loopback), serving TLS when `tls` is given.
+    pub async fn start_on_loopback_with(
+        name: impl Into<String>,
+        port: u16,
+        labels: BTreeMap<String, String>,
+        tls: Option<&crate::PodTls>,
+    ) -> Result<Self, Error> {
         let name = name.into();
         let mut last = None;
         for _ in 0..16 {
-            match Self::start(
+            match Self::start_with(
                 name.clone(),
                 next_loopback_ip().into(),
                 port,
                 labels.clone(),
+                tls,
             )
             .await
             {
@@ -175,6 +218,7 @@ impl PodServer {
             self.name.clone(),
             self.labels.clone(),
             self.knobs.clone(),
+            self.tls.clone(),
         ));
         *self.task.lock().expect("task lock") = Some(task);
         Ok(())
@@ -194,7 +238,9 @@ async fn serve(
     name: String,
     labels: BTreeMap<String, String>,
     knobs: Arc<Knobs>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let reply = Arc::new((name, labels));
     // Connections live in this set: aborting the task resets them all at once.
     let mut conns = JoinSet::new();
@@ -207,10 +253,23 @@ async fn serve(
                 let _ = reset_on_close(&tcp);
                 let reply = reply.clone();
                 let knobs = knobs.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| respond(req, reply.clone(), knobs.clone()));
+                    let Some(acceptor) = acceptor else {
+                        let svc = hyper::service::service_fn(move |req| respond(req, reply.clone(), knobs.clone(), None));
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                        return;
+                    };
+                    // A failed handshake (wrong CA, no client certificate, plain HTTP)
+                    // just closes the connection, as a real TLS server does.
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    knobs.handshakes.fetch_add(1, Ordering::Relaxed);
+                    let sni: Option<Arc<str>> = stream.get_ref().1.server_name().map(Into::into);
+                    let svc = hyper::service::service_fn(move |req| respond(req, reply.clone(), knobs.clone(), sni.clone()));
                     let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
+                        .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -228,6 +287,7 @@ async fn respond(
     req: Request<Incoming>,
     reply: Arc<(String, BTreeMap<String, String>)>,
     knobs: Arc<Knobs>,
+    sni: Option<Arc<str>>,
 ) -> Result<Response<Either<Full<Bytes>, tonic::body::Body>>, Infallible> {
     knobs.requests.fetch_add(1, Ordering::Relaxed);
     let latency = *knobs.latency.lock().expect("latency lock");
@@ -268,6 +328,7 @@ async fn respond(
         path,
         version,
         body: received,
+        sni: sni.map(|s| s.to_string()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(
         serde_json::to_vec(&body).unwrap_or_default(),

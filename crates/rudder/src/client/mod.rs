@@ -62,6 +62,8 @@ pub struct PodClientBuilder {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for PodClientBuilder {
@@ -71,6 +73,8 @@ impl Default for PodClientBuilder {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_endpoint: 32,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -100,11 +104,35 @@ impl PodClientBuilder {
         self
     }
 
+    /// TLS for `https` requests (feature `tls`), with the Service's name the Mesh recorded
+    /// for the Pod (use the same [`TlsConfig`](crate::tls::TlsConfig) in
+    /// [`MeshBuilder::tls`](crate::MeshBuilder::tls)); ALPN offers only the protocol this
+    /// client speaks.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The client.
     pub fn build<B>(self) -> PodClient<B> {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| {
+            let alpn: &[u8] = match self.protocol {
+                Protocol::Http1 => b"http/1.1",
+                #[cfg(feature = "http2")]
+                Protocol::Http2 => b"h2",
+            };
+            Tls {
+                connector: tokio_rustls::TlsConnector::from(t.with_alpn(alpn)),
+                names: t.names().clone(),
+            }
+        });
         PodClient {
             pool: Arc::new(Pool {
                 settings: self,
+                #[cfg(feature = "tls")]
+                tls,
                 endpoints: Mutex::new(HashMap::new()),
             }),
         }
@@ -141,7 +169,87 @@ impl PodClient<()> {
 
 struct Pool<B> {
     settings: PodClientBuilder,
+    #[cfg(feature = "tls")]
+    tls: Option<Tls>,
     endpoints: Mutex<HashMap<Authority, Arc<Conns<B>>>>,
+}
+
+/// What connecting over TLS needs.
+#[cfg(feature = "tls")]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    names: Arc<crate::tls::Names>,
+}
+
+/// A connection to a Pod: plain TCP, or TLS over it.
+enum PodIo {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for PodIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PodIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            PodIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PodIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PodIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            PodIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PodIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            PodIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PodIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            PodIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl<B> Pool<B> {
+    /// Connects to `endpoint`, with TLS for `https` (as the name the Mesh recorded).
+    async fn open(&self, endpoint: &Authority, https: bool) -> Result<PodIo, BoxError> {
+        let tcp = connect(endpoint, self.settings.connect_timeout).await?;
+        if !https {
+            return Ok(PodIo::Plain(tcp));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream =
+                crate::tls::handshake(&tls.connector, &tls.names, endpoint, tcp).await?;
+            return Ok(PodIo::Tls(Box::new(stream)));
+        }
+        Err(format!(
+            "https request to {endpoint}, but this PodClient has no TLS: build it with .tls(..) (feature `tls`)"
+        )
+        .into())
+    }
 }
 
 /// The connections to one endpoint.
@@ -284,7 +392,8 @@ where
             match open(conns) {
                 Some(s) => s,
                 None => {
-                    let io = connect(endpoint, pool.settings.connect_timeout).await?;
+                    let https = req.uri().scheme() == Some(&Scheme::HTTPS);
+                    let io = pool.open(endpoint, https).await?;
                     let (sender, conn) =
                         http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
                     tokio::spawn(async move {
@@ -335,7 +444,8 @@ where
     let mut sender = match reused.filter(|s| s.is_ready()) {
         Some(s) => s,
         None => {
-            let io = connect(endpoint, pool.settings.connect_timeout).await?;
+            let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+            let io = pool.open(endpoint, https).await?;
             let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

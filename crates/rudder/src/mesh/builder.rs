@@ -109,6 +109,9 @@ pub(crate) struct Settings {
     pub(crate) namespaces: Option<Vec<String>>,
     /// The most distinct Services routed (and watched) at once.
     pub(crate) max_services: usize,
+    /// TLS to Pods: the server name of each Service, recorded per Pod for the connectors.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Settings for a [`MeshLayer`]; start from [`MeshLayer::builder`] (Kubernetes discovery)
@@ -211,6 +214,8 @@ impl MeshBuilder {
                 negative_ttl: config.negative_ttl(),
                 namespaces: None,
                 max_services: config.max_services,
+                #[cfg(feature = "tls")]
+                tls: None,
             },
             error: None,
             telemetry: crate::telemetry::Telemetry::default(),
@@ -581,6 +586,18 @@ impl MeshBuilder {
         I::Item: Into<String>,
     {
         self.settings.namespaces = Some(namespaces.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// TLS to Pods for `https` requests (feature `tls`): for each Pod an `https` request
+    /// goes to, the Mesh records the server name of its Service (`name.namespace.svc`
+    /// unless `tls` says otherwise) for the connectors made from the same `tls`
+    /// ([`TlsConfig::connector`](crate::tls::TlsConfig::connector),
+    /// [`PodClientBuilder::tls`](crate::PodClientBuilder::tls)), which send it as SNI and
+    /// verify the Pod's certificate against it.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.settings.tls = Some(tls);
         self
     }
 

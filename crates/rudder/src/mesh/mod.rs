@@ -385,13 +385,13 @@ impl Shared {
             ejection: s.ejection.clone(),
             ..PoolConfig::default()
         };
-        let r = Arc::new(Routed::new(
-            svc.clone(),
-            rx,
-            keep,
-            config,
-            self.telemetry.clone(),
-        ));
+        #[allow(unused_mut, reason = "set only with the tls feature")]
+        let mut r = Routed::new(svc.clone(), rx, keep, config, self.telemetry.clone());
+        #[cfg(feature = "tls")]
+        {
+            r.tls_name = s.tls.as_ref().and_then(|t| t.server_name_of(svc));
+        }
+        let r = Arc::new(r);
         routed.insert(svc.clone(), r.clone());
         drop(routed);
         self.start_sweeper();

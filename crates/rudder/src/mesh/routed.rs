@@ -67,6 +67,9 @@ pub(crate) struct Routed {
     pub(crate) last_used: Mutex<Instant>,
     /// When its watches were released after a negative answer.
     pub(crate) released: Mutex<Option<Instant>>,
+    /// The name its Pods are verified as over TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl Routed {
@@ -108,6 +111,8 @@ impl Routed {
             used: AtomicBool::new(true),
             last_used: Mutex::new(Instant::now()),
             released: Mutex::new(None),
+            #[cfg(feature = "tls")]
+            tls_name: None,
         }
     }
 

@@ -386,6 +386,12 @@ where
     let retries = settings.max_retries > 0;
     let head = retries.then(|| with_body(&req, ()));
     let idempotent = is_idempotent(req.method());
+    #[cfg(feature = "tls")]
+    let tls = settings
+        .tls
+        .as_ref()
+        .zip(routed.tls_name.as_ref())
+        .filter(|_| req.uri().scheme() == Some(&Scheme::HTTPS));
     let cap = if retries { settings.max_replay_body } else { 0 };
     let mut replay = None;
     let body_was_empty = req.body().is_end_stream();
@@ -411,6 +417,11 @@ where
                 reason: "every endpoint of the subset has weight 0".into(),
             })?;
         let extra = snapshot.extra(pos);
+        #[cfg(feature = "tls")]
+        if let Some((tls, name)) = tls {
+            // The connector verifies this Pod as its Service's name.
+            tls.names().ensure(&extra.authority, name);
+        }
         let mut attempt = pool.start(&snapshot, pos);
         let endpoint = attempt.addr();
         tracing::trace!(service = %routed.service, %endpoint, attempt = attempt_no, "sending");
