@@ -58,3 +58,19 @@ pub(crate) fn never_connected(err: &(dyn StdError + 'static)) -> bool {
     }
     false
 }
+
+/// A likely cause of `err` worth telling the user, if one is recognised: a Pod that
+/// answered a plain-HTTP request with something that is not HTTP most likely serves TLS.
+pub(crate) fn hint(err: &(dyn StdError + 'static), https: bool) -> Option<&'static str> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_parse()
+            && !https
+        {
+            return Some("the Pod did not answer in HTTP: if it serves TLS, use an https:// URL");
+        }
+        cur = e.source();
+    }
+    None
+}

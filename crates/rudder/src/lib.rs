@@ -22,7 +22,7 @@ mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use self::client::{ConnectError, PodClient, PodClientBuilder, Protocol};
+pub use self::client::{ConnectError, ConnectTime, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
     Affinity, AffinityKey, ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError,
     MeshLayer, ReplayBody, ResponseBody, Route, ServiceView, Subset, Target, UnroutableView,

@@ -82,7 +82,9 @@ pub enum TlsError {
     ServerName(String),
     /// The Mesh did not record a server name for this Pod: `https` requests must go
     /// through a Mesh configured with the same [`TlsConfig`].
-    #[error("no Service name known for {endpoint}: send https requests through a Mesh built with .tls(..)")]
+    #[error(
+        "no Service name known for {endpoint}: send https requests through a Mesh built with .tls(..)"
+    )]
     NoServerName {
         /// The Pod's address.
         endpoint: String,
@@ -232,8 +234,10 @@ impl TlsConfigBuilder {
         self.client_auth_pem(&cert, &key)
     }
 
-    /// The ALPN protocols offered (default `h2` then `http/1.1`; [`PodClient`](
-    /// crate::PodClient) offers only the one it speaks).
+    /// The ALPN protocols [`TlsConfig::connector`] offers (default `http/1.1` only: over
+    /// HTTP/2 hyper-util's client sends the Pod's address as `:authority`, so use
+    /// [`PodClient`](crate::PodClient), which offers only the protocol it speaks and
+    /// restores the Service's authority, for HTTP/2 and gRPC).
     pub fn alpn<I, P>(mut self, protocols: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -279,9 +283,7 @@ impl TlsConfigBuilder {
             Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
             None => builder.with_no_client_auth(),
         };
-        client.alpn_protocols = self
-            .alpn
-            .unwrap_or_else(|| vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        client.alpn_protocols = self.alpn.unwrap_or_else(|| vec![b"http/1.1".to_vec()]);
         Ok(TlsConfig {
             client: Arc::new(client),
             names: Arc::new(Names::default()),
@@ -298,7 +300,7 @@ impl TlsConfig {
     }
 
     /// A connector for hyper-util's pooled client: plain TCP for `http` URIs, TLS with the
-    /// Service's name for `https` ones.
+    /// Service's name for `https` ones (ALPN `http/1.1` unless chosen otherwise).
     pub fn connector(&self) -> TlsConnector {
         let mut http = HttpConnector::new();
         http.enforce_http(false);

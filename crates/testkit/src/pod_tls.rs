@@ -159,10 +159,7 @@ fn server_config(
         builder.with_no_client_auth()
     };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
-    let mut config = builder
-        .with_single_cert(vec![cert], key)
-        .map_err(tls_err)?;
+    let mut config = builder.with_single_cert(vec![cert], key).map_err(tls_err)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
-

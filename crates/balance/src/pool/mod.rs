@@ -399,8 +399,18 @@ impl Attempt {
     /// stream cut mid-body must not reset the endpoint's failure streak. Returns the
     /// latency. The attempt stays in flight until dropped (at the response body's end).
     pub fn responded(&mut self, failure: bool) -> Duration {
+        self.responded_excluding(failure, Duration::ZERO)
+    }
+
+    /// Like [`responded`](Self::responded), with `setup` (time spent opening a new
+    /// connection, TLS handshake included) left out of the latency sample: a Pod is not
+    /// slow because the client had to connect to it first, and peak EWMA would otherwise
+    /// remember that first request for seconds.
+    pub fn responded_excluding(&mut self, failure: bool, setup: Duration) -> Duration {
         let now = Instant::now();
-        let latency = now.saturating_duration_since(self.started);
+        let latency = now
+            .saturating_duration_since(self.started)
+            .saturating_sub(setup);
         let load = self.in_flight.load();
         self.outcomes.table.record_instant(load, latency, now);
         if failure {

@@ -42,6 +42,14 @@ use tokio::net::TcpStream;
 use crate::BoxError;
 use crate::mesh::Target;
 
+/// A response extension: how long the client spent opening a new connection (TCP, and
+/// TLS when used) for this request. The Mesh leaves it out of the latency it records, so a
+/// Pod is not avoided for seconds because its first request paid for the handshake.
+/// [`PodClient`] sets it on the response of the request that opened a connection; other
+/// inner services may set it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectTime(pub Duration);
+
 /// The HTTP version [`PodClient`] speaks to Pods.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,8 +249,7 @@ impl<B> Pool<B> {
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            let stream =
-                crate::tls::handshake(&tls.connector, &tls.names, endpoint, tcp).await?;
+            let stream = crate::tls::handshake(&tls.connector, &tls.names, endpoint, tcp).await?;
             return Ok(PodIo::Tls(Box::new(stream)));
         }
         Err(format!(
@@ -384,6 +391,7 @@ where
             .filter(|s| !s.is_closed())
             .cloned()
     };
+    let mut setup = None;
     let mut sender = match open(conns) {
         Some(s) => s,
         None => {
@@ -393,9 +401,11 @@ where
                 Some(s) => s,
                 None => {
                     let https = req.uri().scheme() == Some(&Scheme::HTTPS);
+                    let opening = Instant::now();
                     let io = pool.open(endpoint, https).await?;
                     let (sender, conn) =
                         http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                    setup = Some(opening.elapsed());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "HTTP/2 connection to a Pod ended");
@@ -420,7 +430,11 @@ where
     *req.version_mut() = Version::HTTP_2;
     req.headers_mut().remove(http::header::HOST);
     sender.ready().await?;
-    Ok(sender.send_request(req).await?)
+    let mut res = sender.send_request(req).await?;
+    if let Some(setup) = setup {
+        res.extensions_mut().insert(ConnectTime(setup));
+    }
+    Ok(res)
 }
 
 async fn send_h1<B>(
@@ -441,12 +455,15 @@ where
         idle.retain(|(since, s)| !s.is_closed() && since.elapsed() < idle_timeout);
         idle.pop().map(|(_, s)| s)
     };
+    let mut setup = None;
     let mut sender = match reused.filter(|s| s.is_ready()) {
         Some(s) => s,
         None => {
             let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+            let opening = Instant::now();
             let io = pool.open(endpoint, https).await?;
             let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+            setup = Some(opening.elapsed());
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "HTTP/1.1 connection to a Pod ended");
@@ -467,7 +484,10 @@ where
             HeaderValue::from_str(authority.as_str())?,
         );
     }
-    let res = sender.send_request(req).await?;
+    let mut res = sender.send_request(req).await?;
+    if let Some(setup) = setup {
+        res.extensions_mut().insert(ConnectTime(setup));
+    }
     // The connection is free again once this response's body has been read.
     let max_idle = pool.settings.max_idle_per_endpoint;
     tokio::spawn(async move {

@@ -86,12 +86,14 @@ pub enum MeshError {
     Discovery(#[from] rudder_k8s::DiscoveryError),
     /// The request was sent and failed without a response (connection refused or reset,
     /// protocol error), on every endpoint tried. The inner service's error is the source.
-    #[error("request to {service} failed on {}: {source}", endpoints(.tried))]
+    #[error("request to {service} failed on {}: {source}{}", endpoints(.tried), hint_suffix(.hint))]
     Failed {
         /// The Service.
         service: String,
         /// The endpoints tried, in order (more than one when retried).
         tried: Vec<std::net::SocketAddr>,
+        /// A likely cause, when one is recognised (say, plain HTTP to a TLS Pod).
+        hint: Option<&'static str>,
         /// The last attempt's error, from the inner service.
         #[source]
         source: crate::BoxError,
@@ -123,4 +125,8 @@ fn subset_suffix(subset: &str) -> String {
     } else {
         format!(" (subset {subset})")
     }
+}
+
+fn hint_suffix(hint: &Option<&'static str>) -> String {
+    hint.map(|h| format!(" ({h})")).unwrap_or_default()
 }

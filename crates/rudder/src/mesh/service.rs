@@ -386,12 +386,13 @@ where
     let retries = settings.max_retries > 0;
     let head = retries.then(|| with_body(&req, ()));
     let idempotent = is_idempotent(req.method());
+    let https = req.uri().scheme() == Some(&Scheme::HTTPS);
     #[cfg(feature = "tls")]
     let tls = settings
         .tls
         .as_ref()
         .zip(routed.tls_name.as_ref())
-        .filter(|_| req.uri().scheme() == Some(&Scheme::HTTPS));
+        .filter(|_| https);
     let cap = if retries { settings.max_replay_body } else { 0 };
     let mut replay = None;
     let body_was_empty = req.body().is_end_stream();
@@ -454,7 +455,12 @@ where
         match result {
             Ok(res) => {
                 let failure = settings.failure_on_5xx && res.status().is_server_error();
-                let latency = attempt.responded(failure);
+                // Opening a connection is not the Pod's latency.
+                let setup = res
+                    .extensions()
+                    .get::<crate::ConnectTime>()
+                    .map_or(std::time::Duration::ZERO, |c| c.0);
+                let latency = attempt.responded_excluding(failure, setup);
                 let outcome = if failure {
                     Outcome::Failure
                 } else {
@@ -529,6 +535,7 @@ where
                     return Err(MeshError::Failed {
                         service: routed.service.to_string(),
                         tried,
+                        hint: crate::error::hint(&*e, https),
                         source: e,
                     }
                     .into());

@@ -7,6 +7,8 @@ mod faults;
 mod request_path;
 mod security;
 mod support;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::collections::HashMap;
 use std::time::Duration;
