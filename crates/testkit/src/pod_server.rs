@@ -50,6 +50,8 @@ struct Knobs {
     requests: AtomicU64,
     /// TLS handshakes completed.
     handshakes: AtomicU64,
+    /// Connections open now.
+    open: AtomicU64,
 }
 
 /// A stand-in Pod: an HTTP/1.1 + HTTP/2 (cleartext) server on `ip:port`.
@@ -124,6 +126,11 @@ impl PodServer {
     /// TLS handshakes completed (0 for a plain HTTP Pod).
     pub fn handshakes(&self) -> u64 {
         self.knobs.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.knobs.open.load(Ordering::Relaxed)
     }
 
     /// Starts a Pod server on the next free loopback IP of this process.
@@ -255,6 +262,8 @@ async fn serve(
                 let knobs = knobs.clone();
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
+                    knobs.open.fetch_add(1, Ordering::Relaxed);
+                    let _open = Open(knobs.clone());
                     let Some(acceptor) = acceptor else {
                         let svc = hyper::service::service_fn(move |req| respond(req, reply.clone(), knobs.clone(), None));
                         let _ = auto::Builder::new(TokioExecutor::new())
@@ -275,6 +284,15 @@ async fn serve(
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+/// Counts a connection as open until dropped (also when its task is aborted).
+struct Open(Arc<Knobs>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -70,8 +70,19 @@ pub struct PodClientBuilder {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
+    h2: Http2Settings,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
+}
+
+/// HTTP/2 connection settings of a [`PodClient`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Http2Settings {
+    /// Ping interval and how long to wait for the answer.
+    keep_alive: Option<(Duration, Duration)>,
+    adaptive_window: bool,
+    stream_window: Option<u32>,
+    connection_window: Option<u32>,
 }
 
 impl Default for PodClientBuilder {
@@ -81,6 +92,7 @@ impl Default for PodClientBuilder {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_endpoint: 32,
+            h2: Http2Settings::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -100,9 +112,35 @@ impl PodClientBuilder {
         self
     }
 
-    /// How long an idle HTTP/1.1 connection is kept (default 90 s).
+    /// How long an idle connection is kept (default 90 s): an HTTP/1.1 connection with no
+    /// request, and an HTTP/2 connection to a Pod no request was sent to in that time,
+    /// which is how connections to Pods that left the Service (or a subset) get closed.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keep-alive: a PING every `interval`, and the connection closed when one is
+    /// not answered within `timeout` (default off, as in hyper and tonic). Pings run on
+    /// idle connections too, so a Pod that vanished without closing its connections (a
+    /// node gone) is noticed before a request waits on it.
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.h2.keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// HTTP/2 flow control that adapts its windows to the connection's bandwidth-delay
+    /// product (default off; overrides the fixed windows below).
+    pub fn http2_adaptive_window(mut self, enabled: bool) -> Self {
+        self.h2.adaptive_window = enabled;
+        self
+    }
+
+    /// HTTP/2 initial flow-control windows, per stream and per connection, in bytes
+    /// (defaults: hyper's, 2 MiB and 5 MiB).
+    pub fn http2_initial_windows(mut self, stream: u32, connection: u32) -> Self {
+        self.h2.stream_window = Some(stream);
+        self.h2.connection_window = Some(connection);
         self
     }
 
@@ -139,6 +177,8 @@ impl PodClientBuilder {
         PodClient {
             pool: Arc::new(Pool {
                 settings: self,
+                epoch: Instant::now(),
+                sweeper: std::sync::OnceLock::new(),
                 #[cfg(feature = "tls")]
                 tls,
                 endpoints: Mutex::new(HashMap::new()),
@@ -177,6 +217,10 @@ impl PodClient<()> {
 
 struct Pool<B> {
     settings: PodClientBuilder,
+    /// The origin of `Conns::last_used`.
+    epoch: Instant,
+    /// Started with the first request: closes idle connections.
+    sweeper: std::sync::OnceLock<()>,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
     endpoints: Mutex<HashMap<Authority, Arc<Conns<B>>>>,
@@ -267,9 +311,36 @@ struct Conns<B> {
     /// Held while connecting, so concurrent first requests make one connection.
     connecting: tokio::sync::Mutex<()>,
     idle: Mutex<Vec<(Instant, http1::SendRequest<B>)>>,
+    /// When a request last went to this endpoint, in milliseconds since the pool began.
+    last_used: std::sync::atomic::AtomicU64,
 }
 
 impl<B> Pool<B> {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Closes the connections of endpoints no request went to for the idle timeout (an
+    /// HTTP/2 connection closes once its in-flight requests finish) and forgets them.
+    fn evict_idle(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.now_ms();
+        let idle = self.settings.idle_timeout.as_millis() as u64;
+        let mut endpoints = self.endpoints.lock().expect("pool lock");
+        endpoints.retain(|_, c| {
+            if now.saturating_sub(c.last_used.load(Ordering::Relaxed)) < idle {
+                return true;
+            }
+            #[cfg(feature = "http2")]
+            {
+                *c.h2.write().expect("h2 lock") = None;
+            }
+            c.idle.lock().expect("idle lock").clear();
+            // A request still holding it keeps it until it is done.
+            Arc::strong_count(c) > 1
+        });
+    }
+
     fn conns(&self, endpoint: &Authority) -> Arc<Conns<B>> {
         let mut endpoints = self.endpoints.lock().expect("pool lock");
         if let Some(c) = endpoints.get(endpoint) {
@@ -282,6 +353,7 @@ impl<B> Pool<B> {
             h2: std::sync::RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
+            last_used: std::sync::atomic::AtomicU64::new(self.now_ms()),
         });
         endpoints.insert(endpoint.clone(), c.clone());
         c
@@ -301,6 +373,17 @@ impl<B> Conns<B> {
         let h2_open = false;
         let busy = self.connecting.try_lock().is_err() || h2_open;
         !busy && self.idle.lock().expect("idle lock").is_empty()
+    }
+}
+
+/// Evicts idle connections every `every` until the client is dropped.
+async fn sweep<B>(pool: std::sync::Weak<Pool<B>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.evict_idle();
     }
 }
 
@@ -356,12 +439,43 @@ where
             };
             let authority = target.map_or_else(|| endpoint.clone(), |t| t.authority().clone());
             let conns = pool.conns(&endpoint);
+            conns
+                .last_used
+                .store(pool.now_ms(), std::sync::atomic::Ordering::Relaxed);
+            pool.sweeper.get_or_init(|| {
+                let every = (pool.settings.idle_timeout / 2).max(Duration::from_millis(20));
+                tokio::spawn(sweep(Arc::downgrade(&pool), every));
+            });
             match pool.settings.protocol {
                 #[cfg(feature = "http2")]
                 Protocol::Http2 => send_h2(&pool, &conns, &endpoint, &authority, req).await,
                 Protocol::Http1 => send_h1(&pool, conns, &endpoint, &authority, req).await,
             }
         })
+    }
+}
+
+#[cfg(feature = "http2")]
+impl Http2Settings {
+    fn builder(&self) -> http2::Builder<hyper_util::rt::TokioExecutor> {
+        let mut b = http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        b.timer(hyper_util::rt::TokioTimer::new());
+        if let Some((interval, timeout)) = self.keep_alive {
+            b.keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
+        if self.adaptive_window {
+            b.adaptive_window(true);
+        } else {
+            if let Some(w) = self.stream_window {
+                b.initial_stream_window_size(w);
+            }
+            if let Some(w) = self.connection_window {
+                b.initial_connection_window_size(w);
+            }
+        }
+        b
     }
 }
 
@@ -380,7 +494,6 @@ where
 {
     use http::Uri;
     use http::uri::Scheme;
-    use hyper_util::rt::TokioExecutor;
 
     let open = |conns: &Conns<B>| {
         conns
@@ -403,8 +516,12 @@ where
                     let https = req.uri().scheme() == Some(&Scheme::HTTPS);
                     let opening = Instant::now();
                     let io = pool.open(endpoint, https).await?;
-                    let (sender, conn) =
-                        http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+                    let (sender, conn) = pool
+                        .settings
+                        .h2
+                        .builder()
+                        .handshake(TokioIo::new(io))
+                        .await?;
                     setup = Some(opening.elapsed());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

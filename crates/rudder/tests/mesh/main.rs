@@ -756,3 +756,51 @@ async fn zone_preference_keeps_traffic_local_while_local_pods_are_healthy() {
         "{counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_client_closes_connections_to_pods_that_left() {
+    let cluster = hello(3).await;
+    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(
+        PodClient::builder()
+            .protocol(Protocol::Http2)
+            .idle_timeout(Duration::from_millis(300))
+            .http2_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .build::<rudder::ReplayBody<http_body_util::Empty<bytes::Bytes>>>(),
+    );
+    let counts = spread(&mut mesh, 60, || req("http://hello-svc:8080/")).await;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let leaving = cluster.pod("hello-world-1").unwrap();
+    assert_eq!(
+        leaving.open_connections(),
+        1,
+        "one HTTP/2 connection per Pod"
+    );
+    // The Pod leaves the Service (its label goes); requests keep flowing to the others.
+    cluster
+        .label_pod("hello-world-1", [("app".to_string(), None)].into())
+        .await
+        .unwrap();
+    tokio::time::timeout(BOUND, async {
+        while layer
+            .view("hello-svc:8080")
+            .is_none_or(|v| v.endpoints.len() != 2)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the Pod left the endpoints");
+    let staying = cluster.pod("hello-world-2").unwrap();
+    tokio::time::timeout(BOUND, async {
+        while leaving.open_connections() > 0 {
+            spread(&mut mesh, 5, || req("http://hello-svc:8080/")).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle connection to the departed Pod was closed");
+    assert_eq!(staying.open_connections(), 1, "Pods in use keep theirs");
+}
