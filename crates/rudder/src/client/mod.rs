@@ -17,6 +17,18 @@
 //! The endpoint comes from the [`Target`] extension the Mesh sets, else from
 //! the URI (an IP literal is used as is; a name is resolved once per connection, which is
 //! how `ExternalName` Services are reached).
+//!
+//! With [`PodClientBuilder::tls`] (feature `tls`), `https` requests connect with TLS and
+//! verify the Pod as its Service's name (see [`tls`](crate::tls)); ALPN offers only the
+//! protocol spoken. A connection to an endpoint no request went to for the idle timeout is
+//! closed (that is how connections to Pods that left the Service go), and the response of
+//! a request that opened a connection carries [`ConnectTime`], so the Mesh's latency
+//! estimate is the Pod's, not the handshake's.
+//!
+//! The pool is this module's own rather than hyper-util's young `client::pool` services
+//! (`Singleton`, `Cache`, `Map`): what it needs around them (TLS chosen per request, the
+//! time a request spent connecting, idle eviction per endpoint, one connect for concurrent
+//! first requests) would be most of the code anyway, and its API is still settling.
 
 mod error;
 
