@@ -404,7 +404,21 @@ async fn external_name_and_selectorless_services() {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use kube::api::{Api, PostParams};
 
-    let cluster = hello(1).await;
+    // The hand-made slice below lists a loopback Pod, which a real API server refuses:
+    // this test opts in.
+    let api = rudder_testkit::ApiServer::builder()
+        .allow_loopback_endpoints(true)
+        .start()
+        .await
+        .unwrap();
+    let cluster = rudder_testkit::TestCluster::builder()
+        .service("hello-svc")
+        .pod_prefix("hello-world")
+        .label("app", "hello-world")
+        .replicas(1)
+        .start_on(api)
+        .await
+        .unwrap();
     let client = cluster.api().client().await.unwrap();
     // A server on 127.0.0.1 stands in for an external host reached by DNS (`localhost`).
     let outside = rudder_testkit::PodServer::start(

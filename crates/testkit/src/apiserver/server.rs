@@ -132,7 +132,7 @@ impl Default for ApiServerBuilder {
         Self {
             port: 0,
             history: 10_000,
-            allow_loopback_endpoints: true,
+            allow_loopback_endpoints: false,
             max_endpoints_per_slice: 100,
             bookmark_interval: Duration::from_secs(60),
             controllers: true,
@@ -159,8 +159,10 @@ impl ApiServerBuilder {
     /// Whether Endpoints and EndpointSlices may hold loopback addresses.
     ///
     /// The real kube-apiserver rejects loopback, link-local and unspecified addresses with
-    /// 422. Local Pod servers listen on `127.0.x.y`, so the test server accepts loopback by
-    /// default; pass `false` to validate exactly like a cluster.
+    /// 422, and so does this server by default, so objects a test writes would be accepted
+    /// by a real cluster too. The slice controller writes the endpoints of Pods on
+    /// loopback regardless (that is what [`TestCluster`](crate::TestCluster) runs on); pass
+    /// `true` only for a test that writes loopback endpoints itself, and say why.
     pub fn allow_loopback_endpoints(mut self, allow: bool) -> Self {
         self.allow_loopback_endpoints = allow;
         self

@@ -5,7 +5,7 @@
 //! ```
 //! Writes a kubeconfig for the server to PATH (refusing an existing file unless `--force`),
 //! prints a line containing `ready` once it serves, runs until SIGINT or SIGTERM, and then
-//! removes the kubeconfig it wrote. `--demo` also starts the Kubernetes Services
+//! removes the kubeconfig it wrote (with `--force`, puts back what was there before). `--demo` also starts the Kubernetes Services
 //! chapter's `hello-svc` with 10 `app=hello-world` Pods served on loopback.
 
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ fn parse_args() -> Args {
         .arg(
             Arg::new("force")
                 .long("force")
-                .help("Overwrite PATH if it exists (it is still removed on exit)")
+                .help("Use PATH even if it exists; its original contents are put back on exit")
                 .action(ArgAction::SetTrue),
         )
         .get_matches();
@@ -97,6 +97,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
+    // What was at PATH before (only with --force), to put back on exit.
+    let original = if args.force {
+        std::fs::read(&args.kubeconfig).ok()
+    } else {
+        None
+    };
     let api = rudder_testkit::ApiServer::builder()
         .port(args.port)
         .start()
@@ -126,7 +132,12 @@ async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
     );
     wait_for_signal().await?;
     eprintln!("rudder-apiserver: shutting down");
-    let _ = std::fs::remove_file(&args.kubeconfig);
+    match original {
+        Some(bytes) => std::fs::write(&args.kubeconfig, bytes)?,
+        None => {
+            let _ = std::fs::remove_file(&args.kubeconfig);
+        }
+    }
     Ok(())
 }
 

@@ -100,3 +100,43 @@ async fn help_exits_0_and_an_existing_kubeconfig_is_never_overwritten() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     assert_eq!(contents, "precious", "left as it was");
 }
+
+#[tokio::test]
+async fn force_uses_an_existing_path_and_puts_its_contents_back() {
+    let path = std::env::temp_dir().join(format!(
+        "rudder-apiserver-force-{}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(&path, "precious").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rudder-apiserver"))
+        .arg("--kubeconfig")
+        .arg(&path)
+        .arg("--force")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rudder-apiserver");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("ready within 30 s")
+        .expect("stdout")
+        .expect("a line");
+    assert!(line.contains("ready"), "{line}");
+    let during = std::fs::read_to_string(&path).unwrap();
+    assert!(during.contains("clusters"), "a kubeconfig while it runs");
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    let after = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(after, "precious", "the original contents are back");
+}

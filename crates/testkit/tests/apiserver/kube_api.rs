@@ -344,3 +344,40 @@ async fn bookmarks_arrive_at_the_configured_interval() {
         assert_eq!(e["object"]["spec"]["containers"], serde_json::Value::Null);
     }
 }
+
+#[tokio::test]
+async fn loopback_endpoints_are_refused_by_default_like_a_real_cluster() {
+    let api = ApiServer::start().await.unwrap();
+    let slices: Api<EndpointSlice> = Api::default_namespaced(api.client().await.unwrap());
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "loopback-1", "labels": {"kubernetes.io/service-name": "loopback"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"]}],
+        "ports": [{"port": 8080}],
+    }))
+    .unwrap();
+    let err = slices
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert!(
+                s.message
+                    .contains("may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected a 422 Status, got {other}"),
+    }
+    // Opted in, the same object is accepted.
+    let api = ApiServer::builder()
+        .allow_loopback_endpoints(true)
+        .start()
+        .await
+        .unwrap();
+    let slices: Api<EndpointSlice> = Api::default_namespaced(api.client().await.unwrap());
+    slices.create(&PostParams::default(), &slice).await.unwrap();
+}
