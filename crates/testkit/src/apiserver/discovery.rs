@@ -62,8 +62,28 @@ fn resource_list(group_version: &str, group: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
 }
 
-/// Serves discovery paths; anything else is the mux's plain-text 404.
-pub(crate) fn serve(path: &str, out: Out) -> ApiResult<Response<Body>> {
+/// The OpenAPI v3 documents a real kube-apiserver (v1.34) served for the groups this server
+/// has, captured gzip-compressed (`../shared/fixtures/discovery/`): with their schemas,
+/// `kubectl explain` and client-side checks work.
+const OPENAPI_API_V1_GZ: &[u8] = include_bytes!("openapi/api-v1.json.gz");
+const OPENAPI_DISCOVERY_V1_GZ: &[u8] = include_bytes!("openapi/apis-discovery.k8s.io-v1.json.gz");
+
+/// A captured OpenAPI document, sent as it was stored (gzip).
+fn captured_openapi(gz: &'static [u8]) -> Response<Body> {
+    let mut resp = Response::new(full(gz));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    resp
+}
+
+/// Serves discovery paths; anything else is the mux's plain-text 404. `gzip`: the client
+/// accepts gzip, so the captured OpenAPI documents can be served as stored (clients that do
+/// not get a generated document with the operations only, no schemas).
+pub(crate) fn serve(path: &str, out: Out, gzip: bool) -> ApiResult<Response<Body>> {
     let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
     let doc = match path.trim_end_matches('/') {
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
@@ -86,6 +106,10 @@ pub(crate) fn serve(path: &str, out: Out) -> ApiResult<Response<Body>> {
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             return Ok(resp);
+        }
+        "/openapi/v3/api/v1" if gzip => return Ok(captured_openapi(OPENAPI_API_V1_GZ)),
+        "/openapi/v3/apis/discovery.k8s.io/v1" if gzip => {
+            return Ok(captured_openapi(OPENAPI_DISCOVERY_V1_GZ));
         }
         "/openapi/v3/api/v1" => openapi(""),
         "/openapi/v3/apis/discovery.k8s.io/v1" => openapi("discovery.k8s.io"),

@@ -190,7 +190,12 @@ async fn route(
         if user.is_none() {
             return Err(ApiError::forbidden_path("system:anonymous", &path));
         }
-        return discovery::serve(&path, out);
+        let gzip = req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+        return discovery::serve(&path, out, gzip);
     };
     let verb = verb_for(req.method(), &target, &query).ok_or_else(ApiError::method_not_allowed)?;
     authorize(user.as_ref(), verb, &target)?;

@@ -291,3 +291,19 @@ async fn create_from_files() {
     );
     k.ok(&["apply", "-f", &svc]).await;
 }
+
+/// `kubectl explain` reads the schemas of the OpenAPI v3 documents a real kube-apiserver
+/// served, which the test server sends as captured.
+#[tokio::test]
+async fn explain_reads_the_captured_openapi_schemas() {
+    let cluster = hello_svc().await;
+    let k = Kubectl::new(&cluster);
+    let out = k.ok(&["explain", "pods.spec.containers.ports"]).await;
+    assert!(out.contains("FIELD: ports <[]ContainerPort>"), "{out}");
+    assert!(out.contains("containerPort"), "{out}");
+    let out = k
+        .ok(&["explain", "endpointslices.endpoints.conditions"])
+        .await;
+    assert!(out.contains("GROUP:      discovery.k8s.io"), "{out}");
+    assert!(out.contains("serving"), "{out}");
+}
