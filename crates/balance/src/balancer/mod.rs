@@ -73,12 +73,28 @@ pub const LATENCY_RESOLUTION: std::time::Duration = std::time::Duration::from_mi
 #[derive(Debug, Default)]
 pub struct Balancer {
     algorithm: Algorithm,
+    /// The peak-EWMA decay, in nanoseconds, used to age a stale estimate (see
+    /// [`with_decay`](Self::with_decay)).
+    decay_nanos: f64,
 }
 
 impl Balancer {
-    /// A balancer using `algorithm`.
+    /// A balancer using `algorithm` (peak-EWMA decay 10 s, as [`PoolConfig`](crate::PoolConfig)).
     pub fn new(algorithm: Algorithm) -> Self {
-        Self { algorithm }
+        Self {
+            algorithm,
+            decay_nanos: 10e9,
+        }
+    }
+
+    /// The peak-EWMA decay the load table uses. P2C compares two estimates as of the later
+    /// of their last updates: the older one is aged by the time between them, as if it
+    /// had decayed toward zero meanwhile (tower's and linkerd's estimates decay when read).
+    /// Without it, an endpoint that lost every comparison after one slow sample would get
+    /// no request, so no new sample, and stay starved for good in sequential traffic.
+    pub fn with_decay(mut self, decay: std::time::Duration) -> Self {
+        self.decay_nanos = decay.as_nanos().max(1) as f64;
+        self
     }
 
     /// The algorithm.
@@ -242,11 +258,21 @@ impl Balancer {
                 let floor = LATENCY_RESOLUTION.as_nanos() as f64;
                 let both_idle =
                     loads[position(a)].in_flight() == 0 && loads[position(b)].in_flight() == 0;
+                // Both estimates as of the later of their last updates.
+                let reference = loads[position(a)]
+                    .stamp_nanos()
+                    .max(loads[position(b)].stamp_nanos());
                 let cost = |m: usize| {
                     let load = &loads[position(m)];
                     if load.is_ejected() {
                         return f64::INFINITY;
                     }
+                    let age = reference.saturating_sub(load.stamp_nanos());
+                    let aged = if age == 0 {
+                        load.ewma_nanos()
+                    } else {
+                        load.ewma_nanos() * (-(age as f64) / self.decay_nanos).exp()
+                    };
                     let pending = if both_idle {
                         1.0
                     } else {
@@ -254,7 +280,7 @@ impl Balancer {
                     };
                     match self.algorithm {
                         Algorithm::LeastRequests => pending,
-                        _ => load.ewma_nanos().max(floor) * pending,
+                        _ => aged.max(floor) * pending,
                     }
                 };
                 Some(position(if cost(b) * TOLERANCE < cost(a) { b } else { a }))

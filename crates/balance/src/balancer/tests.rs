@@ -43,9 +43,10 @@ fn simulate(
     let set = set(weights);
     let index = SubsetIndex::new(set.clone(), []);
     let subset = index.all();
-    let table = LoadTable::new(Duration::from_millis(200), Duration::from_millis(1));
+    let decay = Duration::from_millis(200);
+    let table = LoadTable::new(decay, Duration::from_millis(1));
     let loads = table.for_set(&set);
-    let balancer = Balancer::new(algorithm);
+    let balancer = Balancer::new(algorithm).with_decay(decay);
     let mut rng = seed;
     // Deterministic per seed: the balancer's own SplitMix64.
     let mut next = move || {
@@ -126,6 +127,45 @@ fn p2c_respects_a_99_to_1_weighting() {
         1,
     ));
     assert!(s[0] > 0.97, "{s:?}");
+}
+
+#[test]
+fn one_slow_sample_does_not_starve_an_endpoint_for_good() {
+    // Sequential traffic (every pick sees both idle) over two equal endpoints, one of
+    // which answered its first request in 60 ms (a handshake, a scheduler pause) and then
+    // in 1 ms like the other, with linkerd's 10 s decay, one request per millisecond.
+    let decay = Duration::from_secs(10);
+    let set = set(&[1, 1]);
+    let index = SubsetIndex::new(set.clone(), []);
+    let subset = index.all();
+    let table = LoadTable::new(decay, Duration::from_millis(1));
+    let loads = table.for_set(&set);
+    table.record_at(&loads[0], Duration::from_millis(60), Duration::ZERO);
+    let balancer = Balancer::new(Algorithm::P2cPeakEwma).with_decay(decay);
+    let mut rng = 7u64;
+    let mut counts = [0usize; 2];
+    let mut late = [0usize; 2];
+    for ms in 1..=120_000u64 {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let x = splitmix(rng);
+        let y = splitmix(x);
+        let pos = balancer.pick_with(&subset, &loads, x, y).unwrap();
+        counts[pos] += 1;
+        if ms > 60_000 {
+            late[pos] += 1;
+        }
+        table.record_at(
+            &loads[pos],
+            Duration::from_millis(1),
+            Duration::from_millis(ms),
+        );
+    }
+    // Avoided while its estimate is high (it decays, read against the other's fresher
+    // one: about decay × ln(60 / 1.25) ≈ 39 s), then back to an even share. Without the
+    // aging it got nothing at all: no request, no sample, no recovery.
+    assert!(counts[0] > 0, "{counts:?}");
+    let share = late[0] as f64 / 60_000.0;
+    assert!((0.4..=0.6).contains(&share), "second minute {late:?}");
 }
 
 #[test]

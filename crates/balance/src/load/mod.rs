@@ -101,6 +101,11 @@ impl EndpointLoad {
         Duration::from_nanos(f64::from_bits(self.ewma.load(Ordering::Relaxed)) as u64)
     }
 
+    /// When the estimate was last updated, in nanoseconds after its table's origin.
+    pub fn stamp_nanos(&self) -> u64 {
+        self.stamp.load(Ordering::Relaxed)
+    }
+
     /// The latency estimate in nanoseconds.
     pub fn ewma_nanos(&self) -> f64 {
         f64::from_bits(self.ewma.load(Ordering::Relaxed))

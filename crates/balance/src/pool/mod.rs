@@ -190,7 +190,7 @@ impl<T> Pool<T> {
         let loads = outcomes.table.for_set(&set).iter().cloned().collect();
         let first = Self::index(&config, set, loads, extras, SystemTime::now());
         Self {
-            balancer: Balancer::new(config.algorithm),
+            balancer: Balancer::new(config.algorithm).with_decay(config.decay),
             config,
             outcomes,
             current: ArcSwap::from_pointee(first),

@@ -126,11 +126,12 @@ async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
         api.write_kubeconfig(&args.kubeconfig)?;
         (Some(api), None)
     };
+    let stop = signals()?;
     println!(
         "rudder-apiserver ready on https://{addr} (kubeconfig: {})",
         args.kubeconfig.display()
     );
-    wait_for_signal().await?;
+    stop.await;
     eprintln!("rudder-apiserver: shutting down");
     match original {
         Some(bytes) => std::fs::write(&args.kubeconfig, bytes)?,
@@ -141,12 +142,16 @@ async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), rudder_testkit::Error> {
+/// Installs the SIGINT and SIGTERM handlers now (before `ready` is printed, so a signal
+/// sent right after it is not fatal) and returns a future that waits for either.
+fn signals() -> Result<impl std::future::Future<Output = ()>, rudder_testkit::Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
