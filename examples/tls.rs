@@ -39,6 +39,19 @@ struct Run {
     elapsed: Duration,
 }
 
+impl Run {
+    fn merge(&mut self, other: Run) {
+        for (k, v) in other.per_pod {
+            *self.per_pod.entry(k).or_default() += v;
+        }
+        for (k, v) in other.sni {
+            *self.sni.entry(k).or_default() += v;
+        }
+        self.failed += other.failed;
+        self.first_failure = self.first_failure.take().or(other.first_failure);
+    }
+}
+
 /// Sends `n` GETs to `uri` through `svc` from `WORKERS` tasks.
 async fn http_load<S, B>(svc: S, uri: &'static str, n: usize) -> Run
 where
@@ -84,15 +97,7 @@ where
     }
     let mut total = Run::default();
     while let Some(run) = workers.join_next().await {
-        let run = run.expect("worker");
-        for (k, v) in run.per_pod {
-            *total.per_pod.entry(k).or_default() += v;
-        }
-        for (k, v) in run.sni {
-            *total.sni.entry(k).or_default() += v;
-        }
-        total.failed += run.failed;
-        total.first_failure = total.first_failure.or(run.first_failure);
+        total.merge(run.expect("worker"));
     }
     total.elapsed = started.elapsed();
     total
@@ -131,12 +136,7 @@ where
     }
     let mut total = Run::default();
     while let Some(run) = workers.join_next().await {
-        let run = run.expect("worker");
-        for (k, v) in run.per_pod {
-            *total.per_pod.entry(k).or_default() += v;
-        }
-        total.failed += run.failed;
-        total.first_failure = total.first_failure.or(run.first_failure);
+        total.merge(run.expect("worker"));
     }
     total.elapsed = started.elapsed();
     total
