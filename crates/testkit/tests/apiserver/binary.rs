@@ -6,16 +6,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-#[tokio::test]
-async fn prints_ready_serves_and_exits_cleanly_on_sigterm() {
-    let kubeconfig = std::env::temp_dir().join(format!(
-        "rudder-apiserver-bin-{}.kubeconfig",
-        std::process::id()
-    ));
+/// Starts `rudder-apiserver` with `args` and waits for its `ready` line.
+async fn start_ready(args: &[&std::ffi::OsStr]) -> tokio::process::Child {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rudder-apiserver"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--demo")
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -27,6 +21,35 @@ async fn prints_ready_serves_and_exits_cleanly_on_sigterm() {
         .expect("stdout")
         .expect("a line");
     assert!(line.contains("ready"), "{line}");
+    child
+}
+
+/// Sends SIGTERM and waits (bounded) for the exit.
+async fn terminate(mut child: tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait")
+}
+
+#[tokio::test]
+async fn prints_ready_serves_and_exits_cleanly_on_sigterm() {
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "rudder-apiserver-bin-{}.kubeconfig",
+        std::process::id()
+    ));
+    let child = start_ready(&[
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+        "--demo".as_ref(),
+    ])
+    .await;
 
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig written"),
@@ -41,16 +64,7 @@ async fn prints_ready_serves_and_exits_cleanly_on_sigterm() {
         .expect("list");
     assert_eq!(listed.items.len(), 10, "--demo serves hello-svc's 10 Pods");
 
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
+    let exit = terminate(child).await;
     assert!(exit.success(), "{exit:?}");
     assert!(!kubeconfig.exists(), "the kubeconfig is removed on exit");
 }
@@ -108,33 +122,15 @@ async fn force_uses_an_existing_path_and_puts_its_contents_back() {
         std::process::id()
     ));
     std::fs::write(&path, "precious").unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rudder-apiserver"))
-        .arg("--kubeconfig")
-        .arg(&path)
-        .arg("--force")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn rudder-apiserver");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("ready within 30 s")
-        .expect("stdout")
-        .expect("a line");
-    assert!(line.contains("ready"), "{line}");
+    let child = start_ready(&[
+        "--kubeconfig".as_ref(),
+        path.as_os_str(),
+        "--force".as_ref(),
+    ])
+    .await;
     let during = std::fs::read_to_string(&path).unwrap();
     assert!(during.contains("clusters"), "a kubeconfig while it runs");
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
+    let exit = terminate(child).await;
     let after = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     assert!(exit.success(), "{exit:?}");
