@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use rudder::{MeshError, MeshLayer};
-use rudder_testkit::{Access, Rule};
 use serde_json::json;
 use tower::Layer;
 
@@ -24,20 +23,11 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     .unwrap_or_else(|_| panic!("{what}"));
 }
 
-/// A token with the Role of `deploy/rbac.yaml`, bound in `default` only.
-fn namespaced_reader() -> Access {
-    Access::rules([
-        Rule::new(["get", "list", "watch"], ["services", "endpoints", "pods"])
-            .in_namespace("default"),
-        Rule::new(["get", "list", "watch"], ["endpointslices"]).in_namespace("default"),
-    ])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_namespace_falls_through_at_once_and_is_not_asked_again() {
     let cluster = hello(1).await;
-    cluster.api().add_token("reader", namespaced_reader());
-    let client = cluster.api().client_with_token("reader").await.unwrap();
+    // The Role of deploy/rbac.yaml, bound in `default` only, as users deploy it.
+    let client = rbac_client(&cluster).await;
     // A sync timeout far beyond every bound here: a request that waited for it would fail
     // the test.
     let layer = MeshLayer::builder(client)
@@ -90,7 +80,7 @@ async fn a_forbidden_namespace_falls_through_at_once_and_is_not_asked_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_allow_list_keeps_other_names_away_from_the_api() {
     let cluster = hello(1).await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .namespaces(["default"])
         .build()
         .unwrap();
@@ -113,7 +103,7 @@ async fn a_namespace_allow_list_keeps_other_names_away_from_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_fails_fast_or_falls_back_at_once() {
     let cluster = hello(1).await;
-    let client = cluster.api().client().await.unwrap();
+    let client = rbac_client(&cluster).await;
     cluster.api().stop().await;
     for dns_fallback in [false, true] {
         let layer = MeshLayer::builder(client.clone())
@@ -168,7 +158,7 @@ async fn the_request_timeout_covers_the_wait_for_the_first_sync() {
     let cluster = hello(1).await;
     // Every API answer takes a minute.
     cluster.api().faults().set_latency(Duration::from_secs(60));
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .timeout(Duration::from_millis(300))
         .sync_timeout(Duration::from_secs(600))
         .build()
@@ -191,7 +181,7 @@ async fn the_request_timeout_covers_the_wait_for_the_first_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_deleted_and_portless_services_release_their_watches() {
     let cluster = hello(2).await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .idle_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -260,7 +250,7 @@ async fn idle_deleted_and_portless_services_release_their_watches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_selector_change_keeps_pod_labels_until_the_new_list_is_in() {
     let cluster = biz1(2, 2).await;
-    let client = cluster.api().client().await.unwrap();
+    let client = rbac_client(&cluster).await;
     // Every Pod also carries `track=stable`, so the new selector matches the same Pods.
     for pod in cluster.pods() {
         cluster
@@ -317,7 +307,8 @@ async fn a_selector_change_keeps_pod_labels_until_the_new_list_is_in() {
             failed
         })
     };
-    let services: Api<Service> = Api::default_namespaced(client);
+    // The operator's edit, with an admin token.
+    let services: Api<Service> = Api::default_namespaced(cluster.api().client().await.unwrap());
     services
         .patch(
             "biz1",
@@ -377,7 +368,7 @@ async fn a_ready_pod_that_never_answers_times_out_and_is_ejected() {
         .await
         .unwrap();
     cluster.api().settled().await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .response_timeout(Some(Duration::from_millis(200)))
         .build()
         .unwrap();
@@ -430,7 +421,7 @@ async fn posts_with_bodies_are_replayed_on_another_pod_when_one_refuses() {
     // Dead but still Ready in the API: every connection to it is refused.
     let dead = cluster.pods()[0].addr();
     cluster.pods()[0].kill().await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .build()
         .unwrap();
     let http = Client::builder(TokioExecutor::new()).build_http();
@@ -453,7 +444,7 @@ async fn posts_with_bodies_are_replayed_on_another_pod_when_one_refuses() {
     }
     // A body above the replay cap streams through unkept: a refusal is final, and the
     // error names the Pod tried.
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .max_replay_body(16)
         .algorithm(rudder::Algorithm::WeightedRoundRobin)
         .build()
@@ -478,7 +469,7 @@ async fn posts_with_bodies_are_replayed_on_another_pod_when_one_refuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_say_why_a_pod_gets_no_traffic_and_serialize() {
     let cluster = hello(3).await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .build()
         .unwrap();
     // Known before any request.
@@ -504,7 +495,7 @@ async fn views_say_why_a_pod_gets_no_traffic_and_serialize() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staleness_is_zero_while_healthy_and_counts_from_the_first_failure() {
     let cluster = hello(2).await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .build()
         .unwrap();
     layer.warm(["hello-svc:8080"]).await.unwrap();
@@ -545,7 +536,7 @@ async fn staleness_is_zero_while_healthy_and_counts_from_the_first_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_api_outage_changes_arrive_within_the_retry_period() {
     let mut cluster = hello(2).await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .build()
         .unwrap();
     layer.warm(["hello-svc:8080"]).await.unwrap();
@@ -572,7 +563,7 @@ async fn after_an_api_outage_changes_arrive_within_the_retry_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_host_names_cannot_grow_the_services_watched() {
     let cluster = hello(1).await;
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
         .max_services(2)
         .build()
         .unwrap();

@@ -7,35 +7,6 @@ use tower::Layer;
 
 use super::support::*;
 
-/// The verbs and resources of the Role in `deploy/rbac.yaml` (its `rules:` use one
-/// flow-style list per key, which is all this reads).
-fn manifest_rules() -> Vec<Rule> {
-    let text = include_str!("../../../../deploy/rbac.yaml");
-    let list = |line: &str| -> Vec<String> {
-        let inner = line
-            .split_once('[')
-            .and_then(|(_, r)| r.split_once(']'))
-            .map(|(l, _)| l);
-        inner
-            .unwrap_or_default()
-            .split(',')
-            .map(|s| s.trim().trim_matches('"').to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    let mut rules = Vec::new();
-    let mut resources = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("resources:") {
-            resources = list(rest);
-        } else if let Some(rest) = line.strip_prefix("verbs:") {
-            rules.push(Rule::new(list(rest), resources.clone()));
-        }
-    }
-    assert_eq!(rules.len(), 2, "two rules in deploy/rbac.yaml");
-    rules
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rbac_manifest_is_enough_for_routing_and_subsets() {
     let cluster = biz1(1, 1).await;

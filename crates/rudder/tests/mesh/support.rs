@@ -64,7 +64,8 @@ pub(crate) async fn biz1(v41: usize, v42: usize) -> TestCluster {
 }
 
 pub(crate) async fn mesh(cluster: &TestCluster) -> (MeshLayer, Mesh<H1>) {
-    let layer = MeshLayer::builder(cluster.api().client().await.expect("client"))
+    // The least privilege users deploy (deploy/rbac.yaml), not an admin token.
+    let layer = MeshLayer::builder(rbac_client(cluster).await)
         .trust_subset_header()
         .build()
         .expect("layer");
@@ -215,4 +216,49 @@ where
 {
     let res = svc.ready().await?.call(req(uri)).await?;
     Ok(res.headers()["x-uri"].to_str()?.to_string())
+}
+
+/// The verbs and resources of the Role in `deploy/rbac.yaml` (its `rules:` use one
+/// flow-style list per key, which is all this reads).
+pub(crate) fn manifest_rules() -> Vec<rudder_testkit::Rule> {
+    let text = include_str!("../../../../deploy/rbac.yaml");
+    let list = |line: &str| -> Vec<String> {
+        let inner = line
+            .split_once('[')
+            .and_then(|(_, r)| r.split_once(']'))
+            .map(|(l, _)| l);
+        inner
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let mut rules = Vec::new();
+    let mut resources = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("resources:") {
+            resources = list(rest);
+        } else if let Some(rest) = line.strip_prefix("verbs:") {
+            rules.push(rudder_testkit::Rule::new(list(rest), resources.clone()));
+        }
+    }
+    assert_eq!(rules.len(), 2, "two rules in deploy/rbac.yaml");
+    rules
+}
+
+/// A kube client with the Role of `deploy/rbac.yaml` bound in the cluster's namespace (what
+/// a user deploys), not an admin token.
+pub(crate) async fn rbac_client(cluster: &TestCluster) -> kube::Client {
+    let rules = manifest_rules()
+        .into_iter()
+        .map(|r| r.in_namespace(cluster.namespace()));
+    cluster
+        .api()
+        .add_token("rbac-yaml", rudder_testkit::Access::rules(rules));
+    cluster
+        .api()
+        .client_with_token("rbac-yaml")
+        .await
+        .expect("client")
 }

@@ -43,7 +43,7 @@ async fn mesh_over_https(
     tls: TlsConfig,
 ) -> (MeshLayer, rudder::Mesh<Https>) {
     let http: Https = Client::builder(TokioExecutor::new()).build(tls.connector());
-    let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+    let layer = MeshLayer::builder(rbac_client(cluster).await)
         .tls(tls)
         .build()
         .unwrap();
