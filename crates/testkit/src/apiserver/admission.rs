@@ -535,6 +535,65 @@ fn validate_slice(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
 /// Orders keys the way Go's structs serialise them, so responses read like the real ones.
 pub(crate) fn canonical(res: Resource, obj: Value) -> Value {
     const TOP: &[&str] = &["kind", "apiVersion", "metadata"];
+    let rest = res.body_fields();
+    let Value::Object(mut map) = obj else {
+        return obj;
+    };
+    if let Some(Value::Object(meta)) = map.shift_remove("metadata") {
+        map.insert("metadata".into(), Value::Object(canonical_metadata(meta)));
+    }
+    // The nested structs this server fills in itself (defaults, status), in Go order.
+    let nested: &[(&str, &[&str])] = match res {
+        Resource::Service => &[("spec", SERVICE_SPEC), ("status", &[])],
+        Resource::Pod => &[("spec", POD_SPEC), ("status", POD_STATUS)],
+        Resource::Node => &[("spec", &[]), ("status", NODE_STATUS)],
+        _ => &[],
+    };
+    // Lists of structs inside them: (field, list, item order).
+    let items: &[(&str, &str, &[&str])] = match res {
+        Resource::Service => &[("spec", "ports", SERVICE_PORT)],
+        Resource::Pod => &[
+            ("spec", "containers", CONTAINER),
+            ("spec", "initContainers", CONTAINER),
+            ("status", "containerStatuses", CONTAINER_STATUS),
+            ("status", "initContainerStatuses", CONTAINER_STATUS),
+        ],
+        _ => &[],
+    };
+    for (field, order) in nested {
+        if let Some(Value::Object(inner)) = map.shift_remove(*field) {
+            let mut inner = reorder(inner, order);
+            for m in ["selector", "nodeSelector"] {
+                sort_map(inner.get_mut(m));
+            }
+            for (_, list, item_order) in items.iter().filter(|(f, ..)| f == field) {
+                for item in inner
+                    .get_mut(*list)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Value::Object(m) = item {
+                        *m = reorder(std::mem::take(m), item_order);
+                        if let Some(Value::Array(ports)) = m.get_mut("ports") {
+                            for p in ports.iter_mut() {
+                                if let Value::Object(pm) = p {
+                                    *pm = reorder(std::mem::take(pm), CONTAINER_PORT);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            map.insert((*field).to_string(), Value::Object(inner));
+        }
+    }
+    let order: Vec<&str> = TOP.iter().chain(rest).copied().collect();
+    Value::Object(reorder(map, &order))
+}
+
+/// `ObjectMeta` in Go struct order, its maps sorted.
+pub(crate) fn canonical_metadata(mut meta: Map<String, Value>) -> Map<String, Value> {
     const META: &[&str] = &[
         "name",
         "generateName",
@@ -552,21 +611,193 @@ pub(crate) fn canonical(res: Resource, obj: Value) -> Value {
         "finalizers",
         "managedFields",
     ];
-    let rest = res.body_fields();
-    let Value::Object(mut map) = obj else {
-        return obj;
-    };
-    if let Some(Value::Object(meta)) = map.remove("metadata") {
-        map.insert("metadata".into(), Value::Object(reorder(meta, META)));
+    // Go maps serialise with sorted keys.
+    for m in ["labels", "annotations"] {
+        sort_map(meta.get_mut(m));
     }
-    let order: Vec<&str> = TOP.iter().chain(rest).copied().collect();
-    Value::Object(reorder(map, &order))
+    reorder(meta, META)
 }
 
+/// `ServiceSpec`'s fields in Go struct order.
+const SERVICE_SPEC: &[&str] = &[
+    "ports",
+    "selector",
+    "clusterIP",
+    "clusterIPs",
+    "type",
+    "externalIPs",
+    "sessionAffinity",
+    "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "externalName",
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "publishNotReadyAddresses",
+    "sessionAffinityConfig",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "allocateLoadBalancerNodePorts",
+    "loadBalancerClass",
+    "internalTrafficPolicy",
+    "trafficDistribution",
+];
+
+/// `PodSpec`'s fields in Go struct order.
+const POD_SPEC: &[&str] = &[
+    "volumes",
+    "initContainers",
+    "containers",
+    "ephemeralContainers",
+    "restartPolicy",
+    "terminationGracePeriodSeconds",
+    "activeDeadlineSeconds",
+    "dnsPolicy",
+    "nodeSelector",
+    "serviceAccountName",
+    "serviceAccount",
+    "automountServiceAccountToken",
+    "nodeName",
+    "hostNetwork",
+    "hostPID",
+    "hostIPC",
+    "shareProcessNamespace",
+    "securityContext",
+    "imagePullSecrets",
+    "hostname",
+    "subdomain",
+    "affinity",
+    "schedulerName",
+    "tolerations",
+    "hostAliases",
+    "priorityClassName",
+    "priority",
+    "dnsConfig",
+    "readinessGates",
+    "runtimeClassName",
+    "enableServiceLinks",
+    "preemptionPolicy",
+    "overhead",
+    "topologySpreadConstraints",
+    "setHostnameAsFQDN",
+    "os",
+    "hostUsers",
+    "schedulingGates",
+    "resourceClaims",
+    "resources",
+];
+
+/// `PodStatus`'s fields in Go struct order.
+const POD_STATUS: &[&str] = &[
+    "observedGeneration",
+    "phase",
+    "conditions",
+    "message",
+    "reason",
+    "nominatedNodeName",
+    "hostIP",
+    "hostIPs",
+    "podIP",
+    "podIPs",
+    "startTime",
+    "initContainerStatuses",
+    "containerStatuses",
+    "qosClass",
+    "ephemeralContainerStatuses",
+    "resize",
+    "resourceClaimStatuses",
+    "extendedResourceClaimStatus",
+];
+
+/// `NodeStatus`'s fields in Go struct order.
+const NODE_STATUS: &[&str] = &[
+    "capacity",
+    "allocatable",
+    "phase",
+    "conditions",
+    "addresses",
+    "daemonEndpoints",
+    "nodeInfo",
+    "images",
+    "volumesInUse",
+    "volumesAttached",
+    "config",
+    "runtimeHandlers",
+    "features",
+];
+
+/// `ServicePort`'s fields in Go struct order.
+const SERVICE_PORT: &[&str] = &[
+    "name",
+    "protocol",
+    "appProtocol",
+    "port",
+    "targetPort",
+    "nodePort",
+];
+
+/// `Container`'s fields in Go struct order.
+const CONTAINER: &[&str] = &[
+    "name",
+    "image",
+    "command",
+    "args",
+    "workingDir",
+    "ports",
+    "envFrom",
+    "env",
+    "resources",
+    "resizePolicy",
+    "restartPolicy",
+    "restartPolicyRules",
+    "volumeMounts",
+    "volumeDevices",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "imagePullPolicy",
+    "securityContext",
+    "stdin",
+    "stdinOnce",
+    "tty",
+];
+
+/// `ContainerPort`'s fields in Go struct order (only inside containers).
+const CONTAINER_PORT: &[&str] = &["name", "hostPort", "containerPort", "protocol", "hostIP"];
+
+/// `ContainerStatus`'s fields in Go struct order.
+const CONTAINER_STATUS: &[&str] = &[
+    "name",
+    "state",
+    "lastState",
+    "ready",
+    "restartCount",
+    "image",
+    "imageID",
+    "containerID",
+    "started",
+    "allocatedResources",
+    "resources",
+    "volumeMounts",
+    "user",
+    "allocatedResourcesStatus",
+    "stopSignal",
+];
+
+/// Sorts a JSON object's keys, as Go's encoder does for maps.
+fn sort_map(v: Option<&mut Value>) {
+    if let Some(Value::Object(m)) = v {
+        m.sort_keys();
+    }
+}
+
+/// `order`'s keys first, in that order, then the rest as they were.
 fn reorder(mut map: Map<String, Value>, order: &[&str]) -> Map<String, Value> {
     let mut out = Map::with_capacity(map.len());
     for k in order {
-        if let Some(v) = map.remove(*k) {
+        if let Some(v) = map.shift_remove(*k) {
             out.insert((*k).to_string(), v);
         }
     }

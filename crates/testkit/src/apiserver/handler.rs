@@ -56,12 +56,14 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// A JSON response with the headers kube-apiserver sends.
 pub(crate) fn json_response(code: StatusCode, value: &Value, out: Out) -> Response<Body> {
-    let mut text = if out.pretty {
+    // Compact JSON ends with a newline; indented JSON (`?pretty=true`, 406 bodies) does not.
+    let text = if out.pretty {
         serde_json::to_string_pretty(value).unwrap_or_default()
     } else {
-        value.to_string()
+        let mut t = value.to_string();
+        t.push('\n');
+        t
     };
-    text.push('\n');
     let mut resp = Response::new(full(text));
     *resp.status_mut() = code;
     let h = resp.headers_mut();
@@ -89,7 +91,12 @@ pub(crate) fn error_response(e: &ApiError, out: Out) -> Response<Body> {
         return resp;
     }
     let pretty = out.pretty || e.code == StatusCode::NOT_ACCEPTABLE;
-    let mut resp = json_response(e.code, &e.to_status(), Out { pretty, ..out });
+    // The deprecation warning comes from the resource's handler, which a request refused by
+    // authentication or authorization never reaches.
+    let warning = out
+        .warning
+        .filter(|_| !matches!(e.code, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN));
+    let mut resp = json_response(e.code, &e.to_status(), Out { pretty, warning });
     if e.code == StatusCode::FORBIDDEN {
         resp.headers_mut().insert(
             "x-content-type-options",
@@ -154,10 +161,18 @@ pub(crate) async fn handle(
         pretty,
         warning: target_warning,
     };
-    Ok(match route(&shared, req, out).await {
+    let mut resp = match route(&shared, req, out).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e, out),
-    })
+    };
+    // Every answer carries an audit ID, the plain-text 404s and discovery documents too.
+    if !resp.headers().contains_key("audit-id") {
+        resp.headers_mut().insert(
+            "audit-id",
+            HeaderValue::from_str(&admission::uid()).expect("uid is ASCII"),
+        );
+    }
+    Ok(resp)
 }
 
 fn verb_for(method: &Method, target: &Target, query: &Query) -> Option<&'static str> {
@@ -349,8 +364,8 @@ fn key(target: &Target, name: &str) -> Key {
 fn list_item(res: Resource, obj: Value) -> Value {
     let mut o = admission::canonical(res, obj);
     if let Some(m) = o.as_object_mut() {
-        m.remove("kind");
-        m.remove("apiVersion");
+        m.shift_remove("kind");
+        m.shift_remove("apiVersion");
     }
     o
 }
@@ -360,7 +375,10 @@ pub(crate) fn as_metadata(obj: &Value) -> Value {
     json!({
         "kind": "PartialObjectMetadata",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "metadata": match obj.get("metadata") {
+            Some(Value::Object(m)) => Value::Object(admission::canonical_metadata(m.clone())),
+            _ => json!({}),
+        },
     })
 }
 
@@ -677,7 +695,23 @@ fn commit(
             message: "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
         }]));
     }
-    let causes = admission::validate(res, &new, &shared.config);
+    let mut causes = admission::validate(res, &new, &shared.config);
+    if res == Resource::Pod {
+        // Observed on kube-apiserver v1.34: an invalid label in a Pod update is reported
+        // four times in `causes` (several validation passes check object metadata), while
+        // the message names it once (`errors/422-patch-invalid-label-value.json`).
+        causes = causes
+            .into_iter()
+            .flat_map(|c| {
+                let copies = if c.field.starts_with("metadata.labels") {
+                    4
+                } else {
+                    1
+                };
+                std::iter::repeat_n(c, copies)
+            })
+            .collect();
+    }
     if !causes.is_empty() {
         return Err(ApiError::invalid(res, &name, causes));
     }

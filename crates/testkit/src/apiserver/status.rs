@@ -164,7 +164,13 @@ impl ApiError {
     }
 
     pub(crate) fn invalid(res: Resource, name: &str, causes: Vec<Cause>) -> Self {
-        let list: Vec<String> = causes.iter().map(Cause::text).collect();
+        // The message names each distinct error once; `causes` keeps every copy.
+        let mut list: Vec<String> = Vec::with_capacity(causes.len());
+        for text in causes.iter().map(Cause::text) {
+            if !list.contains(&text) {
+                list.push(text);
+            }
+        }
         let summary = if list.len() == 1 {
             list[0].clone()
         } else {

@@ -1,5 +1,8 @@
 //! Server-side `Table`s, which `kubectl get` asks for and prints as they are.
 
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
 use serde_json::{Value, json};
 
 use super::handler::as_metadata;
@@ -90,6 +93,28 @@ fn columns(res: Resource) -> Vec<(&'static str, i32)> {
             ("Message", 0),
         ],
     }
+}
+
+/// Column descriptions as a real kube-apiserver (v1.34) sends them, taken from its captured
+/// Tables. Name and Age read the same for every resource; columns of resources that were
+/// not captured (Namespace status, Events) have none.
+fn description(res: Resource, column: &str) -> &'static str {
+    static CAPTURED: LazyLock<BTreeMap<String, BTreeMap<String, String>>> = LazyLock::new(|| {
+        serde_json::from_str(include_str!("table-columns.json")).unwrap_or_default()
+    });
+    let of = |plural: &str| {
+        CAPTURED
+            .get(plural)
+            .and_then(|m| m.get(column))
+            .map(String::as_str)
+    };
+    of(res.plural())
+        .or_else(|| {
+            matches!(column, "Name" | "Age")
+                .then(|| of("pods"))
+                .flatten()
+        })
+        .unwrap_or("")
 }
 
 fn cells(res: Resource, o: &Value) -> Vec<Value> {
@@ -278,7 +303,7 @@ pub(crate) fn render(
     let columns: Vec<Value> = columns(res)
         .into_iter()
         .map(|(name, priority)| {
-            json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
+            json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": description(res, name), "priority": priority})
         })
         .collect();
     let rows: Vec<Value> = objects

@@ -33,6 +33,8 @@ pub(crate) struct Capture {
     pub(crate) auth: String,
     pub(crate) body: Option<String>,
     pub(crate) status: u16,
+    /// Every response header, in the order the real server sent them.
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 pub(crate) fn captures() -> Vec<Capture> {
@@ -54,6 +56,12 @@ pub(crate) fn captures() -> Vec<Capture> {
                 auth: s(&r["auth"]).unwrap_or_default(),
                 body: s(&r["body"]),
                 status: v["response"]["status"].as_u64().unwrap_or(0) as u16,
+                headers: v["response"]["headers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| Some((s(&h[0])?, s(&h[1])?)))
+                    .collect(),
             }
         })
         .collect()
