@@ -87,35 +87,84 @@ pub(crate) fn decode(res: Resource, body: &[u8]) -> ApiResult<Value> {
 
 /// Rejects fields of the wrong JSON type by decoding into the typed k8s-openapi struct.
 fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
-    use k8s_openapi::api::{core::v1 as core, discovery::v1 as disco};
-    let v = value.clone();
-    let checked = match res {
-        Resource::Namespace => serde_json::from_value::<core::Namespace>(v).map(drop),
-        Resource::Node => serde_json::from_value::<core::Node>(v).map(drop),
-        Resource::Pod => serde_json::from_value::<core::Pod>(v).map(drop),
-        Resource::Service => serde_json::from_value::<core::Service>(v).map(drop),
-        Resource::Endpoints => serde_json::from_value::<core::Endpoints>(v).map(drop),
-        Resource::EndpointSlice => serde_json::from_value::<disco::EndpointSlice>(v).map(drop),
-        Resource::Event => serde_json::from_value::<core::Event>(v).map(drop),
-    };
-    checked.map_err(|e| cannot_handle(res, e))
+    typed_round_trip(res, value).map(drop)
 }
 
-/// `fieldValidation=Strict`: unknown top-level fields are an error.
+/// `value` decoded into the typed k8s-openapi struct and encoded again: what the API knows
+/// of it. Unknown fields do not survive the trip.
+fn typed_round_trip(res: Resource, value: &Value) -> ApiResult<Value> {
+    use k8s_openapi::api::{core::v1 as core, discovery::v1 as disco};
+    fn trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+        v: &Value,
+    ) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(serde_json::from_value::<T>(v.clone())?)
+    }
+    let known = match res {
+        Resource::Namespace => trip::<core::Namespace>(value),
+        Resource::Node => trip::<core::Node>(value),
+        Resource::Pod => trip::<core::Pod>(value),
+        Resource::Service => trip::<core::Service>(value),
+        Resource::Endpoints => trip::<core::Endpoints>(value),
+        Resource::EndpointSlice => trip::<disco::EndpointSlice>(value),
+        Resource::Event => trip::<core::Event>(value),
+    };
+    known.map_err(|e| cannot_handle(res, e))
+}
+
+/// `fieldValidation=Strict`: fields the API does not know, at any depth, are an error
+/// naming each of them (`unknown field "spec.bogus"`), as kubectl's default validation
+/// expects from the server.
 pub(crate) fn check_strict(res: Resource, value: &Value) -> ApiResult<()> {
-    let allowed =
-        |k: &str| matches!(k, "kind" | "apiVersion" | "metadata") || res.body_fields().contains(&k);
-    if let Some(obj) = value.as_object() {
-        for k in obj.keys() {
-            if !allowed(k) {
-                return Err(cannot_handle(
-                    res,
-                    format!("strict decoding error: unknown field \"{k}\""),
-                ));
+    let known = typed_round_trip(res, value)?;
+    let mut unknown = Vec::new();
+    unknown_fields("", value, &known, &mut unknown);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(cannot_handle(
+        res,
+        format!("strict decoding error: {}", list.join(", ")),
+    ))
+}
+
+/// Paths in `given` that `known` (its typed round trip) lost. Nulls and empty values are
+/// not fields anyone set, so they are not reported.
+fn unknown_fields(path: &str, given: &Value, known: &Value, out: &mut Vec<String>) {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, v) in g {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(&here, v, kv, out),
+                    None if is_empty(v) => {}
+                    None => out.push(here),
+                }
             }
         }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                unknown_fields(&format!("{path}[{i}]"), gv, kv, out);
+            }
+        }
+        _ => {}
     }
-    Ok(())
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {

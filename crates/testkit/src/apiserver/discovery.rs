@@ -39,14 +39,15 @@ fn resource_list(group_version: &str, group: &str) -> Value {
             "singularName": r.singular(),
             "namespaced": r.namespaced(),
             "kind": r.kind(),
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "verbs": r.verbs(),
         });
         if !r.short_names().is_empty() {
             entry["shortNames"] = json!(r.short_names());
         }
-        if matches!(r, Resource::Pod | Resource::Service) {
-            entry["categories"] = json!(["all"]);
+        if !r.categories().is_empty() {
+            entry["categories"] = json!(r.categories());
         }
+        entry["storageVersionHash"] = r.storage_version_hash().into();
         resources.push(entry);
         if r.has_status() {
             resources.push(json!({
@@ -59,7 +60,96 @@ fn resource_list(group_version: &str, group: &str) -> Value {
         }
     }
     resources.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+    if group.is_empty() {
+        // The core group's list has no apiVersion (as observed).
+        json!({"kind": "APIResourceList", "groupVersion": group_version, "resources": resources})
+    } else {
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+    }
+}
+
+/// The media type of aggregated discovery (`/api` and `/apis` in one document per tree),
+/// which kubectl asks for first.
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether `accept` asks for aggregated discovery v2.
+pub(crate) fn wants_aggregated(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|t| {
+            let params: Vec<&str> = t.split(';').map(str::trim).collect();
+            params.contains(&"g=apidiscovery.k8s.io")
+                && params.contains(&"v=v2")
+                && params.contains(&"as=APIGroupDiscoveryList")
+        })
+    })
+}
+
+/// The aggregated discovery document of one tree: `/api` (the core group) or `/apis`.
+fn aggregated(core: bool) -> Value {
+    let mut groups: Vec<&str> = Resource::ALL
+        .into_iter()
+        .map(Resource::group)
+        .filter(|g| g.is_empty() == core)
+        .collect();
+    groups.dedup();
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|group| {
+            let resources: Vec<Value> = Resource::ALL
+                .into_iter()
+                .filter(|r| r.group() == group)
+                .map(|r| {
+                    let kind = json!({"group": "", "version": "", "kind": r.kind()});
+                    let mut e = json!({
+                        "resource": r.plural(),
+                        "responseKind": kind,
+                        "scope": if r.namespaced() { "Namespaced" } else { "Cluster" },
+                        "singularResource": r.singular(),
+                        "verbs": r.verbs(),
+                    });
+                    if !r.short_names().is_empty() {
+                        e["shortNames"] = json!(r.short_names());
+                    }
+                    if !r.categories().is_empty() {
+                        e["categories"] = json!(r.categories());
+                    }
+                    if r.has_status() {
+                        e["subresources"] = json!([{"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}]);
+                    }
+                    e
+                })
+                .collect();
+            let mut resources = resources;
+            resources.sort_by(|a, b| a["resource"].as_str().cmp(&b["resource"].as_str()));
+            let metadata = if group.is_empty() {
+                json!({})
+            } else {
+                json!({"name": group})
+            };
+            json!({"metadata": metadata, "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// Aggregated discovery as the real server sends it: its own media type, cacheable, with
+/// an entity tag of the content.
+fn aggregated_response(core: bool) -> Response<Body> {
+    use std::hash::{Hash, Hasher};
+    let mut text = aggregated(core).to_string();
+    text.push('\n');
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    let etag = format!("\"{:016X}\"", hasher.finish());
+    let mut resp = Response::new(full(text));
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    resp
 }
 
 /// The OpenAPI v3 documents a real kube-apiserver (v1.34) served for the groups this server
@@ -82,10 +172,18 @@ fn captured_openapi(gz: &'static [u8]) -> Response<Body> {
 
 /// Serves discovery paths; anything else is the mux's plain-text 404. `gzip`: the client
 /// accepts gzip, so the captured OpenAPI documents can be served as stored (clients that do
-/// not get a generated document with the operations only, no schemas).
-pub(crate) fn serve(path: &str, out: Out, gzip: bool) -> ApiResult<Response<Body>> {
+/// not get a generated document with the operations only, no schemas). `aggregated`: the
+/// client asked for aggregated discovery (`/api`, `/apis`).
+pub(crate) fn serve(
+    path: &str,
+    out: Out,
+    gzip: bool,
+    aggregated: bool,
+) -> ApiResult<Response<Body>> {
     let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
     let doc = match path.trim_end_matches('/') {
+        "/api" if aggregated => return Ok(aggregated_response(true)),
+        "/apis" if aggregated => return Ok(aggregated_response(false)),
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
             {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
         "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
@@ -100,11 +198,9 @@ pub(crate) fn serve(path: &str, out: Out, gzip: bool) -> ApiResult<Response<Body
                 "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=RUDDER"},
                 "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=RUDDER"},
             }});
-            let mut resp = json_response(StatusCode::OK, &index, out);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
+            // Compact, with no trailing newline, labelled as text (as observed).
+            let mut resp = Response::new(full(index.to_string()));
+            super::handler::api_headers(resp.headers_mut(), "text/plain; charset=utf-8");
             return Ok(resp);
         }
         "/openapi/v3/api/v1" if gzip => return Ok(captured_openapi(OPENAPI_API_V1_GZ)),

@@ -184,7 +184,7 @@ fn verb_for(method: &Method, target: &Target, query: &Query) -> Option<&'static 
         ("PUT", Some(_), _) => "update",
         ("PATCH", Some(_), _) => "patch",
         ("DELETE", Some(_), false) => "delete",
-        ("DELETE", None, false) => "deletecollection",
+        ("DELETE", None, false) if target.res != Resource::Namespace => "deletecollection",
         _ => return None,
     })
 }
@@ -210,7 +210,12 @@ async fn route(
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-        return discovery::serve(&path, out, gzip);
+        let aggregated = discovery::wants_aggregated(
+            req.headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        return discovery::serve(&path, out, gzip, aggregated);
     };
     let verb = verb_for(req.method(), &target, &query).ok_or_else(ApiError::method_not_allowed)?;
     authorize(user.as_ref(), verb, &target)?;
@@ -238,7 +243,7 @@ async fn route(
         }
         "update" => {
             let body = read_body(req).await?;
-            update(shared, &target, content_type.as_deref(), &body, out)
+            update(shared, &target, &query, content_type.as_deref(), &body, out)
         }
         "patch" => {
             let body = read_body(req).await?;
@@ -754,6 +759,7 @@ fn pod_spec_change_allowed(old: &Value, new: &Value) -> bool {
 fn update(
     shared: &Shared,
     target: &Target,
+    query: &Query,
     content_type: Option<&str>,
     body: &[u8],
     out: Out,
@@ -762,6 +768,9 @@ fn update(
     let res = target.res;
     let name = target.name.clone().unwrap_or_default();
     let new = admission::decode(res, body)?;
+    if query.get("fieldValidation") == Some("Strict") {
+        admission::check_strict(res, &new)?;
+    }
     if let Some(given) = meta_str(&new, "name")
         && given != name
     {
@@ -854,6 +863,9 @@ fn patch(
                         .with_details(json!({}))
                 })?;
             }
+        }
+        if query.get("fieldValidation") == Some("Strict") {
+            admission::check_strict(res, &doc)?;
         }
         if admission::decode(res, doc.to_string().as_bytes()).is_err() {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "the server rejected our request due to an error in our request").with_details(json!({})));

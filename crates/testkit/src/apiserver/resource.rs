@@ -108,6 +108,46 @@ impl Resource {
         }
     }
 
+    /// The verbs discovery lists (Namespaces cannot be deleted as a collection).
+    pub(crate) fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Resource::Namespace => &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ],
+            _ => &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
+        }
+    }
+
+    /// The storage version hash a v1.34 server advertises (from the captured discovery).
+    pub(crate) fn storage_version_hash(self) -> &'static str {
+        match self {
+            Resource::Namespace => "Q3oi5N2YM8M=",
+            Resource::Node => "XwShjMxG9Fs=",
+            Resource::Pod => "xPOwRZ+Yhw8=",
+            Resource::Service => "0/CO1lhkEBI=",
+            Resource::Endpoints => "fWeeMqaN/OA=",
+            Resource::EndpointSlice => "qgS0xkrxYAI=",
+            Resource::Event => "r2yiGXH7wu8=",
+        }
+    }
+
+    /// Discovery categories (`kubectl get all`).
+    pub(crate) fn categories(self) -> &'static [&'static str] {
+        match self {
+            Resource::Pod | Resource::Service => &["all"],
+            _ => &[],
+        }
+    }
+
     pub(crate) fn has_status(self) -> bool {
         matches!(
             self,

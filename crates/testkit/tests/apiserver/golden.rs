@@ -1195,3 +1195,167 @@ async fn writes_match_the_real_server() {
             .is_some_and(|i| i.iter().all(|p| p["metadata"]["labels"]["app"] == "gen"))
     );
 }
+
+/// Keeps the entries of `theirs` named like ours (by `key`) and returns the names of the
+/// captured entries this server does not serve.
+fn served_subset(theirs: &mut Value, ours: &Value, key: &dyn Fn(&Value) -> String) -> Vec<String> {
+    let names: Vec<String> = ours.as_array().into_iter().flatten().map(key).collect();
+    let mut missing = Vec::new();
+    if let Some(items) = theirs.as_array_mut() {
+        items.retain(|e| {
+            let served = names.contains(&key(e));
+            if !served {
+                missing.push(key(e));
+            }
+            served
+        });
+    }
+    missing
+}
+
+/// Discovery (index lines 15–23, 218): `/version`, the legacy documents, aggregated
+/// discovery and the OpenAPI v3 index, with their headers and framing. A real server serves
+/// more resources and groups than this one: each entry this server lists must be the
+/// captured entry, and what it does not serve is listed here, so serving more (or less)
+/// shows up as a difference.
+#[tokio::test]
+async fn discovery_documents_match_the_real_server() {
+    let h = scenario().await;
+    let mut diffs = Vec::new();
+    let mut not_served: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut list = files(15..=23, &[]);
+    list.extend(files(218..=218, &[]));
+    assert_eq!(list.len(), 10, "selected captures");
+    for c in &list {
+        let raw = h.replay(c).await;
+        assert_eq!(raw.status.as_u16(), c.status, "{}", c.file);
+        diffs.extend(headers_diff(c, &raw.headers));
+        let text = fixture_text(&c.file);
+        diffs.extend(framing_diff(&c.file, text.as_bytes(), &raw.body));
+        let mut theirs: Value = serde_json::from_str(&text).expect("captured JSON");
+        let mut ours = raw.json();
+        let mut order = Vec::new();
+        key_order_diff("", &theirs, &ours, &mut order);
+        diffs.extend(order.into_iter().map(|d| format!("{}: {d}", c.file)));
+        let name = |k: &'static str| move |e: &Value| e[k].as_str().unwrap_or_default().to_string();
+        let missing = match c.file.as_str() {
+            "discovery/version.json" | "discovery/version.anonymous.json" => {
+                // Which build this is: the captured server was built outside git.
+                for v in [&mut theirs, &mut ours] {
+                    v["gitCommit"] = Value::Null;
+                    v["buildDate"] = Value::Null;
+                }
+                Vec::new()
+            }
+            "discovery/api.json" => {
+                // The server's own address.
+                for v in [&mut theirs, &mut ours] {
+                    v["serverAddressByClientCIDRs"][0]["serverAddress"] = Value::Null;
+                }
+                Vec::new()
+            }
+            "discovery/api-v1.json" | "discovery/apis-discovery.k8s.io-v1.json" => {
+                served_subset(&mut theirs["resources"], &ours["resources"], &name("name"))
+            }
+            "discovery/apis.json" => {
+                served_subset(&mut theirs["groups"], &ours["groups"], &name("name"))
+            }
+            "discovery/api.aggregated.json" | "discovery/apis.aggregated.json" => {
+                let group =
+                    |e: &Value| e["metadata"]["name"].as_str().unwrap_or("core").to_string();
+                let mut missing = served_subset(&mut theirs["items"], &ours["items"], &group);
+                for (t, o) in theirs["items"]
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                    .zip(ours["items"].as_array().into_iter().flatten())
+                {
+                    let (tr, or) = (
+                        &mut t["versions"][0]["resources"],
+                        &o["versions"][0]["resources"],
+                    );
+                    missing.extend(served_subset(tr, or, &name("resource")));
+                    // Subresources: this server has `status` only (no exec, log, proxy…).
+                    for (tres, ores) in tr
+                        .as_array_mut()
+                        .into_iter()
+                        .flatten()
+                        .zip(or.as_array().into_iter().flatten())
+                    {
+                        if !ores["subresources"].is_null() {
+                            missing.extend(
+                                served_subset(
+                                    &mut tres["subresources"],
+                                    &ores["subresources"],
+                                    &name("subresource"),
+                                )
+                                .into_iter()
+                                .map(|s| {
+                                    format!("{}/{s}", ores["resource"].as_str().unwrap_or(""))
+                                }),
+                            );
+                        }
+                    }
+                }
+                missing
+            }
+            "discovery/openapi-v3.json" => {
+                // The index: which documents exist; their hashes vary.
+                let paths = |v: &Value| -> Vec<String> {
+                    v["paths"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                };
+                let ours_paths = paths(&ours);
+                let missing = paths(&theirs)
+                    .into_iter()
+                    .filter(|p| !ours_paths.contains(p))
+                    .collect();
+                theirs = json!(
+                    ours_paths
+                        .iter()
+                        .filter(|p| paths(&theirs).contains(p))
+                        .collect::<Vec<_>>()
+                );
+                ours = json!(ours_paths);
+                missing
+            }
+            _ => Vec::new(),
+        };
+        if !missing.is_empty() {
+            not_served.insert(c.file.clone(), missing);
+        }
+        diffs.extend(
+            diff(&theirs, &ours)
+                .into_iter()
+                .map(|d| format!("{}: {d}", c.file)),
+        );
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences from the real server:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    let counts: BTreeMap<&str, usize> = not_served
+        .iter()
+        .map(|(f, m)| (f.as_str(), m.len()))
+        .collect();
+    // What a full control plane has and this server does not serve.
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            // 11 core resources (ConfigMaps, Secrets…) and 18 subresources.
+            ("discovery/api-v1.json", 29),
+            ("discovery/api.aggregated.json", 23),
+            // 19 groups (apps, batch, networking.k8s.io…).
+            ("discovery/apis.aggregated.json", 19),
+            ("discovery/apis.json", 19),
+            ("discovery/openapi-v3.json", 45),
+        ]),
+        "{not_served:#?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use rudder_testkit::TestCluster;
+use rudder_testkit::{ApiServer, TestCluster};
 
 /// A scratch directory removed on drop (kubectl's cache and manifests live here).
 struct Scratch(PathBuf);
@@ -30,29 +30,29 @@ impl Drop for Scratch {
     }
 }
 
-struct Kubectl<'a> {
-    cluster: &'a TestCluster,
+pub(crate) struct Kubectl<'a> {
+    server: &'a ApiServer,
     scratch: Scratch,
 }
 
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl<'a> Kubectl<'a> {
-    fn new(cluster: &'a TestCluster) -> Self {
+    pub(crate) fn new(server: &'a ApiServer) -> Self {
         Self {
-            cluster,
+            server,
             scratch: Scratch::new(),
         }
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         let out = tokio::process::Command::new("kubectl")
             .arg("--kubeconfig")
-            .arg(self.cluster.api().kubeconfig_path())
+            .arg(self.server.kubeconfig_path())
             .arg("--cache-dir")
             .arg(self.scratch.0.join("cache"))
             .args(args)
@@ -66,13 +66,13 @@ impl<'a> Kubectl<'a> {
         }
     }
 
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args).await;
         assert!(o.ok, "kubectl {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
         o.stdout
     }
 
-    fn manifest(&self, name: &str, yaml: &str) -> String {
+    pub(crate) fn manifest(&self, name: &str, yaml: &str) -> String {
         let path = self.scratch.0.join(name);
         std::fs::write(&path, yaml).expect("manifest");
         path.display().to_string()
@@ -95,7 +95,7 @@ async fn hello_svc() -> TestCluster {
 #[tokio::test]
 async fn get_and_describe_show_the_service_endpoints() {
     let cluster = hello_svc().await;
-    let k = Kubectl::new(&cluster);
+    let k = Kubectl::new(cluster.api());
     let ips: Vec<String> = cluster
         .pods()
         .iter()
@@ -161,7 +161,7 @@ async fn get_and_describe_show_the_service_endpoints() {
 #[tokio::test]
 async fn label_annotate_and_delete() {
     let cluster = hello_svc().await;
-    let k = Kubectl::new(&cluster);
+    let k = Kubectl::new(cluster.api());
     let pods: Api<Pod> = Api::default_namespaced(cluster.api().client().await.unwrap());
 
     k.ok(&["label", "pod", "hello-world-1", "version=4.2"])
@@ -254,7 +254,7 @@ async fn label_annotate_and_delete() {
 #[tokio::test]
 async fn create_from_files() {
     let cluster = hello_svc().await;
-    let k = Kubectl::new(&cluster);
+    let k = Kubectl::new(cluster.api());
     let pod = k.manifest("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: extra\n  labels: {app: extra}\nspec:\n  containers:\n  - name: c\n    image: app:1\n");
     let svc = k.manifest("svc.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: manual\nspec:\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n");
     let eps = k.manifest("eps.yaml", "apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: legacy\nsubsets:\n- addresses:\n  - ip: 10.244.0.51\n  ports:\n  - name: http\n    port: 9090\n");
@@ -297,7 +297,7 @@ async fn create_from_files() {
 #[tokio::test]
 async fn explain_reads_the_captured_openapi_schemas() {
     let cluster = hello_svc().await;
-    let k = Kubectl::new(&cluster);
+    let k = Kubectl::new(cluster.api());
     let out = k.ok(&["explain", "pods.spec.containers.ports"]).await;
     assert!(out.contains("FIELD: ports <[]ContainerPort>"), "{out}");
     assert!(out.contains("containerPort"), "{out}");

@@ -7,5 +7,6 @@ mod garbage;
 mod golden;
 mod kube_api;
 mod kubectl;
+mod kubectl_golden;
 mod pod_server;
 mod support;
