@@ -475,6 +475,14 @@ pub(crate) struct Model {
     /// sees already carries labels (label subsets would otherwise be empty at start). A
     /// failing Pod watch (say, forbidden) ends the wait: endpoints flow without labels.
     pub(crate) pods_pending: bool,
+    /// The Service's selector changed and the new Pod list is on its way: nothing is
+    /// published until it is complete, so endpoints the slices add meanwhile (Pods the
+    /// wider selector takes in) never appear without their labels.
+    pub(crate) pods_relisting: bool,
+    /// Pods the last selector change left out of the Pod watch, with their last labels,
+    /// kept while slices still name them: a Pod that leaves a Service leaves its slices a
+    /// moment later, and until then it is still that Pod, labels and all.
+    pub(crate) pods_departed: BTreeMap<String, PodInfo>,
     /// Per watch, its last failure while it has not succeeded since: before the first
     /// sync, that is what the Service's state reports.
     pub(crate) errors: [Option<ServiceState>; 3],
@@ -505,8 +513,17 @@ impl Model {
             let state = state.cloned().unwrap_or(ServiceState::Pending);
             return EndpointSet::new(state, Vec::new()).with_clock(clock.clone());
         }
+        self.forget_departed_pods();
         let service = self.service.items.values().next();
-        let pods = &self.pods.items;
+        let merged;
+        let pods = if self.pods_departed.is_empty() {
+            &self.pods.items
+        } else {
+            let mut all = self.pods_departed.clone();
+            all.extend(self.pods.items.iter().map(|(k, v)| (k.clone(), v.clone())));
+            merged = all;
+            &merged
+        };
         if self.source == Some(Source::Endpoints) {
             return convert::from_endpoints(
                 service,
@@ -546,6 +563,56 @@ impl Model {
             seen_any |= entry.1.seen_any;
         }
         convert::finish(state, all, unroutable, seen_any, clock)
+    }
+}
+
+impl Model {
+    /// Applies a Pod watch event. The list that completes a relist after a selector change
+    /// ends the hold on publishing and keeps the Pods it no longer has as departed.
+    fn apply_pod<K>(&mut self, event: Event<K>, convert: impl Fn(K) -> PodInfo)
+    where
+        K: kube::Resource,
+    {
+        let before = (self.pods_relisting && matches!(event, Event::InitDone))
+            .then(|| self.pods.items.clone());
+        self.pods.apply(event, name_of, convert);
+        self.pods_epoch += 1;
+        if let Some(before) = before {
+            self.pods_departed = before
+                .into_iter()
+                .filter(|(name, _)| !self.pods.items.contains_key(name))
+                .collect();
+            self.pods_relisting = false;
+        }
+    }
+
+    /// Drops departed Pods once no slice or Endpoints names them any more.
+    fn forget_departed_pods(&mut self) {
+        if self.pods_departed.is_empty() {
+            return;
+        }
+        let mut named = self
+            .slices
+            .items
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .filter_map(|e| e.target_ref.as_ref()?.name.as_deref())
+            .chain(
+                self.endpoints
+                    .items
+                    .values()
+                    .flat_map(|e| e.subsets.iter().flatten())
+                    .flat_map(|s| {
+                        s.addresses
+                            .iter()
+                            .flatten()
+                            .chain(s.not_ready_addresses.iter().flatten())
+                    })
+                    .filter_map(|a| a.target_ref.as_ref()?.name.as_deref()),
+            );
+        if !named.any(|n| self.pods_departed.contains_key(n)) {
+            self.pods_departed.clear();
+        }
     }
 }
 
@@ -887,16 +954,10 @@ async fn run(
                 Change::Service(r) => (*r).map(|e| model.service.apply(e, name_of, |s| s)),
                 Change::Slice(r) => r.map(|e| model.slices.apply(e, name_of, |s| s)),
                 Change::Endpoints(r) => r.map(|e| model.endpoints.apply(e, name_of, |s| s)),
-                Change::Pod(r) => r.map(|e| {
-                    model.pods.apply(e, name_of, |p| PodInfo::from_pod(&p));
-                    model.pods_epoch += 1;
-                }),
-                Change::PodMeta(r) => r.map(|e| {
-                    model
-                        .pods
-                        .apply(e, name_of, |p| PodInfo::from_metadata(&p.metadata));
-                    model.pods_epoch += 1;
-                }),
+                Change::Pod(r) => r.map(|e| model.apply_pod(e, |p| PodInfo::from_pod(&p))),
+                Change::PodMeta(r) => {
+                    r.map(|e| model.apply_pod(e, |p| PodInfo::from_metadata(&p.metadata)))
+                }
             };
             let is_pod = kind == WatchKind::Pods;
             if model.pods_pending && (model.pods.synced || (result.is_err() && is_pod)) {
@@ -904,6 +965,10 @@ async fn run(
                     tracing::warn!(service = %name, namespace = %ns, "cannot list Pods: routing without Pod labels, so label subsets stay empty");
                 }
                 model.pods_pending = false;
+            }
+            if result.is_err() && is_pod && model.pods_relisting {
+                // No new list is coming soon: publish with the labels known so far.
+                model.pods_relisting = false;
             }
             if let Err(e) = &result {
                 let text = error_chain(e);
@@ -960,13 +1025,18 @@ async fn run(
             let selector = selector_of(model.service.items.values().next());
             if selector != pod_selector {
                 pod_selector = selector.clone();
-                // Only the very first Pod list holds snapshots back. On later selector
-                // changes the known Pods keep their labels until the new list replaces
-                // them whole (as on a relist), so label subsets never empty in between.
+                // The very first Pod list holds snapshots back as `pods_pending`. On later
+                // selector changes the known Pods keep their labels until the new list
+                // replaces them whole (as on a relist), so label subsets never empty in
+                // between, and publishing waits for that list (`pods_relisting`).
                 model.pods_pending = selector.is_some()
                     && pod_watch != PodWatch::None
                     && model.pods_epoch == 0
                     && !model.pods.synced;
+                // Later changes hold publishing until the new list is complete.
+                model.pods_relisting =
+                    selector.is_some() && pod_watch != PodWatch::None && model.pods.synced;
+                model.pods_departed.clear();
                 if selector.is_none() {
                     model.pods = Cache::default();
                     model.pods_epoch += 1;
@@ -978,10 +1048,13 @@ async fn run(
                     streams.make(WatchKind::Pods, selector.as_deref()),
                 );
             }
-            result
+            (result, model.pods_relisting)
         };
+        let (result, hold) = result;
         drop(result);
-        entry.publish();
+        if !hold {
+            entry.publish();
+        }
     }
 }
 

@@ -10,6 +10,11 @@
 //!   that answers with its Pod name and labels, with latency, error and kill knobs.
 //! - [`TestCluster`]: an API server plus N Pod servers registered as Ready Pods behind one
 //!   Service, in one call.
+//! - [`Trace`]: watch events with their timing, recorded by a server
+//!   ([`ApiServerBuilder::record`], `rudder-apiserver --record FILE`) or captured from a real
+//!   kube-apiserver ([`Trace::from_watch_stream`]), played into a server with
+//!   [`ApiServer::replay`] (real, faster or instant) or one event at a time with
+//!   [`ApiServer::apply`].
 //!
 //! The `rudder-apiserver` binary runs the same server for people and scripts.
 
@@ -20,7 +25,9 @@ pub mod grpc;
 mod pod_server;
 mod pod_tls;
 
-pub use self::apiserver::{Access, ApiServer, ApiServerBuilder, Faults, Rule};
+pub use self::apiserver::{
+    Access, ApiServer, ApiServerBuilder, Faults, Rule, Speed, Trace, TraceEvent, TraceEventKind,
+};
 pub use self::cluster::{TestCluster, TestClusterBuilder};
 pub use self::error::Error;
 pub use self::pod_server::{PodReply, PodServer, next_loopback_ip};

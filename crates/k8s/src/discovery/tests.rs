@@ -499,3 +499,66 @@ fn watch_retries_stay_within_the_max_backoff_and_reach_its_half() {
     // server that is down sees at most about two requests a second per watch.
     assert!(delays[5..].iter().all(|d| *d >= max / 2), "{delays:?}");
 }
+
+/// A selector change that narrows the Service: the new Pod list no longer has the Pods that
+/// left, but the slices still name them for a moment; until they leave the slices they
+/// keep their labels (they are still those Pods), and the relist ends the publishing hold.
+#[test]
+fn pods_a_selector_change_leaves_out_keep_their_labels_while_slices_name_them() {
+    let mut model = Model {
+        source: Some(Source::EndpointSlices),
+        ..Model::default()
+    };
+    let c = clock();
+    model
+        .service
+        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
+    model.service.apply(Event::InitDone, name_of, |s| s);
+    let pod = |name: &str, version: &str| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"app": "a", "version": version}}}),
+        )
+        .unwrap()
+    };
+    let endpoint = |ip: &str, pod: &str| {
+        let mut e = ep(ip, None, None, None);
+        e["targetRef"] = json!({"kind": "Pod", "name": pod});
+        serde_json::from_value(e).unwrap()
+    };
+    let mut s = slice_of("s-1", "IPv4", 8080, vec![]);
+    s.endpoints = vec![endpoint("10.0.0.1", "old"), endpoint("10.0.0.2", "new")];
+    s.metadata.resource_version = Some("1".into());
+    model
+        .slices
+        .apply(Event::InitApply(s.clone()), name_of, |s| s);
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    model.apply_pod(Event::Init, |p| PodInfo::from_pod(&p));
+    model.apply_pod(Event::InitApply(pod("old", "1")), |p| PodInfo::from_pod(&p));
+    model.apply_pod(Event::InitApply(pod("new", "2")), |p| PodInfo::from_pod(&p));
+    model.apply_pod(Event::InitDone, |p| PodInfo::from_pod(&p));
+    let version = |set: &rudder_balance::EndpointSet, i: usize| {
+        set.endpoints()[i].labels().get("version").cloned()
+    };
+
+    // The selector gains `version=2` (the run loop sets the hold): the new list has `new` only.
+    model.pods_relisting = true;
+    model.apply_pod(Event::Init, |p| PodInfo::from_pod(&p));
+    model.apply_pod(Event::InitApply(pod("new", "2")), |p| PodInfo::from_pod(&p));
+    assert!(model.pods_relisting, "held until the list is complete");
+    model.apply_pod(Event::InitDone, |p| PodInfo::from_pod(&p));
+    assert!(!model.pods_relisting);
+    let set = model.build(None, &c);
+    assert_eq!(
+        version(&set, 0).as_deref(),
+        Some("1"),
+        "the departing Pod keeps its labels"
+    );
+    assert_eq!(version(&set, 1).as_deref(), Some("2"));
+
+    // The slice drops it: it is forgotten.
+    s.endpoints = vec![endpoint("10.0.0.2", "new")];
+    s.metadata.resource_version = Some("2".into());
+    model.slices.apply(Event::Apply(s), name_of, |s| s);
+    assert_eq!(model.build(None, &c).len(), 1);
+    assert!(model.pods_departed.is_empty());
+}

@@ -2,6 +2,8 @@
 //! `rudder-testkit` API server, with Pods coming, going, failing readiness, terminating and
 //! changing labels, and the API failing in every way it can.
 
+mod replay;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use rudder_k8s::{Discovery, Source, Subscription};
 use rudder_testkit::TestCluster;
 use serde_json::json;
 
-const BOUND: Duration = Duration::from_secs(20);
+pub(crate) const BOUND: Duration = Duration::from_secs(20);
 
 /// Waits (bounded) for a snapshot satisfying `pred`, returning every snapshot seen.
 async fn until(

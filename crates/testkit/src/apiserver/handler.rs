@@ -236,7 +236,10 @@ async fn route(
     match verb {
         "get" => get(shared, &target, &query, repr, out),
         "list" => list(shared, &target, &query, repr, out).await,
-        "watch" => watch::start(shared.clone(), target, &query, repr),
+        "watch" => {
+            let uri = req.uri().to_string();
+            watch::start(shared.clone(), target, &query, repr, uri)
+        }
         "create" => {
             let body = read_body(req).await?;
             create(shared, &target, &query, content_type.as_deref(), &body, out)

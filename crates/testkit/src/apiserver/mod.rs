@@ -13,8 +13,10 @@ mod status;
 mod store;
 mod table;
 mod tls;
+mod trace;
 mod watch;
 
 pub use self::access::{Access, Rule};
 pub use self::faults::Faults;
 pub use self::server::{ApiServer, ApiServerBuilder};
+pub use self::trace::{Speed, Trace, TraceEvent, TraceEventKind};

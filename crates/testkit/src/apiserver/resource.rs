@@ -33,6 +33,13 @@ impl Resource {
         }
     }
 
+    /// The resource of objects with this `apiVersion` and `kind`.
+    pub(crate) fn of_object(api_version: &str, kind: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.api_version() == api_version && r.kind() == kind)
+    }
+
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlice => "discovery.k8s.io/v1",

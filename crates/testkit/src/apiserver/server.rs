@@ -20,7 +20,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::Access;
 use super::faults::{FaultState, Faults};
-use super::store::Store;
+use super::resource::Resource;
+use super::store::{Store, meta_str};
+use super::trace::{Speed, Trace, TraceEvent, TraceEventKind};
 use super::{controller, handler, tls};
 use crate::error::Error;
 
@@ -34,6 +36,7 @@ pub struct ApiServerBuilder {
     bookmark_interval: Duration,
     controllers: bool,
     token: Option<String>,
+    record: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) stalled: watch::Sender<bool>,
     pub(crate) tokens: Mutex<HashMap<String, Access>>,
     pub(crate) requests: AtomicU64,
+    /// Writes every watch event served (`ApiServerBuilder::record`).
+    pub(crate) recorder: Option<super::trace::Recorder>,
 }
 
 impl Shared {
@@ -137,6 +142,7 @@ impl Default for ApiServerBuilder {
             bookmark_interval: Duration::from_secs(60),
             controllers: true,
             token: None,
+            record: None,
         }
     }
 }
@@ -194,6 +200,15 @@ impl ApiServerBuilder {
         self
     }
 
+    /// Records every watch event the server serves, with its time and the watch that got
+    /// it, into a new file at `path` (replaced if it exists); read it back with
+    /// [`Trace::read_recording`](super::Trace::read_recording) and play it into another
+    /// server with [`ApiServer::replay`].
+    pub fn record(mut self, path: impl Into<PathBuf>) -> Self {
+        self.record = Some(path.into());
+        self
+    }
+
     /// Starts the server: generates its CA and certificate, binds 127.0.0.1, creates the
     /// `default` Namespace and writes a kubeconfig file.
     pub async fn start(self) -> Result<ApiServer, Error> {
@@ -217,6 +232,10 @@ impl ApiServerBuilder {
             stalled,
             tokens: Mutex::new(HashMap::from([(token.clone(), Access::admin())])),
             requests: AtomicU64::new(0),
+            recorder: match &self.record {
+                Some(path) => Some(super::trace::Recorder::create(path)?),
+                None => None,
+            },
         });
         handler::bootstrap(&shared);
 
@@ -389,6 +408,63 @@ impl ApiServer {
         ));
         *self.serving.lock().expect("serving lock") = Some(task);
         Ok(())
+    }
+
+    /// Makes one traced event true on this server: the object as traced is stored (a new
+    /// resourceVersion, everything else kept: name, uid, labels, status) or deleted, and
+    /// every watch sees it. Nothing is validated and no admission runs: the trace says what
+    /// a server held. Controllers, if running, react as to any write.
+    pub fn apply(&self, event: &TraceEvent) -> Result<(), Error> {
+        let o = &event.object;
+        let res = Resource::of_object(
+            o["apiVersion"].as_str().unwrap_or_default(),
+            o["kind"].as_str().unwrap_or_default(),
+        )
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "this server does not serve {} {}",
+                o["apiVersion"], o["kind"]
+            ))
+        })?;
+        let name = meta_str(o, "name")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::Invalid("a traced object without a name".into()))?;
+        let ns = if res.namespaced() {
+            meta_str(o, "namespace").unwrap_or("default").to_string()
+        } else {
+            String::new()
+        };
+        let key = (res, ns, name.to_string());
+        self.shared.write(|store| match event.kind {
+            TraceEventKind::Added | TraceEventKind::Modified => {
+                store.put(key, o.clone());
+            }
+            TraceEventKind::Deleted => {
+                store.remove(&key);
+            }
+        });
+        Ok(())
+    }
+
+    /// Plays `trace` into this server at `speed` (see [`apply`](Self::apply)); returns the
+    /// number of events applied.
+    pub async fn replay(&self, trace: &Trace, speed: Speed) -> Result<usize, Error> {
+        let start = tokio::time::Instant::now();
+        for event in trace.events() {
+            let due = match speed {
+                Speed::Real => Some(event.at),
+                Speed::Faster(f) if f.is_finite() && f > 0.0 => Some(event.at.div_f64(f)),
+                Speed::Faster(f) => {
+                    return Err(Error::Invalid(format!("replay speed-up {f} is not > 0")));
+                }
+                Speed::Instant => None,
+            };
+            if let Some(due) = due {
+                tokio::time::sleep_until(start + due).await;
+            }
+            self.apply(event)?;
+        }
+        Ok(trace.events().len())
     }
 
     /// Watch streams currently open (across every client and resource).

@@ -76,6 +76,7 @@ pub(crate) fn start(
     target: Target,
     query: &Query,
     repr: Repr,
+    uri: String,
 ) -> ApiResult<Response<Body>> {
     let timeout = query
         .int("timeoutSeconds")?
@@ -118,7 +119,8 @@ pub(crate) fn start(
         expire,
         deadline,
     };
-    tokio::spawn(stream(shared, target, filter, opts, signals, tx));
+    let out = Out { tx, uri };
+    tokio::spawn(stream(shared, target, filter, opts, signals, out));
 
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -133,6 +135,22 @@ pub(crate) fn start(
         h.insert(header::WARNING, HeaderValue::from_static(w));
     }
     Ok(resp)
+}
+
+/// Where a watch's lines go: the response body, and the recording if the server keeps one.
+struct Out {
+    tx: mpsc::Sender<Bytes>,
+    uri: String,
+}
+
+impl Out {
+    /// Sends one line; `false` once the client has gone.
+    async fn send(&self, shared: &Shared, line: Bytes) -> bool {
+        if let Some(r) = &shared.recorder {
+            r.record(&self.uri, &line);
+        }
+        self.tx.send(line).await.is_ok()
+    }
 }
 
 struct Signals {
@@ -192,7 +210,7 @@ async fn stream(
     filter: Filter,
     opts: Opts,
     signals: Signals,
-    tx: mpsc::Sender<Bytes>,
+    out: Out,
 ) {
     let res = target.res;
     let Opts {
@@ -237,12 +255,12 @@ async fn stream(
     let (mut cursor, first) = match start {
         Ok(s) => s,
         Err(line) => {
-            let _ = tx.send(line).await;
+            out.send(&shared, line).await;
             return;
         }
     };
     for line in first {
-        if tx.send(line).await.is_err() {
+        if !out.send(&shared, line).await {
             return;
         }
     }
@@ -259,7 +277,7 @@ async fn stream(
         if !is_stalled {
             let (lines, new_cursor) = drain(&shared, res, &filter, cursor);
             for line in lines {
-                if tx.send(line).await.is_err() {
+                if !out.send(&shared, line).await {
                     return;
                 }
             }
@@ -281,7 +299,7 @@ async fn stream(
             _ = changed.changed() => {}
             _ = stalled.changed() => {}
             _ = dropped.changed() => ending = true,
-            _ = tx.closed() => return,
+            _ = out.tx.closed() => return,
             _ = tokio::time::sleep_until(deadline) => return,
             _ = tokio::time::sleep_until(bookmark_at) => {
                 if final_bookmark == Some(bookmark_at) {
@@ -294,7 +312,7 @@ async fn stream(
                 if bookmarks
                     && !is_stalled
                     && cursor <= now
-                    && tx.send(bookmark_line(&filter, res.bookmark(now))).await.is_err()
+                    && !out.send(&shared, bookmark_line(&filter, res.bookmark(now))).await
                 {
                     return;
                 }

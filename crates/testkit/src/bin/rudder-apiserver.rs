@@ -1,12 +1,14 @@
 //! `rudder-apiserver`: the test Kubernetes API server as a standalone process.
 //!
 //! ```text
-//! rudder-apiserver --kubeconfig PATH [--port N] [--demo] [--force]
+//! rudder-apiserver --kubeconfig PATH [--port N] [--demo] [--record FILE] [--force]
 //! ```
 //! Writes a kubeconfig for the server to PATH (refusing an existing file unless `--force`),
 //! prints a line containing `ready` once it serves, runs until SIGINT or SIGTERM, and then
 //! removes the kubeconfig it wrote (with `--force`, puts back what was there before). `--demo` also starts the Kubernetes Services
-//! chapter's `hello-svc` with 10 `app=hello-world` Pods served on loopback.
+//! chapter's `hello-svc` with 10 `app=hello-world` Pods served on loopback. `--record FILE`
+//! writes every watch event served, with its time and watch, one JSON object per line
+//! (`rudder_testkit::Trace::read_recording` reads it, `ApiServer::replay` plays it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ struct Args {
     kubeconfig: PathBuf,
     port: u16,
     demo: bool,
+    record: Option<PathBuf>,
     force: bool,
 }
 
@@ -46,9 +49,16 @@ fn parse_args() -> Args {
                 .action(ArgAction::SetTrue),
         )
         .arg(
+            Arg::new("record")
+                .long("record")
+                .value_name("FILE")
+                .help("Write every watch event served, with its time, to FILE (JSON lines)")
+                .value_parser(value_parser!(PathBuf)),
+        )
+        .arg(
             Arg::new("force")
                 .long("force")
-                .help("Use PATH even if it exists; its original contents are put back on exit")
+                .help("Use PATH (and FILE) even if they exist; PATH's original contents are put back on exit")
                 .action(ArgAction::SetTrue),
         )
         .get_matches();
@@ -59,6 +69,7 @@ fn parse_args() -> Args {
             .unwrap_or_default(),
         port: m.get_one::<u16>("port").copied().unwrap_or(0),
         demo: m.get_flag("demo"),
+        record: m.get_one::<PathBuf>("record").cloned(),
         force: m.get_flag("force"),
     }
 }
@@ -70,6 +81,13 @@ fn main() -> ExitCode {
         eprintln!(
             "rudder-apiserver: {} exists; choose another path or pass --force to overwrite it",
             args.kubeconfig.display()
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(record) = args.record.as_ref().filter(|r| r.exists() && !args.force) {
+        eprintln!(
+            "rudder-apiserver: {} exists; choose another file to record to or pass --force to replace it",
+            record.display()
         );
         return ExitCode::from(2);
     }
@@ -103,10 +121,11 @@ async fn run(args: Args) -> Result<(), rudder_testkit::Error> {
     } else {
         None
     };
-    let api = rudder_testkit::ApiServer::builder()
-        .port(args.port)
-        .start()
-        .await?;
+    let mut builder = rudder_testkit::ApiServer::builder().port(args.port);
+    if let Some(record) = &args.record {
+        builder = builder.record(record);
+    }
+    let api = builder.start().await?;
     let addr = api.addr();
     // Keep whichever owns the server alive until a signal arrives.
     let _running: (

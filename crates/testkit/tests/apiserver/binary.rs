@@ -136,3 +136,93 @@ async fn force_uses_an_existing_path_and_puts_its_contents_back() {
     assert!(exit.success(), "{exit:?}");
     assert_eq!(after, "precious", "the original contents are back");
 }
+
+/// `--record FILE` writes every watch event served; the file reads back as a trace with
+/// the events a client saw. An existing FILE is refused without `--force`.
+#[tokio::test]
+async fn record_writes_every_watch_event_served() {
+    use futures::TryStreamExt;
+    use kube::api::{DeleteParams, WatchEvent, WatchParams};
+    use rudder_testkit::{Trace, TraceEventKind};
+
+    let dir = std::env::temp_dir();
+    let id = std::process::id();
+    let kubeconfig = dir.join(format!("rudder-apiserver-record-{id}.kubeconfig"));
+    let record = dir.join(format!("rudder-apiserver-record-{id}.jsonl"));
+    let _ = std::fs::remove_file(&record);
+    let child = start_ready(&[
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+        "--demo".as_ref(),
+        "--record".as_ref(),
+        record.as_os_str(),
+    ])
+    .await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig written"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    let pods: Api<Pod> = Api::default_namespaced(kube::Client::try_from(config).expect("client"));
+    let watch = pods
+        .watch(&WatchParams::default().labels("app=hello-world"), "0")
+        .await
+        .expect("watch");
+    futures::pin_mut!(watch);
+    pods.delete("hello-world-1", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    let mut seen = 0;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = watch.try_next().await.expect("watch event") {
+            if matches!(
+                e,
+                WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)
+            ) {
+                seen += 1;
+            }
+            if matches!(&e, WatchEvent::Deleted(p) if p.metadata.name.as_deref() == Some("hello-world-1"))
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the deletion is watched");
+    let exit = terminate(child).await;
+    assert!(exit.success(), "{exit:?}");
+
+    let trace = Trace::read_recording(&record).expect("a recording");
+    let added = trace
+        .events()
+        .iter()
+        .filter(|e| e.kind == TraceEventKind::Added)
+        .count();
+    assert_eq!(added, 10, "the initial events of the watch");
+    assert!(trace.skipped() >= 1, "bookmarks are recorded (and skipped on replay)");
+    let last = trace.events().last().expect("events");
+    assert_eq!(last.kind, TraceEventKind::Deleted);
+    assert_eq!(last.object["metadata"]["name"], "hello-world-1");
+    assert_eq!(
+        trace.events().len(),
+        seen,
+        "one recorded event per object event served"
+    );
+    assert!(
+        trace.events().windows(2).all(|w| w[0].at <= w[1].at),
+        "in time order"
+    );
+
+    // The recording is not replaced unless asked.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_rudder-apiserver"))
+        .args(["--kubeconfig".as_ref(), kubeconfig.as_os_str()])
+        .args(["--record".as_ref(), record.as_os_str()])
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    assert!(std::fs::metadata(&record).expect("kept").len() > 0);
+    std::fs::remove_file(&record).expect("remove the recording");
+}

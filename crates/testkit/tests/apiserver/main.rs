@@ -10,3 +10,4 @@ mod kubectl;
 mod kubectl_golden;
 mod pod_server;
 mod support;
+mod trace;
