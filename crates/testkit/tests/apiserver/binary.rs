@@ -200,7 +200,10 @@ async fn record_writes_every_watch_event_served() {
         .filter(|e| e.kind == TraceEventKind::Added)
         .count();
     assert_eq!(added, 10, "the initial events of the watch");
-    assert!(trace.skipped() >= 1, "bookmarks are recorded (and skipped on replay)");
+    assert!(
+        trace.skipped() >= 1,
+        "bookmarks are recorded (and skipped on replay)"
+    );
     let last = trace.events().last().expect("events");
     assert_eq!(last.kind, TraceEventKind::Deleted);
     assert_eq!(last.object["metadata"]["name"], "hello-world-1");

@@ -691,7 +691,7 @@ async fn reads_match_the_real_server() {
     let mut list = files(
         24..=83,
         &[
-            // These continue from the captured token; `pagination_matches` follows our own.
+            // These continue from the captured token; `pagination_matches_the_real_server` follows our own.
             "lists/pods-big-page2-continue.json",
             "lists/pods-big-page3-continue.json",
             // Which 100 of the 130 `big` Pods share a slice is informer order; these two are
