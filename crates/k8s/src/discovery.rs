@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
-use rudder_balance::{EndpointSet, ServiceState, SyncClock, WatchKind};
+use rudder_balance::{Endpoint, EndpointSet, Readiness, ServiceState, SyncClock, WatchKind};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -22,8 +22,8 @@ use crate::service_ref::{PortSpec, ServiceRef};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Source {
-    /// EndpointSlices, unless the API (or the client's permissions) lacks them, then the
-    /// core `v1` Endpoints object. Decided once per Service watch.
+    /// EndpointSlices, unless the API lacks them, then the core `v1` Endpoints object.
+    /// Decided once per [`Discovery`], by the first Service it watches.
     #[default]
     Auto,
     /// `discovery.k8s.io/v1` EndpointSlices labelled `kubernetes.io/service-name`.
@@ -60,12 +60,17 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PodWatch {
-    /// Whole Pods: labels, weight, deletion deadline and the Ready-transition time that
-    /// slow start ramps from.
-    #[default]
+    /// Whole Pods: labels, weight, deletion deadline and the Ready condition's transition
+    /// time that slow start ramps from. Every Pod status update (probes, restarts) is
+    /// sent to every client in full.
     Full,
-    /// Metadata only (`PartialObjectMetadata`): labels, weight and deletion deadline, but
-    /// no Ready time; fewer bytes on the wire.
+    /// Metadata only (`PartialObjectMetadata`, the default): labels, weight and deletion
+    /// deadline. Slow start ramps from when discovery first saw an endpoint Ready (Pods
+    /// already Ready at the first snapshot do not ramp), which is what a running client
+    /// sees anyway; a client that starts during another Pod's ramp sees that Pod at full
+    /// weight. About half the bytes of whole Pods per Pod update (`benches/scale.rs`,
+    /// `docs/scale.md`).
+    #[default]
     Metadata,
     /// No Pod watch: endpoints carry no labels (label subsets cannot match), for clients
     /// that may not read Pods.
@@ -96,7 +101,7 @@ impl DiscoveryBuilder {
         self
     }
 
-    /// How much of each Pod to watch (default [`PodWatch::Full`]).
+    /// How much of each Pod to watch (default [`PodWatch::Metadata`]).
     pub fn pods(mut self, pods: PodWatch) -> Self {
         self.pods = pods;
         self
@@ -144,6 +149,7 @@ impl DiscoveryBuilder {
             inner: Arc::new(Inner {
                 client: self.client,
                 source: self.source,
+                auto: Arc::default(),
                 pods: self.pods,
                 default_namespace,
                 timing: Timing {
@@ -194,6 +200,9 @@ pub struct Discovery {
 struct Inner {
     client: kube::Client,
     source: Source,
+    /// What `Source::Auto` chose: asked once per Discovery (the API has EndpointSlices or
+    /// it does not), not once per Service.
+    auto: Arc<tokio::sync::OnceCell<Source>>,
     pods: PodWatch,
     default_namespace: String,
     timing: Timing,
@@ -288,7 +297,7 @@ impl Discovery {
             client,
             source: Source::Auto,
             default_namespace: None,
-            pods: PodWatch::Full,
+            pods: PodWatch::Metadata,
             stall: DEFAULT_STALL,
             max_backoff: DEFAULT_MAX_BACKOFF,
             forbidden_retry: DEFAULT_FORBIDDEN_RETRY,
@@ -328,7 +337,7 @@ impl Discovery {
                 let task = runtime.spawn(run(
                     Arc::downgrade(&entry),
                     self.inner.client.clone(),
-                    self.inner.source,
+                    (self.inner.source, self.inner.auto.clone()),
                     self.inner.pods,
                     key.0.clone(),
                     key.1.clone(),
@@ -496,6 +505,10 @@ struct Converted {
     port_name: String,
     pods_epoch: u64,
     slices: HashMap<String, (Option<String>, convert::SliceEndpoints)>,
+    /// When this port's ready endpoints were first seen Ready (`None`: already Ready when
+    /// the port's first snapshot was built), for those whose Pod gives no Ready time.
+    first_ready: HashMap<std::net::SocketAddr, Option<SystemTime>>,
+    built: bool,
 }
 
 impl Model {
@@ -562,8 +575,37 @@ impl Model {
             unroutable.extend(entry.1.unroutable.iter().cloned());
             seen_any |= entry.1.seen_any;
         }
+        observe_ready(cache, &mut all);
         convert::finish(state, all, unroutable, seen_any, clock)
     }
+}
+
+/// Slow start needs to know when an endpoint became Ready. A whole Pod says so (its Ready
+/// condition's transition time); Pod metadata does not, so for endpoints without that time
+/// discovery uses when it first saw them Ready: those in a port's first snapshot count as
+/// long Ready (no ramp), later ones ramp from their arrival, and one that leaves and comes
+/// back ramps again.
+fn observe_ready(cache: &mut Converted, endpoints: &mut [Endpoint]) {
+    let now = SystemTime::now();
+    let first = !std::mem::replace(&mut cache.built, true);
+    let mut seen = HashMap::with_capacity(endpoints.len());
+    for e in endpoints.iter_mut() {
+        if e.readiness() != Readiness::Ready || e.meta().ready_since.is_some() {
+            continue;
+        }
+        let since = match cache.first_ready.get(&e.addr()) {
+            Some(since) => *since,
+            None if first => None,
+            None => Some(now),
+        };
+        seen.insert(e.addr(), since);
+        if since.is_some() {
+            let mut meta = e.meta().clone();
+            meta.ready_since = since;
+            *e = e.clone().with_meta(meta);
+        }
+    }
+    cache.first_ready = seen;
 }
 
 impl Model {
@@ -651,10 +693,8 @@ fn selector_of(service: Option<&Service>) -> Option<String> {
     )
 }
 
-async fn choose_source(client: &kube::Client, ns: &str, name: &str, wanted: Source) -> Source {
-    if wanted != Source::Auto {
-        return wanted;
-    }
+/// `Source::Auto`'s one question to the API: does it serve EndpointSlices?
+async fn choose_source(client: &kube::Client, ns: &str, name: &str) -> Source {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default()
         .labels(&format!("kubernetes.io/service-name={name}"))
@@ -739,6 +779,14 @@ fn backoff(max: Duration) -> backon::ExponentialBackoff {
         .build()
 }
 
+/// Every watch lists with `resourceVersion=0` (`ListSemantic::Any`), as client-go's
+/// informers do: the API server answers from its watch cache instead of a quorum read
+/// from etcd, which is what keeps thousands of clients cheap. The list may lag the newest
+/// write by a moment; the watch that follows catches up.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
 fn watch_stream<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -782,7 +830,7 @@ impl Streams {
     }
 
     fn services(&self) -> BoxStream<'static, Change> {
-        let by_name = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let by_name = watch_config().fields(&format!("metadata.name={}", self.name));
         watch_stream(
             Api::<Service>::namespaced(self.client.clone(), &self.ns),
             by_name,
@@ -794,8 +842,7 @@ impl Streams {
     fn endpoints(&self) -> BoxStream<'static, Change> {
         match self.source {
             Source::Endpoints => {
-                let by_name =
-                    watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+                let by_name = watch_config().fields(&format!("metadata.name={}", self.name));
                 watch_stream(
                     Api::<Endpoints>::namespaced(self.client.clone(), &self.ns),
                     by_name,
@@ -804,8 +851,8 @@ impl Streams {
                 .boxed()
             }
             _ => {
-                let by_label = watcher::Config::default()
-                    .labels(&format!("kubernetes.io/service-name={}", self.name));
+                let by_label =
+                    watch_config().labels(&format!("kubernetes.io/service-name={}", self.name));
                 watch_stream(
                     Api::<EndpointSlice>::namespaced(self.client.clone(), &self.ns),
                     by_label,
@@ -817,7 +864,7 @@ impl Streams {
     }
 
     fn pods(&self, selector: &str) -> Option<BoxStream<'static, Change>> {
-        let config = watcher::Config::default().labels(selector);
+        let config = watch_config().labels(selector);
         match self.pod_watch {
             PodWatch::Full => Some(
                 watch_stream(
@@ -895,13 +942,20 @@ fn kind_name(kind: WatchKind) -> &'static str {
 async fn run(
     entry: Weak<Entry>,
     client: kube::Client,
-    wanted: Source,
+    (wanted, auto): (Source, Arc<tokio::sync::OnceCell<Source>>),
     pod_watch: PodWatch,
     ns: String,
     name: String,
     timing: Timing,
 ) {
-    let source = choose_source(&client, &ns, &name, wanted).await;
+    let source = match wanted {
+        Source::Auto => {
+            *auto
+                .get_or_init(|| choose_source(&client, &ns, &name))
+                .await
+        }
+        chosen => chosen,
+    };
     match entry.upgrade() {
         Some(e) => e.model.lock().expect("model lock").source = Some(source),
         None => return,

@@ -27,6 +27,7 @@ mod pod_tls;
 
 pub use self::apiserver::{
     Access, ApiServer, ApiServerBuilder, Faults, Rule, Speed, Trace, TraceEvent, TraceEventKind,
+    Traffic,
 };
 pub use self::cluster::{TestCluster, TestClusterBuilder};
 pub use self::error::Error;

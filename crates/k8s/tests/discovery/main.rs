@@ -447,14 +447,16 @@ async fn not_synced_is_a_typed_error_when_the_api_is_unreachable() {
 
 #[tokio::test]
 async fn pod_watch_modes() {
-    let cluster = TestCluster::builder()
+    let mut cluster = TestCluster::builder()
         .service("hello-svc")
         .replicas(2)
         .start()
         .await
         .expect("cluster");
     let client = cluster.api().client().await.unwrap();
-    let full = Discovery::new(client.clone());
+    let full = Discovery::builder(client.clone())
+        .pods(rudder_k8s::PodWatch::Full)
+        .build();
     let mut sub = full.subscribe_str("hello-svc").unwrap();
     let set = until(&mut sub, "labels and Ready time", |s| {
         s.len() == 2
@@ -465,9 +467,10 @@ async fn pod_watch_modes() {
     .await;
     assert!(!set.is_empty());
 
-    let meta = Discovery::builder(client.clone())
-        .pods(rudder_k8s::PodWatch::Metadata)
-        .build();
+    // The default: Pod metadata. No Ready time from the Pod: the Pods Ready at the first
+    // snapshot count as long Ready (no slow start), a Pod that arrives later ramps from
+    // when discovery saw it Ready.
+    let meta = Discovery::new(client.clone());
     let mut sub = meta.subscribe_str("hello-svc").unwrap();
     let set = until(&mut sub, "labels from metadata", |s| {
         s.len() == 2 && s.endpoints().iter().all(|e| !e.labels().is_empty())
@@ -479,7 +482,33 @@ async fn pod_watch_modes() {
         set.endpoints()
             .iter()
             .all(|e| e.meta().ready_since.is_none()),
-        "no Ready time without Pod status"
+        "Pods Ready at the start do not ramp"
+    );
+    let before = std::time::SystemTime::now();
+    cluster
+        .add_pod("late", labels(&[("app", "hello-svc")]))
+        .await
+        .expect("add");
+    let set = until(&mut sub, "the late Pod", |s| s.len() == 3)
+        .await
+        .pop()
+        .unwrap();
+    let late = set
+        .endpoints()
+        .iter()
+        .find(|e| e.meta().pod.as_deref() == Some("late"))
+        .expect("late Pod");
+    assert!(
+        late.meta().ready_since.is_some_and(|t| t >= before),
+        "a Pod that arrives later ramps from its arrival: {:?}",
+        late.meta().ready_since
+    );
+    assert_eq!(
+        set.endpoints()
+            .iter()
+            .filter(|e| e.meta().ready_since.is_none())
+            .count(),
+        2
     );
 
     let none = Discovery::builder(client)
@@ -487,7 +516,7 @@ async fn pod_watch_modes() {
         .build();
     let mut sub = none.subscribe_str("hello-svc").unwrap();
     let set = sub.synced(BOUND).await.unwrap();
-    assert_eq!(set.len(), 2);
+    assert_eq!(set.len(), 3);
     assert!(set.endpoints().iter().all(|e| e.labels().is_empty()));
 }
 

@@ -161,10 +161,28 @@ pub(crate) async fn handle(
         pretty,
         warning: target_warning,
     };
+    // What to count this request as: its resource and verb (discovery documents apart).
+    let counted: (String, &'static str) = {
+        let query = Query::parse(req.uri().query());
+        match parse_target(req.uri().path()) {
+            Ok(Some(t)) => (
+                t.res.plural().to_string(),
+                verb_for(req.method(), &t, &query).unwrap_or("other"),
+            ),
+            _ => ("discovery".to_string(), "get"),
+        }
+    };
     let mut resp = match route(&shared, req, out).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e, out),
     };
+    // A watch counts its bytes as it sends them; other bodies are whole already.
+    let bytes = if counted.1 == "watch" && resp.status() == StatusCode::OK {
+        0
+    } else {
+        http_body::Body::size_hint(resp.body()).exact().unwrap_or(0)
+    };
+    shared.count(&counted.0, counted.1, 1, bytes);
     // Every answer carries an audit ID, the plain-text 404s and discovery documents too.
     if !resp.headers().contains_key("audit-id") {
         resp.headers_mut().insert(

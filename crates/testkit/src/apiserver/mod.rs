@@ -18,5 +18,5 @@ mod watch;
 
 pub use self::access::{Access, Rule};
 pub use self::faults::Faults;
-pub use self::server::{ApiServer, ApiServerBuilder};
+pub use self::server::{ApiServer, ApiServerBuilder, Traffic};
 pub use self::trace::{Speed, Trace, TraceEvent, TraceEventKind};

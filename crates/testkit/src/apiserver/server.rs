@@ -1,6 +1,6 @@
 //! Starting, stopping and connecting to the test API server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,39 @@ pub(crate) struct Shared {
     pub(crate) requests: AtomicU64,
     /// Writes every watch event served (`ApiServerBuilder::record`).
     pub(crate) recorder: Option<super::trace::Recorder>,
+    /// Requests and response bytes per (resource, verb).
+    pub(crate) traffic: Mutex<BTreeMap<(String, &'static str), Traffic>>,
+}
+
+/// Requests received and response body bytes sent for one resource and verb (see
+/// [`ApiServer::traffic`]). For a watch, the bytes are those of every event sent on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Requests received.
+    pub requests: u64,
+    /// Response body bytes sent.
+    pub bytes: u64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            requests: self.requests.saturating_sub(earlier.requests),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
+}
+
+impl Shared {
+    /// Counts a request (`requests`) and `bytes` sent for `resource` and `verb`.
+    pub(crate) fn count(&self, resource: &str, verb: &'static str, requests: u64, bytes: u64) {
+        let mut t = self.traffic.lock().expect("traffic lock");
+        let e = t.entry((resource.to_string(), verb)).or_default();
+        e.requests += requests;
+        e.bytes += bytes;
+    }
 }
 
 impl Shared {
@@ -236,6 +269,7 @@ impl ApiServerBuilder {
                 Some(path) => Some(super::trace::Recorder::create(path)?),
                 None => None,
             },
+            traffic: Mutex::new(BTreeMap::new()),
         });
         handler::bootstrap(&shared);
 
@@ -365,6 +399,19 @@ impl ApiServer {
         Faults {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Requests and response bytes so far, per resource (`pods`, `endpointslices`…, or
+    /// `discovery` for `/api`, `/apis`, `/openapi`, `/version`) and verb (`get`, `list`,
+    /// `watch`, `create`…). Subtract two snapshots for what happened in between.
+    pub fn traffic(&self) -> BTreeMap<(String, String), Traffic> {
+        self.shared
+            .traffic
+            .lock()
+            .expect("traffic lock")
+            .iter()
+            .map(|((r, v), t)| ((r.clone(), (*v).to_string()), *t))
+            .collect()
     }
 
     /// How many HTTP requests the server has received (for asserting backoff).

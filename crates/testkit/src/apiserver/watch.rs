@@ -119,7 +119,11 @@ pub(crate) fn start(
         expire,
         deadline,
     };
-    let out = Out { tx, uri };
+    let out = Out {
+        tx,
+        uri,
+        resource: target.res.plural(),
+    };
     tokio::spawn(stream(shared, target, filter, opts, signals, out));
 
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
@@ -141,6 +145,7 @@ pub(crate) fn start(
 struct Out {
     tx: mpsc::Sender<Bytes>,
     uri: String,
+    resource: &'static str,
 }
 
 impl Out {
@@ -149,6 +154,7 @@ impl Out {
         if let Some(r) = &shared.recorder {
             r.record(&self.uri, &line);
         }
+        shared.count(self.resource, "watch", 0, line.len() as u64);
         self.tx.send(line).await.is_ok()
     }
 }
