@@ -64,6 +64,12 @@ pub enum ConfigError {
     /// The affinity header is not a valid header name.
     #[error("invalid affinity header name {0:?}")]
     AffinityHeader(String),
+    /// Discovery settings were given for a Mesh over a shared [`Discovery`], whose
+    /// settings are its own.
+    #[error(
+        "discovery settings ({0}) cannot apply to a shared Discovery; set them where it is built"
+    )]
+    SharedDiscovery(&'static str),
 }
 
 #[derive(Debug)]
@@ -118,6 +124,8 @@ pub(crate) struct Settings {
 /// or [`MeshLayer::builder_static`] (fixed endpoint lists).
 pub struct MeshBuilder {
     client: Option<kube::Client>,
+    /// A discovery shared with other Meshes (`MeshLayer::builder_with_discovery`).
+    shared_discovery: Option<Discovery>,
     discovery: Option<Box<dyn FnOnce(DiscoveryBuilder) -> DiscoveryBuilder + Send>>,
     statics: HashMap<(String, String), Static>,
     settings: Settings,
@@ -176,6 +184,13 @@ impl Settings {
 }
 
 impl MeshBuilder {
+    pub(crate) fn with_discovery(discovery: Discovery) -> Self {
+        let mut b = Self::new(None);
+        b.settings.default_namespace = discovery.default_namespace().to_string();
+        b.shared_discovery = Some(discovery);
+        b
+    }
+
     pub(crate) fn new(client: Option<kube::Client>) -> Self {
         let default_namespace = client
             .as_ref()
@@ -184,6 +199,7 @@ impl MeshBuilder {
         let config = MeshConfig::default();
         Self {
             client,
+            shared_discovery: None,
             discovery: None,
             statics: HashMap::new(),
             settings: Settings {
@@ -642,8 +658,17 @@ impl MeshBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let source = match self.client {
-            Some(client) => {
+        let source = match (self.shared_discovery, self.client) {
+            (Some(shared), _) => {
+                if self.discovery.is_some() {
+                    return Err(ConfigError::SharedDiscovery("discovery(..)"));
+                }
+                if self.settings.watch_stall_timeout.is_some() {
+                    return Err(ConfigError::SharedDiscovery("watch_stall_timeout"));
+                }
+                Source::Kube(shared)
+            }
+            (None, Some(client)) => {
                 let mut discovery = Discovery::builder(client)
                     .default_namespace(self.settings.default_namespace.clone());
                 if let Some(quiet) = self.settings.watch_stall_timeout {
@@ -654,7 +679,7 @@ impl MeshBuilder {
                 }
                 Source::Kube(discovery.build())
             }
-            None => Source::Static(self.statics),
+            (None, None) => Source::Static(self.statics),
         };
         let shared =
             Arc::new_cyclic(|me| Shared::new(source, self.settings, self.telemetry, me.clone()));

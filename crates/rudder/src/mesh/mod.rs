@@ -104,6 +104,28 @@ impl MeshLayer {
         MeshBuilder::new(Some(client))
     }
 
+    /// Settings for a Mesh over an existing [`Discovery`]: every Mesh (and any other user)
+    /// of one `Discovery` shares its watches, one set per Service, however many layers a
+    /// process builds. Take it from another layer with [`discovery`](Self::discovery), or
+    /// build one with [`Discovery::builder`]; discovery settings belong to it (setting them
+    /// here is a [`ConfigError::SharedDiscovery`]).
+    ///
+    /// [`Discovery`]: rudder_k8s::Discovery
+    /// [`Discovery::builder`]: rudder_k8s::Discovery::builder
+    pub fn builder_with_discovery(discovery: rudder_k8s::Discovery) -> MeshBuilder {
+        MeshBuilder::with_discovery(discovery)
+    }
+
+    /// The discovery this Mesh watches Services with (none for a static Mesh): hand it to
+    /// [`builder_with_discovery`](Self::builder_with_discovery) so that another layer
+    /// shares its watches.
+    pub fn discovery(&self) -> Option<&rudder_k8s::Discovery> {
+        match &self.shared.source {
+            Source::Kube(d) => Some(d),
+            Source::Static(_) => None,
+        }
+    }
+
     /// Settings for a Mesh over fixed endpoint lists
     /// ([`static_service`](MeshBuilder::static_service)), without Kubernetes.
     pub fn builder_static() -> MeshBuilder {

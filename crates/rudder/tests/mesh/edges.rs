@@ -605,3 +605,47 @@ async fn made_up_host_names_cannot_grow_the_services_watched() {
     );
     assert!(layer.views().len() <= 2);
 }
+
+/// Layers built over one `Discovery` share its watches: one set per Service however many
+/// layers a process builds; a layer with a discovery of its own adds another set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_over_one_discovery_share_its_watches() {
+    let cluster = hello(2).await;
+    let baseline = cluster.api().open_watches();
+    let first = MeshLayer::builder(rbac_client(&cluster).await)
+        .build()
+        .unwrap();
+    let second = MeshLayer::builder_with_discovery(first.discovery().unwrap().clone())
+        .build()
+        .unwrap();
+    let (mut a, mut b) = (first.layer(h1()), second.layer(h1()));
+    get(&mut a, req("http://hello-svc:8080/")).await.unwrap();
+    get(&mut b, req("http://hello-svc:8080/")).await.unwrap();
+    eventually("one set of watches", || {
+        cluster.api().open_watches() == baseline + 3
+    })
+    .await;
+    assert_eq!(first.watched_services(), 1);
+    assert_eq!(second.watched_services(), 1);
+
+    let own = MeshLayer::builder(rbac_client(&cluster).await)
+        .build()
+        .unwrap();
+    get(&mut own.layer(h1()), req("http://hello-svc:8080/"))
+        .await
+        .unwrap();
+    eventually("a second set for the other discovery", || {
+        cluster.api().open_watches() == baseline + 6
+    })
+    .await;
+
+    // Discovery settings belong to the shared Discovery.
+    let err = MeshLayer::builder_with_discovery(first.discovery().unwrap().clone())
+        .watch_stall_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, rudder::ConfigError::SharedDiscovery(_)),
+        "{err}"
+    );
+}

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) recorder: Option<super::trace::Recorder>,
     /// Requests and response bytes per (resource, verb).
     pub(crate) traffic: Mutex<BTreeMap<(String, &'static str), Traffic>>,
+    /// Watch event lines already encoded, by (version, resource, type, metadata-only).
+    pub(crate) encoded: Mutex<BTreeMap<(u64, Resource, &'static str, bool), bytes::Bytes>>,
 }
 
 /// Requests received and response body bytes sent for one resource and verb (see
@@ -270,6 +272,7 @@ impl ApiServerBuilder {
                 None => None,
             },
             traffic: Mutex::new(BTreeMap::new()),
+            encoded: Mutex::new(BTreeMap::new()),
         });
         handler::bootstrap(&shared);
 

@@ -173,6 +173,17 @@ struct Opts {
     deadline: Instant,
 }
 
+/// How many encoded event lines are kept for other watchers (the newest).
+const ENCODED_KEPT: usize = 4096;
+
+/// An object's resourceVersion as a number (the event's own, stamped by the store).
+fn e_rv(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The events after `cursor` as lines, and the new cursor (`None`: the watch fell out of
 /// the history and got a 410 line).
 fn drain(
@@ -190,13 +201,29 @@ fn drain(
         return (vec![line], None);
     };
     let mut lines = Vec::new();
+    // Like kube-apiserver's watch cache, an event is serialised once for every watcher
+    // that gets it in the same form, not once per watcher.
+    let line = |kind: &'static str, object: &Value| {
+        // The version first: the oldest lines are the first to go.
+        let key = (e_rv(object), res, kind, filter.metadata);
+        let mut cache = shared.encoded.lock().expect("encoded lock");
+        if let Some(l) = cache.get(&key) {
+            return l.clone();
+        }
+        let l = filter.line(kind, res, object);
+        cache.insert(key, l.clone());
+        while cache.len() > ENCODED_KEPT {
+            cache.pop_first();
+        }
+        l
+    };
     for e in &events {
         let now = filter.matches(&e.object) && e.kind != EventKind::Deleted;
         let before = e.old.as_deref().is_some_and(|o| filter.matches(o));
         let line = match (before, now, e.kind) {
-            (true, _, EventKind::Deleted) => Some(filter.line("DELETED", res, &e.object)),
-            (true, true, _) => Some(filter.line("MODIFIED", res, &e.object)),
-            (false, true, _) => Some(filter.line("ADDED", res, &e.object)),
+            (true, _, EventKind::Deleted) => Some(line("DELETED", &e.object)),
+            (true, true, _) => Some(line("MODIFIED", &e.object)),
+            (false, true, _) => Some(line("ADDED", &e.object)),
             (true, false, _) => {
                 // Stopped matching: DELETED with the old state and the new version.
                 let mut old = e.old.as_deref().cloned().unwrap_or_default();
