@@ -63,9 +63,12 @@ pub(crate) struct Shared {
     pub(crate) recorder: Option<super::trace::Recorder>,
     /// Requests and response bytes per (resource, verb).
     pub(crate) traffic: Mutex<BTreeMap<(String, &'static str), Traffic>>,
-    /// Watch event lines already encoded, by (version, resource, type, metadata-only).
-    pub(crate) encoded: Mutex<BTreeMap<(u64, Resource, &'static str, bool), bytes::Bytes>>,
+    /// Watch event lines already encoded.
+    pub(crate) encoded: Mutex<BTreeMap<EncodedKey, bytes::Bytes>>,
 }
+
+/// An encoded watch line: (version, resource, event type, metadata-only).
+pub(crate) type EncodedKey = (u64, Resource, &'static str, bool);
 
 /// Requests received and response body bytes sent for one resource and verb (see
 /// [`ApiServer::traffic`]). For a watch, the bytes are those of every event sent on it.
