@@ -782,9 +782,13 @@ fn backoff(max: Duration) -> backon::ExponentialBackoff {
 /// Every watch lists with `resourceVersion=0` (`ListSemantic::Any`), as client-go's
 /// informers do: the API server answers from its watch cache instead of a quorum read
 /// from etcd, which is what keeps thousands of clients cheap. The list may lag the newest
-/// write by a moment; the watch that follows catches up.
+/// write by a moment; the watch that follows catches up. Unpaginated: kube-rs leaves
+/// `resourceVersion=0` out of a list with a `limit` (and a server ignores the limit of
+/// such a list anyway); the selectors keep each list to one Service's objects.
 fn watch_config() -> watcher::Config {
-    watcher::Config::default().any_semantic()
+    let mut config = watcher::Config::default().any_semantic();
+    config.page_size = None;
+    config
 }
 
 fn watch_stream<K>(

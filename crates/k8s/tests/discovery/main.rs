@@ -595,3 +595,53 @@ async fn a_refused_watch_is_an_answer_and_rests_instead_of_retrying() {
     let requests = cluster.api().request_count() - before;
     assert!(requests <= 3, "{requests} API requests in 3 s");
 }
+
+/// What discovery asks of the API (counted by the server): per Service one list and one
+/// watch each of the Service, its slices and its Pods, every list with
+/// `resourceVersion=0` (answered from a real server's watch cache), and the question
+/// whether the API serves EndpointSlices once per Discovery.
+#[tokio::test]
+async fn lists_come_from_the_watch_cache_and_the_slices_question_is_asked_once() {
+    let cluster = TestCluster::builder()
+        .service("hello-svc")
+        .replicas(2)
+        .start()
+        .await
+        .expect("cluster");
+    let client = cluster.api().client().await.unwrap();
+    let services: Api<Service> = Api::default_namespaced(client.clone());
+    let mut other: Service = serde_json::from_value(json!({
+        "metadata": {"name": "other"},
+        "spec": {"selector": {"app": "hello-svc"}, "ports": [{"port": 8080}]},
+    }))
+    .unwrap();
+    other.metadata.namespace = None;
+    services
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    cluster.api().settled().await;
+
+    let before = cluster.api().traffic();
+    let discovery = Discovery::new(client);
+    for name in ["hello-svc", "other"] {
+        let mut sub = discovery.subscribe_str(name).unwrap();
+        let set = until(&mut sub, "both Pods", |s| s.len() == 2).await;
+        assert!(!set.is_empty());
+    }
+    let after = cluster.api().traffic();
+    let lists = |resource: &str| {
+        let key = (resource.to_string(), "list".to_string());
+        let t = after.get(&key).copied().unwrap_or_default()
+            - before.get(&key).copied().unwrap_or_default();
+        (t.requests, t.any_version)
+    };
+    assert_eq!(
+        lists("services"),
+        (2, 2),
+        "one list per Service, from the cache"
+    );
+    assert_eq!(lists("pods"), (2, 2));
+    // Two lists of slices from the cache, and one question (not cached, limit 1).
+    assert_eq!(lists("endpointslices"), (3, 2));
+}

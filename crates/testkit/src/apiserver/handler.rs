@@ -16,7 +16,7 @@ use super::access::Access;
 use super::admission;
 use super::query::{self, Query, Repr};
 use super::resource::Resource;
-use super::server::Shared;
+use super::server::{Shared, Traffic};
 use super::status::{ApiError, ApiResult};
 use super::store::{Key, Store, meta_str};
 use super::{discovery, table, watch};
@@ -162,14 +162,17 @@ pub(crate) async fn handle(
         warning: target_warning,
     };
     // What to count this request as: its resource and verb (discovery documents apart).
-    let counted: (String, &'static str) = {
+    let (counted, any_version): ((String, &'static str), bool) = {
         let query = Query::parse(req.uri().query());
         match parse_target(req.uri().path()) {
-            Ok(Some(t)) => (
-                t.res.plural().to_string(),
-                verb_for(req.method(), &t, &query).unwrap_or("other"),
-            ),
-            _ => ("discovery".to_string(), "get"),
+            Ok(Some(t)) => {
+                let verb = verb_for(req.method(), &t, &query).unwrap_or("other");
+                (
+                    (t.res.plural().to_string(), verb),
+                    verb == "list" && query.get("resourceVersion") == Some("0"),
+                )
+            }
+            _ => (("discovery".to_string(), "get"), false),
         }
     };
     let mut resp = match route(&shared, req, out).await {
@@ -182,7 +185,15 @@ pub(crate) async fn handle(
     } else {
         http_body::Body::size_hint(resp.body()).exact().unwrap_or(0)
     };
-    shared.count(&counted.0, counted.1, 1, bytes);
+    shared.count_as(
+        &counted.0,
+        counted.1,
+        Traffic {
+            requests: 1,
+            bytes,
+            any_version: u64::from(any_version),
+        },
+    );
     // Every answer carries an audit ID, the plain-text 404s and discovery documents too.
     if !resp.headers().contains_key("audit-id") {
         resp.headers_mut().insert(

@@ -79,6 +79,9 @@ pub struct Traffic {
     pub requests: u64,
     /// Response body bytes sent.
     pub bytes: u64,
+    /// Of the requests, lists that accept any resourceVersion (`resourceVersion=0`): a real
+    /// server answers those from its watch cache instead of reading etcd.
+    pub any_version: u64,
 }
 
 impl std::ops::Sub for Traffic {
@@ -87,6 +90,7 @@ impl std::ops::Sub for Traffic {
         Traffic {
             requests: self.requests.saturating_sub(earlier.requests),
             bytes: self.bytes.saturating_sub(earlier.bytes),
+            any_version: self.any_version.saturating_sub(earlier.any_version),
         }
     }
 }
@@ -94,10 +98,23 @@ impl std::ops::Sub for Traffic {
 impl Shared {
     /// Counts a request (`requests`) and `bytes` sent for `resource` and `verb`.
     pub(crate) fn count(&self, resource: &str, verb: &'static str, requests: u64, bytes: u64) {
+        self.count_as(
+            resource,
+            verb,
+            Traffic {
+                requests,
+                bytes,
+                any_version: 0,
+            },
+        );
+    }
+
+    pub(crate) fn count_as(&self, resource: &str, verb: &'static str, add: Traffic) {
         let mut t = self.traffic.lock().expect("traffic lock");
         let e = t.entry((resource.to_string(), verb)).or_default();
-        e.requests += requests;
-        e.bytes += bytes;
+        e.requests += add.requests;
+        e.bytes += add.bytes;
+        e.any_version += add.any_version;
     }
 }
 
