@@ -107,6 +107,8 @@ fn typed_round_trip(res: Resource, value: &Value) -> ApiResult<Value> {
         Resource::Endpoints => trip::<core::Endpoints>(value),
         Resource::EndpointSlice => trip::<disco::EndpointSlice>(value),
         Resource::Event => trip::<core::Event>(value),
+        // A custom resource: no typed struct here; `validate` checks the fields it has.
+        Resource::HttpRoute => Ok(value.clone()),
     };
     known.map_err(|e| cannot_handle(res, e))
 }
@@ -285,6 +287,7 @@ pub(crate) fn defaults(res: Resource, obj: &mut Value) {
             }
         }
         Resource::Event => {}
+        Resource::HttpRoute => httproute_defaults(obj),
         Resource::EndpointSlice => {
             if let Some(ports) = obj.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
@@ -451,9 +454,149 @@ pub(crate) fn validate(res: Resource, obj: &Value, config: &Config) -> Vec<Cause
         Resource::Endpoints => validate_endpoints(obj, config, &mut causes),
         Resource::EndpointSlice => validate_slice(obj, config, &mut causes),
         Resource::Service => validate_service(obj, &mut causes),
+        Resource::HttpRoute => validate_httproute(obj, &mut causes),
         _ => {}
     }
     causes
+}
+
+/// The defaults of the Gateway API CRD's schema (v1): a route without rules matches every
+/// path, a match without a path is a `/` prefix, parents are Gateways unless they say
+/// otherwise, backends are Services of weight 1.
+fn httproute_defaults(obj: &mut Value) {
+    set_default(obj, "spec", json!({}));
+    let spec = &mut obj["spec"];
+    for p in spec
+        .get_mut("parentRefs")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        set_default(p, "group", "gateway.networking.k8s.io".into());
+        set_default(p, "kind", "Gateway".into());
+    }
+    let prefix = json!({"type": "PathPrefix", "value": "/"});
+    set_default(spec, "rules", json!([{"matches": [{"path": prefix}]}]));
+    for rule in spec["rules"].as_array_mut().into_iter().flatten() {
+        set_default(rule, "matches", json!([{"path": prefix}]));
+        for m in rule["matches"].as_array_mut().into_iter().flatten() {
+            set_default(m, "path", prefix.clone());
+            for list in ["headers", "queryParams"] {
+                for h in m
+                    .get_mut(list)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    set_default(h, "type", "Exact".into());
+                }
+            }
+        }
+        for b in rule
+            .get_mut("backendRefs")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            set_default(b, "group", "".into());
+            set_default(b, "kind", "Service".into());
+            set_default(b, "weight", 1.into());
+        }
+    }
+}
+
+/// What the Gateway API CRD's schema checks of the fields Rudder reads.
+fn validate_httproute(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let bound = |field: String, v: &Value, max: usize, causes: &mut Vec<Cause>| {
+        if v.as_array().is_some_and(|a| a.len() > max) {
+            causes.push(Cause {
+                reason: "FieldValueTooMany",
+                message: format!(
+                    "Too many: {}: must have at most {max} items",
+                    v.as_array().map_or(0, Vec::len)
+                ),
+                field,
+            });
+        }
+    };
+    bound("spec.parentRefs".into(), &spec["parentRefs"], 32, causes);
+    bound("spec.rules".into(), &spec["rules"], 16, causes);
+    for (i, rule) in spec["rules"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        bound(format!("{at}.matches"), &rule["matches"], 64, causes);
+        for (j, m) in rule["matches"].as_array().into_iter().flatten().enumerate() {
+            let path = &m["path"];
+            let kind = path["type"].as_str().unwrap_or("PathPrefix");
+            if !matches!(kind, "Exact" | "PathPrefix" | "RegularExpression") {
+                causes.push(Cause::unsupported(
+                    format!("{at}.matches[{j}].path.type"),
+                    kind,
+                    &["Exact", "PathPrefix", "RegularExpression"],
+                ));
+            }
+            let value = path["value"].as_str().unwrap_or("/");
+            if kind != "RegularExpression" && !value.starts_with('/') {
+                causes.push(Cause::invalid(
+                    format!("{at}.matches[{j}].path"),
+                    value,
+                    "value must be an absolute path and start with '/' when type one of ['Exact', 'PathPrefix']",
+                ));
+            }
+            if let Some(method) = m["method"].as_str()
+                && !matches!(
+                    method,
+                    "GET"
+                        | "HEAD"
+                        | "POST"
+                        | "PUT"
+                        | "DELETE"
+                        | "CONNECT"
+                        | "OPTIONS"
+                        | "TRACE"
+                        | "PATCH"
+                )
+            {
+                causes.push(Cause::unsupported(
+                    format!("{at}.matches[{j}].method"),
+                    method,
+                    &[
+                        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                        "PATCH",
+                    ],
+                ));
+            }
+        }
+        for (j, b) in rule["backendRefs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let at = format!("{at}.backendRefs[{j}]");
+            if b["name"].as_str().is_none_or(str::is_empty) {
+                causes.push(Cause::required(format!("{at}.name")));
+            }
+            let weight = b["weight"].as_i64().unwrap_or(1);
+            if !(0..=1_000_000).contains(&weight) {
+                causes.push(Cause::invalid(
+                    format!("{at}.weight"),
+                    &weight.to_string(),
+                    "must be between 0 and 1000000",
+                ));
+            }
+            if b["kind"].as_str().unwrap_or("Service") == "Service"
+                && b["group"].as_str().unwrap_or("").is_empty()
+                && b["port"].is_null()
+            {
+                causes.push(Cause::invalid(
+                    at.clone(),
+                    "object",
+                    "Must have port for Service reference",
+                ));
+            }
+        }
+    }
 }
 
 fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
@@ -839,6 +982,14 @@ const CONTAINER_STATUS: &[&str] = &[
 fn sort_map(v: Option<&mut Value>) {
     if let Some(Value::Object(m)) = v {
         m.sort_keys();
+    }
+}
+
+/// `value`'s keys reordered: `order` first, then the rest as they were.
+pub(crate) fn reorder_keys(value: Value, order: &[&str]) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(reorder(m, order)),
+        other => other,
     }
 }
 

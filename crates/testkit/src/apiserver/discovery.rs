@@ -47,7 +47,9 @@ fn resource_list(group_version: &str, group: &str) -> Value {
         if !r.categories().is_empty() {
             entry["categories"] = json!(r.categories());
         }
-        entry["storageVersionHash"] = r.storage_version_hash().into();
+        if !r.storage_version_hash().is_empty() {
+            entry["storageVersionHash"] = r.storage_version_hash().into();
+        }
         resources.push(entry);
         if r.has_status() {
             resources.push(json!({
@@ -66,6 +68,17 @@ fn resource_list(group_version: &str, group: &str) -> Value {
     } else {
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
     }
+}
+
+/// The API groups this server serves besides the core group, in discovery order.
+fn groups() -> Vec<&'static str> {
+    let mut groups: Vec<&'static str> = Vec::new();
+    for g in Resource::ALL.into_iter().map(Resource::group) {
+        if !g.is_empty() && !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    groups
 }
 
 /// The media type of aggregated discovery (`/api` and `/apis` in one document per tree),
@@ -180,24 +193,54 @@ pub(crate) fn serve(
     gzip: bool,
     aggregated: bool,
 ) -> ApiResult<Response<Body>> {
-    let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
-    let doc = match path.trim_end_matches('/') {
+    let group_doc = |g: &str| {
+        let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
+        json!({"name": g, "versions": [gv], "preferredVersion": gv})
+    };
+    let path = path.trim_end_matches('/');
+    if let Some(g) = path.strip_prefix("/apis/").filter(|g| groups().contains(g)) {
+        let mut doc = group_doc(g);
+        let object = doc.as_object_mut().expect("object");
+        object.insert("kind".into(), "APIGroup".into());
+        object.insert("apiVersion".into(), "v1".into());
+        let doc = super::admission::reorder_keys(doc, &["kind", "apiVersion", "name"]);
+        return Ok(json_response(StatusCode::OK, &doc, out));
+    }
+    if let Some(g) = path
+        .strip_prefix("/apis/")
+        .and_then(|p| p.strip_suffix("/v1"))
+        .filter(|g| groups().contains(g))
+    {
+        return Ok(json_response(
+            StatusCode::OK,
+            &resource_list(&format!("{g}/v1"), g),
+            out,
+        ));
+    }
+    let doc = match path {
         "/api" if aggregated => return Ok(aggregated_response(true)),
         "/apis" if aggregated => return Ok(aggregated_response(false)),
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
             {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}]}),
+        "/apis" => {
+            let groups: Vec<Value> = groups().into_iter().map(group_doc).collect();
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        }
         "/api/v1" => resource_list("v1", ""),
-        "/apis/discovery.k8s.io" => json!({"kind": "APIGroup", "apiVersion": "v1",
-            "name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}),
-        "/apis/discovery.k8s.io/v1" => resource_list("discovery.k8s.io/v1", "discovery.k8s.io"),
         "/openapi/v3" => {
             // kubectl fetches this index to learn whether `fieldValidation` is supported.
-            let index = json!({"paths": {
-                "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=RUDDER"},
-                "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=RUDDER"},
-            }});
+            let mut paths = serde_json::Map::new();
+            paths.insert(
+                "api/v1".into(),
+                json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=RUDDER"}),
+            );
+            for g in groups() {
+                paths.insert(
+                    format!("apis/{g}/v1"),
+                    json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/v1?hash=RUDDER")}),
+                );
+            }
+            let index = json!({ "paths": paths });
             // Compact, with no trailing newline, labelled as text (as observed).
             let mut resp = Response::new(full(index.to_string()));
             super::handler::api_headers(resp.headers_mut(), "text/plain; charset=utf-8");
@@ -208,7 +251,16 @@ pub(crate) fn serve(
             return Ok(captured_openapi(OPENAPI_DISCOVERY_V1_GZ));
         }
         "/openapi/v3/api/v1" => openapi(""),
-        "/openapi/v3/apis/discovery.k8s.io/v1" => openapi("discovery.k8s.io"),
+        p if p.starts_with("/openapi/v3/apis/") => {
+            match p
+                .strip_prefix("/openapi/v3/apis/")
+                .and_then(|g| g.strip_suffix("/v1"))
+                .filter(|g| groups().contains(g))
+            {
+                Some(g) => openapi(g),
+                None => return Err(ApiError::page_not_found()),
+            }
+        }
         "/healthz" | "/readyz" | "/livez" => {
             let mut resp = Response::new(full("ok"));
             resp.headers_mut().insert(

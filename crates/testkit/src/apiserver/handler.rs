@@ -335,8 +335,15 @@ fn authorize(user: Option<&Access>, verb: &str, target: &Target) -> ApiResult<()
 pub(crate) fn parse_target(path: &str) -> ApiResult<Option<Target>> {
     let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
         ("", rest)
-    } else if let Some(rest) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
-        ("discovery.k8s.io", rest)
+    } else if let Some((group, rest)) = path.strip_prefix("/apis/").and_then(|p| {
+        let (group, rest) = p.split_once("/v1/")?;
+        let group = Resource::ALL
+            .into_iter()
+            .map(Resource::group)
+            .find(|g| !g.is_empty() && *g == group)?;
+        Some((group, rest))
+    }) {
+        (group, rest)
     } else {
         return Ok(None);
     };

@@ -12,10 +12,12 @@ pub(crate) enum Resource {
     Endpoints,
     EndpointSlice,
     Event,
+    /// Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`), as its CRD serves it.
+    HttpRoute,
 }
 
 impl Resource {
-    pub(crate) const ALL: [Resource; 7] = [
+    pub(crate) const ALL: [Resource; 8] = [
         Resource::Namespace,
         Resource::Node,
         Resource::Pod,
@@ -23,12 +25,14 @@ impl Resource {
         Resource::Endpoints,
         Resource::EndpointSlice,
         Resource::Event,
+        Resource::HttpRoute,
     ];
 
     /// The API group ("" for core).
     pub(crate) fn group(self) -> &'static str {
         match self {
             Resource::EndpointSlice => "discovery.k8s.io",
+            Resource::HttpRoute => "gateway.networking.k8s.io",
             _ => "",
         }
     }
@@ -43,6 +47,7 @@ impl Resource {
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlice => "discovery.k8s.io/v1",
+            Resource::HttpRoute => "gateway.networking.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -56,6 +61,7 @@ impl Resource {
             Resource::Endpoints => "endpoints",
             Resource::EndpointSlice => "endpointslices",
             Resource::Event => "events",
+            Resource::HttpRoute => "httproutes",
         }
     }
 
@@ -68,6 +74,7 @@ impl Resource {
             Resource::Endpoints => "endpoints",
             Resource::EndpointSlice => "endpointslice",
             Resource::Event => "event",
+            Resource::HttpRoute => "httproute",
         }
     }
 
@@ -80,6 +87,7 @@ impl Resource {
             Resource::Endpoints => "Endpoints",
             Resource::EndpointSlice => "EndpointSlice",
             Resource::Event => "Event",
+            Resource::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -110,7 +118,7 @@ impl Resource {
             Resource::Pod => &["po"],
             Resource::Service => &["svc"],
             Resource::Endpoints => &["ep"],
-            Resource::EndpointSlice => &[],
+            Resource::EndpointSlice | Resource::HttpRoute => &[],
             Resource::Event => &["ev"],
         }
     }
@@ -144,6 +152,8 @@ impl Resource {
             Resource::Endpoints => "fWeeMqaN/OA=",
             Resource::EndpointSlice => "qgS0xkrxYAI=",
             Resource::Event => "r2yiGXH7wu8=",
+            // Custom resources carry no storage version hash in discovery.
+            Resource::HttpRoute => "",
         }
     }
 
@@ -151,6 +161,7 @@ impl Resource {
     pub(crate) fn categories(self) -> &'static [&'static str] {
         match self {
             Resource::Pod | Resource::Service => &["all"],
+            Resource::HttpRoute => &["gateway-api"],
             _ => &[],
         }
     }
@@ -158,7 +169,11 @@ impl Resource {
     pub(crate) fn has_status(self) -> bool {
         matches!(
             self,
-            Resource::Namespace | Resource::Node | Resource::Pod | Resource::Service
+            Resource::Namespace
+                | Resource::Node
+                | Resource::Pod
+                | Resource::Service
+                | Resource::HttpRoute
         )
     }
 
@@ -172,10 +187,10 @@ impl Resource {
 
     /// The Go type named in 406 messages: `*core.Pod`, `*discovery.EndpointSliceList`.
     pub(crate) fn go_type(self, list: bool) -> String {
-        let package = if self.group().is_empty() {
-            "core"
-        } else {
-            "discovery"
+        let package = match self.group() {
+            "" => "core",
+            "gateway.networking.k8s.io" => "unstructured",
+            _ => "discovery",
         };
         format!(
             "*{package}.{}{}",
@@ -244,6 +259,7 @@ impl Resource {
                 json!({"spec": {}, "status": {}})
             }
             Resource::Endpoints | Resource::Event => json!({}),
+            Resource::HttpRoute => json!({}),
         };
         if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
             obj.extend(extra);

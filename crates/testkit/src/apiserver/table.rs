@@ -85,6 +85,8 @@ fn columns(res: Resource) -> Vec<(&'static str, i32)> {
             ("Container-Runtime", 1),
         ],
         Resource::Namespace => vec![("Name", 0), ("Status", 0), ("Age", 0)],
+        // The CRD's printer columns.
+        Resource::HttpRoute => vec![("Name", 0), ("Hostnames", 0), ("Age", 0)],
         Resource::Event => vec![
             ("Last Seen", 0),
             ("Type", 0),
@@ -259,6 +261,23 @@ fn cells(res: Resource, o: &Value) -> Vec<Value> {
             str_or(&o["status"]["phase"], "Active").into(),
             age(o).into(),
         ],
+        Resource::HttpRoute => {
+            let hosts: Vec<&str> = o["spec"]["hostnames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            vec![
+                name,
+                if hosts.is_empty() {
+                    Value::Null
+                } else {
+                    json!(hosts)
+                },
+                age(o).into(),
+            ]
+        }
         Resource::Event => vec![
             age(o).into(),
             str_or(&o["type"], "").into(),

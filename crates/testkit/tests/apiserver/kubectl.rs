@@ -307,3 +307,59 @@ async fn explain_reads_the_captured_openapi_schemas() {
     assert!(out.contains("GROUP:      discovery.k8s.io"), "{out}");
     assert!(out.contains("serving"), "{out}");
 }
+
+/// Gateway API HTTPRoutes, served as their CRD serves them: `kubectl apply -f` of a GAMMA
+/// route (parent: a Service), `kubectl get httproutes`, the schema's defaults, and its
+/// checks of the fields Rudder reads.
+#[tokio::test]
+async fn httproutes_apply_get_default_and_validate() {
+    let cluster = hello_svc().await;
+    let k = Kubectl::new(cluster.api());
+    let route = k.manifest(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: hello-split\nspec:\n  parentRefs:\n  - group: \"\"\n    kind: Service\n    name: hello-svc\n    port: 8080\n  rules:\n  - backendRefs:\n    - name: hello-v1\n      port: 8080\n      weight: 90\n    - name: hello-v2\n      port: 8080\n      weight: 10\n",
+    );
+    assert_eq!(
+        k.ok(&["apply", "-f", &route]).await,
+        "httproute.gateway.networking.k8s.io/hello-split created\n"
+    );
+    let listed = k.ok(&["get", "httproutes"]).await;
+    assert!(
+        listed.starts_with("NAME") && listed.contains("hello-split"),
+        "{listed}"
+    );
+    // The schema's defaults: a match on every path, backends are Services.
+    let json = k
+        .ok(&["get", "httproute", "hello-split", "-o", "json"])
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        v["spec"]["rules"][0]["matches"][0]["path"],
+        serde_json::json!({"type": "PathPrefix", "value": "/"})
+    );
+    assert_eq!(v["spec"]["rules"][0]["backendRefs"][1]["kind"], "Service");
+    // Applying again works (kubectl sends a custom resource's lists whole as a merge
+    // patch, and the defaults make them differ, so it says "configured"); a weight beyond
+    // the schema's bound is refused.
+    k.ok(&["apply", "-f", &route]).await;
+    let again = k
+        .ok(&["get", "httproute", "hello-split", "-o", "json"])
+        .await;
+    let again: serde_json::Value = serde_json::from_str(&again).expect("JSON");
+    assert_eq!(again["spec"], v["spec"], "the same route");
+    let bad = k.manifest(
+        "bad.yaml",
+        &std::fs::read_to_string(&route)
+            .expect("manifest")
+            .replace("weight: 10", "weight: 2000000"),
+    );
+    let refused = k.run(&["apply", "-f", &bad]).await;
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("spec.rules[0].backendRefs[1].weight"),
+        "{}",
+        refused.stderr
+    );
+}
