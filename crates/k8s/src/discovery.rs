@@ -150,6 +150,7 @@ impl DiscoveryBuilder {
                 client: self.client,
                 source: self.source,
                 auto: Arc::default(),
+                routes: Default::default(),
                 pods: self.pods,
                 default_namespace,
                 timing: Timing {
@@ -203,6 +204,8 @@ struct Inner {
     /// What `Source::Auto` chose: asked once per Discovery (the API has EndpointSlices or
     /// it does not), not once per Service.
     auto: Arc<tokio::sync::OnceCell<Source>>,
+    /// Per namespace, the HTTPRoute watch.
+    routes: crate::routes::RouteWatches,
     pods: PodWatch,
     default_namespace: String,
     timing: Timing,
@@ -302,6 +305,24 @@ impl Discovery {
             max_backoff: DEFAULT_MAX_BACKOFF,
             forbidden_retry: DEFAULT_FORBIDDEN_RETRY,
         }
+    }
+
+    /// Follows the Gateway API `HTTPRoute`s of `namespace` (one watch per namespace,
+    /// shared by every subscription, ended when the last one drops). Routes attach to
+    /// Services through their `parentRefs` (GAMMA); which apply to a Service is the
+    /// caller's business. Without the Gateway API CRDs, or without permission to read
+    /// them, the set says [`RoutesState::Unavailable`](crate::RoutesState::Unavailable)
+    /// and holds no routes.
+    pub fn subscribe_routes(
+        &self,
+        namespace: &str,
+    ) -> Result<crate::RouteSubscription, DiscoveryError> {
+        self.inner.routes.subscribe(
+            &self.inner.client,
+            namespace,
+            self.inner.timing.forbidden_retry,
+            self.inner.timing.max_backoff,
+        )
     }
 
     /// The namespace of references that name none.

@@ -22,11 +22,16 @@
 pub mod convert;
 mod discovery;
 mod error;
+mod routes;
 mod service_ref;
 mod static_;
 
 pub use self::convert::{PodInfo, WEIGHT_ANNOTATION};
 pub use self::discovery::{Discovery, DiscoveryBuilder, PodWatch, Source, Subscription};
 pub use self::error::DiscoveryError;
+pub use self::routes::{
+    BackendRef, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ParentRef, PathMatch,
+    RouteSet, RouteSubscription, RoutesState, Timeouts, ValueMatch, parse_duration,
+};
 pub use self::service_ref::{PortSpec, ServiceRef, ServiceRefError};
 pub use self::static_::Static;

@@ -377,6 +377,7 @@ mod prometheus {
                 E::NotAService { .. } => ("not_a_service", None),
                 E::TooManyServices { .. } => ("too_many_services", None),
                 E::MissingAuthority => ("missing_authority", None),
+                E::NoRouteBackend { service, .. } => ("no_route_backend", Some(service)),
                 _ => ("discovery", None),
             };
             self.mesh_errors

@@ -50,6 +50,17 @@ pub enum MeshError {
         /// The limit.
         limit: usize,
     },
+    /// An HTTPRoute rule matched the request, but every backend it names has weight 0:
+    /// the Gateway API answers such requests with a 500, Rudder with this error.
+    #[error(
+        "HTTPRoute {route} matched a request for {service}, but all its backends have weight 0"
+    )]
+    NoRouteBackend {
+        /// The Service the request named.
+        service: String,
+        /// The route, `namespace/name`.
+        route: String,
+    },
     /// The Service does not exist.
     #[error("Service {service} not found")]
     ServiceNotFound {

@@ -38,6 +38,7 @@ mod builder;
 mod config;
 mod error;
 mod ext;
+mod gamma;
 mod replay;
 mod route;
 mod routed;
@@ -255,6 +256,9 @@ const RESOLVED_CACHE: usize = 4096;
 type Resolutions = HashMap<Box<str>, Vec<(u16, Resolved)>, foldhash::fast::RandomState>;
 
 /// State shared by every clone of a Mesh.
+/// Where an HTTPRoute sends a request: the backend Service and the rule's timeout.
+pub(crate) type RouteChoice = (Arc<Routed>, Option<Duration>);
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     source: Source,
@@ -267,6 +271,8 @@ pub(crate) struct Shared {
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: ArcSwapOption<Split>,
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Per namespace routed to, its HTTPRoutes (compiled as discovery publishes them).
+    gamma: RwLock<HashMap<String, Arc<gamma::NsRoutes>>>,
     /// Itself, for the sweeper task it starts on first use.
     me: Weak<Shared>,
     sweeper: OnceLock<()>,
@@ -290,6 +296,7 @@ impl Shared {
             source,
             settings,
             routed: RwLock::new(HashMap::new()),
+            gamma: RwLock::new(HashMap::new()),
             resolved: ArcSwap::default(),
             resolving: Mutex::new(()),
         }
@@ -352,6 +359,64 @@ impl Shared {
     }
 
     /// The routing state of `svc`, subscribing on first use.
+    /// The compiled HTTPRoutes of `svc`'s namespace, once listed (waiting at most
+    /// `bound` for the first list); `None` for a static Mesh or routes not listed in time.
+    pub(crate) async fn route_table(
+        &self,
+        svc: &ServiceRef,
+        bound: Duration,
+    ) -> Result<Option<Arc<gamma::Compiled>>, MeshError> {
+        let Source::Kube(discovery) = &self.source else {
+            return Ok(None);
+        };
+        let ns = svc.namespace();
+        let routes = self.gamma.read().expect("gamma lock").get(ns).cloned();
+        let routes = match routes {
+            Some(r) => r,
+            None => {
+                let mut all = self.gamma.write().expect("gamma lock");
+                match all.get(ns) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let sub = discovery.subscribe_routes(ns)?;
+                        let r = Arc::new(gamma::NsRoutes::follow(ns, sub));
+                        all.insert(ns.to_string(), r.clone());
+                        r
+                    }
+                }
+            }
+        };
+        let compiled = routes.ready(bound).await;
+        if compiled.is_none() {
+            tracing::debug!(
+                namespace = ns,
+                "HTTPRoutes not listed in time; routing without them"
+            );
+        }
+        Ok(compiled)
+    }
+
+    /// Where an HTTPRoute attached to `svc` sends `req`: the backend Service's routing
+    /// state and the rule's request timeout, or `None` when no rule matches.
+    pub(crate) fn http_route<B>(
+        &self,
+        table: &gamma::Compiled,
+        svc: &ServiceRef,
+        req: &http::Request<B>,
+    ) -> Result<Option<RouteChoice>, MeshError> {
+        let Some(target) = table.target(svc, req) else {
+            return Ok(None);
+        };
+        let backend = target.pick().ok_or_else(|| MeshError::NoRouteBackend {
+            service: svc.to_string(),
+            route: target.route.clone(),
+        })?;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(service = %svc, route = %target.route, backend = %backend, "HTTPRoute");
+        }
+        Ok(Some((self.routed(backend)?, target.timeout)))
+    }
+
     pub(crate) fn routed(&self, svc: &ServiceRef) -> Result<Arc<Routed>, MeshError> {
         if let Some(r) = self.routed.read().expect("routed lock").get(svc) {
             return Ok(r.clone());
@@ -488,6 +553,18 @@ impl Shared {
         for r in gone {
             r.release();
         }
+        // A namespace none of whose Services is routed to any more loses its route watch.
+        let used: std::collections::HashSet<String> = self
+            .routed
+            .read()
+            .expect("routed lock")
+            .keys()
+            .map(|s| s.namespace().to_string())
+            .collect();
+        self.gamma
+            .write()
+            .expect("gamma lock")
+            .retain(|ns, _| used.contains(ns));
     }
 
     /// How many Services have running watches.

@@ -186,12 +186,10 @@ where
     else {
         return pass(inner, req).await;
     };
-    let svc = &routed.service;
-    let service = || svc.to_string();
-    routed.touch();
+    // An HTTPRoute attached to the Service may send the request to another Service.
     // The per-request timeout covers the wait for the first sync too.
+    let began = tokio::time::Instant::now();
     let timeout = settings.timeout;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (bound, give_up) = match timeout {
         Some(t) if t < settings.sync_timeout => (t, false),
         _ => (settings.sync_timeout, true),
@@ -200,11 +198,40 @@ where
     let started = (!routed.is_decided()).then(tokio::time::Instant::now);
     if !routed.decided(bound, give_up).await && !give_up {
         return Err(MeshError::Timeout {
-            service: service(),
+            service: routed.service.to_string(),
             timeout: timeout.unwrap_or_default(),
         }
         .into());
     }
+    // An HTTPRoute attached to the Service may send the request to another Service. Asked
+    // only once the Service answered: an API that cannot be reached fails fast as before.
+    let (routed, route_timeout) = match routed.pool.snapshot().set().state() {
+        ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_) => {
+            (routed, None)
+        }
+        _ => match shared.route_table(&routed.service, bound).await? {
+            Some(table) => match shared.http_route(&table, &routed.service, &req)? {
+                Some((backend, rule_timeout)) => {
+                    if !backend.decided(bound, give_up).await && !give_up {
+                        return Err(MeshError::Timeout {
+                            service: backend.service.to_string(),
+                            timeout: timeout.unwrap_or_default(),
+                        }
+                        .into());
+                    }
+                    (backend, rule_timeout)
+                }
+                None => (routed, None),
+            },
+            None => (routed, None),
+        },
+    };
+    let svc = &routed.service;
+    let service = || svc.to_string();
+    routed.touch();
+    // A matched rule's own request timeout replaces the Mesh's.
+    let timeout = route_timeout.or(timeout);
+    let deadline = timeout.map(|t| began + t);
     let snapshot = routed.pool.snapshot();
     let unsynced = |last_error: Option<String>| -> Result<(), BoxError> {
         Err(MeshError::NotSynced {

@@ -621,8 +621,9 @@ async fn layers_over_one_discovery_share_its_watches() {
     let (mut a, mut b) = (first.layer(h1()), second.layer(h1()));
     get(&mut a, req("http://hello-svc:8080/")).await.unwrap();
     get(&mut b, req("http://hello-svc:8080/")).await.unwrap();
+    // The Service's three, and its namespace's HTTPRoutes.
     eventually("one set of watches", || {
-        cluster.api().open_watches() == baseline + 3
+        cluster.api().open_watches() == baseline + 4
     })
     .await;
     assert_eq!(first.watched_services(), 1);
@@ -635,7 +636,7 @@ async fn layers_over_one_discovery_share_its_watches() {
         .await
         .unwrap();
     eventually("a second set for the other discovery", || {
-        cluster.api().open_watches() == baseline + 6
+        cluster.api().open_watches() == baseline + 8
     })
     .await;
 

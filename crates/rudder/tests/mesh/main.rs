@@ -4,6 +4,7 @@
 
 mod edges;
 mod faults;
+mod gamma;
 mod request_path;
 mod security;
 mod support;

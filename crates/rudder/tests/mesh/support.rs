@@ -243,7 +243,7 @@ pub(crate) fn manifest_rules() -> Vec<rudder_testkit::Rule> {
             rules.push(rudder_testkit::Rule::new(list(rest), resources.clone()));
         }
     }
-    assert_eq!(rules.len(), 2, "two rules in deploy/rbac.yaml");
+    assert_eq!(rules.len(), 3, "three rules in deploy/rbac.yaml");
     rules
 }
 

@@ -1,0 +1,503 @@
+//! Traffic policy from the cluster: Gateway API `HTTPRoute`s whose parent is a Service
+//! (the GAMMA way), compiled when discovery publishes them, evaluated per request.
+//!
+//! A request for Service `S` that matches a rule of a route attached to `S` goes to one of
+//! the rule's backend Services, chosen by weight; its Rudder subset (extension, header,
+//! code routes, split) then picks Pods within that backend Service. A request that matches
+//! no rule goes to `S` itself. Routes are applied whole or not at all: one with a field
+//! Rudder cannot honour (filters, backends of other kinds or namespaces, `backendRequest`
+//! timeouts, invalid expressions) is skipped with a warning naming the field.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, Method, Request};
+use regex::Regex;
+use rudder_k8s::{
+    HttpRoute, HttpRouteMatch, PortSpec, RouteSet, RouteSubscription, RoutesState, ServiceRef,
+};
+
+/// A namespace's routes, compiled, followed while the Mesh uses the namespace.
+pub(crate) struct NsRoutes {
+    compiled: Arc<ArcSwap<Compiled>>,
+    rx: tokio::sync::watch::Receiver<Arc<RouteSet>>,
+    task: tokio::task::AbortHandle,
+    _sub: RouteSubscription,
+}
+
+impl Drop for NsRoutes {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for NsRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsRoutes").finish_non_exhaustive()
+    }
+}
+
+impl NsRoutes {
+    /// Follows `sub`, compiling each new set of routes of `namespace` off the request path.
+    pub(crate) fn follow(namespace: &str, sub: RouteSubscription) -> Self {
+        let compiled = Arc::new(ArcSwap::from_pointee(Compiled::from_set(
+            namespace,
+            &sub.current(),
+        )));
+        let mut rx = sub.receiver();
+        let out = compiled.clone();
+        let ns = namespace.to_string();
+        let task = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let set = rx.borrow_and_update().clone();
+                out.store(Arc::new(Compiled::from_set(&ns, &set)));
+            }
+        });
+        Self {
+            compiled,
+            rx: sub.receiver(),
+            task: task.abort_handle(),
+            _sub: sub,
+        }
+    }
+
+    /// The compiled routes once the namespace's list is known (or known to be
+    /// unavailable), waiting at most `bound`; `None` if that was not enough.
+    pub(crate) async fn ready(&self, bound: Duration) -> Option<Arc<Compiled>> {
+        let mut rx = self.rx.clone();
+        let known = |set: &RouteSet| set.state != RoutesState::Pending;
+        if !known(&rx.borrow()) {
+            let wait = rx.wait_for(|s| known(s));
+            if !matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(_))) {
+                return None;
+            }
+        }
+        // The follower may not have compiled the newest set yet: compile it here once.
+        let set = rx.borrow().clone();
+        let current = self.compiled.load_full();
+        if current.state == set.state && current.routes == set.routes.len() {
+            Some(current)
+        } else {
+            Some(Arc::new(Compiled::from_set(&current.namespace, &set)))
+        }
+    }
+}
+
+/// One namespace's applicable rules, per parent Service, in precedence order.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    namespace: String,
+    state: RoutesState,
+    routes: usize,
+    by_parent: HashMap<String, Vec<Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The Service port the route attaches to (every port when `None`).
+    port: Option<u16>,
+    matcher: Matcher,
+    target: Arc<Target>,
+}
+
+#[derive(Debug)]
+enum Cond {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl Cond {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Cond::Exact(e) => e == v,
+            Cond::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum PathCond {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct Matcher {
+    path: PathCond,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, Cond)>,
+    query: Vec<(String, Cond)>,
+}
+
+impl Matcher {
+    fn matches<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        let path_ok = match &self.path {
+            PathCond::Exact(p) => path == p,
+            PathCond::Prefix(p) => {
+                // Element-wise: `/foo` takes `/foo` and `/foo/bar`, not `/foobar`.
+                let p = p.trim_end_matches('/');
+                path.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            PathCond::Regex(r) => r.is_match(path),
+        };
+        path_ok
+            && self.method.as_ref().is_none_or(|m| m == req.method())
+            && self.headers.iter().all(|(name, cond)| {
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| cond.matches(v)))
+            })
+            && self.query.iter().all(|(name, cond)| {
+                let value = req.uri().query().and_then(|q| {
+                    q.split('&').find_map(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        (k == name).then_some(v)
+                    })
+                });
+                value.is_some_and(|v| cond.matches(v))
+            })
+    }
+
+    /// Gateway API precedence: exact paths, then longer prefixes, then a method, then
+    /// more header matches, then more query matches (larger sorts first).
+    fn rank(&self) -> (u8, usize, bool, usize, usize) {
+        let (kind, len) = match &self.path {
+            PathCond::Exact(p) => (3, p.len()),
+            PathCond::Prefix(p) => (2, p.trim_end_matches('/').len()),
+            PathCond::Regex(_) => (1, 0),
+        };
+        (
+            kind,
+            len,
+            self.method.is_some(),
+            self.headers.len(),
+            self.query.len(),
+        )
+    }
+}
+
+/// Where a rule sends requests.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// `namespace/name` of the route, for logs and errors.
+    pub(crate) route: String,
+    backends: Vec<(ServiceRef, u32)>,
+    total: u32,
+    step: u64,
+    turn: AtomicU64,
+    /// The rule's request timeout.
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Target {
+    /// The next backend, by weight: over every `total` requests each backend gets exactly
+    /// its weight, spread out rather than in runs. `None` when every weight is 0.
+    pub(crate) fn pick(&self) -> Option<&ServiceRef> {
+        if self.total == 0 {
+            return None;
+        }
+        let n = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut slot = (n.wrapping_mul(self.step) % u64::from(self.total)) as u32;
+        for (svc, w) in &self.backends {
+            if slot < *w {
+                return Some(svc);
+            }
+            slot -= w;
+        }
+        None
+    }
+}
+
+impl Compiled {
+    /// The rule a request for `svc` follows, if any route attached to `svc` has one that
+    /// matches.
+    pub(crate) fn target<B>(&self, svc: &ServiceRef, req: &Request<B>) -> Option<&Arc<Target>> {
+        let port = match svc.port() {
+            Some(PortSpec::Number(n)) => Some(*n),
+            _ => None,
+        };
+        self.by_parent
+            .get(svc.name())?
+            .iter()
+            .filter(|e| e.port.is_none() || e.port == port)
+            .find(|e| e.matcher.matches(req))
+            .map(|e| &e.target)
+    }
+
+    fn from_set(namespace: &str, set: &RouteSet) -> Self {
+        let mut routes: Vec<&Arc<HttpRoute>> = set.routes.values().collect();
+        // Older routes first, then by name (the spec's tie-breakers).
+        routes.sort_by(|a, b| {
+            let at = |r: &HttpRoute| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            at(a)
+                .cmp(&at(b))
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        let mut entries: Vec<(String, usize, Entry)> = Vec::new();
+        for route in routes {
+            let name = format!(
+                "{namespace}/{}",
+                route.metadata.name.as_deref().unwrap_or("")
+            );
+            match compile(namespace, &name, route) {
+                Ok(list) => {
+                    let base = entries.len();
+                    entries.extend(
+                        list.into_iter()
+                            .enumerate()
+                            .map(|(i, (parent, e))| (parent, base + i, e)),
+                    );
+                }
+                Err(why) => {
+                    tracing::warn!(route = %name, reason = %why, "HTTPRoute skipped: Rudder applies a route whole or not at all");
+                }
+            }
+        }
+        let mut by_parent: HashMap<String, Vec<(usize, Entry)>> = HashMap::new();
+        for (parent, order, e) in entries {
+            by_parent.entry(parent).or_default().push((order, e));
+        }
+        let by_parent = by_parent
+            .into_iter()
+            .map(|(parent, mut list)| {
+                // Precedence first; among equals, the order of routes and rules.
+                list.sort_by_key(|(order, e)| (Reverse(e.matcher.rank()), *order));
+                (parent, list.into_iter().map(|(_, e)| e).collect())
+            })
+            .collect();
+        Compiled {
+            namespace: namespace.to_string(),
+            state: set.state.clone(),
+            routes: set.routes.len(),
+            by_parent,
+        }
+    }
+}
+
+/// Compiles one route into (parent Service, entry) pairs, or says why it cannot apply.
+fn compile(namespace: &str, name: &str, route: &HttpRoute) -> Result<Vec<(String, Entry)>, String> {
+    let spec = &route.spec;
+    let parents: Vec<(String, Option<u16>)> = spec
+        .parent_refs
+        .iter()
+        .filter(|p| {
+            p.kind.as_deref() == Some("Service")
+                && p.group.as_deref().unwrap_or("").is_empty()
+                && p.namespace.as_deref().is_none_or(|n| n == namespace)
+        })
+        .map(|p| {
+            let port = p
+                .port
+                .map(|n| u16::try_from(n).map_err(|_| format!("parentRefs: port {n}")))
+                .transpose()?;
+            Ok((p.name.clone(), port))
+        })
+        .collect::<Result<_, String>>()?;
+    if parents.is_empty() {
+        // Attached to Gateways (or other namespaces' Services): not Rudder's.
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let rules: Vec<rudder_k8s::HttpRouteRule> = if spec.rules.is_empty() {
+        vec![rudder_k8s::HttpRouteRule::default()]
+    } else {
+        spec.rules.clone()
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if !rule.filters.is_empty() {
+            return Err(format!("{at}.filters: not supported"));
+        }
+        let timeout = match &rule.timeouts {
+            None => None,
+            Some(t) => {
+                if t.backend_request.is_some() {
+                    return Err(format!("{at}.timeouts.backendRequest: not supported"));
+                }
+                match t.request.as_deref() {
+                    None | Some("0s") => None,
+                    Some(v) => Some(rudder_k8s::parse_duration(v).ok_or_else(|| {
+                        format!("{at}.timeouts.request: {v:?} is not a duration")
+                    })?),
+                }
+            }
+        };
+        let mut backends = Vec::new();
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            let at = format!("{at}.backendRefs[{j}]");
+            if !b.filters.is_empty() {
+                return Err(format!("{at}.filters: not supported"));
+            }
+            if b.kind.as_deref().unwrap_or("Service") != "Service"
+                || !b.group.as_deref().unwrap_or("").is_empty()
+            {
+                return Err(format!("{at}: only Service backends are supported"));
+            }
+            if b.namespace.as_deref().is_some_and(|n| n != namespace) {
+                return Err(format!(
+                    "{at}.namespace: backends in other namespaces (ReferenceGrant) are not supported"
+                ));
+            }
+            let port = b
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{at}.port: a Service backend needs a port"))?;
+            let weight = b.weight.unwrap_or(1);
+            let weight = u32::try_from(weight)
+                .ok()
+                .filter(|w| *w <= 1_000_000)
+                .ok_or_else(|| format!("{at}.weight: {weight} is not within 0-1000000"))?;
+            let svc = ServiceRef::parse_in(&format!("{}.{namespace}:{port}", b.name), namespace)
+                .map_err(|e| format!("{at}.name: {e}"))?;
+            backends.push((svc, weight));
+        }
+        let total: u32 = backends.iter().map(|(_, w)| w).sum();
+        let target = Arc::new(Target {
+            route: name.to_string(),
+            step: spread_step(total),
+            backends,
+            total,
+            turn: AtomicU64::new(0),
+            timeout,
+        });
+        let default_match = [HttpRouteMatch::default()];
+        let matches = if rule.matches.is_empty() {
+            &default_match[..]
+        } else {
+            &rule.matches[..]
+        };
+        for (j, m) in matches.iter().enumerate() {
+            let matcher = matcher(m).map_err(|e| format!("{at}.matches[{j}].{e}"))?;
+            for (parent, port) in &parents {
+                out.push((
+                    parent.clone(),
+                    Entry {
+                        port: *port,
+                        matcher: matcher.clone_shallow()?,
+                        target: target.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Matcher {
+    /// A copy for another parent (regular expressions compile again: they are small).
+    fn clone_shallow(&self) -> Result<Matcher, String> {
+        let cond = |c: &Cond| match c {
+            Cond::Exact(s) => Ok(Cond::Exact(s.clone())),
+            Cond::Regex(r) => Regex::new(r.as_str())
+                .map(Cond::Regex)
+                .map_err(|e| e.to_string()),
+        };
+        Ok(Matcher {
+            path: match &self.path {
+                PathCond::Exact(p) => PathCond::Exact(p.clone()),
+                PathCond::Prefix(p) => PathCond::Prefix(p.clone()),
+                PathCond::Regex(r) => {
+                    PathCond::Regex(Regex::new(r.as_str()).map_err(|e| e.to_string())?)
+                }
+            },
+            method: self.method.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, c)| Ok((n.clone(), cond(c)?)))
+                .collect::<Result<_, String>>()?,
+            query: self
+                .query
+                .iter()
+                .map(|(n, c)| Ok((n.clone(), cond(c)?)))
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
+/// A step coprime with `total`, so that stepping through the slots spreads each
+/// backend's turns over the cycle.
+fn spread_step(total: u32) -> u64 {
+    let total = u64::from(total.max(1));
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    // Near the golden ratio of the cycle; any coprime step visits every slot once.
+    let mut step = (total * 618 / 1000).max(1);
+    while gcd(step, total) != 1 {
+        step += 1;
+    }
+    step
+}
+
+fn matcher(m: &HttpRouteMatch) -> Result<Matcher, String> {
+    let regex = |field: &str, v: &str| {
+        // Anchored: the whole value must match, as the Gateway API intends.
+        Regex::new(&format!("^(?:{v})$"))
+            .map_err(|e| format!("{field}: invalid expression {v:?}: {e}"))
+    };
+    let path = match &m.path {
+        None => PathCond::Prefix("/".into()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => PathCond::Exact(value),
+                "PathPrefix" => PathCond::Prefix(value),
+                "RegularExpression" => PathCond::Regex(regex("path", &value)?),
+                other => return Err(format!("path.type: {other:?} is not supported")),
+            }
+        }
+    };
+    let cond = |field: &str, kind: Option<&str>, value: &str| match kind.unwrap_or("Exact") {
+        "Exact" => Ok(Cond::Exact(value.to_string())),
+        "RegularExpression" => regex(field, value).map(Cond::Regex),
+        other => Err(format!("{field}.type: {other:?} is not supported")),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("headers[{i}].name: {:?} is not a header name", h.name))?;
+            Ok((
+                name,
+                cond(&format!("headers[{i}]"), h.kind.as_deref(), &h.value)?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let query = m
+        .query_params
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            Ok((
+                q.name.clone(),
+                cond(&format!("queryParams[{i}]"), q.kind.as_deref(), &q.value)?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let method = m
+        .method
+        .as_deref()
+        .map(|v| Method::from_bytes(v.as_bytes()).map_err(|_| format!("method: {v:?}")))
+        .transpose()?;
+    Ok(Matcher {
+        path,
+        method,
+        headers,
+        query,
+    })
+}
