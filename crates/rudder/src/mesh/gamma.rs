@@ -501,3 +501,119 @@ fn matcher(m: &HttpRouteMatch) -> Result<Matcher, String> {
         query,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use rudder_k8s::{HttpRoute, RouteSet, RoutesState, ServiceRef};
+    use serde_json::json;
+
+    use super::Compiled;
+
+    fn set(routes: &[serde_json::Value]) -> RouteSet {
+        let routes: BTreeMap<String, Arc<HttpRoute>> = routes
+            .iter()
+            .map(|r| {
+                let route: HttpRoute = serde_json::from_value(r.clone()).unwrap();
+                (route.metadata.name.clone().unwrap(), Arc::new(route))
+            })
+            .collect();
+        RouteSet {
+            state: RoutesState::Synced,
+            routes,
+        }
+    }
+
+    fn rule(matches: serde_json::Value, backend: &str) -> serde_json::Value {
+        json!({"matches": matches, "backendRefs": [{"name": backend, "port": 80}]})
+    }
+
+    fn to(table: &Compiled, method: &str, uri: &str, header: Option<(&str, &str)>) -> String {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let req = req.body(()).unwrap();
+        let svc = ServiceRef::parse_in("web:80", "ns").unwrap();
+        table
+            .target(&svc, &req)
+            .and_then(|t| t.pick().map(|s| s.name().to_string()))
+            .unwrap_or_else(|| "web".into())
+    }
+
+    /// Gateway API precedence across rules and routes: exact path, then the longest
+    /// prefix, then a method, then more headers; prefixes match whole path elements.
+    #[test]
+    fn precedence_and_path_elements() {
+        let parent = json!([{"group": "", "kind": "Service", "name": "web"}]);
+        let table = Compiled::from_set(
+            "ns",
+            &set(&[
+                json!({"metadata": {"name": "a"}, "spec": {"parentRefs": parent, "rules": [
+                    rule(json!([{"path": {"type": "PathPrefix", "value": "/api"}}]), "prefix"),
+                    rule(json!([{"path": {"type": "PathPrefix", "value": "/api/v2/"}}]), "longer"),
+                    rule(json!([{"path": {"type": "Exact", "value": "/api/v2/x"}}]), "exact"),
+                ]}}),
+                json!({"metadata": {"name": "b"}, "spec": {"parentRefs": parent, "rules": [
+                    rule(json!([{"path": {"type": "PathPrefix", "value": "/api"}, "method": "POST"}]), "post"),
+                    rule(json!([{"path": {"type": "PathPrefix", "value": "/api"}, "method": "POST",
+                                 "headers": [{"name": "x-v", "type": "RegularExpression", "value": "2|3"}]}]), "post-v"),
+                ]}}),
+            ]),
+        );
+        assert_eq!(to(&table, "GET", "/api/v2/x", None), "exact");
+        assert_eq!(to(&table, "GET", "/api/v2/y", None), "longer");
+        assert_eq!(to(&table, "GET", "/api/v2", None), "longer");
+        assert_eq!(to(&table, "GET", "/api", None), "prefix");
+        assert_eq!(to(&table, "GET", "/apis", None), "web", "element-wise prefix");
+        assert_eq!(to(&table, "POST", "/api/x", None), "post");
+        assert_eq!(to(&table, "POST", "/api/x", Some(("x-v", "3"))), "post-v");
+        assert_eq!(to(&table, "POST", "/api/x", Some(("x-v", "23"))), "post", "anchored");
+    }
+
+    /// A route Rudder cannot honour is skipped whole; a Gateway parent is not Rudder's.
+    #[test]
+    fn unsupported_routes_are_skipped_whole() {
+        let parent = json!([{"group": "", "kind": "Service", "name": "web"}]);
+        let table = Compiled::from_set(
+            "ns",
+            &set(&[
+                json!({"metadata": {"name": "filters"}, "spec": {"parentRefs": parent, "rules": [
+                    rule(json!([{"path": {"type": "Exact", "value": "/a"}}]), "a"),
+                    {"filters": [{"type": "RequestRedirect"}], "backendRefs": [{"name": "b", "port": 80}]},
+                ]}}),
+                json!({"metadata": {"name": "bad-regex"}, "spec": {"parentRefs": parent, "rules": [
+                    rule(json!([{"path": {"type": "RegularExpression", "value": "("}}]), "c"),
+                ]}}),
+                json!({"metadata": {"name": "elsewhere"}, "spec": {"parentRefs": parent, "rules": [
+                    {"backendRefs": [{"name": "d", "namespace": "other", "port": 80}]},
+                ]}}),
+                json!({"metadata": {"name": "gateway"}, "spec": {"parentRefs": [{"name": "web"}], "rules": [
+                    rule(json!([{"path": {"type": "Exact", "value": "/g"}}]), "g"),
+                ]}}),
+            ]),
+        );
+        for path in ["/a", "/b", "/g", "/"] {
+            assert_eq!(to(&table, "GET", path, None), "web", "{path}");
+        }
+    }
+
+    /// Weights are exact over each cycle and spread within it.
+    #[test]
+    fn weights_are_exact_and_spread() {
+        let table = Compiled::from_set(
+            "ns",
+            &set(&[json!({"metadata": {"name": "split"}, "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "rules": [{"backendRefs": [
+                    {"name": "v1", "port": 80, "weight": 9},
+                    {"name": "v2", "port": 80, "weight": 1}]}]}})]),
+        );
+        let picks: Vec<String> = (0..100).map(|_| to(&table, "GET", "/", None)).collect();
+        assert_eq!(picks.iter().filter(|p| *p == "v2").count(), 10);
+        // Never two v2 in a row over a 9:1 split.
+        assert!(picks.windows(2).all(|w| !(w[0] == "v2" && w[1] == "v2")));
+    }
+}
