@@ -567,10 +567,18 @@ mod tests {
         assert_eq!(to(&table, "GET", "/api/v2/y", None), "longer");
         assert_eq!(to(&table, "GET", "/api/v2", None), "longer");
         assert_eq!(to(&table, "GET", "/api", None), "prefix");
-        assert_eq!(to(&table, "GET", "/apis", None), "web", "element-wise prefix");
+        assert_eq!(
+            to(&table, "GET", "/apis", None),
+            "web",
+            "element-wise prefix"
+        );
         assert_eq!(to(&table, "POST", "/api/x", None), "post");
         assert_eq!(to(&table, "POST", "/api/x", Some(("x-v", "3"))), "post-v");
-        assert_eq!(to(&table, "POST", "/api/x", Some(("x-v", "23"))), "post", "anchored");
+        assert_eq!(
+            to(&table, "POST", "/api/x", Some(("x-v", "23"))),
+            "post",
+            "anchored"
+        );
     }
 
     /// A route Rudder cannot honour is skipped whole; a Gateway parent is not Rudder's.
