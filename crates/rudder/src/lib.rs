@@ -24,9 +24,9 @@ pub mod tls;
 
 pub use self::client::{ConnectError, ConnectTime, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{
-    Affinity, AffinityKey, ConfigError, EndpointView, Mesh, MeshBuilder, MeshConfig, MeshError,
-    MeshLayer, ReplayBody, ResponseBody, Route, ServiceView, Subset, Target, UnroutableView,
-    WatchView,
+    Affinity, AffinityKey, CanaryGuard, CanaryView, ConfigError, EndpointView, Mesh, MeshBuilder,
+    MeshConfig, MeshError, MeshLayer, ReplayBody, ResponseBody, Route, ServiceView, Subset, Target,
+    UnroutableView, WatchView,
 };
 #[cfg(feature = "metrics")]
 pub use self::telemetry::Metrics;

@@ -58,6 +58,10 @@ pub enum ConfigError {
         /// The smallest share of its weight, in percent.
         min_weight_percent: f64,
     },
+    /// The canary guard's margin or probe share is not within 0-1, or its minimum request
+    /// count or window is zero.
+    #[error("invalid canary guard: {0:?}")]
+    CanaryGuard(super::CanaryGuard),
     /// A status code to retry on is not a valid HTTP status.
     #[error("invalid status code {0} in retry_on_status")]
     RetryStatus(u16),
@@ -94,6 +98,8 @@ pub(crate) struct Settings {
     pub(crate) pass_through: bool,
     pub(crate) dns_fallback: bool,
     pub(crate) failure_on_5xx: bool,
+    /// Guards HTTPRoute canaries (off by default).
+    pub(crate) canary_guard: Option<super::CanaryGuard>,
     pub(crate) max_retries: u32,
     pub(crate) retry_budget: (f32, u32),
     pub(crate) timeout: Option<Duration>,
@@ -215,6 +221,7 @@ impl MeshBuilder {
                 pass_through: config.pass_through,
                 dns_fallback: config.dns_fallback,
                 failure_on_5xx: config.failure_on_5xx,
+                canary_guard: None,
                 max_retries: config.max_retries,
                 retry_budget: (config.retry_budget_percent, config.retry_min_per_second),
                 timeout: None,
@@ -471,6 +478,18 @@ impl MeshBuilder {
         }
         self.settings.max_retries = max;
         self.settings.retry_budget = (percent, min_per_second);
+        self
+    }
+
+    /// Guards the canaries of HTTPRoute rules from inside this client (see
+    /// [`CanaryGuard`](super::CanaryGuard)): a canary failing more than its stable backend
+    /// by the margin loses its traffic here until probes show it recovered. Off by default.
+    pub fn canary_guard(mut self, guard: super::CanaryGuard) -> Self {
+        if guard.is_valid() {
+            self.settings.canary_guard = Some(guard);
+        } else {
+            self.error.get_or_insert(ConfigError::CanaryGuard(guard));
+        }
         self
     }
 

@@ -21,8 +21,144 @@ use rudder_k8s::{
     HttpRoute, HttpRouteMatch, PortSpec, RouteSet, RouteSubscription, RoutesState, ServiceRef,
 };
 
+/// Guards canary backends of HTTPRoute rules from inside the client (off by default; see
+/// [`MeshBuilder::canary_guard`](crate::MeshBuilder::canary_guard)).
+///
+/// In a rule with several backends, the one with the largest weight is the stable one and
+/// the others are canaries. Each backend's requests and failures (no response, or a 5xx)
+/// are counted over a sliding window. When a canary has at least `min_requests` in the
+/// window and its failure rate exceeds the stable backend's by more than `margin`, this
+/// client stops sending it traffic (its share goes to the stable backend), logs it at WARN
+/// and shows it in [`MeshLayer::canaries`](crate::MeshLayer::canaries). A `probe_share` of
+/// the canary's normal traffic still reaches it; once those probes (at least a quarter of
+/// `min_requests`) fail no more than the stable backend's rate plus half the margin, its
+/// weight comes back (logged at INFO). With `probe_share` 0 a guarded canary gets nothing
+/// until the route changes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CanaryGuard {
+    /// How much higher than the stable backend's a canary's failure rate may be (0-1).
+    pub margin: f64,
+    /// Requests a backend needs in the window before it is judged.
+    pub min_requests: u32,
+    /// How far back requests count.
+    pub window: Duration,
+    /// Share (0-1) of a guarded canary's normal traffic still sent to it as probes.
+    pub probe_share: f64,
+}
+
+impl Default for CanaryGuard {
+    /// A 10-point margin, 20 requests, a 30 s window, 5 % probes.
+    fn default() -> Self {
+        Self {
+            margin: 0.1,
+            min_requests: 20,
+            window: Duration::from_secs(30),
+            probe_share: 0.05,
+        }
+    }
+}
+
+impl CanaryGuard {
+    /// A guard with these settings.
+    pub fn new(margin: f64, min_requests: u32, window: Duration, probe_share: f64) -> Self {
+        Self {
+            margin,
+            min_requests,
+            window,
+            probe_share,
+        }
+    }
+
+    pub(crate) fn is_valid(&self) -> bool {
+        (0.0..=1.0).contains(&self.margin)
+            && (0.0..=1.0).contains(&self.probe_share)
+            && self.min_requests > 0
+            && !self.window.is_zero()
+    }
+}
+
+/// A canary backend as the guard sees it (see [`MeshLayer::canaries`](crate::MeshLayer::canaries)).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CanaryView {
+    /// The route, `namespace/name`.
+    pub route: String,
+    /// The backend Service (`name.namespace:port`).
+    pub backend: String,
+    /// Its weight in the route.
+    pub weight: u32,
+    /// Whether the guard holds its traffic back.
+    pub guarded: bool,
+    /// Requests in the window (since the last change of state).
+    pub requests: u32,
+    /// Failures in the window (since the last change of state).
+    pub failures: u32,
+}
+
+/// Requests and failures over a sliding window: two half-window buckets.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    start: Option<tokio::time::Instant>,
+    current: (u32, u32),
+    previous: (u32, u32),
+}
+
+impl Window {
+    fn roll(&mut self, now: tokio::time::Instant, span: Duration) {
+        let half = span / 2;
+        match self.start {
+            None => self.start = Some(now),
+            Some(start) if now.duration_since(start) >= span => {
+                *self = Window {
+                    start: Some(now),
+                    ..Window::default()
+                };
+            }
+            Some(start) if now.duration_since(start) >= half => {
+                self.previous = self.current;
+                self.current = (0, 0);
+                self.start = Some(start + half);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn record(&mut self, failed: bool, now: tokio::time::Instant, span: Duration) {
+        self.roll(now, span);
+        self.current.0 += 1;
+        self.current.1 += u32::from(failed);
+    }
+
+    fn totals(&self) -> (u32, u32) {
+        (
+            self.current.0 + self.previous.0,
+            self.current.1 + self.previous.1,
+        )
+    }
+}
+
+fn rate((requests, failures): (u32, u32)) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        f64::from(failures) / f64::from(requests)
+    }
+}
+
+/// The guard's state of one rule.
+#[derive(Debug)]
+struct Guard {
+    config: CanaryGuard,
+    stable: usize,
+    windows: std::sync::Mutex<Vec<Window>>,
+    guarded: Vec<std::sync::atomic::AtomicBool>,
+    probes: AtomicU64,
+}
+
 /// A namespace's routes, compiled, followed while the Mesh uses the namespace.
 pub(crate) struct NsRoutes {
+    guard: Option<CanaryGuard>,
     compiled: Arc<ArcSwap<Compiled>>,
     rx: tokio::sync::watch::Receiver<Arc<RouteSet>>,
     task: tokio::task::AbortHandle,
@@ -43,9 +179,14 @@ impl std::fmt::Debug for NsRoutes {
 
 impl NsRoutes {
     /// Follows `sub`, compiling each new set of routes of `namespace` off the request path.
-    pub(crate) fn follow(namespace: &str, sub: RouteSubscription) -> Self {
+    pub(crate) fn follow(
+        namespace: &str,
+        sub: RouteSubscription,
+        guard: Option<CanaryGuard>,
+    ) -> Self {
         let compiled = Arc::new(ArcSwap::from_pointee(Compiled::from_set(
             namespace,
+            guard,
             &sub.current(),
         )));
         let mut rx = sub.receiver();
@@ -54,10 +195,11 @@ impl NsRoutes {
         let task = tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let set = rx.borrow_and_update().clone();
-                out.store(Arc::new(Compiled::from_set(&ns, &set)));
+                out.store(Arc::new(Compiled::from_set(&ns, guard, &set)));
             }
         });
         Self {
+            guard,
             compiled,
             rx: sub.receiver(),
             task: task.abort_handle(),
@@ -82,8 +224,17 @@ impl NsRoutes {
         if current.state == set.state && current.routes == set.routes.len() {
             Some(current)
         } else {
-            Some(Arc::new(Compiled::from_set(&current.namespace, &set)))
+            Some(Arc::new(Compiled::from_set(
+                &current.namespace,
+                self.guard,
+                &set,
+            )))
         }
+    }
+
+    /// The guard's view of this namespace's canaries.
+    pub(crate) fn canaries(&self) -> Vec<CanaryView> {
+        self.compiled.load().canaries()
     }
 }
 
@@ -195,24 +346,98 @@ pub(crate) struct Target {
     turn: AtomicU64,
     /// The rule's request timeout.
     pub(crate) timeout: Option<Duration>,
+    guard: Option<Guard>,
 }
 
 impl Target {
     /// The next backend, by weight: over every `total` requests each backend gets exactly
     /// its weight, spread out rather than in runs. `None` when every weight is 0.
-    pub(crate) fn pick(&self) -> Option<&ServiceRef> {
+    pub(crate) fn pick(&self) -> Option<(usize, &ServiceRef)> {
         if self.total == 0 {
             return None;
         }
         let n = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut slot = (n.wrapping_mul(self.step) % u64::from(self.total)) as u32;
-        for (svc, w) in &self.backends {
+        let mut chosen = None;
+        for (i, (_, w)) in self.backends.iter().enumerate() {
             if slot < *w {
-                return Some(svc);
+                chosen = Some(i);
+                break;
             }
             slot -= w;
         }
-        None
+        let mut i = chosen?;
+        if let Some(g) = &self.guard
+            && g.guarded[i].load(Ordering::Relaxed)
+        {
+            // A guarded canary's turn goes to the stable backend, but for its probes.
+            let every = if g.config.probe_share > 0.0 {
+                (1.0 / g.config.probe_share).round().max(1.0) as u64
+            } else {
+                0
+            };
+            let probe = every > 0 && g.probes.fetch_add(1, Ordering::Relaxed) % every == 0;
+            if !probe {
+                i = g.stable;
+            }
+        }
+        Some((i, &self.backends[i].0))
+    }
+
+    /// Counts the outcome of a request sent to backend `i`, and guards or releases it.
+    pub(crate) fn record(&self, i: usize, failed: bool) {
+        let Some(g) = &self.guard else { return };
+        let now = tokio::time::Instant::now();
+        let span = g.config.window;
+        let mut windows = g.windows.lock().expect("guard lock");
+        if i >= windows.len() {
+            return;
+        }
+        windows[i].record(failed, now, span);
+        if i == g.stable {
+            return;
+        }
+        windows[g.stable].roll(now, span);
+        let stable = rate(windows[g.stable].totals());
+        let canary = windows[i].totals();
+        let backend = &self.backends[i].0;
+        if !g.guarded[i].load(Ordering::Relaxed) {
+            if canary.0 >= g.config.min_requests && rate(canary) > stable + g.config.margin {
+                g.guarded[i].store(true, Ordering::Relaxed);
+                // Recovery is judged on what comes after.
+                windows[i] = Window::default();
+                tracing::warn!(route = %self.route, backend = %backend, canary_failure_rate = rate(canary), stable_failure_rate = stable, "canary guard: holding the canary's traffic back");
+            }
+        } else if canary.0 >= (g.config.min_requests / 4).max(1)
+            && rate(canary) <= stable + g.config.margin / 2.0
+        {
+            g.guarded[i].store(false, Ordering::Relaxed);
+            windows[i] = Window::default();
+            tracing::info!(route = %self.route, backend = %backend, "canary guard: the canary recovered; its weight is back");
+        }
+    }
+
+    fn views(&self) -> Vec<CanaryView> {
+        let Some(g) = &self.guard else {
+            return Vec::new();
+        };
+        let windows = g.windows.lock().expect("guard lock");
+        self.backends
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != g.stable)
+            .map(|(i, (svc, weight))| {
+                let (requests, failures) = windows[i].totals();
+                CanaryView {
+                    route: self.route.clone(),
+                    backend: svc.to_string(),
+                    weight: *weight,
+                    guarded: g.guarded[i].load(Ordering::Relaxed),
+                    requests,
+                    failures,
+                }
+            })
+            .collect()
     }
 }
 
@@ -232,7 +457,21 @@ impl Compiled {
             .map(|e| &e.target)
     }
 
-    fn from_set(namespace: &str, set: &RouteSet) -> Self {
+    /// The guard's view of every canary of these routes.
+    pub(crate) fn canaries(&self) -> Vec<CanaryView> {
+        let mut seen: Vec<*const Target> = Vec::new();
+        let mut out = Vec::new();
+        for e in self.by_parent.values().flatten() {
+            let ptr = Arc::as_ptr(&e.target);
+            if !seen.contains(&ptr) {
+                seen.push(ptr);
+                out.extend(e.target.views());
+            }
+        }
+        out
+    }
+
+    fn from_set(namespace: &str, guard: Option<CanaryGuard>, set: &RouteSet) -> Self {
         let mut routes: Vec<&Arc<HttpRoute>> = set.routes.values().collect();
         // Older routes first, then by name (the spec's tie-breakers).
         routes.sort_by(|a, b| {
@@ -247,7 +486,7 @@ impl Compiled {
                 "{namespace}/{}",
                 route.metadata.name.as_deref().unwrap_or("")
             );
-            match compile(namespace, &name, route) {
+            match compile(namespace, &name, route, guard) {
                 Ok(list) => {
                     let base = entries.len();
                     entries.extend(
@@ -283,7 +522,12 @@ impl Compiled {
 }
 
 /// Compiles one route into (parent Service, entry) pairs, or says why it cannot apply.
-fn compile(namespace: &str, name: &str, route: &HttpRoute) -> Result<Vec<(String, Entry)>, String> {
+fn compile(
+    namespace: &str,
+    name: &str,
+    route: &HttpRoute,
+    guard: Option<CanaryGuard>,
+) -> Result<Vec<(String, Entry)>, String> {
     let spec = &route.spec;
     let parents: Vec<(String, Option<u16>)> = spec
         .parent_refs
@@ -361,6 +605,23 @@ fn compile(namespace: &str, name: &str, route: &HttpRoute) -> Result<Vec<(String
             backends.push((svc, weight));
         }
         let total: u32 = backends.iter().map(|(_, w)| w).sum();
+        let guard = guard.filter(|_| backends.len() > 1).map(|config| {
+            // The stable backend: the largest weight (the first of equals).
+            let stable = backends
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, (_, w))| (*w, Reverse(*i)))
+                .map_or(0, |(i, _)| i);
+            Guard {
+                config,
+                stable,
+                windows: std::sync::Mutex::new(vec![Window::default(); backends.len()]),
+                guarded: (0..backends.len())
+                    .map(|_| std::sync::atomic::AtomicBool::new(false))
+                    .collect(),
+                probes: AtomicU64::new(0),
+            }
+        });
         let target = Arc::new(Target {
             route: name.to_string(),
             step: spread_step(total),
@@ -368,6 +629,7 @@ fn compile(namespace: &str, name: &str, route: &HttpRoute) -> Result<Vec<(String
             total,
             turn: AtomicU64::new(0),
             timeout,
+            guard,
         });
         let default_match = [HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() {
@@ -539,7 +801,7 @@ mod tests {
         let svc = ServiceRef::parse_in("web:80", "ns").unwrap();
         table
             .target(&svc, &req)
-            .and_then(|t| t.pick().map(|s| s.name().to_string()))
+            .and_then(|t| t.pick().map(|(_, s)| s.name().to_string()))
             .unwrap_or_else(|| "web".into())
     }
 
@@ -550,6 +812,7 @@ mod tests {
         let parent = json!([{"group": "", "kind": "Service", "name": "web"}]);
         let table = Compiled::from_set(
             "ns",
+            None,
             &set(&[
                 json!({"metadata": {"name": "a"}, "spec": {"parentRefs": parent, "rules": [
                     rule(json!([{"path": {"type": "PathPrefix", "value": "/api"}}]), "prefix"),
@@ -587,6 +850,7 @@ mod tests {
         let parent = json!([{"group": "", "kind": "Service", "name": "web"}]);
         let table = Compiled::from_set(
             "ns",
+            None,
             &set(&[
                 json!({"metadata": {"name": "filters"}, "spec": {"parentRefs": parent, "rules": [
                     rule(json!([{"path": {"type": "Exact", "value": "/a"}}]), "a"),
@@ -613,6 +877,7 @@ mod tests {
     fn weights_are_exact_and_spread() {
         let table = Compiled::from_set(
             "ns",
+            None,
             &set(&[json!({"metadata": {"name": "split"}, "spec": {
                 "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
                 "rules": [{"backendRefs": [

@@ -55,6 +55,7 @@ pub use self::config::{
 };
 pub use self::error::MeshError;
 pub use self::ext::{Affinity, AffinityKey, Subset, Target};
+pub use self::gamma::{CanaryGuard, CanaryView};
 pub use self::replay::{DEFAULT_MAX_REPLAY_BODY, ReplayBody};
 pub use self::route::Route;
 pub use self::service::{Mesh, ResponseFuture};
@@ -138,6 +139,13 @@ impl MeshLayer {
     /// touching the Service: a blue/green switch or a canary promotion is one call.
     pub fn set_split(&self, split: Option<Split>) {
         self.shared.split.store(split.map(Arc::new));
+    }
+
+    /// What the canary guard ([`MeshBuilder::canary_guard`]) sees: every canary backend of
+    /// the HTTPRoutes this Mesh routed by, whether it is held back, and its requests and
+    /// failures in the window. Empty without the guard.
+    pub fn canaries(&self) -> Vec<CanaryView> {
+        self.shared.canaries()
     }
 
     /// How many Services discovery watches for this Mesh right now (each with its
@@ -256,8 +264,15 @@ const RESOLVED_CACHE: usize = 4096;
 type Resolutions = HashMap<Box<str>, Vec<(u16, Resolved)>, foldhash::fast::RandomState>;
 
 /// State shared by every clone of a Mesh.
-/// Where an HTTPRoute sends a request: the backend Service and the rule's timeout.
-pub(crate) type RouteChoice = (Arc<Routed>, Option<Duration>);
+/// Where an HTTPRoute sends a request.
+pub(crate) struct RouteChoice {
+    /// The backend Service.
+    pub(crate) routed: Arc<Routed>,
+    /// The rule's request timeout.
+    pub(crate) timeout: Option<Duration>,
+    /// The rule and the backend's index in it, to count the outcome for the canary guard.
+    pub(crate) rule: (Arc<gamma::Target>, usize),
+}
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -379,7 +394,8 @@ impl Shared {
                     Some(r) => r.clone(),
                     None => {
                         let sub = discovery.subscribe_routes(ns)?;
-                        let r = Arc::new(gamma::NsRoutes::follow(ns, sub));
+                        let r =
+                            Arc::new(gamma::NsRoutes::follow(ns, sub, self.settings.canary_guard));
                         all.insert(ns.to_string(), r.clone());
                         r
                     }
@@ -407,14 +423,18 @@ impl Shared {
         let Some(target) = table.target(svc, req) else {
             return Ok(None);
         };
-        let backend = target.pick().ok_or_else(|| MeshError::NoRouteBackend {
+        let (index, backend) = target.pick().ok_or_else(|| MeshError::NoRouteBackend {
             service: svc.to_string(),
             route: target.route.clone(),
         })?;
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(service = %svc, route = %target.route, backend = %backend, "HTTPRoute");
         }
-        Ok(Some((self.routed(backend)?, target.timeout)))
+        Ok(Some(RouteChoice {
+            routed: self.routed(backend)?,
+            timeout: target.timeout,
+            rule: (target.clone(), index),
+        }))
     }
 
     pub(crate) fn routed(&self, svc: &ServiceRef) -> Result<Arc<Routed>, MeshError> {
@@ -565,6 +585,18 @@ impl Shared {
             .write()
             .expect("gamma lock")
             .retain(|ns, _| used.contains(ns));
+    }
+
+    /// The canary guard's view of the HTTPRoutes of every namespace routed to.
+    fn canaries(&self) -> Vec<gamma::CanaryView> {
+        let all: Vec<Arc<gamma::NsRoutes>> = self
+            .gamma
+            .read()
+            .expect("gamma lock")
+            .values()
+            .cloned()
+            .collect();
+        all.iter().flat_map(|r| r.canaries()).collect()
     }
 
     /// How many Services have running watches.

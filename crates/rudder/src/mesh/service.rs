@@ -205,25 +205,25 @@ where
     }
     // An HTTPRoute attached to the Service may send the request to another Service. Asked
     // only once the Service answered: an API that cannot be reached fails fast as before.
-    let (routed, route_timeout) = match routed.pool.snapshot().set().state() {
+    let (routed, route_timeout, rule) = match routed.pool.snapshot().set().state() {
         ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_) => {
-            (routed, None)
+            (routed, None, None)
         }
         _ => match shared.route_table(&routed.service, bound).await? {
             Some(table) => match shared.http_route(&table, &routed.service, &req)? {
-                Some((backend, rule_timeout)) => {
-                    if !backend.decided(bound, give_up).await && !give_up {
+                Some(choice) => {
+                    if !choice.routed.decided(bound, give_up).await && !give_up {
                         return Err(MeshError::Timeout {
-                            service: backend.service.to_string(),
+                            service: choice.routed.service.to_string(),
                             timeout: timeout.unwrap_or_default(),
                         }
                         .into());
                     }
-                    (backend, rule_timeout)
+                    (choice.routed, choice.timeout, Some(choice.rule))
                 }
-                None => (routed, None),
+                None => (routed, None, None),
             },
-            None => (routed, None),
+            None => (routed, None, None),
         },
     };
     let svc = &routed.service;
@@ -331,7 +331,7 @@ where
     // One dispatch future, awaited in place: moving it (it holds the inner service's
     // future) would copy kilobytes per request.
     let sent = dispatch(shared, &routed, inner, req, authority, host, chosen);
-    match deadline {
+    let result = match deadline {
         None => sent.await,
         Some(deadline) => tokio::time::timeout_at(deadline, sent)
             .await
@@ -342,7 +342,15 @@ where
                 }
                 .into())
             }),
+    };
+    // The canary guard counts what the backend an HTTPRoute chose did with the request.
+    if let Some((rule, index)) = rule {
+        let failed = result
+            .as_ref()
+            .map_or(true, |res| res.status().is_server_error());
+        rule.record(index, failed);
     }
+    result
 }
 
 /// A copy of `req`'s head with `body`.

@@ -233,3 +233,100 @@ async fn matches_pick_the_rule_and_what_is_not_for_the_service_is_ignored() {
     .await
     .expect("the deletion reaches the Mesh");
 }
+
+/// Outcomes of `n` requests to `biz1`: per version answered, and how many failed.
+async fn outcomes(mesh: &mut rudder::Mesh<H1>, n: usize) -> (HashMap<String, usize>, usize) {
+    let mut counts = HashMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match get(mesh, req("http://biz1:8080/")).await {
+            Ok(reply) => {
+                *counts
+                    .entry(reply.labels.get("version").cloned().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    (counts, failed)
+}
+
+/// The canary guard: a healthy canary keeps its 10 %; one answering 500s loses its traffic
+/// after the configured number of requests, the stable backend takes it with no further
+/// failure, and with probes it gets its weight back once it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_guard_stops_a_failing_canary_and_restores_it() {
+    let cluster = versions().await;
+    let admin = cluster.api().client().await.unwrap();
+    routes(admin, cluster.namespace())
+        .create(&PostParams::default(), &route("biz1-canary", split(90, 10)))
+        .await
+        .unwrap();
+    let window = std::time::Duration::from_secs(600);
+    let strict = MeshLayer::builder(rbac_client(&cluster).await)
+        .canary_guard(rudder::CanaryGuard::new(0.1, 10, window, 0.0))
+        .build()
+        .unwrap();
+    let mut mesh = strict.layer(h1());
+    let (healthy, failed) = outcomes(&mut mesh, 500).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        healthy.get("4.2"),
+        Some(&50),
+        "a healthy canary keeps 10 %: {healthy:?}"
+    );
+    assert!(strict.canaries().iter().all(|c| !c.guarded));
+
+    for pod in ["biz1-42-0", "biz1-42-1"] {
+        cluster.pod(pod).unwrap().set_error_rate(1.0);
+    }
+    let (counts, failed) = outcomes(&mut mesh, 1_000).await;
+    assert!(
+        failed <= 10,
+        "at most the 10 judged requests fail: {failed}"
+    );
+    assert_eq!(
+        counts.get("4.1").copied().unwrap_or(0) + failed,
+        1_000,
+        "{counts:?}"
+    );
+    let views = strict.canaries();
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert!(
+        views[0].guarded && views[0].backend.starts_with("biz1-v42"),
+        "{views:?}"
+    );
+
+    // With probes (every other canary turn), recovery shows and the weight comes back.
+    let probing = MeshLayer::builder(rbac_client(&cluster).await)
+        .canary_guard(rudder::CanaryGuard::new(0.1, 10, window, 0.5))
+        .build()
+        .unwrap();
+    let mut mesh = probing.layer(h1());
+    outcomes(&mut mesh, 400).await;
+    assert!(
+        probing.canaries().iter().all(|c| c.guarded),
+        "{:?}",
+        probing.canaries()
+    );
+    for pod in ["biz1-42-0", "biz1-42-1"] {
+        cluster.pod(pod).unwrap().set_error_rate(0.0);
+    }
+    tokio::time::timeout(BOUND, async {
+        while probing.canaries().iter().any(|c| c.guarded) {
+            outcomes(&mut mesh, 20).await;
+        }
+    })
+    .await
+    .expect("the recovered canary gets its weight back");
+    let (counts, failed) = outcomes(&mut mesh, 1_000).await;
+    assert_eq!(failed, 0);
+    assert_eq!(counts.get("4.2"), Some(&100), "{counts:?}");
+
+    // Invalid settings are a typed error.
+    let err = MeshLayer::builder(rbac_client(&cluster).await)
+        .canary_guard(rudder::CanaryGuard::new(1.5, 10, window, 0.0))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, rudder::ConfigError::CanaryGuard(_)), "{err}");
+}
