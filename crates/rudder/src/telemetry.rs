@@ -187,6 +187,12 @@ mod prometheus {
     }
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct CanaryLabels {
+        route: String,
+        backend: String,
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct StateLabels {
         service: String,
         state: &'static str,
@@ -439,6 +445,25 @@ mod prometheus {
                 };
                 let stale = v.staleness.as_secs_f64();
                 ConstGauge::new(stale).encode(family.encode_family(&labels)?)?;
+            }
+            // Route and backend names come from the cluster's HTTPRoutes, not from
+            // requests: bounded by what the cluster holds.
+            let canaries = shared.canaries();
+            if !canaries.is_empty() {
+                let probe = ConstGauge::new(0i64);
+                let mut family = encoder.encode_descriptor(
+                    "canary_guarded",
+                    "1 while the canary guard holds an HTTPRoute backend's traffic back",
+                    None,
+                    probe.metric_type(),
+                )?;
+                for c in &canaries {
+                    let labels = CanaryLabels {
+                        route: c.route.clone(),
+                        backend: c.backend.clone(),
+                    };
+                    ConstGauge::new(i64::from(c.guarded)).encode(family.encode_family(&labels)?)?;
+                }
             }
             Ok(())
         }

@@ -588,7 +588,7 @@ impl Shared {
     }
 
     /// The canary guard's view of the HTTPRoutes of every namespace routed to.
-    fn canaries(&self) -> Vec<gamma::CanaryView> {
+    pub(crate) fn canaries(&self) -> Vec<gamma::CanaryView> {
         let all: Vec<Arc<gamma::NsRoutes>> = self
             .gamma
             .read()

@@ -263,10 +263,13 @@ async fn the_canary_guard_stops_a_failing_canary_and_restores_it() {
         .await
         .unwrap();
     let window = std::time::Duration::from_secs(600);
+    #[cfg(feature = "metrics")]
+    let mut registry = prometheus_client::registry::Registry::default();
     let strict = MeshLayer::builder(rbac_client(&cluster).await)
-        .canary_guard(rudder::CanaryGuard::new(0.1, 10, window, 0.0))
-        .build()
-        .unwrap();
+        .canary_guard(rudder::CanaryGuard::new(0.1, 10, window, 0.0));
+    #[cfg(feature = "metrics")]
+    let strict = strict.metrics(&mut registry);
+    let strict = strict.build().unwrap();
     let mut mesh = strict.layer(h1());
     let (healthy, failed) = outcomes(&mut mesh, 500).await;
     assert_eq!(failed, 0);
@@ -296,6 +299,16 @@ async fn the_canary_guard_stops_a_failing_canary_and_restores_it() {
         views[0].guarded && views[0].backend.starts_with("biz1-v42"),
         "{views:?}"
     );
+    #[cfg(feature = "metrics")]
+    {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("rudder_canary_guarded{"))
+            .unwrap_or_else(|| panic!("no canary gauge in:\n{text}"));
+        assert!(line.contains("biz1-v42") && line.ends_with(" 1"), "{line}");
+    }
 
     // With probes (every other canary turn), recovery shows and the weight comes back.
     let probing = MeshLayer::builder(rbac_client(&cluster).await)
