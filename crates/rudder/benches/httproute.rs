@@ -104,7 +104,10 @@ async fn run() -> Vec<Duration> {
             .expect("patch");
         let deadline = written + Duration::from_secs(10);
         while side(&mesh).await != want {
-            assert!(Instant::now() < deadline, "change {i} never reached requests");
+            assert!(
+                Instant::now() < deadline,
+                "change {i} never reached requests"
+            );
         }
         waits.push(written.elapsed());
     }
