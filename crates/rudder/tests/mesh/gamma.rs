@@ -343,3 +343,46 @@ async fn the_canary_guard_stops_a_failing_canary_and_restores_it() {
         .unwrap_err();
     assert!(matches!(err, rudder::ConfigError::CanaryGuard(_)), "{err}");
 }
+
+/// A rule's `timeouts.request` bounds the requests it routes, in place of the Mesh's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_request_timeout_bounds_its_requests() {
+    let cluster = versions().await;
+    for pod in ["biz1-42-0", "biz1-42-1"] {
+        cluster
+            .pod(pod)
+            .unwrap()
+            .set_latency(std::time::Duration::from_secs(2));
+    }
+    let admin = cluster.api().client().await.unwrap();
+    routes(admin, cluster.namespace())
+        .create(
+            &PostParams::default(),
+            &route(
+                "biz1-slow",
+                json!({
+                    "parentRefs": biz1_parent(),
+                    "rules": [{
+                        "backendRefs": [{"name": "biz1-v42", "port": 8080}],
+                        "timeouts": {"request": "200ms"},
+                    }],
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let err = get(&mut mesh, req("http://biz1:8080/"))
+        .await
+        .expect_err("the route's timeout");
+    assert!(
+        matches!(
+            err.downcast_ref::<MeshError>(),
+            Some(MeshError::Timeout { timeout, .. }) if *timeout == std::time::Duration::from_millis(200)
+        ),
+        "{err}"
+    );
+}
