@@ -251,4 +251,31 @@ async fn errors_are_clear_and_exit_non_zero() {
     }
     let help = plugin(&kubeconfig, &["--help"]).await;
     assert_eq!(help.code, Some(0));
+
+    // `-n` and `--context`, as kubectl plugins take them: the short name is looked up in
+    // the namespace given, and a context the kubeconfig lacks is an error naming it.
+    let elsewhere = plugin(
+        &kubeconfig,
+        &["endpoints", "hello-svc:8080", "-n", "kube-system"],
+    )
+    .await;
+    assert_eq!(elsewhere.code, Some(1));
+    assert!(
+        elsewhere.stderr.contains("hello-svc.kube-system"),
+        "{}",
+        elsewhere.stderr
+    );
+    let here = plugin(
+        &kubeconfig,
+        &["endpoints", "hello-svc:8080", "--context", "rudder-testkit"],
+    )
+    .await;
+    assert_eq!(here.code, Some(0), "{}", here.stderr);
+    let unknown = plugin(
+        &kubeconfig,
+        &["endpoints", "hello-svc:8080", "--context", "nope"],
+    )
+    .await;
+    assert_eq!(unknown.code, Some(1));
+    assert!(unknown.stderr.contains("nope"), "{}", unknown.stderr);
 }

@@ -358,6 +358,18 @@ impl MeshBuilder {
                 min_weight: f64::from(config.slow_start_min_weight_percent) / 100.0,
             })?),
         };
+        if let Some(g) = &config.canary_guard {
+            let guard = super::CanaryGuard::new(
+                g.margin_percent / 100.0,
+                g.min_requests,
+                Duration::from_millis(g.window_ms),
+                g.probe_percent / 100.0,
+            );
+            if !guard.is_valid() {
+                return Err(ConfigError::CanaryGuard(guard));
+            }
+            s.canary_guard = Some(guard);
+        }
         let e = &config.ejection;
         s.ejection = Ejection {
             consecutive_failures: e.consecutive_failures,

@@ -86,6 +86,36 @@ pub struct MeshConfig {
     pub namespaces: Option<Vec<String>>,
     /// The most distinct Service ports routed (and watched) at once (default 256).
     pub max_services: usize,
+    /// Guards HTTPRoute canaries in this client (see [`CanaryGuard`](crate::CanaryGuard));
+    /// absent: off.
+    pub canary_guard: Option<CanaryGuardConfig>,
+}
+
+/// [`CanaryGuard`](crate::CanaryGuard) as data.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CanaryGuardConfig {
+    /// How much higher than the stable backend's a canary's failure rate may be, percent.
+    pub margin_percent: f64,
+    /// Requests a backend needs in the window before it is judged.
+    pub min_requests: u32,
+    /// How far back requests count.
+    pub window_ms: u64,
+    /// Share of a guarded canary's normal traffic still sent as probes, percent.
+    pub probe_percent: f64,
+}
+
+impl Default for CanaryGuardConfig {
+    fn default() -> Self {
+        let g = crate::CanaryGuard::default();
+        Self {
+            margin_percent: g.margin * 100.0,
+            min_requests: g.min_requests,
+            window_ms: g.window.as_millis() as u64,
+            probe_percent: g.probe_share * 100.0,
+        }
+    }
 }
 
 impl Default for MeshConfig {
@@ -121,6 +151,7 @@ impl Default for MeshConfig {
             negative_ttl_ms: 5_000,
             namespaces: None,
             max_services: 256,
+            canary_guard: None,
         }
     }
 }

@@ -50,8 +50,8 @@ mod view;
 pub use self::body::ResponseBody;
 pub use self::builder::{ConfigError, MeshBuilder};
 pub use self::config::{
-    AffinityConfig, AlgorithmConfig, EjectionConfig, FallbackConfig, MeshConfig, RouteConfig,
-    SplitLeg,
+    AffinityConfig, AlgorithmConfig, CanaryGuardConfig, EjectionConfig, FallbackConfig, MeshConfig,
+    RouteConfig, SplitLeg,
 };
 pub use self::error::MeshError;
 pub use self::ext::{Affinity, AffinityKey, Subset, Target};

@@ -302,6 +302,24 @@ fn out_of_range_retry_budgets_are_config_errors_not_panics() {
     assert!(matches!(err, super::ConfigError::RetryBudget(_)), "{err}");
 }
 
+#[test]
+fn the_canary_guard_has_a_config_form() {
+    let config: super::MeshConfig = serde_json::from_str(
+        r#"{"canary_guard": {"margin_percent": 5, "min_requests": 50, "window_ms": 10000, "probe_percent": 1}}"#,
+    )
+    .unwrap();
+    let layer = MeshLayer::builder_static().config(&config).unwrap().build();
+    assert!(layer.is_ok());
+    let config: super::MeshConfig =
+        serde_json::from_str(r#"{"canary_guard": {"margin_percent": 150}}"#).unwrap();
+    let err = MeshLayer::builder_static().config(&config).unwrap_err();
+    assert!(matches!(err, super::ConfigError::CanaryGuard(_)), "{err}");
+    assert!(
+        serde_json::from_str::<super::MeshConfig>(r#"{"canary_guard": {"margin": 0.1}}"#).is_err(),
+        "unknown fields are refused"
+    );
+}
+
 #[tokio::test]
 async fn chosen_statuses_are_retried_for_idempotent_requests_only() {
     // 10.0.0.1 sheds load with 503s; the others answer.
