@@ -32,6 +32,8 @@ pub(crate) struct Target {
     pub(crate) ns: Option<String>,
     pub(crate) name: Option<String>,
     pub(crate) status: bool,
+    /// `pods/{name}/portforward`.
+    pub(crate) portforward: bool,
 }
 
 /// Per-request settings that shape the response.
@@ -204,7 +206,45 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// `pods/{name}/portforward?ports=N`: the Pod's IP and the port, then the WebSocket relay.
+fn port_forward(
+    shared: &Shared,
+    target: &Target,
+    query: &Query,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let name = target.name.clone().unwrap_or_default();
+    let port: u16 = query
+        .get("ports")
+        .and_then(|p| p.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ApiError::bad_request("query parameter \"ports\" is required"))?;
+    let ip = shared.read(|store| {
+        store
+            .get(&key(target, &name))
+            .and_then(|pod| pod["status"]["podIP"].as_str().map(str::to_string))
+    });
+    let ip = match ip {
+        Some(ip) => ip,
+        None if shared.read(|store| store.contains(&key(target, &name))) => {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} has no IP address yet"
+            )));
+        }
+        None => return Err(ApiError::not_found(Resource::Pod, &name)),
+    };
+    let addr: std::net::SocketAddr = format!("{ip}:{port}")
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("pod {name} has no usable IP ({ip})")))?;
+    super::portforward::start(req, addr)
+}
+
 fn verb_for(method: &Method, target: &Target, query: &Query) -> Option<&'static str> {
+    if target.portforward {
+        // A WebSocket upgrade is a GET; the API server authorizes it as `create`.
+        return matches!(method.as_str(), "GET" | "POST").then_some("create");
+    }
     Some(match (method.as_str(), &target.name, target.status) {
         ("GET", None, false) if query.flag("watch") => "watch",
         ("GET", None, false) => "list",
@@ -248,6 +288,9 @@ async fn route(
     };
     let verb = verb_for(req.method(), &target, &query).ok_or_else(ApiError::method_not_allowed)?;
     authorize(user.as_ref(), verb, &target)?;
+    if target.portforward {
+        return port_forward(shared, &target, &query, req);
+    }
     if target.res.namespaced() && target.ns.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::method_not_allowed());
     }
@@ -314,6 +357,8 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> ApiResult<Option<Ac
 fn authorize(user: Option<&Access>, verb: &str, target: &Target) -> ApiResult<()> {
     let resource = if target.status {
         format!("{}/status", target.res.plural())
+    } else if target.portforward {
+        format!("{}/portforward", target.res.plural())
     } else {
         target.res.plural().to_string()
     };
@@ -365,6 +410,15 @@ pub(crate) fn parse_target(path: &str) -> ApiResult<Option<Target>> {
         [] => (None, false),
         [name] => (Some(name.to_string()), false),
         [name, "status"] if res.has_status() => (Some(name.to_string()), true),
+        [name, "portforward"] if res == Resource::Pod => {
+            return Ok(Some(Target {
+                res,
+                ns,
+                name: Some(name.to_string()),
+                status: false,
+                portforward: true,
+            }));
+        }
         _ => return Err(ApiError::no_resource()),
     };
     if res.namespaced() && ns.is_none() && name.is_some() {
@@ -375,6 +429,7 @@ pub(crate) fn parse_target(path: &str) -> ApiResult<Option<Target>> {
         ns,
         name,
         status,
+        portforward: false,
     }))
 }
 

@@ -6,6 +6,7 @@ mod controller;
 mod discovery;
 mod faults;
 mod handler;
+mod portforward;
 mod query;
 mod resource;
 mod server;

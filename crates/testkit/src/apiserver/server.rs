@@ -589,7 +589,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, acceptor: TlsAcceptor
                         handler::handle(shared.clone(), req)
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }

@@ -100,3 +100,59 @@ async fn loopback_addresses_are_distinct() {
     assert_ne!(a.addr().ip(), b.addr().ip());
     assert_eq!((a.addr().port(), b.addr().port()), (8080, 8080));
 }
+
+/// `pods/{name}/portforward` over WebSocket, as kube-rs's `Portforwarder` speaks it:
+/// bytes reach the Pod's server and its answer comes back; without `create` on
+/// `pods/portforward` the API refuses.
+#[tokio::test]
+async fn port_forward_reaches_the_pod() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::Api;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = rudder_testkit::TestCluster::builder()
+        .service("hello-svc")
+        .pod_prefix("hello-world")
+        .replicas(1)
+        .start()
+        .await
+        .expect("cluster");
+    let pods: Api<Pod> = Api::default_namespaced(cluster.api().client().await.unwrap());
+    let mut pf = pods
+        .portforward("hello-world-1", &[8080])
+        .await
+        .expect("port-forward");
+    let mut stream = pf.take_stream(8080).expect("stream");
+    stream
+        .write_all(b"GET /through HTTP/1.1\r\nHost: hello-svc\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("hello-world-1") && answer.contains("/through"),
+        "{answer}"
+    );
+    drop(stream);
+    let _ = pf.join().await;
+
+    // A reader of Pods may not forward to them.
+    cluster.api().add_token(
+        "pod-reader",
+        rudder_testkit::Access::rules([rudder_testkit::Rule::new(
+            ["get", "list", "watch"],
+            ["pods"],
+        )]),
+    );
+    let reader: Api<Pod> =
+        Api::default_namespaced(cluster.api().client_with_token("pod-reader").await.unwrap());
+    let Err(err) = reader.portforward("hello-world-1", &[8080]).await else {
+        panic!("a reader of Pods forwarded to one");
+    };
+    assert!(
+        err.to_string().contains("pods/portforward") || err.to_string().contains("403"),
+        "{err}"
+    );
+}
