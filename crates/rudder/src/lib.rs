@@ -18,9 +18,13 @@ mod error;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod mesh;
+#[cfg(feature = "port-forward")]
+mod portforward;
 mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "port-forward")]
+pub use self::portforward::{PortForward, PortForwardConnector, PortForwardError, Tunnel};
 
 pub use self::client::{ConnectError, ConnectTime, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{

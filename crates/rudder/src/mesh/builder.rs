@@ -100,6 +100,9 @@ pub(crate) struct Settings {
     pub(crate) failure_on_5xx: bool,
     /// Guards HTTPRoute canaries (off by default).
     pub(crate) canary_guard: Option<super::CanaryGuard>,
+    /// Pods are reached through port-forward tunnels (the connector's registry).
+    #[cfg(feature = "port-forward")]
+    pub(crate) port_forward: Option<crate::PortForward>,
     pub(crate) max_retries: u32,
     pub(crate) retry_budget: (f32, u32),
     pub(crate) timeout: Option<Duration>,
@@ -222,6 +225,8 @@ impl MeshBuilder {
                 dns_fallback: config.dns_fallback,
                 failure_on_5xx: config.failure_on_5xx,
                 canary_guard: None,
+                #[cfg(feature = "port-forward")]
+                port_forward: None,
                 max_retries: config.max_retries,
                 retry_budget: (config.retry_budget_percent, config.retry_min_per_second),
                 timeout: None,
@@ -502,6 +507,15 @@ impl MeshBuilder {
         } else {
             self.error.get_or_insert(ConfigError::CanaryGuard(guard));
         }
+        self
+    }
+
+    /// Reaches Pods through the API server's port-forward: the Mesh tells `pf` which Pod
+    /// each request goes to, and `pf.connector()` (hyper-util's connector) opens a tunnel
+    /// to it. For clients outside the cluster (see [`PortForward`](crate::PortForward)).
+    #[cfg(feature = "port-forward")]
+    pub fn port_forward(mut self, pf: crate::PortForward) -> Self {
+        self.settings.port_forward = Some(pf);
         self
     }
 

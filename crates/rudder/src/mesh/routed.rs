@@ -31,6 +31,9 @@ pub(crate) struct EndpointExtra {
     pub(crate) authority: http::uri::Authority,
     /// Its metric handles, per subset label.
     pub(crate) telemetry: EndpointTelemetry,
+    /// The Pod behind it, if known (for port-forward tunnels).
+    #[cfg_attr(not(feature = "port-forward"), allow(dead_code))]
+    pub(crate) pod: Option<Arc<str>>,
 }
 
 /// A new endpoint's payload (an address that stays keeps its own).
@@ -42,6 +45,7 @@ fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
             .parse()
             .expect("a socket address is a URI authority"),
         telemetry: telemetry.endpoint(),
+        pod: e.meta().pod.as_deref().map(Arc::from),
     })
 }
 

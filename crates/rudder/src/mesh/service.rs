@@ -460,6 +460,11 @@ where
         }
         let mut attempt = pool.start(&snapshot, pos);
         let endpoint = attempt.addr();
+        #[cfg(feature = "port-forward")]
+        if let (Some(pf), Some(pod)) = (&settings.port_forward, &extra.pod) {
+            // The connector opens its tunnel to this Pod.
+            pf.register(endpoint, routed.service.namespace(), pod);
+        }
         tracing::trace!(service = %routed.service, %endpoint, attempt = attempt_no, "sending");
         let this = match req.take() {
             Some(r) => r,

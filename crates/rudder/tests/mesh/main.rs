@@ -5,6 +5,8 @@
 mod edges;
 mod faults;
 mod gamma;
+#[cfg(feature = "port-forward")]
+mod portforward;
 mod request_path;
 mod security;
 mod support;

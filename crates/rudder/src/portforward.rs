@@ -1,0 +1,241 @@
+//! Reaching Pods from outside the cluster: through the API server's `pods/portforward`
+//! (feature `port-forward`).
+//!
+//! From a laptop with a kubeconfig, discovery works but Pod IPs do not answer. With
+//! [`PortForward`], the Mesh still picks a Pod per request (subsets, splits, balancing
+//! unchanged), and the connector reaches the picked Pod through a port-forward tunnel
+//! (kube-rs's WebSocket port-forward) instead of a TCP connection to its IP. hyper-util
+//! pools connections per Pod as usual, so each pooled connection is one tunnel; tunnels to
+//! Pods that left close with the pool's idle timeout.
+//!
+//! ```no_run
+//! # async fn demo(kube: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::Layer;
+//! let pf = rudder::PortForward::new(kube.clone());
+//! let http = Client::builder(TokioExecutor::new()).build(pf.connector());
+//! let layer = rudder::MeshLayer::builder(kube).port_forward(pf).build()?;
+//! let mesh = layer.layer(http); // http://hello-svc:8080/ → a Pod, through the API server
+//! # Ok(()) }
+//! ```
+//!
+//! Limits: every byte goes through the API server (fine for development, not for load);
+//! the client needs `create` on `pods/portforward` (not in `deploy/rbac.yaml`, which is
+//! for clients in the cluster); `https` to Pods is not supported over tunnels.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+/// Why a tunnel to a Pod could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortForwardError {
+    /// The connector was asked for an address no Mesh has routed to: requests through a
+    /// port-forward connector must go through a Mesh built with
+    /// [`MeshBuilder::port_forward`](crate::MeshBuilder::port_forward).
+    #[error("no Pod known at {0}: send requests through a Mesh built with .port_forward(..)")]
+    UnknownPod(String),
+    /// The API refused the tunnel (typically a missing permission).
+    #[error("port-forward to Pod {namespace}/{pod} refused: {message}{hint}")]
+    Refused {
+        /// The Pod's namespace.
+        namespace: String,
+        /// The Pod.
+        pod: String,
+        /// The API's message.
+        message: String,
+        /// What to grant, when the API said 403.
+        hint: &'static str,
+    },
+    /// The tunnel failed otherwise.
+    #[error("port-forward to Pod {namespace}/{pod} failed: {source}")]
+    Failed {
+        /// The Pod's namespace.
+        namespace: String,
+        /// The Pod.
+        pod: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Port-forward transport to Pods: the registry a Mesh fills (Pod address → Pod) and the
+/// connector that opens tunnels. Cheap to clone; clones share the registry.
+#[derive(Clone)]
+pub struct PortForward {
+    client: kube::Client,
+    pods: Arc<ArcSwap<Registry>>,
+}
+
+/// Pod address → (namespace, Pod).
+type Registry = HashMap<SocketAddr, (Arc<str>, Arc<str>)>;
+
+impl std::fmt::Debug for PortForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortForward")
+            .field("pods", &self.pods.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many Pod addresses the registry keeps (made-up addresses cannot reach it: only
+/// the Mesh writes it, with discovered endpoints).
+const MAX_PODS: usize = 16_384;
+
+impl PortForward {
+    /// A transport opening tunnels with `client` (its credentials need `create` on
+    /// `pods/portforward`).
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            pods: Arc::default(),
+        }
+    }
+
+    /// The connector for hyper-util's client.
+    pub fn connector(&self) -> PortForwardConnector {
+        PortForwardConnector(self.clone())
+    }
+
+    /// Remembers that `addr` is Pod `namespace/pod` (the Mesh calls this per request).
+    pub(crate) fn register(&self, addr: SocketAddr, namespace: &str, pod: &Arc<str>) {
+        let current = self.pods.load();
+        if current
+            .get(&addr)
+            .is_some_and(|(ns, p)| &**ns == namespace && p == pod)
+        {
+            return;
+        }
+        self.pods.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            if next.len() >= MAX_PODS {
+                next.clear();
+            }
+            next.insert(addr, (Arc::from(namespace), pod.clone()));
+            next
+        });
+    }
+}
+
+/// hyper-util's connector over port-forward tunnels (see [`PortForward`]).
+#[derive(Clone, Debug)]
+pub struct PortForwardConnector(PortForward);
+
+impl tower_service::Service<http::Uri> for PortForwardConnector {
+    type Response = TokioIo<Tunnel>;
+    type Error = PortForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let pf = self.0.clone();
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let addr: SocketAddr = authority
+                .parse()
+                .map_err(|_| PortForwardError::UnknownPod(authority.to_string()))?;
+            let (namespace, pod) = pf
+                .pods
+                .load()
+                .get(&addr)
+                .cloned()
+                .ok_or_else(|| PortForwardError::UnknownPod(addr.to_string()))?;
+            let pods: Api<Pod> = Api::namespaced(pf.client.clone(), &namespace);
+            let mut forwarder = match pods.portforward(&pod, &[addr.port()]).await {
+                Ok(f) => f,
+                Err(kube::Error::Api(status)) => {
+                    return Err(PortForwardError::Refused {
+                        namespace: namespace.to_string(),
+                        pod: pod.to_string(),
+                        hint: if status.code == 403 {
+                            " (grant create on pods/portforward)"
+                        } else {
+                            ""
+                        },
+                        message: status.message,
+                    });
+                }
+                Err(e) => {
+                    return Err(PortForwardError::Failed {
+                        namespace: namespace.to_string(),
+                        pod: pod.to_string(),
+                        source: Box::new(e),
+                    });
+                }
+            };
+            let stream =
+                forwarder
+                    .take_stream(addr.port())
+                    .ok_or_else(|| PortForwardError::Failed {
+                        namespace: namespace.to_string(),
+                        pod: pod.to_string(),
+                        source: "the tunnel has no stream for the port".into(),
+                    })?;
+            Ok(TokioIo::new(Tunnel {
+                stream,
+                _forwarder: forwarder,
+            }))
+        })
+    }
+}
+
+/// One port-forward tunnel to a Pod, as a connection.
+pub struct Tunnel {
+    stream: DuplexStream,
+    _forwarder: kube::api::Portforwarder,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").finish_non_exhaustive()
+    }
+}
+
+impl Connection for Tunnel {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
