@@ -24,7 +24,10 @@ mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "port-forward")]
-pub use self::portforward::{PortForward, PortForwardConnector, PortForwardError, Tunnel};
+pub use self::portforward::{
+    EitherConnection, EitherConnector, PortForward, PortForwardConnector, PortForwardError,
+    Transport, Tunnel,
+};
 
 pub use self::client::{ConnectError, ConnectTime, PodClient, PodClientBuilder, Protocol};
 pub use self::mesh::{

@@ -239,3 +239,138 @@ impl AsyncWrite for Tunnel {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+/// How a client reaches Pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Straight to the Pod's IP (inside the cluster).
+    Direct,
+    /// Through the API server's port-forward (outside the cluster).
+    PortForward,
+}
+
+impl Transport {
+    /// Direct inside a Pod (the in-cluster environment, `KUBERNETES_SERVICE_HOST`), port
+    /// forwarding elsewhere (a kubeconfig on a laptop). The choice is logged at INFO.
+    pub fn auto() -> Self {
+        let t = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            Transport::Direct
+        } else {
+            Transport::PortForward
+        };
+        tracing::info!(transport = ?t, "rudder: reaching Pods {}", match t {
+            Transport::Direct => "directly (running in a cluster)",
+            Transport::PortForward => "through port-forward (running outside a cluster)",
+        });
+        t
+    }
+}
+
+impl PortForward {
+    /// A connector for `transport`: direct TCP to Pod IPs, or tunnels. The Mesh registers
+    /// Pods either way, so one set-up serves both (pair it with [`Transport::auto`]).
+    pub fn connector_for(&self, transport: Transport) -> EitherConnector {
+        match transport {
+            Transport::Direct => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.set_nodelay(true);
+                EitherConnector::Direct(http)
+            }
+            Transport::PortForward => EitherConnector::Tunnel(self.connector()),
+        }
+    }
+}
+
+/// A connector chosen at start: direct TCP or port-forward tunnels.
+#[derive(Clone, Debug)]
+pub enum EitherConnector {
+    /// Direct TCP to Pod IPs.
+    Direct(hyper_util::client::legacy::connect::HttpConnector),
+    /// Port-forward tunnels.
+    Tunnel(PortForwardConnector),
+}
+
+/// A connection made by [`EitherConnector`].
+#[derive(Debug)]
+pub enum EitherConnection {
+    /// A TCP connection.
+    Direct(TokioIo<tokio::net::TcpStream>),
+    /// A tunnel.
+    Tunnel(TokioIo<Tunnel>),
+}
+
+impl tower_service::Service<http::Uri> for EitherConnector {
+    type Response = EitherConnection;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            EitherConnector::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            EitherConnector::Tunnel(c) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        match self {
+            EitherConnector::Direct(c) => {
+                let f = c.call(uri);
+                Box::pin(async move { Ok(EitherConnection::Direct(f.await?)) })
+            }
+            EitherConnector::Tunnel(c) => {
+                let f = c.call(uri);
+                Box::pin(async move { Ok(EitherConnection::Tunnel(f.await?)) })
+            }
+        }
+    }
+}
+
+impl Connection for EitherConnection {
+    fn connected(&self) -> Connected {
+        match self {
+            EitherConnection::Direct(c) => c.connected(),
+            EitherConnection::Tunnel(c) => c.connected(),
+        }
+    }
+}
+
+impl hyper::rt::Read for EitherConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            EitherConnection::Direct(c) => Pin::new(c).poll_read(cx, buf),
+            EitherConnection::Tunnel(c) => Pin::new(c).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for EitherConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            EitherConnection::Direct(c) => Pin::new(c).poll_write(cx, buf),
+            EitherConnection::Tunnel(c) => Pin::new(c).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            EitherConnection::Direct(c) => Pin::new(c).poll_flush(cx),
+            EitherConnection::Tunnel(c) => Pin::new(c).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            EitherConnection::Direct(c) => Pin::new(c).poll_shutdown(cx),
+            EitherConnection::Tunnel(c) => Pin::new(c).poll_shutdown(cx),
+        }
+    }
+}

@@ -117,3 +117,31 @@ async fn a_subset_goes_only_to_its_pods_and_a_missing_permission_is_named() {
     }
     assert!(chain.contains("create on pods/portforward"), "{chain}");
 }
+
+/// One set-up for both transports: `Transport::auto()` picks direct inside a cluster and
+/// tunnels outside; either connector serves the same Mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_transport_serves_the_same_mesh() {
+    use rudder::Transport;
+    let expected = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        Transport::Direct
+    } else {
+        Transport::PortForward
+    };
+    assert_eq!(Transport::auto(), expected);
+    let cluster = hello(2).await;
+    for (transport, tunnels) in [(Transport::Direct, false), (Transport::PortForward, true)] {
+        let kube = cluster.api().client().await.unwrap();
+        let pf = PortForward::new(kube.clone());
+        let http = Client::builder(TokioExecutor::new()).build(pf.connector_for(transport));
+        let layer = MeshLayer::builder(kube).port_forward(pf).build().unwrap();
+        let mut mesh = layer.layer(http);
+        let before = forwards(&cluster);
+        for _ in 0..20 {
+            get(&mut mesh, req("http://hello-svc:8080/"))
+                .await
+                .expect("request");
+        }
+        assert_eq!(forwards(&cluster) > before, tunnels, "{transport:?}");
+    }
+}
