@@ -79,8 +79,50 @@ pub struct PortForward {
     pods: Arc<ArcSwap<Registry>>,
 }
 
-/// Pod address → (namespace, Pod).
-type Registry = HashMap<SocketAddr, (Arc<str>, Arc<str>)>;
+/// Pod address → the Pod and its open tunnels.
+type Registry = HashMap<SocketAddr, Arc<PodEntry>>;
+
+#[derive(Debug)]
+struct PodEntry {
+    namespace: Arc<str>,
+    pod: Arc<str>,
+    tunnels: std::sync::Mutex<Vec<std::sync::Weak<kube::api::Portforwarder>>>,
+}
+
+/// Held while the Mesh routes to a Pod; dropped when the Pod left (and the last request
+/// that picked it finished): the Pod is forgotten and its tunnels are closed.
+pub(crate) struct Release {
+    pf: PortForward,
+    addr: SocketAddr,
+    entry: Arc<PodEntry>,
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Release").field("addr", &self.addr).finish()
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let addr = self.addr;
+        let entry = &self.entry;
+        self.pf.pods.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            if next.get(&addr).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                next.remove(&addr);
+            }
+            next
+        });
+        let tunnels = std::mem::take(&mut *entry.tunnels.lock().expect("tunnels lock"));
+        for t in tunnels.iter().filter_map(std::sync::Weak::upgrade) {
+            t.abort();
+        }
+        if !tunnels.is_empty() {
+            tracing::debug!(pod = %entry.pod, %addr, "Pod left: its port-forward tunnels are closed");
+        }
+    }
+}
 
 impl std::fmt::Debug for PortForward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,23 +151,27 @@ impl PortForward {
         PortForwardConnector(self.clone())
     }
 
-    /// Remembers that `addr` is Pod `namespace/pod` (the Mesh calls this per request).
-    pub(crate) fn register(&self, addr: SocketAddr, namespace: &str, pod: &Arc<str>) {
-        let current = self.pods.load();
-        if current
-            .get(&addr)
-            .is_some_and(|(ns, p)| &**ns == namespace && p == pod)
-        {
-            return;
-        }
+    /// Remembers that `addr` is Pod `namespace/pod` until the returned guard drops (the
+    /// Mesh keeps it with the endpoint).
+    pub(crate) fn register(&self, addr: SocketAddr, namespace: &str, pod: &Arc<str>) -> Release {
+        let entry = Arc::new(PodEntry {
+            namespace: Arc::from(namespace),
+            pod: pod.clone(),
+            tunnels: std::sync::Mutex::new(Vec::new()),
+        });
         self.pods.rcu(|map| {
             let mut next = HashMap::clone(map);
             if next.len() >= MAX_PODS {
                 next.clear();
             }
-            next.insert(addr, (Arc::from(namespace), pod.clone()));
+            next.insert(addr, entry.clone());
             next
         });
+        Release {
+            pf: self.clone(),
+            addr,
+            entry,
+        }
     }
 }
 
@@ -149,12 +195,13 @@ impl tower_service::Service<http::Uri> for PortForwardConnector {
             let addr: SocketAddr = authority
                 .parse()
                 .map_err(|_| PortForwardError::UnknownPod(authority.to_string()))?;
-            let (namespace, pod) = pf
+            let entry = pf
                 .pods
                 .load()
                 .get(&addr)
                 .cloned()
                 .ok_or_else(|| PortForwardError::UnknownPod(addr.to_string()))?;
+            let (namespace, pod) = (entry.namespace.clone(), entry.pod.clone());
             let pods: Api<Pod> = Api::namespaced(pf.client.clone(), &namespace);
             let mut forwarder = match pods.portforward(&pod, &[addr.port()]).await {
                 Ok(f) => f,
@@ -186,6 +233,12 @@ impl tower_service::Service<http::Uri> for PortForwardConnector {
                         pod: pod.to_string(),
                         source: "the tunnel has no stream for the port".into(),
                     })?;
+            let forwarder = Arc::new(forwarder);
+            {
+                let mut tunnels = entry.tunnels.lock().expect("tunnels lock");
+                tunnels.retain(|t| t.strong_count() > 0);
+                tunnels.push(Arc::downgrade(&forwarder));
+            }
             Ok(TokioIo::new(Tunnel {
                 stream,
                 _forwarder: forwarder,
@@ -197,7 +250,7 @@ impl tower_service::Service<http::Uri> for PortForwardConnector {
 /// One port-forward tunnel to a Pod, as a connection.
 pub struct Tunnel {
     stream: DuplexStream,
-    _forwarder: kube::api::Portforwarder,
+    _forwarder: Arc<kube::api::Portforwarder>,
 }
 
 impl std::fmt::Debug for Tunnel {

@@ -34,6 +34,9 @@ pub(crate) struct EndpointExtra {
     /// The Pod behind it, if known (for port-forward tunnels).
     #[cfg_attr(not(feature = "port-forward"), allow(dead_code))]
     pub(crate) pod: Option<Arc<str>>,
+    /// Its port-forward registration, made on its first request and dropped with it.
+    #[cfg(feature = "port-forward")]
+    pub(crate) tunnel: std::sync::OnceLock<crate::portforward::Release>,
 }
 
 /// A new endpoint's payload (an address that stays keeps its own).
@@ -46,6 +49,8 @@ fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
             .expect("a socket address is a URI authority"),
         telemetry: telemetry.endpoint(),
         pod: e.meta().pod.as_deref().map(Arc::from),
+        #[cfg(feature = "port-forward")]
+        tunnel: std::sync::OnceLock::new(),
     })
 }
 

@@ -462,8 +462,10 @@ where
         let endpoint = attempt.addr();
         #[cfg(feature = "port-forward")]
         if let (Some(pf), Some(pod)) = (&settings.port_forward, &extra.pod) {
-            // The connector opens its tunnel to this Pod.
-            pf.register(endpoint, routed.service.namespace(), pod);
+            // The connector opens its tunnels to this Pod while the endpoint lives.
+            extra
+                .tunnel
+                .get_or_init(|| pf.register(endpoint, routed.service.namespace(), pod));
         }
         tracing::trace!(service = %routed.service, %endpoint, attempt = attempt_no, "sending");
         let this = match req.take() {

@@ -82,6 +82,19 @@ async fn requests_reach_every_pod_through_port_forward_tunnels() {
             .expect("request");
         assert_ne!(reply.pod, gone);
     }
+    // Its tunnels were closed when it left (the Pod server sees its connections go).
+    let server = cluster.pod(&gone).expect("still running");
+    tokio::time::timeout(BOUND, async {
+        while server.open_connections() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the departed Pod's tunnels close");
+    assert!(
+        cluster.pods()[1].open_connections() > 0,
+        "Pods in use keep theirs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
