@@ -68,6 +68,10 @@ pub enum ConfigError {
     /// The affinity header is not a valid header name.
     #[error("invalid affinity header name {0:?}")]
     AffinityHeader(String),
+    /// The configuration asks for a transport this build cannot provide (port-forward
+    /// without the `port-forward` feature, or without a kube client).
+    #[error("transport {0:?} is not available: {1}")]
+    Transport(super::TransportConfig, &'static str),
     /// Discovery settings were given for a Mesh over a shared [`Discovery`], whose
     /// settings are its own.
     #[error(
@@ -363,6 +367,40 @@ impl MeshBuilder {
                 min_weight: f64::from(config.slow_start_min_weight_percent) / 100.0,
             })?),
         };
+        let tunnels = match config.transport {
+            super::TransportConfig::Direct => false,
+            super::TransportConfig::PortForward => true,
+            super::TransportConfig::Auto => {
+                #[cfg(feature = "port-forward")]
+                {
+                    crate::Transport::auto() == crate::Transport::PortForward
+                }
+                #[cfg(not(feature = "port-forward"))]
+                {
+                    false
+                }
+            }
+        };
+        if tunnels {
+            #[cfg(feature = "port-forward")]
+            match &self.client {
+                Some(client) => {
+                    self.settings.port_forward = Some(crate::PortForward::new(client.clone()));
+                }
+                None => {
+                    return Err(ConfigError::Transport(
+                        config.transport,
+                        "port-forward needs the Mesh's kube client (MeshLayer::builder)",
+                    ));
+                }
+            }
+            #[cfg(not(feature = "port-forward"))]
+            return Err(ConfigError::Transport(
+                config.transport,
+                "build rudder with the port-forward feature",
+            ));
+        }
+        let s = &mut self.settings;
         if let Some(g) = &config.canary_guard {
             let guard = super::CanaryGuard::new(
                 g.margin_percent / 100.0,

@@ -89,6 +89,25 @@ pub struct MeshConfig {
     /// Guards HTTPRoute canaries in this client (see [`CanaryGuard`](crate::CanaryGuard));
     /// absent: off.
     pub canary_guard: Option<CanaryGuardConfig>,
+    /// How Pods are reached: `direct` (default), `port_forward` through the API server, or
+    /// `auto` (direct inside a Pod, port-forward elsewhere). Needs the `port-forward`
+    /// feature for anything but `direct`; build the HTTP client with
+    /// `MeshLayer::connector()` so that it matches.
+    pub transport: TransportConfig,
+}
+
+/// How Pods are reached, as data (see [`MeshConfig::transport`]).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TransportConfig {
+    /// Straight to Pod IPs.
+    #[default]
+    Direct,
+    /// Through the API server's `pods/portforward`.
+    PortForward,
+    /// Direct inside a Pod, port-forward elsewhere (logged).
+    Auto,
 }
 
 /// [`CanaryGuard`](crate::CanaryGuard) as data.
@@ -152,6 +171,7 @@ impl Default for MeshConfig {
             namespaces: None,
             max_services: 256,
             canary_guard: None,
+            transport: TransportConfig::Direct,
         }
     }
 }

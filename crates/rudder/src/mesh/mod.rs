@@ -51,7 +51,7 @@ pub use self::body::ResponseBody;
 pub use self::builder::{ConfigError, MeshBuilder};
 pub use self::config::{
     AffinityConfig, AlgorithmConfig, CanaryGuardConfig, EjectionConfig, FallbackConfig, MeshConfig,
-    RouteConfig, SplitLeg,
+    RouteConfig, SplitLeg, TransportConfig,
 };
 pub use self::error::MeshError;
 pub use self::ext::{Affinity, AffinityKey, Subset, Target};
@@ -139,6 +139,22 @@ impl MeshLayer {
     /// touching the Service: a blue/green switch or a canary promotion is one call.
     pub fn set_split(&self, split: Option<Split>) {
         self.shared.split.store(split.map(Arc::new));
+    }
+
+    /// The connector for hyper-util's client that matches this Mesh's transport: tunnels
+    /// through the API server when it was built with
+    /// [`port_forward`](MeshBuilder::port_forward) or a `transport` of `port_forward` (or
+    /// `auto` outside a cluster) in its [`MeshConfig`], direct TCP otherwise.
+    #[cfg(feature = "port-forward")]
+    pub fn connector(&self) -> crate::EitherConnector {
+        match &self.shared.settings.port_forward {
+            Some(pf) => pf.connector_for(crate::Transport::PortForward),
+            None => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.set_nodelay(true);
+                crate::EitherConnector::Direct(http)
+            }
+        }
     }
 
     /// What the canary guard ([`MeshBuilder::canary_guard`]) sees: every canary backend of

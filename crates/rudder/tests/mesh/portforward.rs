@@ -158,3 +158,33 @@ async fn either_transport_serves_the_same_mesh() {
         assert_eq!(forwards(&cluster) > before, tunnels, "{transport:?}");
     }
 }
+
+/// The transport chosen in `MeshConfig`; `MeshLayer::connector()` matches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_can_come_from_the_config() {
+    let cluster = hello(2).await;
+    for (json, tunnels) in [
+        (r#"{"transport": "direct"}"#, false),
+        (r#"{"transport": "port_forward"}"#, true),
+    ] {
+        let config: rudder::MeshConfig = serde_json::from_str(json).unwrap();
+        let layer = MeshLayer::builder(cluster.api().client().await.unwrap())
+            .config(&config)
+            .unwrap()
+            .build()
+            .unwrap();
+        let http = Client::builder(TokioExecutor::new()).build(layer.connector());
+        let mut mesh = layer.layer(http);
+        let before = forwards(&cluster);
+        for _ in 0..10 {
+            get(&mut mesh, req("http://hello-svc:8080/"))
+                .await
+                .expect("request");
+        }
+        assert_eq!(forwards(&cluster) > before, tunnels, "{json}");
+    }
+    let config: rudder::MeshConfig =
+        serde_json::from_str(r#"{"transport": "port_forward"}"#).unwrap();
+    let err = MeshLayer::builder_static().config(&config).unwrap_err();
+    assert!(matches!(err, rudder::ConfigError::Transport(..)), "{err}");
+}
