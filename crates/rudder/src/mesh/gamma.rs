@@ -188,6 +188,7 @@ impl NsRoutes {
             namespace,
             guard,
             &sub.current(),
+            None,
         )));
         let mut rx = sub.receiver();
         let out = compiled.clone();
@@ -195,7 +196,16 @@ impl NsRoutes {
         let task = tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let set = rx.borrow_and_update().clone();
-                out.store(Arc::new(Compiled::from_set(&ns, guard, &set)));
+                // A request may have compiled this set already (see `ready`).
+                let current = out.load_full();
+                if !Arc::ptr_eq(&current.source, &set) {
+                    out.store(Arc::new(Compiled::from_set(
+                        &ns,
+                        guard,
+                        &set,
+                        Some(&current),
+                    )));
+                }
             }
         });
         Self {
@@ -218,17 +228,21 @@ impl NsRoutes {
                 return None;
             }
         }
-        // The follower may not have compiled the newest set yet: compile it here once.
+        // The follower may not have compiled the newest set yet: compile it here, once,
+        // for every request after this one too.
         let set = rx.borrow().clone();
         let current = self.compiled.load_full();
-        if current.state == set.state && current.routes == set.routes.len() {
+        if Arc::ptr_eq(&current.source, &set) {
             Some(current)
         } else {
-            Some(Arc::new(Compiled::from_set(
+            let next = Arc::new(Compiled::from_set(
                 &current.namespace,
                 self.guard,
                 &set,
-            )))
+                Some(&current),
+            ));
+            self.compiled.store(next.clone());
+            Some(next)
         }
     }
 
@@ -242,8 +256,8 @@ impl NsRoutes {
 #[derive(Debug)]
 pub(crate) struct Compiled {
     namespace: String,
-    state: RoutesState,
-    routes: usize,
+    /// The set this was compiled from.
+    source: Arc<RouteSet>,
     by_parent: HashMap<String, Vec<Entry>>,
 }
 
@@ -340,6 +354,8 @@ impl Matcher {
 pub(crate) struct Target {
     /// `namespace/name` of the route, for logs and errors.
     pub(crate) route: String,
+    /// The rule's index in the route.
+    rule: usize,
     backends: Vec<(ServiceRef, u32)>,
     total: u32,
     step: u64,
@@ -457,6 +473,15 @@ impl Compiled {
             .map(|e| &e.target)
     }
 
+    /// The target of rule `rule` of route `route` (`namespace/name`), if compiled.
+    fn target_of(&self, route: &str, rule: usize) -> Option<Arc<Target>> {
+        self.by_parent
+            .values()
+            .flatten()
+            .find(|e| e.target.route == route && e.target.rule == rule)
+            .map(|e| e.target.clone())
+    }
+
     /// The guard's view of every canary of these routes.
     pub(crate) fn canaries(&self) -> Vec<CanaryView> {
         let mut seen: Vec<*const Target> = Vec::new();
@@ -471,7 +496,12 @@ impl Compiled {
         out
     }
 
-    fn from_set(namespace: &str, guard: Option<CanaryGuard>, set: &RouteSet) -> Self {
+    fn from_set(
+        namespace: &str,
+        guard: Option<CanaryGuard>,
+        set: &Arc<RouteSet>,
+        previous: Option<&Compiled>,
+    ) -> Self {
         let mut routes: Vec<&Arc<HttpRoute>> = set.routes.values().collect();
         // Older routes first, then by name (the spec's tie-breakers).
         routes.sort_by(|a, b| {
@@ -486,7 +516,7 @@ impl Compiled {
                 "{namespace}/{}",
                 route.metadata.name.as_deref().unwrap_or("")
             );
-            match compile(namespace, &name, route, guard) {
+            match compile(namespace, &name, route, guard, previous) {
                 Ok(list) => {
                     let base = entries.len();
                     entries.extend(
@@ -514,8 +544,7 @@ impl Compiled {
             .collect();
         Compiled {
             namespace: namespace.to_string(),
-            state: set.state.clone(),
-            routes: set.routes.len(),
+            source: set.clone(),
             by_parent,
         }
     }
@@ -527,6 +556,7 @@ fn compile(
     name: &str,
     route: &HttpRoute,
     guard: Option<CanaryGuard>,
+    previous: Option<&Compiled>,
 ) -> Result<Vec<(String, Entry)>, String> {
     let spec = &route.spec;
     let parents: Vec<(String, Option<u16>)> = spec
@@ -622,15 +652,26 @@ fn compile(
                 probes: AtomicU64::new(0),
             }
         });
-        let target = Arc::new(Target {
-            route: name.to_string(),
-            step: spread_step(total),
-            backends,
-            total,
-            turn: AtomicU64::new(0),
-            timeout,
-            guard,
+        // A rule that did not change keeps its target, with its turn and the guard's
+        // counts and state, across changes to other routes.
+        let same = previous.and_then(|p| p.target_of(name, i)).filter(|t| {
+            t.backends == backends
+                && t.timeout == timeout
+                && t.guard.as_ref().map(|g| g.config) == guard.as_ref().map(|g| g.config)
         });
+        let target = match same {
+            Some(t) => t,
+            None => Arc::new(Target {
+                route: name.to_string(),
+                rule: i,
+                step: spread_step(total),
+                backends,
+                total,
+                turn: AtomicU64::new(0),
+                timeout,
+                guard,
+            }),
+        };
         let default_match = [HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() {
             &default_match[..]
@@ -774,7 +815,7 @@ mod tests {
 
     use super::Compiled;
 
-    fn set(routes: &[serde_json::Value]) -> RouteSet {
+    fn set(routes: &[serde_json::Value]) -> Arc<RouteSet> {
         let routes: BTreeMap<String, Arc<HttpRoute>> = routes
             .iter()
             .map(|r| {
@@ -782,10 +823,10 @@ mod tests {
                 (route.metadata.name.clone().unwrap(), Arc::new(route))
             })
             .collect();
-        RouteSet {
+        Arc::new(RouteSet {
             state: RoutesState::Synced,
             routes,
-        }
+        })
     }
 
     fn rule(matches: serde_json::Value, backend: &str) -> serde_json::Value {
@@ -825,6 +866,7 @@ mod tests {
                                  "headers": [{"name": "x-v", "type": "RegularExpression", "value": "2|3"}]}]), "post-v"),
                 ]}}),
             ]),
+            None,
         );
         assert_eq!(to(&table, "GET", "/api/v2/x", None), "exact");
         assert_eq!(to(&table, "GET", "/api/v2/y", None), "longer");
@@ -866,10 +908,49 @@ mod tests {
                     rule(json!([{"path": {"type": "Exact", "value": "/g"}}]), "g"),
                 ]}}),
             ]),
+            None,
         );
         for path in ["/a", "/b", "/g", "/"] {
             assert_eq!(to(&table, "GET", path, None), "web", "{path}");
         }
+    }
+
+    /// A rule that did not change keeps its target (turns, guard state) when other routes
+    /// change; a rule that changed starts afresh.
+    #[test]
+    fn unchanged_rules_keep_their_state_across_recompiles() {
+        let split = |v2: u32| {
+            json!({"metadata": {"name": "split"}, "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "rules": [{"backendRefs": [
+                    {"name": "v1", "port": 80, "weight": 90},
+                    {"name": "v2", "port": 80, "weight": v2}]}]}})
+        };
+        let other = json!({"metadata": {"name": "other"}, "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
+            "rules": [{"backendRefs": [{"name": "api-v1", "port": 80}]}]}});
+        let guard = Some(super::CanaryGuard::new(
+            0.1,
+            5,
+            std::time::Duration::from_secs(600),
+            0.0,
+        ));
+        let first = Compiled::from_set("ns", guard, &set(&[split(10)]), None);
+        let svc = ServiceRef::parse_in("web:80", "ns").unwrap();
+        let req = http::Request::get("/").body(()).unwrap();
+        let target = first.target(&svc, &req).unwrap().clone();
+        for _ in 0..5 {
+            target.record(1, true);
+        }
+        assert!(first.canaries()[0].guarded);
+        // Another route appears: the split keeps its target and its guard.
+        let second = Compiled::from_set("ns", guard, &set(&[split(10), other]), Some(&first));
+        assert!(Arc::ptr_eq(second.target(&svc, &req).unwrap(), &target));
+        assert!(second.canaries().iter().any(|c| c.guarded));
+        // The split itself changes: a new target, judged afresh.
+        let third = Compiled::from_set("ns", guard, &set(&[split(20)]), Some(&second));
+        assert!(!Arc::ptr_eq(third.target(&svc, &req).unwrap(), &target));
+        assert!(third.canaries().iter().all(|c| !c.guarded));
     }
 
     /// Weights are exact over each cycle and spread within it.
@@ -883,6 +964,7 @@ mod tests {
                 "rules": [{"backendRefs": [
                     {"name": "v1", "port": 80, "weight": 9},
                     {"name": "v2", "port": 80, "weight": 1}]}]}})]),
+            None,
         );
         let picks: Vec<String> = (0..100).map(|_| to(&table, "GET", "/", None)).collect();
         assert_eq!(picks.iter().filter(|p| *p == "v2").count(), 10);
