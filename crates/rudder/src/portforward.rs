@@ -12,8 +12,9 @@
 //! # async fn demo(kube: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! use tower::Layer;
+//! type Body = rudder::ReplayBody<http_body_util::Empty<bytes::Bytes>>;
 //! let pf = rudder::PortForward::new(kube.clone());
-//! let http = Client::builder(TokioExecutor::new()).build(pf.connector());
+//! let http: Client<_, Body> = Client::builder(TokioExecutor::new()).build(pf.connector());
 //! let layer = rudder::MeshLayer::builder(kube).port_forward(pf).build()?;
 //! let mesh = layer.layer(http); // http://hello-svc:8080/ → a Pod, through the API server
 //! # Ok(()) }
