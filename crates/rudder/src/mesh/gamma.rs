@@ -220,9 +220,10 @@ impl NsRoutes {
     /// The compiled routes once the namespace's list is known (or known to be
     /// unavailable), waiting at most `bound`; `None` if that was not enough.
     pub(crate) async fn ready(&self, bound: Duration) -> Option<Arc<Compiled>> {
-        let mut rx = self.rx.clone();
         let known = |set: &RouteSet| set.state != RoutesState::Pending;
-        if !known(&rx.borrow()) {
+        if !known(&self.rx.borrow()) {
+            // Only the first requests of a namespace wait (and clone the receiver).
+            let mut rx = self.rx.clone();
             let wait = rx.wait_for(|s| known(s));
             if !matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(_))) {
                 return None;
@@ -230,11 +231,15 @@ impl NsRoutes {
         }
         // The follower may not have compiled the newest set yet: compile it here, once,
         // for every request after this one too.
-        let set = rx.borrow().clone();
         let current = self.compiled.load_full();
-        if Arc::ptr_eq(&current.source, &set) {
-            Some(current)
-        } else {
+        let set = {
+            let newest = self.rx.borrow();
+            if Arc::ptr_eq(&current.source, &newest) {
+                return Some(current);
+            }
+            newest.clone()
+        };
+        {
             let next = Arc::new(Compiled::from_set(
                 &current.namespace,
                 self.guard,

@@ -394,13 +394,16 @@ impl Shared {
     /// `bound` for the first list); `None` for a static Mesh or routes not listed in time.
     pub(crate) async fn route_table(
         &self,
-        svc: &ServiceRef,
+        routed: &Routed,
         bound: Duration,
     ) -> Result<Option<Arc<gamma::Compiled>>, MeshError> {
+        if let Some(routes) = routed.routes.get() {
+            return Ok(routes.ready(bound).await);
+        }
         let Source::Kube(discovery) = &self.source else {
             return Ok(None);
         };
-        let ns = svc.namespace();
+        let ns = routed.service.namespace();
         let routes = self.gamma.read().expect("gamma lock").get(ns).cloned();
         let routes = match routes {
             Some(r) => r,
@@ -418,6 +421,7 @@ impl Shared {
                 }
             }
         };
+        let _ = routed.routes.set(routes.clone());
         let compiled = routes.ready(bound).await;
         if compiled.is_none() {
             tracing::debug!(

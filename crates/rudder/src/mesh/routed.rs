@@ -76,6 +76,9 @@ pub(crate) struct Routed {
     pub(crate) last_used: Mutex<Instant>,
     /// When its watches were released after a negative answer.
     pub(crate) released: Mutex<Option<Instant>>,
+    /// Its namespace's HTTPRoutes, found on its first request (so later ones need no map
+    /// lookup).
+    pub(crate) routes: std::sync::OnceLock<Arc<super::gamma::NsRoutes>>,
     /// The name its Pods are verified as over TLS.
     #[cfg(feature = "tls")]
     pub(crate) tls_name: Option<rustls::pki_types::ServerName<'static>>,
@@ -120,6 +123,7 @@ impl Routed {
             used: AtomicBool::new(true),
             last_used: Mutex::new(Instant::now()),
             released: Mutex::new(None),
+            routes: std::sync::OnceLock::new(),
             #[cfg(feature = "tls")]
             tls_name: None,
         }

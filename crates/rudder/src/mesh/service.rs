@@ -209,7 +209,7 @@ where
         ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_) => {
             (routed, None, None)
         }
-        _ => match shared.route_table(&routed.service, bound).await? {
+        _ => match shared.route_table(&routed, bound).await? {
             Some(table) => match shared.http_route(&table, &routed.service, &req)? {
                 Some(choice) => {
                     if !choice.routed.decided(bound, give_up).await && !give_up {
