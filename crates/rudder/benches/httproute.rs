@@ -61,13 +61,7 @@ async fn run() -> Vec<Duration> {
             .await
             .expect("create");
     }
-    let ar = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
+    let ar = ApiResource::erase::<rudder::HttpRoute>(&());
     let routes: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &ar);
     let route: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",

@@ -43,8 +43,8 @@ pub use rudder_balance::{
     UnroutableReason, WatchKind,
 };
 pub use rudder_k8s::{
-    Discovery, DiscoveryBuilder, DiscoveryError, PodWatch, PortSpec, ServiceRef, ServiceRefError,
-    Source as DiscoverySource, Static, Subscription,
+    Discovery, DiscoveryBuilder, DiscoveryError, HttpRoute, PodWatch, PortSpec, ServiceRef,
+    ServiceRefError, Source as DiscoverySource, Static, Subscription,
 };
 
 /// The error type of Rudder's services: the Mesh's own [`MeshError`] or the inner

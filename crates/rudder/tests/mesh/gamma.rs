@@ -33,13 +33,7 @@ async fn versions() -> rudder_testkit::TestCluster {
 }
 
 fn routes(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
+    let ar = ApiResource::erase::<rudder::HttpRoute>(&());
     Api::namespaced_with(client, ns, &ar)
 }
 
@@ -217,6 +211,41 @@ async fn matches_pick_the_rule_and_what_is_not_for_the_service_is_ignored() {
         (Some(&100), Some(&100)),
         "requests matching no rule use the whole Service: {plain:?}"
     );
+
+    // The route picks the Service, the request's subset then picks Pods within it: a route
+    // sending `biz1-v42`'s requests to the whole of `biz1`, and a 4.1 subset.
+    api.create(
+        &PostParams::default(),
+        &route(
+            "v42-to-all",
+            json!({
+                "parentRefs": [{"group": "", "kind": "Service", "name": "biz1-v42"}],
+                "rules": [{"backendRefs": [{"name": "biz1", "port": 8080}]}],
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let mut r = req("http://biz1-v42:8080/");
+            r.extensions_mut()
+                .insert("version=4.1".parse::<rudder::Subset>().unwrap());
+            let reply = get(&mut mesh, r).await.expect("request");
+            if reply.labels.get("version").map(String::as_str) == Some("4.1") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the route, then the subset");
+    for _ in 0..50 {
+        let mut r = req("http://biz1-v42:8080/");
+        r.extensions_mut()
+            .insert("version=4.1".parse::<rudder::Subset>().unwrap());
+        let reply = get(&mut mesh, r).await.expect("request");
+        assert_eq!(reply.labels.get("version").map(String::as_str), Some("4.1"));
+    }
 
     // The route deleted: plain Service routing for every request.
     api.delete("biz1-header", &DeleteParams::default())
