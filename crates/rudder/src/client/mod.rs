@@ -7,16 +7,15 @@
 //!
 //! - HTTP/2 (prior knowledge, `h2c`): one multiplexed connection per Pod, shared by every
 //!   request; concurrent first requests wait for one connect instead of racing. Each request
-//!   is sent with `:authority` set to the Service authority from the
-//!   [`Target`] extension (and no `Host` header), exactly what the Pod
-//!   would see through the ClusterIP.
+//!   is sent with `:authority` set to the Service authority the Mesh keeps in `Host` (and
+//!   no `Host` header), exactly what the Pod would see through the ClusterIP.
 //! - HTTP/1.1: a stack of idle keep-alive connections per Pod; a connection returns to the
 //!   stack once its response body has been read, and idle ones are dropped after the idle
 //!   timeout. Requests go in origin form with `Host` set to the Service authority.
 //!
-//! The endpoint comes from the [`Target`] extension the Mesh sets, else from
-//! the URI (an IP literal is used as is; a name is resolved once per connection, which is
-//! how `ExternalName` Services are reached).
+//! The endpoint comes from the request's URI, where the Mesh puts it (an IP literal is
+//! used as is; a name is resolved once per connection, which is how `ExternalName`
+//! Services are reached).
 //!
 //! With [`PodClientBuilder::tls`] (feature `tls`), `https` requests connect with TLS and
 //! verify the Pod as its Service's name (see [`tls`](crate::tls)); ALPN offers only the
@@ -52,7 +51,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::BoxError;
-use crate::mesh::Target;
 
 /// A response extension: how long the client spent opening a new connection (TCP, and
 /// TLS when used) for this request. The Mesh leaves it out of the latency it records, so a
@@ -440,16 +438,16 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let target = req.extensions().get::<Target>().cloned();
-            let endpoint = match &target {
-                Some(t) => t.endpoint().clone(),
-                None => req
-                    .uri()
-                    .authority()
-                    .cloned()
-                    .ok_or("request URI names no endpoint")?,
+            let endpoint = req
+                .uri()
+                .authority()
+                .cloned()
+                .ok_or("request URI names no endpoint")?;
+            // The Mesh keeps the caller's authority in `Host`.
+            let authority = match req.headers().get(http::header::HOST) {
+                Some(host) => Authority::try_from(host.as_bytes())?,
+                None => endpoint.clone(),
             };
-            let authority = target.map_or_else(|| endpoint.clone(), |t| t.authority().clone());
             let conns = pool.conns(&endpoint);
             conns
                 .last_used

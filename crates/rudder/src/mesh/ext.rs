@@ -1,5 +1,5 @@
-//! Request extensions: what callers set ([`Subset`]) and what the Mesh sets for the inner
-//! service ([`Target`]).
+//! Request extensions callers set ([`Subset`], [`AffinityKey`]), and where the Mesh sent
+//! a request ([`Target`]).
 
 use std::str::FromStr;
 
@@ -37,13 +37,14 @@ impl FromStr for Subset {
     }
 }
 
-/// Where the Mesh sent a request: an extension of the request the inner service gets, and
-/// on the way back [`ResponseBody::target`](crate::ResponseBody::target).
+/// Where the Mesh sent a request, on the way back: [`ResponseBody::target`](crate::ResponseBody::target).
 ///
-/// The request's URI names the endpoint (`http://10.244.0.7:8080/path`), so a connection
-/// pool keyed by URI authority (hyper-util's) keeps one pool per Pod and never resolves a
-/// name; `authority` is what the caller addressed (`hello-svc.default:8080`), which
-/// [`PodClient`](crate::PodClient) restores as `:authority` for HTTP/2.
+/// The inner service finds the same in the request itself, which costs no allocation:
+/// its URI names the endpoint (`http://10.244.0.7:8080/path`), so a connection pool keyed
+/// by URI authority (hyper-util's) keeps one pool per Pod and never resolves a name, and
+/// its `Host` header is what the caller addressed (`hello-svc.default:8080`, unless the
+/// caller set a `Host` of its own), which [`PodClient`](crate::PodClient) restores as
+/// `:authority` for HTTP/2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub(crate) authority: Authority,

@@ -220,35 +220,42 @@ impl NsRoutes {
     /// The compiled routes once the namespace's list is known (or known to be
     /// unavailable), waiting at most `bound`; `None` if that was not enough.
     pub(crate) async fn ready(&self, bound: Duration) -> Option<Arc<Compiled>> {
-        let known = |set: &RouteSet| set.state != RoutesState::Pending;
-        if !known(&self.rx.borrow()) {
-            // Only the first requests of a namespace wait (and clone the receiver).
-            let mut rx = self.rx.clone();
-            let wait = rx.wait_for(|s| known(s));
-            if !matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(_))) {
-                return None;
-            }
+        if let Some(compiled) = self.ready_now() {
+            return Some(compiled);
         }
+        // Only the first requests of a namespace wait (and clone the receiver).
+        let mut rx = self.rx.clone();
+        let wait = rx.wait_for(|s| s.state != RoutesState::Pending);
+        if !matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(_))) {
+            return None;
+        }
+        self.ready_now()
+    }
+
+    /// The compiled routes if the namespace's list is known (or known to be unavailable),
+    /// without waiting; `None` while it is still pending.
+    pub(crate) fn ready_now(&self) -> Option<Arc<Compiled>> {
         // The follower may not have compiled the newest set yet: compile it here, once,
         // for every request after this one too.
         let current = self.compiled.load_full();
         let set = {
             let newest = self.rx.borrow();
+            if newest.state == RoutesState::Pending {
+                return None;
+            }
             if Arc::ptr_eq(&current.source, &newest) {
                 return Some(current);
             }
             newest.clone()
         };
-        {
-            let next = Arc::new(Compiled::from_set(
-                &current.namespace,
-                self.guard,
-                &set,
-                Some(&current),
-            ));
-            self.compiled.store(next.clone());
-            Some(next)
-        }
+        let next = Arc::new(Compiled::from_set(
+            &current.namespace,
+            self.guard,
+            &set,
+            Some(&current),
+        ));
+        self.compiled.store(next.clone());
+        Some(next)
     }
 
     /// The guard's view of this namespace's canaries.

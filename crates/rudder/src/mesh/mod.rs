@@ -15,8 +15,8 @@
 //!    configured split, else the configured subset, else every ready Pod, with the
 //!    configured fallback when it is empty;
 //! 4. picks a Pod with the balancer (weighted P2C over peak EWMA by default) and rewrites
-//!    the URI to the Pod's `ip:port`, keeping the caller's authority in `Host` and in the
-//!    [`Target`] extension; no DNS lookup, no ClusterIP;
+//!    the URI to the Pod's `ip:port`, keeping the caller's authority in `Host`; no DNS
+//!    lookup, no ClusterIP (the response body tells where it went: [`Target`]);
 //! 5. records the outcome: latency to response headers feeds peak EWMA; errors and
 //!    (configurably) 5xx count towards outlier ejection; the request stays counted in
 //!    flight until the response body ends or is dropped ([`ResponseBody`]). A request that
@@ -30,7 +30,7 @@
 //! the Service's authority in `Host`, which the Mesh sets and the client keeps. For
 //! HTTP/2, `:authority` comes from the URI; [`PodClient`](crate::PodClient) (hyper's
 //! `client::conn` with one multiplexed connection per Pod) restores the Service's
-//! authority from [`Target`] before sending, so HTTP/2 Pods see exactly what they would
+//! authority from `Host` as `:authority` before sending, so HTTP/2 Pods see exactly what they would
 //! through the ClusterIP. Any other inner service gets a normal absolute-form request.
 
 mod body;
@@ -430,6 +430,17 @@ impl Shared {
             );
         }
         Ok(compiled)
+    }
+
+    /// [`route_table`](Self::route_table) when it needs no wait: `Some` once the routes
+    /// of `routed`'s namespace are known (or there are none to know), `None` while its
+    /// first request must still subscribe or wait for the list.
+    pub(crate) fn route_table_now(&self, routed: &Routed) -> Option<Option<Arc<gamma::Compiled>>> {
+        match (routed.routes.get(), &self.source) {
+            (Some(routes), _) => routes.ready_now().map(Some),
+            (None, Source::Kube(_)) => None,
+            (None, _) => Some(None),
+        }
     }
 
     /// Where an HTTPRoute attached to `svc` sends `req`: the backend Service's routing

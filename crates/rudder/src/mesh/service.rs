@@ -2,13 +2,17 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use rudder_balance::{EmptyReason, Selector, ServiceState, Snapshot};
+use pin_project_lite::pin_project;
+use rudder_balance::{Attempt, EmptyReason, Selector, ServiceState, Snapshot};
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tower::retry::budget::Budget;
 use tower_service::Service;
@@ -18,7 +22,8 @@ use super::Shared;
 use super::body::ResponseBody;
 use super::error::MeshError;
 use super::ext::{AffinityKey, Subset, Target};
-use super::replay::ReplayBody;
+use super::gamma;
+use super::replay::{Replay, ReplayBody};
 use super::routed::{EndpointExtra, Routed};
 use crate::BoxError;
 use crate::authority;
@@ -69,24 +74,224 @@ impl<S> Mesh<S> {
     }
 }
 
-/// The response future of [`Mesh`]: the wait for the first sync, the pick, the dispatch and
-/// its retries are one `async` state machine, boxed once per request.
-pub struct ResponseFuture<T> {
-    inner: Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>,
+pin_project! {
+    /// The response future of [`Mesh`].
+    ///
+    /// On the steady path (the Service synced, its HTTPRoutes known) the authority is
+    /// resolved, the subset chosen, the endpoint picked and the inner service called
+    /// before `call` returns, and this future only drives the inner service's future,
+    /// with the response timeout, and records the outcome: nothing is boxed. A request
+    /// that has to wait (for a Service's first sync or its namespace's routes), that goes
+    /// to an `ExternalName`, or that is retried continues in a boxed `async` state
+    /// machine instead.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
 }
 
-impl<T> fmt::Debug for ResponseFuture<T> {
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        /// Sent unchanged.
+        Pass {
+            #[pin]
+            fut: S::Future,
+        },
+        /// The first attempt, sent from `call`.
+        Sent {
+            #[pin]
+            fut: S::Future,
+            // Armed when the inner future first waits: the earlier of the response
+            // timeout and the request's deadline.
+            #[pin]
+            timer: Option<Sleep>,
+            sent: Option<Sent<S, B>>,
+        },
+        /// Waits, retries and the rare paths.
+        Boxed {
+            fut: Boxed<S::Response>,
+        },
+        /// Failed before anything was sent.
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+/// The rest of a request that had to wait or retry.
+type Boxed<R> = Pin<Box<dyn Future<Output = Result<Answer<R>, BoxError>> + Send>>;
+
+/// What the first attempt's future keeps to record its outcome or retry.
+struct Sent<S, B> {
+    dispatch: Dispatch<B>,
+    attempt: Attempt,
+    pos: usize,
+    /// The inner service for retries (a clone, when retries are on).
+    retry_with: Option<S>,
+    /// What the timer, once armed, stands for.
+    armed: Option<Armed>,
+}
+
+/// A timer on a request in flight.
+#[derive(Clone, Copy)]
+struct Armed {
+    at: Instant,
+    timeout: Duration,
+    /// The whole request's deadline rather than the attempt's response timeout.
+    whole_request: bool,
+}
+
+/// A response and what its body holds for the Mesh.
+pub(crate) struct Answer<R> {
+    res: R,
+    attempt: Option<Attempt>,
+    target: Option<Target>,
+}
+
+impl<RB> Answer<Response<RB>> {
+    fn passed(res: Response<RB>) -> Self {
+        Self {
+            res,
+            attempt: None,
+            target: None,
+        }
+    }
+
+    fn into_response(self) -> Response<ResponseBody<RB>> {
+        let Self {
+            res,
+            attempt,
+            target,
+        } = self;
+        res.map(|b| ResponseBody::new(b, attempt, target))
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<T> Future for ResponseFuture<T> {
-    type Output = Result<T, BoxError>;
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    type Output = Result<Response<ResponseBody<RB>>, BoxError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let retry = match state.as_mut().project() {
+                StateProj::Pass { fut } => {
+                    let res = std::task::ready!(fut.poll(cx)).map_err(Into::into)?;
+                    return Poll::Ready(Ok(Answer::passed(res).into_response()));
+                }
+                StateProj::Boxed { fut } => {
+                    let answer = std::task::ready!(fut.as_mut().poll(cx))?;
+                    return Poll::Ready(Ok(answer.into_response()));
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+                StateProj::Sent {
+                    fut,
+                    mut timer,
+                    sent,
+                } => {
+                    let result = match fut.poll(cx) {
+                        Poll::Ready(result) => result.map_err(Into::into),
+                        Poll::Pending => {
+                            let s = sent.as_mut().expect("polled after completion");
+                            if timer.is_none() {
+                                let Some(armed) = s.dispatch.timer() else {
+                                    return Poll::Pending;
+                                };
+                                s.armed = Some(armed);
+                                timer.set(Some(tokio::time::sleep_until(armed.at)));
+                            }
+                            let sleep = timer.as_pin_mut().expect("armed above");
+                            std::task::ready!(sleep.poll(cx));
+                            let armed = s.armed.expect("armed above");
+                            let timeout = MeshError::Timeout {
+                                service: s.dispatch.routed.service.to_string(),
+                                timeout: armed.timeout,
+                            };
+                            if armed.whole_request {
+                                // The request's deadline ends it; the attempt is not
+                                // the endpoint's failure.
+                                let s = sent.take().expect("polled after completion");
+                                let result = s.dispatch.finish(Err(timeout.into()));
+                                if let Err(e) = &result {
+                                    count(&s.dispatch.shared, e);
+                                }
+                                return Poll::Ready(result.map(Answer::into_response));
+                            }
+                            Err(timeout.into())
+                        }
+                    };
+                    let Sent {
+                        mut dispatch,
+                        attempt,
+                        pos,
+                        retry_with,
+                        ..
+                    } = sent.take().expect("polled after completion");
+                    let step = match result {
+                        Ok(res) => dispatch.responded(res, attempt, pos),
+                        Err(e) => dispatch.errored(e, attempt, pos),
+                    };
+                    match (step, retry_with) {
+                        (Step::Done(result), _) => {
+                            let result = dispatch.finish(result);
+                            if let Err(e) = &result {
+                                count(&dispatch.shared, e);
+                            }
+                            return Poll::Ready(result.map(Answer::into_response));
+                        }
+                        (Step::Retry, Some(inner)) => retried(dispatch, inner),
+                        (Step::Retry, None) => unreachable!("retries keep the inner service"),
+                    }
+                }
+            };
+            state.set(State::Boxed { fut: retry });
+        }
     }
+}
+
+/// The rest of a request whose first attempt asked for a retry.
+fn retried<S, B, RB>(mut dispatch: Dispatch<B>, mut inner: S) -> Boxed<Response<RB>>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    Box::pin(async move {
+        let result = dispatch.attempts(&mut inner, None).await;
+        let result = dispatch.finish(result);
+        if let Err(e) = &result {
+            count(&dispatch.shared, e);
+        }
+        result
+    })
 }
 
 impl<S, B, RB> Service<Request<B>> for Mesh<S>
@@ -100,60 +305,236 @@ where
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<Self::Response>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The ready service goes with this request; the clone serves the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let inner = Box::pin(counted(self.shared.clone(), inner, req));
-        ResponseFuture { inner }
+        let state = match self.steady(req) {
+            Steady::Sent(state) => state,
+            Steady::Waits(req, addressed, routing) => {
+                // The ready service goes with this request; the clone serves the next one.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let shared = self.shared.clone();
+                State::Boxed {
+                    fut: Box::pin(async move {
+                        let result = route(&shared, inner, req, addressed, routing).await;
+                        if let Err(e) = &result {
+                            count(&shared, e);
+                        }
+                        result
+                    }),
+                }
+            }
+        };
+        ResponseFuture { state }
     }
 }
 
-/// Sends `req` to the inner service unchanged.
-async fn pass<S, B, RB>(inner: S, req: Request<B>) -> Result<Response<ResponseBody<RB>>, BoxError>
+/// What the steady path did with a request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per request and moved straight into the response future"
+)]
+enum Steady<S, B>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-    B: http_body::Body,
+    S: Service<Request<ReplayBody<B>>>,
 {
-    let req = req.map(|b| ReplayBody::first(b, 0).0);
-    let res = inner.oneshot(req).await.map_err(Into::into)?;
-    Ok(res.map(|b| ResponseBody::new(b, None, None)))
+    /// Sent (or failed).
+    Sent(State<S, B>),
+    /// It must wait: handed back with what was decided so far.
+    Waits(Request<B>, Option<Addressed>, Option<Routing>),
 }
 
-/// [`route`], counting the Mesh's own failures.
-async fn counted<S, B, RB>(
-    shared: Arc<Shared>,
-    inner: S,
-    req: Request<B>,
-) -> Result<Response<ResponseBody<RB>>, BoxError>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let result = route(&shared, inner, req).await;
-    if let Err(e) = &result
-        && let Some(e) = e.downcast_ref::<MeshError>()
+impl<S> Mesh<S> {
+    /// The request path without waiting: the inner service is called here, or the request
+    /// is handed back with what was decided so far when something must be awaited.
+    fn steady<B, RB>(&mut self, req: Request<B>) -> Steady<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+        S::Error: Into<BoxError>,
+        B: http_body::Body,
     {
+        let shared = &self.shared;
+        let failed = |e: BoxError| {
+            count(shared, &e);
+            Steady::Sent(State::Failed { error: Some(e) })
+        };
+        let addressed = match resolve(shared, &req) {
+            Ok(Resolution::Service(a)) => a,
+            Ok(Resolution::Pass) => return Steady::Sent(self.pass(req)),
+            Err(e) => return failed(e.into()),
+        };
+        if !addressed.routed.is_decided() {
+            return Steady::Waits(req, Some(addressed), None);
+        }
+        let routing = match routing_now(shared, &addressed.routed, &req) {
+            Some(Ok(routing)) => routing,
+            Some(Err(e)) => return failed(e.into()),
+            None => return Steady::Waits(req, Some(addressed), None),
+        };
+        if !routing.routed.is_decided() {
+            return Steady::Waits(req, Some(addressed), Some(routing));
+        }
+        let chosen = match plan(shared, &addressed, &routing.routed, &req, None) {
+            Ok(Plan::Send(chosen)) => chosen,
+            Ok(Plan::Pass) => return Steady::Sent(self.pass(req)),
+            // Rare: the general path sends it.
+            Ok(Plan::ExternalName) => return Steady::Waits(req, Some(addressed), Some(routing)),
+            Err(e) => return failed(e),
+        };
+        let retry_with = (shared.settings.max_retries > 0).then(|| self.inner.clone());
+        let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
+        let (req, attempt, pos) = match dispatch.next(Some(first)) {
+            Ok(next) => next,
+            Err(e) => return failed(e),
+        };
+        Steady::Sent(State::Sent {
+            fut: self.inner.call(req),
+            timer: None,
+            sent: Some(Sent {
+                dispatch,
+                attempt,
+                pos,
+                retry_with,
+                armed: None,
+            }),
+        })
+    }
+
+    fn pass<B>(&mut self, req: Request<B>) -> State<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+        B: http_body::Body,
+    {
+        State::Pass {
+            fut: self.inner.call(req.map(ReplayBody::new)),
+        }
+    }
+}
+
+/// Counts a request the Mesh itself failed.
+fn count(shared: &Shared, e: &BoxError) {
+    if let Some(e) = e.downcast_ref::<MeshError>() {
         shared.telemetry.mesh_error(e);
     }
-    result
 }
 
-async fn route<S, B, RB>(
+/// A request's Service, as its authority resolved.
+struct Addressed {
+    routed: Arc<Routed>,
+    /// A short name (`web`, `web.ns`), which goes out as written when it names no Service.
+    short: bool,
+    /// The authority as a `Host` value, made once rather than per request.
+    host: HeaderValue,
+    /// The cached authority: cloning it shares its bytes instead of copying the request's.
+    authority: Authority,
+}
+
+enum Resolution {
+    /// Not a Service: sent unchanged.
+    Pass,
+    Service(Addressed),
+}
+
+fn resolve<B>(shared: &Shared, req: &Request<B>) -> Result<Resolution, MeshError> {
+    let Some(authority) = authority::of_request(req) else {
+        return Err(MeshError::MissingAuthority);
+    };
+    match shared.resolve(&authority, req.uri())? {
+        Resolved::Other if shared.settings.pass_through => Ok(Resolution::Pass),
+        Resolved::Other => Err(MeshError::NotAService {
+            authority: authority.to_string(),
+        }),
+        Resolved::Service {
+            routed,
+            short,
+            host,
+            authority,
+        } => Ok(Resolution::Service(Addressed {
+            routed,
+            short,
+            host,
+            authority,
+        })),
+    }
+}
+
+/// Where a request goes once the HTTPRoutes attached to its Service had their say.
+struct Routing {
+    /// The Service the request goes to: its own, or a route's backend.
+    routed: Arc<Routed>,
+    /// The matched rule's request timeout.
+    timeout: Option<Duration>,
+    /// The matched rule and backend, whose outcome the canary guard counts.
+    rule: Option<(Arc<gamma::Target>, usize)>,
+}
+
+impl Routing {
+    fn direct(routed: Arc<Routed>) -> Self {
+        Self {
+            routed,
+            timeout: None,
+            rule: None,
+        }
+    }
+}
+
+/// Whether the HTTPRoutes are asked: only once the Service answered, so an API that
+/// cannot be reached fails fast as before.
+fn asks_routes(routed: &Routed) -> bool {
+    !matches!(
+        routed.pool.snapshot().set().state(),
+        ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_)
+    )
+}
+
+/// Where the HTTPRoutes attached to `routed`'s Service send `req`, when nothing needs awaiting; `None` when the namespace's routes are not
+/// known yet.
+fn routing_now<B>(
     shared: &Shared,
+    routed: &Arc<Routed>,
+    req: &Request<B>,
+) -> Option<Result<Routing, MeshError>> {
+    if !asks_routes(routed) {
+        return Some(Ok(Routing::direct(routed.clone())));
+    }
+    let table = shared.route_table_now(routed)?;
+    Some(choose_route(shared, routed, table.as_deref(), req))
+}
+
+fn choose_route<B>(
+    shared: &Shared,
+    routed: &Arc<Routed>,
+    table: Option<&gamma::Compiled>,
+    req: &Request<B>,
+) -> Result<Routing, MeshError> {
+    let choice = match table {
+        Some(table) => shared.http_route(table, &routed.service, req)?,
+        None => None,
+    };
+    Ok(match choice {
+        Some(c) => Routing {
+            routed: c.routed,
+            timeout: c.timeout,
+            rule: Some(c.rule),
+        },
+        None => Routing::direct(routed.clone()),
+    })
+}
+
+/// The general request path: everything [`Mesh::steady`] does, waiting where it must.
+/// `addressed` and `routing` are what the steady path decided before it had to wait.
+async fn route<S, B, RB>(
+    shared: &Arc<Shared>,
     inner: S,
     req: Request<B>,
-) -> Result<Response<ResponseBody<RB>>, BoxError>
+    addressed: Option<Addressed>,
+    routing: Option<Routing>,
+) -> Result<Answer<Response<RB>>, BoxError>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send,
     S::Error: Into<BoxError>,
@@ -162,97 +543,171 @@ where
     B::Error: Into<BoxError>,
 {
     let settings = &shared.settings;
-    let resolved = {
-        let Some(authority) = authority::of_request(&req) else {
-            return Err(MeshError::MissingAuthority.into());
-        };
-        match shared.resolve(&authority, req.uri())? {
-            Resolved::Other if !settings.pass_through => {
-                return Err(MeshError::NotAService {
-                    authority: authority.to_string(),
-                }
-                .into());
-            }
-            resolved => resolved,
-        }
+    let addressed = match addressed {
+        Some(a) => a,
+        None => match resolve(shared, &req)? {
+            Resolution::Service(a) => a,
+            Resolution::Pass => return send_unchanged(inner, req).await,
+        },
     };
-    // The cached authority: cloning it shares its bytes instead of copying the request's.
-    let Resolved::Service {
-        routed,
-        short,
-        host,
-        authority,
-    } = resolved
-    else {
-        return pass(inner, req).await;
-    };
-    // An HTTPRoute attached to the Service may send the request to another Service.
     // The per-request timeout covers the wait for the first sync too.
-    let began = tokio::time::Instant::now();
+    let began = Instant::now();
     let timeout = settings.timeout;
     let (bound, give_up) = match timeout {
         Some(t) if t < settings.sync_timeout => (t, false),
         _ => (settings.sync_timeout, true),
     };
-    // Read the clock only when there may be a wait to report.
-    let started = (!routed.is_decided()).then(tokio::time::Instant::now);
-    if !routed.decided(bound, give_up).await && !give_up {
-        return Err(MeshError::Timeout {
+    let started = (!addressed.routed.is_decided()).then(Instant::now);
+    let decided = |routed: &Arc<Routed>| {
+        let routed = routed.clone();
+        async move {
+            if !routed.decided(bound, give_up).await && !give_up {
+                return Err(MeshError::Timeout {
+                    service: routed.service.to_string(),
+                    timeout: timeout.unwrap_or_default(),
+                });
+            }
+            Ok(())
+        }
+    };
+    decided(&addressed.routed).await?;
+    let routing = match routing {
+        Some(r) => r,
+        None if !asks_routes(&addressed.routed) => Routing::direct(addressed.routed.clone()),
+        None => {
+            // No borrow of the request across the wait: `B` need not be `Sync`.
+            let table = shared.route_table(&addressed.routed, bound).await?;
+            choose_route(shared, &addressed.routed, table.as_deref(), &req)?
+        }
+    };
+    decided(&routing.routed).await?;
+    let routed = &routing.routed;
+    let chosen = match plan(shared, &addressed, routed, &req, started)? {
+        Plan::Send(chosen) => chosen,
+        Plan::Pass => return send_unchanged(inner, req).await,
+        Plan::ExternalName => return external_name(inner, req, &addressed, routed).await,
+    };
+    let mut inner = inner;
+    let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
+    if let Some(t) = dispatch.deadline.as_mut() {
+        // The wait for the first sync counts.
+        t.0 = began + t.1;
+    }
+    let result = dispatch.attempts(&mut inner, Some(first)).await;
+    dispatch.finish(result)
+}
+
+/// Sends `req` to the inner service unchanged.
+async fn send_unchanged<S, B, RB>(
+    inner: S,
+    req: Request<B>,
+) -> Result<Answer<Response<RB>>, BoxError>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    let res = inner
+        .oneshot(req.map(ReplayBody::new))
+        .await
+        .map_err(Into::into)?;
+    Ok(Answer::passed(res))
+}
+
+/// Kubernetes answers an `ExternalName` Service with a CNAME: same request, same `Host`,
+/// sent to the external name's address.
+async fn external_name<S, B, RB>(
+    inner: S,
+    req: Request<B>,
+    addressed: &Addressed,
+    routed: &Routed,
+) -> Result<Answer<Response<RB>>, BoxError>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    let snapshot = routed.pool.snapshot();
+    let ServiceState::ExternalName(name) = snapshot.set().state() else {
+        // The Service changed since the plan: start over.
+        return Err(MeshError::NoEndpoints {
             service: routed.service.to_string(),
-            timeout: timeout.unwrap_or_default(),
+            subset: String::new(),
+            reason: "the Service stopped being an ExternalName".into(),
         }
         .into());
-    }
-    // An HTTPRoute attached to the Service may send the request to another Service. Asked
-    // only once the Service answered: an API that cannot be reached fails fast as before.
-    let (routed, route_timeout, rule) = match routed.pool.snapshot().set().state() {
-        ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_) => {
-            (routed, None, None)
-        }
-        _ => match shared.route_table(&routed, bound).await? {
-            Some(table) => match shared.http_route(&table, &routed.service, &req)? {
-                Some(choice) => {
-                    if !choice.routed.decided(bound, give_up).await && !give_up {
-                        return Err(MeshError::Timeout {
-                            service: choice.routed.service.to_string(),
-                            timeout: timeout.unwrap_or_default(),
-                        }
-                        .into());
-                    }
-                    (choice.routed, choice.timeout, Some(choice.rule))
-                }
-                None => (routed, None, None),
-            },
-            None => (routed, None, None),
-        },
     };
+    let authority = &addressed.authority;
+    let port = authority::port_of(authority, req.uri());
+    let endpoint: Authority =
+        format!("{name}:{port}")
+            .parse()
+            .map_err(|e| MeshError::NoEndpoints {
+                service: routed.service.to_string(),
+                subset: String::new(),
+                reason: format!("invalid externalName {name:?}: {e}"),
+            })?;
+    let target = Target {
+        authority: authority.clone(),
+        endpoint: endpoint.clone(),
+    };
+    let req = retarget(req, &addressed.host, endpoint)?;
+    let res = inner
+        .oneshot(req.map(ReplayBody::new))
+        .await
+        .map_err(Into::into)?;
+    Ok(Answer {
+        res,
+        attempt: None,
+        target: Some(target),
+    })
+}
+
+/// What to do with a request for a decided Service.
+enum Plan {
+    /// Send it to an endpoint of this subset.
+    Send(Chosen),
+    /// Send it unchanged (the Service is not there, or not ours to look at).
+    Pass,
+    /// Send it to the `ExternalName` Service's name.
+    ExternalName,
+}
+
+/// Decides from the Service's state what happens to `req`, and for an active Service
+/// which subset it may go to. `waiting` is when the request began waiting for the
+/// Service's first sync, if it had to.
+fn plan<B>(
+    shared: &Shared,
+    addressed: &Addressed,
+    routed: &Routed,
+    req: &Request<B>,
+    waiting: Option<Instant>,
+) -> Result<Plan, BoxError> {
+    let settings = &shared.settings;
     let svc = &routed.service;
     let service = || svc.to_string();
     routed.touch();
-    // A matched rule's own request timeout replaces the Mesh's.
-    let timeout = route_timeout.or(timeout);
-    let deadline = timeout.map(|t| began + t);
     let snapshot = routed.pool.snapshot();
-    let unsynced = |last_error: Option<String>| -> Result<(), BoxError> {
-        Err(MeshError::NotSynced {
+    let unsynced = |last_error: Option<String>| -> BoxError {
+        MeshError::NotSynced {
             service: service(),
-            waited: started.map(|s| s.elapsed()).unwrap_or_default(),
+            waited: waiting.map(|s| s.elapsed()).unwrap_or_default(),
             last_error: last_error.or_else(|| routed.last_error()),
         }
-        .into())
+        .into()
     };
     match snapshot.set().state() {
         ServiceState::Pending | ServiceState::Unreachable(_) if settings.dns_fallback => {
             shared.telemetry.dns_fallback(svc);
             tracing::debug!(service = %service(), "discovery not synced; sending through cluster DNS");
-            return pass(inner, req).await;
+            return Ok(Plan::Pass);
         }
-        ServiceState::Pending => unsynced(None)?,
-        ServiceState::Unreachable(e) => unsynced(Some(e.clone()))?,
+        ServiceState::Pending => return Err(unsynced(None)),
+        ServiceState::Unreachable(e) => return Err(unsynced(Some(e.clone()))),
         // Not allowed to look: as if Rudder were not there (a short name goes out as
         // written, a full one through cluster DNS when the fallback is on).
-        ServiceState::Forbidden(_) if short || settings.dns_fallback => {
-            return pass(inner, req).await;
+        ServiceState::Forbidden(_) if addressed.short || settings.dns_fallback => {
+            return Ok(Plan::Pass);
         }
         ServiceState::Forbidden(message) => {
             return Err(MeshError::Forbidden {
@@ -261,36 +716,16 @@ where
             }
             .into());
         }
-        ServiceState::NotFound if short => return pass(inner, req).await,
+        ServiceState::NotFound if addressed.short => return Ok(Plan::Pass),
         ServiceState::NotFound => {
             return Err(MeshError::ServiceNotFound { service: service() }.into());
         }
-        ServiceState::ExternalName(name) => {
-            // Kubernetes answers an ExternalName Service with a CNAME: same request, same
-            // Host, sent to the external name's address.
-            let port = authority::port_of(&authority, req.uri());
-            let endpoint: Authority =
-                format!("{name}:{port}")
-                    .parse()
-                    .map_err(|e| MeshError::NoEndpoints {
-                        service: service(),
-                        subset: String::new(),
-                        reason: format!("invalid externalName {name:?}: {e}"),
-                    })?;
-            let target = Target {
-                authority: authority.clone(),
-                endpoint: endpoint.clone(),
-            };
-            let req = retarget(req, &authority, &host, endpoint)?;
-            let req = req.map(|b| ReplayBody::first(b, 0).0);
-            let res = inner.oneshot(req).await.map_err(Into::into)?;
-            return Ok(res.map(|b| ResponseBody::new(b, None, Some(target))));
-        }
+        ServiceState::ExternalName(_) => return Ok(Plan::ExternalName),
         // Active, and anything newer.
         _ => {}
     }
 
-    let choice = choose_subset(shared, &req)?;
+    let choice = choose_subset(shared, req)?;
     let selector = choice.selector();
     let picked =
         snapshot
@@ -312,45 +747,20 @@ where
             .extensions()
             .get::<AffinityKey>()
             .copied()
-            .or_else(|| settings.affinity.as_ref().and_then(|a| a.key(&req)))
+            .or_else(|| settings.affinity.as_ref().and_then(|a| a.key(req)))
             .map(|k| k.hash()),
         _ => None,
     };
-
     let slot = shared.telemetry.slot(selector);
     if tracing::enabled!(tracing::Level::DEBUG) {
         tracing::debug!(service = %svc, subset = %selector, fell_back = picked.fell_back(), "routing");
     }
-    drop(choice);
-    let chosen = Chosen {
+    Ok(Plan::Send(Chosen {
         picked,
         snapshot,
         slot,
         key,
-    };
-    // One dispatch future, awaited in place: moving it (it holds the inner service's
-    // future) would copy kilobytes per request.
-    let sent = dispatch(shared, &routed, inner, req, authority, host, chosen);
-    let result = match deadline {
-        None => sent.await,
-        Some(deadline) => tokio::time::timeout_at(deadline, sent)
-            .await
-            .unwrap_or_else(|_| {
-                Err(MeshError::Timeout {
-                    service: service(),
-                    timeout: timeout.unwrap_or_default(),
-                }
-                .into())
-            }),
-    };
-    // The canary guard counts what the backend an HTTPRoute chose did with the request.
-    if let Some((rule, index)) = rule {
-        let failed = result
-            .as_ref()
-            .map_or(true, |res| res.status().is_server_error());
-        rule.record(index, failed);
-    }
-    result
+    }))
 }
 
 /// A copy of `req`'s head with `body`.
@@ -389,204 +799,346 @@ struct Chosen {
     key: Option<u64>,
 }
 
-/// Picks, sends and records, retrying on another endpoint when the request never reached
-/// an application.
-async fn dispatch<S, B, RB>(
-    shared: &Shared,
-    routed: &Arc<Routed>,
-    mut inner: S,
-    req: Request<B>,
+/// What one attempt ended in.
+enum Step<R> {
+    Done(Result<Answer<R>, BoxError>),
+    /// Send again, to another endpoint.
+    Retry,
+}
+
+/// One request's attempts: picks, sends and records, retrying on another endpoint when the
+/// request never reached an application (or, opted in, on a listed status).
+struct Dispatch<B> {
+    shared: Arc<Shared>,
+    routed: Arc<Routed>,
     authority: Authority,
-    host: http::HeaderValue,
+    host: HeaderValue,
     chosen: Chosen,
-) -> Result<Response<ResponseBody<RB>>, BoxError>
+    /// The matched HTTPRoute rule and backend, for the canary guard.
+    rule: Option<(Arc<gamma::Target>, usize)>,
+    /// When the whole request times out, and the timeout it came from.
+    deadline: Option<(Instant, Duration)>,
+    /// What rebuilding the request for another attempt needs: its head, and its body as
+    /// kept while the first attempt sends it (up to the cap).
+    head: Option<Request<()>>,
+    replay: Option<Replay<B>>,
+    body_was_empty: bool,
+    idempotent: bool,
+    https: bool,
+    attempt_no: u32,
+    /// Endpoints this request already failed on; retries go elsewhere.
+    failed: Vec<usize>,
+    tried: Vec<SocketAddr>,
+}
+
+impl<B> Dispatch<B>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: http_body::Body,
 {
-    let settings = &shared.settings;
-    let Chosen {
-        picked,
-        snapshot,
-        slot,
-        key,
-    } = chosen;
-    let pool = &routed.pool;
-    let telemetry = &shared.telemetry;
-    // What rebuilding the request for another attempt needs: its head, and its body as
-    // kept while the first attempt sends it (up to the cap).
-    let retries = settings.max_retries > 0;
-    let head = retries.then(|| with_body(&req, ()));
-    let idempotent = is_idempotent(req.method());
-    let https = req.uri().scheme() == Some(&Scheme::HTTPS);
-    #[cfg(feature = "tls")]
-    let tls = settings
-        .tls
-        .as_ref()
-        .zip(routed.tls_name.as_ref())
-        .filter(|_| https);
-    let cap = if retries { settings.max_replay_body } else { 0 };
-    let mut replay = None;
-    let body_was_empty = req.body().is_end_stream();
-    let mut req = Some(req.map(|b| {
-        let (body, kept) = ReplayBody::first(b, cap);
-        replay = kept;
-        body
-    }));
-    if retries {
-        shared.budget.deposit();
+    /// Prepares `req`'s attempts; returns it with the body the first attempt sends.
+    fn new(
+        shared: &Arc<Shared>,
+        addressed: Addressed,
+        routing: Routing,
+        chosen: Chosen,
+        req: Request<B>,
+    ) -> (Self, Request<ReplayBody<B>>) {
+        let settings = &shared.settings;
+        let retries = settings.max_retries > 0;
+        // A matched rule's own request timeout replaces the Mesh's.
+        let deadline = routing
+            .timeout
+            .or(settings.timeout)
+            .map(|t| (Instant::now() + t, t));
+        let cap = if retries { settings.max_replay_body } else { 0 };
+        let body_was_empty = req.body().is_end_stream();
+        let head = retries.then(|| with_body(&req, ()));
+        let idempotent = is_idempotent(req.method());
+        let https = req.uri().scheme() == Some(&Scheme::HTTPS);
+        let mut replay = None;
+        let req = req.map(|b| {
+            let (body, kept) = ReplayBody::first(b, cap);
+            replay = kept;
+            body
+        });
+        if retries {
+            shared.budget.deposit();
+        }
+        let dispatch = Self {
+            shared: shared.clone(),
+            routed: routing.routed,
+            authority: addressed.authority,
+            host: addressed.host,
+            chosen,
+            rule: routing.rule,
+            deadline,
+            head,
+            replay,
+            body_was_empty,
+            idempotent,
+            https,
+            attempt_no: 0,
+            failed: Vec::new(),
+            tried: Vec::new(),
+        };
+        (dispatch, req)
     }
-    // Endpoints this request already failed on; retries go elsewhere.
-    let mut failed: Vec<usize> = Vec::new();
-    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
-    let mut attempt_no = 0u32;
-    loop {
-        attempt_no += 1;
+
+    /// Picks the next attempt's endpoint and starts it: the request to send (`first`, or
+    /// a copy for a retry), its attempt and the endpoint's position.
+    fn next(
+        &mut self,
+        first: Option<Request<ReplayBody<B>>>,
+    ) -> Result<(Request<ReplayBody<B>>, Attempt, usize), BoxError> {
+        self.attempt_no += 1;
+        let pool = &self.routed.pool;
+        let Chosen {
+            picked,
+            snapshot,
+            key,
+            ..
+        } = &self.chosen;
         let pos = pool
-            .pick_avoiding(&snapshot, &picked, key, &failed)
+            .pick_avoiding(snapshot, picked, *key, &self.failed)
             .ok_or_else(|| MeshError::NoEndpoints {
-                service: routed.service.to_string(),
+                service: self.routed.service.to_string(),
                 subset: String::new(),
                 reason: "every endpoint of the subset has weight 0".into(),
             })?;
         let extra = snapshot.extra(pos);
         #[cfg(feature = "tls")]
-        if let Some((tls, name)) = tls {
+        if self.https
+            && let (Some(tls), Some(name)) = (&self.shared.settings.tls, &self.routed.tls_name)
+        {
             // The connector verifies this Pod as its Service's name.
             tls.names().ensure(&extra.authority, name);
         }
-        let mut attempt = pool.start(&snapshot, pos);
-        let endpoint = attempt.addr();
+        let attempt = pool.start(snapshot, pos);
         #[cfg(feature = "port-forward")]
-        if let (Some(pf), Some(pod)) = (&settings.port_forward, &extra.pod) {
+        if let (Some(pf), Some(pod)) = (&self.shared.settings.port_forward, &extra.pod) {
             // The connector opens its tunnels to this Pod while the endpoint lives.
+            let endpoint = attempt.addr();
             extra
                 .tunnel
-                .get_or_init(|| pf.register(endpoint, routed.service.namespace(), pod));
+                .get_or_init(|| pf.register(endpoint, self.routed.service.namespace(), pod));
         }
-        tracing::trace!(service = %routed.service, %endpoint, attempt = attempt_no, "sending");
-        let this = match req.take() {
+        tracing::trace!(service = %self.routed.service, endpoint = %attempt.addr(), attempt = self.attempt_no, "sending");
+        let req = match first {
             Some(r) => r,
             None => {
-                // A retry: only chosen below when the head was kept and the body can
-                // be sent again.
-                let body = match &replay {
+                // A retry: only chosen when the head was kept and the body can be sent
+                // again.
+                let body = match &self.replay {
                     Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
                     None => ReplayBody::empty(),
                 };
-                with_body(head.as_ref().expect("retries keep the head"), body)
+                with_body(self.head.as_ref().expect("retries keep the head"), body)
             }
         };
-        let this = retarget(this, &authority, &host, extra.authority.clone())?;
-        let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
-        let result = match (ready, settings.response_timeout) {
-            (Ok(svc), None) => svc.call(this).await.map_err(Into::into),
-            (Ok(svc), Some(limit)) => match tokio::time::timeout(limit, svc.call(this)).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(MeshError::Timeout {
-                    service: routed.service.to_string(),
-                    timeout: limit,
-                }
-                .into()),
-            },
-            (Err(e), _) => Err(e),
-        };
-        match result {
-            Ok(res) => {
-                let failure = settings.failure_on_5xx && res.status().is_server_error();
-                // Opening a connection is not the Pod's latency.
-                let setup = res
-                    .extensions()
-                    .get::<crate::ConnectTime>()
-                    .map_or(std::time::Duration::ZERO, |c| c.0);
-                let latency = attempt.responded_excluding(failure, setup);
-                let outcome = if failure {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                telemetry.request(
-                    &routed.label,
-                    &extra.telemetry,
-                    endpoint,
-                    slot,
-                    outcome,
-                    latency,
-                );
-                // The opt-in retry on status codes: idempotent requests only, within the
-                // same limits and budget as every retry.
-                let retry = !settings.retry_statuses.is_empty()
-                    && idempotent
-                    && settings.retry_statuses.contains(&res.status())
-                    && head.is_some()
-                    && replay.as_ref().map_or(body_was_empty, |r| r.can_replay())
-                    && attempt_no <= settings.max_retries
-                    && picked.len() > failed.len() + 1
-                    && shared.budget.withdraw();
-                if retry {
-                    tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
-                    drop((res, attempt));
-                    telemetry.retry(&routed.label);
-                    tried.push(endpoint);
-                    failed.push(pos);
-                    continue;
-                }
-                let target = Target {
-                    authority,
-                    endpoint: extra.authority.clone(),
-                };
-                return Ok(res.map(|b| ResponseBody::new(b, Some(attempt), Some(target))));
-            }
-            Err(e) => {
-                let elapsed = attempt.failed();
-                telemetry.request(
-                    &routed.label,
-                    &extra.telemetry,
-                    endpoint,
-                    slot,
-                    Outcome::Error,
-                    elapsed,
-                );
-                tried.push(endpoint);
-                // The body can go again if it was empty or everything read was kept.
-                let body_again = match &replay {
-                    None => body_was_empty,
-                    Some(r) => r.can_replay(),
-                };
-                // Idempotent requests are retried when no response came; others only
-                // when the connection was never made, so no application saw them.
-                let unseen = if idempotent {
-                    crate::error::never_reached_application(&*e)
-                } else {
-                    crate::error::never_connected(&*e)
-                };
-                let retry = head.is_some()
-                    && body_again
-                    && attempt_no <= settings.max_retries
-                    && unseen
-                    && picked.len() > failed.len() + 1
-                    && shared.budget.withdraw();
-                if !retry {
-                    // The Mesh's own (a response timeout) stays as it is.
-                    if e.is::<MeshError>() {
-                        return Err(e);
-                    }
-                    return Err(MeshError::Failed {
-                        service: routed.service.to_string(),
-                        tried,
-                        hint: crate::error::hint(&*e, https),
-                        source: e,
-                    }
-                    .into());
-                }
-                telemetry.retry(&routed.label);
-                tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
-                failed.push(pos);
-            }
+        let req = retarget(req, &self.host, extra.authority.clone())?;
+        Ok((req, attempt, pos))
+    }
+
+    /// When the attempt in flight times out: the earlier of the response timeout (from
+    /// now) and the request's deadline.
+    fn timer(&self) -> Option<Armed> {
+        let attempt = self.shared.settings.response_timeout.map(|l| Armed {
+            at: Instant::now() + l,
+            timeout: l,
+            whole_request: false,
+        });
+        let whole = self.deadline.map(|(at, timeout)| Armed {
+            at,
+            timeout,
+            whole_request: true,
+        });
+        match (attempt, whole) {
+            (Some(a), Some(w)) => Some(if a.at <= w.at { a } else { w }),
+            (a, w) => a.or(w),
         }
+    }
+
+    /// Records a response and decides whether it is the answer.
+    fn responded<RB>(
+        &mut self,
+        res: Response<RB>,
+        mut attempt: Attempt,
+        pos: usize,
+    ) -> Step<Response<RB>> {
+        let settings = &self.shared.settings;
+        let failure = settings.failure_on_5xx && res.status().is_server_error();
+        // Opening a connection is not the Pod's latency.
+        let setup = res
+            .extensions()
+            .get::<crate::ConnectTime>()
+            .map_or(Duration::ZERO, |c| c.0);
+        let latency = attempt.responded_excluding(failure, setup);
+        let outcome = if failure {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let extra = self.chosen.snapshot.extra(pos);
+        let endpoint = attempt.addr();
+        self.shared.telemetry.request(
+            &self.routed.label,
+            &extra.telemetry,
+            endpoint,
+            self.chosen.slot,
+            outcome,
+            latency,
+        );
+        // The opt-in retry on status codes: idempotent requests only, within the same
+        // limits and budget as every retry.
+        let retry = !settings.retry_statuses.is_empty()
+            && self.idempotent
+            && settings.retry_statuses.contains(&res.status())
+            && self.head.is_some()
+            && self
+                .replay
+                .as_ref()
+                .map_or(self.body_was_empty, |r| r.can_replay())
+            && self.attempt_no <= settings.max_retries
+            && self.chosen.picked.len() > self.failed.len() + 1
+            && self.shared.budget.withdraw();
+        if retry {
+            tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
+            drop((res, attempt));
+            self.shared.telemetry.retry(&self.routed.label);
+            self.tried.push(endpoint);
+            self.failed.push(pos);
+            return Step::Retry;
+        }
+        let target = Target {
+            authority: self.authority.clone(),
+            endpoint: extra.authority.clone(),
+        };
+        Step::Done(Ok(Answer {
+            res,
+            attempt: Some(attempt),
+            target: Some(target),
+        }))
+    }
+
+    /// Records a failed attempt and decides whether to try another endpoint.
+    fn errored<R>(&mut self, e: BoxError, attempt: Attempt, pos: usize) -> Step<R> {
+        let settings = &self.shared.settings;
+        let endpoint = attempt.addr();
+        let elapsed = attempt.failed();
+        let extra = self.chosen.snapshot.extra(pos);
+        self.shared.telemetry.request(
+            &self.routed.label,
+            &extra.telemetry,
+            endpoint,
+            self.chosen.slot,
+            Outcome::Error,
+            elapsed,
+        );
+        self.tried.push(endpoint);
+        // The body can go again if it was empty or everything read was kept.
+        let body_again = match &self.replay {
+            None => self.body_was_empty,
+            Some(r) => r.can_replay(),
+        };
+        // Idempotent requests are retried when no response came; others only when the
+        // connection was never made, so no application saw them.
+        let unseen = if self.idempotent {
+            crate::error::never_reached_application(&*e)
+        } else {
+            crate::error::never_connected(&*e)
+        };
+        let retry = self.head.is_some()
+            && body_again
+            && self.attempt_no <= settings.max_retries
+            && unseen
+            && self.chosen.picked.len() > self.failed.len() + 1
+            && self.shared.budget.withdraw();
+        if !retry {
+            // The Mesh's own (a timeout) stays as it is.
+            if e.is::<MeshError>() {
+                return Step::Done(Err(e));
+            }
+            return Step::Done(Err(MeshError::Failed {
+                service: self.routed.service.to_string(),
+                tried: std::mem::take(&mut self.tried),
+                hint: crate::error::hint(&*e, self.https),
+                source: e,
+            }
+            .into()));
+        }
+        self.shared.telemetry.retry(&self.routed.label);
+        tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
+        self.failed.push(pos);
+        Step::Retry
+    }
+
+    /// Sends attempts until one is the answer, within the request's deadline; `first` is
+    /// the first attempt's request, or `None` when retrying.
+    async fn attempts<S, RB>(
+        &mut self,
+        inner: &mut S,
+        first: Option<Request<ReplayBody<B>>>,
+    ) -> Result<Answer<Response<RB>>, BoxError>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        S::Error: Into<BoxError>,
+    {
+        let deadline = self.deadline;
+        let run = async {
+            let mut first = first;
+            loop {
+                let (req, attempt, pos) = self.next(first.take())?;
+                let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
+                let limit = self.shared.settings.response_timeout;
+                let result = match (ready, limit) {
+                    (Ok(svc), None) => svc.call(req).await.map_err(Into::into),
+                    (Ok(svc), Some(limit)) => {
+                        match tokio::time::timeout(limit, svc.call(req)).await {
+                            Ok(result) => result.map_err(Into::into),
+                            Err(_) => Err(MeshError::Timeout {
+                                service: self.routed.service.to_string(),
+                                timeout: limit,
+                            }
+                            .into()),
+                        }
+                    }
+                    (Err(e), _) => Err(e),
+                };
+                let step = match result {
+                    Ok(res) => self.responded(res, attempt, pos),
+                    Err(e) => self.errored(e, attempt, pos),
+                };
+                if let Step::Done(result) = step {
+                    return result;
+                }
+            }
+        };
+        let Some((at, timeout)) = deadline else {
+            return run.await;
+        };
+        match tokio::time::timeout_at(at, run).await {
+            Ok(result) => result,
+            Err(_) => Err(MeshError::Timeout {
+                service: self.routed.service.to_string(),
+                timeout,
+            }
+            .into()),
+        }
+    }
+
+    /// The request's end: the canary guard counts what the backend an HTTPRoute chose did
+    /// with it.
+    fn finish<RB>(
+        &self,
+        result: Result<Answer<Response<RB>>, BoxError>,
+    ) -> Result<Answer<Response<RB>>, BoxError> {
+        if let Some((rule, index)) = &self.rule {
+            let failed = result
+                .as_ref()
+                .map_or(true, |a| a.res.status().is_server_error());
+            rule.record(*index, failed);
+        }
+        result
     }
 }
 
@@ -659,11 +1211,10 @@ fn empty_reason(r: EmptyReason) -> &'static str {
     }
 }
 
-/// Points `req` at `endpoint`, keeping the caller's `authority` in `Host` (as `host`) and
-/// [`Target`].
+/// Points `req` at `endpoint`, keeping the caller's authority in `Host` (as `host`) unless
+/// the request has its own.
 fn retarget<B>(
     mut req: Request<B>,
-    authority: &Authority,
     host: &HeaderValue,
     endpoint: Authority,
 ) -> Result<Request<B>, BoxError> {
@@ -673,14 +1224,10 @@ fn retarget<B>(
     parts
         .path_and_query
         .get_or_insert_with(|| PathAndQuery::from_static("/"));
-    parts.authority = Some(endpoint.clone());
+    parts.authority = Some(endpoint);
     *req.uri_mut() = Uri::from_parts(parts)?;
     if !req.headers().contains_key(http::header::HOST) {
         req.headers_mut().insert(http::header::HOST, host.clone());
     }
-    req.extensions_mut().insert(Target {
-        authority: authority.clone(),
-        endpoint,
-    });
     Ok(req)
 }

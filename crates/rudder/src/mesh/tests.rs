@@ -12,7 +12,7 @@ use rudder_balance::Endpoint;
 use rudder_k8s::Static;
 use tower::{Layer, ServiceExt};
 
-use super::{MeshError, MeshLayer, Target};
+use super::{MeshError, MeshLayer};
 use crate::BoxError;
 
 type Body = Full<Bytes>;
@@ -74,14 +74,7 @@ async fn the_inner_service_gets_the_pod_address_and_the_service_authority() {
     let req = &seen[0];
     assert_eq!(req.uri().to_string(), "http://10.0.0.1:8080/a?b=c");
     assert_eq!(req.headers()["host"], "web:8080");
-    assert_eq!(
-        req.extensions()
-            .get::<Target>()
-            .unwrap()
-            .authority()
-            .as_str(),
-        "web:8080"
-    );
+    assert_eq!(target.authority().as_str(), "web:8080");
 }
 
 #[tokio::test]
@@ -95,7 +88,6 @@ async fn other_hosts_pass_through_untouched() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].uri().to_string(), "http://api.example.com/x");
     assert!(seen[0].headers().get("host").is_none());
-    assert!(seen[0].extensions().get::<Target>().is_none());
 }
 
 #[tokio::test]
