@@ -371,7 +371,10 @@ impl<S> Mesh<S> {
         if !addressed.routed.is_decided() {
             return Steady::Waits(req, Some(addressed), None);
         }
-        let routing = match routing_now(shared, &addressed.routed, &req) {
+        // One snapshot load serves the route check and the pick, unless a route sends the
+        // request to another Service.
+        let snapshot = addressed.routed.pool.snapshot();
+        let routing = match routing_now(shared, &addressed.routed, &snapshot, &req) {
             Some(Ok(routing)) => routing,
             Some(Err(e)) => return failed(e.into()),
             None => return Steady::Waits(req, Some(addressed), None),
@@ -379,7 +382,12 @@ impl<S> Mesh<S> {
         if !routing.routed.is_decided() {
             return Steady::Waits(req, Some(addressed), Some(routing));
         }
-        let chosen = match plan(shared, &addressed, &routing.routed, &req, None) {
+        let snapshot = if Arc::ptr_eq(&routing.routed, &addressed.routed) {
+            snapshot
+        } else {
+            routing.routed.pool.snapshot()
+        };
+        let chosen = match plan(shared, &addressed, &routing.routed, snapshot, &req, None) {
             Ok(Plan::Send(chosen)) => chosen,
             Ok(Plan::Pass) => return Steady::Sent(self.pass(req)),
             // Rare: the general path sends it.
@@ -485,9 +493,9 @@ impl Routing {
 
 /// Whether the HTTPRoutes are asked: only once the Service answered, so an API that
 /// cannot be reached fails fast as before.
-fn asks_routes(routed: &Routed) -> bool {
+fn asks_routes(snapshot: &Snapshot<Arc<EndpointExtra>>) -> bool {
     !matches!(
-        routed.pool.snapshot().set().state(),
+        snapshot.set().state(),
         ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_)
     )
 }
@@ -497,9 +505,10 @@ fn asks_routes(routed: &Routed) -> bool {
 fn routing_now<B>(
     shared: &Shared,
     routed: &Arc<Routed>,
+    snapshot: &Snapshot<Arc<EndpointExtra>>,
     req: &Request<B>,
 ) -> Option<Result<Routing, MeshError>> {
-    if !asks_routes(routed) {
+    if !asks_routes(snapshot) {
         return Some(Ok(Routing::direct(routed.clone())));
     }
     let table = shared.route_table_now(routed)?;
@@ -573,7 +582,9 @@ where
     decided(&addressed.routed).await?;
     let routing = match routing {
         Some(r) => r,
-        None if !asks_routes(&addressed.routed) => Routing::direct(addressed.routed.clone()),
+        None if !asks_routes(&addressed.routed.pool.snapshot()) => {
+            Routing::direct(addressed.routed.clone())
+        }
         None => {
             // No borrow of the request across the wait: `B` need not be `Sync`.
             let table = shared.route_table(&addressed.routed, bound).await?;
@@ -582,7 +593,8 @@ where
     };
     decided(&routing.routed).await?;
     let routed = &routing.routed;
-    let chosen = match plan(shared, &addressed, routed, &req, started)? {
+    let snapshot = routed.pool.snapshot();
+    let chosen = match plan(shared, &addressed, routed, snapshot, &req, started)? {
         Plan::Send(chosen) => chosen,
         Plan::Pass => return send_unchanged(inner, req).await,
         Plan::ExternalName => return external_name(inner, req, &addressed, routed).await,
@@ -680,6 +692,7 @@ fn plan<B>(
     shared: &Shared,
     addressed: &Addressed,
     routed: &Routed,
+    snapshot: Arc<Snapshot<Arc<EndpointExtra>>>,
     req: &Request<B>,
     waiting: Option<Instant>,
 ) -> Result<Plan, BoxError> {
@@ -687,7 +700,6 @@ fn plan<B>(
     let svc = &routed.service;
     let service = || svc.to_string();
     routed.touch();
-    let snapshot = routed.pool.snapshot();
     let unsynced = |last_error: Option<String>| -> BoxError {
         MeshError::NotSynced {
             service: service(),
@@ -820,7 +832,7 @@ struct Dispatch<B> {
     deadline: Option<(Instant, Duration)>,
     /// What rebuilding the request for another attempt needs: its head, and its body as
     /// kept while the first attempt sends it (up to the cap).
-    head: Option<Request<()>>,
+    head: Option<Box<Request<()>>>,
     replay: Option<Replay<B>>,
     body_was_empty: bool,
     idempotent: bool,
@@ -852,7 +864,8 @@ where
             .map(|t| (Instant::now() + t, t));
         let cap = if retries { settings.max_replay_body } else { 0 };
         let body_was_empty = req.body().is_end_stream();
-        let head = retries.then(|| with_body(&req, ()));
+        // Boxed: it is there only with retries, and the future stays smaller without.
+        let head = retries.then(|| Box::new(with_body(&req, ())));
         let idempotent = is_idempotent(req.method());
         let https = req.uri().scheme() == Some(&Scheme::HTTPS);
         let mut replay = None;
@@ -932,7 +945,7 @@ where
                     Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
                     None => ReplayBody::empty(),
                 };
-                with_body(self.head.as_ref().expect("retries keep the head"), body)
+                with_body(self.head.as_deref().expect("retries keep the head"), body)
             }
         };
         let req = retarget(req, &self.host, extra.authority.clone())?;
