@@ -36,5 +36,7 @@ pub use self::pool::{Attempt, EjectionHook, Pool, PoolConfig, Snapshot};
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::slow_start::SlowStart;
 pub use self::split::{Split, SplitError};
-pub use self::subset::{EXTRA_SUBSETS, Fallback, IndexOptions, Picked, SubsetError, SubsetIndex};
+pub use self::subset::{
+    EXTRA_SUBSETS, Fallback, IndexOptions, Matches, Picked, SubsetError, SubsetIndex,
+};
 pub use self::weighted::WeightedIndex;

@@ -3,7 +3,8 @@
 //! 1. initial sync of a Service with 10,000 endpoints in 100 EndpointSlices (subscribe →
 //!    first snapshot), fresh `Discovery` each round;
 //! 2. API write → new snapshot latency (p50/p99) when one endpoint of one slice changes
-//!    readiness in that 10,000-endpoint Service;
+//!    readiness in that 10,000-endpoint Service, with the write's own round trip beside
+//!    it, and the time to swap a routing pool (two configured subsets) to the snapshot;
 //! 3. the pure cost of rebuilding the 10,000-endpoint set (what one slice update costs
 //!    discovery besides I/O), and of rebuilding a 100-endpoint set for comparison;
 //! 4. memory per endpoint of a published snapshot (RSS growth over many snapshots).
@@ -96,6 +97,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sub = discovery.subscribe_str("big")?;
     sub.synced(Duration::from_secs(60)).await?;
     let mut lat = Vec::new();
+    let mut writes = Vec::new();
+    let mut swaps = Vec::new();
+    // The routing pool a Mesh keeps for the Service (two configured subsets), updated with
+    // each new snapshot as the Mesh's updater does.
+    let subsets: Vec<rudder_balance::Selector> =
+        vec!["version=4.1".parse()?, "version=4.2".parse()?];
+    let pool = rudder_balance::Pool::new(
+        rudder_balance::PoolConfig {
+            selectors: subsets,
+            ..Default::default()
+        },
+        sub.current(),
+        |e| e.addr(),
+    );
     let mut not_ready = 0;
     for round in 0..update_rounds {
         let i = round % SLICES;
@@ -112,9 +127,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &Patch::Merge(patch),
             )
             .await?;
+        writes.push(t.elapsed());
         loop {
             let set = sub.changed().await;
             if set.routable().count() == expected {
+                let swap = Instant::now();
+                pool.update(set, |e, before| before.copied().unwrap_or(e.addr()));
+                swaps.push(swap.elapsed());
                 break;
             }
             if t.elapsed() > Duration::from_secs(30) {
@@ -124,6 +143,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lat.push(t.elapsed());
     }
     lat.sort();
+    writes.sort();
+    swaps.sort();
+    println!(
+        "| the write itself (PATCH round trip through the test API server), p50 / p99 | {:.2} ms / {:.2} ms |",
+        percentile(&writes, 0.5).as_secs_f64() * 1e3,
+        percentile(&writes, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| new snapshot → routing pool swapped (two subsets), p50 / p99 | {:.0} µs / {:.0} µs |",
+        percentile(&swaps, 0.5).as_secs_f64() * 1e6,
+        percentile(&swaps, 0.99).as_secs_f64() * 1e6
+    );
     println!(
         "| API write → new snapshot, p50 ({update_rounds} updates) | {:.2} ms |",
         percentile(&lat, 0.5).as_secs_f64() * 1e3

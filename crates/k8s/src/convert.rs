@@ -133,14 +133,21 @@ fn readiness_rank(r: Readiness) -> u8 {
     }
 }
 
+/// Sorts endpoints by address, the better copy of an address first.
+pub(crate) fn sort_endpoints(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    endpoints.sort_by_key(|e| (e.addr(), readiness_rank(e.readiness())));
+    endpoints
+}
+
 pub(crate) fn finish(
     state: ServiceState,
-    mut endpoints: Vec<Endpoint>,
+    endpoints: Vec<Endpoint>,
     mut unroutable: Vec<Unroutable>,
     seen_any: bool,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
-    endpoints.sort_by_key(|e| (e.addr(), readiness_rank(e.readiness())));
+    // Already sorted when discovery merged its per-slice cache: one pass then.
+    let endpoints = sort_endpoints(endpoints);
     unroutable.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
     let set = EndpointSet::new(state, endpoints)
         .with_unroutable(unroutable)

@@ -1,6 +1,7 @@
 //! Shared watches per Service, publishing endpoint snapshots.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -572,61 +573,96 @@ impl Model {
             Err(done) => return done,
         };
         let cache = self.converted.entry(port.cloned()).or_default();
+        // Addresses that may have left the port's ready endpoints: those of slices
+        // converted again or gone. Only they are checked against the new set, so a slice
+        // update costs the slice, not the Service.
+        let mut left = Vec::new();
         if cache.port_name != resolved.name || cache.pods_epoch != self.pods_epoch {
+            left.extend(cache.slices.values().flat_map(|(_, c)| ready_addrs(c)));
             cache.slices.clear();
             cache.port_name.clone_from(&resolved.name);
             cache.pods_epoch = self.pods_epoch;
         }
-        cache
-            .slices
-            .retain(|name, _| self.slices.items.contains_key(name));
+        cache.slices.retain(|name, (_, converted)| {
+            let keep = self.slices.items.contains_key(name);
+            if !keep {
+                left.extend(ready_addrs(converted));
+            }
+            keep
+        });
+        let first = !std::mem::replace(&mut cache.built, true);
+        let now = SystemTime::now();
         let mut all = Vec::new();
         let mut unroutable = Vec::new();
         let mut seen_any = false;
         for (name, slice) in &self.slices.items {
-            let rv = slice.metadata.resource_version.clone();
-            let entry = cache
-                .slices
-                .entry(name.clone())
-                .or_insert_with(|| (None, convert::SliceEndpoints::default()));
-            if entry.0.is_none() || entry.0 != rv {
-                *entry = (rv, convert::slice_endpoints(slice, &resolved.name, pods));
+            let rv = &slice.metadata.resource_version;
+            let entry = match cache.slices.get_mut(name) {
+                Some(entry) => entry,
+                None => cache
+                    .slices
+                    .entry(name.clone())
+                    .or_insert_with(|| (None, convert::SliceEndpoints::default())),
+            };
+            if entry.0.is_none() || entry.0 != *rv {
+                left.extend(ready_addrs(&entry.1));
+                let mut converted = convert::slice_endpoints(slice, &resolved.name, pods);
+                observe_ready(&mut cache.first_ready, &mut converted.endpoints, first, now);
+                *entry = (rv.clone(), converted);
             }
             all.extend(entry.1.endpoints.iter().cloned());
             unroutable.extend(entry.1.unroutable.iter().cloned());
             seen_any |= entry.1.seen_any;
         }
-        observe_ready(cache, &mut all);
+        let all = convert::sort_endpoints(all);
+        // One that left and comes back ramps again.
+        for addr in left {
+            let here = all.partition_point(|e| e.addr() < addr);
+            let ready = all
+                .get(here)
+                .is_some_and(|e| e.addr() == addr && e.readiness() == Readiness::Ready);
+            if !ready {
+                cache.first_ready.remove(&addr);
+            }
+        }
         convert::finish(state, all, unroutable, seen_any, clock)
     }
+}
+
+/// The ready endpoints of a converted slice whose ramp discovery times itself.
+fn ready_addrs(converted: &convert::SliceEndpoints) -> impl Iterator<Item = SocketAddr> + '_ {
+    converted
+        .endpoints
+        .iter()
+        .filter(|e| e.readiness() == Readiness::Ready)
+        .map(Endpoint::addr)
 }
 
 /// Slow start needs to know when an endpoint became Ready. A whole Pod says so (its Ready
 /// condition's transition time); Pod metadata does not, so for endpoints without that time
 /// discovery uses when it first saw them Ready: those in a port's first snapshot count as
 /// long Ready (no ramp), later ones ramp from their arrival, and one that leaves and comes
-/// back ramps again.
-fn observe_ready(cache: &mut Converted, endpoints: &mut [Endpoint]) {
-    let now = SystemTime::now();
-    let first = !std::mem::replace(&mut cache.built, true);
-    let mut seen = HashMap::with_capacity(endpoints.len());
+/// back ramps again. Applied to a slice's endpoints when the slice is converted, so the
+/// time stays with the converted endpoint and costs nothing on later builds.
+fn observe_ready(
+    first_ready: &mut HashMap<SocketAddr, Option<SystemTime>>,
+    endpoints: &mut [Endpoint],
+    first: bool,
+    now: SystemTime,
+) {
     for e in endpoints.iter_mut() {
         if e.readiness() != Readiness::Ready || e.meta().ready_since.is_some() {
             continue;
         }
-        let since = match cache.first_ready.get(&e.addr()) {
-            Some(since) => *since,
-            None if first => None,
-            None => Some(now),
-        };
-        seen.insert(e.addr(), since);
+        let since = *first_ready
+            .entry(e.addr())
+            .or_insert_with(|| (!first).then_some(now));
         if since.is_some() {
             let mut meta = e.meta().clone();
             meta.ready_since = since;
             *e = e.clone().with_meta(meta);
         }
     }
-    cache.first_ready = seen;
 }
 
 impl Model {

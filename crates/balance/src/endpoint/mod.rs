@@ -106,6 +106,13 @@ impl Endpoint {
         &self.meta
     }
 
+    /// Whether `other` carries the very same metadata (one shared allocation, as
+    /// discovery keeps for an endpoint that did not change): then label matches made for
+    /// one hold for the other without matching again.
+    pub fn shares_meta(&self, other: &Endpoint) -> bool {
+        Arc::ptr_eq(&self.meta, &other.meta)
+    }
+
     /// The Pod's labels (empty when not known).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.meta.labels

@@ -252,7 +252,7 @@ impl LoadTable {
         previous: &EndpointSet,
         previous_loads: &[Arc<EndpointLoad>],
         next: &EndpointSet,
-    ) -> Box<[Arc<EndpointLoad>]> {
+    ) -> Arc<[Arc<EndpointLoad>]> {
         let old = previous.endpoints();
         let mut table = self.loads.lock().unwrap_or_else(|e| e.into_inner());
         let mut j = 0;
@@ -277,7 +277,7 @@ impl LoadTable {
         for gone in &old[j..] {
             table.remove(&gone.addr());
         }
-        carried.into_boxed_slice()
+        carried.into()
     }
 
     /// Marks a request to `load` as started; the guard ends it.

@@ -34,7 +34,7 @@ use crate::endpoint::{Endpoint, EndpointSet};
 use crate::load::{Ejection, EndpointLoad, InFlight, LoadTable};
 use crate::selector::Selector;
 use crate::slow_start::SlowStart;
-use crate::subset::{Fallback, IndexOptions, Picked, SubsetError, SubsetIndex};
+use crate::subset::{Fallback, IndexOptions, Matches, Picked, SubsetError, SubsetIndex};
 
 /// What a [`Pool`] is configured with; everything here is known before the first request.
 #[derive(Clone, Debug)]
@@ -102,8 +102,10 @@ impl Outcomes {
 #[derive(Debug)]
 pub struct Snapshot<T> {
     index: SubsetIndex,
-    loads: Box<[Arc<EndpointLoad>]>,
+    loads: Arc<[Arc<EndpointLoad>]>,
     extras: Arc<[T]>,
+    /// The configured selectors' label matches, for the next update to reuse.
+    matches: Matches,
 }
 
 impl<T> Snapshot<T> {
@@ -187,8 +189,10 @@ impl<T> Pool<T> {
             hook,
         });
         let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
-        let loads = outcomes.table.for_set(&set).iter().cloned().collect();
-        let first = Self::index(&config, set, loads, extras, SystemTime::now());
+        let loads = outcomes.table.for_set(&set);
+        let selectors: Vec<&Selector> = config.selectors.iter().collect();
+        let matches = Matches::new(&set, &selectors, None);
+        let first = Self::index(&config, set, loads, extras, matches, SystemTime::now());
         Self {
             balancer: Balancer::new(config.algorithm).with_decay(config.decay),
             config,
@@ -201,8 +205,9 @@ impl<T> Pool<T> {
     fn index(
         config: &PoolConfig,
         set: Arc<EndpointSet>,
-        loads: Box<[Arc<EndpointLoad>]>,
+        loads: Arc<[Arc<EndpointLoad>]>,
         extras: Arc<[T]>,
+        matches: Matches,
         now: SystemTime,
     ) -> Snapshot<T> {
         let options = IndexOptions {
@@ -211,40 +216,58 @@ impl<T> Pool<T> {
             maglev: config.algorithm == Algorithm::Maglev,
             now,
         };
+        let selectors: Vec<&Selector> = config.selectors.iter().collect();
         Snapshot {
-            index: SubsetIndex::with_options(set, &config.selectors, options),
+            index: SubsetIndex::with_matches(set, &selectors, &matches, options),
             loads,
             extras,
+            matches,
         }
     }
 
     /// Indexes `set` and publishes it; requests that already hold the previous snapshot
     /// finish with it. Called when discovery publishes, never on the request path.
     /// `extra` makes each endpoint's payload, given the payload its address had in the
-    /// previous snapshot (if any) so it can be reused rather than rebuilt.
+    /// previous snapshot (if any) so it can be reused rather than rebuilt. When `set` has
+    /// exactly the previous addresses (a readiness, weight or label change), the payloads
+    /// and loads are carried over whole and `extra` is not called.
     pub fn update(&self, set: Arc<EndpointSet>, mut extra: impl FnMut(&Endpoint, Option<&T>) -> T) {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
-        // Both lists are sorted by address: one merge walk pairs each endpoint with its
-        // previous payload.
-        let mut j = 0;
-        let extras: Arc<[T]> = set
-            .endpoints()
-            .iter()
-            .map(|e| {
-                while j < old.len() && old[j].addr() < e.addr() {
-                    j += 1;
-                }
-                let before = (j < old.len() && old[j].addr() == e.addr()).then(|| &old_extras[j]);
-                extra(e, before)
-            })
-            .collect();
-        let loads = self
-            .outcomes
-            .table
-            .carry(previous.set(), &previous.loads, &set);
-        let next = Self::index(&self.config, set, loads, extras, SystemTime::now());
+        let same_addresses = old.len() == set.len()
+            && old
+                .iter()
+                .zip(set.endpoints())
+                .all(|(a, b)| a.addr() == b.addr());
+        let (extras, loads) = if same_addresses {
+            (previous.extras.clone(), previous.loads.clone())
+        } else {
+            // Both lists are sorted by address: one merge walk pairs each endpoint with
+            // its previous payload.
+            let mut j = 0;
+            let extras: Arc<[T]> = set
+                .endpoints()
+                .iter()
+                .map(|e| {
+                    while j < old.len() && old[j].addr() < e.addr() {
+                        j += 1;
+                    }
+                    let before =
+                        (j < old.len() && old[j].addr() == e.addr()).then(|| &old_extras[j]);
+                    extra(e, before)
+                })
+                .collect();
+            let loads = self
+                .outcomes
+                .table
+                .carry(previous.set(), &previous.loads, &set);
+            (extras, loads)
+        };
+        // Label matches are made again only for endpoints whose metadata changed.
+        let selectors: Vec<&Selector> = self.config.selectors.iter().collect();
+        let matches = Matches::new(&set, &selectors, Some((previous.set(), &previous.matches)));
+        let next = Self::index(&self.config, set, loads, extras, matches, SystemTime::now());
         self.current.store(Arc::new(next));
     }
 
@@ -261,6 +284,7 @@ impl<T> Pool<T> {
             current.set().clone(),
             current.loads.clone(),
             current.extras.clone(),
+            current.matches.clone(),
             SystemTime::now(),
         );
         let ramping = next.index.ramping();

@@ -347,3 +347,58 @@ fn round_robin_turns_are_per_subset() {
     }
     assert_eq!(counts, [50; 4]);
 }
+
+#[test]
+fn updates_match_again_only_what_changed_and_keep_payloads_when_addresses_stay() {
+    let v2: Selector = "version=2".parse().unwrap();
+    let config = PoolConfig {
+        selectors: vec![v2.clone()],
+        ..Default::default()
+    };
+    let first: Vec<Endpoint> = (0..6).map(|i| labelled(i, "1")).collect();
+    let p = pool(config, first.clone());
+    let members = |p: &Pool<SocketAddr>| -> Vec<SocketAddr> {
+        let s = p.snapshot();
+        let picked = s.subset(&v2, &Fallback::NoFallback);
+        picked.map_or_else(|_| Vec::new(), |m| m.iter().map(Endpoint::addr).collect())
+    };
+    assert!(members(&p).is_empty());
+
+    // Same addresses; endpoint 3 relabelled (new metadata), the rest shared with the
+    // previous set: the payloads are carried whole (`extra` is not asked), and the
+    // relabelled endpoint joins the subset.
+    let mut relabelled = first.clone();
+    relabelled[3] = labelled(3, "2");
+    let mut asked = 0;
+    p.update(set(relabelled.clone()), |e, before| {
+        asked += 1;
+        before.copied().unwrap_or(e.addr())
+    });
+    assert_eq!(asked, 0, "payloads are carried when the addresses stay");
+    assert_eq!(members(&p), vec![relabelled[3].addr()]);
+
+    // Endpoint 3 relabelled back: it leaves the subset although every other endpoint's
+    // match is reused.
+    p.update(set(first.clone()), |e, before| {
+        before.copied().unwrap_or(e.addr())
+    });
+    assert!(members(&p).is_empty());
+
+    // An endpoint added with the label and one removed: matches follow the new
+    // positions, and only the new address asks for a payload.
+    let mut grown: Vec<Endpoint> = first[1..].to_vec();
+    grown.push(labelled(9, "2"));
+    let mut fresh = Vec::new();
+    p.update(set(grown.clone()), |e, before| {
+        if before.is_none() {
+            fresh.push(e.addr());
+        }
+        before.copied().unwrap_or(e.addr())
+    });
+    assert_eq!(fresh, vec![grown[5].addr()]);
+    assert_eq!(members(&p), vec![grown[5].addr()]);
+    let s = p.snapshot();
+    for (pos, e) in s.set().endpoints().iter().enumerate() {
+        assert_eq!(*s.extra(pos), e.addr(), "payloads stay aligned");
+    }
+}
