@@ -832,7 +832,7 @@ struct Dispatch<B> {
     deadline: Option<(Instant, Duration)>,
     /// What rebuilding the request for another attempt needs: its head, and its body as
     /// kept while the first attempt sends it (up to the cap).
-    head: Option<Box<Request<()>>>,
+    head: Option<Request<()>>,
     replay: Option<Replay<B>>,
     body_was_empty: bool,
     idempotent: bool,
@@ -864,8 +864,7 @@ where
             .map(|t| (Instant::now() + t, t));
         let cap = if retries { settings.max_replay_body } else { 0 };
         let body_was_empty = req.body().is_end_stream();
-        // Boxed: it is there only with retries, and the future stays smaller without.
-        let head = retries.then(|| Box::new(with_body(&req, ())));
+        let head = retries.then(|| with_body(&req, ()));
         let idempotent = is_idempotent(req.method());
         let https = req.uri().scheme() == Some(&Scheme::HTTPS);
         let mut replay = None;
@@ -945,7 +944,7 @@ where
                     Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
                     None => ReplayBody::empty(),
                 };
-                with_body(self.head.as_deref().expect("retries keep the head"), body)
+                with_body(self.head.as_ref().expect("retries keep the head"), body)
             }
         };
         let req = retarget(req, &self.host, extra.authority.clone())?;
