@@ -140,6 +140,46 @@ pub(crate) struct Run {
     pub(crate) elapsed: Duration,
     /// CPU time of this process (client, Rudder, API server, proxy) during the run.
     pub(crate) cpu: Duration,
+    /// The whole machine's during the run (Pod servers and kernel included): busy CPU
+    /// time and context switches.
+    pub(crate) machine: MachineUse,
+}
+
+/// The whole machine's CPU use, from `/proc/stat`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MachineUse {
+    pub(crate) busy: Duration,
+    pub(crate) switches: u64,
+}
+
+impl MachineUse {
+    /// Since boot: busy time (user, nice, system, irq, softirq) and context switches.
+    pub(crate) fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let mut use_ = Self::default();
+        for line in stat.lines() {
+            let mut fields = line.split_whitespace();
+            match fields.next() {
+                Some("cpu") => {
+                    let ticks: Vec<u64> = fields.filter_map(|f| f.parse().ok()).collect();
+                    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|i| ticks.get(*i)).sum();
+                    use_.busy = Duration::from_millis(busy * 1000 / 100);
+                }
+                Some("ctxt") => {
+                    use_.switches = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        use_
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            busy: self.busy.saturating_sub(before.busy),
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
 }
 
 impl Run {
@@ -161,6 +201,16 @@ impl Run {
     /// CPU per successful request.
     pub(crate) fn cpu_per_request(&self) -> Duration {
         self.cpu / (self.ok().max(1) as u32)
+    }
+
+    /// The whole machine's busy CPU per successful request.
+    pub(crate) fn machine_cpu_per_request(&self) -> Duration {
+        self.machine.busy / (self.ok().max(1) as u32)
+    }
+
+    /// The whole machine's context switches per successful request.
+    pub(crate) fn switches_per_request(&self) -> f64 {
+        self.machine.switches as f64 / self.ok().max(1) as f64
     }
 
     /// Share of the busiest Pod over the mean, and Jain's fairness index, over `pods`.
@@ -198,9 +248,10 @@ impl Run {
         }
     }
 
-    fn finish(&mut self, started: Instant, cpu_before: Duration) {
+    fn finish(&mut self, started: Instant, (cpu_before, machine_before): (Duration, MachineUse)) {
         self.elapsed = started.elapsed();
         self.cpu = cpu_time().saturating_sub(cpu_before);
+        self.machine = MachineUse::now().since(machine_before);
         self.latencies.sort_unstable();
         self.timeline.sort();
     }
@@ -245,7 +296,7 @@ pub(crate) async fn closed_until(
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Run {
     let started = Instant::now();
-    let cpu_before = cpu_time();
+    let cpu_before = (cpu_time(), MachineUse::now());
     let deadline = started + duration;
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let run = Arc::new(Mutex::new(Run::default()));
@@ -284,7 +335,7 @@ pub(crate) async fn open(
     max_in_flight: usize,
 ) -> Run {
     let started = Instant::now();
-    let cpu_before = cpu_time();
+    let cpu_before = (cpu_time(), MachineUse::now());
     let total = (f64::from(rate) * duration.as_secs_f64()) as u64;
     let run = Arc::new(Mutex::new(Run::default()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));

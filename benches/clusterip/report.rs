@@ -173,7 +173,9 @@ impl Report {
              and settings and run interleaved; each\n\
              cell is repeated 3 times and shows the median with the min–max range in brackets.\n\
              Latencies include the client, the kernel path and the Pod server on this machine;\n\
-             CPU is the client process (which also hosts the API server and the proxy) per request.\n",
+             CPU is the client process (which also hosts the API server and the proxy) per request;\n\
+             machine CPU and switches are the whole machine's (Pod servers and kernel included),\n\
+             from `/proc/stat`.\n",
             kernel_trim = kernel.trim(),
         );
         if self.smoke {

@@ -165,17 +165,21 @@ fn row(name: &str, runs: &[Run]) -> Vec<String> {
         spread(stat(runs, |r| us(r.percentile(0.99))), ms),
         spread(stat(runs, |r| us(r.percentile(0.999))), ms),
         format!("{:.0}", stat(runs, |r| us(r.cpu_per_request())).0),
+        format!("{:.0}", stat(runs, |r| us(r.machine_cpu_per_request())).0),
+        format!("{:.1}", stat(runs, Run::switches_per_request).0),
         format!("{}", runs.iter().map(|r| r.failures).sum::<u64>()),
     ]
 }
 
-const LATENCY_HEADERS: [&str; 7] = [
+const LATENCY_HEADERS: [&str; 9] = [
     "arm",
     "req/s",
     "p50",
     "p99",
     "p99.9",
     "CPU µs/req",
+    "machine CPU µs/req",
+    "switches/req",
     "failed",
 ];
 
@@ -329,6 +333,65 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         ));
         report.table(t);
         report.chart("clusterip-throughput.svg", chart);
+
+        // Where the time goes: the same client spreading over 1, 3 and 10 of the Pods,
+        // every Pod server sharing the machine's cores with the client.
+        let few = pod_addrs.len().min(3);
+        let over_few = format!("naive round robin over {few} Pods");
+        let over_all = format!("naive round robin over {} Pods", pod_addrs.len());
+        let mut spread_arms = vec![
+            ("direct to one Pod", Sender::Plain(h1()), direct_uri.clone()),
+            (
+                over_all.as_str(),
+                Sender::RoundRobin(RoundRobin::new(h1(), &pod_addrs, "bench-svc:80")),
+                svc_uri.clone(),
+            ),
+        ];
+        if few < pod_addrs.len() {
+            spread_arms.insert(
+                1,
+                (
+                    over_few.as_str(),
+                    Sender::RoundRobin(RoundRobin::new(h1(), &pod_addrs[..few], "bench-svc:80")),
+                    svc_uri.clone(),
+                ),
+            );
+        }
+        let spread_runs = cell(plan.reps, &spread_arms, |s, u| {
+            load::closed(s, u, plan.concurrency, plan.steady, plan.max)
+        })
+        .await;
+        let mut t = Table::new(
+            "1a'. The same client spread over more Pods (HTTP/1.1, closed loop)",
+            &LATENCY_HEADERS,
+        );
+        for (name, _, _) in &spread_arms {
+            t.row(row(name, &spread_runs[name]));
+        }
+        let per_request = |name: &str| {
+            let runs = &spread_runs[name];
+            format!(
+                "{:.0} req/s, {:.0} µs of machine CPU and {:.1} context switches per request",
+                stat(runs, Run::throughput).0,
+                stat(runs, |r| us(r.machine_cpu_per_request())).0,
+                stat(runs, Run::switches_per_request).0
+            )
+        };
+        let mut spread_note = format!(
+            "Every Pod server shares the machine's {} cores with the client. Over one Pod: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            per_request("direct to one Pod"),
+        );
+        if few < pod_addrs.len() {
+            spread_note.push_str(&format!("; over {few}: {}", per_request(&over_few)));
+        }
+        spread_note.push_str(&format!(
+            "; over {}: {}.",
+            pod_addrs.len(),
+            per_request(&over_all)
+        ));
+        t.note(spread_note);
+        report.table(t);
 
         let runs = cell(plan.reps, &h1_arms, |s, u| {
             load::open(s, u, plan.rate, plan.steady, 10_000)
