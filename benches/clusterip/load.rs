@@ -145,11 +145,59 @@ pub(crate) struct Run {
     pub(crate) machine: MachineUse,
 }
 
-/// The whole machine's CPU use, from `/proc/stat`.
+/// The whole machine's CPU use, from `/proc/stat`, and this network namespace's
+/// connection-tracking trouble, from `/proc/net/stat/nf_conntrack`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MachineUse {
     pub(crate) busy: Duration,
     pub(crate) switches: u64,
+    /// New connections conntrack could not insert (a tuple clash it could not resolve).
+    pub(crate) insert_failed: u64,
+    /// Packets conntrack dropped.
+    pub(crate) drop: u64,
+    /// Tuple clashes conntrack resolved.
+    pub(crate) clash_resolved: u64,
+    /// Segments the Pods' TCP stacks rejected by PAWS (a timestamp older than the one a
+    /// TIME_WAIT or open socket of the same address pair last saw), summed over Pods.
+    pub(crate) pods_paws_rejected: u64,
+    /// Connection requests the Pods' listeners dropped (a full queue), summed over Pods.
+    pub(crate) pods_listen_drops: u64,
+    /// Packets conntrack found invalid (in this namespace).
+    pub(crate) invalid: u64,
+}
+
+/// The processes of the running Pods, whose network namespaces' TCP counters
+/// [`MachineUse`] sums.
+pub(crate) static POD_PIDS: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A `TcpExt` counter of `/proc/<pid>/net/netstat` (two lines: names, then values).
+fn tcp_ext(netstat: &str, name: &str) -> u64 {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .position(|n| n == name)
+        .and_then(|i| values.split_whitespace().nth(i))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sums a column of `/proc/net/stat/nf_conntrack` (one hexadecimal row per CPU).
+fn conntrack_counter(stat: &str, column: &str) -> u64 {
+    let mut lines = stat.lines();
+    let Some(index) = lines
+        .next()
+        .and_then(|header| header.split_whitespace().position(|c| c == column))
+    else {
+        return 0;
+    };
+    lines
+        .filter_map(|row| row.split_whitespace().nth(index))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum()
 }
 
 impl MachineUse {
@@ -171,6 +219,21 @@ impl MachineUse {
                 _ => {}
             }
         }
+        let ct = std::fs::read_to_string("/proc/net/stat/nf_conntrack").unwrap_or_default();
+        use_.insert_failed = conntrack_counter(&ct, "insert_failed");
+        use_.drop = conntrack_counter(&ct, "drop");
+        use_.clash_resolved = conntrack_counter(&ct, "clashres");
+        let pids: Vec<u32> = POD_PIDS
+            .lock()
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_default();
+        use_.invalid = conntrack_counter(&ct, "invalid");
+        for pid in pids {
+            let netstat =
+                std::fs::read_to_string(format!("/proc/{pid}/net/netstat")).unwrap_or_default();
+            use_.pods_paws_rejected += tcp_ext(&netstat, "PAWSEstab");
+            use_.pods_listen_drops += tcp_ext(&netstat, "ListenDrops");
+        }
         use_
     }
 
@@ -178,6 +241,16 @@ impl MachineUse {
         Self {
             busy: self.busy.saturating_sub(before.busy),
             switches: self.switches.saturating_sub(before.switches),
+            insert_failed: self.insert_failed.saturating_sub(before.insert_failed),
+            drop: self.drop.saturating_sub(before.drop),
+            clash_resolved: self.clash_resolved.saturating_sub(before.clash_resolved),
+            pods_paws_rejected: self
+                .pods_paws_rejected
+                .saturating_sub(before.pods_paws_rejected),
+            pods_listen_drops: self
+                .pods_listen_drops
+                .saturating_sub(before.pods_listen_drops),
+            invalid: self.invalid.saturating_sub(before.invalid),
         }
     }
 }

@@ -113,6 +113,9 @@ impl Pods {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         cluster.register_pod(&name, map, IpAddr::V4(ip)).await?;
+        if let (Some(pid), Ok(mut pids)) = (child.id(), crate::load::POD_PIDS.lock()) {
+            pids.insert(pid);
+        }
         self.running.push(Pod {
             name,
             ip,

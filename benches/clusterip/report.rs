@@ -198,9 +198,13 @@ impl Report {
         } else {
             "RESULTS.md"
         };
-        // The soak bench owns the "## Soak" section; keep it.
+        // The scale and soak benches own the sections from "## Scale" and "## Soak" on;
+        // keep them.
         if let Ok(old) = std::fs::read_to_string(dir.join(name))
-            && let Some(at) = old.find("\n## Soak")
+            && let Some(at) = ["\n## Scale", "\n## Soak"]
+                .iter()
+                .filter_map(|h| old.find(h))
+                .min()
         {
             md += &old[at..];
         }

@@ -765,7 +765,17 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     {
         let mut t = Table::new(
             "6. No keep-alive (a new connection per request), with extra Services' rules in the NAT table",
-            &["extra Services", "arm", "req/s", "p50", "p99", "failed"],
+            &[
+                "extra Services",
+                "arm",
+                "req/s",
+                "p50",
+                "p99",
+                "failed",
+                "conntrack insert failed / drop / invalid / clash resolved",
+                "Pods' PAWS rejects / listen drops",
+                "first failure",
+            ],
         );
         let mut chart = Chart::new(
             "New-connection request latency (p50) by extra Services in iptables",
@@ -820,6 +830,24 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                     spread(stat(r, |x| us(x.percentile(0.5))), ms),
                     spread(stat(r, |x| us(x.percentile(0.99))), ms),
                     r.iter().map(|x| x.failures).sum::<u64>().to_string(),
+                    format!(
+                        "{} / {} / {} / {}",
+                        r.iter().map(|x| x.machine.insert_failed).sum::<u64>(),
+                        r.iter().map(|x| x.machine.drop).sum::<u64>(),
+                        r.iter().map(|x| x.machine.invalid).sum::<u64>(),
+                        r.iter().map(|x| x.machine.clash_resolved).sum::<u64>()
+                    ),
+                    format!(
+                        "{} / {}",
+                        r.iter().map(|x| x.machine.pods_paws_rejected).sum::<u64>(),
+                        r.iter().map(|x| x.machine.pods_listen_drops).sum::<u64>()
+                    ),
+                    r.iter()
+                        .find_map(|x| x.first_failure.as_deref())
+                        .map_or_else(
+                            || "–".to_string(),
+                            |e| e.replace('|', "/").chars().take(80).collect(),
+                        ),
                 ]);
                 chart.bar(
                     &format!("{name}, {dummies}"),
@@ -937,26 +965,29 @@ async fn wait_for(sender: &Sender, uri: &http::Uri, what: &str) -> anyhow::Resul
     }
 }
 
-/// Sends requests (at most 5,000, or 20 s) until each of `pods` has answered one.
+/// Sends requests (for at most 20 s) until each of `pods` has answered one.
 async fn wait_for_pods(sender: &Sender, uri: &http::Uri, pods: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut missing: Vec<&String> = pods.iter().collect();
-    for _ in 0..5_000 {
-        if missing.is_empty() {
-            return Ok(());
-        }
+    let (mut answered, mut failed) = (BTreeMap::<String, u64>::new(), 0u64);
+    let mut last_error = None;
+    while !missing.is_empty() {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "Pods {missing:?} never answered at {uri}"
+            "Pods {missing:?} never answered at {uri} (answers: {answered:?}; {failed} failures, the last: {last_error:?})"
         );
-        if let Ok(pod) = sender.get(uri).await {
-            missing.retain(|p| **p != pod);
+        match sender.get(uri).await {
+            Ok(pod) => {
+                missing.retain(|p| **p != pod);
+                *answered.entry(pod).or_default() += 1;
+            }
+            Err(e) => {
+                failed += 1;
+                last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
-    anyhow::ensure!(
-        missing.is_empty(),
-        "Pods {missing:?} never answered at {uri}"
-    );
     Ok(())
 }
 
