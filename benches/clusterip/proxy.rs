@@ -27,7 +27,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 
 /// A Service's VIP and its ready endpoints.
@@ -261,29 +261,35 @@ pub(crate) async fn run(
     let state: Arc<State> = Arc::new(std::sync::Mutex::new(Cache::default()));
     let watch_services = {
         let (dirty, state) = (dirty.clone(), state.clone());
-        watcher::watcher(services, watcher::Config::default()).for_each(move |ev| {
-            apply(
-                &state,
-                ev,
-                |st| &mut st.services,
-                |st| st.services_synced = true,
-            );
-            dirty.notify_one();
-            std::future::ready(())
-        })
+        // With backoff, as kube-proxy: a failing watch waits between attempts (and so
+        // yields, which lets an aborted proxy stop) instead of retrying in a tight loop.
+        watcher::watcher(services, watcher::Config::default())
+            .default_backoff()
+            .for_each(move |ev| {
+                apply(
+                    &state,
+                    ev,
+                    |st| &mut st.services,
+                    |st| st.services_synced = true,
+                );
+                dirty.notify_one();
+                std::future::ready(())
+            })
     };
     let watch_slices = {
         let (dirty, state) = (dirty.clone(), state.clone());
-        watcher::watcher(slices, watcher::Config::default()).for_each(move |ev| {
-            apply(
-                &state,
-                ev,
-                |st| &mut st.slices,
-                |st| st.slices_synced = true,
-            );
-            dirty.notify_one();
-            std::future::ready(())
-        })
+        watcher::watcher(slices, watcher::Config::default())
+            .default_backoff()
+            .for_each(move |ev| {
+                apply(
+                    &state,
+                    ev,
+                    |st| &mut st.slices,
+                    |st| st.slices_synced = true,
+                );
+                dirty.notify_one();
+                std::future::ready(())
+            })
     };
     let sync = async {
         let mut last: Option<BTreeMap<String, Rule>> = None;
