@@ -4,7 +4,9 @@
 //!    first snapshot), fresh `Discovery` each round;
 //! 2. API write → new snapshot latency (p50/p99) when one endpoint of one slice changes
 //!    readiness in that 10,000-endpoint Service, with the write's own round trip beside
-//!    it, and the time to swap a routing pool (two configured subsets) to the snapshot;
+//!    it, the time from the event reaching a second watching client to the snapshot
+//!    (discovery's own part), and the time to swap a routing pool (two configured
+//!    subsets) to the snapshot;
 //! 3. the pure cost of rebuilding the 10,000-endpoint set (what one slice update costs
 //!    discovery besides I/O), and of rebuilding a 100-endpoint set for comparison;
 //! 4. memory per endpoint of a published snapshot (RSS growth over many snapshots).
@@ -111,6 +113,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sub.current(),
         |e| e.addr(),
     );
+    // A second client watching the same slices stamps when each event reaches a client:
+    // the server sends it to both watches at once, so the time from there to the new
+    // snapshot is discovery's own.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let raw = tokio::spawn({
+        let slices = slices.clone();
+        async move {
+            use futures::StreamExt;
+            let config =
+                kube::runtime::watcher::Config::default().labels("kubernetes.io/service-name=big");
+            let mut events = std::pin::pin!(kube::runtime::watcher(slices, config));
+            while let Some(event) = events.next().await {
+                if let Ok(kube::runtime::watcher::Event::Apply(s)) = event {
+                    let _ = arrived_tx.send((s.metadata.resource_version, Instant::now()));
+                }
+            }
+        }
+    });
+    let mut discovered = Vec::new();
     let mut not_ready = 0;
     for round in 0..update_rounds {
         let i = round % SLICES;
@@ -120,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let expected = SLICES * PER_SLICE - not_ready;
         let patch = json!({"endpoints": slice_json(i, ready)["endpoints"]});
         let t = Instant::now();
-        slices
+        let written = slices
             .patch(
                 &format!("big-{i:03}"),
                 &PatchParams::default(),
@@ -128,10 +149,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
         writes.push(t.elapsed());
+        let event_at = loop {
+            match arrived.recv().await {
+                Some((rv, at)) if rv == written.metadata.resource_version => break at,
+                Some(_) => {}
+                None => return Err("the second watch ended".into()),
+            }
+        };
         loop {
             let set = sub.changed().await;
             if set.routable().count() == expected {
                 let swap = Instant::now();
+                discovered.push(swap.saturating_duration_since(event_at));
                 pool.update(set, |e, before| before.copied().unwrap_or(e.addr()));
                 swaps.push(swap.elapsed());
                 break;
@@ -142,9 +171,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         lat.push(t.elapsed());
     }
+    raw.abort();
+    // Event at a client → pool swapped, per round: discovery's part plus the swap.
+    let mut event_to_pool: Vec<Duration> = discovered
+        .iter()
+        .zip(&swaps)
+        .map(|(d, s)| *d + *s)
+        .collect();
     lat.sort();
     writes.sort();
     swaps.sort();
+    discovered.sort();
+    event_to_pool.sort();
+    println!(
+        "| watch event at a client → new snapshot (discovery's own), p50 / p99 | {:.0} µs / {:.0} µs |",
+        percentile(&discovered, 0.5).as_secs_f64() * 1e6,
+        percentile(&discovered, 0.99).as_secs_f64() * 1e6
+    );
+    println!(
+        "| watch event at a client → routing pool swapped, p50 / p99 | {:.0} µs / {:.0} µs |",
+        percentile(&event_to_pool, 0.5).as_secs_f64() * 1e6,
+        percentile(&event_to_pool, 0.99).as_secs_f64() * 1e6
+    );
     println!(
         "| the write itself (PATCH round trip through the test API server), p50 / p99 | {:.2} ms / {:.2} ms |",
         percentile(&writes, 0.5).as_secs_f64() * 1e3,
