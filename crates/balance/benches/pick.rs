@@ -205,6 +205,21 @@ fn pool_update(c: &mut Criterion) {
                 })
             },
         );
+        // A readiness flip: one endpoint leaves the set and comes back (the addresses
+        // change, so payloads and loads are carried by a merge walk).
+        let mut fewer: Vec<Endpoint> = a.endpoints().to_vec();
+        fewer.remove(n / 2);
+        let c = Arc::new(EndpointSet::new(ServiceState::Active, fewer));
+        let mut gone = false;
+        group.bench_with_input(BenchmarkId::new("one_endpoint_left", n), &n, |bench, _| {
+            bench.iter(|| {
+                gone = !gone;
+                let next = if gone { c.clone() } else { a.clone() };
+                pool.update(next, |e, before| {
+                    before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
+                });
+            })
+        });
     }
     group.finish();
 }

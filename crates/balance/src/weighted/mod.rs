@@ -7,9 +7,10 @@
 //! the total minus the first's weight and skips over the first's range, which is the exact
 //! distribution of drawing without replacement, still in O(log n) and with no retry loop.
 //!
-//! The request path draws with random numbers through [`WeightedIndex::pick_two_random`],
-//! which uses an alias table (Walker, built with Vose's method in exact integer arithmetic)
-//! instead: one bucket and one comparison per draw, O(1) and a single cache line, where a
+//! The request path draws with random numbers through [`WeightedIndex::pick_two_random`]:
+//! when every weight is the same, a draw is an index (no table at all); otherwise through
+//! an alias table (Walker, built with Vose's method in exact integer arithmetic): one
+//! bucket and one comparison per draw, O(1) and a single cache line, where a
 //! binary search over 10,000 cumulative weights costs fourteen dependent loads. A second
 //! draw equal to the first is rejected and redrawn, which is again the exact distribution
 //! without replacement; after a few rejections (one candidate holding nearly all the weight)
@@ -48,8 +49,11 @@ fn scale(r: u64, n: u64) -> u64 {
 pub struct WeightedIndex {
     /// `ends[i]` is the sum of the weights of candidates `0..=i`.
     ends: Vec<u64>,
-    /// The alias table, one bucket per candidate; empty when the total is 0.
+    /// The alias table, one bucket per candidate; empty when the total is 0, and when
+    /// every weight is the same (then a draw is an index).
     alias: Vec<Bucket>,
+    /// Every candidate has the same weight, not 0: draws need no table.
+    uniform: bool,
 }
 
 /// One alias bucket: a draw landing in bucket `i` keeps `i` when its fraction is below
@@ -105,8 +109,21 @@ impl WeightedIndex {
                 total
             })
             .collect();
-        let alias = alias_table(&weights, total);
-        Self { ends, alias }
+        // Equal weights (the common case: every Pod at weight 1, none ramping) are drawn
+        // by index; indexing a snapshot then skips building the table.
+        let uniform = weights
+            .first()
+            .is_some_and(|w| *w > 0 && weights.iter().all(|v| v == w));
+        let alias = if uniform {
+            Vec::new()
+        } else {
+            alias_table(&weights, total)
+        };
+        Self {
+            ends,
+            alias,
+            uniform,
+        }
     }
 
     /// The sum of the weights.
@@ -155,6 +172,20 @@ impl WeightedIndex {
     /// [`pick_two`](Self::pick_two) from two uniformly random `u64`s, scaled into range
     /// by a multiply instead of a division (Lemire), which is what the request path uses.
     pub fn pick_two_random(&self, r1: u64, r2: u64) -> Option<(usize, Option<usize>)> {
+        if self.uniform {
+            // Uniform without replacement: the second among the other n - 1, skipping
+            // over the first.
+            let n = self.ends.len() as u64;
+            let a = scale(r1, n);
+            if n == 1 {
+                return Some((a as usize, None));
+            }
+            let mut b = scale(r2, n - 1);
+            if b >= a {
+                b += 1;
+            }
+            return Some((a as usize, Some(b as usize)));
+        }
         if self.alias.is_empty() {
             // Total 0, or more candidates than a bucket can name.
             return self.two(scale(r1, self.total()), |rest| scale(r2, rest));
@@ -181,9 +212,13 @@ impl WeightedIndex {
         Some((a, Some(self.find(z))))
     }
 
-    /// One draw by weight through the alias table (which must not be empty): the high half
-    /// of `r × n` is the bucket, the low half the coin.
+    /// One draw by weight: an index when the weights are equal, else through the alias
+    /// table (which must not be empty then): the high half of `r × n` is the bucket, the
+    /// low half the coin.
     fn draw(&self, r: u64) -> usize {
+        if self.uniform {
+            return scale(r, self.ends.len() as u64) as usize;
+        }
         let wide = u128::from(r) * self.alias.len() as u128;
         let i = (wide >> 64) as usize;
         if (wide as u64) < self.alias[i].keep {

@@ -108,3 +108,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn equal_weights_draw_by_index_uniformly_without_replacement() {
+    let w = WeightedIndex::new([3u32; 5]);
+    assert!(w.alias.is_empty(), "equal weights need no alias table");
+    let (mut first, mut second) = ([0u64; 5], [0u64; 5]);
+    let n = 100_000u64;
+    for k in 0..n {
+        // Evenly spread first draws, and second draws swept independently of them.
+        let r1 = k.wrapping_mul(u64::MAX / n);
+        let r2 = (k * 7919 % n).wrapping_mul(u64::MAX / n);
+        let (a, b) = w.pick_two_random(r1, r2).expect("a pick");
+        let b = b.expect("a second candidate");
+        assert_ne!(a, b);
+        first[a] += 1;
+        second[b] += 1;
+    }
+    for counts in [first, second] {
+        for c in counts {
+            assert!(
+                (c as f64 - n as f64 / 5.0).abs() <= n as f64 * 0.01,
+                "{counts:?}"
+            );
+        }
+    }
+    let one = WeightedIndex::new([4u32]);
+    assert_eq!(one.pick_two_random(123, 456), Some((0, None)));
+}
