@@ -103,11 +103,11 @@ impl Sender {
 async fn body_of<S, RQ, B>(svc: S, req: http::Request<RQ>) -> Result<Bytes, String>
 where
     S: tower::Service<http::Request<RQ>, Response = http::Response<B>>,
-    S::Error: std::fmt::Display,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: http_body::Body,
     B::Error: std::fmt::Display,
 {
-    let res = svc.oneshot(req).await.map_err(|e| e.to_string())?;
+    let res = svc.oneshot(req).await.map_err(|e| chain(&*e.into()))?;
     ok(res.status())?;
     Ok(res
         .into_body()
@@ -115,6 +115,18 @@ where
         .await
         .map_err(|e| e.to_string())?
         .to_bytes())
+}
+
+/// An error with its sources, so a failure says what failed underneath.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn ok(status: http::StatusCode) -> Result<(), String> {

@@ -846,7 +846,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                         .find_map(|x| x.first_failure.as_deref())
                         .map_or_else(
                             || "–".to_string(),
-                            |e| e.replace('|', "/").chars().take(80).collect(),
+                            |e| e.replace('|', "/").chars().take(120).collect(),
                         ),
                 ]);
                 chart.bar(
@@ -855,6 +855,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 );
             }
         }
+        t.note("A failure here costs its worker the 1 s connect timeout. The conntrack columns are the client namespace's counters over each arm's runs (where kube-proxy's DNAT happens); the Pods' columns sum their TCP stacks' PAWS rejections and listen-queue drops. Zeros there mean the lost connection attempts were not dropped by conntrack as clashes or invalid, nor refused by a full accept queue or a timestamp check at a Pod.".into());
         report.table(t);
         report.chart("clusterip-rules.svg", chart);
     }
