@@ -229,17 +229,19 @@ impl<T> Pool<T> {
     /// finish with it. Called when discovery publishes, never on the request path.
     /// `extra` makes each endpoint's payload, given the payload its address had in the
     /// previous snapshot (if any) so it can be reused rather than rebuilt. When `set` has
-    /// exactly the previous addresses (a readiness, weight or label change), the payloads
-    /// and loads are carried over whole and `extra` is not called.
+    /// exactly the previous addresses, each naming the same Pod as before (a weight or
+    /// label change), the payloads and loads are carried over whole and `extra` is not
+    /// called.
     pub fn update(&self, set: Arc<EndpointSet>, mut extra: impl FnMut(&Endpoint, Option<&T>) -> T) {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
+        // The same addresses, each still the same Pod (a new Pod at an old Pod's address
+        // asks for its own payload).
         let same_addresses = old.len() == set.len()
-            && old
-                .iter()
-                .zip(set.endpoints())
-                .all(|(a, b)| a.addr() == b.addr());
+            && old.iter().zip(set.endpoints()).all(|(a, b)| {
+                a.addr() == b.addr() && (a.shares_meta(b) || a.meta().pod == b.meta().pod)
+            });
         let (extras, loads) = if same_addresses {
             (previous.extras.clone(), previous.loads.clone())
         } else {

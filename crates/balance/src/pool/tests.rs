@@ -396,6 +396,22 @@ fn updates_match_again_only_what_changed_and_keep_payloads_when_addresses_stay()
         before.copied().unwrap_or(e.addr())
     });
     assert_eq!(fresh, vec![grown[5].addr()]);
+
+    // A new Pod at an old Pod's address, nothing else changed: `extra` is asked for it.
+    let mut reborn = grown.clone();
+    reborn[0] = reborn[0].clone().with_meta(EndpointMeta {
+        pod: Some("new-pod".into()),
+        ..reborn[0].meta().clone()
+    });
+    let mut asked_for = Vec::new();
+    p.update(set(reborn.clone()), |e, before| {
+        asked_for.push(e.addr());
+        before.copied().unwrap_or(e.addr())
+    });
+    assert!(asked_for.contains(&reborn[0].addr()), "{asked_for:?}");
+    p.update(set(grown.clone()), |e, before| {
+        before.copied().unwrap_or(e.addr())
+    });
     assert_eq!(members(&p), vec![grown[5].addr()]);
     let s = p.snapshot();
     for (pos, e) in s.set().endpoints().iter().enumerate() {

@@ -39,7 +39,7 @@ pub(crate) struct EndpointExtra {
     pub(crate) tunnel: std::sync::OnceLock<crate::portforward::Release>,
 }
 
-/// A new endpoint's payload (an address that stays keeps its own).
+/// A new endpoint's payload (an address that stays with the same Pod keeps its own).
 fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
     Arc::new(EndpointExtra {
         authority: e
@@ -234,7 +234,12 @@ async fn follow(
                 let Some(p) = pool.upgrade() else { return };
                 let set_synced = *set.state() != ServiceState::Pending;
                 p.update(set, |e, before| {
-                    before.cloned().unwrap_or_else(|| extra(&telemetry, e))
+                    // A new Pod at an old Pod's address gets a payload of its own (its
+                    // port-forward tunnels name the Pod).
+                    before
+                        .filter(|b| b.pod.as_deref() == e.meta().pod.as_deref())
+                        .cloned()
+                        .unwrap_or_else(|| extra(&telemetry, e))
                 });
                 ramp = p.ramping().then(|| p.refresh_interval());
                 if set_synced {
