@@ -134,6 +134,9 @@ impl Pods {
             .position(|p| p.name == name)
             .context("no such pod")?;
         let mut pod = self.running.remove(i);
+        if let (Some(pid), Ok(mut pids)) = (pod.child.id(), crate::load::POD_PIDS.lock()) {
+            pids.remove(&pid);
+        }
         pod.child.kill().await?;
         // A Pod already deleted (a graceful deletion the API server completed) is gone,
         // which is what this wants.

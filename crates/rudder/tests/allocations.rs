@@ -120,6 +120,23 @@ fn request_path_heap_use_is_bounded() {
         println!("... with retries on: {with_retries:.2}");
         assert!(with_retries <= 3.0, "{with_retries} allocations");
 
+        // Retries on, but one Pod: no other endpoint to retry on, so nothing is kept.
+        let single = MeshLayer::builder_static()
+            .static_service(
+                "web",
+                Static::new(vec![Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 8080)))]),
+            )
+            .expect("static")
+            .build()
+            .expect("layer")
+            .layer(inner());
+        let one_pod = added(&single, with_header).await;
+        println!("... with retries on and one Pod: {one_pod:.2}");
+        assert_eq!(
+            one_pod, 0.0,
+            "a request that cannot be retried kept its head"
+        );
+
         // With Prometheus metrics, once each endpoint's series exist: nothing more.
         #[cfg(feature = "metrics")]
         {

@@ -236,10 +236,7 @@ where
                                 // The request's deadline ends it; the attempt is not
                                 // the endpoint's failure.
                                 let s = sent.take().expect("polled after completion");
-                                let result = s.dispatch.finish(Err(timeout.into()));
-                                if let Err(e) = &result {
-                                    count(&s.dispatch.shared, e);
-                                }
+                                let result = s.dispatch.end(Err(timeout.into()));
                                 return Poll::Ready(result.map(Answer::into_response));
                             }
                             Err(timeout.into())
@@ -258,14 +255,13 @@ where
                     };
                     match (step, retry_with) {
                         (Step::Done(result), _) => {
-                            let result = dispatch.finish(result);
-                            if let Err(e) = &result {
-                                count(&dispatch.shared, e);
-                            }
+                            let result = dispatch.end(result);
                             return Poll::Ready(result.map(Answer::into_response));
                         }
                         (Step::Retry, Some(inner)) => retried(dispatch, inner),
-                        (Step::Retry, None) => unreachable!("retries keep the inner service"),
+                        (Step::Retry, None) => {
+                            unreachable!("a retry needs the kept head, kept with the service")
+                        }
                     }
                 }
             };
@@ -286,11 +282,7 @@ where
 {
     Box::pin(async move {
         let result = dispatch.attempts(&mut inner, None).await;
-        let result = dispatch.finish(result);
-        if let Err(e) = &result {
-            count(&dispatch.shared, e);
-        }
-        result
+        dispatch.end(result)
     })
 }
 
@@ -394,8 +386,9 @@ impl<S> Mesh<S> {
             Ok(Plan::ExternalName) => return Steady::Waits(req, Some(addressed), Some(routing)),
             Err(e) => return failed(e),
         };
-        let retry_with = (shared.settings.max_retries > 0).then(|| self.inner.clone());
         let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
+        // Only a request that may be retried keeps a service to retry on.
+        let retry_with = dispatch.head.is_some().then(|| self.inner.clone());
         let (req, attempt, pos) = match dispatch.next(Some(first)) {
             Ok(next) => next,
             Err(e) => return failed(e),
@@ -857,14 +850,16 @@ where
     ) -> (Self, Request<ReplayBody<B>>) {
         let settings = &shared.settings;
         let retries = settings.max_retries > 0;
+        // Another attempt needs another endpoint: with one, nothing is kept for it.
+        let keep = retries && chosen.picked.len() > 1;
         // A matched rule's own request timeout replaces the Mesh's.
         let deadline = routing
             .timeout
             .or(settings.timeout)
             .map(|t| (Instant::now() + t, t));
-        let cap = if retries { settings.max_replay_body } else { 0 };
+        let cap = if keep { settings.max_replay_body } else { 0 };
         let body_was_empty = req.body().is_end_stream();
-        let head = retries.then(|| with_body(&req, ()));
+        let head = keep.then(|| with_body(&req, ()));
         let idempotent = is_idempotent(req.method());
         let https = req.uri().scheme() == Some(&Scheme::HTTPS);
         let mut replay = None;
@@ -1136,6 +1131,19 @@ where
             }
             .into()),
         }
+    }
+
+    /// [`finish`](Self::finish), counting the Mesh's own failure: the end of a request
+    /// whose future is this dispatch's (the general path counts its own, waits included).
+    fn end<RB>(
+        &self,
+        result: Result<Answer<Response<RB>>, BoxError>,
+    ) -> Result<Answer<Response<RB>>, BoxError> {
+        let result = self.finish(result);
+        if let Err(e) = &result {
+            count(&self.shared, e);
+        }
+        result
     }
 
     /// The request's end: the canary guard counts what the backend an HTTPRoute chose did
