@@ -27,7 +27,7 @@ mod tests;
 use std::cell::Cell;
 use std::sync::Arc;
 
-use crate::load::EndpointLoad;
+use crate::load::{EndpointLoad, decay_factor};
 use crate::subset::Picked;
 
 thread_local! {
@@ -73,9 +73,9 @@ pub const LATENCY_RESOLUTION: std::time::Duration = std::time::Duration::from_mi
 #[derive(Debug, Default)]
 pub struct Balancer {
     algorithm: Algorithm,
-    /// The peak-EWMA decay, in nanoseconds, used to age a stale estimate (see
-    /// [`with_decay`](Self::with_decay)).
-    decay_nanos: f64,
+    /// The reciprocal of the peak-EWMA decay in nanoseconds, used to age a stale estimate
+    /// (see [`with_decay`](Self::with_decay)).
+    per_decay_nanos: f64,
 }
 
 impl Balancer {
@@ -83,7 +83,7 @@ impl Balancer {
     pub fn new(algorithm: Algorithm) -> Self {
         Self {
             algorithm,
-            decay_nanos: 10e9,
+            per_decay_nanos: 1e-10,
         }
     }
 
@@ -93,7 +93,7 @@ impl Balancer {
     /// Without it, an endpoint that lost every comparison after one slow sample would get
     /// no request, so no new sample, and stay starved for good in sequential traffic.
     pub fn with_decay(mut self, decay: std::time::Duration) -> Self {
-        self.decay_nanos = decay.as_nanos().max(1) as f64;
+        self.per_decay_nanos = 1.0 / decay.as_nanos().max(1) as f64;
         self
     }
 
@@ -268,11 +268,7 @@ impl Balancer {
                         return f64::INFINITY;
                     }
                     let age = reference.saturating_sub(load.stamp_nanos());
-                    let aged = if age == 0 {
-                        load.ewma_nanos()
-                    } else {
-                        load.ewma_nanos() * (-(age as f64) / self.decay_nanos).exp()
-                    };
+                    let aged = load.ewma_nanos() * decay_factor(age as f64 * self.per_decay_nanos);
                     let pending = if both_idle {
                         1.0
                     } else {

@@ -41,3 +41,44 @@ fn loads_survive_snapshots_and_leave_with_their_address() {
     table.for_set(&s3);
     assert_eq!(table.loads.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn decay_factor_matches_exp_across_its_range() {
+    // Both sides of the switch to libm, from a sample microseconds after the previous one
+    // to one several decays later.
+    for x in [
+        0.0,
+        1e-9,
+        1e-6,
+        1e-3,
+        0.01,
+        1.0 / 64.0 - 1e-12,
+        1.0 / 64.0,
+        0.5,
+        1.0,
+        7.0,
+    ] {
+        let (ours, libm) = (decay_factor(x), (-x).exp());
+        assert!(
+            (ours - libm).abs() <= 1e-8 * libm,
+            "e^-{x}: {ours} against {libm}"
+        );
+    }
+}
+
+#[test]
+fn attempts_measure_latency_with_the_tables_clock() {
+    // The time-stamp counter, scaled, must agree with the OS clock about a known wait.
+    let table = LoadTable::new(Duration::from_secs(10), Duration::from_micros(1));
+    let start = table.raw_now();
+    let wall = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(20));
+    let measured = Duration::from_nanos(table.elapsed_nanos(start, table.raw_now()));
+    let reference = wall.elapsed();
+    let skew = measured.abs_diff(reference);
+    assert!(
+        skew < Duration::from_millis(2),
+        "{measured:?} against {reference:?}"
+    );
+    assert_eq!(table.elapsed_nanos(start, start), 0, "no time, no latency");
+}

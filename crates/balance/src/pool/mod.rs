@@ -25,7 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -386,7 +386,7 @@ impl<T> Pool<T> {
             in_flight: self.outcomes.table.start(load),
             outcomes: self.outcomes.clone(),
             addr: snapshot.set().endpoints()[pos].addr(),
-            started: Instant::now(),
+            started: self.outcomes.table.raw_now(),
             succeeded: false,
         }
     }
@@ -398,7 +398,8 @@ pub struct Attempt {
     in_flight: InFlight,
     outcomes: Arc<Outcomes>,
     addr: SocketAddr,
-    started: Instant,
+    /// The load table clock's raw reading when the attempt started.
+    started: u64,
     /// Response headers arrived and were not a counted failure: a success once the body
     /// ends (or is dropped) without an error.
     succeeded: bool,
@@ -408,7 +409,6 @@ impl fmt::Debug for Attempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
             .field("addr", &self.addr)
-            .field("started", &self.started)
             .finish_non_exhaustive()
     }
 }
@@ -433,18 +433,19 @@ impl Attempt {
     /// slow because the client had to connect to it first, and peak EWMA would otherwise
     /// remember that first request for seconds.
     pub fn responded_excluding(&mut self, failure: bool, setup: Duration) -> Duration {
-        let now = Instant::now();
-        let latency = now
-            .saturating_duration_since(self.started)
-            .saturating_sub(setup);
+        let table = &self.outcomes.table;
+        let now = table.raw_now();
+        let latency = table
+            .elapsed_nanos(self.started, now)
+            .saturating_sub(setup.as_nanos() as u64);
         let load = self.in_flight.load();
-        self.outcomes.table.record_instant(load, latency, now);
+        table.record_nanos(load, latency, table.since_origin(now));
         if failure {
             self.outcomes.failure(load, self.addr);
         } else {
             self.succeeded = true;
         }
-        latency
+        Duration::from_nanos(latency)
     }
 
     /// No response (connection refused or reset, an inner error), or the response body
@@ -453,7 +454,8 @@ impl Attempt {
     pub fn failed(mut self) -> Duration {
         self.succeeded = false;
         self.outcomes.failure(self.in_flight.load(), self.addr);
-        self.started.elapsed()
+        let table = &self.outcomes.table;
+        Duration::from_nanos(table.elapsed_nanos(self.started, table.raw_now()))
     }
 }
 
