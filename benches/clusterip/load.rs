@@ -183,6 +183,54 @@ pub(crate) struct MachineUse {
 pub(crate) static POD_PIDS: std::sync::Mutex<std::collections::BTreeSet<u32>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
+/// The addresses of the running Pods (see [`stale_nat_entries`]).
+pub(crate) static POD_ADDRS: std::sync::Mutex<std::collections::BTreeSet<std::net::Ipv4Addr>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Connection-tracking entries in this namespace that bind a ClusterIP (10.96.0.0/12) to a
+/// Pod address (10.244.0.0/16) that no running Pod has: what a deleted Pod leaves behind.
+///
+/// kube-proxy removes such entries for UDP only. A TCP entry in any state but TIME_WAIT
+/// keeps its NAT binding when a new SYN with the same tuple arrives (conntrack takes it for
+/// a retransmission, or ignores it), so a client that reuses that source port for the same
+/// ClusterIP is sent to the deleted Pod's address, gets no answer, and times out; the
+/// failed attempt leaves the entry in SYN_SENT for another two minutes. Read from
+/// `/proc/net/nf_conntrack`.
+pub(crate) fn stale_nat_entries() -> u64 {
+    let live = POD_ADDRS.lock().map(|a| a.clone()).unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/nf_conntrack").unwrap_or_default();
+    let addr = |field: Option<&str>, key: &str| {
+        field
+            .and_then(|f| f.strip_prefix(key))
+            .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+    };
+    table
+        .lines()
+        .filter(|line| line.contains(" tcp ") && !line.contains(" TIME_WAIT "))
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let srcs: Vec<&str> = fields
+                .iter()
+                .copied()
+                .filter(|f| f.starts_with("src="))
+                .collect();
+            let original_dst = addr(
+                fields.iter().copied().find(|f| f.starts_with("dst=")),
+                "dst=",
+            );
+            let reply_src = addr(srcs.get(1).copied(), "src=");
+            match (original_dst, reply_src) {
+                (Some(vip), Some(pod)) => {
+                    let [a, b, ..] = vip.octets();
+                    let [c, d, ..] = pod.octets();
+                    a == 10 && (96..112).contains(&b) && (c, d) == (10, 244) && !live.contains(&pod)
+                }
+                _ => false,
+            }
+        })
+        .count() as u64
+}
+
 /// A `TcpExt` counter of `/proc/<pid>/net/netstat` (two lines: names, then values).
 fn tcp_ext(netstat: &str, name: &str) -> u64 {
     let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));

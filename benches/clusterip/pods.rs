@@ -116,6 +116,9 @@ impl Pods {
         if let (Some(pid), Ok(mut pids)) = (child.id(), crate::load::POD_PIDS.lock()) {
             pids.insert(pid);
         }
+        if let Ok(mut addrs) = crate::load::POD_ADDRS.lock() {
+            addrs.insert(ip);
+        }
         self.running.push(Pod {
             name,
             ip,
@@ -136,6 +139,9 @@ impl Pods {
         let mut pod = self.running.remove(i);
         if let (Some(pid), Ok(mut pids)) = (pod.child.id(), crate::load::POD_PIDS.lock()) {
             pids.remove(&pid);
+        }
+        if let Ok(mut addrs) = crate::load::POD_ADDRS.lock() {
+            addrs.remove(&pod.ip);
         }
         pod.child.kill().await?;
         // A Pod already deleted (a graceful deletion the API server completed) is gone,

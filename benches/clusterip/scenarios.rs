@@ -767,6 +767,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             "6. No keep-alive (a new connection per request), with extra Services' rules in the NAT table",
             &[
                 "extra Services",
+                "stale NAT entries to deleted Pods",
                 "arm",
                 "req/s",
                 "p50",
@@ -817,6 +818,8 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                     direct_uri.clone(),
                 ),
             ];
+            // Left by the Pods earlier scenarios deleted (see `load::stale_nat_entries`).
+            let stale = load::stale_nat_entries();
             let runs = cell(plan.reps, &arms, |s, u| {
                 load::closed(s, u, plan.concurrency.min(8), plan.steady, plan.max)
             })
@@ -825,6 +828,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 let r = &runs[name];
                 t.row(vec![
                     dummies.to_string(),
+                    stale.to_string(),
                     name.to_string(),
                     spread(stat(r, Run::throughput), |v| format!("{v:.0}")),
                     spread(stat(r, |x| us(x.percentile(0.5))), ms),
@@ -855,7 +859,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 );
             }
         }
-        t.note("A failure here costs its worker the 1 s connect timeout. The conntrack columns are the client namespace's counters over each arm's runs (where kube-proxy's DNAT happens); the Pods' columns sum their TCP stacks' PAWS rejections and listen-queue drops. Zeros there mean the lost connection attempts were not dropped by conntrack as clashes or invalid, nor refused by a full accept queue or a timestamp check at a Pod.".into());
+        t.note("A failure here costs its worker the 1 s connect timeout. The conntrack columns are the client namespace's counters over each arm's runs (where kube-proxy's DNAT happens); the Pods' columns sum their TCP stacks' PAWS rejections and listen-queue drops. Zeros there mean the lost connection attempts were not dropped by conntrack as clashes or invalid, nor refused by a full accept queue or a timestamp check at a Pod. The failures on the ClusterIP arms come from the Pods the churn and canary scenarios deleted: their connections left conntrack entries that bind the ClusterIP and a client port to the deleted Pod's address (counted at each cell's start in the second column; kube-proxy cleans these up for UDP only). A new connection that reuses such a port keeps the old binding, so its SYN goes to an address nobody answers (traced: an ARP request for the deleted Pod at the moment of the SYN, no packet of that port on the bridge, no drop in the kernel), and it times out. Rudder connects to the addresses discovery lists, so a deleted Pod gets no new connection.".into());
         report.table(t);
         report.chart("clusterip-rules.svg", chart);
     }

@@ -30,7 +30,7 @@ pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
     Unroutable, UnroutableReason, WatchKind,
 };
-pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable};
+pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable, calibrate_clock};
 pub use self::maglev::{Maglev, hash_key};
 pub use self::pool::{Attempt, EjectionHook, Pool, PoolConfig, Snapshot};
 pub use self::selector::{Requirement, Selector, SelectorError};

@@ -741,6 +741,9 @@ impl MeshBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
+        // Routing pools are made when a Service is first asked for, some while a request
+        // waits: calibrate their latency clock now instead.
+        rudder_balance::calibrate_clock();
         let source = match (self.shared_discovery, self.client) {
             (Some(shared), _) => {
                 if self.discovery.is_some() {
