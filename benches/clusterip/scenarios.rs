@@ -862,6 +862,18 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         t.note("A failure here costs its worker the 1 s connect timeout. The conntrack columns are the client namespace's counters over each arm's runs (where kube-proxy's DNAT happens); the Pods' columns sum their TCP stacks' PAWS rejections and listen-queue drops. Zeros there mean the lost connection attempts were not dropped by conntrack as clashes or invalid, nor refused by a full accept queue or a timestamp check at a Pod. The failures on the ClusterIP arms come from the Pods the churn and canary scenarios deleted: their connections left conntrack entries that bind the ClusterIP and a client port to the deleted Pod's address (counted at each cell's start in the second column; kube-proxy cleans these up for UDP only). A new connection that reuses such a port keeps the old binding, so its SYN goes to an address nobody answers (traced: an ARP request for the deleted Pod at the moment of the SYN, no packet of that port on the bridge, no drop in the kernel), and it times out. Rudder connects to the addresses discovery lists, so a deleted Pod gets no new connection.".into());
         report.table(t);
         report.chart("clusterip-rules.svg", chart);
+        // Back to no extra Services, so the rollout below measures the Service alone and
+        // not 10,000 others' rules being rewritten on every endpoint change.
+        proxy_task.abort();
+        nft_task.abort();
+        let before = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+        let nft_before = nft_stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+        proxy_task = spawn_proxy(&kube, 0, Backend::Iptables, &stats);
+        nft_task = spawn_proxy(&kube, 0, nft(), &nft_stats);
+        stats.wait_past(before, Duration::from_secs(300)).await?;
+        nft_stats
+            .wait_past(nft_before, Duration::from_secs(300))
+            .await?;
     }
 
     eprintln!("[clusterip] 7/7 rolling update");
