@@ -67,7 +67,7 @@ fn decay_factor_matches_exp_across_its_range() {
 }
 
 #[test]
-fn attempts_measure_latency_with_the_tables_clock() {
+fn the_tables_clock_agrees_with_the_os_clock() {
     // The time-stamp counter, scaled, must agree with the OS clock about a known wait.
     let table = LoadTable::new(Duration::from_secs(10), Duration::from_micros(1));
     let start = table.raw_now();
