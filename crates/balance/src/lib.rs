@@ -27,7 +27,7 @@ pub mod weighted;
 
 pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Pairing, Readiness, ServiceState, SyncClock,
     Unroutable, UnroutableReason, WatchKind,
 };
 pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable, calibrate_clock};

@@ -229,15 +229,34 @@ impl EndpointSet {
     /// A set in `state` with `endpoints`, sorted by address with duplicates removed (the
     /// first occurrence of an address wins).
     pub fn new(state: ServiceState, mut endpoints: Vec<Endpoint>) -> Self {
-        endpoints.sort_by_key(Endpoint::addr);
+        // A sorted list is only checked: a sort would allocate scratch space even then.
+        if !endpoints.is_sorted_by_key(Endpoint::addr) {
+            endpoints.sort_by_key(Endpoint::addr);
+        }
         endpoints.dedup_by_key(|e| e.addr);
+        Self::with_endpoints(state, endpoints.into())
+    }
+
+    /// [`new`](Self::new) from a borrowed list: when it is already sorted by address with
+    /// no address twice (checked in one pass), the set is made with one allocation and a
+    /// clone of each endpoint, with no intermediate list; otherwise as `new`. This is how
+    /// discovery publishes from the list it keeps patched.
+    pub fn from_sorted(state: ServiceState, endpoints: &[Endpoint]) -> Self {
+        if endpoints.windows(2).all(|w| w[0].addr < w[1].addr) {
+            Self::with_endpoints(state, endpoints.into())
+        } else {
+            Self::new(state, endpoints.to_vec())
+        }
+    }
+
+    fn with_endpoints(state: ServiceState, endpoints: Arc<[Endpoint]>) -> Self {
         let empty_reason = match state {
             ServiceState::Active if endpoints.is_empty() => Some(EmptyReason::NoEndpoints),
             _ => None,
         };
         Self {
             state,
-            endpoints: endpoints.into(),
+            endpoints,
             empty_reason,
             unroutable: Arc::new([]),
             service_ports: Arc::new([]),
@@ -343,5 +362,78 @@ impl EndpointSet {
     /// Whether the set holds no endpoint.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
+    }
+}
+
+/// How the endpoints of a new set pair with those of the set before it, by address: one
+/// merge walk over the two address-sorted lists, made once per update and shared by all
+/// that carries per-endpoint state (load, payload, label matches) from one to the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pairing {
+    /// Per endpoint of the new set, its position in the old one, or [`Pairing::NEW`].
+    from: Vec<u32>,
+    /// Positions in the old set whose addresses are gone.
+    gone: Vec<u32>,
+    added: usize,
+}
+
+impl Pairing {
+    /// The position of an address the old set did not have.
+    const NEW: u32 = u32::MAX;
+
+    /// Pairs `next`'s endpoints with `previous`'s.
+    pub fn new(previous: &EndpointSet, next: &EndpointSet) -> Self {
+        let old = previous.endpoints();
+        let mut from = Vec::with_capacity(next.len());
+        let mut gone = Vec::new();
+        let mut added = 0;
+        let mut j = 0;
+        for e in next.endpoints() {
+            let addr = e.addr();
+            while j < old.len() && old[j].addr < addr {
+                gone.push(j as u32);
+                j += 1;
+            }
+            if j < old.len() && old[j].addr == addr {
+                from.push(j as u32);
+                j += 1;
+            } else {
+                from.push(Self::NEW);
+                added += 1;
+            }
+        }
+        gone.extend((j..old.len()).map(|j| j as u32));
+        Self { from, gone, added }
+    }
+
+    /// The position in the old set of the new set's endpoint at `pos`, if its address
+    /// was there.
+    pub fn previous(&self, pos: usize) -> Option<usize> {
+        self.from
+            .get(pos)
+            .filter(|j| **j != Self::NEW)
+            .map(|j| *j as usize)
+    }
+
+    /// Per endpoint of the new set, in order, its position in the old one, if any.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<usize>> + '_ {
+        self.from
+            .iter()
+            .map(|j| (*j != Self::NEW).then_some(*j as usize))
+    }
+
+    /// Positions in the old set of the addresses the new one does not have.
+    pub fn gone(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.gone.iter().map(|j| *j as usize)
+    }
+
+    /// How many of the new set's addresses the old one did not have.
+    pub fn added(&self) -> usize {
+        self.added
+    }
+
+    /// Whether both sets have exactly the same addresses.
+    pub fn same_addresses(&self) -> bool {
+        self.added == 0 && self.gone.is_empty()
     }
 }

@@ -45,3 +45,37 @@ fn empty_sets_say_why() {
     assert_eq!(EndpointSet::pending().empty_reason(), None);
     assert_eq!(EndpointSet::pending().state(), &ServiceState::Pending);
 }
+
+#[test]
+fn pairing_names_each_address_once_as_kept_added_or_gone() {
+    let set = |addrs: &[&str]| {
+        EndpointSet::new(ServiceState::Active, addrs.iter().map(|a| ep(a)).collect())
+    };
+    let before = set(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80", "10.0.0.6:80"]);
+    let after = set(&["10.0.0.0:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.6:80"]);
+    let p = Pairing::new(&before, &after);
+    assert_eq!(
+        p.iter().collect::<Vec<_>>(),
+        [None, Some(1), None, Some(3)],
+        "each new endpoint names its old position, or none"
+    );
+    assert_eq!(p.previous(1), Some(1));
+    assert_eq!(p.previous(2), None);
+    assert_eq!(p.previous(9), None, "out of range");
+    assert_eq!(
+        p.gone().collect::<Vec<_>>(),
+        [0, 2],
+        "10.0.0.1 and 10.0.0.4 left"
+    );
+    assert_eq!(p.added(), 2);
+    assert!(!p.same_addresses());
+
+    let same = Pairing::new(&before, &before);
+    assert!(same.same_addresses());
+    assert_eq!(same.iter().flatten().collect::<Vec<_>>(), [0, 1, 2, 3]);
+
+    let emptied = Pairing::new(&before, &set(&[]));
+    assert_eq!(emptied.gone().len(), 4, "everything left");
+    let filled = Pairing::new(&set(&[]), &before);
+    assert_eq!(filled.added(), 4, "everything came");
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::endpoint::EndpointSet;
+use crate::endpoint::{EndpointSet, Pairing};
 
 /// The process-wide origin of ejection deadlines, so an endpoint's load needs no clock of
 /// its own (keeping it small: balancers read many of them per second).
@@ -290,40 +290,32 @@ impl LoadTable {
     }
 
     /// The loads of `next`'s endpoints, carried over from `previous` (a set and its aligned
-    /// loads, as [`for_set`](Self::for_set) returned them) by one merge walk over the two
-    /// address-sorted lists: only addresses that came or went touch the table, so an
+    /// loads, as [`for_set`](Self::for_set) returned them) through `pairing` (how `next`
+    /// pairs with `previous`): only addresses that came or went touch the table, so an
     /// update costs O(changed) table operations rather than O(endpoints).
     pub fn carry(
         &self,
         previous: &EndpointSet,
         previous_loads: &[Arc<EndpointLoad>],
         next: &EndpointSet,
+        pairing: &Pairing,
     ) -> Arc<[Arc<EndpointLoad>]> {
-        let old = previous.endpoints();
         let mut table = self.loads.lock().unwrap_or_else(|e| e.into_inner());
-        let mut j = 0;
-        let mut carried = Vec::with_capacity(next.len());
-        for e in next.endpoints() {
-            while j < old.len() && old[j].addr() < e.addr() {
-                // Gone from the set.
-                table.remove(&old[j].addr());
-                j += 1;
-            }
-            if j < old.len() && old[j].addr() == e.addr() {
-                carried.push(previous_loads[j].clone());
-                j += 1;
-            } else {
-                let load = table
+        // Only the addresses that came or went touch the table.
+        for gone in pairing.gone() {
+            table.remove(&previous.endpoints()[gone].addr());
+        }
+        next.endpoints()
+            .iter()
+            .zip(pairing.iter())
+            .map(|(e, before)| match before {
+                Some(j) => previous_loads[j].clone(),
+                None => table
                     .entry(e.addr())
                     .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
-                    .clone();
-                carried.push(load);
-            }
-        }
-        for gone in &old[j..] {
-            table.remove(&gone.addr());
-        }
-        carried.into()
+                    .clone(),
+            })
+            .collect()
     }
 
     /// Marks a request to `load` as started; the guard ends it.

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::balancer::{Algorithm, Balancer};
-use crate::endpoint::{Endpoint, EndpointSet};
+use crate::endpoint::{Endpoint, EndpointSet, Pairing};
 use crate::load::{Ejection, EndpointLoad, InFlight, LoadTable};
 use crate::selector::Selector;
 use crate::slow_start::SlowStart;
@@ -191,7 +191,7 @@ impl<T> Pool<T> {
         let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
         let loads = outcomes.table.for_set(&set);
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
-        let matches = Matches::new(&set, &selectors, None);
+        let matches = Matches::new(&set, &selectors);
         let first = Self::index(&config, set, loads, extras, matches, SystemTime::now());
         Self {
             balancer: Balancer::new(config.algorithm).with_decay(config.decay),
@@ -236,39 +236,40 @@ impl<T> Pool<T> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
+        // One merge walk pairs the two address-sorted lists; payloads, loads and label
+        // matches are all carried through it.
+        let pairing = Pairing::new(previous.set(), &set);
         // The same addresses, each still the same Pod (a new Pod at an old Pod's address
         // asks for its own payload).
-        let same_addresses = old.len() == set.len()
-            && old.iter().zip(set.endpoints()).all(|(a, b)| {
-                a.addr() == b.addr() && (a.shares_meta(b) || a.meta().pod == b.meta().pod)
-            });
-        let (extras, loads) = if same_addresses {
+        let same_pods = pairing.same_addresses()
+            && old
+                .iter()
+                .zip(set.endpoints())
+                .all(|(a, b)| a.shares_meta(b) || a.meta().pod == b.meta().pod);
+        let (extras, loads) = if same_pods {
             (previous.extras.clone(), previous.loads.clone())
         } else {
-            // Both lists are sorted by address: one merge walk pairs each endpoint with
-            // its previous payload.
-            let mut j = 0;
             let extras: Arc<[T]> = set
                 .endpoints()
                 .iter()
-                .map(|e| {
-                    while j < old.len() && old[j].addr() < e.addr() {
-                        j += 1;
-                    }
-                    let before =
-                        (j < old.len() && old[j].addr() == e.addr()).then(|| &old_extras[j]);
-                    extra(e, before)
-                })
+                .zip(pairing.iter())
+                .map(|(e, before)| extra(e, before.map(|j| &old_extras[j])))
                 .collect();
             let loads = self
                 .outcomes
                 .table
-                .carry(previous.set(), &previous.loads, &set);
+                .carry(previous.set(), &previous.loads, &set, &pairing);
             (extras, loads)
         };
         // Label matches are made again only for endpoints whose metadata changed.
         let selectors: Vec<&Selector> = self.config.selectors.iter().collect();
-        let matches = Matches::new(&set, &selectors, Some((previous.set(), &previous.matches)));
+        let matches = Matches::carry(
+            &set,
+            &selectors,
+            previous.set(),
+            &previous.matches,
+            &pairing,
+        );
         let next = Self::index(&self.config, set, loads, extras, matches, SystemTime::now());
         self.current.store(Arc::new(next));
     }

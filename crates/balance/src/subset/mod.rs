@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::endpoint::{Endpoint, EndpointSet, Readiness};
+use crate::endpoint::{Endpoint, EndpointSet, Pairing, Readiness};
 use crate::maglev::Maglev;
 use crate::selector::Selector;
 use crate::slow_start::{SlowStart, effective_weight};
@@ -246,44 +246,53 @@ pub struct Matches {
 }
 
 impl Matches {
-    /// The matches of `set`'s endpoints against `selectors`, reusing `previous` (an
-    /// earlier set and its matches) for endpoints that share their metadata with the
-    /// endpoint of the same address there.
-    pub fn new(
+    /// The matches of `set`'s endpoints against `selectors`.
+    pub fn new(set: &EndpointSet, selectors: &[&Selector]) -> Self {
+        let count = selectors.len().min(64);
+        Self {
+            bits: set
+                .endpoints()
+                .iter()
+                .map(|e| Self::compute(e, &selectors[..count]))
+                .collect(),
+        }
+    }
+
+    /// The matches of `set`'s endpoints, reusing those of `previous` (an earlier set, its
+    /// matches, and how `set` pairs with it) for endpoints that share their metadata with
+    /// the endpoint they pair with there: only changed endpoints are matched again.
+    pub fn carry(
         set: &EndpointSet,
         selectors: &[&Selector],
-        previous: Option<(&EndpointSet, &Matches)>,
+        previous: &EndpointSet,
+        matches: &Matches,
+        pairing: &Pairing,
     ) -> Self {
+        if matches.bits.len() != previous.len() {
+            return Self::new(set, selectors);
+        }
         let count = selectors.len().min(64);
-        let compute = |e: &Endpoint| {
-            let labels = e.labels();
-            selectors[..count]
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.matches(labels))
-                .fold(0u64, |bits, (i, _)| bits | 1 << i)
-        };
-        let previous = previous.filter(|(set, m)| m.bits.len() == set.len());
-        let mut j = 0;
+        let old = previous.endpoints();
         let bits = set
             .endpoints()
             .iter()
-            .map(|e| {
-                let Some((old, m)) = previous else {
-                    return compute(e);
-                };
-                // Both sets are sorted by address: one merge walk pairs them.
-                let old = old.endpoints();
-                while j < old.len() && old[j].addr() < e.addr() {
-                    j += 1;
-                }
-                match old.get(j) {
-                    Some(o) if o.addr() == e.addr() && o.shares_meta(e) => m.bits[j],
-                    _ => compute(e),
-                }
+            .zip(pairing.iter())
+            .map(|(e, before)| match before {
+                Some(j) if old[j].shares_meta(e) => matches.bits[j],
+                _ => Self::compute(e, &selectors[..count]),
             })
             .collect();
         Self { bits }
+    }
+
+    /// One endpoint's bits.
+    fn compute(e: &Endpoint, selectors: &[&Selector]) -> u64 {
+        let labels = e.labels();
+        selectors
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.matches(labels))
+            .fold(0u64, |bits, (i, _)| bits | 1 << i)
     }
 
     /// The bit of the selector at `index`, if it has one.
@@ -328,7 +337,7 @@ impl SubsetIndex {
         options: IndexOptions,
     ) -> Self {
         let selectors: Vec<&Selector> = selectors.into_iter().collect();
-        let matches = Matches::new(&set, &selectors, None);
+        let matches = Matches::new(&set, &selectors);
         Self::with_matches(set, &selectors, &matches, options)
     }
 

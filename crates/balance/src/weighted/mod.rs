@@ -54,10 +54,13 @@ pub struct WeightedIndex {
     alias: Vec<Bucket>,
     /// Every candidate has the same weight, not 0: draws need no table.
     uniform: bool,
+    /// The sum of the weights (kept beside the table: every alias draw reads it).
+    total: u64,
 }
 
-/// One alias bucket: a draw landing in bucket `i` keeps `i` when its fraction is below
-/// `keep` (out of 2^64), and takes `alias` otherwise.
+/// One alias bucket: it holds `total` units, `keep` of them its own candidate's and the
+/// rest `alias`'s. A draw landing in it with fraction `f` (out of 2^64) keeps `i` when
+/// `f × total / 2^64 < keep`: one multiply, and building the table divides nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bucket {
     keep: u64,
@@ -67,31 +70,42 @@ struct Bucket {
 /// Vose's alias method in integers: every bucket holds `total` units; candidate `i` brings
 /// `weight × n` units, poured into its own bucket and into the buckets of lighter
 /// candidates, so each is drawn with probability exactly `weight / total` (up to the 2^-64
-/// granularity of `keep`).
+/// granularity of a draw's fraction).
 fn alias_table(weights: &[u64], total: u64) -> Vec<Bucket> {
     let n = weights.len();
     if total == 0 || u32::try_from(n).is_err() {
         return Vec::new();
     }
-    let cap = u128::from(total);
-    let mut units: Vec<u128> = weights.iter().map(|w| u128::from(*w) * n as u128).collect();
+    // Weights are `u32`s and `n` fits a `u32`, so `weight × n` (at most
+    // (2^32 - 1)^2) and `total` fit a `u64`: no wide arithmetic.
+    let n = n as u64;
+    let mut units: Vec<u64> = weights.iter().map(|w| w * n).collect();
     let mut table: Vec<Bucket> = (0..n as u32)
         .map(|i| Bucket {
-            keep: u64::MAX,
+            keep: total,
             alias: i,
         })
         .collect();
-    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| units[*i] < cap);
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for (i, u) in units.iter().enumerate() {
+        if *u < total {
+            small.push(i as u32);
+        } else {
+            large.push(i as u32);
+        }
+    }
     while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        let (s, l) = (s as usize, l as usize);
         // Bucket `s` keeps its own units and is topped up from `l`.
         table[s] = Bucket {
-            keep: ((units[s] << 64) / cap) as u64,
+            keep: units[s],
             alias: l as u32,
         };
-        units[l] -= cap - units[s];
-        if units[l] < cap {
+        units[l] -= total - units[s];
+        if units[l] < total {
             large.pop();
-            small.push(l);
+            small.push(l as u32);
         }
     }
     table
@@ -123,12 +137,13 @@ impl WeightedIndex {
             ends,
             alias,
             uniform,
+            total,
         }
     }
 
     /// The sum of the weights.
     pub fn total(&self) -> u64 {
-        self.ends.last().copied().unwrap_or(0)
+        self.total
     }
 
     /// How many candidates (including weight 0 ones).
@@ -221,7 +236,7 @@ impl WeightedIndex {
         }
         let wide = u128::from(r) * self.alias.len() as u128;
         let i = (wide >> 64) as usize;
-        if (wide as u64) < self.alias[i].keep {
+        if scale(wide as u64, self.total) < self.alias[i].keep {
             i
         } else {
             self.alias[i].alias as usize
