@@ -133,25 +133,54 @@ fn readiness_rank(r: Readiness) -> u8 {
     }
 }
 
-/// Sorts endpoints by address, the better copy of an address first.
+/// The order of a snapshot's endpoints: by address, the better copy of an address first.
+pub(crate) fn endpoint_order(e: &Endpoint) -> (SocketAddr, u8) {
+    (e.addr(), readiness_rank(e.readiness()))
+}
+
+/// Sorts endpoints by [`endpoint_order`]; a sorted list is only checked (a sort would
+/// allocate scratch space even then).
 pub(crate) fn sort_endpoints(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
-    endpoints.sort_by_key(|e| (e.addr(), readiness_rank(e.readiness())));
+    if !endpoints.is_sorted_by_key(endpoint_order) {
+        endpoints.sort_by_key(endpoint_order);
+    }
     endpoints
 }
 
+/// The published set: `endpoints` (any order) and what was seen but is not routable.
 pub(crate) fn finish(
     state: ServiceState,
     endpoints: Vec<Endpoint>,
+    unroutable: Vec<Unroutable>,
+    seen_any: bool,
+    clock: &Arc<SyncClock>,
+) -> EndpointSet {
+    let set = EndpointSet::new(state, sort_endpoints(endpoints));
+    with_unroutable(set, unroutable, seen_any, clock)
+}
+
+/// [`finish`] for endpoints already sorted by [`endpoint_order`] (discovery's patched
+/// list): the set is made straight from the slice.
+pub(crate) fn finish_sorted(
+    state: ServiceState,
+    endpoints: &[Endpoint],
+    unroutable: Vec<Unroutable>,
+    seen_any: bool,
+    clock: &Arc<SyncClock>,
+) -> EndpointSet {
+    let set = EndpointSet::from_sorted(state, endpoints);
+    with_unroutable(set, unroutable, seen_any, clock)
+}
+
+/// Attaches what was seen but is not routable, and says why an empty set is empty.
+fn with_unroutable(
+    set: EndpointSet,
     mut unroutable: Vec<Unroutable>,
     seen_any: bool,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
-    // Already sorted when discovery merged its per-slice cache: one pass then.
-    let endpoints = sort_endpoints(endpoints);
     unroutable.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
-    let set = EndpointSet::new(state, endpoints)
-        .with_unroutable(unroutable)
-        .with_clock(clock.clone());
+    let set = set.with_unroutable(unroutable).with_clock(clock.clone());
     if set.is_empty() && seen_any {
         set.with_empty_reason(EmptyReason::NoneReady)
     } else {

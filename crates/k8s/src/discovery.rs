@@ -531,6 +531,11 @@ struct Converted {
     /// the port's first snapshot was built), for those whose Pod gives no Ready time.
     first_ready: HashMap<std::net::SocketAddr, Option<SystemTime>>,
     built: bool,
+    /// Every cached slice's endpoints, sorted by [`convert::endpoint_order`] (duplicates
+    /// kept): patched with each slice change instead of merged again from every slice.
+    merged: Option<Vec<Endpoint>>,
+    /// The memory of the list before: a patch that moves endpoints writes here.
+    spare: Vec<Endpoint>,
 }
 
 impl Model {
@@ -577,9 +582,13 @@ impl Model {
         // converted again or gone. Only they are checked against the new set, so a slice
         // update costs the slice, not the Service.
         let mut left = Vec::new();
+        // The converted endpoints that leave the merged list and those that join it.
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
         if cache.port_name != resolved.name || cache.pods_epoch != self.pods_epoch {
             left.extend(cache.slices.values().flat_map(|(_, c)| ready_addrs(c)));
             cache.slices.clear();
+            cache.merged = None;
             cache.port_name.clone_from(&resolved.name);
             cache.pods_epoch = self.pods_epoch;
         }
@@ -587,12 +596,12 @@ impl Model {
             let keep = self.slices.items.contains_key(name);
             if !keep {
                 left.extend(ready_addrs(converted));
+                removed.append(&mut converted.endpoints);
             }
             keep
         });
         let first = !std::mem::replace(&mut cache.built, true);
         let now = SystemTime::now();
-        let mut all = Vec::new();
         let mut unroutable = Vec::new();
         let mut seen_any = false;
         for (name, slice) in &self.slices.items {
@@ -608,25 +617,147 @@ impl Model {
                 left.extend(ready_addrs(&entry.1));
                 let mut converted = convert::slice_endpoints(slice, &resolved.name, pods);
                 observe_ready(&mut cache.first_ready, &mut converted.endpoints, first, now);
-                *entry = (rv.clone(), converted);
+                let before = std::mem::replace(entry, (rv.clone(), converted));
+                removed.extend(before.1.endpoints);
+                added.extend(entry.1.endpoints.iter().cloned());
             }
-            all.extend(entry.1.endpoints.iter().cloned());
             unroutable.extend(entry.1.unroutable.iter().cloned());
             seen_any |= entry.1.seen_any;
         }
-        let all = convert::sort_endpoints(all);
+        // The merged list is patched with what changed; when it cannot be (the first
+        // build, or an address listed twice), it is made again from every slice.
+        let spare = &mut cache.spare;
+        let patched = cache.merged.take().and_then(|mut merged| {
+            patch_merged(&mut merged, spare, removed, added).then_some(merged)
+        });
+        let merged = match patched {
+            Some(merged) => merged,
+            // In slice-name order, as the sort is stable: where an address is listed
+            // twice with the same readiness, the first slice's copy wins, every time.
+            _ => convert::sort_endpoints(
+                self.slices
+                    .items
+                    .keys()
+                    .filter_map(|name| cache.slices.get(name))
+                    .flat_map(|(_, c)| c.endpoints.iter().cloned())
+                    .collect(),
+            ),
+        };
         // One that left and comes back ramps again.
         for addr in left {
-            let here = all.partition_point(|e| e.addr() < addr);
-            let ready = all
+            let here = merged.partition_point(|e| e.addr() < addr);
+            let ready = merged
                 .get(here)
                 .is_some_and(|e| e.addr() == addr && e.readiness() == Readiness::Ready);
             if !ready {
                 cache.first_ready.remove(&addr);
             }
         }
-        convert::finish(state, all, unroutable, seen_any, clock)
+        let set = convert::finish_sorted(state, &merged, unroutable, seen_any, clock);
+        cache.merged = Some(merged);
+        set
     }
+}
+
+/// Patches `merged` (every slice's endpoints, sorted by [`convert::endpoint_order`]) by
+/// taking out `removed` and putting in `added`. An endpoint in both (a slice converted
+/// again, that endpoint unchanged) stays as it was. A few changes are made in place (a
+/// binary search and a move of the tail each); many, by one merge pass that moves
+/// endpoints without cloning them. `false` (and `merged` in an unknown state) when the
+/// patch would not give what a full build gives: an endpoint to take out is not there, or
+/// an added address is listed twice, where which copy wins depends on the slices' order.
+fn patch_merged(
+    merged: &mut Vec<Endpoint>,
+    spare: &mut Vec<Endpoint>,
+    mut removed: Vec<Endpoint>,
+    mut added: Vec<Endpoint>,
+) -> bool {
+    use convert::endpoint_order as key;
+    /// Up to this many changes are made in place.
+    const FEW: usize = 64;
+    removed.sort_by_key(key);
+    added.sort_by_key(key);
+    cancel_unchanged(&mut removed, &mut added);
+    if removed.len() + added.len() <= FEW {
+        for r in &removed {
+            let from = merged.partition_point(|e| key(e) < key(r));
+            let Some(i) = (from..merged.len())
+                .take_while(|i| key(&merged[*i]) == key(r))
+                .find(|i| merged[*i] == *r)
+            else {
+                return false;
+            };
+            merged.remove(i);
+        }
+        for a in added {
+            let i = merged.partition_point(|e| key(e) < key(&a));
+            let taken = |j: usize| merged.get(j).is_some_and(|e| e.addr() == a.addr());
+            if taken(i) || (i > 0 && taken(i - 1)) {
+                return false;
+            }
+            merged.insert(i, a);
+        }
+        return true;
+    }
+    // The pass writes into the spare list's memory (fresh memory would fault a page in
+    // every 85 endpoints) and keeps the old list's as the next spare.
+    let mut old = std::mem::replace(merged, std::mem::take(spare));
+    merged.clear();
+    merged.reserve(old.len() + added.len());
+    let mut removed = removed.into_iter().peekable();
+    let mut added = added.into_iter().peekable();
+    for e in old.drain(..) {
+        if removed.peek() == Some(&e) {
+            removed.next();
+            continue;
+        }
+        while let Some(a) = added.next_if(|a| key(a) <= key(&e)) {
+            if a.addr() == e.addr() || merged.last().is_some_and(|l| l.addr() == a.addr()) {
+                return false;
+            }
+            merged.push(a);
+        }
+        if added.peek().is_some_and(|a| a.addr() == e.addr()) {
+            return false;
+        }
+        merged.push(e);
+    }
+    for a in added {
+        if merged.last().is_some_and(|l| l.addr() == a.addr()) {
+            return false;
+        }
+        merged.push(a);
+    }
+    *spare = old;
+    removed.peek().is_none()
+}
+
+/// Drops from both sorted lists the endpoints they share (equal in every field), so what
+/// is left is what changed.
+fn cancel_unchanged(removed: &mut Vec<Endpoint>, added: &mut Vec<Endpoint>) {
+    use convert::endpoint_order as key;
+    let (mut i, mut j) = (0, 0);
+    let mut keep_removed = vec![true; removed.len()];
+    let mut keep_added = vec![true; added.len()];
+    while i < removed.len() && j < added.len() {
+        match key(&removed[i]).cmp(&key(&added[j])) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal if removed[i] == added[j] => {
+                keep_removed[i] = false;
+                keep_added[j] = false;
+                i += 1;
+                j += 1;
+            }
+            // The same address and readiness listed differently: both stay, the patch
+            // takes one out and puts the other in.
+            std::cmp::Ordering::Equal => i += 1,
+        }
+    }
+    let mut keep = keep_removed.into_iter();
+    removed.retain(|_| keep.next().unwrap_or(true));
+    let mut keep = keep_added.into_iter();
+    added.retain(|_| keep.next().unwrap_or(true));
 }
 
 /// The ready endpoints of a converted slice whose ramp discovery times itself.

@@ -562,3 +562,107 @@ fn pods_a_selector_change_leaves_out_keep_their_labels_while_slices_name_them() 
     assert_eq!(model.build(None, &c).len(), 1);
     assert!(model.pods_departed.is_empty());
 }
+
+/// Discovery patches its merged endpoint list with each slice change instead of merging
+/// every slice again; whatever the changes (readiness flips, addresses coming and going,
+/// one address listed by two slices, slices deleted and made again), the snapshot must be
+/// the one a fresh build from the same slices gives, down to which slice's copy of a
+/// duplicated address wins.
+#[test]
+fn patched_snapshots_equal_full_builds() {
+    fn fresh(slices: &BTreeMap<String, EndpointSlice>) -> Model {
+        let mut model = Model {
+            source: Some(Source::EndpointSlices),
+            ..Model::default()
+        };
+        model
+            .service
+            .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
+        model.service.apply(Event::InitDone, name_of, |s| s);
+        for s in slices.values() {
+            model
+                .slices
+                .apply(Event::InitApply(s.clone()), name_of, |s| s);
+        }
+        model.slices.apply(Event::InitDone, name_of, |s| s);
+        model
+    }
+    // What a snapshot routes to: address, readiness and which slice's copy (the Pod name
+    // says), leaving out the ramp times only a long-running model has.
+    fn routed(
+        set: &rudder_balance::EndpointSet,
+    ) -> Vec<(std::net::SocketAddr, Readiness, Option<String>)> {
+        set.endpoints()
+            .iter()
+            .map(|e| (e.addr(), e.readiness(), e.meta().pod.clone()))
+            .collect()
+    }
+    let c = clock();
+    let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+    let mut model = fresh(&slices);
+    // A fixed xorshift sequence: the same run every time, and one that fails can be
+    // replayed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut duplicated = 0;
+    for round in 0..600 {
+        let name = format!("s-{}", next(4));
+        if next(10) == 0 {
+            if let Some(gone) = slices.remove(&name) {
+                model.slices.apply(Event::Delete(gone), name_of, |s| s);
+            }
+        } else if let Some(s) = slices.get(&name).filter(|_| next(2) == 0) {
+            // The same addresses, each with new conditions (the common update: a Pod
+            // turning ready or going away).
+            let mut s = s.clone();
+            for e in &mut s.endpoints {
+                let ready = next(2) == 0;
+                let c = e.conditions.get_or_insert_with(Default::default);
+                c.ready = Some(ready);
+                c.serving = Some(ready || next(2) == 0);
+                c.terminating = Some(!ready);
+            }
+            s.metadata.resource_version = Some(round.to_string());
+            slices.insert(name, s.clone());
+            model.slices.apply(Event::Apply(s), name_of, |s| s);
+        } else {
+            // Mostly up to six of twelve addresses, shared between slices; now and then
+            // dozens of a hundred (more changes than discovery patches in place); each
+            // ready, serving while terminating, or not ready.
+            let (count, range) = if next(8) == 0 {
+                (40 + next(60), 100)
+            } else {
+                (next(7), 12)
+            };
+            let mut eps = Vec::new();
+            for _ in 0..count {
+                let ip = format!("10.0.0.{}", next(range) + 1);
+                let mut e = match next(3) {
+                    0 => ep(&ip, Some(true), Some(true), Some(false)),
+                    1 => ep(&ip, Some(false), Some(true), Some(true)),
+                    _ => ep(&ip, Some(false), Some(false), Some(false)),
+                };
+                e["targetRef"] = json!({"kind": "Pod", "name": format!("{name}-{ip}")});
+                eps.push(e);
+            }
+            let mut s = slice_of(&name, "IPv4", 8080, eps);
+            s.metadata.resource_version = Some(round.to_string());
+            slices.insert(name, s.clone());
+            model.slices.apply(Event::Apply(s), name_of, |s| s);
+        }
+        let patched = model.build(None, &c);
+        let full = fresh(&slices).build(None, &clock());
+        assert_eq!(routed(&patched), routed(&full), "round {round}");
+        let listed: usize = slices.values().map(|s| s.endpoints.len()).sum();
+        duplicated += usize::from(listed > full.len() + full.unroutable().len());
+    }
+    assert!(
+        duplicated > 50,
+        "the sequence lists addresses twice ({duplicated} rounds)"
+    );
+}
