@@ -232,7 +232,15 @@ impl<T> Pool<T> {
     /// exactly the previous addresses, each naming the same Pod as before (a weight or
     /// label change), the payloads and loads are carried over whole and `extra` is not
     /// called.
-    pub fn update(&self, set: Arc<EndpointSet>, mut extra: impl FnMut(&Endpoint, Option<&T>) -> T) {
+    ///
+    /// Returns the snapshot it replaced. Requests may still hold it; whoever drops the
+    /// last reference releases its per-endpoint state, O(endpoints), after the swap and
+    /// not before it: an updater that times the swap drops it afterwards.
+    pub fn update(
+        &self,
+        set: Arc<EndpointSet>,
+        mut extra: impl FnMut(&Endpoint, Option<&T>) -> T,
+    ) -> Arc<Snapshot<T>> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
@@ -272,6 +280,7 @@ impl<T> Pool<T> {
         );
         let next = Self::index(&self.config, set, loads, extras, matches, SystemTime::now());
         self.current.store(Arc::new(next));
+        previous
     }
 
     /// Re-indexes the current set at the current time, so slow-start weights follow their
