@@ -534,8 +534,6 @@ struct Converted {
     /// Every cached slice's endpoints, sorted by [`convert::endpoint_order`] (duplicates
     /// kept): patched with each slice change instead of merged again from every slice.
     merged: Option<Vec<Endpoint>>,
-    /// The memory of the list before: a patch that moves endpoints writes here.
-    spare: Vec<Endpoint>,
 }
 
 impl Model {
@@ -592,11 +590,16 @@ impl Model {
             cache.port_name.clone_from(&resolved.name);
             cache.pods_epoch = self.pods_epoch;
         }
+        // Without a merged list to patch (the first build, or every slice converted
+        // again), changes are not collected: the list is made from every slice.
+        let patching = cache.merged.is_some();
         cache.slices.retain(|name, (_, converted)| {
             let keep = self.slices.items.contains_key(name);
             if !keep {
                 left.extend(ready_addrs(converted));
-                removed.append(&mut converted.endpoints);
+                if patching {
+                    removed.append(&mut converted.endpoints);
+                }
             }
             keep
         });
@@ -618,18 +621,20 @@ impl Model {
                 let mut converted = convert::slice_endpoints(slice, &resolved.name, pods);
                 observe_ready(&mut cache.first_ready, &mut converted.endpoints, first, now);
                 let before = std::mem::replace(entry, (rv.clone(), converted));
-                removed.extend(before.1.endpoints);
-                added.extend(entry.1.endpoints.iter().cloned());
+                if patching {
+                    removed.extend(before.1.endpoints);
+                    added.extend(entry.1.endpoints.iter().cloned());
+                }
             }
             unroutable.extend(entry.1.unroutable.iter().cloned());
             seen_any |= entry.1.seen_any;
         }
         // The merged list is patched with what changed; when it cannot be (the first
         // build, or an address listed twice), it is made again from every slice.
-        let spare = &mut cache.spare;
-        let patched = cache.merged.take().and_then(|mut merged| {
-            patch_merged(&mut merged, spare, removed, added).then_some(merged)
-        });
+        let patched = cache
+            .merged
+            .take()
+            .and_then(|mut merged| patch_merged(&mut merged, removed, added).then_some(merged));
         let merged = match patched {
             Some(merged) => merged,
             // In slice-name order, as the sort is stable: where an address is listed
@@ -668,7 +673,6 @@ impl Model {
 /// an added address is listed twice, where which copy wins depends on the slices' order.
 fn patch_merged(
     merged: &mut Vec<Endpoint>,
-    spare: &mut Vec<Endpoint>,
     mut removed: Vec<Endpoint>,
     mut added: Vec<Endpoint>,
 ) -> bool {
@@ -699,14 +703,11 @@ fn patch_merged(
         }
         return true;
     }
-    // The pass writes into the spare list's memory (fresh memory would fault a page in
-    // every 85 endpoints) and keeps the old list's as the next spare.
-    let mut old = std::mem::replace(merged, std::mem::take(spare));
-    merged.clear();
-    merged.reserve(old.len() + added.len());
+    let capacity = merged.len() + added.len();
+    let old = std::mem::replace(merged, Vec::with_capacity(capacity));
     let mut removed = removed.into_iter().peekable();
     let mut added = added.into_iter().peekable();
-    for e in old.drain(..) {
+    for e in old {
         if removed.peek() == Some(&e) {
             removed.next();
             continue;
@@ -728,7 +729,6 @@ fn patch_merged(
         }
         merged.push(a);
     }
-    *spare = old;
     removed.peek().is_none()
 }
 

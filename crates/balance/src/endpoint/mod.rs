@@ -406,15 +406,6 @@ impl Pairing {
         Self { from, gone, added }
     }
 
-    /// The position in the old set of the new set's endpoint at `pos`, if its address
-    /// was there.
-    pub fn previous(&self, pos: usize) -> Option<usize> {
-        self.from
-            .get(pos)
-            .filter(|j| **j != Self::NEW)
-            .map(|j| *j as usize)
-    }
-
     /// Per endpoint of the new set, in order, its position in the old one, if any.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<usize>> + '_ {
         self.from
