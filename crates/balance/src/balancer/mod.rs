@@ -134,7 +134,16 @@ impl Balancer {
             return Some(l);
         };
         let r = all.positions()[m] as usize;
-        let per_weight = |p: usize, w: u64| loads[p].cost() / w.max(1) as f64;
+        // Compared the way P2C compares: estimates aged to the same moment and floored at
+        // the resolution, so scheduling noise on loopback does not read as a slow zone.
+        let reference = loads[l].stamp_nanos().max(loads[r].stamp_nanos());
+        let per_weight = |p: usize, w: u64| {
+            let pending = f64::from(loads[p].in_flight() + 1) / w.max(1) as f64;
+            match self.algorithm {
+                Algorithm::LeastRequests => pending,
+                _ => self.latency_at(&loads[p], reference) * pending,
+            }
+        };
         let local_weight = u64::from(all.set().endpoints()[l].weight());
         let spill = !loads[r].is_ejected()
             && per_weight(r, all.weights().weight(m)) * spill_factor < per_weight(l, local_weight);
@@ -255,7 +264,6 @@ impl Balancer {
                 // their loads tie, so sequential traffic follows the weighted draw (slow
                 // start included) instead of always favouring the heavier one. Latency
                 // scales the load.
-                let floor = LATENCY_RESOLUTION.as_nanos() as f64;
                 let both_idle =
                     loads[position(a)].in_flight() == 0 && loads[position(b)].in_flight() == 0;
                 // Both estimates as of the later of their last updates.
@@ -267,8 +275,6 @@ impl Balancer {
                     if load.is_ejected() {
                         return f64::INFINITY;
                     }
-                    let age = reference.saturating_sub(load.stamp_nanos());
-                    let aged = load.ewma_nanos() * decay_factor(age as f64 * self.per_decay_nanos);
                     let pending = if both_idle {
                         1.0
                     } else {
@@ -276,12 +282,21 @@ impl Balancer {
                     };
                     match self.algorithm {
                         Algorithm::LeastRequests => pending,
-                        _ => aged.max(floor) * pending,
+                        _ => self.latency_at(load, reference) * pending,
                     }
                 };
                 Some(position(if cost(b) * TOLERANCE < cost(a) { b } else { a }))
             }
         }
+    }
+
+    /// An endpoint's latency estimate as of `reference` (nanoseconds after its table's
+    /// origin: an estimate with no newer sample decays toward zero, so an endpoint that
+    /// stopped being picked is tried again), floored at [`LATENCY_RESOLUTION`].
+    fn latency_at(&self, load: &EndpointLoad, reference: u64) -> f64 {
+        let age = reference.saturating_sub(load.stamp_nanos());
+        let aged = load.ewma_nanos() * decay_factor(age as f64 * self.per_decay_nanos);
+        aged.max(LATENCY_RESOLUTION.as_nanos() as f64)
     }
 }
 

@@ -473,6 +473,46 @@ fn zone_preference_stays_local_until_overloaded() {
         })
         .count();
     assert!(spilled > 500, "{spilled}");
+
+    // Sub-resolution noise (zone-a at 90 us, zone-b at 30 us) is no reason to leave the
+    // zone; zone-a three times slower than the resolution and zone-b is.
+    let set = Arc::new(EndpointSet::new(
+        ServiceState::Active,
+        set.endpoints().to_vec(),
+    ));
+    let table = LoadTable::default();
+    let loads = table.for_set(&set);
+    let all = SubsetIndex::with_options(
+        set.clone(),
+        [],
+        crate::subset::IndexOptions {
+            zone: Some("zone-a".into()),
+            ..Default::default()
+        },
+    )
+    .all();
+    let local = all.local();
+    // Samples a minute apart: each replaces the estimate (the decay is 10 s).
+    let spills = |local_latency: Duration, minute: u64| {
+        let now = Duration::from_secs(60 * minute);
+        for (i, load) in loads.iter().enumerate() {
+            let latency = if i < 2 {
+                local_latency
+            } else {
+                Duration::from_micros(30)
+            };
+            table.record_at(load, latency, now);
+        }
+        (0..1_000)
+            .filter(|_| {
+                b.pick_local_first(local.as_ref(), &all, &loads, 2.0)
+                    .unwrap()
+                    >= 2
+            })
+            .count()
+    };
+    assert_eq!(spills(Duration::from_micros(90), 1), 0);
+    assert!(spills(Duration::from_millis(3), 2) > 500);
 }
 
 /// Jain's fairness index: 1.0 when every count is equal, 1/n when one takes everything.
