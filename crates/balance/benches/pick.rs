@@ -128,17 +128,37 @@ fn pick_and_record(c: &mut Criterion) {
     for n in [10usize, 1_000, 10_000] {
         let set = set(n);
         let pool = rudder_balance::Pool::new(rudder_balance::PoolConfig::default(), set, |_| ());
+        let request = || {
+            let snapshot = pool.snapshot();
+            let subset = snapshot
+                .subset(&everything, &Fallback::NoFallback)
+                .expect("endpoints");
+            let pos = pool.pick(&snapshot, &subset, None).expect("pick");
+            let mut attempt = pool.start(&snapshot, pos);
+            black_box(attempt.responded(false));
+        };
         group.bench_with_input(BenchmarkId::new("rudder_pool_p2c", n), &n, |bench, _| {
-            bench.iter(|| {
-                let snapshot = pool.snapshot();
-                let subset = snapshot
-                    .subset(&everything, &Fallback::NoFallback)
-                    .expect("endpoints");
-                let pos = pool.pick(&snapshot, &subset, None).expect("pick");
-                let mut attempt = pool.start(&snapshot, pos);
-                black_box(attempt.responded(false));
-            })
+            bench.iter(request)
         });
+        // Both cores sending through one pool: what a request costs when every shared
+        // counter it touches may be on the other core's cache. The time is per request
+        // (wall time over both threads' requests). tower's `Balance` needs `&mut self`, so
+        // it has no shared arm.
+        group.bench_with_input(
+            BenchmarkId::new("rudder_pool_p2c_two_threads", n),
+            &n,
+            |bench, _| {
+                bench.iter_custom(|iters| {
+                    let start = std::time::Instant::now();
+                    std::thread::scope(|s| {
+                        for _ in 0..2 {
+                            s.spawn(|| (0..iters).for_each(|_| request()));
+                        }
+                    });
+                    start.elapsed() / 2
+                })
+            },
+        );
 
         let services: Vec<_> = (0..n)
             .map(|_| {

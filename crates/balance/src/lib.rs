@@ -30,9 +30,9 @@ pub use self::endpoint::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Pairing, Readiness, ServiceState, SyncClock,
     Unroutable, UnroutableReason, WatchKind,
 };
-pub use self::load::{Ejection, EndpointLoad, InFlight, LoadTable, calibrate_clock};
+pub use self::load::{Ejection, EjectionHook, EndpointLoad, InFlight, LoadTable, calibrate_clock};
 pub use self::maglev::{Maglev, hash_key};
-pub use self::pool::{Attempt, EjectionHook, Pool, PoolConfig, Snapshot};
+pub use self::pool::{Attempt, Pool, PoolConfig, Snapshot};
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::slow_start::SlowStart;
 pub use self::split::{Split, SplitError};

@@ -314,10 +314,13 @@ mod ejection {
     use crate::load::Ejection;
 
     fn table() -> LoadTable {
-        LoadTable::default().with_ejection(Ejection {
-            consecutive_failures: 3,
-            ..Ejection::default()
-        })
+        LoadTable::default().with_ejection(
+            Ejection {
+                consecutive_failures: 3,
+                ..Ejection::default()
+            },
+            None,
+        )
     }
 
     #[test]
@@ -325,13 +328,13 @@ mod ejection {
         let set = set(&[1, 1, 1, 1]);
         let t = table();
         let loads = t.for_set(&set);
-        t.record_failure(&loads[0]);
-        t.record_failure(&loads[0]);
+        t.record_failure(&loads[0], set.endpoints()[0].addr());
+        t.record_failure(&loads[0], set.endpoints()[0].addr());
         t.record_success(&loads[0]);
-        t.record_failure(&loads[0]);
-        t.record_failure(&loads[0]);
+        t.record_failure(&loads[0], set.endpoints()[0].addr());
+        t.record_failure(&loads[0], set.endpoints()[0].addr());
         assert!(!loads[0].is_ejected(), "the streak was broken");
-        assert!(t.record_failure(&loads[0]));
+        assert!(t.record_failure(&loads[0], set.endpoints()[0].addr()));
         assert!(loads[0].is_ejected());
         assert_eq!(loads[0].ejections(), 1);
         let subset = SubsetIndex::new(set.clone(), []).all();
@@ -366,9 +369,9 @@ mod ejection {
         let t = table();
         let loads = t.for_set(&set);
         let mut ejected = 0;
-        for l in loads.iter() {
+        for (l, e) in loads.iter().zip(set.endpoints()) {
             for _ in 0..3 {
-                if t.record_failure(l) {
+                if t.record_failure(l, e.addr()) {
                     ejected += 1;
                 }
             }
@@ -380,13 +383,19 @@ mod ejection {
     #[test]
     fn when_everything_is_ejected_requests_still_go_somewhere() {
         let set = set(&[1, 1]);
-        let t = LoadTable::default().with_ejection(Ejection {
-            consecutive_failures: 1,
-            max_ejected_percent: 100,
-            ..Ejection::default()
-        });
+        let t = LoadTable::default().with_ejection(
+            Ejection {
+                consecutive_failures: 1,
+                max_ejected_percent: 100,
+                ..Ejection::default()
+            },
+            None,
+        );
         let loads = t.for_set(&set);
-        assert!(t.record_failure(&loads[0]) && t.record_failure(&loads[1]));
+        assert!(
+            t.record_failure(&loads[0], set.endpoints()[0].addr())
+                && t.record_failure(&loads[1], set.endpoints()[1].addr())
+        );
         let subset = SubsetIndex::new(set, []).all();
         for algorithm in [
             Algorithm::P2cPeakEwma,
@@ -406,11 +415,11 @@ mod ejection {
         #[test]
         fn ejected_endpoints_are_never_picked(weights in proptest::collection::vec(0u32..4, 2..16), eject in proptest::collection::vec(any::<bool>(), 16), x in any::<u64>(), y in any::<u64>()) {
             let set = set(&weights);
-            let t = LoadTable::default().with_ejection(Ejection { consecutive_failures: 1, ..Ejection::default() });
+            let t = LoadTable::default().with_ejection(Ejection { consecutive_failures: 1, ..Ejection::default() }, None);
             let loads = t.for_set(&set);
             for (i, l) in loads.iter().enumerate() {
                 if eject[i] {
-                    t.record_failure(l);
+                    t.record_failure(l, set.endpoints()[i].addr());
                 }
             }
             let subset = SubsetIndex::new(set.clone(), []).all();

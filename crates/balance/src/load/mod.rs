@@ -11,6 +11,7 @@
 mod tests;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,9 +65,44 @@ pub fn calibrate_clock() {
     let _ = quanta::Clock::new();
 }
 
+/// Called with an endpoint's address when a failure ejects it.
+pub type EjectionHook = Arc<dyn Fn(SocketAddr) + Send + Sync>;
+
+/// What recording an outcome needs: the clock, the estimate's settings, the ejection policy
+/// and the table's loads (for the ejection limit). Each load points here, so a request
+/// holding a load records through it without holding (or counting a reference to) its
+/// table.
+struct Recorder {
+    /// Latency samples are read from the CPU's invariant time-stamp counter where it has
+    /// one (`quanta`; about 12 ns a read on this project's machines, against about 30 ns
+    /// for `Instant::now`), from the OS's monotonic clock otherwise.
+    clock: quanta::Clock,
+    /// The clock's raw reading when the table was made: estimates are stamped relative to it.
+    origin: u64,
+    /// The reciprocal of the decay's time constant in nanoseconds (a division costs more
+    /// than the rest of the update).
+    per_decay_nanos: f64,
+    ejection: Ejection,
+    hook: Option<EjectionHook>,
+    /// Ejections caused so far.
+    ejections: AtomicU64,
+    /// Every address's load. The loads point back at this recorder, so the table empties
+    /// the map when it is dropped (see `Drop for LoadTable`), which ends the cycle.
+    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+}
+
+impl fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recorder")
+            .field("ejection", &self.ejection)
+            .field("ejections", &self.ejections)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Load of one endpoint; shared by every snapshot that lists its address.
-#[derive(Debug)]
 pub struct EndpointLoad {
+    recorder: Arc<Recorder>,
     in_flight: AtomicU32,
     /// f64 bits: the latency estimate in nanoseconds.
     ewma: AtomicU64,
@@ -84,6 +120,11 @@ pub struct EndpointLoad {
 pub struct InFlight(Arc<EndpointLoad>);
 
 impl InFlight {
+    fn new(load: &Arc<EndpointLoad>) -> Self {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(load.clone())
+    }
+
     /// The load this request counts on.
     pub fn load(&self) -> &EndpointLoad {
         &self.0
@@ -96,9 +137,22 @@ impl Drop for InFlight {
     }
 }
 
+impl fmt::Debug for EndpointLoad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointLoad")
+            .field("in_flight", &self.in_flight())
+            .field("ewma", &self.ewma())
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("ejections", &self.ejections())
+            .field("ejected", &self.is_ejected())
+            .finish()
+    }
+}
+
 impl EndpointLoad {
-    fn new(initial: Duration) -> Self {
+    fn new(recorder: Arc<Recorder>, initial: Duration) -> Self {
         Self {
+            recorder,
             in_flight: AtomicU32::new(0),
             ewma: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(0),
@@ -140,6 +194,15 @@ impl EndpointLoad {
         f64::from_bits(self.ewma.load(Ordering::Relaxed))
     }
 
+    /// A success ends the failure streak.
+    fn end_streak(&self) {
+        // Read first: most successes follow successes, and a store would take the cache
+        // line from every other core reading this load.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The cost balancers compare: `ewma × (in_flight + 1)`, in nanoseconds.
     pub fn cost(&self) -> f64 {
         f64::from_bits(self.ewma.load(Ordering::Relaxed)) * f64::from(self.in_flight() + 1)
@@ -149,18 +212,21 @@ impl EndpointLoad {
 /// Load state for every address a Service has had, with the EWMA settings.
 #[derive(Debug)]
 pub struct LoadTable {
-    /// Latency samples are read from the CPU's invariant time-stamp counter where it has
-    /// one (`quanta`; about 12 ns a read on this project's machines, against about 30 ns
-    /// for `Instant::now`), from the OS's monotonic clock otherwise.
-    clock: quanta::Clock,
-    /// The clock's raw reading when the table was made: estimates are stamped relative to it.
-    origin: u64,
-    /// The reciprocal of the decay's time constant in nanoseconds (a division costs more
-    /// than the rest of the update).
-    per_decay_nanos: f64,
+    recorder: Arc<Recorder>,
     initial: Duration,
-    ejection: Ejection,
-    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+}
+
+impl Drop for LoadTable {
+    fn drop(&mut self) {
+        // Loads point at the recorder that holds them: forget them, so each load (and then
+        // the recorder) goes with the last snapshot or request that holds it.
+        let mut loads = self
+            .recorder
+            .loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        loads.clear();
+    }
 }
 
 /// Passive outlier ejection (Envoy's consecutive-failures detector): an endpoint that fails
@@ -207,79 +273,68 @@ impl LoadTable {
     pub fn new(decay: Duration, initial: Duration) -> Self {
         let clock = quanta::Clock::new();
         Self {
-            origin: clock.raw(),
-            clock,
-            per_decay_nanos: 1.0 / decay.as_nanos().max(1) as f64,
+            recorder: Arc::new(Recorder {
+                origin: clock.raw(),
+                clock,
+                per_decay_nanos: 1.0 / decay.as_nanos().max(1) as f64,
+                ejection: Ejection::default(),
+                hook: None,
+                ejections: AtomicU64::new(0),
+                loads: Mutex::new(HashMap::new()),
+            }),
             initial,
-            ejection: Ejection::default(),
-            loads: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Sets the outlier-ejection policy.
-    pub fn with_ejection(mut self, ejection: Ejection) -> Self {
-        self.ejection = ejection;
-        self
+    /// A table with this table's settings and the outlier-ejection policy `ejection`,
+    /// calling `hook` (if any) with an endpoint's address whenever a failure ejects it (to
+    /// log and count it). The new table starts empty: set the policy before asking for
+    /// loads.
+    pub fn with_ejection(self, ejection: Ejection, hook: Option<EjectionHook>) -> Self {
+        let r = &self.recorder;
+        Self {
+            recorder: Arc::new(Recorder {
+                clock: r.clock.clone(),
+                origin: r.origin,
+                per_decay_nanos: r.per_decay_nanos,
+                ejection,
+                hook,
+                ejections: AtomicU64::new(0),
+                loads: Mutex::new(HashMap::new()),
+            }),
+            initial: self.initial,
+        }
+    }
+
+    /// How many ejections failures have caused so far.
+    pub fn ejections(&self) -> u64 {
+        self.recorder.ejections.load(Ordering::Relaxed)
     }
 
     /// Records a success: the failure streak ends.
     pub fn record_success(&self, load: &EndpointLoad) {
-        // Read first: most successes follow successes, and a store would take the cache
-        // line from every other core reading this load.
-        if load.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            load.consecutive_failures.store(0, Ordering::Relaxed);
-        }
+        load.end_streak();
     }
 
-    /// Records a failure (connect error, reset, or a counted 5xx); returns whether this
-    /// failure ejected the endpoint.
-    pub fn record_failure(&self, load: &EndpointLoad) -> bool {
-        let e = &self.ejection;
-        if e.consecutive_failures == 0 {
-            return false;
-        }
-        let streak = load
-            .consecutive_failures
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(1))
-            })
-            .map_or(u16::MAX, |n| n.saturating_add(1));
-        if u32::from(streak) < e.consecutive_failures || load.is_ejected() {
-            return false;
-        }
-        // Ejections are rare: counting the ejected under the table lock is fine here.
-        let loads = self.loads.lock().expect("load table");
-        let ejected = loads.values().filter(|l| l.is_ejected()).count();
-        if (ejected + 1) * 100 > loads.len().max(1) * usize::from(e.max_ejected_percent) {
-            return false;
-        }
-        let times = u32::from(
-            load.ejections
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_add(1))
-                })
-                .map_or(u16::MAX, |n| n.saturating_add(1)),
-        );
-        let length = e.base_time.saturating_mul(times).min(e.max_time);
-        let until = (epoch().elapsed() + length).as_nanos() as u64;
-        load.ejected_until.store(until, Ordering::Relaxed);
-        load.consecutive_failures.store(0, Ordering::Relaxed);
-        true
+    /// Records a failure (connect error, reset, or a counted 5xx) of the endpoint at `addr`;
+    /// returns whether this failure ejected it (then the ejection is counted and the hook,
+    /// if any, called with `addr`).
+    pub fn record_failure(&self, load: &EndpointLoad, addr: SocketAddr) -> bool {
+        load.recorder.record_failure(load, addr)
     }
 
     /// The loads of `set`'s endpoints, aligned with [`EndpointSet::endpoints`]. Called
     /// once per snapshot (not per request); addresses that left the set are forgotten.
     pub fn for_set(&self, set: &EndpointSet) -> Arc<[Arc<EndpointLoad>]> {
-        let mut loads = self.loads.lock().expect("load table");
+        let mut loads = self
+            .recorder
+            .loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let aligned: Arc<[Arc<EndpointLoad>]> = set
             .endpoints()
             .iter()
-            .map(|e| {
-                loads
-                    .entry(e.addr())
-                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
-                    .clone()
-            })
+            .map(|e| loads.entry(e.addr()).or_insert_with(|| self.load()).clone())
             .collect();
         loads.retain(|addr, _| {
             set.endpoints()
@@ -300,7 +355,11 @@ impl LoadTable {
         next: &EndpointSet,
         pairing: &Pairing,
     ) -> Arc<[Arc<EndpointLoad>]> {
-        let mut table = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self
+            .recorder
+            .loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // Only the addresses that came or went touch the table.
         for gone in pairing.gone() {
             table.remove(&previous.endpoints()[gone].addr());
@@ -310,52 +369,70 @@ impl LoadTable {
             .zip(pairing.iter())
             .map(|(e, before)| match before {
                 Some(j) => previous_loads[j].clone(),
-                None => table
-                    .entry(e.addr())
-                    .or_insert_with(|| Arc::new(EndpointLoad::new(self.initial)))
-                    .clone(),
+                None => table.entry(e.addr()).or_insert_with(|| self.load()).clone(),
             })
             .collect()
     }
 
+    fn load(&self) -> Arc<EndpointLoad> {
+        Arc::new(EndpointLoad::new(self.recorder.clone(), self.initial))
+    }
+
     /// Marks a request to `load` as started; the guard ends it.
     pub fn start(&self, load: &Arc<EndpointLoad>) -> InFlight {
-        load.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(load.clone())
+        InFlight::new(load)
     }
 
     /// Records an observed latency (e.g. time to response headers).
     pub fn record(&self, load: &EndpointLoad, latency: Duration) {
-        self.record_nanos(
-            load,
-            latency.as_nanos() as u64,
-            self.since_origin(self.raw_now()),
-        );
+        let r = &self.recorder;
+        r.record_nanos(load, latency.as_nanos() as u64, r.since_origin(r.raw_now()));
     }
 
     /// [`record`](Self::record) at an explicit time since the table's creation, for
     /// simulations and tests.
     pub fn record_at(&self, load: &EndpointLoad, latency: Duration, now: Duration) {
-        self.record_nanos(load, latency.as_nanos() as u64, now.as_nanos() as u64);
+        self.recorder
+            .record_nanos(load, latency.as_nanos() as u64, now.as_nanos() as u64);
     }
 
-    /// The table clock's raw reading now (see [`elapsed_nanos`](Self::elapsed_nanos)).
+    /// The table clock's raw reading now.
+    #[cfg(test)]
     pub(crate) fn raw_now(&self) -> u64 {
+        self.recorder.raw_now()
+    }
+
+    /// Nanoseconds between two raw readings (0 when `end` is not after `start`).
+    #[cfg(test)]
+    pub(crate) fn elapsed_nanos(&self, start: u64, end: u64) -> u64 {
+        self.recorder.elapsed_nanos(start, end)
+    }
+
+    /// The number of addresses the table holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.recorder.loads.lock().unwrap().len()
+    }
+}
+
+impl Recorder {
+    /// The clock's raw reading now (see [`elapsed_nanos`](Self::elapsed_nanos)).
+    fn raw_now(&self) -> u64 {
         self.clock.raw()
     }
 
     /// Nanoseconds between two raw readings (0 when `end` is not after `start`).
-    pub(crate) fn elapsed_nanos(&self, start: u64, end: u64) -> u64 {
+    fn elapsed_nanos(&self, start: u64, end: u64) -> u64 {
         self.clock.delta_as_nanos(start, end)
     }
 
     /// Nanoseconds from the table's creation to the raw reading `raw`.
-    pub(crate) fn since_origin(&self, raw: u64) -> u64 {
+    fn since_origin(&self, raw: u64) -> u64 {
         self.clock.delta_as_nanos(self.origin, raw)
     }
 
     /// The update itself: `latency` and `now` (since the table's creation) in nanoseconds.
-    pub(crate) fn record_nanos(&self, load: &EndpointLoad, latency: u64, now: u64) {
+    fn record_nanos(&self, load: &EndpointLoad, latency: u64, now: u64) {
         // Plain loads and stores, not read-modify-writes: two samples of one endpoint
         // landing at once may lose one of them, which an average forgives, and the
         // request path saves a locked instruction.
@@ -365,5 +442,95 @@ impl LoadTable {
         let current = f64::from_bits(load.ewma.load(Ordering::Relaxed));
         let next = peak_ewma_nanos(current, latency as f64, elapsed * self.per_decay_nanos);
         load.ewma.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    fn record_failure(&self, load: &EndpointLoad, addr: SocketAddr) -> bool {
+        let e = &self.ejection;
+        if e.consecutive_failures == 0 {
+            return false;
+        }
+        let streak = load
+            .consecutive_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            })
+            .map_or(u16::MAX, |n| n.saturating_add(1));
+        if u32::from(streak) < e.consecutive_failures || load.is_ejected() {
+            return false;
+        }
+        {
+            // Ejections are rare: counting the ejected under the table lock is fine here.
+            let loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+            let ejected = loads.values().filter(|l| l.is_ejected()).count();
+            if (ejected + 1) * 100 > loads.len().max(1) * usize::from(e.max_ejected_percent) {
+                return false;
+            }
+            let times = u32::from(
+                load.ejections
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_add(1))
+                    })
+                    .map_or(u16::MAX, |n| n.saturating_add(1)),
+            );
+            let length = e.base_time.saturating_mul(times).min(e.max_time);
+            let until = (epoch().elapsed() + length).as_nanos() as u64;
+            load.ejected_until.store(until, Ordering::Relaxed);
+            load.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.hook {
+            hook(addr);
+        }
+        true
+    }
+}
+
+/// One request's outcome, recorded through its load: started when made, in flight until
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    in_flight: InFlight,
+    /// The clock's raw reading when the request started.
+    started: u64,
+}
+
+impl Outcome {
+    pub(crate) fn start(load: &Arc<EndpointLoad>) -> Self {
+        Self {
+            in_flight: InFlight::new(load),
+            started: load.recorder.raw_now(),
+        }
+    }
+
+    pub(crate) fn load(&self) -> &EndpointLoad {
+        self.in_flight.load()
+    }
+
+    /// Nanoseconds since the start.
+    pub(crate) fn elapsed_nanos(&self) -> u64 {
+        let r = &self.load().recorder;
+        r.elapsed_nanos(self.started, r.raw_now())
+    }
+
+    /// Records a latency sample of the time since the start minus `setup` nanoseconds;
+    /// returns the sample.
+    pub(crate) fn sample(&self, setup: u64) -> u64 {
+        let load = self.load();
+        let r = &load.recorder;
+        let now = r.raw_now();
+        let latency = r.elapsed_nanos(self.started, now).saturating_sub(setup);
+        r.record_nanos(load, latency, r.since_origin(now));
+        latency
+    }
+
+    /// Records a failure; returns whether it ejected the endpoint (at `addr`).
+    pub(crate) fn failure(&self, addr: SocketAddr) -> bool {
+        let load = self.load();
+        load.recorder.record_failure(load, addr)
+    }
+
+    /// Records a success: the failure streak ends.
+    pub(crate) fn success(&self) {
+        self.load().end_streak();
     }
 }

@@ -39,7 +39,7 @@ fn loads_survive_snapshots_and_leave_with_their_address() {
         vec![Endpoint::new("10.0.0.3:80".parse().unwrap())],
     );
     table.for_set(&s3);
-    assert_eq!(table.loads.lock().unwrap().len(), 1);
+    assert_eq!(table.len(), 1);
 }
 
 #[test]
@@ -81,4 +81,23 @@ fn the_tables_clock_agrees_with_the_os_clock() {
         "{measured:?} against {reference:?}"
     );
     assert_eq!(table.elapsed_nanos(start, start), 0, "no time, no latency");
+}
+
+#[test]
+fn loads_go_with_the_last_holder_once_their_table_is_dropped() {
+    // Loads point back at their table's recorder, which holds them: dropping the table
+    // must end that cycle, and a request in flight must keep its load until it ends.
+    let table = LoadTable::default();
+    let set = EndpointSet::new(
+        ServiceState::Active,
+        vec![Endpoint::new("10.0.0.1:80".parse().unwrap())],
+    );
+    let loads = table.for_set(&set);
+    let load = Arc::downgrade(&loads[0]);
+    let in_flight = table.start(&loads[0]);
+    drop(table);
+    drop(loads);
+    assert_eq!(load.upgrade().map(|l| l.in_flight()), Some(1));
+    drop(in_flight);
+    assert!(load.upgrade().is_none(), "the load leaked");
 }

@@ -23,7 +23,6 @@ mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +30,7 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::{Algorithm, Balancer};
 use crate::endpoint::{Endpoint, EndpointSet, Pairing};
-use crate::load::{Ejection, EndpointLoad, InFlight, LoadTable};
+use crate::load::{Ejection, EjectionHook, EndpointLoad, LoadTable, Outcome};
 use crate::selector::Selector;
 use crate::slow_start::SlowStart;
 use crate::subset::{Fallback, IndexOptions, Matches, Picked, SubsetError, SubsetIndex};
@@ -73,27 +72,6 @@ impl Default for PoolConfig {
             // (and measured) instead of losing every comparison to measured ones; its cost
             // still grows with requests in flight, so a burst does not all land on it.
             initial_latency: Duration::from_micros(1),
-        }
-    }
-}
-
-/// Called with an endpoint's address when a failure ejects it.
-pub type EjectionHook = Arc<dyn Fn(SocketAddr) + Send + Sync>;
-
-/// Where outcomes are recorded: shared by the pool and every [`Attempt`].
-struct Outcomes {
-    table: LoadTable,
-    ejections: AtomicU64,
-    hook: Option<EjectionHook>,
-}
-
-impl Outcomes {
-    fn failure(&self, load: &EndpointLoad, addr: SocketAddr) {
-        if self.table.record_failure(load) {
-            self.ejections.fetch_add(1, Ordering::Relaxed);
-            if let Some(hook) = &self.hook {
-                hook(addr);
-            }
         }
     }
 }
@@ -148,7 +126,7 @@ impl<T> Snapshot<T> {
 pub struct Pool<T> {
     config: PoolConfig,
     balancer: Balancer,
-    outcomes: Arc<Outcomes>,
+    table: LoadTable,
     current: ArcSwap<Snapshot<T>>,
     /// Serialises updates (normally one updater task; tests may call from anywhere).
     updating: Mutex<()>,
@@ -182,21 +160,16 @@ impl<T> Pool<T> {
         hook: Option<EjectionHook>,
     ) -> Self {
         let table = LoadTable::new(config.decay, config.initial_latency)
-            .with_ejection(config.ejection.clone());
-        let outcomes = Arc::new(Outcomes {
-            table,
-            ejections: AtomicU64::new(0),
-            hook,
-        });
+            .with_ejection(config.ejection.clone(), hook);
         let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
-        let loads = outcomes.table.for_set(&set);
+        let loads = table.for_set(&set);
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         let matches = Matches::new(&set, &selectors);
         let first = Self::index(&config, set, loads, extras, matches, SystemTime::now());
         Self {
             balancer: Balancer::new(config.algorithm).with_decay(config.decay),
             config,
-            outcomes,
+            table,
             current: ArcSwap::from_pointee(first),
             updating: Mutex::new(()),
         }
@@ -264,7 +237,6 @@ impl<T> Pool<T> {
                 .map(|(e, before)| extra(e, before.map(|j| &old_extras[j])))
                 .collect();
             let loads = self
-                .outcomes
                 .table
                 .carry(previous.set(), &previous.loads, &set, &pairing);
             (extras, loads)
@@ -330,7 +302,7 @@ impl<T> Pool<T> {
 
     /// How many ejections failures have caused so far.
     pub fn ejections(&self) -> u64 {
-        self.outcomes.ejections.load(Ordering::Relaxed)
+        self.table.ejections()
     }
 
     /// Picks an endpoint of `picked` (from `snapshot`); `key` is the request's affinity
@@ -391,25 +363,20 @@ impl<T> Pool<T> {
     /// # Panics
     /// When `pos` is not a position of `snapshot` (positions come from [`pick`](Self::pick)).
     pub fn start(&self, snapshot: &Snapshot<T>, pos: usize) -> Attempt {
-        let load = &snapshot.loads[pos];
         Attempt {
-            in_flight: self.outcomes.table.start(load),
-            outcomes: self.outcomes.clone(),
+            outcome: Outcome::start(&snapshot.loads[pos]),
             addr: snapshot.set().endpoints()[pos].addr(),
-            started: self.outcomes.table.raw_now(),
             succeeded: false,
         }
     }
 }
 
 /// One request on one endpoint, in flight until dropped; the one place its outcome is
-/// recorded.
+/// recorded. It holds the endpoint's load and nothing of the pool or its snapshot, so a
+/// long stream pins neither.
 pub struct Attempt {
-    in_flight: InFlight,
-    outcomes: Arc<Outcomes>,
+    outcome: Outcome,
     addr: SocketAddr,
-    /// The load table clock's raw reading when the attempt started.
-    started: u64,
     /// Response headers arrived and were not a counted failure: a success once the body
     /// ends (or is dropped) without an error.
     succeeded: bool,
@@ -443,15 +410,9 @@ impl Attempt {
     /// slow because the client had to connect to it first, and peak EWMA would otherwise
     /// remember that first request for seconds.
     pub fn responded_excluding(&mut self, failure: bool, setup: Duration) -> Duration {
-        let table = &self.outcomes.table;
-        let now = table.raw_now();
-        let latency = table
-            .elapsed_nanos(self.started, now)
-            .saturating_sub(setup.as_nanos() as u64);
-        let load = self.in_flight.load();
-        table.record_nanos(load, latency, table.since_origin(now));
+        let latency = self.outcome.sample(setup.as_nanos() as u64);
         if failure {
-            self.outcomes.failure(load, self.addr);
+            self.outcome.failure(self.addr);
         } else {
             self.succeeded = true;
         }
@@ -463,16 +424,15 @@ impl Attempt {
     /// Returns the time since the attempt started.
     pub fn failed(mut self) -> Duration {
         self.succeeded = false;
-        self.outcomes.failure(self.in_flight.load(), self.addr);
-        let table = &self.outcomes.table;
-        Duration::from_nanos(table.elapsed_nanos(self.started, table.raw_now()))
+        self.outcome.failure(self.addr);
+        Duration::from_nanos(self.outcome.elapsed_nanos())
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
         if self.succeeded {
-            self.outcomes.table.record_success(self.in_flight.load());
+            self.outcome.success();
         }
     }
 }
