@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench --bench clusterip                 # full run: prints tables, writes benches/RESULTS.md + SVGs
 //! cargo bench --bench clusterip -- --smoke      # seconds; checks the harness works (CI)
+//! cargo bench --bench clusterip -- --only 7     # some tables only (comma-separated), results in a temp dir
 //! cargo bench --bench clusterip -- --cleanup    # removes leftovers of interrupted runs
 //! ```
 //!
@@ -32,7 +33,16 @@ use anyhow::Context;
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) smoke: bool,
+    /// The tables to run (0–7); all when empty.
+    pub(crate) only: Vec<u8>,
     pub(crate) out_dir: std::path::PathBuf,
+}
+
+impl Options {
+    /// Whether table `n` runs.
+    pub(crate) fn runs(&self, n: u8) -> bool {
+        self.only.is_empty() || self.only.contains(&n)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,26 +78,44 @@ fn main() -> anyhow::Result<()> {
 
 fn options(args: &[&str]) -> anyhow::Result<Options> {
     let mut smoke = false;
+    let mut only = Vec::new();
     let mut out_dir = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
             "--smoke" => smoke = true,
+            "--only" => {
+                let list = it.next().context("--only needs table numbers, e.g. 1,7")?;
+                for n in list.split(',') {
+                    let n: u8 = n
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 7)
+                        .with_context(|| format!("--only: {n:?} is not a table (0-7)"))?;
+                    only.push(n);
+                }
+            }
             "--out-dir" => out_dir = Some(it.next().context("--out-dir needs a path")?.into()),
             other => anyhow::bail!(
-                "unknown argument {other:?} (expected --smoke, --out-dir DIR, --cleanup)"
+                "unknown argument {other:?} (expected --smoke, --only N[,M...], --out-dir DIR, --cleanup)"
             ),
         }
     }
-    // A smoke run's numbers mean nothing: they never overwrite the committed results.
+    // A smoke run's numbers mean nothing, and a partial run's tables are not the whole
+    // report: neither overwrites the committed results.
     let out_dir = out_dir.unwrap_or_else(|| {
-        if smoke {
+        if smoke || !only.is_empty() {
             std::env::temp_dir().join("rudder-clusterip-smoke")
         } else {
             std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches")
         }
     });
-    Ok(Options { smoke, out_dir })
+    Ok(Options {
+        smoke,
+        only,
+        out_dir,
+    })
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -115,6 +143,10 @@ fn outer(options: Options) -> anyhow::Result<()> {
             .kill_on_drop(true);
         if options.smoke {
             cmd.arg("--smoke");
+        }
+        if !options.only.is_empty() {
+            let list: Vec<String> = options.only.iter().map(u8::to_string).collect();
+            cmd.args(["--only", &list.join(",")]);
         }
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -19,8 +19,8 @@ use crate::pods::Pods;
 use crate::proxy::{self, Backend, ProxyStats};
 
 /// One repetition of the rolling update: failed per 10k, requests, req/s, p99 (µs), share
-/// on the new Pods at the end (%).
-type RollingCell = (f64, u64, f64, f64, f64);
+/// on the new Pods at the end (%), and req/s of the same load just before the rollout.
+type RollingCell = (f64, u64, f64, f64, f64, f64);
 
 /// How long a retired Pod keeps serving after its deletion (a preStop hook's drain).
 const ROLLING_DRAIN: Duration = Duration::from_millis(500);
@@ -246,9 +246,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     wait_for(&h1_arms[1].1, &svc_uri, "Rudder's discovery").await?;
     let names = pods.names();
 
-    eprintln!("[clusterip] 0/7 layer overhead on loopback");
     // 0. The layer's own cost, on loopback: the same Pod server, raw client vs Mesh.
-    {
+    if options.runs(0) {
+        eprintln!("[clusterip] 0/7 layer overhead on loopback");
         let pod = PodServer::start(
             "loopback",
             std::net::Ipv4Addr::LOCALHOST.into(),
@@ -296,9 +296,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 1/7 steady state");
     // 1. Steady state.
-    {
+    if options.runs(1) {
+        eprintln!("[clusterip] 1/7 steady state");
         let runs = cell(plan.reps, &h1_arms, |s, u| {
             load::closed(s, u, plan.concurrency, plan.steady, plan.max)
         })
@@ -460,9 +460,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 2/7 HTTP/2 scale-up");
     // 2. HTTP/2, scale from N to 2N Pods mid-run.
-    {
+    if options.runs(2) {
+        eprintln!("[clusterip] 2/7 HTTP/2 scale-up");
         let h2_arms = [
             (
                 "ClusterIP (one HTTP/2 connection)",
@@ -559,9 +559,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 3/7 one slow Pod");
     // 3. One slow Pod.
-    {
+    if options.runs(3) {
+        eprintln!("[clusterip] 3/7 one slow Pod");
         let slow = pods.running[0].name.clone();
         pods.running[0].set_latency(20).await?;
         let arms: Vec<_> = h1_arms
@@ -616,9 +616,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 4/7 churn");
     // 4. Churn: two Pods killed abruptly mid-run, two new ones added.
-    {
+    if options.runs(4) {
+        eprintln!("[clusterip] 4/7 churn");
         let arms = &h1_arms[..2];
         let mut t = Table::new(
             "4. Churn: 2 Pods killed abruptly (and deleted) mid-run, 2 added",
@@ -695,9 +695,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         report.table(t);
     }
 
-    eprintln!("[clusterip] 5/7 canary");
     // 5. Canary 90/10 by labels.
-    {
+    if options.runs(5) {
+        eprintln!("[clusterip] 5/7 canary");
         let mut canaries = Vec::new();
         for _ in 0..2 {
             canaries.push(
@@ -760,9 +760,9 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("[clusterip] 6/7 new connections and rule count");
     // 6. Connection-heavy: a new connection per request, with extra Services' rules.
-    {
+    if options.runs(6) {
+        eprintln!("[clusterip] 6/7 new connections and rule count");
         let mut t = Table::new(
             "6. No keep-alive (a new connection per request), with extra Services' rules in the NAT table",
             &[
@@ -876,11 +876,11 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             .await?;
     }
 
-    eprintln!("[clusterip] 7/7 rolling update");
     // 7. A rolling update of every Pod (maxSurge 1, maxUnavailable 0) under load: each old
     // Pod is replaced by a new one, then deleted with a grace period and drained. Last,
     // because it replaces the Pods the other scenarios address directly.
-    {
+    if options.runs(7) {
+        eprintln!("[clusterip] 7/7 rolling update");
         let arms = [
             ("ClusterIP", Sender::Plain(h1()), vip_uri.clone()),
             ("ClusterIP (nftables)", Sender::Plain(h1()), nft_uri.clone()),
@@ -897,6 +897,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 "failed per 10k",
                 "requests",
                 "req/s",
+                "steady req/s just before (rollout ÷ steady)",
                 "p99",
                 "new Pods' share at the end",
             ],
@@ -905,12 +906,16 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             let mut cells = Vec::new();
             // One rollout per arm: replacing every Pod is slow on two cores under load.
             for _ in 0..1 {
+                // The same load on the same Pods without a rollout, so the rollout's cost
+                // is read per arm rather than against another arm's steady state.
+                let concurrency = plan.concurrency.min(16);
+                let before = load::closed(sender, target, concurrency, plan.steady, plan.max).await;
                 let old = pods.names();
                 let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let load_started = Instant::now();
                 let loop_ = {
                     let (sender, target, stop) = (sender.clone(), target.clone(), stop.clone());
-                    let (c, m) = (plan.concurrency.min(16), plan.max.max(10_000_000));
+                    let (c, m) = (concurrency, plan.max.max(10_000_000));
                     // Bounded in time whatever happens; stopped when the rollout is done.
                     let bound = Duration::from_secs(600);
                     tokio::spawn(async move {
@@ -943,6 +948,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                     run.throughput(),
                     us(run.percentile(0.99)),
                     100.0 * on_new as f64 / tail.max(1) as f64,
+                    before.throughput(),
                 ));
                 cluster.api().settled().await;
             }
@@ -954,6 +960,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 join(&|c| format!("{:.1}", c.0)),
                 join(&|c| c.1.to_string()),
                 join(&|c| format!("{:.0}", c.2)),
+                join(&|c| format!("{:.0} ({:.2}×)", c.5, c.2 / c.5.max(1.0))),
                 join(&|c| ms(c.3)),
                 join(&|c| format!("{:.0} %", c.4)),
             ]);
