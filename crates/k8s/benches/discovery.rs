@@ -2,9 +2,9 @@
 //!
 //! 1. initial sync of a Service with 10,000 endpoints in 100 EndpointSlices (subscribe →
 //!    first snapshot), fresh `Discovery` each round;
-//! 2. API write → new snapshot latency (p50/p99) when one endpoint of one slice changes
-//!    readiness in that 10,000-endpoint Service, with the write's own round trip beside
-//!    it, the time from the event reaching a second watching client to the snapshot
+//! 2. API write → routing pool swapped (p50/p99) when one endpoint of one slice changes
+//!    readiness in that 10,000-endpoint Service (the write runs on its own task, so its
+//!    response is not on the timed path), with the write's own round trip beside it, the time from the event reaching a second watching client to the snapshot
 //!    (discovery's own part), and the time to swap a routing pool (two configured
 //!    subsets) to the snapshot;
 //! 3. the pure cost of rebuilding the 10,000-endpoint set (what one slice update costs
@@ -141,15 +141,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         not_ready = if ready { not_ready - 1 } else { not_ready + 1 };
         let expected = SLICES * PER_SLICE - not_ready;
         let patch = json!({"endpoints": slice_json(i, ready)["endpoints"]});
+        // The write runs on its own task: its response is not on the path being timed (the
+        // server sends the watch event before it answers, and on two cores the response
+        // can wait behind the very processing this measures).
         let t = Instant::now();
-        let written = slices
-            .patch(
-                &format!("big-{i:03}"),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
-        writes.push(t.elapsed());
+        let write = tokio::spawn({
+            let slices = slices.clone();
+            async move {
+                let written = slices
+                    .patch(
+                        &format!("big-{i:03}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await;
+                (written, t.elapsed())
+            }
+        });
+        let swap = loop {
+            let set = sub.changed().await;
+            if set.routable().count() == expected {
+                let swap = Instant::now();
+                let replaced = pool.update(set, |e, before| before.copied().unwrap_or(e.addr()));
+                swaps.push(swap.elapsed());
+                lat.push(t.elapsed());
+                // Requests route by the new snapshot from the swap on; the old one is torn
+                // down after it (timed apart below).
+                let teardown = Instant::now();
+                drop(replaced);
+                teardowns.push(teardown.elapsed());
+                break swap;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err("update not observed within 30 s".into());
+            }
+        };
+        let (written, took) = write.await?;
+        let written = written?;
+        writes.push(took);
         let event_at = loop {
             match arrived.recv().await {
                 Some((rv, at)) if rv == written.metadata.resource_version => break at,
@@ -157,25 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 None => return Err("the second watch ended".into()),
             }
         };
-        loop {
-            let set = sub.changed().await;
-            if set.routable().count() == expected {
-                let swap = Instant::now();
-                discovered.push(swap.saturating_duration_since(event_at));
-                let replaced = pool.update(set, |e, before| before.copied().unwrap_or(e.addr()));
-                swaps.push(swap.elapsed());
-                // Requests route by the new snapshot from the swap on; the old one is torn
-                // down after it (timed apart below).
-                let teardown = Instant::now();
-                drop(replaced);
-                teardowns.push(teardown.elapsed());
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                return Err("update not observed within 30 s".into());
-            }
-        }
-        lat.push(t.elapsed());
+        discovered.push(swap.saturating_duration_since(event_at));
     }
     raw.abort();
     // Event at a client → pool swapped, per round: discovery's part plus the swap.
@@ -216,11 +227,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         percentile(&teardowns, 0.99).as_secs_f64() * 1e6
     );
     println!(
-        "| API write → new snapshot, p50 ({update_rounds} updates) | {:.2} ms |",
+        "| API write → routing pool swapped (the write's response not awaited), p50 ({update_rounds} updates) | {:.2} ms |",
         percentile(&lat, 0.5).as_secs_f64() * 1e3
     );
     println!(
-        "| API write → new snapshot, p99 | {:.2} ms |",
+        "| API write → routing pool swapped, p99 | {:.2} ms |",
         percentile(&lat, 0.99).as_secs_f64() * 1e3
     );
 
