@@ -15,10 +15,7 @@ use rudder_balance::Endpoint;
 use tower::{Layer, ServiceExt};
 
 fn mesh(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let inner = tower::service_fn(|_: Request<rudder::ReplayBody<Empty<Bytes>>>| async {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
@@ -62,7 +59,44 @@ fn mesh(c: &mut Criterion) {
     group.bench_function("through_mesh_without_retries", |b| {
         b.iter(|| rt.block_on(async { black_box(no_retries.clone().oneshot(req()).await) }))
     });
+    // Both cores sending at once (one runtime per thread, as a multi-threaded client's
+    // workers do): whatever the requests share (reference counts, the pool's snapshot)
+    // now moves between the cores' caches. Time per request over both threads.
+    let runtimes = [runtime(), runtime()];
+    let both = |b: &mut criterion::Bencher<'_>, one: &(dyn Fn(&tokio::runtime::Runtime) + Sync)| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for rt in &runtimes {
+                    s.spawn(move || (0..iters).for_each(|_| one(rt)));
+                }
+            });
+            start.elapsed() / 2
+        })
+    };
+    group.bench_function("inner_alone_two_threads", |b| {
+        both(b, &|rt| {
+            rt.block_on(async {
+                let req = req().map(rudder::ReplayBody::new);
+                black_box(inner.oneshot(req).await)
+            })
+            .expect("inner");
+        })
+    });
+    group.bench_function("through_mesh_two_threads", |b| {
+        both(b, &|rt| {
+            rt.block_on(async { black_box(mesh.clone().oneshot(req()).await) })
+                .expect("mesh");
+        })
+    });
     group.finish();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 criterion_group!(benches, mesh);
