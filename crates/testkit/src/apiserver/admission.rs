@@ -62,6 +62,13 @@ pub(crate) fn decode(res: Resource, body: &[u8]) -> ApiResult<Value> {
             super::query::go_json_error(body, &e)
         ))
     })?;
+    admit(res, &value)?;
+    Ok(value)
+}
+
+/// The checks [`decode`] makes once the body has parsed: an object, of this kind, whose
+/// fields have the types the API gives them.
+pub(crate) fn admit(res: Resource, value: &Value) -> ApiResult<()> {
     if !value.is_object() {
         return Err(cannot_handle(
             res,
@@ -81,13 +88,29 @@ pub(crate) fn decode(res: Resource, body: &[u8]) -> ApiResult<Value> {
             res.kind()
         )));
     }
-    check_types(res, &value)?;
-    Ok(value)
+    check_types(res, value)
 }
 
-/// Rejects fields of the wrong JSON type by decoding into the typed k8s-openapi struct.
+/// Rejects fields of the wrong JSON type by decoding into the typed k8s-openapi struct
+/// (straight from the borrowed value: nothing is copied or encoded again).
 fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
-    typed_round_trip(res, value).map(drop)
+    use k8s_openapi::api::{core::v1 as core, discovery::v1 as disco};
+    use serde::Deserialize;
+    fn decodes<'a, T: Deserialize<'a>>(v: &'a Value) -> Result<(), serde_json::Error> {
+        T::deserialize(v).map(drop)
+    }
+    let checked = match res {
+        Resource::Namespace => decodes::<core::Namespace>(value),
+        Resource::Node => decodes::<core::Node>(value),
+        Resource::Pod => decodes::<core::Pod>(value),
+        Resource::Service => decodes::<core::Service>(value),
+        Resource::Endpoints => decodes::<core::Endpoints>(value),
+        Resource::EndpointSlice => decodes::<disco::EndpointSlice>(value),
+        Resource::Event => decodes::<core::Event>(value),
+        // A custom resource: no typed struct here; `validate` checks the fields it has.
+        Resource::HttpRoute => Ok(()),
+    };
+    checked.map_err(|e| cannot_handle(res, e))
 }
 
 /// `value` decoded into the typed k8s-openapi struct and encoded again: what the API knows

@@ -726,10 +726,13 @@ fn create(
 }
 
 /// Fields of `res` whose change bumps `metadata.generation`.
-fn spec_of(res: Resource, obj: &Value) -> Value {
+/// Whether the object's spec differs (an EndpointSlice has its spec at the top level).
+fn spec_changed(res: Resource, a: &Value, b: &Value) -> bool {
     match res {
-        Resource::EndpointSlice => json!([obj["addressType"], obj["endpoints"], obj["ports"]]),
-        _ => obj["spec"].clone(),
+        Resource::EndpointSlice => ["addressType", "endpoints", "ports"]
+            .iter()
+            .any(|f| a[f] != b[f]),
+        _ => a["spec"] != b["spec"],
     }
 }
 
@@ -814,7 +817,7 @@ fn commit(
     if !causes.is_empty() {
         return Err(ApiError::invalid(res, &name, causes));
     }
-    if spec_of(res, &new) != spec_of(res, current)
+    if spec_changed(res, &new, current)
         && let Some(g) = current["metadata"]["generation"].as_i64()
     {
         new["metadata"]["generation"] = (g + 1).into();
@@ -961,7 +964,7 @@ fn patch(
         if query.get("fieldValidation") == Some("Strict") {
             admission::check_strict(res, &doc)?;
         }
-        if admission::decode(res, doc.to_string().as_bytes()).is_err() {
+        if admission::admit(res, &doc).is_err() {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "the server rejected our request due to an error in our request").with_details(json!({})));
         }
         if meta_str(&doc, "resourceVersion") != meta_str(&current, "resourceVersion") {

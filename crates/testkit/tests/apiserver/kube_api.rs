@@ -381,3 +381,70 @@ async fn loopback_endpoints_are_refused_by_default_like_a_real_cluster() {
     let slices: Api<EndpointSlice> = Api::default_namespaced(api.client().await.unwrap());
     slices.create(&PostParams::default(), &slice).await.unwrap();
 }
+
+#[tokio::test]
+async fn fields_of_the_wrong_type_are_refused_on_create_and_patch() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().await.expect("client");
+    let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+    let slice = |ready: serde_json::Value| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": ready}}],
+        })
+        .to_string()
+    };
+    // A string where the API has a boolean: refused, naming the kind, nothing stored.
+    let refused = super::support::send(
+        &client,
+        "POST",
+        path,
+        None,
+        Some("application/json"),
+        Some(&slice(json!("yes"))),
+    )
+    .await;
+    assert_eq!(refused.status, http::StatusCode::BAD_REQUEST);
+    let message = refused.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message
+            .starts_with("EndpointSlice in version \"v1\" cannot be handled as a EndpointSlice:"),
+        "{message}"
+    );
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    assert!(slices.get_opt("web-1").await.expect("get").is_none());
+
+    // The right type is stored; a patch that makes it wrong is refused and changes nothing.
+    let created = super::support::send(
+        &client,
+        "POST",
+        path,
+        None,
+        Some("application/json"),
+        Some(&slice(json!(true))),
+    )
+    .await;
+    assert_eq!(created.status, http::StatusCode::CREATED);
+    let patch = json!({"endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": 1}}]});
+    let err = slices
+        .patch("web-1", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect_err("a number is not a boolean");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.reason == "Invalid"),
+        "{err:?}"
+    );
+    let stored = slices.get("web-1").await.expect("get");
+    assert_eq!(
+        stored.endpoints[0]
+            .conditions
+            .as_ref()
+            .and_then(|c| c.ready),
+        Some(true)
+    );
+}
