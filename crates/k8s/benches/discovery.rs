@@ -118,21 +118,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the server sends it to both watches at once, so the time from there to the new
     // snapshot is discovery's own.
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
     let raw = tokio::spawn({
         let slices = slices.clone();
         async move {
             use futures::StreamExt;
+            use kube::runtime::watcher::Event;
             let config =
                 kube::runtime::watcher::Config::default().labels("kubernetes.io/service-name=big");
             let mut events = std::pin::pin!(kube::runtime::watcher(slices, config));
+            let mut listed_tx = Some(listed_tx);
             while let Some(event) = events.next().await {
-                if let Ok(kube::runtime::watcher::Event::Apply(s)) = event {
-                    let _ = arrived_tx.send((s.metadata.resource_version, Instant::now()));
+                match event {
+                    Ok(Event::Apply(s)) => {
+                        let _ = arrived_tx.send((s.metadata.resource_version, Instant::now()));
+                    }
+                    Ok(Event::InitDone) => {
+                        if let Some(tx) = listed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
     });
+    // The second watch's initial list (10,000 endpoints) keeps the server busy for tens of
+    // milliseconds: the first write would wait behind it.
+    listed.await?;
     let mut discovered = Vec::new();
+    let mut to_event = Vec::new();
     let mut not_ready = 0;
     for round in 0..update_rounds {
         let i = round % SLICES;
@@ -187,6 +202,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         discovered.push(swap.saturating_duration_since(event_at));
+        to_event.push(event_at.saturating_duration_since(t));
     }
     raw.abort();
     // Event at a client → pool swapped, per round: discovery's part plus the swap.
@@ -200,6 +216,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     swaps.sort();
     teardowns.sort();
     discovered.sort();
+    to_event.sort();
     event_to_pool.sort();
     println!(
         "| watch event at a client → new snapshot (discovery's own), p50 / p99 | {:.0} µs / {:.0} µs |",
@@ -210,6 +227,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| watch event at a client → routing pool swapped, p50 / p99 | {:.0} µs / {:.0} µs |",
         percentile(&event_to_pool, 0.5).as_secs_f64() * 1e6,
         percentile(&event_to_pool, 0.99).as_secs_f64() * 1e6
+    );
+    println!(
+        "| API write → the watch event at a client (the test API server and the wire), p50 / p99 | {:.0} µs / {:.0} µs |",
+        percentile(&to_event, 0.5).as_secs_f64() * 1e6,
+        percentile(&to_event, 0.99).as_secs_f64() * 1e6
     );
     println!(
         "| the write itself (PATCH round trip through the test API server), p50 / p99 | {:.2} ms / {:.2} ms |",
