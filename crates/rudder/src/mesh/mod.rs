@@ -259,16 +259,23 @@ impl<S> tower::Layer<S> for MeshLayer {
 /// What an authority resolved to, cached per `(authority, port)`.
 #[derive(Clone, Debug)]
 pub(crate) enum Resolved {
-    /// A Service port; `short` names fall through when the Service does not exist. `host`
-    /// is the authority as a `Host` value, made once rather than per request.
-    Service {
-        routed: Arc<Routed>,
-        short: bool,
-        host: http::HeaderValue,
-        authority: http::uri::Authority,
-    },
+    /// A Service port: one shared value, so a request takes one reference count rather
+    /// than one per field (counts every core writes are the Mesh's scaling limit).
+    Service(Arc<Addressed>),
     /// Not a Service name.
     Other,
+}
+
+/// A Service port a request's authority names.
+#[derive(Debug)]
+pub(crate) struct Addressed {
+    pub(crate) routed: Arc<Routed>,
+    /// A short name (`web`, `web.ns`), which goes out as written when it names no Service.
+    pub(crate) short: bool,
+    /// The authority as a `Host` value, made once rather than per request.
+    pub(crate) host: http::HeaderValue,
+    /// The cached authority: cloning it shares its bytes instead of copying the request's.
+    pub(crate) authority: http::uri::Authority,
 }
 
 /// How many distinct authorities the resolution cache holds; beyond that (a client talking
@@ -368,13 +375,15 @@ impl Shared {
         };
         let resolved = match named {
             crate::authority::Named::Service { svc, .. } if !allowed(&svc) => Resolved::Other,
-            crate::authority::Named::Service { svc, short } => Resolved::Service {
-                routed: self.routed(&svc)?,
-                short,
-                host: http::HeaderValue::from_str(authority.as_str())
-                    .expect("a URI authority is a valid header value"),
-                authority: authority.as_str().parse().expect("an authority parses"),
-            },
+            crate::authority::Named::Service { svc, short } => {
+                Resolved::Service(Arc::new(Addressed {
+                    routed: self.routed(&svc)?,
+                    short,
+                    host: http::HeaderValue::from_str(authority.as_str())
+                        .expect("a URI authority is a valid header value"),
+                    authority: authority.as_str().parse().expect("an authority parses"),
+                }))
+            }
             crate::authority::Named::Other => Resolved::Other,
         };
         let _one = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
@@ -595,7 +604,7 @@ impl Shared {
         let mut next = Resolutions::clone(&self.resolved.load());
         next.retain(|_, entries| {
             entries.retain(|(_, resolved)| match resolved {
-                Resolved::Service { routed, .. } => !gone.iter().any(|f| Arc::ptr_eq(f, routed)),
+                Resolved::Service(a) => !gone.iter().any(|f| Arc::ptr_eq(f, &a.routed)),
                 Resolved::Other => true,
             });
             !entries.is_empty()

@@ -229,7 +229,7 @@ where
                             std::task::ready!(sleep.poll(cx));
                             let armed = s.armed.expect("armed above");
                             let timeout = MeshError::Timeout {
-                                service: s.dispatch.routed.service.to_string(),
+                                service: s.dispatch.routed().service.to_string(),
                                 timeout: armed.timeout,
                             };
                             if armed.whole_request {
@@ -371,15 +371,16 @@ impl<S> Mesh<S> {
             Some(Err(e)) => return failed(e.into()),
             None => return Steady::Waits(req, Some(addressed), None),
         };
-        if !routing.routed.is_decided() {
+        let routed = routing.routed(&addressed);
+        if !routed.is_decided() {
             return Steady::Waits(req, Some(addressed), Some(routing));
         }
-        let snapshot = if Arc::ptr_eq(&routing.routed, &addressed.routed) {
+        let snapshot = if Arc::ptr_eq(routed, &addressed.routed) {
             snapshot
         } else {
-            routing.routed.pool.snapshot()
+            routed.pool.snapshot()
         };
-        let chosen = match plan(shared, &addressed, &routing.routed, snapshot, &req, None) {
+        let chosen = match plan(shared, &addressed, routed, snapshot, &req, None) {
             Ok(Plan::Send(chosen)) => chosen,
             Ok(Plan::Pass) => return Steady::Sent(self.pass(req)),
             // Rare: the general path sends it.
@@ -424,16 +425,8 @@ fn count(shared: &Shared, e: &BoxError) {
     }
 }
 
-/// A request's Service, as its authority resolved.
-struct Addressed {
-    routed: Arc<Routed>,
-    /// A short name (`web`, `web.ns`), which goes out as written when it names no Service.
-    short: bool,
-    /// The authority as a `Host` value, made once rather than per request.
-    host: HeaderValue,
-    /// The cached authority: cloning it shares its bytes instead of copying the request's.
-    authority: Authority,
-}
+/// A request's Service, as its authority resolved (shared with the resolve cache).
+type Addressed = Arc<super::Addressed>;
 
 enum Resolution {
     /// Not a Service: sent unchanged.
@@ -450,24 +443,15 @@ fn resolve<B>(shared: &Shared, req: &Request<B>) -> Result<Resolution, MeshError
         Resolved::Other => Err(MeshError::NotAService {
             authority: authority.to_string(),
         }),
-        Resolved::Service {
-            routed,
-            short,
-            host,
-            authority,
-        } => Ok(Resolution::Service(Addressed {
-            routed,
-            short,
-            host,
-            authority,
-        })),
+        Resolved::Service(addressed) => Ok(Resolution::Service(addressed)),
     }
 }
 
 /// Where a request goes once the HTTPRoutes attached to its Service had their say.
 struct Routing {
-    /// The Service the request goes to: its own, or a route's backend.
-    routed: Arc<Routed>,
+    /// A route's backend, when the request goes to another Service than its own (its own
+    /// is not cloned: see [`routed`](Self::routed)).
+    backend: Option<Arc<Routed>>,
     /// The matched rule's request timeout.
     timeout: Option<Duration>,
     /// The matched rule and backend, whose outcome the canary guard counts.
@@ -475,12 +459,18 @@ struct Routing {
 }
 
 impl Routing {
-    fn direct(routed: Arc<Routed>) -> Self {
+    /// To the Service the request named.
+    fn direct() -> Self {
         Self {
-            routed,
+            backend: None,
             timeout: None,
             rule: None,
         }
+    }
+
+    /// The Service the request goes to: a route's backend, or `addressed`'s own.
+    fn routed<'a>(&'a self, addressed: &'a Addressed) -> &'a Arc<Routed> {
+        self.backend.as_ref().unwrap_or(&addressed.routed)
     }
 }
 
@@ -502,7 +492,7 @@ fn routing_now<B>(
     req: &Request<B>,
 ) -> Option<Result<Routing, MeshError>> {
     if !asks_routes(snapshot) {
-        return Some(Ok(Routing::direct(routed.clone())));
+        return Some(Ok(Routing::direct()));
     }
     let table = shared.route_table_now(routed)?;
     Some(choose_route(shared, routed, table.as_deref(), req))
@@ -520,11 +510,11 @@ fn choose_route<B>(
     };
     Ok(match choice {
         Some(c) => Routing {
-            routed: c.routed,
+            backend: (!Arc::ptr_eq(&c.routed, routed)).then_some(c.routed),
             timeout: c.timeout,
             rule: Some(c.rule),
         },
-        None => Routing::direct(routed.clone()),
+        None => Routing::direct(),
     })
 }
 
@@ -575,17 +565,15 @@ where
     decided(&addressed.routed).await?;
     let routing = match routing {
         Some(r) => r,
-        None if !asks_routes(&addressed.routed.pool.snapshot()) => {
-            Routing::direct(addressed.routed.clone())
-        }
+        None if !asks_routes(&addressed.routed.pool.snapshot()) => Routing::direct(),
         None => {
             // No borrow of the request across the wait: `B` need not be `Sync`.
             let table = shared.route_table(&addressed.routed, bound).await?;
             choose_route(shared, &addressed.routed, table.as_deref(), &req)?
         }
     };
-    decided(&routing.routed).await?;
-    let routed = &routing.routed;
+    let routed = routing.routed(&addressed);
+    decided(routed).await?;
     let snapshot = routed.pool.snapshot();
     let chosen = match plan(shared, &addressed, routed, snapshot, &req, started)? {
         Plan::Send(chosen) => chosen,
@@ -815,9 +803,9 @@ enum Step<R> {
 /// request never reached an application (or, opted in, on a listed status).
 struct Dispatch<B> {
     shared: Arc<Shared>,
-    routed: Arc<Routed>,
-    authority: Authority,
-    host: HeaderValue,
+    /// A route's backend, when not the Service the request named (see `routed`).
+    backend: Option<Arc<Routed>>,
+    addressed: Addressed,
     chosen: Chosen,
     /// The matched HTTPRoute rule and backend, for the canary guard.
     rule: Option<(Arc<gamma::Target>, usize)>,
@@ -840,6 +828,11 @@ impl<B> Dispatch<B>
 where
     B: http_body::Body,
 {
+    /// The Service the attempts go to.
+    fn routed(&self) -> &Arc<Routed> {
+        self.backend.as_ref().unwrap_or(&self.addressed.routed)
+    }
+
     /// Prepares `req`'s attempts; returns it with the body the first attempt sends.
     fn new(
         shared: &Arc<Shared>,
@@ -873,9 +866,8 @@ where
         }
         let dispatch = Self {
             shared: shared.clone(),
-            routed: routing.routed,
-            authority: addressed.authority,
-            host: addressed.host,
+            backend: routing.backend,
+            addressed,
             chosen,
             rule: routing.rule,
             deadline,
@@ -898,7 +890,7 @@ where
         first: Option<Request<ReplayBody<B>>>,
     ) -> Result<(Request<ReplayBody<B>>, Attempt, usize), BoxError> {
         self.attempt_no += 1;
-        let pool = &self.routed.pool;
+        let pool = &self.routed().pool;
         let Chosen {
             picked,
             snapshot,
@@ -908,14 +900,14 @@ where
         let pos = pool
             .pick_avoiding(snapshot, picked, *key, &self.failed)
             .ok_or_else(|| MeshError::NoEndpoints {
-                service: self.routed.service.to_string(),
+                service: self.routed().service.to_string(),
                 subset: String::new(),
                 reason: "every endpoint of the subset has weight 0".into(),
             })?;
         let extra = snapshot.extra(pos);
         #[cfg(feature = "tls")]
         if self.https
-            && let (Some(tls), Some(name)) = (&self.shared.settings.tls, &self.routed.tls_name)
+            && let (Some(tls), Some(name)) = (&self.shared.settings.tls, &self.routed().tls_name)
         {
             // The connector verifies this Pod as its Service's name.
             tls.names().ensure(&extra.authority, name);
@@ -927,9 +919,9 @@ where
             let endpoint = attempt.addr();
             extra
                 .tunnel
-                .get_or_init(|| pf.register(endpoint, self.routed.service.namespace(), pod));
+                .get_or_init(|| pf.register(endpoint, self.routed().service.namespace(), pod));
         }
-        tracing::trace!(service = %self.routed.service, endpoint = %attempt.addr(), attempt = self.attempt_no, "sending");
+        tracing::trace!(service = %self.routed().service, endpoint = %attempt.addr(), attempt = self.attempt_no, "sending");
         let req = match first {
             Some(r) => r,
             None => {
@@ -942,7 +934,7 @@ where
                 with_body(self.head.as_ref().expect("retries keep the head"), body)
             }
         };
-        let req = retarget(req, &self.host, extra.authority.clone())?;
+        let req = retarget(req, &self.addressed.host, extra.authority.clone())?;
         Ok((req, attempt, pos))
     }
 
@@ -988,7 +980,7 @@ where
         let extra = self.chosen.snapshot.extra(pos);
         let endpoint = attempt.addr();
         self.shared.telemetry.request(
-            &self.routed.label,
+            &self.routed().label,
             &extra.telemetry,
             endpoint,
             self.chosen.slot,
@@ -1011,13 +1003,13 @@ where
         if retry {
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
             drop((res, attempt));
-            self.shared.telemetry.retry(&self.routed.label);
+            self.shared.telemetry.retry(&self.routed().label);
             self.tried.push(endpoint);
             self.failed.push(pos);
             return Step::Retry;
         }
         let target = Target {
-            authority: self.authority.clone(),
+            authority: self.addressed.authority.clone(),
             endpoint: extra.authority.clone(),
         };
         Step::Done(Ok(Answer {
@@ -1034,7 +1026,7 @@ where
         let elapsed = attempt.failed();
         let extra = self.chosen.snapshot.extra(pos);
         self.shared.telemetry.request(
-            &self.routed.label,
+            &self.routed().label,
             &extra.telemetry,
             endpoint,
             self.chosen.slot,
@@ -1066,14 +1058,14 @@ where
                 return Step::Done(Err(e));
             }
             return Step::Done(Err(MeshError::Failed {
-                service: self.routed.service.to_string(),
+                service: self.routed().service.to_string(),
                 tried: std::mem::take(&mut self.tried),
                 hint: crate::error::hint(&*e, self.https),
                 source: e,
             }
             .into()));
         }
-        self.shared.telemetry.retry(&self.routed.label);
+        self.shared.telemetry.retry(&self.routed().label);
         tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
         self.failed.push(pos);
         Step::Retry
@@ -1103,7 +1095,7 @@ where
                         match tokio::time::timeout(limit, svc.call(req)).await {
                             Ok(result) => result.map_err(Into::into),
                             Err(_) => Err(MeshError::Timeout {
-                                service: self.routed.service.to_string(),
+                                service: self.routed().service.to_string(),
                                 timeout: limit,
                             }
                             .into()),
@@ -1126,7 +1118,7 @@ where
         match tokio::time::timeout_at(at, run).await {
             Ok(result) => result,
             Err(_) => Err(MeshError::Timeout {
-                service: self.routed.service.to_string(),
+                service: self.routed().service.to_string(),
                 timeout,
             }
             .into()),
