@@ -101,3 +101,9 @@ fn loads_go_with_the_last_holder_once_their_table_is_dropped() {
     drop(in_flight);
     assert!(load.upgrade().is_none(), "the load leaked");
 }
+
+#[test]
+fn a_load_with_its_counts_fits_one_cache_line() {
+    // Balancers read many loads per pick: each must cost one cache line.
+    assert!(std::mem::size_of::<EndpointLoad>() + 2 * std::mem::size_of::<usize>() <= 64);
+}
