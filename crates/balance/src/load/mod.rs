@@ -108,8 +108,8 @@ pub struct EndpointLoad {
     ewma: AtomicU64,
     /// Nanoseconds after the table's origin of the last update.
     stamp: AtomicU64,
-    // 16 bits each keep the whole load in 40 bytes (56 with the `Arc` counts: one 64-byte
-    // cache line).
+    // 16 bits each keep the whole load in 40 bytes (56 with the `Arc` counts, under a
+    // 64-byte cache line).
     consecutive_failures: AtomicU16,
     ejections: AtomicU16,
     /// Nanoseconds after [`epoch`] until which the endpoint is ejected.

@@ -103,7 +103,7 @@ fn loads_go_with_the_last_holder_once_their_table_is_dropped() {
 }
 
 #[test]
-fn a_load_with_its_counts_fits_one_cache_line() {
-    // Balancers read many loads per pick: each must cost one cache line.
+fn a_load_with_its_counts_is_no_larger_than_a_cache_line() {
+    // Balancers read many loads per pick: keep each within a cache line's size.
     assert!(std::mem::size_of::<EndpointLoad>() + 2 * std::mem::size_of::<usize>() <= 64);
 }
