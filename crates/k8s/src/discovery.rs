@@ -412,21 +412,25 @@ impl Entry {
     }
 
     fn receiver(&self, port: Option<&PortSpec>) -> watch::Receiver<Arc<EndpointSet>> {
-        let mut ports = self.ports.lock().expect("ports lock");
-        if let Some(tx) = ports.get(&port.cloned()) {
+        let key = port.cloned();
+        if let Some(tx) = self.ports.lock().expect("ports lock").get(&key) {
             return tx.subscribe();
         }
-        let set = self
-            .model
-            .lock()
-            .expect("model lock")
-            .build(port, &self.clock);
+        // A new port: the model, then the ports, in the order `publish` takes them (the
+        // other order deadlocked a first request against a publish).
+        let mut model = self.model.lock().expect("model lock");
+        let mut ports = self.ports.lock().expect("ports lock");
+        if let Some(tx) = ports.get(&key) {
+            return tx.subscribe();
+        }
+        let set = model.build(port, &self.clock);
         let (tx, rx) = watch::channel(Arc::new(set));
-        ports.insert(port.cloned(), tx);
+        ports.insert(key, tx);
         rx
     }
 
-    /// Rebuilds every subscribed port's set and publishes those that changed.
+    /// Rebuilds every subscribed port's set and publishes those that changed. Takes the
+    /// model, then the ports (as [`receiver`](Self::receiver) does).
     fn publish(&self) {
         let mut model = self.model.lock().expect("model lock");
         let ports = self.ports.lock().expect("ports lock");

@@ -11,7 +11,7 @@ use kube::runtime::watcher::Event;
 use rudder_balance::{EmptyReason, Readiness, ServiceState, SyncClock};
 use serde_json::{Value, json};
 
-use super::{Cache, Model, Source, name_of};
+use super::{Cache, Entry, Model, Source, name_of};
 use crate::convert::{self, PodInfo};
 use crate::service_ref::PortSpec;
 
@@ -665,4 +665,39 @@ fn patched_snapshots_equal_full_builds() {
         duplicated > 50,
         "the sequence lists addresses twice ({duplicated} rounds)"
     );
+}
+
+#[test]
+fn a_new_port_subscribing_during_a_publish_does_not_deadlock() {
+    // `receiver` (a first request for a port) and `publish` (discovery's task) both take
+    // the model and the ports locks; taken in opposite orders they deadlocked (seen in CI
+    // as a request hanging forever). Each side runs in a tight loop on its own thread; a
+    // deadlock leaves the loops unfinished past the bound.
+    let entry = Arc::new(Entry::new());
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let publisher = {
+        let (entry, done_tx) = (entry.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            for _ in 0..5_000 {
+                entry.publish();
+            }
+            let _ = done_tx.send("publish");
+        })
+    };
+    let subscriber = {
+        let entry = entry.clone();
+        std::thread::spawn(move || {
+            for n in 0..5_000u16 {
+                drop(entry.receiver(Some(&PortSpec::Number(n))));
+            }
+            let _ = done_tx.send("subscribe");
+        })
+    };
+    for _ in 0..2 {
+        let finished = done.recv_timeout(Duration::from_secs(60));
+        assert!(finished.is_ok(), "publish and subscribe deadlocked");
+    }
+    publisher.join().unwrap();
+    subscriber.join().unwrap();
+    assert_eq!(entry.ports.lock().unwrap().len(), 5_000);
 }
