@@ -3,9 +3,10 @@
 //!
 //! Peak EWMA is Finagle's and linkerd's latency estimate (tower's `PeakEwma` too): a sample
 //! above the estimate replaces it at once (react to slowness immediately), a sample below
-//! it pulls it down exponentially with time constant `decay` (forgive slowly). The cost a
-//! balancer compares is `ewma × (in_flight + 1)`: an idle fast endpoint is cheapest, a busy
-//! or slow one dearer.
+//! it pulls it down exponentially with time constant `decay` (forgive slowly). What P2C
+//! compares is about `ewma × (in_flight + 1)` per unit of weight (the estimates aged to one
+//! moment and floored at [`LATENCY_RESOLUTION`](crate::balancer::LATENCY_RESOLUTION)): an idle fast
+//! endpoint is cheapest, a busy or slow one dearer.
 
 #[cfg(test)]
 mod tests;
@@ -202,11 +203,6 @@ impl EndpointLoad {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-    }
-
-    /// The cost balancers compare: `ewma × (in_flight + 1)`, in nanoseconds.
-    pub fn cost(&self) -> f64 {
-        f64::from_bits(self.ewma.load(Ordering::Relaxed)) * f64::from(self.in_flight() + 1)
     }
 }
 

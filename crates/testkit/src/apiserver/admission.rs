@@ -91,49 +91,53 @@ pub(crate) fn admit(res: Resource, value: &Value) -> ApiResult<()> {
     check_types(res, value)
 }
 
-/// Rejects fields of the wrong JSON type by decoding into the typed k8s-openapi struct
-/// (straight from the borrowed value: nothing is copied or encoded again).
-fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
+/// A built-in kind's k8s-openapi type, as the checks below use it.
+struct Typed {
+    /// Decodes a value into the type, straight from the borrowed value.
+    decodes: fn(&Value) -> Result<(), serde_json::Error>,
+    /// Decodes and encodes it again: what the API knows of it.
+    round_trip: fn(&Value) -> Result<Value, serde_json::Error>,
+}
+
+/// The typed struct of `res`; `None` for a custom resource (`validate` checks the fields
+/// it has).
+fn typed(res: Resource) -> Option<Typed> {
     use k8s_openapi::api::{core::v1 as core, discovery::v1 as disco};
-    use serde::Deserialize;
-    fn decodes<'a, T: Deserialize<'a>>(v: &'a Value) -> Result<(), serde_json::Error> {
-        T::deserialize(v).map(drop)
+    use serde::de::DeserializeOwned;
+    fn of<T: DeserializeOwned + serde::Serialize>() -> Typed {
+        Typed {
+            decodes: |v| T::deserialize(v).map(drop),
+            round_trip: |v| serde_json::to_value(T::deserialize(v)?),
+        }
     }
-    let checked = match res {
-        Resource::Namespace => decodes::<core::Namespace>(value),
-        Resource::Node => decodes::<core::Node>(value),
-        Resource::Pod => decodes::<core::Pod>(value),
-        Resource::Service => decodes::<core::Service>(value),
-        Resource::Endpoints => decodes::<core::Endpoints>(value),
-        Resource::EndpointSlice => decodes::<disco::EndpointSlice>(value),
-        Resource::Event => decodes::<core::Event>(value),
-        // A custom resource: no typed struct here; `validate` checks the fields it has.
-        Resource::HttpRoute => Ok(()),
-    };
-    checked.map_err(|e| cannot_handle(res, e))
+    Some(match res {
+        Resource::Namespace => of::<core::Namespace>(),
+        Resource::Node => of::<core::Node>(),
+        Resource::Pod => of::<core::Pod>(),
+        Resource::Service => of::<core::Service>(),
+        Resource::Endpoints => of::<core::Endpoints>(),
+        Resource::EndpointSlice => of::<disco::EndpointSlice>(),
+        Resource::Event => of::<core::Event>(),
+        Resource::HttpRoute => return None,
+    })
+}
+
+/// Rejects fields of the wrong JSON type by decoding into the typed k8s-openapi struct
+/// (nothing is copied or encoded again).
+fn check_types(res: Resource, value: &Value) -> ApiResult<()> {
+    match typed(res) {
+        Some(t) => (t.decodes)(value).map_err(|e| cannot_handle(res, e)),
+        None => Ok(()),
+    }
 }
 
 /// `value` decoded into the typed k8s-openapi struct and encoded again: what the API knows
 /// of it. Unknown fields do not survive the trip.
 fn typed_round_trip(res: Resource, value: &Value) -> ApiResult<Value> {
-    use k8s_openapi::api::{core::v1 as core, discovery::v1 as disco};
-    fn trip<T: serde::de::DeserializeOwned + serde::Serialize>(
-        v: &Value,
-    ) -> Result<Value, serde_json::Error> {
-        serde_json::to_value(serde_json::from_value::<T>(v.clone())?)
+    match typed(res) {
+        Some(t) => (t.round_trip)(value).map_err(|e| cannot_handle(res, e)),
+        None => Ok(value.clone()),
     }
-    let known = match res {
-        Resource::Namespace => trip::<core::Namespace>(value),
-        Resource::Node => trip::<core::Node>(value),
-        Resource::Pod => trip::<core::Pod>(value),
-        Resource::Service => trip::<core::Service>(value),
-        Resource::Endpoints => trip::<core::Endpoints>(value),
-        Resource::EndpointSlice => trip::<disco::EndpointSlice>(value),
-        Resource::Event => trip::<core::Event>(value),
-        // A custom resource: no typed struct here; `validate` checks the fields it has.
-        Resource::HttpRoute => Ok(value.clone()),
-    };
-    known.map_err(|e| cannot_handle(res, e))
 }
 
 /// `fieldValidation=Strict`: fields the API does not know, at any depth, are an error

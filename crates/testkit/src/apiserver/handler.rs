@@ -725,8 +725,8 @@ fn create(
     ))
 }
 
-/// Fields of `res` whose change bumps `metadata.generation`.
-/// Whether the object's spec differs (an EndpointSlice has its spec at the top level).
+/// Whether the fields whose change bumps `metadata.generation` differ (an EndpointSlice
+/// has them at the top level).
 fn spec_changed(res: Resource, a: &Value, b: &Value) -> bool {
     match res {
         Resource::EndpointSlice => ["addressType", "endpoints", "ports"]
