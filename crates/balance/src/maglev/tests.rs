@@ -17,7 +17,7 @@ fn shares(m: &Maglev, n: usize) -> Vec<f64> {
 #[test]
 fn equal_weights_get_equal_shares() {
     let m = Maglev::new(&ids(10), &[1; 10]).unwrap();
-    assert_eq!(m.size(), 1_021);
+    assert_eq!(m.size(), 65_537);
     for s in shares(&m, 10) {
         assert!((s - 0.1).abs() < 0.01, "{s}");
     }
@@ -45,27 +45,46 @@ fn same_endpoints_same_table_and_same_key_same_endpoint() {
     assert_eq!(a.lookup(k), b.lookup(k));
 }
 
-#[test]
-fn removing_one_endpoint_moves_few_keys() {
-    let n = 100;
-    let before = Maglev::new(&ids(n), &vec![1; n]).unwrap();
-    // Drop endpoint 37; the others keep their ids, and positions shift past it.
-    let mut rest = ids(n);
-    rest.remove(37);
-    let after = Maglev::new(&rest, &vec![1; n - 1]).unwrap();
-    let keys = 20_000u64;
-    let mut moved = 0;
-    for k in 0..keys {
+/// The share of keys that did not map to `gone` but map elsewhere once it is removed.
+fn disruption(ids: &[String], gone: usize) -> f64 {
+    let before = Maglev::new(ids, &vec![1; ids.len()]).unwrap();
+    // The others keep their ids, and positions shift past the removed one.
+    let mut rest = ids.to_vec();
+    rest.remove(gone);
+    let after = Maglev::new(&rest, &vec![1; rest.len()]).unwrap();
+    let (mut stayed, mut moved) = (0u32, 0u32);
+    for k in 0..20_000u64 {
         let h = hash_key(&k.to_le_bytes());
         let b = before.lookup(h);
-        if b == 37 {
+        if b == gone {
             continue; // had to move
         }
-        let expected_after = if b > 37 { b - 1 } else { b };
-        if after.lookup(h) != expected_after {
-            moved += 1;
-        }
+        stayed += 1;
+        let expected_after = if b > gone { b - 1 } else { b };
+        moved += u32::from(after.lookup(h) != expected_after);
     }
-    let share = moved as f64 / keys as f64;
-    assert!(share < 0.05, "{share} of the other keys moved");
+    f64::from(moved) / f64::from(stayed)
+}
+
+#[test]
+fn removing_one_endpoint_moves_few_keys() {
+    assert!(disruption(&ids(100), 37) < 0.01);
+    // Ten endpoints at loopback-like addresses, 50 address sets: the worst one moves
+    // under 1.5 % of the keys it did not have to move.
+    let worst = (0..50u64)
+        .map(|set| {
+            let ids: Vec<String> = (0..10)
+                .map(|i| {
+                    format!(
+                        "127.0.{}.{}:{}",
+                        set % 7,
+                        i + 1 + set % 40,
+                        30_000 + set * 13 + i
+                    )
+                })
+                .collect();
+            disruption(&ids, (set % 10) as usize)
+        })
+        .fold(0.0, f64::max);
+    assert!(worst < 0.015, "{worst} of the other keys moved");
 }

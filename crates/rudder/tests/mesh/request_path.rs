@@ -74,9 +74,10 @@ async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
     let owned = owner.values().filter(|p| **p == gone).count();
     assert!(moved >= owned, "the leaving Pod's users moved");
     // Users of the nine Pods that stay keep their Pod, but for Maglev's small disruption
-    // (about 3.5 % of keys in rudder_balance's pool tests).
+    // (under 1.5 % of keys for ten endpoints in rudder_balance's Maglev tests: at most a
+    // key or two of these 100).
     assert!(
-        moved - owned <= 8,
+        moved - owned <= 3,
         "only the leaving Pod's users move: {moved} moved, {owned} were on the Pod that left"
     );
 
