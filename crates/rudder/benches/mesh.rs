@@ -1,5 +1,6 @@
 //! The Mesh's own cost per request, without any I/O: an inner service that answers at
-//! once, called bare and through the Mesh (static endpoints, so no API server).
+//! once, called bare and through the Mesh (static endpoints, so no API server), on one
+//! thread and on two threads sharing one Mesh (or each with its own).
 //!
 //! `cargo bench -p rudder --bench mesh`
 
@@ -19,25 +20,20 @@ fn mesh(c: &mut Criterion) {
     let inner = tower::service_fn(|_: Request<rudder::ReplayBody<Empty<Bytes>>>| async {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
-    let endpoints = (1..=10)
-        .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
-        .collect();
-    let layer = MeshLayer::builder_static()
-        .static_service("web", Static::new(endpoints))
-        .expect("static")
-        .build()
-        .expect("layer");
-    let mesh = rt.block_on(async { layer.layer(inner) });
-    let no_retries = MeshLayer::builder_static()
-        .static_service(
-            "web",
-            Static::new(vec![Endpoint::new("10.0.0.1:8080".parse().expect("addr"))]),
-        )
-        .expect("static")
-        .retries(0, 20.0, 10)
-        .build()
-        .expect("layer")
-        .layer(inner);
+    // Ten endpoints; the default retries (2, within a 20 % budget) or none.
+    let layer = |retries: u32| {
+        let endpoints = (1..=10)
+            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
+            .collect();
+        MeshLayer::builder_static()
+            .static_service("web", Static::new(endpoints))
+            .expect("static")
+            .retries(retries, 20.0, 10)
+            .build()
+            .expect("layer")
+    };
+    let mesh = rt.block_on(async { layer(2).layer(inner) });
+    let no_retries = rt.block_on(async { layer(0).layer(inner) });
     let req = || {
         Request::get("http://web:8080/x")
             .body(Empty::new())
@@ -83,10 +79,38 @@ fn mesh(c: &mut Criterion) {
             .expect("inner");
         })
     });
+    group.bench_function("no_retries_two_threads", |b| {
+        both(b, &|rt| {
+            rt.block_on(async { black_box(no_retries.clone().oneshot(req()).await) })
+                .expect("mesh");
+        })
+    });
     group.bench_function("through_mesh_two_threads", |b| {
         both(b, &|rt| {
             rt.block_on(async { black_box(mesh.clone().oneshot(req()).await) })
                 .expect("mesh");
+        })
+    });
+    // The same with one Mesh per thread: nothing shared, so the difference to the arm
+    // above is what sharing one Mesh between threads costs.
+    let meshes = [
+        rt.block_on(async { layer(2).layer(inner) }),
+        rt.block_on(async { layer(2).layer(inner) }),
+    ];
+    group.bench_function("one_mesh_per_thread_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for (rt, m) in runtimes.iter().zip(&meshes) {
+                    s.spawn(move || {
+                        (0..iters).for_each(|_| {
+                            rt.block_on(async { black_box(m.clone().oneshot(req()).await) })
+                                .expect("mesh");
+                        })
+                    });
+                }
+            });
+            start.elapsed() / 2
         })
     });
     group.finish();

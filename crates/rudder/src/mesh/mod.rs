@@ -34,6 +34,7 @@
 //! through the ClusterIP. Any other inner service gets a normal absolute-form request.
 
 mod body;
+mod budget;
 mod builder;
 mod config;
 mod error;
@@ -68,7 +69,6 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rudder_balance::{PoolConfig, ServiceState, Split};
 use rudder_k8s::ServiceRef;
-use tower::retry::budget::TpsBudget;
 
 use self::builder::{Settings, Source};
 use self::routed::{Keep, Routed};
@@ -305,7 +305,7 @@ pub(crate) struct Shared {
     /// Read on every request without a lock; copied on the rare insert.
     resolved: ArcSwap<Resolutions>,
     resolving: Mutex<()>,
-    pub(crate) budget: TpsBudget,
+    pub(crate) budget: budget::RetryBudget,
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: ArcSwapOption<Split>,
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
@@ -329,7 +329,7 @@ impl Shared {
             me,
             sweeper: OnceLock::new(),
             telemetry: Arc::new(telemetry),
-            budget: TpsBudget::new(Duration::from_secs(10), min, percent / 100.0),
+            budget: budget::RetryBudget::new(percent, min),
             split: ArcSwapOption::new(settings.split.clone()),
             source,
             settings,

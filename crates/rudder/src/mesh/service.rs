@@ -14,7 +14,6 @@ use pin_project_lite::pin_project;
 use rudder_balance::{Attempt, EmptyReason, Selector, ServiceState, Snapshot};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
-use tower::retry::budget::Budget;
 use tower_service::Service;
 
 use super::Resolved;

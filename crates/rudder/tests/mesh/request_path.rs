@@ -311,3 +311,54 @@ async fn header_subsets_share_one_metric_label() {
         "label values: the configured subset and one value for the rest"
     );
 }
+
+/// Three Pods that refuse connections (loopback addresses nothing listens on), reached
+/// through hyper-util's client behind the Mesh; every attempt the Mesh makes is counted.
+/// Ejection is off so that every request gets its attempts.
+async fn refused_attempts(percent: f32, min_per_second: u32, requests: usize) -> usize {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.31.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let eps = (1..=3)
+        .map(|i| Endpoint::new(SocketAddr::from(([127, 0, 31, i], port))))
+        .collect();
+    let layer = MeshLayer::builder_static()
+        .static_service("refusing", Static::new(eps))
+        .unwrap()
+        .retries(2, percent, min_per_second)
+        .ejection(rudder::Ejection {
+            consecutive_failures: 0,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let client = h1();
+    let counted = tower::service_fn({
+        let attempts = attempts.clone();
+        move |req| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            client.request(req)
+        }
+    });
+    let mut mesh = layer.layer(counted);
+    for _ in 0..requests {
+        let err = get(&mut mesh, req("http://refusing:8080/"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("refus"), "{err}");
+    }
+    attempts.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The retry budget holds through the Mesh: with no share of requests, only the floor
+/// (1/s over the 10 s window: 10 retries) is retried; with 50 %, two requests earn one
+/// retry, counted in the batches of 16 that each thread passes on (one thread here):
+/// batches land at requests 16, 32, 48 and 64, the first three are spent by the
+/// requests after them (two retries each) and request 64 takes two of the last: 26.
+#[tokio::test]
+async fn retries_stay_within_the_budget() {
+    assert_eq!(refused_attempts(0.0, 1, 30).await, 30 + 10);
+    assert_eq!(refused_attempts(50.0, 0, 64).await, 64 + 26);
+}
