@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use rudder_balance::Attempt;
 
-use super::ext::Target;
+use super::ext::{Target, Whence};
 
 pin_project_lite::pin_project! {
     /// A response body from the inner service, holding the request's place on its endpoint
@@ -19,12 +19,12 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         attempt: Option<Attempt>,
-        target: Option<Target>,
+        target: Option<Whence>,
     }
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, attempt: Option<Attempt>, target: Option<Target>) -> Self {
+    pub(crate) fn new(inner: B, attempt: Option<Attempt>, target: Option<Whence>) -> Self {
         Self {
             inner,
             attempt,
@@ -34,9 +34,9 @@ impl<B> ResponseBody<B> {
 
     /// Where the Mesh sent the request (`None` when it passed through unchanged). Kept
     /// in the body rather than in the response's extensions, which would cost three
-    /// allocations per request.
-    pub fn target(&self) -> Option<&Target> {
-        self.target.as_ref()
+    /// allocations per request, and made when asked for.
+    pub fn target(&self) -> Option<Target> {
+        self.target.as_ref().map(Whence::target)
     }
 
     /// The inner body.

@@ -64,6 +64,43 @@ impl Target {
     }
 }
 
+/// Where a response came from, as the Mesh holds it until asked: the references the
+/// request already had, moved rather than cloned, so that answering costs no write to
+/// the Service's or the endpoint's shared authority bytes.
+pub(crate) enum Whence {
+    /// The endpoint at `pos` of a routed Service's pool snapshot.
+    Endpoint {
+        addressed: std::sync::Arc<super::Addressed>,
+        snapshot:
+            std::sync::Arc<rudder_balance::Snapshot<std::sync::Arc<super::routed::EndpointExtra>>>,
+        pos: usize,
+    },
+    /// Anything else (an `ExternalName` Service's name).
+    Named(Target),
+}
+
+impl Whence {
+    pub(crate) fn target(&self) -> Target {
+        match self {
+            Self::Endpoint {
+                addressed,
+                snapshot,
+                pos,
+            } => Target {
+                authority: addressed.authority.clone(),
+                endpoint: snapshot.extra(*pos).authority.clone(),
+            },
+            Self::Named(t) => t.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Whence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.target().fmt(f)
+    }
+}
+
 /// A request's affinity key for consistent hashing ([`Algorithm::Maglev`](crate::Algorithm)):
 /// requests with the same key go to the same Pod, from every client replica, while the
 /// Pod stays. Set as a request extension, it overrides the configured [`Affinity`].

@@ -20,7 +20,7 @@ use super::Resolved;
 use super::Shared;
 use super::body::ResponseBody;
 use super::error::MeshError;
-use super::ext::{AffinityKey, Subset, Target};
+use super::ext::{AffinityKey, Subset, Target, Whence};
 use super::gamma;
 use super::replay::{Replay, ReplayBody};
 use super::routed::{EndpointExtra, Routed};
@@ -151,7 +151,10 @@ struct Armed {
 pub(crate) struct Answer<R> {
     res: R,
     attempt: Option<Attempt>,
-    target: Option<Target>,
+    target: Option<Whence>,
+    /// The endpoint that answered, by its position in the snapshot: the request's end
+    /// makes it the target (see [`Dispatch::finish`]).
+    pos: Option<usize>,
 }
 
 impl<RB> Answer<Response<RB>> {
@@ -160,6 +163,7 @@ impl<RB> Answer<Response<RB>> {
             res,
             attempt: None,
             target: None,
+            pos: None,
         }
     }
 
@@ -168,6 +172,7 @@ impl<RB> Answer<Response<RB>> {
             res,
             attempt,
             target,
+            ..
         } = self;
         res.map(|b| ResponseBody::new(b, attempt, target))
     }
@@ -651,7 +656,8 @@ where
     Ok(Answer {
         res,
         attempt: None,
-        target: Some(target),
+        target: Some(Whence::Named(target)),
+        pos: None,
     })
 }
 
@@ -1007,14 +1013,11 @@ where
             self.failed.push(pos);
             return Step::Retry;
         }
-        let target = Target {
-            authority: self.addressed.authority.clone(),
-            endpoint: extra.authority.clone(),
-        };
         Step::Done(Ok(Answer {
             res,
             attempt: Some(attempt),
-            target: Some(target),
+            target: None,
+            pos: Some(pos),
         }))
     }
 
@@ -1127,20 +1130,20 @@ where
     /// [`finish`](Self::finish), counting the Mesh's own failure: the end of a request
     /// whose future is this dispatch's (the general path counts its own, waits included).
     fn end<RB>(
-        &self,
+        self,
         result: Result<Answer<Response<RB>>, BoxError>,
     ) -> Result<Answer<Response<RB>>, BoxError> {
-        let result = self.finish(result);
         if let Err(e) = &result {
             count(&self.shared, e);
         }
-        result
+        self.finish(result)
     }
 
     /// The request's end: the canary guard counts what the backend an HTTPRoute chose did
-    /// with it.
+    /// with it, and the answer takes the Service and snapshot it came through along as
+    /// its target.
     fn finish<RB>(
-        &self,
+        self,
         result: Result<Answer<Response<RB>>, BoxError>,
     ) -> Result<Answer<Response<RB>>, BoxError> {
         if let Some((rule, index)) = &self.rule {
@@ -1149,7 +1152,15 @@ where
                 .map_or(true, |a| a.res.status().is_server_error());
             rule.record(*index, failed);
         }
-        result
+        let mut answer = result?;
+        if let Some(pos) = answer.pos.take() {
+            answer.target = Some(Whence::Endpoint {
+                addressed: self.addressed,
+                snapshot: self.chosen.snapshot,
+                pos,
+            });
+        }
+        Ok(answer)
     }
 }
 

@@ -68,7 +68,7 @@ async fn the_inner_service_gets_the_pod_address_and_the_service_authority() {
         .body(Body::default())
         .unwrap();
     let res = mesh.oneshot(req).await.unwrap();
-    let target = res.body().target().cloned().expect("target on response");
+    let target = res.body().target().expect("target on response");
     assert_eq!(target.endpoint().as_str(), "10.0.0.1:8080");
     let seen = seen.lock().unwrap();
     let req = &seen[0];
