@@ -394,7 +394,11 @@ impl<S> Mesh<S> {
         let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
         // Only a request that may be retried keeps a service to retry on.
         let retry_with = dispatch.head.is_some().then(|| self.inner.clone());
-        let (req, attempt, pos) = match dispatch.next(Some(first)) {
+        let mut req = first;
+        let (attempt, pos) = match dispatch
+            .pick()
+            .and_then(|(attempt, pos)| dispatch.aim(&mut req, pos).map(|()| (attempt, pos)))
+        {
             Ok(next) => next,
             Err(e) => return failed(e),
         };
@@ -648,7 +652,8 @@ where
         authority: authority.clone(),
         endpoint: endpoint.clone(),
     };
-    let req = retarget(req, &addressed.host, endpoint)?;
+    let mut req = req;
+    retarget(&mut req, &addressed.host, endpoint)?;
     let res = inner
         .oneshot(req.map(ReplayBody::new))
         .await
@@ -894,6 +899,17 @@ where
         &mut self,
         first: Option<Request<ReplayBody<B>>>,
     ) -> Result<(Request<ReplayBody<B>>, Attempt, usize), BoxError> {
+        let (attempt, pos) = self.pick()?;
+        let mut req = match first {
+            Some(r) => r,
+            None => self.again(),
+        };
+        self.aim(&mut req, pos)?;
+        Ok((req, attempt, pos))
+    }
+
+    /// Picks the next attempt's endpoint and starts the attempt on it.
+    fn pick(&mut self) -> Result<(Attempt, usize), BoxError> {
         self.attempt_no += 1;
         let pool = &self.routed().pool;
         let Chosen {
@@ -927,20 +943,23 @@ where
                 .get_or_init(|| pf.register(endpoint, self.routed().service.namespace(), pod));
         }
         tracing::trace!(service = %self.routed().service, endpoint = %attempt.addr(), attempt = self.attempt_no, "sending");
-        let req = match first {
-            Some(r) => r,
-            None => {
-                // A retry: only chosen when the head was kept and the body can be sent
-                // again.
-                let body = match &self.replay {
-                    Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
-                    None => ReplayBody::empty(),
-                };
-                with_body(self.head.as_ref().expect("retries keep the head"), body)
-            }
+        Ok((attempt, pos))
+    }
+
+    /// The request again, for a retry: only chosen when the head was kept and the body
+    /// can be sent again.
+    fn again(&self) -> Request<ReplayBody<B>> {
+        let body = match &self.replay {
+            Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
+            None => ReplayBody::empty(),
         };
-        let req = retarget(req, &self.addressed.host, extra.authority.clone())?;
-        Ok((req, attempt, pos))
+        with_body(self.head.as_ref().expect("retries keep the head"), body)
+    }
+
+    /// Points `req` at the endpoint at `pos`, in place.
+    fn aim(&self, req: &mut Request<ReplayBody<B>>, pos: usize) -> Result<(), BoxError> {
+        let extra = self.chosen.snapshot.extra(pos);
+        retarget(req, &self.addressed.host, extra.authority.clone())
     }
 
     /// When the attempt in flight times out: the earlier of the response timeout (from
@@ -1236,10 +1255,10 @@ fn empty_reason(r: EmptyReason) -> &'static str {
 /// Points `req` at `endpoint`, keeping the caller's authority in `Host` (as `host`) unless
 /// the request has its own.
 fn retarget<B>(
-    mut req: Request<B>,
+    req: &mut Request<B>,
     host: &HeaderValue,
     endpoint: Authority,
-) -> Result<Request<B>, BoxError> {
+) -> Result<(), BoxError> {
     // The parts are valid already; assembling them skips re-parsing.
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme.get_or_insert(Scheme::HTTP);
@@ -1251,5 +1270,5 @@ fn retarget<B>(
     if !req.headers().contains_key(http::header::HOST) {
         req.headers_mut().insert(http::header::HOST, host.clone());
     }
-    Ok(req)
+    Ok(())
 }
