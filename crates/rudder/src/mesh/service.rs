@@ -959,7 +959,11 @@ where
     /// Points `req` at the endpoint at `pos`, in place.
     fn aim(&self, req: &mut Request<ReplayBody<B>>, pos: usize) -> Result<(), BoxError> {
         let extra = self.chosen.snapshot.extra(pos);
-        retarget(req, &self.addressed.host, extra.authority.clone())
+        retarget(
+            req,
+            &self.addressed.host,
+            super::local::authority(&extra.authority),
+        )
     }
 
     /// When the attempt in flight times out: the earlier of the response timeout (from
@@ -1268,7 +1272,8 @@ fn retarget<B>(
     parts.authority = Some(endpoint);
     *req.uri_mut() = Uri::from_parts(parts)?;
     if !req.headers().contains_key(http::header::HOST) {
-        req.headers_mut().insert(http::header::HOST, host.clone());
+        req.headers_mut()
+            .insert(http::header::HOST, super::local::host(host));
     }
     Ok(())
 }

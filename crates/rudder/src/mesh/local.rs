@@ -1,0 +1,102 @@
+//! Per-thread copies of the authority bytes every request carries.
+//!
+//! A request goes out with the endpoint's `ip:port` as its URI authority and the Service's
+//! authority as its `Host`, both clones of `Bytes` the Mesh keeps. Cloning `Bytes` writes
+//! its reference count, so with one copy shared by every thread, each request wrote cache
+//! lines that the other threads' requests also wrote (measured:
+//! `cargo bench -p rudder --bench mesh -- two_threads`). Each thread clones its own copy
+//! instead, made on the thread's first request to that authority. Copies are found by the
+//! address of the shared bytes and used only when their text is the same (an address
+//! reused for another authority gets a new copy). At most [`PER_THREAD`] of each kind are
+//! kept per thread: a full table (endpoints that came and went) is emptied and refilled.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http::uri::Authority;
+
+/// Copies kept per thread, of endpoint authorities and of `Host` values each.
+const PER_THREAD: usize = 1024;
+
+type Copies<T> = RefCell<HashMap<usize, T, foldhash::fast::FixedState>>;
+
+thread_local! {
+    static AUTHORITIES: Copies<Authority> = RefCell::default();
+    static HOSTS: Copies<HeaderValue> = RefCell::default();
+}
+
+/// This thread's copy of `shared`.
+pub(crate) fn authority(shared: &Authority) -> Authority {
+    copy(
+        &AUTHORITIES,
+        shared.as_str(),
+        shared,
+        Authority::as_str,
+        |s| Authority::from_maybe_shared(Bytes::copy_from_slice(s.as_bytes())).ok(),
+    )
+}
+
+/// This thread's copy of `shared`, a `Host` value.
+pub(crate) fn host(shared: &HeaderValue) -> HeaderValue {
+    let Ok(text) = shared.to_str() else {
+        return shared.clone();
+    };
+    copy(
+        &HOSTS,
+        text,
+        shared,
+        |h| h.to_str().unwrap_or(""),
+        |s| HeaderValue::from_str(s).ok(),
+    )
+}
+
+fn copy<T: Clone>(
+    table: &'static std::thread::LocalKey<Copies<T>>,
+    text: &str,
+    shared: &T,
+    text_of: impl Fn(&T) -> &str,
+    make: impl FnOnce(&str) -> Option<T>,
+) -> T {
+    let at = text.as_ptr() as usize;
+    table
+        .try_with(|copies| {
+            let mut copies = copies.borrow_mut();
+            if let Some(mine) = copies.get(&at)
+                && text_of(mine) == text
+            {
+                return mine.clone();
+            }
+            if copies.len() >= PER_THREAD {
+                copies.clear();
+            }
+            let mine = make(text).unwrap_or_else(|| shared.clone());
+            copies.insert(at, mine.clone());
+            mine
+        })
+        // The thread is exiting.
+        .unwrap_or_else(|_| shared.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_equal_and_bounded() {
+        let shared: Authority = "10.0.0.1:8080".parse().unwrap();
+        let a = authority(&shared);
+        assert_eq!(a, shared);
+        assert_eq!(authority(&shared), a);
+        let host = HeaderValue::from_static("web:8080");
+        assert_eq!(super::host(&host), host);
+        // Endpoints coming and going: the table never holds more than its bound, and
+        // a copy always has the text it stands for, whatever address it was found by.
+        for i in 0..3 * PER_THREAD {
+            let other: Authority = format!("10.1.{}.{}:80", i / 250, i % 250).parse().unwrap();
+            assert_eq!(authority(&other), other);
+            assert!(AUTHORITIES.with(|c| c.borrow().len()) <= PER_THREAD);
+        }
+    }
+}
