@@ -31,33 +31,30 @@ thread_local! {
 pub(crate) fn authority(shared: &Authority) -> Authority {
     copy(
         &AUTHORITIES,
-        shared.as_str(),
+        shared.as_str().as_bytes(),
         shared,
-        Authority::as_str,
-        |s| Authority::from_maybe_shared(Bytes::copy_from_slice(s.as_bytes())).ok(),
+        |a| a.as_str().as_bytes(),
+        |s| Authority::from_maybe_shared(Bytes::copy_from_slice(s)).ok(),
     )
 }
 
 /// This thread's copy of `shared`, a `Host` value.
 pub(crate) fn host(shared: &HeaderValue) -> HeaderValue {
-    let Ok(text) = shared.to_str() else {
-        return shared.clone();
-    };
     copy(
         &HOSTS,
-        text,
+        shared.as_bytes(),
         shared,
-        |h| h.to_str().unwrap_or(""),
-        |s| HeaderValue::from_str(s).ok(),
+        HeaderValue::as_bytes,
+        |s| HeaderValue::from_bytes(s).ok(),
     )
 }
 
 fn copy<T: Clone>(
     table: &'static std::thread::LocalKey<Copies<T>>,
-    text: &str,
+    text: &[u8],
     shared: &T,
-    text_of: impl Fn(&T) -> &str,
-    make: impl FnOnce(&str) -> Option<T>,
+    text_of: impl Fn(&T) -> &[u8],
+    make: impl FnOnce(&[u8]) -> Option<T>,
 ) -> T {
     let at = text.as_ptr() as usize;
     table
