@@ -64,16 +64,14 @@ impl Target {
     }
 }
 
-/// Where a response came from, as the Mesh holds it until asked: the references the
-/// request already had, moved rather than cloned, so that answering costs no write to
-/// the Service's or the endpoint's shared authority bytes.
+/// Where a response came from, as the Mesh holds it until asked: the Service the request
+/// already held (moved, not cloned) and the endpoint's address, so that answering writes
+/// no shared reference count and a long response body keeps no pool snapshot alive.
 pub(crate) enum Whence {
-    /// The endpoint at `pos` of a routed Service's pool snapshot.
+    /// An endpoint of a routed Service.
     Endpoint {
         addressed: std::sync::Arc<super::Addressed>,
-        snapshot:
-            std::sync::Arc<rudder_balance::Snapshot<std::sync::Arc<super::routed::EndpointExtra>>>,
-        pos: usize,
+        endpoint: std::net::SocketAddr,
     },
     /// Anything else (an `ExternalName` Service's name).
     Named(Target),
@@ -84,11 +82,13 @@ impl Whence {
         match self {
             Self::Endpoint {
                 addressed,
-                snapshot,
-                pos,
+                endpoint,
             } => Target {
                 authority: addressed.authority.clone(),
-                endpoint: snapshot.extra(*pos).authority.clone(),
+                endpoint: endpoint
+                    .to_string()
+                    .parse()
+                    .expect("a socket address is a URI authority"),
             },
             Self::Named(t) => t.clone(),
         }

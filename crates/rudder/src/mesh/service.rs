@@ -152,9 +152,9 @@ pub(crate) struct Answer<R> {
     res: R,
     attempt: Option<Attempt>,
     target: Option<Whence>,
-    /// The endpoint that answered, by its position in the snapshot: the request's end
-    /// makes it the target (see [`Dispatch::finish`]).
-    pos: Option<usize>,
+    /// The endpoint that answered: the request's end makes it the target (see
+    /// [`Dispatch::finish`]).
+    endpoint: Option<SocketAddr>,
 }
 
 impl<RB> Answer<Response<RB>> {
@@ -163,7 +163,7 @@ impl<RB> Answer<Response<RB>> {
             res,
             attempt: None,
             target: None,
-            pos: None,
+            endpoint: None,
         }
     }
 
@@ -662,7 +662,7 @@ where
         res,
         attempt: None,
         target: Some(Whence::Named(target)),
-        pos: None,
+        endpoint: None,
     })
 }
 
@@ -1040,7 +1040,7 @@ where
             res,
             attempt: Some(attempt),
             target: None,
-            pos: Some(pos),
+            endpoint: Some(endpoint),
         }))
     }
 
@@ -1163,8 +1163,7 @@ where
     }
 
     /// The request's end: the canary guard counts what the backend an HTTPRoute chose did
-    /// with it, and the answer takes the Service and snapshot it came through along as
-    /// its target.
+    /// with it, and the answer takes the Service it came through along for its target.
     fn finish<RB>(
         self,
         result: Result<Answer<Response<RB>>, BoxError>,
@@ -1176,11 +1175,10 @@ where
             rule.record(*index, failed);
         }
         let mut answer = result?;
-        if let Some(pos) = answer.pos.take() {
+        if let Some(endpoint) = answer.endpoint.take() {
             answer.target = Some(Whence::Endpoint {
                 addressed: self.addressed,
-                snapshot: self.chosen.snapshot,
-                pos,
+                endpoint,
             });
         }
         Ok(answer)
