@@ -308,64 +308,38 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let state = match self.steady(req) {
-            Steady::Sent(state) => state,
-            Steady::Waits(req, addressed, routing) => {
-                // The ready service goes with this request; the clone serves the next one.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                let shared = self.shared.clone();
-                State::Boxed {
-                    fut: Box::pin(async move {
-                        let result = route(&shared, inner, req, addressed, routing).await;
-                        if let Err(e) = &result {
-                            count(&shared, e);
-                        }
-                        result
-                    }),
-                }
-            }
-        };
-        ResponseFuture { state }
+        // Built in place: the state is the response future's only field.
+        ResponseFuture {
+            state: self.steady(req),
+        }
     }
 }
 
-/// What the steady path did with a request.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "built once per request and moved straight into the response future"
-)]
-enum Steady<S, B>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
-    /// Sent (or failed).
-    Sent(State<S, B>),
-    /// It must wait: handed back with what was decided so far.
-    Waits(Request<B>, Option<Addressed>, Option<Routing>),
-}
-
 impl<S> Mesh<S> {
-    /// The request path without waiting: the inner service is called here, or the request
-    /// is handed back with what was decided so far when something must be awaited.
-    fn steady<B, RB>(&mut self, req: Request<B>) -> Steady<S, B>
+    /// The request path without waiting: the inner service is called here, or, when
+    /// something must be awaited, the request goes on in a boxed future with what was
+    /// decided so far.
+    fn steady<B, RB>(&mut self, req: Request<B>) -> State<S, B>
     where
-        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body,
+        S::Future: Send,
+        B: http_body::Body + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Send + 'static,
     {
         let shared = &self.shared;
         let failed = |e: BoxError| {
             count(shared, &e);
-            Steady::Sent(State::Failed { error: Some(e) })
+            State::Failed { error: Some(e) }
         };
         let addressed = match resolve(shared, &req) {
             Ok(Resolution::Service(a)) => a,
-            Ok(Resolution::Pass) => return Steady::Sent(self.pass(req)),
+            Ok(Resolution::Pass) => return self.pass(req),
             Err(e) => return failed(e.into()),
         };
         if !addressed.routed.is_decided() {
-            return Steady::Waits(req, Some(addressed), None);
+            return self.waits(req, Some(addressed), None);
         }
         // One snapshot load serves the route check and the pick, unless a route sends the
         // request to another Service.
@@ -373,11 +347,11 @@ impl<S> Mesh<S> {
         let routing = match routing_now(shared, &addressed.routed, &snapshot, &req) {
             Some(Ok(routing)) => routing,
             Some(Err(e)) => return failed(e.into()),
-            None => return Steady::Waits(req, Some(addressed), None),
+            None => return self.waits(req, Some(addressed), None),
         };
         let routed = routing.routed(&addressed);
         if !routed.is_decided() {
-            return Steady::Waits(req, Some(addressed), Some(routing));
+            return self.waits(req, Some(addressed), Some(routing));
         }
         let snapshot = if Arc::ptr_eq(routed, &addressed.routed) {
             snapshot
@@ -386,9 +360,9 @@ impl<S> Mesh<S> {
         };
         let chosen = match plan(shared, &addressed, routed, snapshot, &req, None) {
             Ok(Plan::Send(chosen)) => chosen,
-            Ok(Plan::Pass) => return Steady::Sent(self.pass(req)),
+            Ok(Plan::Pass) => return self.pass(req),
             // Rare: the general path sends it.
-            Ok(Plan::ExternalName) => return Steady::Waits(req, Some(addressed), Some(routing)),
+            Ok(Plan::ExternalName) => return self.waits(req, Some(addressed), Some(routing)),
             Err(e) => return failed(e),
         };
         let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
@@ -402,7 +376,7 @@ impl<S> Mesh<S> {
             Ok(next) => next,
             Err(e) => return failed(e),
         };
-        Steady::Sent(State::Sent {
+        State::Sent {
             fut: self.inner.call(req),
             timer: None,
             sent: Some(Sent {
@@ -412,7 +386,40 @@ impl<S> Mesh<S> {
                 retry_with,
                 armed: None,
             }),
-        })
+        }
+    }
+
+    /// The rest of a request that must wait (for a Service's first sync or its routes)
+    /// or goes to an `ExternalName`: a boxed future with what was decided so far.
+    #[cold]
+    #[inline(never)]
+    fn waits<B, RB>(
+        &mut self,
+        req: Request<B>,
+        addressed: Option<Addressed>,
+        routing: Option<Routing>,
+    ) -> State<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: http_body::Body + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Send + 'static,
+    {
+        // The ready service goes with this request; the clone serves the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        State::Boxed {
+            fut: Box::pin(async move {
+                let result = route(&shared, inner, req, addressed, routing).await;
+                if let Err(e) = &result {
+                    count(&shared, e);
+                }
+                result
+            }),
+        }
     }
 
     fn pass<B>(&mut self, req: Request<B>) -> State<S, B>
