@@ -6,10 +6,10 @@
 //! lines that the other threads' requests also wrote (two threads sharing one Mesh, `cargo
 //! bench -p rudder --bench mesh -- two_threads`: 1.08 µs per request, 0.92 µs with the
 //! copies). Each thread clones its own copy instead, made on the thread's first request to
-//! that authority. Copies are found by the address of the shared bytes and used only when
-//! their text is the same (an address reused for another authority gets a new copy). At
-//! most [`PER_THREAD`] of each kind are kept per thread: a full table (endpoints that came
-//! and went) is emptied and refilled.
+//! that authority. Copies are found by the address of the shared bytes; the table holds
+//! the shared value too, so that address cannot be reused for another authority while its
+//! entry lives. At most [`PER_THREAD`] of each kind are kept per thread: a full table
+//! (endpoints that came and went) is emptied and refilled.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,7 +21,10 @@ use http::uri::Authority;
 /// Copies kept per thread, of endpoint authorities and of `Host` values each.
 const PER_THREAD: usize = 1024;
 
-type Copies<T> = RefCell<HashMap<usize, T, foldhash::fast::FixedState>>;
+/// Per shared value, by the address of its bytes: the shared value itself (held, so that
+/// no other value's bytes can take that address while the entry lives) and this thread's
+/// copy.
+type Copies<T> = RefCell<HashMap<usize, (T, T), foldhash::fast::FixedState>>;
 
 thread_local! {
     static AUTHORITIES: Copies<Authority> = RefCell::default();
@@ -30,47 +33,36 @@ thread_local! {
 
 /// This thread's copy of `shared`.
 pub(crate) fn authority(shared: &Authority) -> Authority {
-    copy(
-        &AUTHORITIES,
-        shared.as_str().as_bytes(),
-        shared,
-        |a| a.as_str().as_bytes(),
-        |s| Authority::from_maybe_shared(Bytes::copy_from_slice(s)).ok(),
-    )
+    copy(&AUTHORITIES, shared, shared.as_str().as_bytes(), |s| {
+        Authority::from_maybe_shared(Bytes::copy_from_slice(s)).ok()
+    })
 }
 
 /// This thread's copy of `shared`, a `Host` value.
 pub(crate) fn host(shared: &HeaderValue) -> HeaderValue {
-    copy(
-        &HOSTS,
-        shared.as_bytes(),
-        shared,
-        HeaderValue::as_bytes,
-        |s| HeaderValue::from_bytes(s).ok(),
-    )
+    copy(&HOSTS, shared, shared.as_bytes(), |s| {
+        HeaderValue::from_bytes(s).ok()
+    })
 }
 
 fn copy<T: Clone>(
     table: &'static std::thread::LocalKey<Copies<T>>,
-    text: &[u8],
     shared: &T,
-    text_of: impl Fn(&T) -> &[u8],
+    bytes: &[u8],
     make: impl FnOnce(&[u8]) -> Option<T>,
 ) -> T {
-    let at = text.as_ptr() as usize;
+    let at = bytes.as_ptr() as usize;
     table
         .try_with(|copies| {
             let mut copies = copies.borrow_mut();
-            if let Some(mine) = copies.get(&at)
-                && text_of(mine) == text
-            {
+            if let Some((_, mine)) = copies.get(&at) {
                 return mine.clone();
             }
             if copies.len() >= PER_THREAD {
                 copies.clear();
             }
-            let mine = make(text).unwrap_or_else(|| shared.clone());
-            copies.insert(at, mine.clone());
+            let mine = make(bytes).unwrap_or_else(|| shared.clone());
+            copies.insert(at, (shared.clone(), mine.clone()));
             mine
         })
         // The thread is exiting.
