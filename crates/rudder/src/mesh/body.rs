@@ -32,9 +32,10 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    /// Where the Mesh sent the request (`None` when it passed through unchanged). Kept
-    /// in the body rather than in the response's extensions, which would cost three
-    /// allocations per request, and made when asked for.
+    /// Where the Mesh sent the request (`None` when it passed through unchanged). Made
+    /// when asked for, from the Service and the endpoint's address the body keeps, so a
+    /// request that never asks pays nothing; each call formats the endpoint's address
+    /// (one allocation).
     pub fn target(&self) -> Option<Target> {
         self.target.as_ref().map(Whence::target)
     }
