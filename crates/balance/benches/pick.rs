@@ -129,7 +129,7 @@ fn pick_and_record(c: &mut Criterion) {
         let set = set(n);
         let pool = rudder_balance::Pool::new(rudder_balance::PoolConfig::default(), set, |_| ());
         let request = || {
-            let snapshot = pool.snapshot();
+            let snapshot = pool.load();
             let subset = snapshot
                 .subset(&everything, &Fallback::NoFallback)
                 .expect("endpoints");

@@ -32,7 +32,7 @@ pub use self::endpoint::{
 };
 pub use self::load::{Ejection, EjectionHook, EndpointLoad, InFlight, LoadTable, calibrate_clock};
 pub use self::maglev::{Maglev, hash_key};
-pub use self::pool::{Attempt, Pool, PoolConfig, Snapshot};
+pub use self::pool::{Attempt, Pool, PoolConfig, Snapshot, SnapshotGuard};
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::slow_start::SlowStart;
 pub use self::split::{Split, SplitError};

@@ -105,7 +105,7 @@ impl Balancer {
     /// Picks an endpoint of `subset`; returns its position in the snapshot (index into
     /// `loads`, which must be aligned with the snapshot's endpoints). `None` when every
     /// member has weight 0.
-    pub fn pick(&self, subset: &Picked, loads: &[Arc<EndpointLoad>]) -> Option<usize> {
+    pub fn pick(&self, subset: &Picked<'_>, loads: &[Arc<EndpointLoad>]) -> Option<usize> {
         let (x, y) = random_pair();
         self.pick_with(subset, loads, x, y)
     }
@@ -118,8 +118,8 @@ impl Balancer {
     /// local choice is ejected.
     pub fn pick_local_first(
         &self,
-        local: Option<&Picked>,
-        all: &Picked,
+        local: Option<&Picked<'_>>,
+        all: &Picked<'_>,
         loads: &[Arc<EndpointLoad>],
         spill_factor: f64,
     ) -> Option<usize> {
@@ -155,7 +155,7 @@ impl Balancer {
     /// ignore the key.
     pub fn pick_keyed(
         &self,
-        subset: &Picked,
+        subset: &Picked<'_>,
         loads: &[Arc<EndpointLoad>],
         key_hash: Option<u64>,
     ) -> Option<usize> {
@@ -184,7 +184,7 @@ impl Balancer {
     /// normally prevents it) does an ejected endpoint get the request.
     pub fn pick_with(
         &self,
-        subset: &Picked,
+        subset: &Picked<'_>,
         loads: &[Arc<EndpointLoad>],
         x: u64,
         y: u64,
@@ -201,7 +201,7 @@ impl Balancer {
     #[inline(never)]
     fn avoid_ejected(
         &self,
-        subset: &Picked,
+        subset: &Picked<'_>,
         loads: &[Arc<EndpointLoad>],
         mut seed: u64,
         first: usize,
@@ -227,7 +227,7 @@ impl Balancer {
 
     fn choose(
         &self,
-        subset: &Picked,
+        subset: &Picked<'_>,
         loads: &[Arc<EndpointLoad>],
         x: u64,
         y: u64,
@@ -247,56 +247,112 @@ impl Balancer {
             Algorithm::Maglev => weights.pick_two_random(x, y).map(|(a, _)| position(a)),
             Algorithm::P2cPeakEwma | Algorithm::LeastRequests => {
                 let (mut a, mut b) = weights.pick_two_random(x, y)?;
+                // Each candidate's load is read once: the comparison below works on these
+                // copies.
+                let mut seen_a = Seen::of(&loads[position(a)]);
+                let mut seen_b = b.map(|b| Seen::of(&loads[position(b)]));
                 // An ejected candidate would hand the other a free win (a slow endpoint
                 // paired with an ejected one is chosen without comparison); draw again.
-                let ejected = |m: usize| loads[position(m)].is_ejected();
                 let mut seed = x ^ y;
                 for _ in 0..3 {
-                    if !ejected(a) && !b.is_some_and(ejected) {
+                    if !seen_a.ejected && !seen_b.is_some_and(|s| s.ejected) {
                         break;
                     }
                     seed = splitmix(seed);
                     (a, b) = weights.pick_two_random(splitmix(seed), splitmix(seed ^ GOLDEN))?;
+                    seen_a = Seen::of(&loads[position(a)]);
+                    seen_b = b.map(|b| Seen::of(&loads[position(b)]));
                 }
-                let Some(b) = b else { return Some(position(a)) };
-                // The load an endpoint would carry with this request, per unit of weight,
-                // as weighted least-request balancers compare it; but when both are idle
-                // their loads tie, so sequential traffic follows the weighted draw (slow
-                // start included) instead of always favouring the heavier one. Latency
-                // scales the load.
-                let both_idle =
-                    loads[position(a)].in_flight() == 0 && loads[position(b)].in_flight() == 0;
-                // Both estimates as of the later of their last updates.
-                let reference = loads[position(a)]
-                    .stamp_nanos()
-                    .max(loads[position(b)].stamp_nanos());
-                let cost = |m: usize| {
-                    let load = &loads[position(m)];
-                    if load.is_ejected() {
-                        return f64::INFINITY;
-                    }
-                    let pending = if both_idle {
-                        1.0
-                    } else {
-                        f64::from(load.in_flight() + 1) / weights.weight(m).max(1) as f64
-                    };
-                    match self.algorithm {
-                        Algorithm::LeastRequests => pending,
-                        _ => self.latency_at(load, reference) * pending,
-                    }
+                let (Some(b), Some(seen_b)) = (b, seen_b) else {
+                    return Some(position(a));
                 };
-                Some(position(if cost(b) * TOLERANCE < cost(a) { b } else { a }))
+                Some(position(
+                    if self.second_wins(weights, (a, &seen_a), (b, &seen_b)) {
+                        b
+                    } else {
+                        a
+                    },
+                ))
             }
         }
+    }
+
+    /// Whether P2C's second candidate is clearly cheaper than its first.
+    ///
+    /// Cost is the load an endpoint would carry with this request, per unit of weight, as
+    /// weighted least-request balancers compare it, scaled by latency; but when both are
+    /// idle their loads tie, so sequential traffic follows the weighted draw (slow start
+    /// included) instead of always favouring the heavier one.
+    fn second_wins(
+        &self,
+        weights: &crate::weighted::WeightedIndex,
+        (a, seen_a): (usize, &Seen),
+        (b, seen_b): (usize, &Seen),
+    ) -> bool {
+        if seen_b.ejected {
+            return false;
+        }
+        if seen_a.ejected {
+            return true;
+        }
+        let both_idle = seen_a.in_flight == 0 && seen_b.in_flight == 0;
+        let pending = |m: usize, seen: &Seen| {
+            if both_idle {
+                1.0
+            } else {
+                f64::from(seen.in_flight + 1) / weights.weight(m).max(1) as f64
+            }
+        };
+        let (pending_a, pending_b) = (pending(a, seen_a), pending(b, seen_b));
+        if self.algorithm == Algorithm::LeastRequests {
+            return pending_b * TOLERANCE < pending_a;
+        }
+        // Both estimates as of the later of their last updates.
+        let reference = seen_a.stamp.max(seen_b.stamp);
+        self.aged(seen_b, reference) * pending_b * TOLERANCE
+            < self.aged(seen_a, reference) * pending_a
     }
 
     /// An endpoint's latency estimate as of `reference` (nanoseconds after its table's
     /// origin: an estimate with no newer sample decays toward zero, so an endpoint that
     /// stopped being picked is tried again), floored at [`LATENCY_RESOLUTION`].
     fn latency_at(&self, load: &EndpointLoad, reference: u64) -> f64 {
-        let age = reference.saturating_sub(load.stamp_nanos());
-        let aged = load.ewma_nanos() * decay_factor(age as f64 * self.per_decay_nanos);
-        aged.max(LATENCY_RESOLUTION.as_nanos() as f64)
+        self.aged(&Seen::of(load), reference)
+    }
+
+    /// [`latency_at`](Self::latency_at) of a load already read.
+    fn aged(&self, seen: &Seen, reference: u64) -> f64 {
+        let floor = LATENCY_RESOLUTION.as_nanos() as f64;
+        // Ageing only lowers an estimate, so one at the floor already, or one updated at
+        // `reference` itself, needs no decay computed: the common cases on a busy pool.
+        if seen.ewma <= floor {
+            return floor;
+        }
+        let age = reference.saturating_sub(seen.stamp);
+        if age == 0 {
+            return seen.ewma;
+        }
+        (seen.ewma * decay_factor(age as f64 * self.per_decay_nanos)).max(floor)
+    }
+}
+
+/// One P2C candidate's load, read once.
+#[derive(Clone, Copy)]
+struct Seen {
+    ejected: bool,
+    in_flight: u32,
+    ewma: f64,
+    stamp: u64,
+}
+
+impl Seen {
+    fn of(load: &EndpointLoad) -> Self {
+        Self {
+            ejected: load.is_ejected(),
+            in_flight: load.in_flight(),
+            ewma: load.ewma_nanos(),
+            stamp: load.stamp_nanos(),
+        }
     }
 }
 

@@ -337,7 +337,7 @@ mod ejection {
         assert!(t.record_failure(&loads[0], set.endpoints()[0].addr()));
         assert!(loads[0].is_ejected());
         assert_eq!(loads[0].ejections(), 1);
-        let subset = SubsetIndex::new(set.clone(), []).all();
+        let subset = SubsetIndex::new(set.clone(), []).all().into_owned();
         for algorithm in [
             Algorithm::P2cPeakEwma,
             Algorithm::WeightedRoundRobin,
@@ -396,7 +396,7 @@ mod ejection {
             t.record_failure(&loads[0], set.endpoints()[0].addr())
                 && t.record_failure(&loads[1], set.endpoints()[1].addr())
         );
-        let subset = SubsetIndex::new(set, []).all();
+        let subset = SubsetIndex::new(set, []).all().into_owned();
         for algorithm in [
             Algorithm::P2cPeakEwma,
             Algorithm::WeightedRoundRobin,
@@ -422,7 +422,7 @@ mod ejection {
                     t.record_failure(l, set.endpoints()[i].addr());
                 }
             }
-            let subset = SubsetIndex::new(set.clone(), []).all();
+            let subset = SubsetIndex::new(set.clone(), []).all().into_owned();
             let any_healthy = (0..weights.len()).any(|i| weights[i] > 0 && !loads[i].is_ejected());
             for algorithm in [Algorithm::P2cPeakEwma, Algorithm::WeightedRoundRobin, Algorithm::LeastRequests, Algorithm::Maglev] {
                 if let Some(p) = Balancer::new(algorithm).pick_with(&subset, &loads, x, y) {
@@ -455,7 +455,9 @@ fn zone_preference_stays_local_until_overloaded() {
             zone: Some(zone.into()),
             ..Default::default()
         };
-        SubsetIndex::with_options(set.clone(), [], options).all()
+        SubsetIndex::with_options(set.clone(), [], options)
+            .all()
+            .into_owned()
     };
     let all = in_zone("zone-a");
     let local = all.local();
@@ -499,7 +501,8 @@ fn zone_preference_stays_local_until_overloaded() {
             ..Default::default()
         },
     )
-    .all();
+    .all()
+    .into_owned();
     let local = all.local();
     // Samples a minute apart: each replaces the estimate (the decay is 10 s).
     let spills = |local_latency: Duration, minute: u64| {

@@ -166,9 +166,23 @@ impl EndpointLoad {
 
     /// Whether the endpoint is ejected now (see [`Ejection`]).
     pub fn is_ejected(&self) -> bool {
-        // Fast path without reading the clock: never ejected.
+        // Fast path without reading the clock: not ejected (0).
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && until > epoch().elapsed().as_nanos() as u64
+        until != 0 && self.still_ejected(until)
+    }
+
+    /// Whether an ejection until `until` lasts; once it is over, the deadline is cleared
+    /// (unless a new ejection replaced it meanwhile), so balancers stop reading the clock
+    /// for this endpoint.
+    #[cold]
+    fn still_ejected(&self, until: u64) -> bool {
+        if until > epoch().elapsed().as_nanos() as u64 {
+            return true;
+        }
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// How many times the endpoint has been ejected.

@@ -154,15 +154,48 @@ impl Members {
     }
 }
 
-/// The endpoints a request may go to: positions into a snapshot's endpoints. Cloning it
-/// is one reference count.
+/// The endpoints a request may go to: positions into a snapshot's endpoints.
+///
+/// A subset the index holds for the whole snapshot (every endpoint, or a configured
+/// selector) is borrowed from it, so looking one up on the request path touches no
+/// reference count; [`into_owned`](Self::into_owned) makes a `Picked<'static>` to keep
+/// beyond the index's borrow (one reference count).
 #[derive(Clone, Debug)]
-pub struct Picked {
-    members: Arc<Members>,
+pub struct Picked<'a> {
+    members: Held<'a>,
     fell_back: bool,
 }
 
-impl Picked {
+/// A subset's members, borrowed from the index or shared with it.
+#[derive(Clone, Debug)]
+enum Held<'a> {
+    Borrowed(&'a Arc<Members>),
+    Shared(Arc<Members>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Members;
+
+    fn deref(&self) -> &Members {
+        match self {
+            Held::Borrowed(m) => m,
+            Held::Shared(m) => m,
+        }
+    }
+}
+
+impl Picked<'_> {
+    /// This subset, no longer borrowing from its index.
+    pub fn into_owned(self) -> Picked<'static> {
+        Picked {
+            members: Held::Shared(match self.members {
+                Held::Borrowed(m) => m.clone(),
+                Held::Shared(m) => m,
+            }),
+            fell_back: self.fell_back,
+        }
+    }
+
     /// The endpoints, in address order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Endpoint> + '_ {
         let eps = self.members.set.endpoints();
@@ -223,9 +256,9 @@ impl Picked {
 
     /// The members in the zone the index was built for ([`IndexOptions::zone`]), or
     /// `None` when no member is there.
-    pub fn local(&self) -> Option<Picked> {
+    pub fn local(&self) -> Option<Picked<'_>> {
         self.members.local.as_ref().map(|m| Picked {
-            members: m.clone(),
+            members: Held::Borrowed(m),
             fell_back: self.fell_back,
         })
     }
@@ -385,9 +418,9 @@ impl SubsetIndex {
     }
 
     /// Every routable endpoint.
-    pub fn all(&self) -> Picked {
+    pub fn all(&self) -> Picked<'_> {
         Picked {
-            members: self.all.clone(),
+            members: Held::Borrowed(&self.all),
             fell_back: false,
         }
     }
@@ -409,18 +442,18 @@ impl SubsetIndex {
             .any(|e| s.ends(e.meta().ready_since, self.options.now).is_some())
     }
 
-    fn members(&self, selector: &Selector) -> Arc<Members> {
+    fn members(&self, selector: &Selector) -> Held<'_> {
         if selector.is_everything() {
-            return self.all.clone();
+            return Held::Borrowed(&self.all);
         }
         if let Some(m) = self.known.get(selector) {
-            return m.clone();
+            return Held::Borrowed(m);
         }
         // A poisoned cache only loses caching, never routing.
         if let Ok(extra) = self.extra.read()
             && let Some(m) = extra.get(selector)
         {
-            return m.clone();
+            return Held::Shared(m.clone());
         }
         let m = Arc::new(Members::new(
             &self.set,
@@ -430,13 +463,17 @@ impl SubsetIndex {
         if let Ok(mut extra) = self.extra.write()
             && extra.len() < EXTRA_SUBSETS
         {
-            return extra.entry(selector.clone()).or_insert(m).clone();
+            return Held::Shared(extra.entry(selector.clone()).or_insert(m).clone());
         }
-        m
+        Held::Shared(m)
     }
 
     /// The routable endpoints matching `selector`, or the fallback's when there are none.
-    pub fn subset(&self, selector: &Selector, fallback: &Fallback) -> Result<Picked, SubsetError> {
+    pub fn subset(
+        &self,
+        selector: &Selector,
+        fallback: &Fallback,
+    ) -> Result<Picked<'_>, SubsetError> {
         let members = self.members(selector);
         if !members.positions.is_empty() {
             return Ok(Picked {
@@ -446,7 +483,7 @@ impl SubsetIndex {
         }
         let members = match fallback {
             Fallback::NoFallback => None,
-            Fallback::AnyEndpoint => Some(self.all.clone()),
+            Fallback::AnyEndpoint => Some(Held::Borrowed(&self.all)),
             Fallback::Default(other) => Some(self.members(other)),
         };
         match members {

@@ -31,7 +31,7 @@ fn biz1() -> Arc<EndpointSet> {
     ))
 }
 
-fn addrs(p: &Picked) -> Vec<u8> {
+fn addrs(p: &Picked<'_>) -> Vec<u8> {
     p.iter()
         .map(|e| match e.addr().ip() {
             std::net::IpAddr::V4(v4) => v4.octets()[3],

@@ -737,21 +737,21 @@ fn plan<B>(
 
     let choice = choose_subset(shared, req)?;
     let selector = choice.selector();
-    let picked =
-        snapshot
-            .subset(selector, &settings.fallback)
-            .map_err(|e| MeshError::NoEndpoints {
-                service: service(),
-                subset: selector.to_string(),
-                reason: match snapshot.set().empty_reason() {
-                    Some(EmptyReason::NoSuchPort) => format!(
-                        "the Service has no such port (its ports: {})",
-                        snapshot.set().service_ports().join(", ")
-                    ),
-                    Some(r) => empty_reason(r).to_string(),
-                    None => e.to_string(),
-                },
-            })?;
+    let picked = snapshot
+        .subset(selector, &settings.fallback)
+        .map(rudder_balance::Picked::into_owned)
+        .map_err(|e| MeshError::NoEndpoints {
+            service: service(),
+            subset: selector.to_string(),
+            reason: match snapshot.set().empty_reason() {
+                Some(EmptyReason::NoSuchPort) => format!(
+                    "the Service has no such port (its ports: {})",
+                    snapshot.set().service_ports().join(", ")
+                ),
+                Some(r) => empty_reason(r).to_string(),
+                None => e.to_string(),
+            },
+        })?;
     let key = match settings.algorithm {
         rudder_balance::Algorithm::Maglev => req
             .extensions()
@@ -801,7 +801,7 @@ fn is_idempotent(method: &http::Method) -> bool {
 
 /// The subset a request may go to, in the snapshot it was chosen from.
 struct Chosen {
-    picked: rudder_balance::Picked,
+    picked: rudder_balance::Picked<'static>,
     snapshot: Arc<Snapshot<Arc<EndpointExtra>>>,
     /// The subset's metric label slot.
     slot: usize,
