@@ -2,11 +2,12 @@
 # Instructions per request of the `mesh` bench's arms under callgrind: repeatable where
 # wall-clock time on a shared 2-core machine is not. Build first:
 #   cargo bench -p rudder --bench mesh --no-run
+# (MESH_BIN=path measures another build of the bench, e.g. an older commit's)
 # then run: bash crates/rudder/benches/instructions.sh [arm ...]
 # (arms: inner_alone through_mesh through_mesh_without_retries; needs valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-bin=$(ls -t target/release/deps/mesh-* | grep -v '\.d$' | head -1)
+bin=${MESH_BIN:-$(ls -t target/release/deps/mesh-* | grep -v "\.d$" | head -1)}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 arms=("$@")

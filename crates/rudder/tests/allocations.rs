@@ -113,12 +113,13 @@ fn request_path_heap_use_is_bounded() {
         assert!(bare_request <= 2.0, "{bare_request} allocations");
 
         // Retries on (the default): the request's head is kept for another attempt: a
-        // copy of its header map (two arrays), and its URI's bytes, which `bytes` moves to
-        // a shared buffer the first time they are cloned.
+        // copy of its header map (two arrays), its URI's bytes, which `bytes` moves to a
+        // shared buffer the first time they are cloned, and the box that keeps the copy
+        // out of the response future (which every request moves several times).
         let retrying = builder().build().expect("layer").layer(inner());
         let with_retries = added(&retrying, with_header).await;
         println!("... with retries on: {with_retries:.2}");
-        assert!(with_retries <= 3.0, "{with_retries} allocations");
+        assert!(with_retries <= 4.0, "{with_retries} allocations");
 
         // Retries on, but one Pod: no other endpoint to retry on, so nothing is kept.
         let single = MeshLayer::builder_static()

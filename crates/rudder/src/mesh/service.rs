@@ -367,7 +367,7 @@ impl<S> Mesh<S> {
         };
         let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
         // Only a request that may be retried keeps a service to retry on.
-        let retry_with = dispatch.head.is_some().then(|| self.inner.clone());
+        let retry_with = dispatch.kept.is_some().then(|| self.inner.clone());
         let mut req = first;
         let (attempt, pos) = match dispatch
             .pick()
@@ -828,10 +828,10 @@ struct Dispatch<B> {
     rule: Option<(Arc<gamma::Target>, usize)>,
     /// When the whole request times out, and the timeout it came from.
     deadline: Option<(Instant, Duration)>,
-    /// What rebuilding the request for another attempt needs: its head, and its body as
-    /// kept while the first attempt sends it (up to the cap).
-    head: Option<Request<()>>,
-    replay: Option<Replay<B>>,
+    /// What rebuilding the request for another attempt needs, when it may have one
+    /// (boxed: most requests never retry, and every move of a request's future copies
+    /// what is inline).
+    kept: Option<Box<Kept<B>>>,
     body_was_empty: bool,
     idempotent: bool,
     https: bool,
@@ -839,6 +839,13 @@ struct Dispatch<B> {
     /// Endpoints this request already failed on; retries go elsewhere.
     failed: Vec<usize>,
     tried: Vec<SocketAddr>,
+}
+
+/// What another attempt is rebuilt from: the request's head, and its body as kept while
+/// the first attempt sends it (up to the cap).
+struct Kept<B> {
+    head: Request<()>,
+    replay: Option<Replay<B>>,
 }
 
 impl<B> Dispatch<B>
@@ -881,6 +888,7 @@ where
         if retries {
             shared.budget.deposit();
         }
+        let kept = head.map(|head| Box::new(Kept { head, replay }));
         let dispatch = Self {
             shared: shared.clone(),
             backend: routing.backend,
@@ -888,8 +896,7 @@ where
             chosen,
             rule: routing.rule,
             deadline,
-            head,
-            replay,
+            kept,
             body_was_empty,
             idempotent,
             https,
@@ -932,6 +939,7 @@ where
                 subset: String::new(),
                 reason: "every endpoint of the subset has weight 0".into(),
             })?;
+        #[cfg(any(feature = "tls", feature = "port-forward"))]
         let extra = snapshot.extra(pos);
         #[cfg(feature = "tls")]
         if self.https
@@ -956,11 +964,21 @@ where
     /// The request again, for a retry: only chosen when the head was kept and the body
     /// can be sent again.
     fn again(&self) -> Request<ReplayBody<B>> {
-        let body = match &self.replay {
+        let kept = self.kept.as_ref().expect("retries keep the head");
+        let body = match &kept.replay {
             Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
             None => ReplayBody::empty(),
         };
-        with_body(self.head.as_ref().expect("retries keep the head"), body)
+        with_body(&kept.head, body)
+    }
+
+    /// Whether another attempt can be sent: the head was kept, and the body was empty or
+    /// everything read of it was kept.
+    fn body_again(&self) -> bool {
+        self.kept.as_ref().is_some_and(|k| match &k.replay {
+            None => self.body_was_empty,
+            Some(r) => r.can_replay(),
+        })
     }
 
     /// Points `req` at the endpoint at `pos`, in place.
@@ -1027,11 +1045,7 @@ where
         let retry = !settings.retry_statuses.is_empty()
             && self.idempotent
             && settings.retry_statuses.contains(&res.status())
-            && self.head.is_some()
-            && self
-                .replay
-                .as_ref()
-                .map_or(self.body_was_empty, |r| r.can_replay())
+            && self.body_again()
             && self.attempt_no <= settings.max_retries
             && self.chosen.picked.len() > self.failed.len() + 1
             && self.shared.budget.withdraw();
@@ -1066,11 +1080,6 @@ where
             elapsed,
         );
         self.tried.push(endpoint);
-        // The body can go again if it was empty or everything read was kept.
-        let body_again = match &self.replay {
-            None => self.body_was_empty,
-            Some(r) => r.can_replay(),
-        };
         // Idempotent requests are retried when no response came; others only when the
         // connection was never made, so no application saw them.
         let unseen = if self.idempotent {
@@ -1078,8 +1087,7 @@ where
         } else {
             crate::error::never_connected(&*e)
         };
-        let retry = self.head.is_some()
-            && body_again
+        let retry = self.body_again()
             && self.attempt_no <= settings.max_retries
             && unseen
             && self.chosen.picked.len() > self.failed.len() + 1
