@@ -114,8 +114,8 @@ fn subsets(c: &mut Criterion) {
     group.finish();
 }
 
-/// A request's whole balancing cost, like for like: Rudder's pool (snapshot, subset
-/// lookup, weighted P2C pick, in-flight start, peak-EWMA record on response, end)
+/// A request's whole balancing cost, like for like: Rudder's pool (snapshot borrowed,
+/// subset lookup, weighted P2C pick, in-flight start, peak-EWMA record on response, end)
 /// against tower's `p2c::Balance` over `PeakEwma` services (poll_ready, call, the response
 /// future completing, which records the round trip).
 fn pick_and_record(c: &mut Criterion) {
@@ -140,6 +140,24 @@ fn pick_and_record(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("rudder_pool_p2c", n), &n, |bench, _| {
             bench.iter(request)
         });
+        // The same request keeping its snapshot and subset (two reference counts), as the
+        // Mesh does so a retry can pick again from them.
+        group.bench_with_input(
+            BenchmarkId::new("rudder_pool_p2c_kept", n),
+            &n,
+            |bench, _| {
+                bench.iter(|| {
+                    let snapshot = pool.snapshot();
+                    let subset = snapshot
+                        .subset(&everything, &Fallback::NoFallback)
+                        .expect("endpoints")
+                        .into_owned();
+                    let pos = pool.pick(&snapshot, &subset, None).expect("pick");
+                    let mut attempt = pool.start(&snapshot, pos);
+                    black_box(attempt.responded(false));
+                })
+            },
+        );
         // Both cores sending through one pool: what a request costs when every shared
         // counter it touches may be on the other core's cache. The time is per request
         // (wall time over both threads' requests). tower's `Balance` needs `&mut self`, so
