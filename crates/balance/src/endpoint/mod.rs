@@ -384,6 +384,20 @@ impl Pairing {
     /// Pairs `next`'s endpoints with `previous`'s.
     pub fn new(previous: &EndpointSet, next: &EndpointSet) -> Self {
         let old = previous.endpoints();
+        // Most updates keep every address (a readiness, weight or label change): one
+        // equality per position says so, without the ordered merge's comparisons.
+        if old.len() == next.len()
+            && old
+                .iter()
+                .zip(next.endpoints())
+                .all(|(a, b)| a.addr == b.addr)
+        {
+            return Self {
+                from: (0..old.len() as u32).collect(),
+                gone: Vec::new(),
+                added: 0,
+            };
+        }
         let mut from = Vec::with_capacity(next.len());
         let mut gone = Vec::new();
         let mut added = 0;

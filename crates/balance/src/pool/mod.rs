@@ -193,7 +193,15 @@ impl<T> Pool<T> {
         let loads = table.for_set(&set);
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         let matches = Matches::new(&set, &selectors);
-        let first = Self::index(&config, set, loads, extras, matches, SystemTime::now());
+        let first = Self::index(
+            &config,
+            set,
+            loads,
+            extras,
+            matches,
+            SystemTime::now(),
+            None,
+        );
         Self {
             balancer: Balancer::new(config.algorithm).with_decay(config.decay),
             config,
@@ -210,6 +218,7 @@ impl<T> Pool<T> {
         extras: Arc<[T]>,
         matches: Matches,
         now: SystemTime,
+        previous: Option<&SubsetIndex>,
     ) -> Snapshot<T> {
         let options = IndexOptions {
             zone: config.zone.clone(),
@@ -219,7 +228,7 @@ impl<T> Pool<T> {
         };
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         Snapshot {
-            index: SubsetIndex::with_matches(set, &selectors, &matches, options),
+            index: SubsetIndex::with_previous(set, &selectors, &matches, options, previous),
             loads,
             extras,
             matches,
@@ -278,7 +287,15 @@ impl<T> Pool<T> {
             &previous.matches,
             &pairing,
         );
-        let next = Self::index(&self.config, set, loads, extras, matches, SystemTime::now());
+        let next = Self::index(
+            &self.config,
+            set,
+            loads,
+            extras,
+            matches,
+            SystemTime::now(),
+            Some(&previous.index),
+        );
         self.current.store(Arc::new(next));
         previous
     }
@@ -298,6 +315,7 @@ impl<T> Pool<T> {
             current.extras.clone(),
             current.matches.clone(),
             SystemTime::now(),
+            Some(&current.index),
         );
         let ramping = next.index.ramping();
         self.current.store(Arc::new(next));

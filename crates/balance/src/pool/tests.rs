@@ -418,3 +418,64 @@ fn updates_match_again_only_what_changed_and_keep_payloads_when_addresses_stay()
         assert_eq!(*s.extra(pos), e.addr(), "payloads stay aligned");
     }
 }
+
+#[test]
+fn updates_share_the_weight_tables_of_subsets_whose_weights_stayed() {
+    let v2: Selector = "version=2".parse().unwrap();
+    let config = PoolConfig {
+        selectors: vec![v2.clone()],
+        ..Default::default()
+    };
+    // Unequal weights, so every subset has an alias table to build or share.
+    let eps = |v: &[&str], w: &[u32]| {
+        v.iter()
+            .zip(w)
+            .enumerate()
+            .map(|(i, (v, w))| labelled(i as u32, v).with_weight(*w))
+            .collect::<Vec<_>>()
+    };
+    let p = pool(config, eps(&["1", "2", "2", "1"], &[1, 2, 3, 4]));
+    let tables = |s: &Snapshot<SocketAddr>| {
+        let all = s.index().all().into_owned();
+        let v2 = s.subset(&v2, &Fallback::NoFallback).unwrap().into_owned();
+        (all, v2)
+    };
+    let (all0, v2_0) = tables(&p.snapshot());
+
+    // A label change that moves no endpoint in or out of either subset's weights: both
+    // tables are shared with the snapshot before.
+    let mut relabelled = eps(&["1", "2", "2", "1"], &[1, 2, 3, 4]);
+    relabelled[0] = endpoint(
+        0,
+        EndpointMeta {
+            labels: BTreeMap::from([
+                ("version".to_string(), "1".to_string()),
+                ("team".to_string(), "a".to_string()),
+            ]),
+            ..Default::default()
+        },
+    );
+    p.update(set(relabelled), |e, _| e.addr());
+    let (all1, v2_1) = tables(&p.snapshot());
+    assert!(all1.weights().shares_tables_with(all0.weights()));
+    assert!(v2_1.weights().shares_tables_with(v2_0.weights()));
+
+    // A weight change in `version=2`: both tables it is in are rebuilt, and picks follow
+    // the new weights.
+    p.update(set(eps(&["1", "2", "2", "1"], &[1, 2, 9, 4])), |e, _| {
+        e.addr()
+    });
+    let (all2, v2_2) = tables(&p.snapshot());
+    assert!(!all2.weights().shares_tables_with(all1.weights()));
+    assert!(!v2_2.weights().shares_tables_with(v2_1.weights()));
+    assert_eq!(v2_2.weights().total(), 11);
+    assert_eq!(all2.weights().total(), 16);
+
+    // A weight change outside `version=2` leaves its table shared.
+    p.update(set(eps(&["1", "2", "2", "1"], &[5, 2, 9, 4])), |e, _| {
+        e.addr()
+    });
+    let (all3, v2_3) = tables(&p.snapshot());
+    assert!(!all3.weights().shares_tables_with(all2.weights()));
+    assert!(v2_3.weights().shares_tables_with(v2_2.weights()));
+}

@@ -97,7 +97,14 @@ struct Members {
 }
 
 impl Members {
-    fn new(set: &Arc<EndpointSet>, positions: Vec<u32>, options: &IndexOptions) -> Self {
+    /// `previous` is the same subset in the snapshot before, whose weight tables are
+    /// reused where the weights did not change.
+    fn new(
+        set: &Arc<EndpointSet>,
+        positions: Vec<u32>,
+        options: &IndexOptions,
+        previous: Option<&Members>,
+    ) -> Self {
         let local = options.zone.as_deref().and_then(|zone| {
             let here: Vec<u32> = positions
                 .iter()
@@ -107,15 +114,21 @@ impl Members {
                     meta.zone.as_deref() == Some(zone) || meta.zone_hints.iter().any(|h| h == zone)
                 })
                 .collect();
-            (!here.is_empty()).then(|| Arc::new(Self::flat(set, here, options)))
+            let before = previous.and_then(|p| p.local.as_deref());
+            (!here.is_empty()).then(|| Arc::new(Self::flat(set, here, options, before)))
         });
         Self {
             local,
-            ..Self::flat(set, positions, options)
+            ..Self::flat(set, positions, options, previous)
         }
     }
 
-    fn flat(set: &Arc<EndpointSet>, positions: Vec<u32>, options: &IndexOptions) -> Self {
+    fn flat(
+        set: &Arc<EndpointSet>,
+        positions: Vec<u32>,
+        options: &IndexOptions,
+        previous: Option<&Members>,
+    ) -> Self {
         let weight = |p: &u32| {
             let e = &set.endpoints()[*p as usize];
             match &options.slow_start {
@@ -125,7 +138,12 @@ impl Members {
                 }
             }
         };
-        let weights = WeightedIndex::new(positions.iter().map(weight));
+        // The tables depend on the weights in order and nothing else: when an update left
+        // them as they were (most subsets, most updates), they are shared, not rebuilt.
+        let weights = match previous {
+            Some(p) if p.weights.same_weights(positions.iter().map(weight)) => p.weights.clone(),
+            _ => WeightedIndex::new(positions.iter().map(weight)),
+        };
         let stride = crate::weighted::coprime_stride(weights.total());
         Self {
             set: set.clone(),
@@ -382,12 +400,34 @@ impl SubsetIndex {
         matches: &Matches,
         options: IndexOptions,
     ) -> Self {
+        Self::with_previous(set, selectors, matches, options, None)
+    }
+
+    /// [`with_matches`](Self::with_matches), sharing the weight tables of `previous` (the
+    /// index this one replaces) for every subset whose weights did not change, so an
+    /// update that leaves a subset's weights alone does not rebuild its tables.
+    pub fn with_previous(
+        set: Arc<EndpointSet>,
+        selectors: &[&Selector],
+        matches: &Matches,
+        options: IndexOptions,
+        previous: Option<&SubsetIndex>,
+    ) -> Self {
+        let before = |s: &Selector| {
+            previous.and_then(|p| {
+                if s.is_everything() {
+                    Some(&*p.all)
+                } else {
+                    p.known.get(s).map(|m| &**m)
+                }
+            })
+        };
         let build = |s: &Selector, bit: Option<usize>| {
             let positions = match bit.filter(|_| matches.len() == set.len()) {
                 Some(bit) => routable_positions(&set, |i, _| matches.get(i, bit)),
                 None => routable_positions(&set, |_, e| s.matches(e.labels())),
             };
-            let m = Arc::new(Members::new(&set, positions, &options));
+            let m = Arc::new(Members::new(&set, positions, &options, before(s)));
             if options.maglev {
                 let _ = m.maglev();
                 if let Some(local) = &m.local {
@@ -459,6 +499,7 @@ impl SubsetIndex {
             &self.set,
             routable_positions(&self.set, |_, e| selector.matches(e.labels())),
             &self.options,
+            None,
         ));
         if let Ok(mut extra) = self.extra.write()
             && extra.len() < EXTRA_SUBSETS
@@ -506,8 +547,10 @@ impl SubsetIndex {
 /// deletion deadline, to the second as Kubernetes writes it; unknown counts as latest) are
 /// preferred: they will still be there when the request arrives.
 fn routable_positions(set: &EndpointSet, matches: impl Fn(usize, &Endpoint) -> bool) -> Vec<u32> {
-    // One pass over the endpoints, matching each once.
-    let mut ready = Vec::new();
+    // One pass over the endpoints, matching each once; sized for all of them (no copies
+    // while growing) and trimmed to what matched, since the list is kept with the
+    // snapshot.
+    let mut ready = Vec::with_capacity(set.len());
     let mut serving: Vec<(u32, u64)> = Vec::new();
     for (i, e) in set.endpoints().iter().enumerate() {
         if !matches(i, e) {
@@ -525,6 +568,7 @@ fn routable_positions(set: &EndpointSet, matches: impl Fn(usize, &Endpoint) -> b
         }
     }
     if !ready.is_empty() {
+        ready.shrink_to_fit();
         return ready;
     }
     let latest = serving.iter().map(|(_, d)| *d).max();

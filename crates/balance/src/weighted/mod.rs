@@ -19,6 +19,8 @@
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 /// A step near `total / φ` that is coprime with `total`, so `k × step mod total` visits
 /// every value once per `total` steps, well spread (a low-discrepancy sequence): the walk
 /// behind weighted round robin and splits.
@@ -47,11 +49,12 @@ fn scale(r: u64, n: u64) -> u64 {
 /// Cumulative weights of a list of candidates.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedIndex {
-    /// `ends[i]` is the sum of the weights of candidates `0..=i`.
-    ends: Vec<u64>,
+    /// `ends[i]` is the sum of the weights of candidates `0..=i` (shared: a snapshot whose
+    /// subset kept its weights shares the tables of the one before).
+    ends: Arc<[u64]>,
     /// The alias table, one bucket per candidate; empty when the total is 0, and when
     /// every weight is the same (then a draw is an index).
-    alias: Vec<Bucket>,
+    alias: Arc<[Bucket]>,
     /// Every candidate has the same weight, not 0: draws need no table.
     uniform: bool,
     /// The sum of the weights (kept beside the table: every alias draw reads it).
@@ -86,8 +89,9 @@ fn alias_table(weights: &[u64], total: u64) -> Vec<Bucket> {
             alias: i,
         })
         .collect();
-    let mut small = Vec::new();
-    let mut large = Vec::new();
+    // Sized for the worst case up front: growing them would copy them again and again.
+    let mut small = Vec::with_capacity(weights.len());
+    let mut large = Vec::with_capacity(weights.len());
     for (i, u) in units.iter().enumerate() {
         if *u < total {
             small.push(i as u32);
@@ -129,9 +133,9 @@ impl WeightedIndex {
             .first()
             .is_some_and(|w| *w > 0 && weights.iter().all(|v| v == w));
         let alias = if uniform {
-            Vec::new()
+            Arc::default()
         } else {
-            alias_table(&weights, total)
+            alias_table(&weights, total).into()
         };
         Self {
             ends,
@@ -139,6 +143,22 @@ impl WeightedIndex {
             uniform,
             total,
         }
+    }
+
+    /// Whether `weights` are exactly this index's, in order (then it needs no rebuilding).
+    pub fn same_weights(&self, weights: impl IntoIterator<Item = u32>) -> bool {
+        let mut end = 0u64;
+        let mut ends = self.ends.iter();
+        weights.into_iter().all(|w| {
+            end += u64::from(w);
+            ends.next() == Some(&end)
+        }) && ends.next().is_none()
+    }
+
+    /// Whether `other` shares this index's tables (rather than equal copies of them).
+    #[cfg(test)]
+    pub(crate) fn shares_tables_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ends, &other.ends) && Arc::ptr_eq(&self.alias, &other.alias)
     }
 
     /// The sum of the weights.

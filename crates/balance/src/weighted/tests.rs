@@ -136,3 +136,15 @@ fn equal_weights_draw_by_index_uniformly_without_replacement() {
     let one = WeightedIndex::new([4u32]);
     assert_eq!(one.pick_two_random(123, 456), Some((0, None)));
 }
+
+#[test]
+fn same_weights_means_the_same_sequence() {
+    let index = WeightedIndex::new([2, 0, 5]);
+    assert!(index.same_weights([2, 0, 5]));
+    assert!(!index.same_weights([2, 0]));
+    assert!(!index.same_weights([2, 0, 5, 0]));
+    assert!(!index.same_weights([2, 5, 0]));
+    assert!(!index.same_weights([1, 1, 5]));
+    assert!(WeightedIndex::new([]).same_weights([]));
+    assert!(!WeightedIndex::new([]).same_weights([0]));
+}
