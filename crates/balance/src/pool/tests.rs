@@ -479,3 +479,31 @@ fn updates_share_the_weight_tables_of_subsets_whose_weights_stayed() {
     assert!(!all3.weights().shares_tables_with(all2.weights()));
     assert!(v2_3.weights().shares_tables_with(v2_2.weights()));
 }
+
+#[test]
+fn maglev_tables_are_shared_while_members_and_weights_stay() {
+    let p = maglev_pool(10);
+    let table = |p: &Pool<SocketAddr>| {
+        let snap = p.snapshot();
+        let all = snap.index().all().into_owned();
+        let ptr: *const crate::Maglev = all.maglev().expect("a table");
+        (ptr, all)
+    };
+    let (first, _keep) = table(&p);
+    // A label change: same addresses, same weights, the same table.
+    let mut eps: Vec<Endpoint> = (0..10).map(|i| labelled(i, "1")).collect();
+    eps[3] = labelled(3, "2");
+    p.update(set(eps.clone()), |e, _| e.addr());
+    let (second, _keep2) = table(&p);
+    assert_eq!(first, second, "a label change rebuilt the Maglev table");
+    // A weight change builds a new one, and keys follow it.
+    eps[3] = eps[3].clone().with_weight(5);
+    p.update(set(eps), |e, _| e.addr());
+    let (third, _keep3) = table(&p);
+    assert_ne!(second, third, "a weight change kept the old Maglev table");
+    let to_heavy = (0..2_000u64)
+        .filter(|k| owner(&p, hash_key(&k.to_le_bytes())) == labelled(3, "2").addr())
+        .count();
+    // Weight 5 of 14: about 36 % of keys (a weight-1 endpoint gets about 7 %).
+    assert!((550..=900).contains(&to_heavy), "{to_heavy} of 2,000 keys");
+}

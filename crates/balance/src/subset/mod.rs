@@ -91,7 +91,7 @@ struct Members {
     /// would let interleaved requests for two subsets each see only every other turn.
     turn: AtomicU64,
     /// The consistent-hashing table over the endpoints' own weights.
-    maglev: OnceLock<Option<Maglev>>,
+    maglev: OnceLock<Option<Arc<Maglev>>>,
     /// The members in the caller's zone, when a zone is configured and some are there.
     local: Option<Arc<Members>>,
 }
@@ -145,30 +145,45 @@ impl Members {
             _ => WeightedIndex::new(positions.iter().map(weight)),
         };
         let stride = crate::weighted::coprime_stride(weights.total());
+        // The consistent-hashing table depends on the members' addresses and own weights,
+        // in order: when they stayed, the table built for the snapshot before is shared
+        // (building one costs about a millisecond).
+        let maglev = OnceLock::new();
+        if let Some(p) = previous
+            && let Some(table) = p.maglev.get()
+            && p.positions.len() == positions.len()
+            && p.endpoints()
+                .zip(positions.iter().map(|i| &set.endpoints()[*i as usize]))
+                .all(|(a, b)| a.addr() == b.addr() && a.weight() == b.weight())
+        {
+            let _ = maglev.set(table.clone());
+        }
         Self {
             set: set.clone(),
             positions,
             weights,
             stride,
             turn: AtomicU64::new(0),
-            maglev: OnceLock::new(),
+            maglev,
             local: None,
         }
+    }
+
+    /// The members' endpoints, in member order.
+    fn endpoints(&self) -> impl ExactSizeIterator<Item = &Endpoint> + '_ {
+        self.positions
+            .iter()
+            .map(|p| &self.set.endpoints()[*p as usize])
     }
 
     fn maglev(&self) -> Option<&Maglev> {
         self.maglev
             .get_or_init(|| {
-                let eps = || {
-                    self.positions
-                        .iter()
-                        .map(|p| &self.set.endpoints()[*p as usize])
-                };
-                let ids: Vec<String> = eps().map(|e| e.addr().to_string()).collect();
-                let weights: Vec<u32> = eps().map(Endpoint::weight).collect();
-                Maglev::new(&ids, &weights)
+                let ids: Vec<String> = self.endpoints().map(|e| e.addr().to_string()).collect();
+                let weights: Vec<u32> = self.endpoints().map(Endpoint::weight).collect();
+                Maglev::new(&ids, &weights).map(Arc::new)
             })
-            .as_ref()
+            .as_deref()
     }
 }
 
@@ -216,11 +231,7 @@ impl Picked<'_> {
 
     /// The endpoints, in address order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Endpoint> + '_ {
-        let eps = self.members.set.endpoints();
-        self.members
-            .positions
-            .iter()
-            .map(move |i| &eps[*i as usize])
+        self.members.endpoints()
     }
 
     /// The `n`th member.
