@@ -189,8 +189,8 @@ impl Balancer {
         x: u64,
         y: u64,
     ) -> Option<usize> {
-        let first = self.choose(subset, loads, x, y)?;
-        if !loads[first].is_ejected() {
+        let (first, ejected) = self.choose(subset, loads, x, y)?;
+        if !ejected {
             return Some(first);
         }
         self.avoid_ejected(subset, loads, x ^ y.rotate_left(17), first)
@@ -208,8 +208,9 @@ impl Balancer {
     ) -> Option<usize> {
         for _ in 0..3 {
             seed = splitmix(seed);
-            let p = self.choose(subset, loads, splitmix(seed), splitmix(seed ^ 0x5555))?;
-            if !loads[p].is_ejected() {
+            let (p, ejected) =
+                self.choose(subset, loads, splitmix(seed), splitmix(seed ^ 0x5555))?;
+            if !ejected {
                 return Some(p);
             }
         }
@@ -225,15 +226,18 @@ impl Balancer {
         }
     }
 
+    /// The algorithm's choice and whether it is ejected.
     fn choose(
         &self,
         subset: &Picked<'_>,
         loads: &[Arc<EndpointLoad>],
         x: u64,
         y: u64,
-    ) -> Option<usize> {
+    ) -> Option<(usize, bool)> {
         let weights = subset.weights();
-        let position = |member: usize| subset.positions()[member] as usize;
+        let positions = subset.positions();
+        let position = |member: usize| positions[member] as usize;
+        let checked = |pos: usize| (pos, loads[pos].is_ejected());
         match self.algorithm {
             Algorithm::WeightedRoundRobin => {
                 let total = weights.total();
@@ -242,9 +246,11 @@ impl Balancer {
                 }
                 let k = subset.next_turn() % total;
                 let x = ((u128::from(k) * u128::from(subset.stride())) % u128::from(total)) as u64;
-                weights.pick(x).map(position)
+                weights.pick(x).map(|m| checked(position(m)))
             }
-            Algorithm::Maglev => weights.pick_two_random(x, y).map(|(a, _)| position(a)),
+            Algorithm::Maglev => weights
+                .pick_two_random(x, y)
+                .map(|(a, _)| checked(position(a))),
             Algorithm::P2cPeakEwma | Algorithm::LeastRequests => {
                 let (mut a, mut b) = weights.pick_two_random(x, y)?;
                 // Each candidate's load is read once: the comparison below works on these
@@ -264,15 +270,13 @@ impl Balancer {
                     seen_b = b.map(|b| Seen::of(&loads[position(b)]));
                 }
                 let (Some(b), Some(seen_b)) = (b, seen_b) else {
-                    return Some(position(a));
+                    return Some((position(a), seen_a.ejected));
                 };
-                Some(position(
-                    if self.second_wins(weights, (a, &seen_a), (b, &seen_b)) {
-                        b
-                    } else {
-                        a
-                    },
-                ))
+                Some(if self.second_wins(weights, (a, &seen_a), (b, &seen_b)) {
+                    (position(b), seen_b.ejected)
+                } else {
+                    (position(a), seen_a.ejected)
+                })
             }
         }
     }
