@@ -507,3 +507,23 @@ fn maglev_tables_are_shared_while_members_and_weights_stay() {
     // Weight 5 of 14: about 36 % of keys (a weight-1 endpoint gets about 7 %).
     assert!((550..=900).contains(&to_heavy), "{to_heavy} of 2,000 keys");
 }
+
+#[test]
+fn a_loaded_snapshot_is_the_current_one_and_can_be_kept() {
+    let p = pool(
+        PoolConfig::default(),
+        vec![labelled(0, "1"), labelled(1, "1")],
+    );
+    let loaded = p.load();
+    assert!(Arc::ptr_eq(loaded.set(), p.snapshot().set()));
+    let everything = Selector::everything();
+    let picked = loaded.subset(&everything, &Fallback::NoFallback).unwrap();
+    let pos = p.pick(&loaded, &picked, None).unwrap();
+    drop(p.start(&loaded, pos));
+    drop(picked);
+    // Kept past an update, it still holds the set it was loaded with.
+    let kept = loaded.into_arc();
+    p.update(set(vec![labelled(2, "1")]), |e, _| e.addr());
+    assert_eq!(kept.set().len(), 2);
+    assert_eq!(p.load().set().len(), 1);
+}
