@@ -259,6 +259,46 @@ fn pool_update(c: &mut Criterion) {
             })
         });
     }
+    // Maglev pools, 1,000 endpoints: a label change keeps every subset's addresses and
+    // weights, so the consistent-hashing tables are shared; a weight change rebuilds the
+    // tables of the subsets it is in.
+    let n = 1_000;
+    let a = set(n);
+    let relabelled: Vec<Endpoint> = a
+        .endpoints()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if i != n / 2 {
+                return e.clone();
+            }
+            let mut meta = e.meta().clone();
+            meta.labels.insert("team".into(), "a".into());
+            e.clone().with_meta(meta)
+        })
+        .collect();
+    let mut reweighted: Vec<Endpoint> = a.endpoints().to_vec();
+    reweighted[n / 2] = reweighted[n / 2].clone().with_weight(7);
+    for (name, changed) in [
+        ("maglev_label_changed", relabelled),
+        ("maglev_weight_changed", reweighted),
+    ] {
+        let b = Arc::new(EndpointSet::new(ServiceState::Active, changed));
+        let config = rudder_balance::PoolConfig {
+            algorithm: Algorithm::Maglev,
+            selectors: vec![v41.clone(), v42.clone()],
+            ..Default::default()
+        };
+        let pool = rudder_balance::Pool::new(config, a.clone(), |e| e.addr());
+        let mut flip = false;
+        group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
+            bench.iter(|| {
+                flip = !flip;
+                let next = if flip { b.clone() } else { a.clone() };
+                pool.update(next, |e, before| before.copied().unwrap_or(e.addr()));
+            })
+        });
+    }
     group.finish();
 }
 
