@@ -15,6 +15,10 @@
 //!    one place its outcome is recorded: latency, success, failure and the ejection a
 //!    failure may cause, logged through the pool's ejection hook and counted.
 //!
+//! A caller that may pick again later (the Mesh, for a retry) keeps the snapshot with
+//! [`Pool::snapshot`] and the subset with [`Picked::into_owned`] instead: one reference
+//! count each.
+//!
 //! Load state (in flight, peak EWMA, failure streaks, ejections) is keyed by address and
 //! carried from one snapshot to the next, so a Pod keeps its history across updates.
 

@@ -97,8 +97,9 @@ struct Members {
 }
 
 impl Members {
-    /// `previous` is the same subset in the snapshot before, whose weight tables are
-    /// reused where the weights did not change.
+    /// `previous` is the same subset in the snapshot before: its weight tables are shared
+    /// when the weights did not change, its Maglev table when the addresses did not
+    /// either.
     fn new(
         set: &Arc<EndpointSet>,
         positions: Vec<u32>,
@@ -140,9 +141,10 @@ impl Members {
         };
         // The tables depend on the weights in order and nothing else: when an update left
         // them as they were (most subsets, most updates), they are shared, not rebuilt.
+        let own: Vec<u32> = positions.iter().map(weight).collect();
         let weights = match previous {
-            Some(p) if p.weights.same_weights(positions.iter().map(weight)) => p.weights.clone(),
-            _ => WeightedIndex::new(positions.iter().map(weight)),
+            Some(p) if p.weights.same_weights(own.iter().copied()) => p.weights.clone(),
+            _ => WeightedIndex::new(own),
         };
         let stride = crate::weighted::coprime_stride(weights.total());
         // The consistent-hashing table depends on the members' addresses and own weights,
@@ -414,9 +416,10 @@ impl SubsetIndex {
         Self::with_previous(set, selectors, matches, options, None)
     }
 
-    /// [`with_matches`](Self::with_matches), sharing the weight tables of `previous` (the
-    /// index this one replaces) for every subset whose weights did not change, so an
-    /// update that leaves a subset's weights alone does not rebuild its tables.
+    /// [`with_matches`](Self::with_matches), sharing with `previous` (the index this one
+    /// replaces) the weight tables of every subset whose weights did not change, and the
+    /// Maglev tables of those whose addresses did not either, so an update that leaves a
+    /// subset alone does not rebuild its tables.
     pub fn with_previous(
         set: Arc<EndpointSet>,
         selectors: &[&Selector],
