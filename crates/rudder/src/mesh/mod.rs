@@ -40,6 +40,7 @@ mod config;
 mod error;
 mod ext;
 mod gamma;
+mod head;
 mod local;
 mod replay;
 mod route;

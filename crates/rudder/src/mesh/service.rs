@@ -22,6 +22,7 @@ use super::body::ResponseBody;
 use super::error::MeshError;
 use super::ext::{AffinityKey, Subset, Target, Whence};
 use super::gamma;
+use super::head::KeptHead;
 use super::replay::{Replay, ReplayBody};
 use super::routed::{EndpointExtra, Routed};
 use crate::BoxError;
@@ -773,17 +774,6 @@ fn plan<B>(
     }))
 }
 
-/// A copy of `req`'s head with `body`.
-fn with_body<A, B>(req: &Request<A>, body: B) -> Request<B> {
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    copy
-}
-
 /// Whether `method` is idempotent (RFC 9110, 9.2.2): sending it twice has the effect of
 /// sending it once, so it may be retried when no response came.
 fn is_idempotent(method: &http::Method) -> bool {
@@ -831,7 +821,7 @@ struct Dispatch<B> {
     /// What rebuilding the request for another attempt needs, when it may have one
     /// (boxed: most requests never retry, and every move of a request's future copies
     /// what is inline).
-    kept: Option<Box<Kept<B>>>,
+    kept: Option<Kept<B>>,
     body_was_empty: bool,
     idempotent: bool,
     https: bool,
@@ -844,7 +834,7 @@ struct Dispatch<B> {
 /// What another attempt is rebuilt from: the request's head, and its body as kept while
 /// the first attempt sends it (up to the cap).
 struct Kept<B> {
-    head: Request<()>,
+    head: KeptHead,
     replay: Option<Replay<B>>,
 }
 
@@ -876,7 +866,7 @@ where
             .map(|t| (Instant::now() + t, t));
         let cap = if keep { settings.max_replay_body } else { 0 };
         let body_was_empty = req.body().is_end_stream();
-        let head = keep.then(|| with_body(&req, ()));
+        let head = keep.then(|| KeptHead::copy(&req));
         let idempotent = is_idempotent(req.method());
         let https = req.uri().scheme() == Some(&Scheme::HTTPS);
         let mut replay = None;
@@ -888,7 +878,7 @@ where
         if retries {
             shared.budget.deposit();
         }
-        let kept = head.map(|head| Box::new(Kept { head, replay }));
+        let kept = head.map(|head| Kept { head, replay });
         let dispatch = Self {
             shared: shared.clone(),
             backend: routing.backend,
@@ -916,7 +906,7 @@ where
         let (attempt, pos) = self.pick()?;
         let mut req = match first {
             Some(r) => r,
-            None => self.again(),
+            None => self.again()?,
         };
         self.aim(&mut req, pos)?;
         Ok((req, attempt, pos))
@@ -963,13 +953,13 @@ where
 
     /// The request again, for a retry: only chosen when the head was kept and the body
     /// can be sent again.
-    fn again(&self) -> Request<ReplayBody<B>> {
+    fn again(&self) -> Result<Request<ReplayBody<B>>, BoxError> {
         let kept = self.kept.as_ref().expect("retries keep the head");
         let body = match &kept.replay {
             Some(r) => r.again().unwrap_or_else(ReplayBody::empty),
             None => ReplayBody::empty(),
         };
-        with_body(&kept.head, body)
+        Ok(kept.head.request(body)?)
     }
 
     /// Whether another attempt can be sent: the head was kept, and the body was empty or

@@ -94,9 +94,14 @@ async fn other_hosts_pass_through_untouched() {
 async fn refused_connections_are_retried_on_other_pods_with_their_bodies() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mesh = layer(pods(3)).layer(recorder(seen.clone(), &["10.0.0.1:8080", "10.0.0.2:8080"]));
+    let mut retried = 0;
     for i in 0..20 {
+        let before = seen.lock().unwrap().len();
         // A POST with a body: never reaching an application, it is safe to send again.
-        let req = Request::post("http://web:8080/")
+        let req = Request::post(format!("http://web:8080/orders?id={i}"))
+            .header("x-trace", format!("t{i}"))
+            .header("x-many", "a")
+            .header("x-many", "b")
             .body(Body::from(format!("payload {i}")))
             .unwrap();
         let res = mesh
@@ -106,13 +111,27 @@ async fn refused_connections_are_retried_on_other_pods_with_their_bodies() {
             .expect("retried to the live Pod");
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "10.0.0.3:8080");
-        let last = seen.lock().unwrap().last().unwrap().body().clone();
+        let seen = seen.lock().unwrap();
+        retried += usize::from(seen.len() > before + 1);
+        let last = seen.last().unwrap();
         assert_eq!(
-            last,
-            format!("payload {i}"),
+            last.body(),
+            &format!("payload {i}"),
             "the live Pod got the whole body"
         );
+        // The head the retry was rebuilt from is the request's own.
+        assert_eq!(last.method(), http::Method::POST);
+        let pq = format!("/orders?id={i}");
+        assert_eq!(
+            last.uri().path_and_query().map(|p| p.as_str()),
+            Some(pq.as_str())
+        );
+        assert_eq!(last.headers()["x-trace"], format!("t{i}").as_str());
+        let many: Vec<_> = last.headers().get_all("x-many").iter().collect();
+        assert_eq!(many, ["a", "b"]);
+        assert_eq!(last.headers()["host"], "web:8080");
     }
+    assert!(retried > 0, "no request was retried");
     // A body over the replay cap is not kept, so not retried: with round robin, the
     // refusing Pod gets every other request until five failures in a row eject it, and
     // the error names the Pod tried.
