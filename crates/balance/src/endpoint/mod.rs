@@ -383,32 +383,35 @@ impl Pairing {
 
     /// Pairs `next`'s endpoints with `previous`'s.
     pub fn new(previous: &EndpointSet, next: &EndpointSet) -> Self {
-        let old = previous.endpoints();
-        // Most updates keep every address (a readiness, weight or label change): one
-        // equality per position says so, without the ordered merge's comparisons.
-        if old.len() == next.len()
-            && old
-                .iter()
-                .zip(next.endpoints())
-                .all(|(a, b)| a.addr == b.addr)
-        {
-            return Self {
-                from: (0..old.len() as u32).collect(),
-                gone: Vec::new(),
-                added: 0,
-            };
-        }
-        let mut from = Vec::with_capacity(next.len());
+        let (old, new) = (previous.endpoints(), next.endpoints());
+        // An update changes a few endpoints somewhere in the list: the addresses before
+        // the first change and after the last one pair in order and are found by equality
+        // alone (most updates keep every address: then that is the whole list); only the
+        // part between is merged by address order.
+        let head = old
+            .iter()
+            .zip(new)
+            .take_while(|(a, b)| a.addr == b.addr)
+            .count();
+        let tail = old[head..]
+            .iter()
+            .rev()
+            .zip(new[head..].iter().rev())
+            .take_while(|(a, b)| a.addr == b.addr)
+            .count();
+        let (old_mid, new_mid) = (head..old.len() - tail, head..new.len() - tail);
+        let mut from = Vec::with_capacity(new.len());
+        from.extend(0..head as u32);
         let mut gone = Vec::new();
         let mut added = 0;
-        let mut j = 0;
-        for e in next.endpoints() {
+        let mut j = old_mid.start;
+        for e in &new[new_mid] {
             let addr = e.addr();
-            while j < old.len() && old[j].addr < addr {
+            while j < old_mid.end && old[j].addr < addr {
                 gone.push(j as u32);
                 j += 1;
             }
-            if j < old.len() && old[j].addr == addr {
+            if j < old_mid.end && old[j].addr == addr {
                 from.push(j as u32);
                 j += 1;
             } else {
@@ -416,7 +419,8 @@ impl Pairing {
                 added += 1;
             }
         }
-        gone.extend((j..old.len()).map(|j| j as u32));
+        gone.extend((j..old_mid.end).map(|j| j as u32));
+        from.extend(old_mid.end as u32..old.len() as u32);
         Self { from, gone, added }
     }
 

@@ -76,3 +76,32 @@ fn pairing_names_each_address_once_as_kept_added_or_gone() {
     let filled = Pairing::new(&set(&[]), &before);
     assert_eq!(filled.added(), 4, "everything came");
 }
+
+proptest::proptest! {
+    /// Against a lookup by address: every pairing of two random sets drawn from the same
+    /// 40 addresses (so changes fall at the start, the end, the middle, or everywhere).
+    #[test]
+    fn pairing_matches_a_lookup_by_address(
+        before in proptest::collection::btree_set(0u8..40, 0..40),
+        after in proptest::collection::btree_set(0u8..40, 0..40),
+    ) {
+        let set = |ids: &std::collections::BTreeSet<u8>| {
+            let eps = ids.iter().map(|i| Endpoint::new(SocketAddr::from(([10, 0, 0, *i], 80))));
+            EndpointSet::new(ServiceState::Active, eps.collect())
+        };
+        let (old, new) = (set(&before), set(&after));
+        let p = Pairing::new(&old, &new);
+        let at: std::collections::HashMap<SocketAddr, usize> =
+            old.endpoints().iter().enumerate().map(|(i, e)| (e.addr(), i)).collect();
+        let expected: Vec<Option<usize>> =
+            new.endpoints().iter().map(|e| at.get(&e.addr()).copied()).collect();
+        proptest::prop_assert_eq!(p.iter().collect::<Vec<_>>(), expected);
+        let kept: std::collections::HashSet<SocketAddr> =
+            new.endpoints().iter().map(Endpoint::addr).collect();
+        let gone: Vec<usize> = (0..old.len())
+            .filter(|i| !kept.contains(&old.endpoints()[*i].addr()))
+            .collect();
+        proptest::prop_assert_eq!(p.gone().collect::<Vec<_>>(), gone);
+        proptest::prop_assert_eq!(p.added(), after.difference(&before).count());
+    }
+}

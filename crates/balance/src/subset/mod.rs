@@ -141,10 +141,16 @@ impl Members {
         };
         // The tables depend on the weights in order and nothing else: when an update left
         // them as they were (most subsets, most updates), they are shared, not rebuilt.
-        let own: Vec<u32> = positions.iter().map(weight).collect();
-        let weights = match previous {
-            Some(p) if p.weights.same_weights(own.iter().copied()) => p.weights.clone(),
-            _ => WeightedIndex::new(own),
+        // Equal weights (most Services) need no table and are not even collected.
+        let unit = positions.first().map_or(0, weight);
+        let weights = if unit > 0 && positions.iter().all(|p| weight(p) == unit) {
+            WeightedIndex::uniform(positions.len(), unit)
+        } else {
+            let own: Vec<u32> = positions.iter().map(weight).collect();
+            match previous {
+                Some(p) if p.weights.same_weights(own.iter().copied()) => p.weights.clone(),
+                _ => WeightedIndex::new(own),
+            }
         };
         let stride = crate::weighted::coprime_stride(weights.total());
         // The consistent-hashing table depends on the members' addresses and own weights,

@@ -50,13 +50,17 @@ fn scale(r: u64, n: u64) -> u64 {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedIndex {
     /// `ends[i]` is the sum of the weights of candidates `0..=i` (shared: a snapshot whose
-    /// subset kept its weights shares the tables of the one before).
+    /// subset kept its weights shares the tables of the one before); empty when every
+    /// weight is the same (then `ends[i]` is `(i + 1) × unit`).
     ends: Arc<[u64]>,
     /// The alias table, one bucket per candidate; empty when the total is 0, and when
     /// every weight is the same (then a draw is an index).
     alias: Arc<[Bucket]>,
-    /// Every candidate has the same weight, not 0: draws need no table.
-    uniform: bool,
+    /// The weight every candidate has, when they all have the same one (not 0): then
+    /// there are no tables at all; 0 otherwise.
+    unit: u64,
+    /// How many candidates.
+    len: usize,
     /// The sum of the weights (kept beside the table: every alias draw reads it).
     total: u64,
 }
@@ -119,6 +123,14 @@ impl WeightedIndex {
     /// Indexes `weights` in order.
     pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
         let weights: Vec<u64> = weights.into_iter().map(u64::from).collect();
+        // Equal weights (the common case: every Pod at weight 1, none ramping) are drawn
+        // by index; indexing a snapshot then skips building any table.
+        if let Some(&unit) = weights.first()
+            && unit > 0
+            && weights.iter().all(|w| *w == unit)
+        {
+            return Self::uniform(weights.len(), unit as u32);
+        }
         let mut total = 0u64;
         let ends = weights
             .iter()
@@ -127,26 +139,55 @@ impl WeightedIndex {
                 total
             })
             .collect();
-        // Equal weights (the common case: every Pod at weight 1, none ramping) are drawn
-        // by index; indexing a snapshot then skips building the table.
-        let uniform = weights
-            .first()
-            .is_some_and(|w| *w > 0 && weights.iter().all(|v| v == w));
-        let alias = if uniform {
-            Arc::default()
-        } else {
-            alias_table(&weights, total).into()
-        };
+        let alias = alias_table(&weights, total).into();
         Self {
             ends,
             alias,
-            uniform,
+            unit: 0,
+            len: weights.len(),
             total,
+        }
+    }
+
+    /// `len` candidates of weight `unit` each: no tables, O(1) to make. With `unit` 0,
+    /// as [`new`](Self::new) of `len` zeros.
+    pub fn uniform(len: usize, unit: u32) -> Self {
+        if unit == 0 {
+            return Self::new(std::iter::repeat_n(0, len));
+        }
+        Self {
+            ends: Arc::default(),
+            alias: Arc::default(),
+            unit: u64::from(unit),
+            len,
+            total: u64::from(unit) * len as u64,
+        }
+    }
+
+    /// Whether this index is `len` candidates of weight `unit` each (see
+    /// [`uniform`](Self::uniform)), so it needs no rebuilding for them.
+    pub fn is_uniform(&self, len: usize, unit: u32) -> bool {
+        unit > 0 && self.unit == u64::from(unit) && self.len == len
+    }
+
+    /// The sum of the weights of candidates `0..=i`.
+    fn end(&self, i: usize) -> u64 {
+        if self.unit > 0 {
+            (i as u64 + 1) * self.unit
+        } else {
+            self.ends[i]
         }
     }
 
     /// Whether `weights` are exactly this index's, in order (then it needs no rebuilding).
     pub fn same_weights(&self, weights: impl IntoIterator<Item = u32>) -> bool {
+        if self.unit > 0 {
+            let mut n = 0;
+            return weights.into_iter().all(|w| {
+                n += 1;
+                u64::from(w) == self.unit
+            }) && n == self.len;
+        }
         let mut end = 0u64;
         let mut ends = self.ends.iter();
         weights.into_iter().all(|w| {
@@ -158,6 +199,10 @@ impl WeightedIndex {
     /// Whether `other` shares this index's tables (rather than equal copies of them).
     #[cfg(test)]
     pub(crate) fn shares_tables_with(&self, other: &Self) -> bool {
+        // Equal weights have no tables: the same count and weight is all there is to share.
+        if self.unit > 0 || other.unit > 0 {
+            return self.is_uniform(other.len, other.unit as u32);
+        }
         Arc::ptr_eq(&self.ends, &other.ends) && Arc::ptr_eq(&self.alias, &other.alias)
     }
 
@@ -168,16 +213,19 @@ impl WeightedIndex {
 
     /// How many candidates (including weight 0 ones).
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.len
     }
 
     /// Whether there are no candidates.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len == 0
     }
 
     /// The weight of candidate `i`.
     pub fn weight(&self, i: usize) -> u64 {
+        if self.unit > 0 {
+            return self.unit;
+        }
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         self.ends[i] - start
     }
@@ -195,6 +243,10 @@ impl WeightedIndex {
     fn find(&self, x: u64) -> usize {
         // The first candidate whose range ends after x; weight-0 ranges are empty and
         // never contain x.
+        // Equal weights: the range is a division away (`unit` is 0 otherwise).
+        if let Some(i) = x.checked_div(self.unit) {
+            return i as usize;
+        }
         self.ends.partition_point(|end| *end <= x)
     }
 
@@ -207,10 +259,10 @@ impl WeightedIndex {
     /// [`pick_two`](Self::pick_two) from two uniformly random `u64`s, scaled into range
     /// by a multiply instead of a division (Lemire), which is what the request path uses.
     pub fn pick_two_random(&self, r1: u64, r2: u64) -> Option<(usize, Option<usize>)> {
-        if self.uniform {
+        if self.unit > 0 {
             // Uniform without replacement: the second among the other n - 1, skipping
             // over the first.
-            let n = self.ends.len() as u64;
+            let n = self.len as u64;
             let a = scale(r1, n);
             if n == 1 {
                 return Some((a as usize, None));
@@ -239,7 +291,7 @@ impl WeightedIndex {
         }
         // `a` holds most of the weight: draw among the others directly.
         let rest = self.total() - self.weight(a);
-        let start_a = self.ends[a] - self.weight(a);
+        let start_a = self.end(a) - self.weight(a);
         let mut z = scale(r, rest);
         if z >= start_a {
             z += self.weight(a);
@@ -251,8 +303,8 @@ impl WeightedIndex {
     /// table (which must not be empty then): the high half of `r × n` is the bucket, the
     /// low half the coin.
     fn draw(&self, r: u64) -> usize {
-        if self.uniform {
-            return scale(r, self.ends.len() as u64) as usize;
+        if self.unit > 0 {
+            return scale(r, self.len as u64) as usize;
         }
         let wide = u128::from(r) * self.alias.len() as u128;
         let i = (wide >> 64) as usize;
@@ -273,7 +325,7 @@ impl WeightedIndex {
         if rest == 0 {
             return Some((a, None));
         }
-        let start_a = self.ends[a] - wa;
+        let start_a = self.end(a) - wa;
         let mut z = second(rest);
         if z >= start_a {
             z += wa;
