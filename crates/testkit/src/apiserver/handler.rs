@@ -944,16 +944,20 @@ fn patch(
     let stored = shared.write(|store| -> ApiResult<Arc<Value>> {
         let k = key(target, &name);
         let current = store.get(&k).cloned().ok_or_else(|| ApiError::not_found(res, &name))?;
-        let mut doc = admission::canonical(res, (*current).clone());
+        let copy = match kind {
+            Kind::Merge => copy_for_merge(&current, &patch),
+            Kind::Json => (*current).clone(),
+        };
+        let mut doc = admission::canonical(res, copy);
         match kind {
             Kind::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("error decoding patch: json: cannot unmarshal into Go value of type map[string]interface {}"));
                 }
-                json_patch::merge(&mut doc, &patch);
+                merge_patch(&mut doc, patch);
             }
             Kind::Json => {
-                let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                let ops: json_patch::Patch = serde_json::from_value(patch)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
                 json_patch::patch(&mut doc, &ops).map_err(|_| {
                     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "the server rejected our request due to an error in our request")
@@ -977,6 +981,47 @@ fn patch(
         &admission::canonical(res, (*stored).clone()),
         out,
     ))
+}
+
+/// A copy of `current` for `patch` to be merged into, without the top-level fields the
+/// patch replaces whole (a list, a string): they are left `null`, in their place, for the
+/// merge to overwrite, rather than copied only to be dropped (a slice's endpoint list).
+/// `metadata`, `spec` and `status` are always copied: `admission::canonical` only keeps
+/// them as objects.
+fn copy_for_merge(current: &Value, patch: &Value) -> Value {
+    let (Value::Object(current), Value::Object(patch)) = (current, patch) else {
+        return current.clone();
+    };
+    let copied = current.iter().map(|(k, v)| {
+        let replaced = !matches!(k.as_str(), "metadata" | "spec" | "status")
+            && patch.get(k).is_some_and(|p| !p.is_null() && !p.is_object());
+        let v = if replaced { Value::Null } else { v.clone() };
+        (k.clone(), v)
+    });
+    Value::Object(copied.collect())
+}
+
+/// A JSON merge patch (RFC 7386), as `json_patch::merge` applies it, with the patch taken
+/// by value so that its values move into the document rather than being copied (a
+/// 100-endpoint slice's list is half the cost of a PATCH otherwise).
+fn merge_patch(doc: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *doc = patch;
+        return;
+    };
+    if !doc.is_object() {
+        *doc = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(map) = doc else {
+        return;
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            map.remove(key.as_str());
+        } else {
+            merge_patch(map.entry(key).or_insert(Value::Null), value);
+        }
+    }
 }
 
 // === delete ===
@@ -1187,4 +1232,58 @@ fn delete_collection(
     });
     let list = json!({"kind": format!("{}List", res.kind()), "apiVersion": res.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items});
     Ok(json_response(StatusCode::OK, &list, out))
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use serde_json::json;
+
+    /// The examples of RFC 7386 (appendix A) and a nested list: the owned merge gives
+    /// what `json_patch::merge` gives, field order included.
+    #[test]
+    fn merge_patch_agrees_with_json_patch() {
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"})),
+            (json!({"a": "b"}), json!({"b": "c"})),
+            (json!({"a": "b"}), json!({"a": null})),
+            (json!({"a": "b", "b": "c"}), json!({"a": null})),
+            (json!({"a": ["b"]}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+            ),
+            (json!({"a": [{"b": "c"}]}), json!({"a": [1]})),
+            (json!(["a", "b"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"])),
+            (json!({"a": "foo"}), json!(null)),
+            (json!({"a": "foo"}), json!("bar")),
+            (json!({"e": null}), json!({"a": 1})),
+            (json!([1, 2]), json!({"a": "b", "c": null})),
+            (json!({}), json!({"a": {"bb": {"ccc": null}}})),
+            (
+                json!({"z": 1, "metadata": {"labels": {"x": "1", "y": "2"}}, "endpoints": [{"a": 1}]}),
+                json!({"metadata": {"labels": {"x": null, "w": "3"}}, "endpoints": [{"a": 2}, {"b": 3}]}),
+            ),
+        ];
+        for (doc, patch) in cases {
+            let mut expected = doc.clone();
+            json_patch::merge(&mut expected, &patch);
+            let mut got = doc.clone();
+            super::merge_patch(&mut got, patch.clone());
+            assert_eq!(
+                serde_json::to_string(&got).unwrap(),
+                serde_json::to_string(&expected).unwrap(),
+                "{doc} patched with {patch}"
+            );
+            // The same from a copy that leaves out what the patch replaces.
+            let mut got = super::copy_for_merge(&doc, &patch);
+            super::merge_patch(&mut got, patch.clone());
+            assert_eq!(
+                serde_json::to_string(&got).unwrap(),
+                serde_json::to_string(&expected).unwrap(),
+                "{doc} patched with {patch}"
+            );
+        }
+    }
 }
