@@ -441,6 +441,9 @@ async fn posts_with_bodies_are_replayed_on_another_pod_when_one_refuses() {
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         let reply: rudder_testkit::PodReply = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(reply.body, sent, "the Pod got the whole body");
+        // A retry is rebuilt from the kept head: the same path, the Service's authority.
+        assert_eq!(reply.path, "/orders");
+        assert_eq!(reply.authority.as_deref(), Some("hello-svc:8080"));
     }
     // A body above the replay cap streams through unkept: a refusal is final, and the
     // error names the Pod tried.
