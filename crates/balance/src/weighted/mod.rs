@@ -164,12 +164,6 @@ impl WeightedIndex {
         }
     }
 
-    /// Whether this index is `len` candidates of weight `unit` each (see
-    /// [`uniform`](Self::uniform)), so it needs no rebuilding for them.
-    pub fn is_uniform(&self, len: usize, unit: u32) -> bool {
-        unit > 0 && self.unit == u64::from(unit) && self.len == len
-    }
-
     /// The sum of the weights of candidates `0..=i`.
     fn end(&self, i: usize) -> u64 {
         if self.unit > 0 {
@@ -201,7 +195,7 @@ impl WeightedIndex {
     pub(crate) fn shares_tables_with(&self, other: &Self) -> bool {
         // Equal weights have no tables: the same count and weight is all there is to share.
         if self.unit > 0 || other.unit > 0 {
-            return self.is_uniform(other.len, other.unit as u32);
+            return self.unit == other.unit && self.len == other.len;
         }
         Arc::ptr_eq(&self.ends, &other.ends) && Arc::ptr_eq(&self.alias, &other.alias)
     }
