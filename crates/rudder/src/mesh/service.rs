@@ -818,9 +818,8 @@ struct Dispatch<B> {
     rule: Option<(Arc<gamma::Target>, usize)>,
     /// When the whole request times out, and the timeout it came from.
     deadline: Option<(Instant, Duration)>,
-    /// What rebuilding the request for another attempt needs, when it may have one
-    /// (boxed: most requests never retry, and every move of a request's future copies
-    /// what is inline).
+    /// What rebuilding the request for another attempt needs, when it may have one (two
+    /// pointers: the head's copy lives in reused buffers, see `head.rs`).
     kept: Option<Kept<B>>,
     body_was_empty: bool,
     idempotent: bool,
