@@ -888,11 +888,8 @@ fn update(
         }
         commit(store, shared, k, &current, new, target.status)
     })?;
-    Ok(json_response(
-        StatusCode::OK,
-        &admission::canonical(res, (*stored).clone()),
-        out,
-    ))
+    // Stored objects are canonical (`Store::put`).
+    Ok(json_response(StatusCode::OK, &stored, out))
 }
 
 fn patch(
@@ -976,11 +973,8 @@ fn patch(
         }
         commit(store, shared, k, &current, doc, target.status)
     })?;
-    Ok(json_response(
-        StatusCode::OK,
-        &admission::canonical(res, (*stored).clone()),
-        out,
-    ))
+    // Stored objects are canonical (`Store::put`).
+    Ok(json_response(StatusCode::OK, &stored, out))
 }
 
 /// A copy of `current` for `patch` to be merged into, without the top-level fields the

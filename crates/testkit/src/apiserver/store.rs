@@ -102,11 +102,13 @@ impl Store {
         self.objects.contains_key(key)
     }
 
-    /// Stores `obj` under `key` with a fresh version; returns the stored object.
+    /// Stores `obj` under `key` with a fresh version, its fields in the order the API
+    /// server writes them ([`canonical`](super::admission::canonical)), so that readers
+    /// can serialise a stored object as it is; returns the stored object.
     pub(crate) fn put(&mut self, key: Key, mut obj: Value) -> Arc<Value> {
         self.rv += 1;
         set_rv(&mut obj, self.rv);
-        let obj = Arc::new(obj);
+        let obj = Arc::new(super::admission::canonical(key.0, obj));
         let old = self.objects.insert(key.clone(), obj.clone());
         let kind = if old.is_some() {
             EventKind::Modified

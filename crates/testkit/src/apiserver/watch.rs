@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::admission;
 use super::handler::{Body, Target, as_metadata, labels_of};
 use super::query::{self, FieldSelector, Query, Repr};
 use super::resource::Resource;
@@ -41,14 +40,27 @@ impl Filter {
             && self.fields.matches(obj)
     }
 
-    fn line(&self, kind: &str, res: Resource, obj: &Value) -> Bytes {
+    fn line(&self, kind: &str, obj: &Value) -> Bytes {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            r#type: &'a str,
+            object: &'a Value,
+        }
+        let metadata;
         let object = if self.metadata {
-            as_metadata(obj)
+            metadata = as_metadata(obj);
+            &metadata
         } else {
-            admission::canonical(res, obj.clone())
+            // Stored objects are canonical already (`Store::put`): written as they are,
+            // not copied.
+            obj
         };
-        let mut s = json!({"type": kind, "object": object}).to_string();
-        s.push('\n');
+        let mut s = serde_json::to_vec(&Line {
+            r#type: kind,
+            object,
+        })
+        .unwrap_or_default();
+        s.push(b'\n');
         Bytes::from(s)
     }
 }
@@ -210,7 +222,7 @@ fn drain(
         if let Some(l) = cache.get(&key) {
             return l.clone();
         }
-        let l = filter.line(kind, res, object);
+        let l = filter.line(kind, object);
         cache.insert(key, l.clone());
         while cache.len() > ENCODED_KEPT {
             cache.pop_first();
@@ -228,7 +240,7 @@ fn drain(
                 // Stopped matching: DELETED with the old state and the new version.
                 let mut old = e.old.as_deref().cloned().unwrap_or_default();
                 old["metadata"]["resourceVersion"] = e.rv.to_string().into();
-                Some(filter.line("DELETED", res, &old))
+                Some(filter.line("DELETED", &old))
             }
             (false, false, _) => None,
         };
@@ -271,7 +283,7 @@ async fn stream(
             let mut first = Vec::new();
             for (_, obj) in store.iter(res, target.ns.as_deref()) {
                 if filter.matches(obj) {
-                    first.push(filter.line("ADDED", res, obj));
+                    first.push(filter.line("ADDED", obj));
                 }
             }
             let now = store.rv().max(rv.unwrap_or(0));
