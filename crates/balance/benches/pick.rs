@@ -244,48 +244,37 @@ fn pool_update(c: &mut Criterion) {
             },
         );
         // A readiness flip: one endpoint leaves the set and comes back (the addresses
-        // change, so payloads and loads are carried by a merge walk).
+        // change, so payloads and loads are carried by a merge walk); then the same with
+        // every weight equal (most Services: no weight annotations, no ramp), where no
+        // subset needs a weight table.
         let mut fewer: Vec<Endpoint> = a.endpoints().to_vec();
         fewer.remove(n / 2);
         let c = Arc::new(EndpointSet::new(ServiceState::Active, fewer));
-        let mut gone = false;
-        group.bench_with_input(BenchmarkId::new("one_endpoint_left", n), &n, |bench, _| {
-            bench.iter(|| {
-                gone = !gone;
-                let next = if gone { c.clone() } else { a.clone() };
-                pool.update(next, |e, before| {
-                    before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
-                });
-            })
-        }); // The same with every weight equal (most Services: no weight annotations, no
-        // ramp), where no subset needs a weight table.
         let equal = |s: &EndpointSet| {
-            let eps = s
-                .endpoints()
-                .iter()
-                .map(|e| e.clone().with_weight(1))
-                .collect();
-            Arc::new(EndpointSet::new(ServiceState::Active, eps))
+            let eps = s.endpoints().iter().map(|e| e.clone().with_weight(1));
+            Arc::new(EndpointSet::new(ServiceState::Active, eps.collect()))
         };
         let (a1, c1) = (equal(&a), equal(&c));
-        let config = rudder_balance::PoolConfig {
-            selectors: vec![v41.clone(), v42.clone()],
-            ..Default::default()
-        };
-        let pool = rudder_balance::Pool::new(config, a1.clone(), |e| Arc::new(e.addr()));
-        group.bench_with_input(
-            BenchmarkId::new("one_endpoint_left_equal_weights", n),
-            &n,
-            |bench, _| {
+        for (name, full, left) in [
+            ("one_endpoint_left", &a, &c),
+            ("one_endpoint_left_equal_weights", &a1, &c1),
+        ] {
+            let config = rudder_balance::PoolConfig {
+                selectors: vec![v41.clone(), v42.clone()],
+                ..Default::default()
+            };
+            let pool = rudder_balance::Pool::new(config, full.clone(), |e| Arc::new(e.addr()));
+            let mut gone = false;
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
                 bench.iter(|| {
                     gone = !gone;
-                    let next = if gone { c1.clone() } else { a1.clone() };
+                    let next = if gone { left.clone() } else { full.clone() };
                     pool.update(next, |e, before| {
                         before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
                     });
                 })
-            },
-        );
+            });
+        }
     }
     // Maglev pools, 1,000 endpoints: a label change keeps every subset's addresses and
     // weights, so the consistent-hashing tables are shared; a weight change rebuilds the

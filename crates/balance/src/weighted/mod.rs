@@ -235,12 +235,12 @@ impl WeightedIndex {
     }
 
     fn find(&self, x: u64) -> usize {
-        // The first candidate whose range ends after x; weight-0 ranges are empty and
-        // never contain x.
         // Equal weights: the range is a division away (`unit` is 0 otherwise).
         if let Some(i) = x.checked_div(self.unit) {
             return i as usize;
         }
+        // The first candidate whose range ends after x; weight-0 ranges are empty and
+        // never contain x.
         self.ends.partition_point(|end| *end <= x)
     }
 

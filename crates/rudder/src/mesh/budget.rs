@@ -73,6 +73,7 @@ impl RetryBudget {
         }
     }
 
+    /// Takes one retry from the budget, if it allows one.
     pub(crate) fn withdraw(&self) -> bool {
         self.budget.withdraw()
     }
