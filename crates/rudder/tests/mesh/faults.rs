@@ -349,9 +349,12 @@ async fn attempts_on_a_crashed_pod_stop_at_ejection() {
         .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
         .unwrap_or(0.0);
     eprintln!("attempts that reached the crashed Pod: {attempts}");
-    // Five failures in a row eject; the other worker may have one more attempt in flight.
+    // Five failures in a row eject. A response the Pod sent just before it died can still
+    // be read after another worker's first failures and end their streak (at most 4, or
+    // they would have ejected), and at ejection the other worker may have one more attempt
+    // in flight: 4 + 5 + 1 at most, against about a third of 3,000 without ejection.
     assert!(
-        (1.0..=6.0).contains(&attempts),
+        (1.0..=10.0).contains(&attempts),
         "{attempts} attempts hit the crashed Pod before ejection"
     );
     assert!(
