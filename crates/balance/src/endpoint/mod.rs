@@ -375,6 +375,12 @@ pub struct Pairing {
     /// Positions in the old set whose addresses are gone.
     gone: Vec<u32>,
     added: usize,
+    /// The old set's length.
+    old_len: usize,
+    /// How many endpoints at the start of both lists are the same in every field.
+    same_head: usize,
+    /// How many at the end of both lists are, not overlapping `same_head`.
+    same_tail: usize,
 }
 
 impl Pairing {
@@ -384,21 +390,43 @@ impl Pairing {
     /// Pairs `next`'s endpoints with `previous`'s.
     pub fn new(previous: &EndpointSet, next: &EndpointSet) -> Self {
         let (old, new) = (previous.endpoints(), next.endpoints());
-        // An update changes a few endpoints somewhere in the list: the addresses before
-        // the first change and after the last one pair in order and are found by equality
-        // alone (most updates keep every address: then that is the whole list); only the
-        // part between is merged by address order.
-        let head = old
-            .iter()
-            .zip(new)
-            .take_while(|(a, b)| a.addr == b.addr)
-            .count();
-        let tail = old[head..]
+        // An update changes a few endpoints somewhere in the list. The endpoints before
+        // the first change and after the last one are the same in both lists (metadata
+        // shared, as discovery keeps it for endpoints it did not convert again): whatever
+        // was derived from them carries over in bulk (see `same_head`).
+        // The metadata first: it tells changed endpoints apart soonest.
+        let same = |(a, b): &(&Endpoint, &Endpoint)| {
+            a.shares_meta(b)
+                && a.readiness == b.readiness
+                && a.weight == b.weight
+                && a.addr == b.addr
+        };
+        let same_head = old.iter().zip(new).take_while(same).count();
+        let same_tail = old[same_head..]
             .iter()
             .rev()
-            .zip(new[head..].iter().rev())
-            .take_while(|(a, b)| a.addr == b.addr)
+            .zip(new[same_head..].iter().rev())
+            .take_while(same)
             .count();
+        // The addresses before the first address change and after the last one pair in
+        // order and are found by equality alone (most updates keep every address: then
+        // that is the whole list); only the part between is merged by address order.
+        let head = same_head
+            + old[same_head..]
+                .iter()
+                .zip(&new[same_head..])
+                .take_while(|(a, b)| a.addr == b.addr)
+                .count();
+        // The same endpoints have the same addresses: the tail by address goes on from
+        // the same tail (within what the head left).
+        let same_tail_here = same_tail.min(old.len().min(new.len()) - head);
+        let tail = same_tail_here
+            + old[head..old.len() - same_tail_here]
+                .iter()
+                .rev()
+                .zip(new[head..new.len() - same_tail_here].iter().rev())
+                .take_while(|(a, b)| a.addr == b.addr)
+                .count();
         let (old_mid, new_mid) = (head..old.len() - tail, head..new.len() - tail);
         let mut from = Vec::with_capacity(new.len());
         from.extend(0..head as u32);
@@ -421,7 +449,35 @@ impl Pairing {
         }
         gone.extend((j..old_mid.end).map(|j| j as u32));
         from.extend(old_mid.end as u32..old.len() as u32);
-        Self { from, gone, added }
+        Self {
+            from,
+            gone,
+            added,
+            old_len: old.len(),
+            same_head,
+            same_tail,
+        }
+    }
+
+    /// Whether this pairs `previous` with `next` as far as their lengths tell: what
+    /// carries state by position checks it first, so a pairing of other sets makes it
+    /// start over rather than point past the end.
+    pub fn fits(&self, previous: &EndpointSet, next: &EndpointSet) -> bool {
+        self.old_len == previous.len() && self.from.len() == next.len()
+    }
+
+    /// How many endpoints at the start of the new set are the same as at the start of the
+    /// old one, in every field (address, readiness, weight, shared metadata): what was
+    /// derived from them holds at the same positions.
+    pub fn same_head(&self) -> usize {
+        self.same_head
+    }
+
+    /// How many endpoints at the end of the new set are the same as at the end of the old
+    /// one (as for [`same_head`](Self::same_head), never overlapping it): position `i` of
+    /// the old set's tail is position `i - old.len() + new.len()` in the new one.
+    pub fn same_tail(&self) -> usize {
+        self.same_tail
     }
 
     /// Per endpoint of the new set, in order, its position in the old one, if any.

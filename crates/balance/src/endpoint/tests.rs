@@ -70,6 +70,23 @@ fn pairing_names_each_address_once_as_kept_added_or_gone() {
     let same = Pairing::new(&before, &before);
     assert!(same.same_addresses());
     assert_eq!(same.iter().flatten().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!((same.same_head(), same.same_tail()), (4, 0), "all the same");
+
+    // One endpoint changes readiness: those before and after it are the same as they
+    // were (their metadata shared), and carried in bulk.
+    let mut flipped = before.endpoints().to_vec();
+    flipped[1] = flipped[1]
+        .clone()
+        .with_readiness(Readiness::ServingTerminating);
+    let flip = Pairing::new(&before, &EndpointSet::new(ServiceState::Active, flipped));
+    assert!(flip.same_addresses());
+    assert_eq!((flip.same_head(), flip.same_tail()), (1, 2));
+    // Equal fields are not enough: endpoints whose metadata was made again are looked at
+    // one by one.
+    let remade = set(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80", "10.0.0.6:80"]);
+    let remade = Pairing::new(&before, &remade);
+    assert!(remade.same_addresses());
+    assert_eq!((remade.same_head(), remade.same_tail()), (0, 0));
 
     let emptied = Pairing::new(&before, &set(&[]));
     assert_eq!(emptied.gone().len(), 4, "everything left");

@@ -366,6 +366,9 @@ impl LoadTable {
         next: &EndpointSet,
         pairing: &Pairing,
     ) -> Arc<[Arc<EndpointLoad>]> {
+        if !pairing.fits(previous, next) || previous_loads.len() != previous.len() {
+            return self.for_set(next);
+        }
         let mut table = self
             .recorder
             .loads
@@ -375,14 +378,23 @@ impl LoadTable {
         for gone in pairing.gone() {
             table.remove(&previous.endpoints()[gone].addr());
         }
-        next.endpoints()
-            .iter()
-            .zip(pairing.iter())
-            .map(|(e, before)| match before {
-                Some(j) => previous_loads[j].clone(),
-                None => table.entry(e.addr()).or_insert_with(|| self.load()).clone(),
-            })
-            .collect()
+        let (n, m) = (next.len(), previous.len());
+        let (head, tail) = (pairing.same_head(), pairing.same_tail());
+        // The endpoints before the first change and after the last keep their loads in
+        // two runs; those between pair by address.
+        let mut loads = Vec::with_capacity(n);
+        loads.extend_from_slice(&previous_loads[..head]);
+        loads.extend(
+            next.endpoints()[head..n - tail]
+                .iter()
+                .zip(pairing.iter().skip(head))
+                .map(|(e, before)| match before {
+                    Some(j) => previous_loads[j].clone(),
+                    None => table.entry(e.addr()).or_insert_with(|| self.load()).clone(),
+                }),
+        );
+        loads.extend_from_slice(&previous_loads[m - tail..]);
+        loads.into()
     }
 
     fn load(&self) -> Arc<EndpointLoad> {

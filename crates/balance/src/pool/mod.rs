@@ -222,7 +222,7 @@ impl<T> Pool<T> {
         extras: Arc<[T]>,
         matches: Matches,
         now: SystemTime,
-        previous: Option<&SubsetIndex>,
+        previous: Option<(&SubsetIndex, Option<&Pairing>)>,
     ) -> Snapshot<T> {
         let options = IndexOptions {
             zone: config.zone.clone(),
@@ -232,7 +232,14 @@ impl<T> Pool<T> {
         };
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         Snapshot {
-            index: SubsetIndex::with_previous(set, &selectors, &matches, options, previous),
+            index: SubsetIndex::with_previous(
+                set,
+                &selectors,
+                &matches,
+                options,
+                previous.map(|(index, _)| index),
+                previous.and_then(|(_, pairing)| pairing),
+            ),
             loads,
             extras,
             matches,
@@ -245,7 +252,9 @@ impl<T> Pool<T> {
     /// previous snapshot (if any) so it can be reused rather than rebuilt. When `set` has
     /// exactly the previous addresses, each naming the same Pod as before (a weight or
     /// label change), the payloads and loads are carried over whole and `extra` is not
-    /// called.
+    /// called. Otherwise it is not called either for the endpoints before the first
+    /// change and after the last one that are the same in every field (see
+    /// [`Pairing::same_head`]): they keep their payloads.
     ///
     /// Returns the snapshot it replaced. Requests may still hold it; whoever drops the
     /// last reference releases its per-endpoint state, O(endpoints), after the swap and
@@ -254,7 +263,10 @@ impl<T> Pool<T> {
         &self,
         set: Arc<EndpointSet>,
         mut extra: impl FnMut(&Endpoint, Option<&T>) -> T,
-    ) -> Arc<Snapshot<T>> {
+    ) -> Arc<Snapshot<T>>
+    where
+        T: Clone,
+    {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
@@ -263,20 +275,28 @@ impl<T> Pool<T> {
         let pairing = Pairing::new(previous.set(), &set);
         // The same addresses, each still the same Pod (a new Pod at an old Pod's address
         // asks for its own payload).
+        // Only the endpoints between the first change and the last one are compared or
+        // made again one by one; those before and after are the same as they were.
+        let (n, m) = (set.len(), old.len());
+        let (head, tail) = (pairing.same_head(), pairing.same_tail());
         let same_pods = pairing.same_addresses()
-            && old
+            && old[head..m - tail]
                 .iter()
-                .zip(set.endpoints())
+                .zip(&set.endpoints()[head..n - tail])
                 .all(|(a, b)| a.shares_meta(b) || a.meta().pod == b.meta().pod);
         let (extras, loads) = if same_pods {
             (previous.extras.clone(), previous.loads.clone())
         } else {
-            let extras: Arc<[T]> = set
-                .endpoints()
-                .iter()
-                .zip(pairing.iter())
-                .map(|(e, before)| extra(e, before.map(|j| &old_extras[j])))
-                .collect();
+            let mut extras = Vec::with_capacity(n);
+            extras.extend_from_slice(&old_extras[..head]);
+            extras.extend(
+                set.endpoints()[head..n - tail]
+                    .iter()
+                    .zip(pairing.iter().skip(head))
+                    .map(|(e, before)| extra(e, before.map(|j| &old_extras[j]))),
+            );
+            extras.extend_from_slice(&old_extras[m - tail..]);
+            let extras: Arc<[T]> = extras.into();
             let loads = self
                 .table
                 .carry(previous.set(), &previous.loads, &set, &pairing);
@@ -298,7 +318,7 @@ impl<T> Pool<T> {
             extras,
             matches,
             SystemTime::now(),
-            Some(&previous.index),
+            Some((&previous.index, Some(&pairing))),
         );
         self.current.store(Arc::new(next));
         previous
@@ -319,7 +339,7 @@ impl<T> Pool<T> {
             current.extras.clone(),
             current.matches.clone(),
             SystemTime::now(),
-            Some(&current.index),
+            Some((&current.index, None)),
         );
         let ramping = next.index.ramping();
         self.current.store(Arc::new(next));

@@ -527,3 +527,80 @@ fn a_loaded_snapshot_is_the_current_one_and_can_be_kept() {
     assert_eq!(kept.set().len(), 2);
     assert_eq!(p.load().set().len(), 1);
 }
+
+proptest::proptest! {
+    /// Updates carry what the endpoints they leave alone had (subset members by position,
+    /// label matches, loads, payloads) and match only the rest: after every update of a
+    /// random sequence, each subset is what a pool built fresh on the same set has, and
+    /// each endpoint keeps its address's load and payload from the snapshot before.
+    /// Changes fall anywhere (start, end, middle, all over), including readiness flips
+    /// that move a subset to its serving-terminating fallback and back.
+    #[test]
+    fn updates_give_what_a_fresh_index_gives(
+        steps in proptest::collection::vec(proptest::collection::vec(0u8..8, 24), 1..6),
+    ) {
+        let selectors: Vec<Selector> =
+            ["version=a", "version=b"].iter().map(|s| s.parse().unwrap()).collect();
+        let config = PoolConfig {
+            selectors: selectors.clone(),
+            ..PoolConfig::default()
+        };
+        let base: Vec<Endpoint> =
+            (0..24).map(|i| labelled(i, if i % 3 == 0 { "a" } else { "b" })).collect();
+        let mut current: Vec<Option<Endpoint>> = base.iter().cloned().map(Some).collect();
+        let pool = Pool::new(config.clone(), set(base.clone()), |e| (e.addr(), 0usize));
+        for (step, ops) in steps.iter().enumerate() {
+            // Per address: 0–3 keep the endpoint as it was (its metadata shared), 4 drops
+            // it, 5 flips its readiness, 6 changes its weight, 7 relabels it.
+            for (i, op) in ops.iter().enumerate() {
+                let was = current[i].clone().unwrap_or_else(|| base[i].clone());
+                current[i] = match op {
+                    0..=3 => current[i].clone(),
+                    4 => None,
+                    5 => Some(was.clone().with_readiness(match was.readiness() {
+                        Readiness::Ready => Readiness::ServingTerminating,
+                        _ => Readiness::Ready,
+                    })),
+                    6 => Some(was.clone().with_weight(was.weight() % 3 + 1)),
+                    _ => {
+                        let mut meta = was.meta().clone();
+                        let v = if meta.labels["version"] == "a" { "b" } else { "a" };
+                        meta.labels.insert("version".into(), v.into());
+                        Some(was.clone().with_meta(meta))
+                    }
+                };
+            }
+            let next = set(current.iter().flatten().cloned().collect());
+            let before = pool.snapshot();
+            let by_addr: std::collections::HashMap<SocketAddr, usize> = before
+                .set()
+                .endpoints()
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.addr(), i))
+                .collect();
+            pool.update(next.clone(), |e, was| was.copied().unwrap_or((e.addr(), step + 1)));
+            let after = pool.snapshot();
+            let fresh = Pool::new(config.clone(), next.clone(), |e| (e.addr(), 0usize));
+            let fresh = fresh.snapshot();
+            for s in std::iter::once(Selector::everything()).chain(selectors.iter().cloned()) {
+                let got = after.subset(&s, &Fallback::NoFallback);
+                let want = fresh.subset(&s, &Fallback::NoFallback);
+                proptest::prop_assert_eq!(
+                    got.as_ref().map(|p| (p.positions().to_vec(), p.weights().clone())).ok(),
+                    want.as_ref().map(|p| (p.positions().to_vec(), p.weights().clone())).ok(),
+                    "subset {}", s
+                );
+            }
+            for (pos, e) in next.endpoints().iter().enumerate() {
+                match by_addr.get(&e.addr()) {
+                    Some(&j) => {
+                        proptest::prop_assert!(Arc::ptr_eq(&after.loads()[pos], &before.loads()[j]));
+                        proptest::prop_assert_eq!(after.extra(pos), before.extra(j));
+                    }
+                    None => proptest::prop_assert_eq!(after.extra(pos), &(e.addr(), step + 1)),
+                }
+            }
+        }
+    }
+}

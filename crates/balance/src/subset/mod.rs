@@ -100,9 +100,11 @@ impl Members {
     /// `previous` is the same subset in the snapshot before: its weight tables are shared
     /// when the weights did not change, its Maglev table when the addresses did not
     /// either.
+    /// `uniform`: the weight every member has, when the caller knows it.
     fn new(
         set: &Arc<EndpointSet>,
         positions: Vec<u32>,
+        uniform: Option<u32>,
         options: &IndexOptions,
         previous: Option<&Members>,
     ) -> Self {
@@ -116,17 +118,18 @@ impl Members {
                 })
                 .collect();
             let before = previous.and_then(|p| p.local.as_deref());
-            (!here.is_empty()).then(|| Arc::new(Self::flat(set, here, options, before)))
+            (!here.is_empty()).then(|| Arc::new(Self::flat(set, here, None, options, before)))
         });
         Self {
             local,
-            ..Self::flat(set, positions, options, previous)
+            ..Self::flat(set, positions, uniform, options, previous)
         }
     }
 
     fn flat(
         set: &Arc<EndpointSet>,
         positions: Vec<u32>,
+        uniform: Option<u32>,
         options: &IndexOptions,
         previous: Option<&Members>,
     ) -> Self {
@@ -142,16 +145,17 @@ impl Members {
         // The tables depend on the weights in order and nothing else: when an update left
         // them as they were (most subsets, most updates), they are shared, not rebuilt.
         // Equal weights (most Services) need no table and are not even collected.
-        let unit = positions.first().map_or(0, weight);
-        let weights = if unit > 0 && positions.iter().all(|p| weight(p) == unit) {
-            WeightedIndex::uniform(positions.len(), unit)
-        } else {
-            let own: Vec<u32> = positions.iter().map(weight).collect();
-            match previous {
-                Some(p) if p.weights.same_weights(own.iter().copied()) => p.weights.clone(),
-                _ => WeightedIndex::new(own),
-            }
-        };
+        let unit = uniform.unwrap_or_else(|| positions.first().map_or(0, weight));
+        let weights =
+            if unit > 0 && (uniform.is_some() || positions.iter().all(|p| weight(p) == unit)) {
+                WeightedIndex::uniform(positions.len(), unit)
+            } else {
+                let own: Vec<u32> = positions.iter().map(weight).collect();
+                match previous {
+                    Some(p) if p.weights.same_weights(own.iter().copied()) => p.weights.clone(),
+                    _ => WeightedIndex::new(own),
+                }
+            };
         let stride = crate::weighted::coprime_stride(weights.total());
         // The consistent-hashing table depends on the members' addresses and own weights,
         // in order: when they stayed, the table built for the snapshot before is shared
@@ -338,21 +342,27 @@ impl Matches {
         matches: &Matches,
         pairing: &Pairing,
     ) -> Self {
-        if matches.bits.len() != previous.len() {
+        if matches.bits.len() != previous.len() || !pairing.fits(previous, set) {
             return Self::new(set, selectors);
         }
         let count = selectors.len().min(64);
         let old = previous.endpoints();
-        let bits = set
-            .endpoints()
+        let (n, m) = (set.len(), previous.len());
+        let (head, tail) = (pairing.same_head(), pairing.same_tail());
+        // The endpoints the update left as they were are copied in two runs; only those
+        // between are looked at one by one.
+        let mut bits = Vec::with_capacity(n);
+        bits.extend_from_slice(&matches.bits[..head]);
+        let middle = set.endpoints()[head..n - tail]
             .iter()
-            .zip(pairing.iter())
+            .zip(pairing.iter().skip(head))
             .map(|(e, before)| match before {
                 Some(j) if old[j].shares_meta(e) => matches.bits[j],
                 _ => Self::compute(e, &selectors[..count]),
-            })
-            .collect();
-        Self { bits }
+            });
+        bits.extend(middle);
+        bits.extend_from_slice(&matches.bits[m - tail..]);
+        Self { bits: bits.into() }
     }
 
     /// One endpoint's bits.
@@ -419,19 +429,22 @@ impl SubsetIndex {
         matches: &Matches,
         options: IndexOptions,
     ) -> Self {
-        Self::with_previous(set, selectors, matches, options, None)
+        Self::with_previous(set, selectors, matches, options, None, None)
     }
 
     /// [`with_matches`](Self::with_matches), sharing with `previous` (the index this one
     /// replaces) the weight tables of every subset whose weights did not change, and the
     /// Maglev tables of those whose addresses did not either, so an update that leaves a
-    /// subset alone does not rebuild its tables.
+    /// subset alone does not rebuild its tables. With `pairing` (how `set` pairs with
+    /// `previous`'s set), the members the update left as they were are carried over by
+    /// position and only the endpoints between are matched.
     pub fn with_previous(
         set: Arc<EndpointSet>,
         selectors: &[&Selector],
         matches: &Matches,
         options: IndexOptions,
         previous: Option<&SubsetIndex>,
+        pairing: Option<&Pairing>,
     ) -> Self {
         let before = |s: &Selector| {
             previous.and_then(|p| {
@@ -443,11 +456,18 @@ impl SubsetIndex {
             })
         };
         let build = |s: &Selector, bit: Option<usize>| {
-            let positions = match bit.filter(|_| matches.len() == set.len()) {
-                Some(bit) => routable_positions(&set, |i, _| matches.get(i, bit)),
-                None => routable_positions(&set, |_, e| s.matches(e.labels())),
+            let bit = bit.filter(|_| matches.len() == set.len());
+            let matching = |i: usize, e: &Endpoint| match bit {
+                Some(bit) => matches.get(i, bit),
+                None => s.matches(e.labels()),
             };
-            let m = Arc::new(Members::new(&set, positions, &options, before(s)));
+            let before = before(s);
+            let carried = before
+                .zip(pairing)
+                .and_then(|(b, pairing)| carried_positions(b, &set, pairing, matching, &options));
+            let (positions, uniform) =
+                carried.unwrap_or_else(|| (routable_positions(&set, matching), None));
+            let m = Arc::new(Members::new(&set, positions, uniform, &options, before));
             if options.maglev {
                 let _ = m.maglev();
                 if let Some(local) = &m.local {
@@ -518,6 +538,7 @@ impl SubsetIndex {
         let m = Arc::new(Members::new(
             &self.set,
             routable_positions(&self.set, |_, e| selector.matches(e.labels())),
+            None,
             &self.options,
             None,
         ));
@@ -559,6 +580,54 @@ impl SubsetIndex {
             }),
         }
     }
+}
+
+/// The positions [`routable_positions`] gives for a subset that was `previous` in the set
+/// before, carried over through `pairing` (how `set` pairs with `previous`'s set): the
+/// members among the endpoints the update left as they were keep their place (shifted
+/// past the change), and only the endpoints between are matched. `None` when that does
+/// not give what the full pass gives: when the subset had no ready member, or has none
+/// left, the serving-terminating fallback looks at the whole subset. With the positions,
+/// the weight every member has when that is known without looking at them all: the
+/// previous members all had it, no ramp changes weights, and the new ones have it too.
+fn carried_positions(
+    previous: &Members,
+    set: &EndpointSet,
+    pairing: &Pairing,
+    matches: impl Fn(usize, &Endpoint) -> bool,
+    options: &IndexOptions,
+) -> Option<(Vec<u32>, Option<u32>)> {
+    let old_set = &*previous.set;
+    let old = &previous.positions[..];
+    let first = *old.first()? as usize;
+    if !pairing.fits(old_set, set) || old_set.endpoints()[first].readiness() != Readiness::Ready {
+        return None;
+    }
+    let (n, m) = (set.len(), old_set.len());
+    let (head, tail) = (pairing.same_head(), pairing.same_tail());
+    let before_change = old.partition_point(|p| (*p as usize) < head);
+    let after_change = old.partition_point(|p| (*p as usize) < m - tail);
+    let mut positions = Vec::with_capacity(old.len() + (n - tail - head));
+    positions.extend_from_slice(&old[..before_change]);
+    let endpoints = set.endpoints();
+    let mut unit = previous
+        .weights
+        .unit()
+        .filter(|_| options.slow_start.is_none());
+    for (i, e) in endpoints.iter().enumerate().take(n - tail).skip(head) {
+        if e.readiness() == Readiness::Ready && matches(i, e) {
+            positions.push(i as u32);
+            unit = unit.filter(|u| *u == e.weight());
+        }
+    }
+    // In range: the tail's last position is m - 1, which becomes n - 1.
+    let shift = (n as u32).wrapping_sub(m as u32);
+    positions.extend(old[after_change..].iter().map(|p| p.wrapping_add(shift)));
+    if positions.is_empty() {
+        return None;
+    }
+    positions.shrink_to_fit();
+    Some((positions, unit))
 }
 
 /// Positions of the routable endpoints matching `selector`: its ready ones, or, when none of

@@ -164,6 +164,11 @@ impl WeightedIndex {
         }
     }
 
+    /// The weight every candidate has, when they all have the same one (not 0).
+    pub(crate) fn unit(&self) -> Option<u32> {
+        u32::try_from(self.unit).ok().filter(|u| *u > 0)
+    }
+
     /// The sum of the weights of candidates `0..=i`.
     fn end(&self, i: usize) -> u64 {
         if self.unit > 0 {
