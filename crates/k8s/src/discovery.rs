@@ -469,12 +469,13 @@ impl<T> Default for Cache<T> {
 
 impl<T> Cache<T> {
     /// Applies one watcher event; `key` names an object, `convert` keeps what matters.
+    /// Returns what an `Apply` or `Delete` replaced: the object's previous value, if any.
     pub(crate) fn apply<K>(
         &mut self,
         event: Event<K>,
         key: impl Fn(&K) -> String,
         convert: impl Fn(K) -> T,
-    ) {
+    ) -> Option<T> {
         match event {
             Event::Init => self.pending = Some(BTreeMap::new()),
             Event::InitApply(o) => {
@@ -487,13 +488,10 @@ impl<T> Cache<T> {
                 self.items = self.pending.take().unwrap_or_default();
                 self.synced = true;
             }
-            Event::Apply(o) => {
-                self.items.insert(key(&o), convert(o));
-            }
-            Event::Delete(o) => {
-                self.items.remove(&key(&o));
-            }
+            Event::Apply(o) => return self.items.insert(key(&o), convert(o)),
+            Event::Delete(o) => return self.items.remove(&key(&o)),
         }
+        None
     }
 }
 
@@ -504,8 +502,13 @@ pub(crate) struct Model {
     pub(crate) slices: Cache<EndpointSlice>,
     pub(crate) endpoints: Cache<Endpoints>,
     pub(crate) pods: Cache<PodInfo>,
-    /// Bumped on every Pod change: converted slices carry Pod data and go stale with it.
+    /// Bumped when the Pods change whole (a relist, a selector change): every converted
+    /// slice carries Pod data and goes stale with it. A change of single Pods only makes
+    /// the slices naming them stale (see `Converted::stale_pods`).
     pub(crate) pods_epoch: u64,
+    /// Slices converted so far (each costs its endpoints), for tests of what an event
+    /// costs.
+    pub(crate) conversions: u64,
     /// The first Pod list is on its way: snapshots wait for it, so the first one a client
     /// sees already carries labels (label subsets would otherwise be empty at start). A
     /// failing Pod watch (say, forbidden) ends the wait: endpoints flow without labels.
@@ -534,6 +537,9 @@ struct Converted {
     /// When this port's ready endpoints were first seen Ready (`None`: already Ready when
     /// the port's first snapshot was built), for those whose Pod gives no Ready time.
     first_ready: HashMap<std::net::SocketAddr, Option<SystemTime>>,
+    /// Pods whose labels, weight or times changed since the port's last build: the slices
+    /// naming them are converted again, the rest are not.
+    stale_pods: Vec<String>,
     built: bool,
     /// Every cached slice's endpoints, sorted by [`convert::endpoint_order`] (duplicates
     /// kept): patched with each slice change instead of merged again from every slice.
@@ -593,6 +599,19 @@ impl Model {
             cache.merged = None;
             cache.port_name.clone_from(&resolved.name);
             cache.pods_epoch = self.pods_epoch;
+            cache.stale_pods.clear();
+        } else if !cache.stale_pods.is_empty() {
+            // Only the slices naming a changed Pod are converted again (below).
+            let stale = std::mem::take(&mut cache.stale_pods);
+            for (version, converted) in cache.slices.values_mut() {
+                let names_one = converted.endpoints.iter().any(|e| {
+                    let pod = e.meta().pod.as_deref();
+                    pod.is_some_and(|p| stale.iter().any(|s| s == p))
+                });
+                if names_one {
+                    *version = None;
+                }
+            }
         }
         // Without a merged list to patch (the first build, or every slice converted
         // again), changes are not collected: the list is made from every slice.
@@ -622,6 +641,7 @@ impl Model {
             };
             if entry.0.is_none() || entry.0 != *rv {
                 left.extend(ready_addrs(&entry.1));
+                self.conversions += 1;
                 let mut converted = convert::slice_endpoints(slice, &resolved.name, pods);
                 observe_ready(&mut cache.first_ready, &mut converted.endpoints, first, now);
                 let before = std::mem::replace(entry, (rv.clone(), converted));
@@ -687,12 +707,38 @@ fn patch_merged(
     added.sort_by_key(key);
     cancel_unchanged(&mut removed, &mut added);
     if removed.len() + added.len() <= FEW {
-        for r in &removed {
+        let find = |merged: &[Endpoint], r: &Endpoint| {
             let from = merged.partition_point(|e| key(e) < key(r));
-            let Some(i) = (from..merged.len())
+            (from..merged.len())
                 .take_while(|i| key(&merged[*i]) == key(r))
                 .find(|i| merged[*i] == *r)
-            else {
+        };
+        // An endpoint that changed is one out and one in, usually at about the same place
+        // (a readiness flip, a new label): the endpoints between the two places shift by
+        // one, not the whole rest of the list twice.
+        let pairs = removed.len().min(added.len());
+        let mut added = added.into_iter();
+        for (r, a) in removed.iter().zip(added.by_ref().take(pairs)) {
+            let Some(i) = find(merged, r) else {
+                return false;
+            };
+            // Where `a` goes once `r` is out, and its neighbours there.
+            let at = merged.partition_point(|e| key(e) < key(&a));
+            let to = if at > i { at - 1 } else { at };
+            let without = |q: usize| if q < i { q } else { q + 1 };
+            let taken = |q: usize| q < merged.len() - 1 && merged[without(q)].addr() == a.addr();
+            if taken(to) || (to > 0 && taken(to - 1)) {
+                return false;
+            }
+            if to >= i {
+                merged[i..=to].rotate_left(1);
+            } else {
+                merged[to..=i].rotate_right(1);
+            }
+            merged[to] = a;
+        }
+        for r in &removed[pairs..] {
+            let Some(i) = find(merged, r) else {
                 return false;
             };
             merged.remove(i);
@@ -807,16 +853,41 @@ impl Model {
     where
         K: kube::Resource,
     {
-        let before = (self.pods_relisting && matches!(event, Event::InitDone))
-            .then(|| self.pods.items.clone());
-        self.pods.apply(event, name_of, convert);
-        self.pods_epoch += 1;
+        let relisted = matches!(event, Event::InitDone);
+        let named = match &event {
+            Event::Apply(o) | Event::Delete(o) => Some(name_of(o)),
+            _ => None,
+        };
+        let before = (self.pods_relisting && relisted).then(|| self.pods.items.clone());
+        let was = self.pods.apply(event, name_of, convert);
+        match named {
+            // One Pod: only when what discovery keeps of it changed (most Pod updates
+            // are status the endpoints do not carry), and then only its slices.
+            Some(name) if self.pods.items.get(&name) != was.as_ref() => self.pod_changed(name),
+            Some(_) => {}
+            // A list replaces the Pods whole; its items before `InitDone` are not in force.
+            None if relisted => self.pods_epoch += 1,
+            None => {}
+        }
         if let Some(before) = before {
             self.pods_departed = before
                 .into_iter()
                 .filter(|(name, _)| !self.pods.items.contains_key(name))
                 .collect();
             self.pods_relisting = false;
+        }
+    }
+
+    /// Marks the slices naming `pod` stale in every port's cache; past a few changed Pods
+    /// at once, converting every slice again costs less than finding theirs.
+    fn pod_changed(&mut self, pod: String) {
+        const FEW: usize = 16;
+        if self.converted.values().any(|c| c.stale_pods.len() >= FEW) {
+            self.pods_epoch += 1;
+            return;
+        }
+        for cache in self.converted.values_mut() {
+            cache.stale_pods.push(pod.clone());
         }
     }
 
@@ -1201,9 +1272,9 @@ async fn run(
         let result = {
             let mut model = entry.model.lock().expect("model lock");
             let result = match change {
-                Change::Service(r) => (*r).map(|e| model.service.apply(e, name_of, |s| s)),
-                Change::Slice(r) => r.map(|e| model.slices.apply(e, name_of, |s| s)),
-                Change::Endpoints(r) => r.map(|e| model.endpoints.apply(e, name_of, |s| s)),
+                Change::Service(r) => (*r).map(|e| drop(model.service.apply(e, name_of, |s| s))),
+                Change::Slice(r) => r.map(|e| drop(model.slices.apply(e, name_of, |s| s))),
+                Change::Endpoints(r) => r.map(|e| drop(model.endpoints.apply(e, name_of, |s| s))),
                 Change::Pod(r) => r.map(|e| model.apply_pod(e, |p| PodInfo::from_pod(&p))),
                 Change::PodMeta(r) => {
                     r.map(|e| model.apply_pod(e, |p| PodInfo::from_metadata(&p.metadata)))

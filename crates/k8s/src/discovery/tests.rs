@@ -701,3 +701,89 @@ fn a_new_port_subscribing_during_a_publish_does_not_deadlock() {
     subscriber.join().unwrap();
     assert_eq!(entry.ports.lock().unwrap().len(), 5_000);
 }
+
+/// A Pod change converts again only the slices naming that Pod, and a Pod update that
+/// changes nothing discovery keeps (a status change) converts none. The endpoints an
+/// update leaves alone keep their metadata shared with the set before, so the routing
+/// pool carries what it derived from them instead of looking at them again; and each set
+/// is what a full build gives.
+#[test]
+fn pod_changes_convert_only_the_slices_naming_them() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut model = Model {
+        source: Some(Source::EndpointSlices),
+        ..Model::default()
+    };
+    let c = clock();
+    model
+        .service
+        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
+    model.service.apply(Event::InitDone, name_of, |s| s);
+    let pod = |name: &str, version: &str, phase: &str| -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"version": version}},
+            "status": {"phase": phase}}),
+        )
+        .unwrap()
+    };
+    let info = |p: Pod| PodInfo::from_pod(&p);
+    model.apply_pod(Event::Init, info);
+    for i in 0..6 {
+        model.apply_pod(
+            Event::InitApply(pod(&format!("p{i}"), "1", "Running")),
+            info,
+        );
+    }
+    model.apply_pod(Event::InitDone, info);
+    // Three slices of two endpoints, 10.0.0.(i+1) naming Pod p(i).
+    for k in 0..3 {
+        let eps = (2 * k..2 * k + 2)
+            .map(|i| {
+                let mut e = ep(&format!("10.0.0.{}", i + 1), None, None, None);
+                e["targetRef"] = json!({"kind": "Pod", "name": format!("p{i}")});
+                e
+            })
+            .collect();
+        let mut s = slice_of(&format!("s-{k}"), "IPv4", 8080, eps);
+        s.metadata.resource_version = Some("1".into());
+        model.slices.apply(Event::InitApply(s), name_of, |s| s);
+    }
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    let first = model.build(None, &c);
+    assert_eq!(first.len(), 6);
+    assert_eq!(model.conversions, 3);
+    let version = |set: &rudder_balance::EndpointSet, i: usize| {
+        set.endpoints()[i].labels().get("version").cloned()
+    };
+    let shared = |a: &rudder_balance::EndpointSet, b: &rudder_balance::EndpointSet| {
+        (0..a.len())
+            .filter(|i| a.endpoints()[*i].shares_meta(&b.endpoints()[*i]))
+            .collect::<Vec<_>>()
+    };
+
+    // p1 is relabelled: only s-0 is converted again, and only 10.0.0.2 changes.
+    model.apply_pod(Event::Apply(pod("p1", "2", "Running")), info);
+    let relabelled = model.build(None, &c);
+    assert_eq!(model.conversions, 4, "one slice converted");
+    assert_eq!(version(&relabelled, 1).as_deref(), Some("2"));
+    assert_eq!(shared(&first, &relabelled), [0, 2, 3, 4, 5]);
+
+    // A status update of p3 changes nothing discovery keeps: nothing is converted.
+    model.apply_pod(Event::Apply(pod("p3", "1", "Succeeded")), info);
+    let same = model.build(None, &c);
+    assert_eq!(model.conversions, 4, "no slice converted");
+    assert_eq!(same, relabelled);
+    assert_eq!(shared(&relabelled, &same), [0, 1, 2, 3, 4, 5]);
+
+    // p4 goes away: its endpoint keeps routing, without labels; s-2 alone is converted.
+    model.apply_pod(Event::Delete(pod("p4", "1", "Running")), info);
+    let deleted = model.build(None, &c);
+    assert_eq!(model.conversions, 5, "one slice converted");
+    assert_eq!(version(&deleted, 4), None);
+    assert_eq!(shared(&same, &deleted), [0, 1, 2, 3, 5]);
+
+    // What a full build of the same state gives.
+    model.pods_epoch += 1;
+    assert_eq!(model.build(None, &c), deleted);
+    assert_eq!(model.conversions, 8, "every slice converted");
+}
