@@ -9,7 +9,9 @@
 //!    subsets) to the snapshot;
 //! 3. the pure cost of rebuilding the 10,000-endpoint set (what one slice update costs
 //!    discovery besides I/O), and of rebuilding a 100-endpoint set for comparison;
-//! 4. memory per endpoint of a published snapshot (RSS growth over many snapshots).
+//! 4. memory per endpoint of a published snapshot (RSS growth over many snapshots);
+//! 5. API write → routing pool swapped when one Pod of a 10,000-endpoint Service whose
+//!    Pods are watched (for label subsets) changes a label.
 //!
 //! `cargo bench -p rudder-k8s --bench discovery` (add `-- --quick` for fewer rounds).
 
@@ -27,18 +29,27 @@ const SLICES: usize = 100;
 const PER_SLICE: usize = 100;
 
 fn slice_json(i: usize, ready_first: bool) -> serde_json::Value {
+    service_slice_json("big", i, ready_first)
+}
+
+/// Slice `i` of Service `svc`: endpoint `j` is Pod `{svc}-{i}-{j}` at [`pod_ip`].
+fn service_slice_json(svc: &str, i: usize, ready_first: bool) -> serde_json::Value {
     let endpoints: Vec<_> = (0..PER_SLICE)
         .map(|j| {
             let ready = j != 0 || ready_first;
-            json!({"addresses": [format!("10.{}.{}.{}", 100 + i / 250, i % 250, j + 1)],
+            json!({"addresses": [pod_ip(i, j)],
                    "conditions": {"ready": ready, "serving": ready, "terminating": false},
-                   "targetRef": {"kind": "Pod", "name": format!("big-{i}-{j}"), "namespace": "default"},
+                   "targetRef": {"kind": "Pod", "name": format!("{svc}-{i}-{j}"), "namespace": "default"},
                    "nodeName": "node-a", "zone": "zone-a"})
         })
         .collect();
-    json!({"metadata": {"name": format!("big-{i:03}"), "labels": {
-            "kubernetes.io/service-name": "big", "endpointslice.kubernetes.io/managed-by": "bench"}},
+    json!({"metadata": {"name": format!("{svc}-{i:03}"), "labels": {
+            "kubernetes.io/service-name": svc, "endpointslice.kubernetes.io/managed-by": "bench"}},
            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints})
+}
+
+fn pod_ip(i: usize, j: usize) -> String {
+    format!("10.{}.{}.{}", 100 + i / 250, i % 250, j + 1)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -298,6 +309,99 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per_ep = (after.saturating_sub(before)) as f64 / (keep * SLICES * PER_SLICE) as f64;
     println!(
         "| memory per endpoint in a snapshot (RSS growth over {keep} × 10,000) | {per_ep:.0} bytes |"
+    );
+    drop(held);
+
+    // 5. A Pod label change in a Service whose Pods are watched. The 10,000 Pods and their
+    // slices are stored directly (creating them one by one through the API would take
+    // most of the run); the label change itself is a PATCH through the API.
+    let faults = server.faults();
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "labelled"},
+        "spec": {"selector": {"app": "labelled"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
+    services.create(&PostParams::default(), &svc).await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::default_namespaced(client.clone());
+    // One Pod made through the API, so the copies carry the defaults the API server adds
+    // (a later PATCH must not seem to change the Pod's spec).
+    let template = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "labelled-template", "labels": {"app": "other"}},
+                "spec": {"containers": [{"name": "app", "image": "app"}]}}))?,
+        )
+        .await?;
+    let mut template = serde_json::to_value(&template)?;
+    if let Some(meta) = template["metadata"].as_object_mut() {
+        meta.remove("uid");
+        meta.remove("resourceVersion");
+    }
+    for i in 0..SLICES {
+        for j in 0..PER_SLICE {
+            let mut pod = template.clone();
+            pod["metadata"]["name"] = json!(format!("labelled-{i}-{j}"));
+            pod["metadata"]["labels"] = json!({"app": "labelled", "version": "4.1"});
+            pod["status"] = json!({"phase": "Running", "podIP": pod_ip(i, j),
+                "conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+            faults.put_unchecked("pods", "default", pod)?;
+        }
+        let mut slice = service_slice_json("labelled", i, true);
+        slice["apiVersion"] = json!("discovery.k8s.io/v1");
+        slice["kind"] = json!("EndpointSlice");
+        slice["metadata"]["namespace"] = json!("default");
+        faults.put_unchecked("endpointslices", "default", slice)?;
+    }
+    let mut sub = discovery.subscribe_str("labelled")?;
+    let first = sub.synced(Duration::from_secs(60)).await?;
+    assert_eq!(first.len(), SLICES * PER_SLICE);
+    let pool = rudder_balance::Pool::new(
+        rudder_balance::PoolConfig {
+            selectors: vec!["version=4.1".parse()?, "version=4.2".parse()?],
+            ..Default::default()
+        },
+        first,
+        |e| e.addr(),
+    );
+    let mut relabel = Vec::new();
+    let mut relabel_swaps = Vec::new();
+    let relabel_rounds = update_rounds / 4;
+    for round in 0..relabel_rounds {
+        let (i, j) = ((round * 37) % SLICES, round % PER_SLICE);
+        let addr: std::net::SocketAddr = format!("{}:8080", pod_ip(i, j)).parse()?;
+        let t = Instant::now();
+        pods.patch(
+            &format!("labelled-{i}-{j}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"version": "4.2"}}})),
+        )
+        .await?;
+        loop {
+            let set = sub.changed().await;
+            let eps = set.endpoints();
+            let at = eps.partition_point(|e| e.addr() < addr);
+            if eps[at].labels().get("version").map(String::as_str) == Some("4.2") {
+                let swap = Instant::now();
+                drop(pool.update(set, |e, before| before.copied().unwrap_or(e.addr())));
+                relabel_swaps.push(swap.elapsed());
+                relabel.push(t.elapsed());
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err("relabel not observed within 30 s".into());
+            }
+        }
+    }
+    relabel.sort();
+    relabel_swaps.sort();
+    println!(
+        "| one Pod relabelled in a 10,000-endpoint Service (Pods watched): API write → routing pool swapped, p50 / p99 ({relabel_rounds} changes) | {:.2} ms / {:.2} ms |",
+        percentile(&relabel, 0.5).as_secs_f64() * 1e3,
+        percentile(&relabel, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| the same: new snapshot → routing pool swapped, p50 / p99 | {:.0} µs / {:.0} µs |",
+        percentile(&relabel_swaps, 0.5).as_secs_f64() * 1e6,
+        percentile(&relabel_swaps, 0.99).as_secs_f64() * 1e6
     );
     Ok(())
 }
