@@ -786,4 +786,19 @@ fn pod_changes_convert_only_the_slices_naming_them() {
     model.pods_epoch += 1;
     assert_eq!(model.build(None, &c), deleted);
     assert_eq!(model.conversions, 8, "every slice converted");
+
+    // Many Pods changing between two builds (a rollout): every slice is converted once
+    // rather than searched for each Pod.
+    for round in 0..20 {
+        let version = if round % 2 == 0 { "3" } else { "4" };
+        model.apply_pod(
+            Event::Apply(pod(&format!("p{}", round % 6), version, "Running")),
+            info,
+        );
+    }
+    let rolled = model.build(None, &c);
+    assert_eq!(model.conversions, 11, "every slice converted once");
+    // p0 changed last in an even round, p1 in an odd one.
+    assert_eq!(version(&rolled, 0).as_deref(), Some("3"));
+    assert_eq!(version(&rolled, 1).as_deref(), Some("4"));
 }
