@@ -480,6 +480,32 @@ impl Pairing {
         self.same_tail
     }
 
+    /// One value per endpoint of the new set, carried over from `old` (one per endpoint
+    /// of the old set): cloned in two runs for the endpoints before the first change and
+    /// after the last (see [`same_head`](Self::same_head)), made by `make` for those
+    /// between, given the new position and the old one its address had, if any.
+    ///
+    /// # Panics
+    /// If `old` does not have one value per endpoint of the old set.
+    pub fn carry<T: Clone>(
+        &self,
+        old: &[T],
+        mut make: impl FnMut(usize, Option<usize>) -> T,
+    ) -> Vec<T> {
+        assert_eq!(old.len(), self.old_len, "one value per old endpoint");
+        let (n, m) = (self.from.len(), self.old_len);
+        let (head, tail) = (self.same_head, self.same_tail);
+        let mut carried = Vec::with_capacity(n);
+        carried.extend_from_slice(&old[..head]);
+        carried.extend(
+            (head..n - tail)
+                .zip(&self.from[head..n - tail])
+                .map(|(i, j)| make(i, (*j != Self::NEW).then_some(*j as usize))),
+        );
+        carried.extend_from_slice(&old[m - tail..]);
+        carried
+    }
+
     /// Per endpoint of the new set, in order, its position in the old one, if any.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<usize>> + '_ {
         self.from

@@ -378,23 +378,17 @@ impl LoadTable {
         for gone in pairing.gone() {
             table.remove(&previous.endpoints()[gone].addr());
         }
-        let (n, m) = (next.len(), previous.len());
-        let (head, tail) = (pairing.same_head(), pairing.same_tail());
-        // The endpoints before the first change and after the last keep their loads in
-        // two runs; those between pair by address.
-        let mut loads = Vec::with_capacity(n);
-        loads.extend_from_slice(&previous_loads[..head]);
-        loads.extend(
-            next.endpoints()[head..n - tail]
-                .iter()
-                .zip(pairing.iter().skip(head))
-                .map(|(e, before)| match before {
-                    Some(j) => previous_loads[j].clone(),
-                    None => table.entry(e.addr()).or_insert_with(|| self.load()).clone(),
-                }),
-        );
-        loads.extend_from_slice(&previous_loads[m - tail..]);
-        loads.into()
+        // The endpoints between the first change and the last pair by address; the rest
+        // keep their loads in bulk.
+        pairing
+            .carry(previous_loads, |i, before| match before {
+                Some(j) => previous_loads[j].clone(),
+                None => {
+                    let addr = next.endpoints()[i].addr();
+                    table.entry(addr).or_insert_with(|| self.load()).clone()
+                }
+            })
+            .into()
     }
 
     fn load(&self) -> Arc<EndpointLoad> {

@@ -287,16 +287,11 @@ impl<T> Pool<T> {
         let (extras, loads) = if same_pods {
             (previous.extras.clone(), previous.loads.clone())
         } else {
-            let mut extras = Vec::with_capacity(n);
-            extras.extend_from_slice(&old_extras[..head]);
-            extras.extend(
-                set.endpoints()[head..n - tail]
-                    .iter()
-                    .zip(pairing.iter().skip(head))
-                    .map(|(e, before)| extra(e, before.map(|j| &old_extras[j]))),
-            );
-            extras.extend_from_slice(&old_extras[m - tail..]);
-            let extras: Arc<[T]> = extras.into();
+            let extras: Arc<[T]> = pairing
+                .carry(old_extras, |i, before| {
+                    extra(&set.endpoints()[i], before.map(|j| &old_extras[j]))
+                })
+                .into();
             let loads = self
                 .table
                 .carry(previous.set(), &previous.loads, &set, &pairing);

@@ -347,21 +347,15 @@ impl Matches {
         }
         let count = selectors.len().min(64);
         let old = previous.endpoints();
-        let (n, m) = (set.len(), previous.len());
-        let (head, tail) = (pairing.same_head(), pairing.same_tail());
-        // The endpoints the update left as they were are copied in two runs; only those
+        // The endpoints the update left as they were are copied in bulk; only those
         // between are looked at one by one.
-        let mut bits = Vec::with_capacity(n);
-        bits.extend_from_slice(&matches.bits[..head]);
-        let middle = set.endpoints()[head..n - tail]
-            .iter()
-            .zip(pairing.iter().skip(head))
-            .map(|(e, before)| match before {
+        let bits = pairing.carry(&matches.bits, |i, before| {
+            let e = &set.endpoints()[i];
+            match before {
                 Some(j) if old[j].shares_meta(e) => matches.bits[j],
                 _ => Self::compute(e, &selectors[..count]),
-            });
-        bits.extend(middle);
-        bits.extend_from_slice(&matches.bits[m - tail..]);
+            }
+        });
         Self { bits: bits.into() }
     }
 

@@ -57,6 +57,19 @@ fn ep(ip: &str, ready: Option<bool>, serving: Option<bool>, terminating: Option<
     json!({"addresses": [ip], "conditions": c})
 }
 
+/// A model reading EndpointSlices whose Service (`simple_service("http")`) is synced.
+fn service_synced() -> Model {
+    let mut model = Model {
+        source: Some(Source::EndpointSlices),
+        ..Model::default()
+    };
+    model
+        .service
+        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
+    model.service.apply(Event::InitDone, name_of, |s| s);
+    model
+}
+
 fn slice_of(name: &str, family: &str, port: i32, eps: Vec<Value>) -> EndpointSlice {
     slice(
         json!({"metadata": {"name": name, "namespace": "d"}, "addressType": family,
@@ -422,15 +435,8 @@ fn cache_replaces_on_relist() {
 
 #[test]
 fn slice_cache_follows_versions_ports_and_pods() {
-    let mut model = Model {
-        source: Some(Source::EndpointSlices),
-        ..Model::default()
-    };
+    let mut model = service_synced();
     let c = clock();
-    model
-        .service
-        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
-    model.service.apply(Event::InitDone, name_of, |s| s);
     let mut a = slice_of("s-a", "IPv4", 8080, vec![ep("10.0.0.1", None, None, None)]);
     a.metadata.resource_version = Some("1".into());
     let mut b = slice_of("s-b", "IPv4", 8080, vec![ep("10.0.0.2", None, None, None)]);
@@ -505,15 +511,8 @@ fn watch_retries_stay_within_the_max_backoff_and_reach_its_half() {
 /// keep their labels (they are still those Pods), and the relist ends the publishing hold.
 #[test]
 fn pods_a_selector_change_leaves_out_keep_their_labels_while_slices_name_them() {
-    let mut model = Model {
-        source: Some(Source::EndpointSlices),
-        ..Model::default()
-    };
+    let mut model = service_synced();
     let c = clock();
-    model
-        .service
-        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
-    model.service.apply(Event::InitDone, name_of, |s| s);
     let pod = |name: &str, version: &str| -> k8s_openapi::api::core::v1::Pod {
         serde_json::from_value(
             json!({"metadata": {"name": name, "labels": {"app": "a", "version": version}}}),
@@ -571,14 +570,7 @@ fn pods_a_selector_change_leaves_out_keep_their_labels_while_slices_name_them() 
 #[test]
 fn patched_snapshots_equal_full_builds() {
     fn fresh(slices: &BTreeMap<String, EndpointSlice>) -> Model {
-        let mut model = Model {
-            source: Some(Source::EndpointSlices),
-            ..Model::default()
-        };
-        model
-            .service
-            .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
-        model.service.apply(Event::InitDone, name_of, |s| s);
+        let mut model = service_synced();
         for s in slices.values() {
             model
                 .slices
@@ -710,15 +702,8 @@ fn a_new_port_subscribing_during_a_publish_does_not_deadlock() {
 #[test]
 fn pod_changes_convert_only_the_slices_naming_them() {
     use k8s_openapi::api::core::v1::Pod;
-    let mut model = Model {
-        source: Some(Source::EndpointSlices),
-        ..Model::default()
-    };
+    let mut model = service_synced();
     let c = clock();
-    model
-        .service
-        .apply(Event::InitApply(simple_service("http")), name_of, |s| s);
-    model.service.apply(Event::InitDone, name_of, |s| s);
     let pod = |name: &str, version: &str, phase: &str| -> Pod {
         serde_json::from_value(
             json!({"metadata": {"name": name, "labels": {"version": version}},
