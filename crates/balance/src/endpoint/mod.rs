@@ -393,8 +393,8 @@ impl Pairing {
         // An update changes a few endpoints somewhere in the list. The endpoints before
         // the first change and after the last one are the same in both lists (metadata
         // shared, as discovery keeps it for endpoints it did not convert again): whatever
-        // was derived from them carries over in bulk (see `same_head`).
-        // The metadata first: it tells changed endpoints apart soonest.
+        // was derived from them carries over in bulk (see `same_head`). The metadata is
+        // compared first: it tells changed endpoints apart soonest.
         let same = |(a, b): &(&Endpoint, &Endpoint)| {
             a.shares_meta(b)
                 && a.readiness == b.readiness

@@ -274,9 +274,9 @@ impl<T> Pool<T> {
         // matches are all carried through it.
         let pairing = Pairing::new(previous.set(), &set);
         // The same addresses, each still the same Pod (a new Pod at an old Pod's address
-        // asks for its own payload).
-        // Only the endpoints between the first change and the last one are compared or
-        // made again one by one; those before and after are the same as they were.
+        // asks for its own payload). Only the endpoints between the first change and the
+        // last one are compared or made again one by one; those before and after are the
+        // same as they were.
         let (n, m) = (set.len(), old.len());
         let (head, tail) = (pairing.same_head(), pairing.same_tail());
         let same_pods = pairing.same_addresses()

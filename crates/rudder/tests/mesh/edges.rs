@@ -653,3 +653,79 @@ async fn layers_over_one_discovery_share_its_watches() {
         "{err}"
     );
 }
+
+/// A Pod relabelled in place moves between label subsets at once, with the Role of
+/// `deploy/rbac.yaml`: discovery converts again only the slice naming that Pod, and the
+/// Mesh's pool carries the rest. A label change on another Pod later moves nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabelled_pod_moves_between_subsets() {
+    let cluster = biz1(2, 1).await;
+    // Round robin reaches every member of a subset, whatever latencies do (P2C would send
+    // everything to the faster of two), so the replies tell the members.
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
+        .trust_subset_header()
+        .algorithm(rudder::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    let subset = |version: &str| {
+        let mut r = req("http://biz1:8080/");
+        r.headers_mut().insert(
+            "x-rudder-subset",
+            format!("version={version}").parse().unwrap(),
+        );
+        r
+    };
+    let pods_of = |counts: std::collections::HashMap<String, usize>| {
+        let mut pods: Vec<String> = counts.into_keys().collect();
+        pods.sort();
+        pods
+    };
+    let v42 = spread(&mut mesh, 30, || subset("4.2")).await;
+    assert_eq!(pods_of(v42), ["biz1-42-0"]);
+
+    let version_of = |layer: &MeshLayer, pod: &str| {
+        layer.view("biz1:8080").and_then(|v| {
+            v.endpoints
+                .iter()
+                .find(|e| e.pod.as_deref() == Some(pod))
+                .and_then(|e| e.labels.get("version").cloned())
+        })
+    };
+    cluster
+        .label_pod(
+            "biz1-41-0",
+            [("version".to_string(), Some("4.2".to_string()))].into(),
+        )
+        .await
+        .unwrap();
+    eventually("the new label reaches the Mesh", || {
+        version_of(&layer, "biz1-41-0").as_deref() == Some("4.2")
+    })
+    .await;
+    let v42 = spread(&mut mesh, 20, || subset("4.2")).await;
+    assert_eq!(pods_of(v42), ["biz1-41-0", "biz1-42-0"]);
+    let v41 = spread(&mut mesh, 30, || subset("4.1")).await;
+    assert_eq!(pods_of(v41), ["biz1-41-1"]);
+
+    // Another label on another Pod: the subsets stay as they are.
+    cluster
+        .label_pod(
+            "biz1-41-1",
+            [("team".to_string(), Some("a".to_string()))].into(),
+        )
+        .await
+        .unwrap();
+    eventually("the other label reaches the Mesh", || {
+        layer.view("biz1:8080").is_some_and(|v| {
+            v.endpoints
+                .iter()
+                .any(|e| e.labels.get("team").map(String::as_str) == Some("a"))
+        })
+    })
+    .await;
+    let v42 = spread(&mut mesh, 20, || subset("4.2")).await;
+    assert_eq!(pods_of(v42), ["biz1-41-0", "biz1-42-0"]);
+    let v41 = spread(&mut mesh, 30, || subset("4.1")).await;
+    assert_eq!(pods_of(v41), ["biz1-41-1"]);
+}
