@@ -65,6 +65,7 @@ pub use self::service::{Mesh, ResponseFuture};
 pub use self::view::{EndpointView, ServiceView, UnroutableView, WatchView};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -140,7 +141,7 @@ impl MeshLayer {
     /// `None` returns to the configured subset. Takes effect with the next request, without
     /// touching the Service: a blue/green switch or a canary promotion is one call.
     pub fn set_split(&self, split: Option<Split>) {
-        self.shared.split.store(split.map(Arc::new));
+        self.shared.split.store(split);
     }
 
     /// The connector for hyper-util's client that matches this Mesh's transport: tunnels
@@ -309,13 +310,51 @@ pub(crate) struct Shared {
     resolving: Mutex<()>,
     pub(crate) budget: budget::RetryBudget,
     /// The split in force (see [`MeshLayer::set_split`]).
-    pub(crate) split: ArcSwapOption<Split>,
+    pub(crate) split: SplitCell,
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
     /// Per namespace routed to, its HTTPRoutes (compiled as discovery publishes them).
     gamma: RwLock<HashMap<String, Arc<gamma::NsRoutes>>>,
     /// Itself, for the sweeper task it starts on first use.
     me: Weak<Shared>,
     sweeper: OnceLock<()>,
+}
+
+/// The split in force, with a flag that spares requests the load while there is none
+/// (most Meshes never set one).
+#[derive(Debug)]
+pub(crate) struct SplitCell {
+    any: AtomicBool,
+    split: ArcSwapOption<Split>,
+}
+
+impl SplitCell {
+    fn new(split: Option<Arc<Split>>) -> Self {
+        Self {
+            any: AtomicBool::new(split.is_some()),
+            split: ArcSwapOption::new(split),
+        }
+    }
+
+    fn store(&self, split: Option<Split>) {
+        // The flag goes up after the split is there and down after it is gone, so a
+        // request that sees it up finds a split or, at worst, none.
+        let any = split.is_some();
+        if any {
+            self.split.store(split.map(Arc::new));
+            self.any.store(true, Ordering::Release);
+        } else {
+            self.any.store(false, Ordering::Release);
+            self.split.store(None);
+        }
+    }
+
+    /// The split in force, if any.
+    pub(crate) fn load(&self) -> Option<Arc<Split>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.split.load_full()
+    }
 }
 
 impl Shared {
@@ -332,7 +371,7 @@ impl Shared {
             sweeper: OnceLock::new(),
             telemetry: Arc::new(telemetry),
             budget: budget::RetryBudget::new(percent, min),
-            split: ArcSwapOption::new(settings.split.clone()),
+            split: SplitCell::new(settings.split.clone()),
             source,
             settings,
             routed: RwLock::new(HashMap::new()),

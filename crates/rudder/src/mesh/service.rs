@@ -168,6 +168,7 @@ impl<RB> Answer<Response<RB>> {
         }
     }
 
+    #[inline(always)]
     fn into_response(self) -> Response<ResponseBody<RB>> {
         let Self {
             res,
@@ -366,10 +367,10 @@ impl<S> Mesh<S> {
             Ok(Plan::ExternalName) => return self.waits(req, Some(addressed), Some(routing)),
             Err(e) => return failed(e),
         };
-        let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
+        let mut dispatch = Dispatch::new(shared, addressed, routing, chosen, &req);
         // Only a request that may be retried keeps a service to retry on.
         let retry_with = dispatch.kept.is_some().then(|| self.inner.clone());
-        let mut req = first;
+        let mut req = dispatch.first(req);
         let (attempt, pos) = match dispatch
             .pick()
             .and_then(|(attempt, pos)| dispatch.aim(&mut req, pos).map(|()| (attempt, pos)))
@@ -597,7 +598,8 @@ where
         Plan::ExternalName => return external_name(inner, req, &addressed, routed).await,
     };
     let mut inner = inner;
-    let (mut dispatch, first) = Dispatch::new(shared, addressed, routing, chosen, req);
+    let mut dispatch = Dispatch::new(shared, addressed, routing, chosen, &req);
+    let first = dispatch.first(req);
     if let Some(t) = dispatch.deadline.as_mut() {
         // The wait for the first sync counts.
         t.0 = began + t.1;
@@ -846,14 +848,15 @@ where
         self.backend.as_ref().unwrap_or(&self.addressed.routed)
     }
 
-    /// Prepares `req`'s attempts; returns it with the body the first attempt sends.
+    /// Prepares `req`'s attempts; [`first`](Self::first) then gives the request the first
+    /// attempt sends.
     fn new(
         shared: &Arc<Shared>,
         addressed: Addressed,
         routing: Routing,
         chosen: Chosen,
-        req: Request<B>,
-    ) -> (Self, Request<ReplayBody<B>>) {
+        req: &Request<B>,
+    ) -> Self {
         let settings = &shared.settings;
         let retries = settings.max_retries > 0;
         // Another attempt needs another endpoint: with one, nothing is kept for it.
@@ -863,37 +866,41 @@ where
             .timeout
             .or(settings.timeout)
             .map(|t| (Instant::now() + t, t));
-        let cap = if keep { settings.max_replay_body } else { 0 };
-        let body_was_empty = req.body().is_end_stream();
-        let head = keep.then(|| KeptHead::copy(&req));
-        let idempotent = is_idempotent(req.method());
-        let https = req.uri().scheme() == Some(&Scheme::HTTPS);
-        let mut replay = None;
-        let req = req.map(|b| {
-            let (body, kept) = ReplayBody::first(b, cap);
-            replay = kept;
-            body
-        });
         if retries {
             shared.budget.deposit();
         }
-        let kept = head.map(|head| Kept { head, replay });
-        let dispatch = Self {
+        Self {
             shared: shared.clone(),
             backend: routing.backend,
             addressed,
             chosen,
             rule: routing.rule,
             deadline,
-            kept,
-            body_was_empty,
-            idempotent,
-            https,
+            kept: keep.then(|| Kept {
+                head: KeptHead::copy(req),
+                replay: None,
+            }),
+            body_was_empty: req.body().is_end_stream(),
+            idempotent: is_idempotent(req.method()),
+            https: req.uri().scheme() == Some(&Scheme::HTTPS),
             attempt_no: 0,
             failed: Vec::new(),
             tried: Vec::new(),
+        }
+    }
+
+    /// The request the first attempt sends: its body is kept as it is read (up to the
+    /// cap) when another attempt may need it.
+    fn first(&mut self, req: Request<B>) -> Request<ReplayBody<B>> {
+        let Some(kept) = self.kept.as_mut() else {
+            return req.map(|b| ReplayBody::first(b, 0).0);
         };
-        (dispatch, req)
+        let cap = self.shared.settings.max_replay_body;
+        req.map(|b| {
+            let (body, replay) = ReplayBody::first(b, cap);
+            kept.replay = replay;
+            body
+        })
     }
 
     /// Picks the next attempt's endpoint and starts it: the request to send (`first`, or
@@ -1156,6 +1163,7 @@ where
 
     /// [`finish`](Self::finish), counting the Mesh's own failure: the end of a request
     /// whose future is this dispatch's (the general path counts its own, waits included).
+    #[inline(always)]
     fn end<RB>(
         self,
         result: Result<Answer<Response<RB>>, BoxError>,
@@ -1168,6 +1176,7 @@ where
 
     /// The request's end: the canary guard counts what the backend an HTTPRoute chose did
     /// with it, and the answer takes the Service it came through along for its target.
+    #[inline(always)]
     fn finish<RB>(
         self,
         result: Result<Answer<Response<RB>>, BoxError>,
@@ -1239,7 +1248,7 @@ fn choose_subset<'a, B>(
     {
         return Ok(SubsetChoice::Configured(selector));
     }
-    if let Some(split) = shared.split.load_full() {
+    if let Some(split) = shared.split.load() {
         let leg = split.choose_leg();
         return Ok(SubsetChoice::Split(split, leg));
     }
