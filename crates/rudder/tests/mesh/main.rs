@@ -346,6 +346,14 @@ async fn blue_green_switch_and_rollback_without_touching_the_service() {
     layer.set_split(Some(split(100, 0)));
     let back = spread(&mut mesh, 300, || req("http://biz1:8080/")).await;
     assert_eq!(versions(&back), ["4.1"]);
+    // No split: every ready Pod again (no subset is configured), and a split set after
+    // that takes effect as the first did.
+    layer.set_split(None);
+    let all = spread(&mut mesh, 300, || req("http://biz1:8080/")).await;
+    assert_eq!(versions(&all), ["4.1", "4.2"]);
+    layer.set_split(Some(split(0, 100)));
+    let green = spread(&mut mesh, 300, || req("http://biz1:8080/")).await;
+    assert_eq!(versions(&green), ["4.2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
