@@ -319,5 +319,66 @@ fn pool_update(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, picks, subsets, pick_and_record, pool_update);
+/// What discovery does per update of a 10,000-endpoint Service, from its patched list on:
+/// make the set, compare it with the set in force (publish only a change), update a pool
+/// (two configured subsets) to it. One endpoint's readiness flips back and forth. The set
+/// is made on its own (`from_sorted`: the comparison and the pool's pairing each walk
+/// both lists) or after the set in force (`from_sorted_after`: one walk finds what is the
+/// same, and the comparison and pairing look at the rest only); weights of 1 to 3, or all
+/// equal (most Services), where no subset needs a weight table.
+fn publish(c: &mut Criterion) {
+    let mut group = c.benchmark_group("publish");
+    let n = 10_000;
+    let unequal = set(n);
+    let equal = {
+        let eps = unequal.endpoints().iter().map(|e| e.clone().with_weight(1));
+        Arc::new(EndpointSet::new(ServiceState::Active, eps.collect()))
+    };
+    for (weights, a) in [("", unequal), ("_equal_weights", equal)] {
+        let mut flipped: Vec<Endpoint> = a.endpoints().to_vec();
+        flipped[n / 2] = flipped[n / 2]
+            .clone()
+            .with_readiness(rudder_balance::Readiness::ServingTerminating);
+        let lists = [a.endpoints().to_vec(), flipped];
+        for (made, after) in [("made_alone", false), ("made_after", true)] {
+            let config = rudder_balance::PoolConfig {
+                selectors: vec![
+                    "version=4.1".parse().unwrap(),
+                    "version=4.2".parse().unwrap(),
+                ],
+                ..Default::default()
+            };
+            let pool = rudder_balance::Pool::new(config, a.clone(), |e| Arc::new(e.addr()));
+            let mut current = a.clone();
+            let mut turn = 0;
+            let name = format!("{made}{weights}");
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
+                bench.iter(|| {
+                    turn += 1;
+                    let list = &lists[turn % 2];
+                    let next = if after {
+                        EndpointSet::from_sorted_after(ServiceState::Active, list, &current)
+                    } else {
+                        EndpointSet::from_sorted(ServiceState::Active, list)
+                    };
+                    assert!(next != *current, "every turn changes one endpoint");
+                    current = Arc::new(next);
+                    pool.update(current.clone(), |e, before| {
+                        before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
+                    });
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    picks,
+    subsets,
+    pick_and_record,
+    pool_update,
+    publish
+);
 criterion_main!(benches);

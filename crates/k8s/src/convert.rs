@@ -164,11 +164,15 @@ pub(crate) fn finish(
 pub(crate) fn finish_sorted(
     state: ServiceState,
     endpoints: &[Endpoint],
+    previous: Option<&EndpointSet>,
     unroutable: Vec<Unroutable>,
     seen_any: bool,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
-    let set = EndpointSet::from_sorted(state, endpoints);
+    let set = match previous {
+        Some(previous) => EndpointSet::from_sorted_after(state, endpoints, previous),
+        None => EndpointSet::from_sorted(state, endpoints),
+    };
     with_unroutable(set, unroutable, seen_any, clock)
 }
 

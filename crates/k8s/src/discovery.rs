@@ -435,7 +435,11 @@ impl Entry {
         let mut model = self.model.lock().expect("model lock");
         let ports = self.ports.lock().expect("ports lock");
         for (port, tx) in ports.iter() {
-            let set = model.build(port.as_ref(), &self.clock);
+            // Made after the set in force: comparing the two, and the pools' pairing of
+            // them, look only at what changed.
+            let previous = tx.borrow().clone();
+            let set = model.build_after(port.as_ref(), &self.clock, Some(&previous));
+            drop(previous);
             tx.send_if_modified(|current| {
                 if **current == set {
                     return false;
@@ -551,6 +555,17 @@ impl Model {
     /// them after a Pod or Service change) are converted again; the rest is merged from
     /// the per-slice cache.
     pub(crate) fn build(&mut self, port: Option<&PortSpec>, clock: &Arc<SyncClock>) -> EndpointSet {
+        self.build_after(port, clock, None)
+    }
+
+    /// [`build`](Self::build), for the set that follows `previous` (see
+    /// [`EndpointSet::from_sorted_after`]).
+    pub(crate) fn build_after(
+        &mut self,
+        port: Option<&PortSpec>,
+        clock: &Arc<SyncClock>,
+        previous: Option<&EndpointSet>,
+    ) -> EndpointSet {
         let endpoints_synced = match self.source {
             Some(Source::Endpoints) => self.endpoints.synced,
             Some(_) => self.slices.synced,
@@ -682,7 +697,7 @@ impl Model {
                 cache.first_ready.remove(&addr);
             }
         }
-        let set = convert::finish_sorted(state, &merged, unroutable, seen_any, clock);
+        let set = convert::finish_sorted(state, &merged, previous, unroutable, seen_any, clock);
         cache.merged = Some(merged);
         set
     }

@@ -13,7 +13,9 @@ pub use self::clock::{SyncClock, WatchKind};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// Whether an endpoint takes new requests normally or only as a fallback.
@@ -111,6 +113,17 @@ impl Endpoint {
     /// one hold for the other without matching again.
     pub fn shares_meta(&self, other: &Endpoint) -> bool {
         Arc::ptr_eq(&self.meta, &other.meta)
+    }
+
+    /// Whether `other` is this endpoint as it was: the same address, readiness and weight,
+    /// and the metadata shared (one `Arc`), as discovery keeps it for endpoints it did not
+    /// convert again. What was derived from one holds for the other.
+    pub fn is_same(&self, other: &Endpoint) -> bool {
+        // The metadata first: it tells changed endpoints apart soonest.
+        self.shares_meta(other)
+            && self.readiness == other.readiness
+            && self.weight == other.weight
+            && self.addr == other.addr
     }
 
     /// The Pod's labels (empty when not known).
@@ -213,13 +226,38 @@ pub struct EndpointSet {
     unroutable: Arc<[Unroutable]>,
     service_ports: Arc<[String]>,
     clock: Option<Arc<SyncClock>>,
+    /// Names the endpoint list: sets with the same id share it (clones, or sets changed
+    /// only outside it). Never reused.
+    id: NonZeroU64,
+    /// How the list relates to the list it was made after, when it was
+    /// ([`from_sorted_after`](Self::from_sorted_after)).
+    lineage: Option<Lineage>,
+}
+
+/// What [`EndpointSet::from_sorted_after`] found while copying the list: how much of it is
+/// the same as the list before (see [`Endpoint::is_same`]), so comparing the two sets or
+/// pairing their endpoints needs no pass of its own.
+#[derive(Clone, Copy, Debug)]
+struct Lineage {
+    /// The id of the list before.
+    previous: NonZeroU64,
+    /// How many endpoints at the start of both lists are the same.
+    same_head: u32,
+    /// How many at the end are, not overlapping `same_head`.
+    same_tail: u32,
+}
+
+/// The next endpoint list's id.
+fn next_id() -> NonZeroU64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NonZeroU64::MIN.saturating_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl PartialEq for EndpointSet {
     /// Content equality; the sync clock is not content.
     fn eq(&self, other: &Self) -> bool {
         self.state == other.state
-            && self.endpoints == other.endpoints
+            && self.same_endpoints(other)
             && self.empty_reason == other.empty_reason
             && self.unroutable == other.unroutable
     }
@@ -249,6 +287,82 @@ impl EndpointSet {
         }
     }
 
+    /// [`from_sorted`](Self::from_sorted) for the set that follows `previous`: finds how
+    /// much of the list, at its start and at its end, is the same as `previous`'s (see
+    /// [`Endpoint::is_same`]) and keeps that with the set. Comparing the two sets then
+    /// compares only what lies between, and pairing them ([`Pairing::new`]) looks at
+    /// nothing else: the lists are walked once for both, not once for each. This is how
+    /// discovery publishes each set after the first. A list that is not sorted (an
+    /// address twice) makes the set `new` makes, which knows nothing of `previous`.
+    pub fn from_sorted_after(
+        state: ServiceState,
+        endpoints: &[Endpoint],
+        previous: &EndpointSet,
+    ) -> Self {
+        let old = previous.endpoints();
+        // The lists are compared from each end to the first difference: an update
+        // changes a few endpoints, so that is most of both, walked once here rather than
+        // once by each that compares or pairs the sets.
+        let same_head = old
+            .iter()
+            .zip(endpoints)
+            .take_while(|(a, b)| a.is_same(b))
+            .count();
+        let same_tail = old[same_head..]
+            .iter()
+            .rev()
+            .zip(endpoints[same_head..].iter().rev())
+            .take_while(|(a, b)| a.is_same(b))
+            .count();
+        if !endpoints.windows(2).all(|w| w[0].addr < w[1].addr) {
+            // Sorted and deduplicated as `new` does: not the list compared.
+            return Self::new(state, endpoints.to_vec());
+        }
+        let mut set = Self::with_endpoints(state, endpoints.into());
+        // Lists of more than `u32::MAX` endpoints are not pairs' business.
+        set.lineage = u32::try_from(same_head)
+            .ok()
+            .zip(u32::try_from(same_tail).ok())
+            .map(|(same_head, same_tail)| Lineage {
+                previous: previous.id,
+                same_head,
+                same_tail,
+            });
+        set
+    }
+
+    /// Whether the two endpoint lists are equal, from what the sets know of each other
+    /// when one was made after the other, else endpoint by endpoint.
+    fn same_endpoints(&self, other: &Self) -> bool {
+        if self.id == other.id {
+            return true;
+        }
+        if self.len() != other.len() {
+            return false;
+        }
+        match self.lineage_to(other).or_else(|| other.lineage_to(self)) {
+            Some(l) => {
+                let (head, tail) = (l.same_head as usize, l.same_tail as usize);
+                head + tail == self.len()
+                    || self.endpoints[head..self.len() - tail]
+                        == other.endpoints[head..self.len() - tail]
+            }
+            None => self.endpoints == other.endpoints,
+        }
+    }
+
+    /// This set's lineage, when it was made after `previous`.
+    fn lineage_to(&self, previous: &Self) -> Option<Lineage> {
+        self.lineage.filter(|l| l.previous == previous.id)
+    }
+
+    /// Whether this set was made after `previous`
+    /// ([`from_sorted_after`](Self::from_sorted_after)), so that comparing or pairing the
+    /// two looks only at what changed.
+    pub fn follows(&self, previous: &EndpointSet) -> bool {
+        self.lineage_to(previous).is_some()
+    }
+
     fn with_endpoints(state: ServiceState, endpoints: Arc<[Endpoint]>) -> Self {
         let empty_reason = match state {
             ServiceState::Active if endpoints.is_empty() => Some(EmptyReason::NoEndpoints),
@@ -261,6 +375,8 @@ impl EndpointSet {
             unroutable: Arc::new([]),
             service_ports: Arc::new([]),
             clock: None,
+            id: next_id(),
+            lineage: None,
         }
     }
 
@@ -393,21 +509,24 @@ impl Pairing {
         // An update changes a few endpoints somewhere in the list. The endpoints before
         // the first change and after the last one are the same in both lists (metadata
         // shared, as discovery keeps it for endpoints it did not convert again): whatever
-        // was derived from them carries over in bulk (see `same_head`). The metadata is
-        // compared first: it tells changed endpoints apart soonest.
-        let same = |(a, b): &(&Endpoint, &Endpoint)| {
-            a.shares_meta(b)
-                && a.readiness == b.readiness
-                && a.weight == b.weight
-                && a.addr == b.addr
+        // was derived from them carries over in bulk (see `same_head`). A set made after
+        // `previous` already knows how many; otherwise both lists are compared.
+        let (same_head, same_tail) = match next.lineage_to(previous) {
+            // Found while `next` was copied.
+            Some(l) => (l.same_head as usize, l.same_tail as usize),
+            None if next.id == previous.id => (old.len(), 0),
+            None => {
+                let same = |(a, b): &(&Endpoint, &Endpoint)| a.is_same(b);
+                let head = old.iter().zip(new).take_while(same).count();
+                let tail = old[head..]
+                    .iter()
+                    .rev()
+                    .zip(new[head..].iter().rev())
+                    .take_while(same)
+                    .count();
+                (head, tail)
+            }
         };
-        let same_head = old.iter().zip(new).take_while(same).count();
-        let same_tail = old[same_head..]
-            .iter()
-            .rev()
-            .zip(new[same_head..].iter().rev())
-            .take_while(same)
-            .count();
         // The addresses before the first address change and after the last one pair in
         // order and are found by equality alone (most updates keep every address: then
         // that is the whole list); only the part between is merged by address order.

@@ -122,3 +122,57 @@ proptest::proptest! {
         proptest::prop_assert_eq!(p.added(), after.difference(&before).count());
     }
 }
+
+proptest::proptest! {
+    /// A set made after another knows from its copy alone what comparing the two lists
+    /// finds: its pairing with the set before, and whether it equals it, are those of the
+    /// same list made without that knowledge. Endpoints go, change readiness or weight,
+    /// have their metadata made again (equal, not shared), stay, or come.
+    #[test]
+    fn sets_made_after_another_pair_and_compare_as_if_scanned(
+        before in proptest::collection::btree_set(0u8..40, 0..40),
+        edits in proptest::collection::vec(0u8..8, 40),
+        added in proptest::collection::btree_set(40u8..60, 0..4),
+    ) {
+        let ep = |i: u8| {
+            Endpoint::new(SocketAddr::from(([10, 0, 0, i], 80))).with_meta(EndpointMeta {
+                pod: Some(format!("pod-{i}")),
+                ..EndpointMeta::default()
+            })
+        };
+        let old = EndpointSet::new(ServiceState::Active, before.iter().map(|i| ep(*i)).collect());
+        let mut list = Vec::new();
+        for ((i, e), edit) in before.iter().zip(old.endpoints()).zip(&edits) {
+            match edit {
+                0 => {}
+                1 => list.push(e.clone().with_readiness(Readiness::ServingTerminating)),
+                2 => list.push(e.clone().with_weight(e.weight() + 1)),
+                3 => list.push(ep(*i)),
+                _ => list.push(e.clone()),
+            }
+        }
+        list.extend(added.iter().map(|i| ep(*i)));
+        let plain = EndpointSet::from_sorted(ServiceState::Active, &list);
+        let after = EndpointSet::from_sorted_after(ServiceState::Active, &list, &old);
+        proptest::prop_assert!(after.lineage_to(&old).is_some());
+        proptest::prop_assert_eq!(after.endpoints(), plain.endpoints());
+        proptest::prop_assert_eq!(Pairing::new(&old, &after), Pairing::new(&old, &plain));
+        let equal = plain.endpoints() == old.endpoints();
+        proptest::prop_assert_eq!(after == old, equal);
+        proptest::prop_assert_eq!(old == after, equal);
+        // Made after a set it does not follow, it compares and pairs by scanning.
+        let other = EndpointSet::from_sorted(ServiceState::Active, old.endpoints());
+        proptest::prop_assert_eq!(Pairing::new(&other, &after), Pairing::new(&other, &plain));
+        proptest::prop_assert_eq!(after == other, equal);
+    }
+}
+
+#[test]
+fn a_list_out_of_order_is_sorted_even_after_another() {
+    let old = EndpointSet::new(ServiceState::Active, vec![ep("10.0.0.1:80")]);
+    let list = [ep("10.0.0.3:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")];
+    let after = EndpointSet::from_sorted_after(ServiceState::Active, &list, &old);
+    assert_eq!(after, EndpointSet::new(ServiceState::Active, list.to_vec()));
+    assert_eq!(after.len(), 2);
+    assert!(after.lineage_to(&old).is_none(), "made as `new` makes it");
+}
