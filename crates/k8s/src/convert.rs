@@ -11,7 +11,7 @@
 //! preferring the ready copy.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -321,6 +321,7 @@ pub(crate) fn slice_endpoints(
         tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
         return out;
     };
+    out.endpoints.reserve_exact(slice.endpoints.len());
     for ep in &slice.endpoints {
         let c = ep.conditions.as_ref();
         let ready = c.and_then(|c| c.ready).unwrap_or(true);
@@ -353,8 +354,7 @@ pub(crate) fn slice_endpoints(
             continue;
         };
         // An address of the other family than the slice's is as malformed as a non-IP.
-        let parsed = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok());
-        let Some(ip) = parsed.filter(|ip| ip.is_ipv6() == v6) else {
+        let Some(ip) = ep.addresses.first().and_then(|a| parse_ip(a, v6)) else {
             tracing::warn!(slice = slice_name, address_type = %slice.address_type, addresses = ?ep.addresses, "skipping endpoint: not an IP address of the slice's family");
             out.unroutable
                 .push(unroutable(UnroutableReason::InvalidAddress));
@@ -382,6 +382,15 @@ pub(crate) fn slice_endpoints(
         );
     }
     out
+}
+
+/// `address` as an IP address of one family: IPv6 when `v6`, else IPv4.
+fn parse_ip(address: &str, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        address.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        address.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    }
 }
 
 /// Builds the set for one port from the core `v1` Endpoints object (where EndpointSlices

@@ -29,13 +29,38 @@ pub enum Readiness {
 }
 
 /// One routable address of a Service: a Pod's IP and the resolved target port.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
     readiness: Readiness,
     weight: u32,
-    meta: Arc<EndpointMeta>,
+    /// `None` reads as [`NO_META`]: an endpoint made without metadata allocates nothing.
+    meta: Option<Arc<EndpointMeta>>,
 }
+
+/// The metadata of every endpoint made without any.
+static NO_META: EndpointMeta = EndpointMeta {
+    pod: None,
+    labels: BTreeMap::new(),
+    zone: None,
+    node: None,
+    zone_hints: Vec::new(),
+    app_protocol: None,
+    ready_since: None,
+    deletion_deadline: None,
+};
+
+impl PartialEq for Endpoint {
+    /// Content equality: metadata made apart compares by value.
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.readiness == other.readiness
+            && self.weight == other.weight
+            && (self.shares_meta(other) || self.meta() == other.meta())
+    }
+}
+
+impl Eq for Endpoint {}
 
 /// What is known about an endpoint besides its address (shared, rarely read on the
 /// request path).
@@ -66,7 +91,7 @@ impl Endpoint {
             addr,
             readiness: Readiness::Ready,
             weight: 1,
-            meta: Arc::default(),
+            meta: None,
         }
     }
 
@@ -84,7 +109,7 @@ impl Endpoint {
 
     /// Sets the metadata.
     pub fn with_meta(mut self, meta: EndpointMeta) -> Self {
-        self.meta = Arc::new(meta);
+        self.meta = Some(Arc::new(meta));
         self
     }
 
@@ -105,14 +130,18 @@ impl Endpoint {
 
     /// Pod name, labels, zone and the rest.
     pub fn meta(&self) -> &EndpointMeta {
-        &self.meta
+        self.meta.as_deref().unwrap_or(&NO_META)
     }
 
     /// Whether `other` carries the very same metadata (one shared allocation, as
-    /// discovery keeps for an endpoint that did not change): then label matches made for
-    /// one hold for the other without matching again.
+    /// discovery keeps for an endpoint that did not change, or none on either side): then
+    /// label matches made for one hold for the other without matching again.
     pub fn shares_meta(&self, other: &Endpoint) -> bool {
-        Arc::ptr_eq(&self.meta, &other.meta)
+        match (&self.meta, &other.meta) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     /// Whether `other` is this endpoint as it was: the same address, readiness and weight,
@@ -128,7 +157,7 @@ impl Endpoint {
 
     /// The Pod's labels (empty when not known).
     pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.meta.labels
+        &self.meta().labels
     }
 }
 

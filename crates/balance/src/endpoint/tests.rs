@@ -81,12 +81,30 @@ fn pairing_names_each_address_once_as_kept_added_or_gone() {
     let flip = Pairing::new(&before, &EndpointSet::new(ServiceState::Active, flipped));
     assert!(flip.same_addresses());
     assert_eq!((flip.same_head(), flip.same_tail()), (1, 2));
-    // Equal fields are not enough: endpoints whose metadata was made again are looked at
-    // one by one.
-    let remade = set(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80", "10.0.0.6:80"]);
-    let remade = Pairing::new(&before, &remade);
+    // Equal fields are not enough: endpoints whose metadata was made again (equal, not
+    // shared) are looked at one by one.
+    let with_meta = |s: &EndpointSet| {
+        let endpoints = s.endpoints().iter().map(|e| {
+            e.clone().with_meta(EndpointMeta {
+                pod: Some(e.addr().to_string()),
+                ..EndpointMeta::default()
+            })
+        });
+        EndpointSet::new(ServiceState::Active, endpoints.collect())
+    };
+    let (made, remade) = (with_meta(&before), with_meta(&before));
+    assert_eq!(made, remade, "equal content");
+    let remade = Pairing::new(&made, &remade);
     assert!(remade.same_addresses());
     assert_eq!((remade.same_head(), remade.same_tail()), (0, 0));
+    // Endpoints without metadata have none to make again: made apart, they are the same;
+    // an empty metadata made on purpose is equal to none, but not shared with it.
+    let bare = Endpoint::new(before.endpoints()[0].addr());
+    let empty = bare.clone().with_meta(EndpointMeta::default());
+    assert!(bare == empty && !bare.shares_meta(&empty) && !bare.is_same(&empty));
+    let again = set(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80", "10.0.0.6:80"]);
+    let again = Pairing::new(&before, &again);
+    assert_eq!((again.same_head(), again.same_tail()), (4, 0));
 
     let emptied = Pairing::new(&before, &set(&[]));
     assert_eq!(emptied.gone().len(), 4, "everything left");
