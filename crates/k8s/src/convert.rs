@@ -10,7 +10,7 @@
 //! numbers. An address in two slices at once (during controller updates) counts once,
 //! preferring the ready copy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -192,6 +192,7 @@ fn with_unroutable(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn meta_for(
     pod_name: Option<&str>,
     pods: &BTreeMap<String, PodInfo>,
@@ -199,20 +200,50 @@ fn meta_for(
     node: Option<&str>,
     hints: Vec<String>,
     app_protocol: Option<&str>,
+    names: &mut Names,
 ) -> (EndpointMeta, u32) {
     let pod = pod_name.and_then(|n| pods.get(n));
     let meta = EndpointMeta {
         pod: pod_name.map(str::to_string),
         // A Pod not seen yet is routable; its labels arrive with the Pod watch.
         labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
-        zone: zone.map(str::to_string),
-        node: node.map(str::to_string),
+        zone: zone.map(|z| names.get(z)),
+        node: node.map(|n| names.get(n)),
         zone_hints: hints,
         app_protocol: app_protocol.map(str::to_string),
         ready_since: pod.and_then(|p| p.ready_since),
         deletion_deadline: pod.and_then(|p| p.deletion_deadline),
     };
     (meta, pod.map_or(1, |p| p.weight))
+}
+
+/// Zone and node names, each allocated once and shared by the endpoints that carry it
+/// (a Service's endpoints name a handful of zones and at most one node each).
+#[derive(Debug, Default)]
+pub(crate) struct Names(HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Names {
+    /// Names kept at most: a full table (nodes that came and went) is emptied and filled
+    /// again, so names from the API cannot grow it without bound.
+    const MAX: usize = 4096;
+
+    /// The shared copy of `name`.
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// The Service port to collect endpoints for, or, when there is nothing to collect (no
@@ -264,8 +295,9 @@ pub fn from_slices<'a>(
     let mut endpoints = Vec::new();
     let mut unroutable = Vec::new();
     let mut seen_any = false;
+    let mut names = Names::default();
     for slice in slices {
-        let converted = slice_endpoints(slice, &resolved.name, pods);
+        let converted = slice_endpoints(slice, &resolved.name, pods, &mut names);
         endpoints.extend(converted.endpoints);
         unroutable.extend(converted.unroutable);
         seen_any |= converted.seen_any;
@@ -289,6 +321,7 @@ pub(crate) fn slice_endpoints(
     slice: &EndpointSlice,
     port_name: &str,
     pods: &BTreeMap<String, PodInfo>,
+    names: &mut Names,
 ) -> SliceEndpoints {
     let mut out = SliceEndpoints::default();
     let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
@@ -373,6 +406,7 @@ pub(crate) fn slice_endpoints(
             ep.node_name.as_deref(),
             hints,
             sp.app_protocol.as_deref(),
+            names,
         );
         out.endpoints.push(
             Endpoint::new(SocketAddr::new(ip, number))
@@ -410,6 +444,7 @@ pub fn from_endpoints(
     let mut out = Vec::new();
     let mut unroutable = Vec::new();
     let mut seen_any = false;
+    let mut names = Names::default();
     for subset in endpoints
         .and_then(|e| e.subsets.as_ref())
         .into_iter()
@@ -459,6 +494,7 @@ pub fn from_endpoints(
                 a.node_name.as_deref(),
                 Vec::new(),
                 sp.app_protocol.as_deref(),
+                &mut names,
             );
             out.push(
                 Endpoint::new(SocketAddr::new(ip, number))

@@ -184,8 +184,8 @@ fn report(service: String, set: &EndpointSet, selector: Option<&Selector>) -> Re
                 address: e.addr().ip().to_string(),
                 port: e.addr().port(),
                 pod: meta.pod.clone(),
-                node: meta.node.clone(),
-                zone: meta.zone.clone(),
+                node: meta.node.as_deref().map(str::to_owned),
+                zone: meta.zone.as_deref().map(str::to_owned),
                 labels: meta.labels.clone(),
                 weight: Some(e.weight()),
                 state: match e.readiness() {

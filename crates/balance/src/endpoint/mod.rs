@@ -70,10 +70,11 @@ pub struct EndpointMeta {
     pub pod: Option<String>,
     /// The Pod's labels; empty until the Pod is known.
     pub labels: BTreeMap<String, String>,
-    /// The zone the endpoint runs in.
-    pub zone: Option<String>,
-    /// The node the endpoint runs on.
-    pub node: Option<String>,
+    /// The zone the endpoint runs in (one allocation shared by every endpoint discovery
+    /// saw in that zone).
+    pub zone: Option<Arc<str>>,
+    /// The node the endpoint runs on (shared like `zone`).
+    pub node: Option<Arc<str>>,
     /// Zones this endpoint is hinted for (topology-aware routing).
     pub zone_hints: Vec<String>,
     /// The port's `appProtocol` (e.g. `http`, `kubernetes.io/h2c`).

@@ -1,7 +1,7 @@
 //! Pure tests: conversion and the relist-safe cache over synthetic watcher events and the
 //! objects captured from a real kube-apiserver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +141,33 @@ fn captured_big_service_merges_two_slices() {
             .iter()
             .all(|e| e.meta().zone.is_some() && e.meta().node.is_some())
     );
+    // Each zone and node name is allocated once, across both slices.
+    let distinct = |field: fn(&rudder_balance::EndpointMeta) -> &Option<Arc<str>>| {
+        let metas = set.endpoints().iter().map(|e| e.meta());
+        let texts: BTreeSet<&str> = metas.clone().filter_map(|m| field(m).as_deref()).collect();
+        let copies: BTreeSet<*const u8> = metas
+            .filter_map(|m| field(m).as_ref().map(|n| n.as_ptr()))
+            .collect();
+        (texts.len(), copies.len())
+    };
+    let (zones, zone_copies) = distinct(|m| &m.zone);
+    let (nodes, node_copies) = distinct(|m| &m.node);
+    assert!(zones >= 1 && nodes >= 1);
+    assert_eq!((zone_copies, node_copies), (zones, nodes));
+}
+
+/// Names from the API (nodes come and go) cannot grow the shared names without bound,
+/// and every name reads back as itself.
+#[test]
+fn shared_names_stay_bounded() {
+    let mut names = convert::Names::default();
+    for i in 0..20_000 {
+        let name = format!("node-{i}");
+        assert_eq!(&*names.get(&name), name);
+        assert!(names.len() <= 4096);
+    }
+    let a = names.get("zone-a");
+    assert!(Arc::ptr_eq(&a, &names.get("zone-a")), "one copy per name");
 }
 
 #[test]
@@ -490,7 +517,9 @@ fn addresses_of_the_other_family_are_skipped() {
         "ports": [{"port": 80}],
     }))
     .unwrap();
-    let eps = crate::convert::slice_endpoints(&slice, "", &Default::default()).endpoints;
+    let eps =
+        crate::convert::slice_endpoints(&slice, "", &Default::default(), &mut Default::default())
+            .endpoints;
     let addrs: Vec<String> = eps.iter().map(|e| e.addr().to_string()).collect();
     assert_eq!(addrs, ["10.0.0.1:80"]);
 }

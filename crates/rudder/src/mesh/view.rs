@@ -120,8 +120,8 @@ impl ServiceView {
                 ewma: load.ewma(),
                 ejected: load.is_ejected(),
                 ejections: load.ejections(),
-                node: e.meta().node.clone(),
-                zone: e.meta().zone.clone(),
+                node: e.meta().node.as_deref().map(str::to_owned),
+                zone: e.meta().zone.as_deref().map(str::to_owned),
                 app_protocol: e.meta().app_protocol.clone(),
                 idle_because: if load.is_ejected() {
                     Some("ejected after consecutive failures")
