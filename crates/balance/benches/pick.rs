@@ -25,7 +25,8 @@ fn set(n: usize) -> Arc<EndpointSet> {
                     if i % 10 == 0 { "4.2" } else { "4.1" }.to_string(),
                 ),
             ]
-            .into();
+            .into_iter()
+            .collect();
             Endpoint::new(
                 format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256)
                     .parse()
@@ -290,7 +291,7 @@ fn pool_update(c: &mut Criterion) {
                 return e.clone();
             }
             let mut meta = e.meta().clone();
-            meta.labels.insert("team".into(), "a".into());
+            meta.labels.to_mut().insert("team".into(), "a".into());
             e.clone().with_meta(meta)
         })
         .collect();

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Readiness, ServiceState, SyncClock,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, Readiness, ServiceState, SyncClock,
     Unroutable, UnroutableReason,
 };
 
@@ -32,7 +32,7 @@ pub const WEIGHT_ANNOTATION: &str = "rudder.io/weight";
 /// What discovery keeps of a Pod: enough to label, weigh and age its endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
-    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) labels: Labels,
     pub(crate) ready_since: Option<SystemTime>,
     pub(crate) deletion_deadline: Option<SystemTime>,
     pub(crate) weight: u32,
@@ -80,7 +80,7 @@ impl PodInfo {
                 t + std::time::Duration::from_secs(grace)
             });
         Self {
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default().into(),
             ready_since: None,
             deletion_deadline,
             weight,

@@ -186,7 +186,7 @@ fn report(service: String, set: &EndpointSet, selector: Option<&Selector>) -> Re
                 pod: meta.pod.clone(),
                 node: meta.node.as_deref().map(str::to_owned),
                 zone: meta.zone.as_deref().map(str::to_owned),
-                labels: meta.labels.clone(),
+                labels: (*meta.labels).clone(),
                 weight: Some(e.weight()),
                 state: match e.readiness() {
                     Readiness::Ready => "ready",

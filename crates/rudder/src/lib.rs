@@ -38,8 +38,8 @@ pub use self::mesh::{
 #[cfg(feature = "metrics")]
 pub use self::telemetry::Metrics;
 pub use rudder_balance::{
-    Algorithm, Ejection, EmptyReason, Endpoint, EndpointMeta, EndpointSet, Fallback, Readiness,
-    Selector, SelectorError, ServiceState, SlowStart, Split, SplitError, Unroutable,
+    Algorithm, Ejection, EmptyReason, Endpoint, EndpointMeta, EndpointSet, Fallback, Labels,
+    Readiness, Selector, SelectorError, ServiceState, SlowStart, Split, SplitError, Unroutable,
     UnroutableReason, WatchKind,
 };
 pub use rudder_k8s::{

@@ -21,7 +21,7 @@ fn endpoints() -> Vec<Endpoint> {
     (1..=10)
         .map(|i| {
             Endpoint::new(SocketAddr::from(([10, 0, 0, i], 8080))).with_meta(EndpointMeta {
-                labels: BTreeMap::from([("version".into(), format!("{}", i % 2))]),
+                labels: BTreeMap::from([("version".to_string(), format!("{}", i % 2))]).into(),
                 ..EndpointMeta::default()
             })
         })

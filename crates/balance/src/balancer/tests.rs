@@ -267,7 +267,7 @@ proptest! {
         let eps: Vec<Endpoint> = (0..n).map(|i| {
             let labels = BTreeMap::from([("v".to_string(), (i % k).to_string())]);
             Endpoint::new(format!("10.1.0.{}:80", i + 1).parse().unwrap())
-                .with_meta(crate::endpoint::EndpointMeta { labels, ..Default::default() })
+                .with_meta(crate::endpoint::EndpointMeta { labels: labels.into(), ..Default::default() })
         }).collect();
         let set = Arc::new(EndpointSet::new(ServiceState::Active, eps));
         let sel: Selector = "v=0".parse().unwrap();

@@ -12,6 +12,7 @@ mod tests;
 pub use self::clock::{SyncClock, WatchKind};
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub struct Endpoint {
 /// The metadata of every endpoint made without any.
 static NO_META: EndpointMeta = EndpointMeta {
     pod: None,
-    labels: BTreeMap::new(),
+    labels: Labels::new(),
     zone: None,
     node: None,
     zone_hints: Vec::new(),
@@ -62,6 +63,79 @@ impl PartialEq for Endpoint {
 
 impl Eq for Endpoint {}
 
+/// A Pod's labels, read as a `BTreeMap`: one shared allocation per Pod, however many
+/// endpoints and snapshots carry them (cloning is a reference count), none when empty.
+///
+/// ```
+/// use rudder_balance::endpoint::Labels;
+///
+/// let labels: Labels = [("version", "4.2")].into_iter().collect();
+/// assert_eq!(labels.get("version").map(String::as_str), Some("4.2"));
+/// assert!(Labels::new().is_empty());
+/// ```
+#[derive(Clone, Default)]
+pub struct Labels(Option<Arc<BTreeMap<String, String>>>);
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl Labels {
+    /// No labels.
+    pub const fn new() -> Self {
+        Self(None)
+    }
+
+    /// The labels to change: copied first when they are shared, as `Cow::to_mut` does.
+    pub fn to_mut(&mut self) -> &mut BTreeMap<String, String> {
+        Arc::make_mut(self.0.get_or_insert_with(Arc::default))
+    }
+
+    /// Whether `other` is the very same allocation (or both are empty).
+    pub fn shares(&self, other: &Labels) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::ops::Deref for Labels {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().unwrap_or(&NO_LABELS)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(labels: BTreeMap<String, String>) -> Self {
+        Self((!labels.is_empty()).then(|| Arc::new(labels)))
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        iter.into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect::<BTreeMap<_, _>>()
+            .into()
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.shares(other) || **self == **other
+    }
+}
+
+impl Eq for Labels {}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// What is known about an endpoint besides its address (shared, rarely read on the
 /// request path).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,7 +143,7 @@ pub struct EndpointMeta {
     /// The Pod's name, when the endpoint names one (`targetRef`).
     pub pod: Option<String>,
     /// The Pod's labels; empty until the Pod is known.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The zone the endpoint runs in (one allocation shared by every endpoint discovery
     /// saw in that zone).
     pub zone: Option<Arc<str>>,

@@ -194,3 +194,20 @@ fn a_list_out_of_order_is_sorted_even_after_another() {
     assert_eq!(after.len(), 2);
     assert!(after.lineage_to(&old).is_none(), "made as `new` makes it");
 }
+
+#[test]
+fn labels_are_shared_until_changed() {
+    let a: Labels = [("version", "4.2")].into_iter().collect();
+    let mut b = a.clone();
+    assert!(a.shares(&b) && a == b);
+    b.to_mut().insert("team".into(), "x".into());
+    assert!(!a.shares(&b) && a != b, "a change copies first");
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 2);
+    let remade: Labels = [("version", "4.2")].into_iter().collect();
+    assert!(!a.shares(&remade) && a == remade, "equal content, apart");
+    assert!(
+        Labels::from(BTreeMap::new()).shares(&Labels::new()),
+        "empty allocates nothing"
+    );
+}

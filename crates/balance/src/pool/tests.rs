@@ -16,7 +16,7 @@ fn labelled(i: u32, version: &str) -> Endpoint {
     endpoint(
         i,
         EndpointMeta {
-            labels: BTreeMap::from([("version".to_string(), version.to_string())]),
+            labels: BTreeMap::from([("version".to_string(), version.to_string())]).into(),
             ..Default::default()
         },
     )
@@ -451,7 +451,8 @@ fn updates_share_the_weight_tables_of_subsets_whose_weights_stayed() {
             labels: BTreeMap::from([
                 ("version".to_string(), "1".to_string()),
                 ("team".to_string(), "a".to_string()),
-            ]),
+            ])
+            .into(),
             ..Default::default()
         },
     );
@@ -565,7 +566,7 @@ proptest::proptest! {
                     _ => {
                         let mut meta = was.meta().clone();
                         let v = if meta.labels["version"] == "a" { "b" } else { "a" };
-                        meta.labels.insert("version".into(), v.into());
+                        meta.labels.to_mut().insert("version".into(), v.into());
                         Some(was.clone().with_meta(meta))
                     }
                 };

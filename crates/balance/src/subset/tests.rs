@@ -13,7 +13,7 @@ fn ep(i: u8, version: &str, readiness: Readiness) -> Endpoint {
     Endpoint::new(format!("10.0.0.{i}:8080").parse().unwrap())
         .with_readiness(readiness)
         .with_meta(EndpointMeta {
-            labels,
+            labels: labels.into(),
             ..EndpointMeta::default()
         })
 }

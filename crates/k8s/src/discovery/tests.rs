@@ -502,6 +502,14 @@ fn slice_cache_follows_versions_ports_and_pods() {
             .map(String::as_str),
         Some("2")
     );
+    // The endpoint carries the Pod's labels themselves, not a copy.
+    let built = model.build(None, &c);
+    assert!(
+        built.endpoints()[0]
+            .meta()
+            .labels
+            .shares(&model.pods.items["p1"].labels)
+    );
     // A deleted slice leaves the cache too.
     model.slices.apply(Event::Delete(b), name_of, |s| s);
     assert_eq!(model.build(None, &c).len(), 1);

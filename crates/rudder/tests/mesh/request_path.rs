@@ -254,7 +254,7 @@ async fn header_subsets_share_one_metric_label() {
     let eps = (1..=4)
         .map(|i| {
             Endpoint::new(SocketAddr::from(([10, 9, 2, i], 8080))).with_meta(EndpointMeta {
-                labels: BTreeMap::from([("version".into(), format!("{}", i % 2))]),
+                labels: BTreeMap::from([("version".to_string(), format!("{}", i % 2))]).into(),
                 ..EndpointMeta::default()
             })
         })
