@@ -192,7 +192,6 @@ fn with_unroutable(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn meta_for(
     pod_name: Option<&str>,
     pods: &BTreeMap<String, PodInfo>,
