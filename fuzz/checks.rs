@@ -46,9 +46,17 @@ pub(crate) fn discovery_objects(data: &[u8]) {
         other => vec![other],
     };
     let service: Option<Service> = serde_json::from_value(item("service")).ok();
-    let slices: Vec<EndpointSlice> = list("slices")
+    // Decoded as discovery decodes them; what `k8s_openapi` accepts is accepted alike.
+    let slices: Vec<rudder_k8s::convert::LeanSlice> = list("slices")
         .into_iter()
-        .filter_map(|v| serde_json::from_value(v).ok())
+        .filter_map(|v| {
+            let lean = serde_json::from_str(&v.to_string()).ok();
+            if let Ok(full) = serde_json::from_value::<EndpointSlice>(v) {
+                let expected = rudder_k8s::convert::LeanSlice::from(&full);
+                assert_eq!(lean.as_ref(), Some(&expected), "decoded apart from k8s_openapi");
+            }
+            lean
+        })
         .collect();
     let endpoints: Option<Endpoints> = serde_json::from_value(item("endpoints")).ok();
     let pods: std::collections::BTreeMap<String, rudder_k8s::PodInfo> = list("pods")

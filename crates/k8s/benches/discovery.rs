@@ -9,9 +9,10 @@
 //!    subsets) to the snapshot;
 //! 3. the pure cost of rebuilding the 10,000-endpoint set (what one slice update costs
 //!    discovery besides I/O), and of rebuilding a 100-endpoint set for comparison;
-//!    and of rebuilding it when every Pod is known with four labels;
+//!    and of rebuilding it when every Pod is known with four labels; decoding one
+//!    100-endpoint slice as discovery does (`LeanSlice`) and as `k8s_openapi` does;
 //! 4. memory per endpoint of a published snapshot (RSS growth over many snapshots),
-//!    without and with Pod labels;
+//!    without and with Pod labels, and of the slices discovery keeps between updates;
 //! 5. API write → routing pool swapped when one Pod of a 10,000-endpoint Service whose
 //!    Pods are watched (for label subsets) changes a label.
 //!
@@ -272,7 +273,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. Pure rebuild cost.
     let svc = services.get("big").await?;
-    let all: Vec<EndpointSlice> = (0..SLICES)
+    let all: Vec<convert::LeanSlice> = (0..SLICES)
         .map(|i| serde_json::from_value(slice_json(i, true)))
         .collect::<Result<_, _>>()?;
     let pods = BTreeMap::new();
@@ -329,6 +330,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per.as_nanos() as f64 / (SLICES * PER_SLICE) as f64
     );
 
+    // Decoding one slice as discovery does and as `k8s_openapi` does, from the same bytes:
+    // the 100-endpoint slice captured from a real API server, and a slice of this bench.
+    let captured = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testkit/tests/fixtures/objects/endpointslice-big-1-100eps.json"
+    ))?;
+    let generated = slice_json(0, true).to_string();
+    for (label, text) in [("captured", &captured), ("generated", &generated)] {
+        let rounds = 2000;
+        let lean = std::hint::black_box(serde_json::from_str::<convert::LeanSlice>(text)?);
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(serde_json::from_str::<convert::LeanSlice>(text)?);
+        }
+        let lean_per = t.elapsed() / rounds;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(serde_json::from_str::<EndpointSlice>(text)?);
+        }
+        let full_per = t.elapsed() / rounds;
+        println!(
+            "| decoding one {}-endpoint slice ({label}), `LeanSlice` / `k8s_openapi` `EndpointSlice` | {:.1} µs / {:.1} µs ({:.2}×) |",
+            lean.len(),
+            lean_per.as_secs_f64() * 1e6,
+            full_per.as_secs_f64() * 1e6,
+            lean_per.as_secs_f64() / full_per.as_secs_f64()
+        );
+    }
+
     // 4. Memory per endpoint: keep many distinct snapshots alive and watch RSS grow.
     let keep = 20;
     // Each round's snapshots stay alive through the next, whose growth would otherwise
@@ -347,7 +377,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         kept.push(held);
     }
-    drop(kept);
+    // What discovery keeps of each slice between updates (a 10,000-endpoint Service: the
+    // captured 100-endpoint slice, 100 times), as `LeanSlice` and as `EndpointSlice`.
+    let mut cached = Vec::new();
+    let before = rss_bytes();
+    let lean: Vec<Vec<convert::LeanSlice>> = (0..keep)
+        .map(|_| {
+            (0..SLICES)
+                .map(|_| serde_json::from_str(&captured))
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+    let lean_bytes = rss_bytes().saturating_sub(before);
+    cached.push(std::hint::black_box(lean));
+    let before = rss_bytes();
+    let full: Vec<Vec<EndpointSlice>> = (0..keep)
+        .map(|_| {
+            (0..SLICES)
+                .map(|_| serde_json::from_str(&captured))
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+    let full_bytes = rss_bytes().saturating_sub(before);
+    std::hint::black_box(&full);
+    let per = |bytes: u64| bytes as f64 / (keep * SLICES * PER_SLICE) as f64;
+    println!(
+        "| memory per endpoint of the cached slices, `LeanSlice` / `EndpointSlice` (RSS growth over {keep} × 10,000) | {:.0} bytes / {:.0} bytes |",
+        per(lean_bytes),
+        per(full_bytes)
+    );
+    drop((kept, cached, full));
 
     // 5. A Pod label change in a Service whose Pods are watched. The 10,000 Pods and their
     // slices are stored directly (creating them one by one through the API would take

@@ -11,12 +11,11 @@
 //! preferring the ready copy.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, Readiness, ServiceState, SyncClock,
@@ -24,6 +23,11 @@ use rudder_balance::{
 };
 
 use crate::service_ref::PortSpec;
+
+mod slice;
+
+use self::slice::Address;
+pub use self::slice::LeanSlice;
 
 /// The Pod annotation that sets an endpoint's weight (a positive integer; default 1, `0`
 /// takes the Pod out of rotation without failing readiness).
@@ -279,11 +283,12 @@ pub(crate) fn target(
 }
 
 /// Builds the set for one port from a Service's EndpointSlices (`port: None` asks for
-/// the Service's only port). `pods` maps Pod names to what their endpoints inherit.
+/// the Service's only port; an `EndpointSlice` becomes a [`LeanSlice`] with `From`).
+/// `pods` maps Pod names to what their endpoints inherit.
 pub fn from_slices<'a>(
     service: Option<&Service>,
     port: Option<&PortSpec>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    slices: impl IntoIterator<Item = &'a LeanSlice>,
     pods: &BTreeMap<String, PodInfo>,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
@@ -317,7 +322,7 @@ pub(crate) struct SliceEndpoints {
 /// but that are not routable. Discovery caches this per slice, so a slice update converts
 /// only that slice.
 pub(crate) fn slice_endpoints(
-    slice: &EndpointSlice,
+    slice: &LeanSlice,
     port_name: &str,
     pods: &BTreeMap<String, PodInfo>,
     names: &mut Names,
@@ -340,7 +345,6 @@ pub(crate) fn slice_endpoints(
     let Some(sp) = slice
         .ports
         .iter()
-        .flatten()
         .find(|p| p.name.as_deref().unwrap_or("") == port_name)
     else {
         return out;
@@ -355,18 +359,18 @@ pub(crate) fn slice_endpoints(
     };
     out.endpoints.reserve_exact(slice.endpoints.len());
     for ep in &slice.endpoints {
-        let c = ep.conditions.as_ref();
-        let ready = c.and_then(|c| c.ready).unwrap_or(true);
-        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        let c = ep.conditions;
+        let ready = c.ready.unwrap_or(true);
+        let serving = c.serving.unwrap_or(ready);
+        let terminating = c.terminating.unwrap_or(false);
         out.seen_any = true;
-        let pod_name = ep
-            .target_ref
-            .as_ref()
-            .filter(|t| t.kind.as_deref() == Some("Pod"))
-            .and_then(|t| t.name.as_deref());
+        let pod_name = ep.pod.as_deref();
         let unroutable = |reason| Unroutable {
-            address: ep.addresses.first().cloned().unwrap_or_default(),
+            address: ep
+                .address
+                .as_ref()
+                .map(Address::to_string)
+                .unwrap_or_default(),
             port: number,
             pod: pod_name.map(str::to_string),
             node: ep.node_name.clone(),
@@ -386,24 +390,21 @@ pub(crate) fn slice_endpoints(
             continue;
         };
         // An address of the other family than the slice's is as malformed as a non-IP.
-        let Some(ip) = ep.addresses.first().and_then(|a| parse_ip(a, v6)) else {
-            tracing::warn!(slice = slice_name, address_type = %slice.address_type, addresses = ?ep.addresses, "skipping endpoint: not an IP address of the slice's family");
-            out.unroutable
-                .push(unroutable(UnroutableReason::InvalidAddress));
-            continue;
+        let ip = match ep.address {
+            Some(Address::Ip(ip)) if ip.is_ipv6() == v6 => ip,
+            _ => {
+                tracing::warn!(slice = slice_name, address_type = %slice.address_type, address = ?ep.address, "skipping endpoint: not an IP address of the slice's family");
+                out.unroutable
+                    .push(unroutable(UnroutableReason::InvalidAddress));
+                continue;
+            }
         };
-        let hints = ep
-            .hints
-            .as_ref()
-            .and_then(|h| h.for_zones.as_ref())
-            .map(|z| z.iter().map(|z| z.name.clone()).collect())
-            .unwrap_or_default();
         let (meta, weight) = meta_for(
             pod_name,
             pods,
             ep.zone.as_deref(),
             ep.node_name.as_deref(),
-            hints,
+            ep.zone_hints.clone(),
             sp.app_protocol.as_deref(),
             names,
         );
@@ -415,15 +416,6 @@ pub(crate) fn slice_endpoints(
         );
     }
     out
-}
-
-/// `address` as an IP address of one family: IPv6 when `v6`, else IPv4.
-fn parse_ip(address: &str, v6: bool) -> Option<IpAddr> {
-    if v6 {
-        address.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
-    } else {
-        address.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
-    }
 }
 
 /// Builds the set for one port from the core `v1` Endpoints object (where EndpointSlices

@@ -503,7 +503,7 @@ impl<T> Cache<T> {
 pub(crate) struct Model {
     pub(crate) source: Option<Source>,
     pub(crate) service: Cache<Service>,
-    pub(crate) slices: Cache<EndpointSlice>,
+    pub(crate) slices: Cache<convert::LeanSlice>,
     pub(crate) endpoints: Cache<Endpoints>,
     pub(crate) pods: Cache<PodInfo>,
     /// Bumped when the Pods change whole (a relist, a selector change): every converted
@@ -919,7 +919,7 @@ impl Model {
             .items
             .values()
             .flat_map(|s| s.endpoints.iter())
-            .filter_map(|e| e.target_ref.as_ref()?.name.as_deref())
+            .filter_map(|e| e.pod.as_deref())
             .chain(
                 self.endpoints
                     .items
@@ -1005,7 +1005,7 @@ async fn choose_source(client: &kube::Client, ns: &str, name: &str) -> Source {
 
 enum Change {
     Service(Box<Result<Event<Service>, watcher::Error>>),
-    Slice(Result<Event<EndpointSlice>, watcher::Error>),
+    Slice(Result<Event<convert::LeanSlice>, watcher::Error>),
     Endpoints(Result<Event<Endpoints>, watcher::Error>),
     // Pods are large; boxing keeps every event of the loop small.
     Pod(Box<Result<Event<Pod>, watcher::Error>>),
@@ -1139,7 +1139,7 @@ impl Streams {
                 let by_label =
                     watch_config().labels(&format!("kubernetes.io/service-name={}", self.name));
                 watch_stream(
-                    Api::<EndpointSlice>::namespaced(self.client.clone(), &self.ns),
+                    Api::<convert::LeanSlice>::namespaced(self.client.clone(), &self.ns),
                     by_label,
                 )
                 .map(Change::Slice)

@@ -12,7 +12,7 @@ use rudder_balance::{EmptyReason, Readiness, ServiceState, SyncClock};
 use serde_json::{Value, json};
 
 use super::{Cache, Entry, Model, Source, name_of};
-use crate::convert::{self, PodInfo};
+use crate::convert::{self, LeanSlice, PodInfo};
 use crate::service_ref::PortSpec;
 
 macro_rules! fixture {
@@ -34,8 +34,17 @@ fn service(v: Value) -> Service {
     serde_json::from_value(v).expect("service")
 }
 
-fn slice(v: Value) -> EndpointSlice {
-    serde_json::from_value(v).expect("slice")
+/// The slice `v` as discovery decodes it, checked against `k8s_openapi`'s decoding of the
+/// same JSON: every test slice is also a test of [`LeanSlice`]'s decoder.
+fn slice(v: Value) -> LeanSlice {
+    let full: EndpointSlice = serde_json::from_value(v.clone()).expect("slice");
+    let lean: LeanSlice = serde_json::from_value(v).expect("lean slice");
+    assert_eq!(
+        lean,
+        LeanSlice::from(&full),
+        "decoded apart from k8s_openapi"
+    );
+    lean
 }
 
 fn simple_service(port_name: &str) -> Service {
@@ -70,7 +79,7 @@ fn service_synced() -> Model {
     model
 }
 
-fn slice_of(name: &str, family: &str, port: i32, eps: Vec<Value>) -> EndpointSlice {
+fn slice_of(name: &str, family: &str, port: i32, eps: Vec<Value>) -> LeanSlice {
     slice(
         json!({"metadata": {"name": name, "namespace": "d"}, "addressType": family,
         "ports": [{"name": "http", "port": port}], "endpoints": eps}),
@@ -518,13 +527,12 @@ fn slice_cache_follows_versions_ports_and_pods() {
 /// Found by the malformed-objects test: an IPv6 address in an IPv4 slice was routed to.
 #[test]
 fn addresses_of_the_other_family_are_skipped() {
-    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+    let slice = slice(serde_json::json!({
         "metadata": {"name": "mixed", "labels": {"kubernetes.io/service-name": "web"}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": ["::1"]}, {"addresses": ["10.0.0.1"]}],
         "ports": [{"port": 80}],
-    }))
-    .unwrap();
+    }));
     let eps =
         crate::convert::slice_endpoints(&slice, "", &Default::default(), &mut Default::default())
             .endpoints;
@@ -606,7 +614,7 @@ fn pods_a_selector_change_leaves_out_keep_their_labels_while_slices_name_them() 
 /// duplicated address wins.
 #[test]
 fn patched_snapshots_equal_full_builds() {
-    fn fresh(slices: &BTreeMap<String, EndpointSlice>) -> Model {
+    fn fresh(slices: &BTreeMap<String, LeanSlice>) -> Model {
         let mut model = service_synced();
         for s in slices.values() {
             model
@@ -627,7 +635,7 @@ fn patched_snapshots_equal_full_builds() {
             .collect()
     }
     let c = clock();
-    let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+    let mut slices: BTreeMap<String, LeanSlice> = BTreeMap::new();
     let mut model = fresh(&slices);
     // A fixed xorshift sequence: the same run every time, and one that fails can be
     // replayed.
@@ -653,7 +661,7 @@ fn patched_snapshots_equal_full_builds() {
             let mut s = s.clone();
             for e in &mut s.endpoints {
                 let ready = next(2) == 0;
-                let c = e.conditions.get_or_insert_with(Default::default);
+                let c = &mut e.conditions;
                 c.ready = Some(ready);
                 c.serving = Some(ready || next(2) == 0);
                 c.terminating = Some(!ready);
