@@ -197,7 +197,7 @@ fn with_unroutable(
 }
 
 fn meta_for(
-    pod_name: Option<&str>,
+    pod_name: Option<Arc<str>>,
     pods: &BTreeMap<String, PodInfo>,
     zone: Option<&str>,
     node: Option<&str>,
@@ -205,9 +205,9 @@ fn meta_for(
     app_protocol: Option<&str>,
     names: &mut Names,
 ) -> (EndpointMeta, u32) {
-    let pod = pod_name.and_then(|n| pods.get(n));
+    let pod = pod_name.as_deref().and_then(|n| pods.get(n));
     let meta = EndpointMeta {
-        pod: pod_name.map(str::to_string),
+        pod: pod_name,
         // A Pod not seen yet is routable; its labels arrive with the Pod watch.
         labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
         zone: zone.map(|z| names.get(z)),
@@ -400,7 +400,7 @@ pub(crate) fn slice_endpoints(
             }
         };
         let (meta, weight) = meta_for(
-            pod_name,
+            ep.pod.clone(),
             pods,
             ep.zone.as_deref(),
             ep.node_name.as_deref(),
@@ -479,7 +479,7 @@ pub fn from_endpoints(
                 .filter(|t| t.kind.as_deref() == Some("Pod"))
                 .and_then(|t| t.name.as_deref());
             let (meta, weight) = meta_for(
-                pod_name,
+                pod_name.map(Arc::from),
                 pods,
                 None,
                 a.node_name.as_deref(),

@@ -183,7 +183,7 @@ fn report(service: String, set: &EndpointSet, selector: Option<&Selector>) -> Re
             Row {
                 address: e.addr().ip().to_string(),
                 port: e.addr().port(),
-                pod: meta.pod.clone(),
+                pod: meta.pod.as_deref().map(str::to_owned),
                 node: meta.node.as_deref().map(str::to_owned),
                 zone: meta.zone.as_deref().map(str::to_owned),
                 labels: (*meta.labels).clone(),

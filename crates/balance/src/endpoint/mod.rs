@@ -140,8 +140,9 @@ impl fmt::Debug for Labels {
 /// request path).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointMeta {
-    /// The Pod's name, when the endpoint names one (`targetRef`).
-    pub pod: Option<String>,
+    /// The Pod's name, when the endpoint names one (`targetRef`): one allocation, shared
+    /// with what discovery keeps of the slice.
+    pub pod: Option<Arc<str>>,
     /// The Pod's labels; empty until the Pod is known.
     pub labels: Labels,
     /// The zone the endpoint runs in (one allocation shared by every endpoint discovery

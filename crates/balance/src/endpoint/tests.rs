@@ -86,7 +86,7 @@ fn pairing_names_each_address_once_as_kept_added_or_gone() {
     let with_meta = |s: &EndpointSet| {
         let endpoints = s.endpoints().iter().map(|e| {
             e.clone().with_meta(EndpointMeta {
-                pod: Some(e.addr().to_string()),
+                pod: Some(e.addr().to_string().into()),
                 ..EndpointMeta::default()
             })
         });
@@ -154,7 +154,7 @@ proptest::proptest! {
     ) {
         let ep = |i: u8| {
             Endpoint::new(SocketAddr::from(([10, 0, 0, i], 80))).with_meta(EndpointMeta {
-                pod: Some(format!("pod-{i}")),
+                pod: Some(format!("pod-{i}").into()),
                 ..EndpointMeta::default()
             })
         };

@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -77,9 +78,10 @@ pub(crate) struct LeanEndpoint {
     pub(crate) address: Option<Address>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) conditions: Conditions,
-    /// `targetRef.name` when `targetRef.kind` is `Pod`.
+    /// `targetRef.name` when `targetRef.kind` is `Pod`: allocated once, and shared by the
+    /// endpoints built from it.
     #[serde(default, rename = "targetRef", deserialize_with = "pod_name")]
-    pub(crate) pod: Option<String>,
+    pub(crate) pod: Option<Arc<str>>,
     pub(crate) node_name: Option<String>,
     pub(crate) zone: Option<String>,
     /// `hints.forZones[].name`.
@@ -187,7 +189,7 @@ fn first_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Address>, D::
 }
 
 /// The Pod a `targetRef` names; `None` for another kind.
-fn pod_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+fn pod_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
     /// Whether a `kind` is `Pod`, read without copying it.
     #[derive(Default)]
     struct IsPod(bool);
@@ -212,15 +214,41 @@ fn pod_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
         }
     }
 
+    /// A name, read into its shared allocation directly.
+    struct Name(Arc<str>);
+
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+
+            impl Visitor<'_> for Text {
+                type Value = Arc<str>;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a name")
+                }
+
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Arc<str>, E> {
+                    Ok(Arc::from(v))
+                }
+            }
+
+            d.deserialize_str(Text).map(Name)
+        }
+    }
+
     #[derive(Deserialize)]
     struct TargetRef {
         #[serde(default, deserialize_with = "null_as_default")]
         kind: IsPod,
-        name: Option<String>,
+        name: Option<Name>,
     }
 
     let target = Option::<TargetRef>::deserialize(d)?;
-    Ok(target.filter(|t| t.kind.0).and_then(|t| t.name))
+    Ok(target
+        .filter(|t| t.kind.0)
+        .and_then(|t| t.name)
+        .map(|n| n.0))
 }
 
 /// The zone names of `hints.forZones`.
@@ -265,7 +293,8 @@ impl From<&EndpointSlice> for LeanSlice {
                         .target_ref
                         .as_ref()
                         .filter(|t| t.kind.as_deref() == Some("Pod"))
-                        .and_then(|t| t.name.clone()),
+                        .and_then(|t| t.name.as_deref())
+                        .map(Arc::from),
                     node_name: ep.node_name.clone(),
                     zone: ep.zone.clone(),
                     zone_hints: ep

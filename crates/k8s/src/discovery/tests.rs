@@ -519,6 +519,10 @@ fn slice_cache_follows_versions_ports_and_pods() {
             .labels
             .shares(&model.pods.items["p1"].labels)
     );
+    // And the Pod's name as the cached slice holds it.
+    let cached = model.slices.items["s-a"].endpoints[0].pod.as_ref();
+    let named = built.endpoints()[0].meta().pod.as_ref();
+    assert!(cached.zip(named).is_some_and(|(a, b)| Arc::ptr_eq(a, b)));
     // A deleted slice leaves the cache too.
     model.slices.apply(Event::Delete(b), name_of, |s| s);
     assert_eq!(model.build(None, &c).len(), 1);
@@ -628,7 +632,7 @@ fn patched_snapshots_equal_full_builds() {
     // says), leaving out the ramp times only a long-running model has.
     fn routed(
         set: &rudder_balance::EndpointSet,
-    ) -> Vec<(std::net::SocketAddr, Readiness, Option<String>)> {
+    ) -> Vec<(std::net::SocketAddr, Readiness, Option<std::sync::Arc<str>>)> {
         set.endpoints()
             .iter()
             .map(|e| (e.addr(), e.readiness(), e.meta().pod.clone()))

@@ -48,7 +48,7 @@ fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
             .parse()
             .expect("a socket address is a URI authority"),
         telemetry: telemetry.endpoint(),
-        pod: e.meta().pod.as_deref().map(Arc::from),
+        pod: e.meta().pod.clone(),
         #[cfg(feature = "port-forward")]
         tunnel: std::sync::OnceLock::new(),
     })

@@ -112,7 +112,7 @@ impl ServiceView {
             .zip(snapshot.loads())
             .map(|(e, load)| EndpointView {
                 addr: e.addr(),
-                pod: e.meta().pod.clone(),
+                pod: e.meta().pod.as_deref().map(str::to_owned),
                 labels: e.labels().clone(),
                 readiness: e.readiness(),
                 weight: e.weight(),

@@ -88,7 +88,7 @@ async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
 
 fn endpoint(i: u8, ready_since: SystemTime) -> Endpoint {
     Endpoint::new(SocketAddr::from(([10, 9, 0, i], 8080))).with_meta(EndpointMeta {
-        pod: Some(format!("pod-{i}")),
+        pod: Some(format!("pod-{i}").into()),
         ready_since: Some(ready_since),
         ..EndpointMeta::default()
     })
