@@ -4,7 +4,8 @@
 #   cargo bench -p rudder --bench mesh --no-run
 # (MESH_BIN=path measures another build of the bench, e.g. an older commit's)
 # then run: bash crates/rudder/benches/instructions.sh [arm ...]
-# (arms: inner_alone through_mesh through_mesh_without_retries; needs valgrind).
+# (arms: inner_alone through_mesh through_mesh_without_retries, each also with the suffix
+# _one_header; needs valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 bin=${MESH_BIN:-$(ls -t target/release/deps/mesh-* | grep -v "\.d$" | head -1)}
