@@ -10,6 +10,7 @@
 //! numbers. An address in two slices at once (during controller updates) counts once,
 //! preferring the ready copy.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -199,19 +200,18 @@ fn with_unroutable(
 fn meta_for(
     pod_name: Option<Arc<str>>,
     pods: &BTreeMap<String, PodInfo>,
-    zone: Option<&str>,
-    node: Option<&str>,
+    zone: Option<Arc<str>>,
+    node: Option<Arc<str>>,
     hints: Vec<String>,
     app_protocol: Option<&str>,
-    names: &mut Names,
 ) -> (EndpointMeta, u32) {
     let pod = pod_name.as_deref().and_then(|n| pods.get(n));
     let meta = EndpointMeta {
         pod: pod_name,
         // A Pod not seen yet is routable; its labels arrive with the Pod watch.
         labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
-        zone: zone.map(|z| names.get(z)),
-        node: node.map(|n| names.get(n)),
+        zone,
+        node,
         zone_hints: hints,
         app_protocol: app_protocol.map(str::to_string),
         ready_since: pod.and_then(|p| p.ready_since),
@@ -220,33 +220,39 @@ fn meta_for(
     (meta, pod.map_or(1, |p| p.weight))
 }
 
-/// Zone and node names, each allocated once and shared by the endpoints that carry it
+/// Zone and node names kept per thread at most: a full table (nodes that came and went)
+/// is emptied and filled again, so names from the API cannot grow it without bound.
+const SHARED_NAMES: usize = 4096;
+
+thread_local! {
+    static NAMES: RefCell<HashSet<Arc<str>, foldhash::fast::RandomState>> = RefCell::default();
+}
+
+/// The shared copy of a zone or node name: each is allocated once (per thread that
+/// decodes slices) and shared by every endpoint that names it, in every slice and snapshot
 /// (a Service's endpoints name a handful of zones and at most one node each).
-#[derive(Debug, Default)]
-pub(crate) struct Names(HashSet<Arc<str>, foldhash::fast::RandomState>);
+pub(crate) fn shared_name(name: &str) -> Arc<str> {
+    NAMES
+        .try_with(|names| {
+            let mut names = names.borrow_mut();
+            if let Some(shared) = names.get(name) {
+                return shared.clone();
+            }
+            if names.len() >= SHARED_NAMES {
+                names.clear();
+            }
+            let shared: Arc<str> = Arc::from(name);
+            names.insert(shared.clone());
+            shared
+        })
+        // The thread is exiting.
+        .unwrap_or_else(|_| Arc::from(name))
+}
 
-impl Names {
-    /// Names kept at most: a full table (nodes that came and went) is emptied and filled
-    /// again, so names from the API cannot grow it without bound.
-    const MAX: usize = 4096;
-
-    /// The shared copy of `name`.
-    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(name) {
-            return shared.clone();
-        }
-        if self.0.len() >= Self::MAX {
-            self.0.clear();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        self.0.insert(shared.clone());
-        shared
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
+/// How many names this thread's table holds.
+#[cfg(test)]
+pub(crate) fn shared_names() -> usize {
+    NAMES.with(|names| names.borrow().len())
 }
 
 /// The Service port to collect endpoints for, or, when there is nothing to collect (no
@@ -299,9 +305,8 @@ pub fn from_slices<'a>(
     let mut endpoints = Vec::new();
     let mut unroutable = Vec::new();
     let mut seen_any = false;
-    let mut names = Names::default();
     for slice in slices {
-        let converted = slice_endpoints(slice, &resolved.name, pods, &mut names);
+        let converted = slice_endpoints(slice, &resolved.name, pods);
         endpoints.extend(converted.endpoints);
         unroutable.extend(converted.unroutable);
         seen_any |= converted.seen_any;
@@ -325,7 +330,6 @@ pub(crate) fn slice_endpoints(
     slice: &LeanSlice,
     port_name: &str,
     pods: &BTreeMap<String, PodInfo>,
-    names: &mut Names,
 ) -> SliceEndpoints {
     let mut out = SliceEndpoints::default();
     let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
@@ -373,8 +377,8 @@ pub(crate) fn slice_endpoints(
                 .unwrap_or_default(),
             port: number,
             pod: pod_name.map(str::to_string),
-            node: ep.node_name.clone(),
-            zone: ep.zone.clone(),
+            node: ep.node_name.as_deref().map(str::to_owned),
+            zone: ep.zone.as_deref().map(str::to_owned),
             reason,
         };
         let readiness = if ready {
@@ -402,11 +406,10 @@ pub(crate) fn slice_endpoints(
         let (meta, weight) = meta_for(
             ep.pod.clone(),
             pods,
-            ep.zone.as_deref(),
-            ep.node_name.as_deref(),
+            ep.zone.clone(),
+            ep.node_name.clone(),
             ep.zone_hints.clone(),
             sp.app_protocol.as_deref(),
-            names,
         );
         out.endpoints.push(
             Endpoint::new(SocketAddr::new(ip, number))
@@ -435,7 +438,6 @@ pub fn from_endpoints(
     let mut out = Vec::new();
     let mut unroutable = Vec::new();
     let mut seen_any = false;
-    let mut names = Names::default();
     for subset in endpoints
         .and_then(|e| e.subsets.as_ref())
         .into_iter()
@@ -482,10 +484,9 @@ pub fn from_endpoints(
                 pod_name.map(Arc::from),
                 pods,
                 None,
-                a.node_name.as_deref(),
+                a.node_name.as_deref().map(shared_name),
                 Vec::new(),
                 sp.app_protocol.as_deref(),
-                &mut names,
             );
             out.push(
                 Endpoint::new(SocketAddr::new(ip, number))

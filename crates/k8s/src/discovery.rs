@@ -548,8 +548,6 @@ struct Converted {
     /// Every cached slice's endpoints, sorted by [`convert::endpoint_order`] (duplicates
     /// kept): patched with each slice change instead of merged again from every slice.
     merged: Option<Vec<Endpoint>>,
-    /// Zone and node names, shared by this port's endpoints.
-    names: convert::Names,
 }
 
 impl Model {
@@ -659,8 +657,7 @@ impl Model {
             if entry.0.is_none() || entry.0 != *rv {
                 left.extend(ready_addrs(&entry.1));
                 self.conversions += 1;
-                let mut converted =
-                    convert::slice_endpoints(slice, &resolved.name, pods, &mut cache.names);
+                let mut converted = convert::slice_endpoints(slice, &resolved.name, pods);
                 observe_ready(&mut cache.first_ready, &mut converted.endpoints, first, now);
                 let before = std::mem::replace(entry, (rv.clone(), converted));
                 if patching {
