@@ -11,32 +11,43 @@ use std::task::Poll;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rudder_balance::{
-    Algorithm, Balancer, Endpoint, EndpointMeta, EndpointSet, Fallback, LoadTable, Selector,
-    ServiceState, SubsetIndex,
+    Algorithm, Balancer, Endpoint, EndpointMeta, EndpointSet, Fallback, LoadTable, MetaBlock,
+    Selector, ServiceState, SubsetIndex,
 };
 
 fn set(n: usize) -> Arc<EndpointSet> {
+    // Metadata in blocks of 100, one per EndpointSlice, as discovery makes it.
+    let blocks: Vec<MetaBlock> = (0..n.div_ceil(100))
+        .map(|b| {
+            (b * 100..n.min(b * 100 + 100))
+                .map(|i| {
+                    let labels = [
+                        ("app".to_string(), "biz1".to_string()),
+                        (
+                            "version".to_string(),
+                            if i % 10 == 0 { "4.2" } else { "4.1" }.to_string(),
+                        ),
+                    ]
+                    .into_iter()
+                    .collect();
+                    EndpointMeta {
+                        labels,
+                        ..Default::default()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .into()
+        })
+        .collect();
     let eps = (0..n)
         .map(|i| {
-            let labels = [
-                ("app".to_string(), "biz1".to_string()),
-                (
-                    "version".to_string(),
-                    if i % 10 == 0 { "4.2" } else { "4.1" }.to_string(),
-                ),
-            ]
-            .into_iter()
-            .collect();
             Endpoint::new(
                 format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256)
                     .parse()
                     .unwrap(),
             )
             .with_weight(1 + (i % 3) as u32)
-            .with_meta(EndpointMeta {
-                labels,
-                ..Default::default()
-            })
+            .with_meta_in(&blocks[i / 100], i % 100)
         })
         .collect();
     Arc::new(EndpointSet::new(ServiceState::Active, eps))

@@ -27,8 +27,8 @@ pub mod weighted;
 
 pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, Pairing, Readiness, ServiceState,
-    SyncClock, Unroutable, UnroutableReason, WatchKind,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, MetaBlock, Pairing, Readiness,
+    ServiceState, SyncClock, Unroutable, UnroutableReason, WatchKind,
 };
 pub use self::load::{Ejection, EjectionHook, EndpointLoad, InFlight, LoadTable, calibrate_clock};
 pub use self::maglev::{Maglev, hash_key};

@@ -19,8 +19,8 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, Readiness, ServiceState, SyncClock,
-    Unroutable, UnroutableReason,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, MetaBlock, Readiness, ServiceState,
+    SyncClock, Unroutable, UnroutableReason,
 };
 
 use crate::service_ref::PortSpec;
@@ -306,7 +306,7 @@ pub fn from_slices<'a>(
     let mut unroutable = Vec::new();
     let mut seen_any = false;
     for slice in slices {
-        let converted = slice_endpoints(slice, &resolved.name, pods);
+        let converted = slice_endpoints(slice, &resolved.name, pods, |_| None);
         endpoints.extend(converted.endpoints);
         unroutable.extend(converted.unroutable);
         seen_any |= converted.seen_any;
@@ -325,11 +325,13 @@ pub(crate) struct SliceEndpoints {
 
 /// The endpoints one slice contributes to the port named `port_name`, and those it lists
 /// but that are not routable. Discovery caches this per slice, so a slice update converts
-/// only that slice.
+/// only that slice. The endpoints take their metadata from one block ([`MetaBlock`]).
+/// `ready_since` gives the Ready time of a Ready endpoint whose Pod gives none.
 pub(crate) fn slice_endpoints(
     slice: &LeanSlice,
     port_name: &str,
     pods: &BTreeMap<String, PodInfo>,
+    mut ready_since: impl FnMut(SocketAddr) -> Option<SystemTime>,
 ) -> SliceEndpoints {
     let mut out = SliceEndpoints::default();
     let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
@@ -362,6 +364,7 @@ pub(crate) fn slice_endpoints(
         return out;
     };
     out.endpoints.reserve_exact(slice.endpoints.len());
+    let mut metas = Vec::with_capacity(slice.endpoints.len());
     for ep in &slice.endpoints {
         let c = ep.conditions;
         let ready = c.ready.unwrap_or(true);
@@ -403,7 +406,7 @@ pub(crate) fn slice_endpoints(
                 continue;
             }
         };
-        let (meta, weight) = meta_for(
+        let (mut meta, weight) = meta_for(
             ep.pod.clone(),
             pods,
             ep.zone.clone(),
@@ -411,12 +414,20 @@ pub(crate) fn slice_endpoints(
             ep.zone_hints.clone(),
             sp.app_protocol.as_deref(),
         );
+        let addr = SocketAddr::new(ip, number);
+        if readiness == Readiness::Ready && meta.ready_since.is_none() {
+            meta.ready_since = ready_since(addr);
+        }
+        metas.push(meta);
         out.endpoints.push(
-            Endpoint::new(SocketAddr::new(ip, number))
+            Endpoint::new(addr)
                 .with_readiness(readiness)
-                .with_weight(weight)
-                .with_meta(meta),
+                .with_weight(weight),
         );
+    }
+    let block = MetaBlock::from(metas);
+    for (i, e) in out.endpoints.iter_mut().enumerate() {
+        *e = e.clone().with_meta_in(&block, i);
     }
     out
 }

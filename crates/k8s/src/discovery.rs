@@ -657,8 +657,19 @@ impl Model {
             if entry.0.is_none() || entry.0 != *rv {
                 left.extend(ready_addrs(&entry.1));
                 self.conversions += 1;
-                let mut converted = convert::slice_endpoints(slice, &resolved.name, pods);
-                observe_ready(&mut cache.first_ready, &mut converted.endpoints, first, now);
+                // Slow start needs to know when an endpoint became Ready. A whole Pod
+                // says so (its Ready condition's transition time); Pod metadata does not,
+                // so for endpoints without that time discovery uses when it first saw them
+                // Ready: those in a port's first snapshot count as long Ready (no ramp),
+                // later ones ramp from their arrival, and one that leaves and comes back
+                // ramps again (see `left` below). Set as the slice is converted, so the
+                // time stays with the converted endpoint and costs nothing on later builds.
+                let first_ready = &mut cache.first_ready;
+                let converted = convert::slice_endpoints(slice, &resolved.name, pods, |addr| {
+                    *first_ready
+                        .entry(addr)
+                        .or_insert_with(|| (!first).then_some(now))
+                });
                 let before = std::mem::replace(entry, (rv.clone(), converted));
                 if patching {
                     removed.extend(before.1.endpoints);
@@ -832,33 +843,6 @@ fn ready_addrs(converted: &convert::SliceEndpoints) -> impl Iterator<Item = Sock
         .iter()
         .filter(|e| e.readiness() == Readiness::Ready)
         .map(Endpoint::addr)
-}
-
-/// Slow start needs to know when an endpoint became Ready. A whole Pod says so (its Ready
-/// condition's transition time); Pod metadata does not, so for endpoints without that time
-/// discovery uses when it first saw them Ready: those in a port's first snapshot count as
-/// long Ready (no ramp), later ones ramp from their arrival, and one that leaves and comes
-/// back ramps again. Applied to a slice's endpoints when the slice is converted, so the
-/// time stays with the converted endpoint and costs nothing on later builds.
-fn observe_ready(
-    first_ready: &mut HashMap<SocketAddr, Option<SystemTime>>,
-    endpoints: &mut [Endpoint],
-    first: bool,
-    now: SystemTime,
-) {
-    for e in endpoints.iter_mut() {
-        if e.readiness() != Readiness::Ready || e.meta().ready_since.is_some() {
-            continue;
-        }
-        let since = *first_ready
-            .entry(e.addr())
-            .or_insert_with(|| (!first).then_some(now));
-        if since.is_some() {
-            let mut meta = e.meta().clone();
-            meta.ready_since = since;
-            *e = e.clone().with_meta(meta);
-        }
-    }
 }
 
 impl Model {

@@ -39,8 +39,8 @@ pub use self::mesh::{
 pub use self::telemetry::Metrics;
 pub use rudder_balance::{
     Algorithm, Ejection, EmptyReason, Endpoint, EndpointMeta, EndpointSet, Fallback, Labels,
-    Readiness, Selector, SelectorError, ServiceState, SlowStart, Split, SplitError, Unroutable,
-    UnroutableReason, WatchKind,
+    MetaBlock, Readiness, Selector, SelectorError, ServiceState, SlowStart, Split, SplitError,
+    Unroutable, UnroutableReason, WatchKind,
 };
 pub use rudder_k8s::{
     Discovery, DiscoveryBuilder, DiscoveryError, HttpRoute, PodWatch, PortSpec, ServiceRef,

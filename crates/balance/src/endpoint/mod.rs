@@ -36,7 +36,65 @@ pub struct Endpoint {
     readiness: Readiness,
     weight: u32,
     /// `None` reads as [`NO_META`]: an endpoint made without metadata allocates nothing.
-    meta: Option<Arc<EndpointMeta>>,
+    meta: Option<MetaRef>,
+}
+
+/// An endpoint's metadata: its place in the block it was made with. The block is behind a
+/// thin pointer, which keeps an endpoint in 56 bytes.
+#[derive(Clone)]
+struct MetaRef {
+    block: Arc<Box<[EndpointMeta]>>,
+    /// Checked against the block's length when made.
+    index: u32,
+}
+
+impl MetaRef {
+    fn get(&self) -> &EndpointMeta {
+        &self.block[self.index as usize]
+    }
+}
+
+impl fmt::Debug for MetaRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// The metadata of endpoints made together, in one shared allocation: discovery makes one
+/// per EndpointSlice it converts. An endpoint takes its metadata from a block with
+/// [`Endpoint::with_meta_in`]; copying the endpoint (as every new snapshot copies the
+/// endpoints that did not change) then counts a reference on the block, which the
+/// endpoints of a slice share, rather than one on metadata of its own.
+///
+/// ```
+/// use rudder_balance::{Endpoint, EndpointMeta, MetaBlock};
+///
+/// let block = MetaBlock::from(vec![
+///     EndpointMeta { pod: Some("web-0".into()), ..Default::default() },
+///     EndpointMeta { pod: Some("web-1".into()), ..Default::default() },
+/// ]);
+/// let web1 = Endpoint::new("10.1.0.8:8080".parse().unwrap()).with_meta_in(&block, 1);
+/// assert_eq!(web1.meta().pod.as_deref(), Some("web-1"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MetaBlock(Arc<Box<[EndpointMeta]>>);
+
+impl MetaBlock {
+    /// How many endpoints' metadata the block holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the block holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<EndpointMeta>> for MetaBlock {
+    fn from(metas: Vec<EndpointMeta>) -> Self {
+        Self(Arc::new(metas.into_boxed_slice()))
+    }
 }
 
 /// The metadata of every endpoint made without any.
@@ -183,9 +241,32 @@ impl Endpoint {
         self
     }
 
-    /// Sets the metadata.
+    /// Sets the metadata (in a block of its own: endpoints made together share one with
+    /// [`with_meta_in`](Self::with_meta_in)).
     pub fn with_meta(mut self, meta: EndpointMeta) -> Self {
-        self.meta = Some(Arc::new(meta));
+        self.meta = Some(MetaRef {
+            block: Arc::new(Box::new([meta])),
+            index: 0,
+        });
+        self
+    }
+
+    /// Sets the metadata to the one at `index` of `block`, shared with the other endpoints
+    /// that take theirs from the block.
+    ///
+    /// # Panics
+    /// When `index` is not below `block.len()`, as indexing a slice does.
+    pub fn with_meta_in(mut self, block: &MetaBlock, index: usize) -> Self {
+        assert!(
+            index < block.len(),
+            "metadata index {index} out of a block of {}",
+            block.len()
+        );
+        self.meta = Some(MetaRef {
+            block: block.0.clone(),
+            // A block of more than `u32::MAX` metadata would not fit in memory.
+            index: index as u32,
+        });
         self
     }
 
@@ -206,22 +287,22 @@ impl Endpoint {
 
     /// Pod name, labels, zone and the rest.
     pub fn meta(&self) -> &EndpointMeta {
-        self.meta.as_deref().unwrap_or(&NO_META)
+        self.meta.as_ref().map_or(&NO_META, MetaRef::get)
     }
 
-    /// Whether `other` carries the very same metadata (one shared allocation, as
-    /// discovery keeps for an endpoint that did not change, or none on either side): then
-    /// label matches made for one hold for the other without matching again.
+    /// Whether `other` carries the very same metadata (the same place in one shared block,
+    /// as discovery keeps for an endpoint that did not change, or none on either side):
+    /// then label matches made for one hold for the other without matching again.
     pub fn shares_meta(&self, other: &Endpoint) -> bool {
         match (&self.meta, &other.meta) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => a.index == b.index && Arc::ptr_eq(&a.block, &b.block),
             (None, None) => true,
             _ => false,
         }
     }
 
     /// Whether `other` is this endpoint as it was: the same address, readiness and weight,
-    /// and the metadata shared (one `Arc`), as discovery keeps it for endpoints it did not
+    /// and the metadata shared (one block), as discovery keeps it for endpoints it did not
     /// convert again. What was derived from one holds for the other.
     pub fn is_same(&self, other: &Endpoint) -> bool {
         // The metadata first: it tells changed endpoints apart soonest.

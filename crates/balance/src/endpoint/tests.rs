@@ -211,3 +211,36 @@ fn labels_are_shared_until_changed() {
         "empty allocates nothing"
     );
 }
+
+/// Endpoints made with one block share it, each at its own place: a copy shares its
+/// metadata with the original, two places of one block do not, and metadata made apart
+/// with the same content is equal without being shared.
+#[test]
+fn endpoints_of_a_block_share_it_each_at_its_place() {
+    let block = MetaBlock::from(
+        (0..3)
+            .map(|i| EndpointMeta {
+                pod: Some(format!("p{i}").into()),
+                ..EndpointMeta::default()
+            })
+            .collect::<Vec<_>>(),
+    );
+    let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 80));
+    let eps: Vec<Endpoint> = (0..3)
+        .map(|i| Endpoint::new(addr(i as u8)).with_meta_in(&block, i))
+        .collect();
+    assert_eq!(eps[1].meta().pod.as_deref(), Some("p1"));
+    assert!(eps[1].shares_meta(&eps[1].clone()));
+    assert!(eps[1].is_same(&eps[1].clone()));
+    assert!(!eps[0].shares_meta(&eps[1]));
+    let apart = Endpoint::new(addr(1)).with_meta(eps[1].meta().clone());
+    assert_eq!(apart, eps[1]);
+    assert!(!apart.shares_meta(&eps[1]));
+    // Debug shows the endpoint's own metadata, not the block's.
+    assert!(!format!("{:?}", eps[1]).contains("p2"));
+    let outside = std::panic::catch_unwind(|| Endpoint::new(addr(9)).with_meta_in(&block, 3));
+    assert!(outside.is_err(), "an index outside the block");
+    // The place in the block costs an endpoint 8 bytes over a pointer of its own.
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(std::mem::size_of::<Endpoint>(), 56);
+}
