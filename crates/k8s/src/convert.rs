@@ -363,7 +363,8 @@ pub(crate) fn slice_endpoints(
         tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
         return out;
     };
-    out.endpoints.reserve_exact(slice.endpoints.len());
+    // The routable endpoints, and their metadata for the block they will share.
+    let mut routable = Vec::with_capacity(slice.endpoints.len());
     let mut metas = Vec::with_capacity(slice.endpoints.len());
     for ep in &slice.endpoints {
         let c = ep.conditions;
@@ -419,16 +420,22 @@ pub(crate) fn slice_endpoints(
             meta.ready_since = ready_since(addr);
         }
         metas.push(meta);
-        out.endpoints.push(
-            Endpoint::new(addr)
-                .with_readiness(readiness)
-                .with_weight(weight),
-        );
+        routable.push((addr, readiness, weight));
+    }
+    if routable.is_empty() {
+        return out;
     }
     let block = MetaBlock::from(metas);
-    for (i, e) in out.endpoints.iter_mut().enumerate() {
-        *e = e.clone().with_meta_in(&block, i);
-    }
+    out.endpoints = routable
+        .into_iter()
+        .enumerate()
+        .map(|(i, (addr, readiness, weight))| {
+            Endpoint::new(addr)
+                .with_readiness(readiness)
+                .with_weight(weight)
+                .with_meta_in(&block, i)
+        })
+        .collect();
     out
 }
 
