@@ -141,60 +141,69 @@ where
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
-/// The first address of `addresses`, the others read and dropped.
-fn first_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
-    struct First;
+/// A string read through `map`, without copying it first (the field types below say what
+/// each string becomes).
+fn map_str<'de, D: Deserializer<'de>, T>(d: D, map: fn(&str) -> T) -> Result<T, D::Error> {
+    struct Text<T>(fn(&str) -> T);
 
-    impl<'de> Visitor<'de> for First {
-        type Value = Option<Address>;
+    impl<T> Visitor<'_> for Text<T> {
+        type Value = T;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of addresses")
+            f.write_str("a string")
         }
 
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let first = seq.next_element::<AddressText>()?.map(|a| a.0);
-            while seq.next_element::<AddressText>()?.is_some() {}
-            Ok(first)
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok((self.0)(v))
         }
     }
 
-    /// One address, read without copying it when it parses as an IP address.
-    struct AddressText(Address);
+    d.deserialize_str(Text(map))
+}
 
-    impl<'de> Deserialize<'de> for AddressText {
+/// An address, parsed as it is read ([`Address::new`]).
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        map_str(d, Address::new)
+    }
+}
+
+/// A zone or node name, read into its shared copy ([`shared_name`]).
+struct SharedName(Arc<str>);
+
+impl<'de> Deserialize<'de> for SharedName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        map_str(d, shared_name).map(SharedName)
+    }
+}
+
+/// The first address of `addresses`, the others read and dropped.
+fn first_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+    struct First(Option<Address>);
+
+    impl<'de> Deserialize<'de> for First {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Text;
+            struct Seq;
 
-            impl Visitor<'_> for Text {
-                type Value = Address;
+            impl<'de> Visitor<'de> for Seq {
+                type Value = First;
 
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("an address")
+                    f.write_str("a list of addresses")
                 }
 
-                fn visit_str<E: de::Error>(self, v: &str) -> Result<Address, E> {
-                    Ok(Address::new(v))
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<First, A::Error> {
+                    let first = seq.next_element::<Address>()?;
+                    while seq.next_element::<Address>()?.is_some() {}
+                    Ok(First(first))
                 }
             }
 
-            d.deserialize_str(Text).map(AddressText)
+            d.deserialize_seq(Seq)
         }
     }
 
-    d.deserialize_option(First)
+    Ok(Option::<First>::deserialize(d)?.and_then(|f| f.0))
 }
 
 /// The Pod a `targetRef` names; `None` for another kind.
@@ -205,44 +214,17 @@ fn pod_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Erro
 
     impl<'de> Deserialize<'de> for IsPod {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Kind;
-
-            impl Visitor<'_> for Kind {
-                type Value = bool;
-
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a kind")
-                }
-
-                fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-                    Ok(v == "Pod")
-                }
-            }
-
-            d.deserialize_str(Kind).map(IsPod)
+            map_str(d, |kind| kind == "Pod").map(IsPod)
         }
     }
 
-    /// A name, read into its shared allocation directly.
+    /// A Pod's name, read into its own shared allocation (Pod names are not repeated, so
+    /// not looked up among the shared names).
     struct Name(Arc<str>);
 
     impl<'de> Deserialize<'de> for Name {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Text;
-
-            impl Visitor<'_> for Text {
-                type Value = Arc<str>;
-
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a name")
-                }
-
-                fn visit_str<E: de::Error>(self, v: &str) -> Result<Arc<str>, E> {
-                    Ok(Arc::from(v))
-                }
-            }
-
-            d.deserialize_str(Text).map(Name)
+            map_str(d, |name| Arc::from(name)).map(Name)
         }
     }
 
@@ -262,33 +244,7 @@ fn pod_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Erro
 
 /// A zone or node name, read into its shared copy.
 fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
-    struct Shared;
-
-    impl<'de> Visitor<'de> for Shared {
-        type Value = Option<Arc<str>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a name")
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(shared_name(v)))
-        }
-    }
-
-    d.deserialize_option(Shared)
+    Ok(Option::<SharedName>::deserialize(d)?.map(|n| n.0))
 }
 
 /// The zone names of `hints.forZones`.
@@ -354,12 +310,6 @@ impl From<&EndpointSlice> for LeanSlice {
             endpoints,
             ports: slice.ports.clone().unwrap_or_default(),
         }
-    }
-}
-
-impl From<EndpointSlice> for LeanSlice {
-    fn from(slice: EndpointSlice) -> Self {
-        Self::from(&slice)
     }
 }
 
