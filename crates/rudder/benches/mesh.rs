@@ -40,45 +40,35 @@ fn mesh(c: &mut Criterion) {
             .expect("request")
     };
 
-    let mut group = c.benchmark_group("request");
-    group.bench_function("inner_alone", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let req = req().map(rudder::ReplayBody::new);
-                black_box(inner.oneshot(req).await)
-            })
-        })
-    });
-    group.bench_function("through_mesh", |b| {
-        b.iter(|| rt.block_on(async { black_box(mesh.clone().oneshot(req()).await) }))
-    });
-    group.bench_function("through_mesh_without_retries", |b| {
-        b.iter(|| rt.block_on(async { black_box(no_retries.clone().oneshot(req()).await) }))
-    });
-    // The same with one request header (a `user-agent`), as most clients send: the map is
-    // then allocated already, and the `Host` the Mesh adds for the Pod costs an insert,
-    // not the map's first allocation (for the bare inner service too, whose request
-    // carries the same header).
+    // Each arm also with one request header (a `user-agent`), as most clients send: the
+    // map is then allocated already, and the `Host` the Mesh adds for the Pod costs an
+    // insert, not the map's first allocation (for the bare inner service too, whose
+    // request carries the same header).
     let with_header = || {
         Request::get("http://web:8080/x")
             .header(http::header::USER_AGENT, "bench")
             .body(Empty::new())
             .expect("request")
     };
-    group.bench_function("inner_alone_one_header", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let req = with_header().map(rudder::ReplayBody::new);
-                black_box(inner.oneshot(req).await)
+    let mut group = c.benchmark_group("request");
+    type Make = fn() -> Request<Empty<Bytes>>;
+    let requests: [(&str, Make); 2] = [("", req), ("_one_header", with_header)];
+    for (suffix, make) in requests {
+        group.bench_function(format!("inner_alone{suffix}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let req = make().map(rudder::ReplayBody::new);
+                    black_box(inner.oneshot(req).await)
+                })
             })
-        })
-    });
-    group.bench_function("through_mesh_one_header", |b| {
-        b.iter(|| rt.block_on(async { black_box(mesh.clone().oneshot(with_header()).await) }))
-    });
-    group.bench_function("through_mesh_without_retries_one_header", |b| {
-        b.iter(|| rt.block_on(async { black_box(no_retries.clone().oneshot(with_header()).await) }))
-    });
+        });
+        group.bench_function(format!("through_mesh{suffix}"), |b| {
+            b.iter(|| rt.block_on(async { black_box(mesh.clone().oneshot(make()).await) }))
+        });
+        group.bench_function(format!("through_mesh_without_retries{suffix}"), |b| {
+            b.iter(|| rt.block_on(async { black_box(no_retries.clone().oneshot(make()).await) }))
+        });
+    }
     // Both cores sending at once (one runtime per thread, as a multi-threaded client's
     // workers do): whatever the requests share (reference counts, the pool's snapshot)
     // now moves between the cores' caches. Time per request over both threads.
