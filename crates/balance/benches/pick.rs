@@ -240,7 +240,7 @@ fn pool_update(c: &mut Criterion) {
             selectors: vec![v41.clone(), v42.clone()],
             ..Default::default()
         };
-        let pool = rudder_balance::Pool::new(config, a.clone(), |e| Arc::new(e.addr()));
+        let pool = rudder_balance::Pool::new(config, a.clone(), Endpoint::addr);
         let mut flip = false;
         group.bench_with_input(
             BenchmarkId::new("one_endpoint_changed", n),
@@ -249,9 +249,7 @@ fn pool_update(c: &mut Criterion) {
                 bench.iter(|| {
                     flip = !flip;
                     let next = if flip { b.clone() } else { a.clone() };
-                    pool.update(next, |e, before| {
-                        before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
-                    });
+                    pool.update(next, Endpoint::addr);
                 })
             },
         );
@@ -275,15 +273,13 @@ fn pool_update(c: &mut Criterion) {
                 selectors: vec![v41.clone(), v42.clone()],
                 ..Default::default()
             };
-            let pool = rudder_balance::Pool::new(config, full.clone(), |e| Arc::new(e.addr()));
+            let pool = rudder_balance::Pool::new(config, full.clone(), Endpoint::addr);
             let mut gone = false;
             group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
                 bench.iter(|| {
                     gone = !gone;
                     let next = if gone { left.clone() } else { full.clone() };
-                    pool.update(next, |e, before| {
-                        before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
-                    });
+                    pool.update(next, Endpoint::addr);
                 })
             });
         }
@@ -324,7 +320,7 @@ fn pool_update(c: &mut Criterion) {
             bench.iter(|| {
                 flip = !flip;
                 let next = if flip { b.clone() } else { a.clone() };
-                pool.update(next, |e, before| before.copied().unwrap_or(e.addr()));
+                pool.update(next, Endpoint::addr);
             })
         });
     }
@@ -360,7 +356,7 @@ fn publish(c: &mut Criterion) {
                 ],
                 ..Default::default()
             };
-            let pool = rudder_balance::Pool::new(config, a.clone(), |e| Arc::new(e.addr()));
+            let pool = rudder_balance::Pool::new(config, a.clone(), Endpoint::addr);
             let mut current = a.clone();
             let mut turn = 0;
             let name = format!("{made}{weights}");
@@ -375,9 +371,7 @@ fn publish(c: &mut Criterion) {
                     };
                     assert!(next != *current, "every turn changes one endpoint");
                     current = Arc::new(next);
-                    pool.update(current.clone(), |e, before| {
-                        before.cloned().unwrap_or_else(|| Arc::new(e.addr()))
-                    });
+                    pool.update(current.clone(), Endpoint::addr);
                 })
             });
         }

@@ -200,7 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let set = sub.changed().await;
             if set.routable().count() == expected {
                 let swap = Instant::now();
-                let replaced = pool.update(set, |e, before| before.copied().unwrap_or(e.addr()));
+                let replaced = pool.update(set, |e| e.addr());
                 swaps.push(swap.elapsed());
                 lat.push(t.elapsed());
                 // Requests route by the new snapshot from the swap on; the old one is torn
@@ -462,7 +462,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let at = eps.partition_point(|e| e.addr() < addr);
             if eps[at].labels().get("version").map(String::as_str) == Some("4.2") {
                 let swap = Instant::now();
-                drop(pool.update(set, |e, before| before.copied().unwrap_or(e.addr())));
+                drop(pool.update(set, |e| e.addr()));
                 relabel_swaps.push(swap.elapsed());
                 relabel.push(t.elapsed());
                 break;

@@ -25,9 +25,8 @@
 mod tests;
 
 use std::cell::Cell;
-use std::sync::Arc;
 
-use crate::load::{EndpointLoad, decay_factor};
+use crate::load::{EndpointLoad, HoldsLoad, decay_factor};
 use crate::subset::Picked;
 
 thread_local! {
@@ -105,7 +104,7 @@ impl Balancer {
     /// Picks an endpoint of `subset`; returns its position in the snapshot (index into
     /// `loads`, which must be aligned with the snapshot's endpoints). `None` when every
     /// member has weight 0.
-    pub fn pick(&self, subset: &Picked<'_>, loads: &[Arc<EndpointLoad>]) -> Option<usize> {
+    pub fn pick(&self, subset: &Picked<'_>, loads: &[impl HoldsLoad]) -> Option<usize> {
         let (x, y) = random_pair();
         self.pick_with(subset, loads, x, y)
     }
@@ -120,13 +119,16 @@ impl Balancer {
         &self,
         local: Option<&Picked<'_>>,
         all: &Picked<'_>,
-        loads: &[Arc<EndpointLoad>],
+        loads: &[impl HoldsLoad],
         spill_factor: f64,
     ) -> Option<usize> {
         let Some(local) = local.filter(|l| !l.is_empty()) else {
             return self.pick(all, loads);
         };
-        let Some(l) = self.pick(local, loads).filter(|l| !loads[*l].is_ejected()) else {
+        let Some(l) = self
+            .pick(local, loads)
+            .filter(|l| !loads[*l].load().is_ejected())
+        else {
             return self.pick(all, loads);
         };
         let (x, _) = random_pair();
@@ -136,16 +138,19 @@ impl Balancer {
         let r = all.positions()[m] as usize;
         // Compared the way P2C compares: estimates aged to the same moment and floored at
         // the resolution, so scheduling noise on loopback does not read as a slow zone.
-        let reference = loads[l].stamp_nanos().max(loads[r].stamp_nanos());
+        let reference = loads[l]
+            .load()
+            .stamp_nanos()
+            .max(loads[r].load().stamp_nanos());
         let per_weight = |p: usize, w: u64| {
-            let pending = f64::from(loads[p].in_flight() + 1) / w.max(1) as f64;
+            let pending = f64::from(loads[p].load().in_flight() + 1) / w.max(1) as f64;
             match self.algorithm {
                 Algorithm::LeastRequests => pending,
-                _ => self.latency_at(&loads[p], reference) * pending,
+                _ => self.latency_at(loads[p].load(), reference) * pending,
             }
         };
         let local_weight = u64::from(all.set().endpoints()[l].weight());
-        let spill = !loads[r].is_ejected()
+        let spill = !loads[r].load().is_ejected()
             && per_weight(r, all.weights().weight(m)) * spill_factor < per_weight(l, local_weight);
         Some(if spill { r } else { l })
     }
@@ -156,7 +161,7 @@ impl Balancer {
     pub fn pick_keyed(
         &self,
         subset: &Picked<'_>,
-        loads: &[Arc<EndpointLoad>],
+        loads: &[impl HoldsLoad],
         key_hash: Option<u64>,
     ) -> Option<usize> {
         match (self.algorithm, key_hash) {
@@ -165,7 +170,7 @@ impl Balancer {
                     .maglev()
                     .map(|m| subset.positions()[m.lookup(h)] as usize)?;
                 // An ejected endpoint's keys go elsewhere until it returns.
-                if loads[pos].is_ejected() {
+                if loads[pos].load().is_ejected() {
                     self.pick(subset, loads)
                 } else {
                     Some(pos)
@@ -185,7 +190,7 @@ impl Balancer {
     pub fn pick_with(
         &self,
         subset: &Picked<'_>,
-        loads: &[Arc<EndpointLoad>],
+        loads: &[impl HoldsLoad],
         x: u64,
         y: u64,
     ) -> Option<usize> {
@@ -202,7 +207,7 @@ impl Balancer {
     fn avoid_ejected(
         &self,
         subset: &Picked<'_>,
-        loads: &[Arc<EndpointLoad>],
+        loads: &[impl HoldsLoad],
         mut seed: u64,
         first: usize,
     ) -> Option<usize> {
@@ -217,7 +222,8 @@ impl Balancer {
         let weights = subset.weights();
         let healthy: Vec<usize> = (0..subset.len())
             .filter(|m| {
-                weights.weight(*m) > 0 && !loads[subset.positions()[*m] as usize].is_ejected()
+                weights.weight(*m) > 0
+                    && !loads[subset.positions()[*m] as usize].load().is_ejected()
             })
             .collect();
         match healthy.as_slice() {
@@ -230,14 +236,14 @@ impl Balancer {
     fn choose(
         &self,
         subset: &Picked<'_>,
-        loads: &[Arc<EndpointLoad>],
+        loads: &[impl HoldsLoad],
         x: u64,
         y: u64,
     ) -> Option<(usize, bool)> {
         let weights = subset.weights();
         let positions = subset.positions();
         let position = |member: usize| positions[member] as usize;
-        let checked = |pos: usize| (pos, loads[pos].is_ejected());
+        let checked = |pos: usize| (pos, loads[pos].load().is_ejected());
         match self.algorithm {
             Algorithm::WeightedRoundRobin => {
                 let total = weights.total();
@@ -255,8 +261,8 @@ impl Balancer {
                 let (mut a, mut b) = weights.pick_two_random(x, y)?;
                 // Each candidate's load is read once: the comparison below works on these
                 // copies.
-                let mut seen_a = Seen::of(&loads[position(a)]);
-                let mut seen_b = b.map(|b| Seen::of(&loads[position(b)]));
+                let mut seen_a = Seen::of(loads[position(a)].load());
+                let mut seen_b = b.map(|b| Seen::of(loads[position(b)].load()));
                 // An ejected candidate would hand the other a free win (a slow endpoint
                 // paired with an ejected one is chosen without comparison); draw again.
                 let mut seed = x ^ y;
@@ -266,8 +272,8 @@ impl Balancer {
                     }
                     seed = splitmix(seed);
                     (a, b) = weights.pick_two_random(splitmix(seed), splitmix(seed ^ GOLDEN))?;
-                    seen_a = Seen::of(&loads[position(a)]);
-                    seen_b = b.map(|b| Seen::of(&loads[position(b)]));
+                    seen_a = Seen::of(loads[position(a)].load());
+                    seen_b = b.map(|b| Seen::of(loads[position(b)].load()));
                 }
                 let (Some(b), Some(seen_b)) = (b, seen_b) else {
                     return Some((position(a), seen_a.ejected));

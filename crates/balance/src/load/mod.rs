@@ -69,6 +69,44 @@ pub fn calibrate_clock() {
 /// Called with an endpoint's address when a failure ejects it.
 pub type EjectionHook = Arc<dyn Fn(SocketAddr) + Send + Sync>;
 
+/// Something that holds an endpoint's load: the load itself, a pool's
+/// [`PoolEntry`](crate::PoolEntry) (the load with the caller's payload), or an `Arc` of
+/// either. Balancers read loads through it, so a pool's entries need no separate list of
+/// loads.
+pub trait HoldsLoad {
+    /// The load.
+    fn load(&self) -> &EndpointLoad;
+}
+
+impl HoldsLoad for EndpointLoad {
+    fn load(&self) -> &EndpointLoad {
+        self
+    }
+}
+
+impl<L: HoldsLoad + ?Sized> HoldsLoad for Arc<L> {
+    fn load(&self) -> &EndpointLoad {
+        (**self).load()
+    }
+}
+
+/// What the table keeps per address: the load it made (see [`LoadTable::for_set`]), or
+/// whatever holds the load a pool made (see `LoadTable::track`).
+#[derive(Clone)]
+pub(crate) enum Held {
+    Own(Arc<EndpointLoad>),
+    Pool(Arc<dyn HoldsLoad + Send + Sync>),
+}
+
+impl Held {
+    fn load(&self) -> &EndpointLoad {
+        match self {
+            Held::Own(l) => l,
+            Held::Pool(h) => h.load(),
+        }
+    }
+}
+
 /// What recording an outcome needs: the clock, the estimate's settings, the ejection policy
 /// and the table's loads (for the ejection limit). Each load points here, so a request
 /// holding a load records through it without holding (or counting a reference to) its
@@ -87,9 +125,10 @@ struct Recorder {
     hook: Option<EjectionHook>,
     /// Ejections caused so far.
     ejections: AtomicU64,
-    /// Every address's load. The loads point back at this recorder, so the table empties
-    /// the map when it is dropped (see `Drop for LoadTable`), which ends the cycle.
-    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+    /// Every address's load (for the ejection limit). The loads point back at this
+    /// recorder, so the table empties the map when it is dropped (see
+    /// `Drop for LoadTable`), which ends the cycle.
+    loads: Mutex<HashMap<SocketAddr, Held>>,
 }
 
 impl fmt::Debug for Recorder {
@@ -117,25 +156,33 @@ pub struct EndpointLoad {
     ejected_until: AtomicU64,
 }
 
-/// Counts a request in flight until dropped.
+/// Counts a request in flight until dropped; `L` holds the load (an `Arc`, so the load
+/// outlives the snapshot the request was picked from).
 #[derive(Debug)]
-pub struct InFlight(Arc<EndpointLoad>);
+pub struct InFlight<L: HoldsLoad = Arc<EndpointLoad>>(L);
 
-impl InFlight {
-    fn new(load: &Arc<EndpointLoad>) -> Self {
-        load.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(load.clone())
+impl<L: HoldsLoad + Clone> InFlight<L> {
+    fn new(holder: &L) -> Self {
+        holder.load().in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(holder.clone())
     }
+}
 
+impl<L: HoldsLoad> InFlight<L> {
     /// The load this request counts on.
     pub fn load(&self) -> &EndpointLoad {
+        self.0.load()
+    }
+
+    /// What holds the load.
+    pub fn holder(&self) -> &L {
         &self.0
     }
 }
 
-impl Drop for InFlight {
+impl<L: HoldsLoad> Drop for InFlight<L> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -345,7 +392,7 @@ impl LoadTable {
         let aligned: Arc<[Arc<EndpointLoad>]> = set
             .endpoints()
             .iter()
-            .map(|e| loads.entry(e.addr()).or_insert_with(|| self.load()).clone())
+            .map(|e| self.held(&mut loads, e.addr()))
             .collect();
         loads.retain(|addr, _| {
             set.endpoints()
@@ -383,16 +430,42 @@ impl LoadTable {
         pairing
             .carry(previous_loads, |i, before| match before {
                 Some(j) => previous_loads[j].clone(),
-                None => {
-                    let addr = next.endpoints()[i].addr();
-                    table.entry(addr).or_insert_with(|| self.load()).clone()
-                }
+                None => self.held(&mut table, next.endpoints()[i].addr()),
             })
             .into()
     }
 
-    fn load(&self) -> Arc<EndpointLoad> {
-        Arc::new(EndpointLoad::new(self.recorder.clone(), self.initial))
+    /// The load the table holds for `addr`, made (and kept) if it has none.
+    fn held(&self, table: &mut HashMap<SocketAddr, Held>, addr: SocketAddr) -> Arc<EndpointLoad> {
+        if let Some(Held::Own(load)) = table.get(&addr) {
+            return load.clone();
+        }
+        let load = Arc::new(self.new_load());
+        table.insert(addr, Held::Own(load.clone()));
+        load
+    }
+
+    /// A new load, not tracked by the table until [`track`](Self::track)ed.
+    pub(crate) fn new_load(&self) -> EndpointLoad {
+        EndpointLoad::new(self.recorder.clone(), self.initial)
+    }
+
+    /// Forgets the addresses in `gone` and tracks the loads in `added` (each replacing
+    /// what its address had): O(changed), for a pool that keeps its own loads.
+    pub(crate) fn track(
+        &self,
+        gone: impl IntoIterator<Item = SocketAddr>,
+        added: impl IntoIterator<Item = (SocketAddr, Held)>,
+    ) {
+        let mut table = self
+            .recorder
+            .loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for addr in gone {
+            table.remove(&addr);
+        }
+        table.extend(added);
     }
 
     /// Marks a request to `load` as started; the guard ends it.
@@ -478,7 +551,7 @@ impl Recorder {
         {
             // Ejections are rare: counting the ejected under the table lock is fine here.
             let loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
-            let ejected = loads.values().filter(|l| l.is_ejected()).count();
+            let ejected = loads.values().filter(|l| l.load().is_ejected()).count();
             if (ejected + 1) * 100 > loads.len().max(1) * usize::from(e.max_ejected_percent) {
                 return false;
             }
@@ -505,18 +578,25 @@ impl Recorder {
 /// One request's outcome, recorded through its load: started when made, in flight until
 /// dropped.
 #[derive(Debug)]
-pub(crate) struct Outcome {
-    in_flight: InFlight,
+pub(crate) struct Outcome<L: HoldsLoad> {
+    in_flight: InFlight<L>,
     /// The clock's raw reading when the request started.
     started: u64,
 }
 
-impl Outcome {
-    pub(crate) fn start(load: &Arc<EndpointLoad>) -> Self {
+impl<L: HoldsLoad + Clone> Outcome<L> {
+    pub(crate) fn start(holder: &L) -> Self {
         Self {
-            in_flight: InFlight::new(load),
-            started: load.recorder.raw_now(),
+            in_flight: InFlight::new(holder),
+            started: holder.load().recorder.raw_now(),
         }
+    }
+}
+
+impl<L: HoldsLoad> Outcome<L> {
+    /// What holds the load.
+    pub(crate) fn holder(&self) -> &L {
+        self.in_flight.holder()
     }
 
     pub(crate) fn load(&self) -> &EndpointLoad {

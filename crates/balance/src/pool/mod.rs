@@ -19,8 +19,11 @@
 //! [`Pool::snapshot`] and the subset with [`Picked::into_owned`] instead: one reference
 //! count each.
 //!
-//! Load state (in flight, peak EWMA, failure streaks, ejections) is keyed by address and
-//! carried from one snapshot to the next, so a Pod keeps its history across updates.
+//! Each endpoint's load state (in flight, peak EWMA, failure streaks, ejections) and
+//! payload live together in one [`PoolEntry`], which every snapshot that lists the
+//! endpoint unchanged shares, so a Pod keeps its history across updates and an update
+//! carries one reference count per endpoint. A new Pod at an old Pod's address is a new
+//! endpoint: it gets an entry (and a history) of its own.
 
 #[cfg(test)]
 mod tests;
@@ -34,7 +37,7 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::{Algorithm, Balancer};
 use crate::endpoint::{Endpoint, EndpointSet, Pairing};
-use crate::load::{Ejection, EjectionHook, EndpointLoad, LoadTable, Outcome};
+use crate::load::{Ejection, EjectionHook, EndpointLoad, Held, HoldsLoad, LoadTable, Outcome};
 use crate::selector::Selector;
 use crate::slow_start::SlowStart;
 use crate::subset::{Fallback, IndexOptions, Matches, Picked, SubsetError, SubsetIndex};
@@ -80,12 +83,38 @@ impl Default for PoolConfig {
     }
 }
 
+/// One endpoint's state in a pool: its load and the caller's payload, in one allocation
+/// shared by every snapshot that lists the endpoint unchanged and by its requests in flight.
+#[derive(Debug)]
+pub struct PoolEntry<T> {
+    load: EndpointLoad,
+    extra: T,
+}
+
+impl<T> PoolEntry<T> {
+    /// The endpoint's load.
+    pub fn load(&self) -> &EndpointLoad {
+        &self.load
+    }
+
+    /// The caller's payload.
+    pub fn extra(&self) -> &T {
+        &self.extra
+    }
+}
+
+impl<T> HoldsLoad for PoolEntry<T> {
+    fn load(&self) -> &EndpointLoad {
+        &self.load
+    }
+}
+
 /// One snapshot, indexed, with a caller payload `T` per endpoint.
 #[derive(Debug)]
 pub struct Snapshot<T> {
     index: SubsetIndex,
-    loads: Arc<[Arc<EndpointLoad>]>,
-    extras: Arc<[T]>,
+    /// One entry per endpoint, aligned with the set's endpoints.
+    entries: Arc<[Arc<PoolEntry<T>>]>,
     /// The configured selectors' label matches, for the next update to reuse.
     matches: Matches,
 }
@@ -112,21 +141,21 @@ impl<T> Snapshot<T> {
 
     /// The endpoint at `pos` with its load and payload.
     pub fn get(&self, pos: usize) -> Option<(&Endpoint, &EndpointLoad, &T)> {
-        Some((
-            self.set().endpoints().get(pos)?,
-            self.loads.get(pos)?,
-            self.extras.get(pos)?,
-        ))
+        let entry = self.entries.get(pos)?;
+        Some((self.set().endpoints().get(pos)?, &entry.load, &entry.extra))
     }
 
     /// The payload of the endpoint at `pos`.
+    ///
+    /// # Panics
+    /// When `pos` is not a position of this snapshot.
     pub fn extra(&self, pos: usize) -> &T {
-        &self.extras[pos]
+        &self.entries[pos].extra
     }
 
-    /// Every endpoint's load, aligned with [`EndpointSet::endpoints`].
-    pub fn loads(&self) -> &[Arc<EndpointLoad>] {
-        &self.loads
+    /// Every endpoint's entry (load and payload), aligned with [`EndpointSet::endpoints`].
+    pub fn entries(&self) -> &[Arc<PoolEntry<T>>] {
+        &self.entries
     }
 }
 
@@ -173,7 +202,7 @@ impl<T> fmt::Debug for Pool<T> {
     }
 }
 
-impl<T> Pool<T> {
+impl<T: Send + Sync + 'static> Pool<T> {
     /// A pool routing over `set`, with `extra` computing each endpoint's payload.
     pub fn new(
         config: PoolConfig,
@@ -193,19 +222,17 @@ impl<T> Pool<T> {
     ) -> Self {
         let table = LoadTable::new(config.decay, config.initial_latency)
             .with_ejection(config.ejection.clone(), hook);
-        let extras: Arc<[T]> = set.endpoints().iter().map(extra).collect();
-        let loads = table.for_set(&set);
+        let mut extra = extra;
+        let mut tracked = Vec::with_capacity(set.len());
+        let entries: Arc<[Arc<PoolEntry<T>>]> = set
+            .endpoints()
+            .iter()
+            .map(|e| Self::entry(&table, e, &mut extra, &mut tracked))
+            .collect();
+        table.track([], tracked);
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         let matches = Matches::new(&set, &selectors);
-        let first = Self::index(
-            &config,
-            set,
-            loads,
-            extras,
-            matches,
-            SystemTime::now(),
-            None,
-        );
+        let first = Self::index(&config, set, entries, matches, SystemTime::now(), None);
         Self {
             balancer: Balancer::new(config.algorithm).with_decay(config.decay),
             config,
@@ -215,11 +242,25 @@ impl<T> Pool<T> {
         }
     }
 
+    /// A new entry for `e`, noted in `tracked` for the load table.
+    fn entry(
+        table: &LoadTable,
+        e: &Endpoint,
+        extra: &mut impl FnMut(&Endpoint) -> T,
+        tracked: &mut Vec<(SocketAddr, Held)>,
+    ) -> Arc<PoolEntry<T>> {
+        let entry = Arc::new(PoolEntry {
+            load: table.new_load(),
+            extra: extra(e),
+        });
+        tracked.push((e.addr(), Held::Pool(entry.clone())));
+        entry
+    }
+
     fn index(
         config: &PoolConfig,
         set: Arc<EndpointSet>,
-        loads: Arc<[Arc<EndpointLoad>]>,
-        extras: Arc<[T]>,
+        entries: Arc<[Arc<PoolEntry<T>>]>,
         matches: Matches,
         now: SystemTime,
         previous: Option<(&SubsetIndex, Option<&Pairing>)>,
@@ -240,21 +281,20 @@ impl<T> Pool<T> {
                 previous.map(|(index, _)| index),
                 previous.and_then(|(_, pairing)| pairing),
             ),
-            loads,
-            extras,
+            entries,
             matches,
         }
     }
 
     /// Indexes `set` and publishes it; requests that already hold the previous snapshot
     /// finish with it. Called when discovery publishes, never on the request path.
-    /// `extra` makes each endpoint's payload, given the payload its address had in the
-    /// previous snapshot (if any) so it can be reused rather than rebuilt. When `set` has
-    /// exactly the previous addresses, each naming the same Pod as before (a weight or
-    /// label change), the payloads and loads are carried over whole and `extra` is not
-    /// called. Otherwise it is not called either for the endpoints before the first
-    /// change and after the last one that are the same in every field (see
-    /// [`Pairing::same_head`]): they keep their payloads.
+    ///
+    /// An endpoint whose address the previous snapshot had, naming the same Pod (or no
+    /// Pod, both times), keeps its entry: its load and payload. Any other endpoint gets a
+    /// new entry, with `extra` making its payload. When `set` has exactly the previous
+    /// endpoints in that sense (a weight or label change), the entries are carried over
+    /// whole; otherwise those before the first change and after the last one are copied
+    /// without being compared (see [`Pairing::same_head`]), one reference count each.
     ///
     /// Returns the snapshot it replaced. Requests may still hold it; whoever drops the
     /// last reference releases its per-endpoint state, O(endpoints), after the swap and
@@ -262,40 +302,40 @@ impl<T> Pool<T> {
     pub fn update(
         &self,
         set: Arc<EndpointSet>,
-        mut extra: impl FnMut(&Endpoint, Option<&T>) -> T,
-    ) -> Arc<Snapshot<T>>
-    where
-        T: Clone,
-    {
+        mut extra: impl FnMut(&Endpoint) -> T,
+    ) -> Arc<Snapshot<T>> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
-        let (old, old_extras) = (previous.set().endpoints(), &previous.extras);
-        // One merge walk pairs the two address-sorted lists; payloads, loads and label
-        // matches are all carried through it.
+        let old = previous.set().endpoints();
+        // One merge walk pairs the two address-sorted lists; entries and label matches are
+        // carried through it.
         let pairing = Pairing::new(previous.set(), &set);
-        // The same addresses, each still the same Pod (a new Pod at an old Pod's address
-        // asks for its own payload). Only the endpoints between the first change and the
-        // last one are compared or made again one by one; those before and after are the
-        // same as they were.
+        let same = |a: &Endpoint, b: &Endpoint| a.shares_meta(b) || a.meta().pod == b.meta().pod;
+        // Only the endpoints between the first change and the last one are compared or
+        // made again one by one; those before and after are the same as they were.
         let (n, m) = (set.len(), old.len());
         let (head, tail) = (pairing.same_head(), pairing.same_tail());
         let same_pods = pairing.same_addresses()
             && old[head..m - tail]
                 .iter()
                 .zip(&set.endpoints()[head..n - tail])
-                .all(|(a, b)| a.shares_meta(b) || a.meta().pod == b.meta().pod);
-        let (extras, loads) = if same_pods {
-            (previous.extras.clone(), previous.loads.clone())
+                .all(|(a, b)| same(a, b));
+        let entries = if same_pods {
+            previous.entries.clone()
         } else {
-            let extras: Arc<[T]> = pairing
-                .carry(old_extras, |i, before| {
-                    extra(&set.endpoints()[i], before.map(|j| &old_extras[j]))
+            let mut tracked = Vec::new();
+            let entries: Arc<[Arc<PoolEntry<T>>]> = pairing
+                .carry(&previous.entries, |i, before| {
+                    let e = &set.endpoints()[i];
+                    match before {
+                        Some(j) if same(&old[j], e) => previous.entries[j].clone(),
+                        _ => Self::entry(&self.table, e, &mut extra, &mut tracked),
+                    }
                 })
                 .into();
-            let loads = self
-                .table
-                .carry(previous.set(), &previous.loads, &set, &pairing);
-            (extras, loads)
+            self.table
+                .track(pairing.gone().map(|j| old[j].addr()), tracked);
+            entries
         };
         // Label matches are made again only for endpoints whose metadata changed.
         let selectors: Vec<&Selector> = self.config.selectors.iter().collect();
@@ -309,8 +349,7 @@ impl<T> Pool<T> {
         let next = Self::index(
             &self.config,
             set,
-            loads,
-            extras,
+            entries,
             matches,
             SystemTime::now(),
             Some((&previous.index, Some(&pairing))),
@@ -330,8 +369,7 @@ impl<T> Pool<T> {
         let next = Self::index(
             &self.config,
             current.set().clone(),
-            current.loads.clone(),
-            current.extras.clone(),
+            current.entries.clone(),
             current.matches.clone(),
             SystemTime::now(),
             Some((&current.index, None)),
@@ -388,7 +426,7 @@ impl<T> Pool<T> {
         picked: &Picked<'_>,
         key: Option<u64>,
     ) -> Option<usize> {
-        let loads = &snapshot.loads;
+        let loads = &snapshot.entries[..];
         if let Some(h) = key.filter(|_| self.config.algorithm == Algorithm::Maglev) {
             return self.balancer.pick_keyed(picked, loads, Some(h));
         }
@@ -417,7 +455,7 @@ impl<T> Pool<T> {
         if !avoid.contains(&first) {
             return Some(first);
         }
-        let loads = &snapshot.loads;
+        let loads = &snapshot.entries[..];
         for _ in 0..3 {
             let pos = self.balancer.pick(picked, loads)?;
             if !avoid.contains(&pos) {
@@ -431,7 +469,7 @@ impl<T> Pool<T> {
             .filter(|(m, p)| picked.weights().weight(*m) > 0 && !avoid.contains(&(**p as usize)))
             .map(|(_, p)| *p as usize);
         others
-            .min_by_key(|p| (loads[*p].is_ejected(), loads[*p].in_flight()))
+            .min_by_key(|p| (loads[*p].load.is_ejected(), loads[*p].load.in_flight()))
             .or(Some(first))
     }
 
@@ -440,9 +478,9 @@ impl<T> Pool<T> {
     ///
     /// # Panics
     /// When `pos` is not a position of `snapshot` (positions come from [`pick`](Self::pick)).
-    pub fn start(&self, snapshot: &Snapshot<T>, pos: usize) -> Attempt {
+    pub fn start(&self, snapshot: &Snapshot<T>, pos: usize) -> Attempt<T> {
         Attempt {
-            outcome: Outcome::start(&snapshot.loads[pos]),
+            outcome: Outcome::start(&snapshot.entries[pos]),
             addr: snapshot.set().endpoints()[pos].addr(),
             succeeded: false,
         }
@@ -450,17 +488,17 @@ impl<T> Pool<T> {
 }
 
 /// One request on one endpoint, in flight until dropped; the one place its outcome is
-/// recorded. It holds the endpoint's load and nothing of the pool or its snapshot, so a
-/// long stream pins neither.
-pub struct Attempt {
-    outcome: Outcome,
+/// recorded. It holds the endpoint's entry (load and payload) and nothing of the pool or
+/// its snapshot, so a long stream pins neither.
+pub struct Attempt<T> {
+    outcome: Outcome<Arc<PoolEntry<T>>>,
     addr: SocketAddr,
     /// Response headers arrived and were not a counted failure: a success once the body
     /// ends (or is dropped) without an error.
     succeeded: bool,
 }
 
-impl fmt::Debug for Attempt {
+impl<T> fmt::Debug for Attempt<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
             .field("addr", &self.addr)
@@ -468,10 +506,15 @@ impl fmt::Debug for Attempt {
     }
 }
 
-impl Attempt {
+impl<T> Attempt<T> {
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The endpoint's payload.
+    pub fn extra(&self) -> &T {
+        &self.outcome.holder().extra
     }
 
     /// Response headers arrived: records the latency into peak EWMA, and a counted 5xx
@@ -507,7 +550,7 @@ impl Attempt {
     }
 }
 
-impl Drop for Attempt {
+impl<T> Drop for Attempt<T> {
     fn drop(&mut self) {
         if self.succeeded {
             self.outcome.success();

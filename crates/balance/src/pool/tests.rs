@@ -44,23 +44,25 @@ fn snapshots_are_indexed_on_update_and_carry_payloads_and_loads() {
     let pos = p.pick(&s1, &picked, None).unwrap();
     assert_eq!(*s1.extra(pos), s1.set().endpoints()[pos].addr());
     let attempt = p.start(&s1, pos);
-    assert_eq!(s1.loads()[pos].in_flight(), 1);
+    assert_eq!(s1.entries()[pos].load().in_flight(), 1);
 
-    // An update publishes a new snapshot; load state follows the address.
-    let mut reused = Vec::new();
-    p.update(
-        set(vec![labelled(1, "2"), labelled(2, "2")]),
-        |e, before| {
-            reused.push(before.copied());
-            e.addr()
-        },
-    );
-    assert_eq!(
-        reused,
-        [Some(labelled(1, "2").addr()), None],
-        "payloads of staying addresses are offered for reuse"
-    );
+    // An update publishes a new snapshot; a staying endpoint keeps its entry (load and
+    // payload), and only the new one asks for a payload.
+    let mut made = Vec::new();
+    p.update(set(vec![labelled(1, "2"), labelled(2, "2")]), |e| {
+        made.push(e.addr());
+        e.addr()
+    });
+    assert_eq!(made, [labelled(2, "2").addr()]);
     let s2 = p.snapshot();
+    let kept = s1
+        .entries()
+        .iter()
+        .find(|x| *x.extra() == labelled(1, "2").addr());
+    assert!(
+        Arc::ptr_eq(kept.unwrap(), &s2.entries()[0]),
+        "the entry is shared"
+    );
     assert!(!Arc::ptr_eq(&s1, &s2));
     let same = s2
         .set()
@@ -68,9 +70,9 @@ fn snapshots_are_indexed_on_update_and_carry_payloads_and_loads() {
         .iter()
         .position(|e| e.addr() == attempt.addr())
         .unwrap();
-    assert_eq!(s2.loads()[same].in_flight(), 1);
+    assert_eq!(s2.entries()[same].load().in_flight(), 1);
     drop(attempt);
-    assert_eq!(s2.loads()[same].in_flight(), 0);
+    assert_eq!(s2.entries()[same].load().in_flight(), 0);
     assert_eq!(s2.subset(&v2, &Fallback::NoFallback).unwrap().len(), 2);
     assert_eq!(
         s2.index().extra_len(),
@@ -131,9 +133,13 @@ fn failures_eject_once_through_the_hook_and_are_counted() {
     assert_eq!(p.ejections(), 0, "the success ended the earlier streak");
     p.start(&snap, 0).failed();
     assert_eq!(p.ejections(), 1);
-    assert!(snap.loads()[0].is_ejected());
+    assert!(snap.entries()[0].load().is_ejected());
     assert_eq!(*seen.lock().unwrap(), [snap.set().endpoints()[0].addr()]);
-    assert_eq!(snap.loads()[0].in_flight(), 0, "every attempt ended");
+    assert_eq!(
+        snap.entries()[0].load().in_flight(),
+        0,
+        "every attempt ended"
+    );
 }
 
 /// Shares of the endpoint at `new` (Ready `age` ago, window 1,000 s) among 10, over 20,000
@@ -266,7 +272,7 @@ fn keyed_picks_are_sticky_agree_between_pools_and_move_about_one_nth() {
         .map(|i| labelled(i, "1"))
         .filter(|e| e.addr() != gone)
         .collect();
-    a.update(set(eps), |e, _| e.addr());
+    a.update(set(eps), Endpoint::addr);
     let moved = keys
         .iter()
         .zip(&first)
@@ -370,18 +376,16 @@ fn updates_match_again_only_what_changed_and_keep_payloads_when_addresses_stay()
     let mut relabelled = first.clone();
     relabelled[3] = labelled(3, "2");
     let mut asked = 0;
-    p.update(set(relabelled.clone()), |e, before| {
+    p.update(set(relabelled.clone()), |e| {
         asked += 1;
-        before.copied().unwrap_or(e.addr())
+        e.addr()
     });
     assert_eq!(asked, 0, "payloads are carried when the addresses stay");
     assert_eq!(members(&p), vec![relabelled[3].addr()]);
 
     // Endpoint 3 relabelled back: it leaves the subset although every other endpoint's
     // match is reused.
-    p.update(set(first.clone()), |e, before| {
-        before.copied().unwrap_or(e.addr())
-    });
+    p.update(set(first.clone()), Endpoint::addr);
     assert!(members(&p).is_empty());
 
     // An endpoint added with the label and one removed: matches follow the new
@@ -389,11 +393,9 @@ fn updates_match_again_only_what_changed_and_keep_payloads_when_addresses_stay()
     let mut grown: Vec<Endpoint> = first[1..].to_vec();
     grown.push(labelled(9, "2"));
     let mut fresh = Vec::new();
-    p.update(set(grown.clone()), |e, before| {
-        if before.is_none() {
-            fresh.push(e.addr());
-        }
-        before.copied().unwrap_or(e.addr())
+    p.update(set(grown.clone()), |e| {
+        fresh.push(e.addr());
+        e.addr()
     });
     assert_eq!(fresh, vec![grown[5].addr()]);
 
@@ -404,14 +406,12 @@ fn updates_match_again_only_what_changed_and_keep_payloads_when_addresses_stay()
         ..reborn[0].meta().clone()
     });
     let mut asked_for = Vec::new();
-    p.update(set(reborn.clone()), |e, before| {
+    p.update(set(reborn.clone()), |e| {
         asked_for.push(e.addr());
-        before.copied().unwrap_or(e.addr())
+        e.addr()
     });
-    assert!(asked_for.contains(&reborn[0].addr()), "{asked_for:?}");
-    p.update(set(grown.clone()), |e, before| {
-        before.copied().unwrap_or(e.addr())
-    });
+    assert_eq!(asked_for, [reborn[0].addr()]);
+    p.update(set(grown.clone()), Endpoint::addr);
     assert_eq!(members(&p), vec![grown[5].addr()]);
     let s = p.snapshot();
     for (pos, e) in s.set().endpoints().iter().enumerate() {
@@ -456,16 +456,17 @@ fn updates_share_the_weight_tables_of_subsets_whose_weights_stayed() {
             ..Default::default()
         },
     );
-    p.update(set(relabelled), |e, _| e.addr());
+    p.update(set(relabelled), Endpoint::addr);
     let (all1, v2_1) = tables(&p.snapshot());
     assert!(all1.weights().shares_tables_with(all0.weights()));
     assert!(v2_1.weights().shares_tables_with(v2_0.weights()));
 
     // A weight change in `version=2`: both tables it is in are rebuilt, and picks follow
     // the new weights.
-    p.update(set(eps(&["1", "2", "2", "1"], &[1, 2, 9, 4])), |e, _| {
-        e.addr()
-    });
+    p.update(
+        set(eps(&["1", "2", "2", "1"], &[1, 2, 9, 4])),
+        Endpoint::addr,
+    );
     let (all2, v2_2) = tables(&p.snapshot());
     assert!(!all2.weights().shares_tables_with(all1.weights()));
     assert!(!v2_2.weights().shares_tables_with(v2_1.weights()));
@@ -473,9 +474,10 @@ fn updates_share_the_weight_tables_of_subsets_whose_weights_stayed() {
     assert_eq!(all2.weights().total(), 16);
 
     // A weight change outside `version=2` leaves its table shared.
-    p.update(set(eps(&["1", "2", "2", "1"], &[5, 2, 9, 4])), |e, _| {
-        e.addr()
-    });
+    p.update(
+        set(eps(&["1", "2", "2", "1"], &[5, 2, 9, 4])),
+        Endpoint::addr,
+    );
     let (all3, v2_3) = tables(&p.snapshot());
     assert!(!all3.weights().shares_tables_with(all2.weights()));
     assert!(v2_3.weights().shares_tables_with(v2_2.weights()));
@@ -494,12 +496,12 @@ fn maglev_tables_are_shared_while_members_and_weights_stay() {
     // A label change: same addresses, same weights, the same table.
     let mut eps: Vec<Endpoint> = (0..10).map(|i| labelled(i, "1")).collect();
     eps[3] = labelled(3, "2");
-    p.update(set(eps.clone()), |e, _| e.addr());
+    p.update(set(eps.clone()), Endpoint::addr);
     let (second, _keep2) = table(&p);
     assert_eq!(first, second, "a label change rebuilt the Maglev table");
     // A weight change builds a new one, and keys follow it.
     eps[3] = eps[3].clone().with_weight(5);
-    p.update(set(eps), |e, _| e.addr());
+    p.update(set(eps), Endpoint::addr);
     let (third, _keep3) = table(&p);
     assert_ne!(second, third, "a weight change kept the old Maglev table");
     let to_heavy = (0..2_000u64)
@@ -524,7 +526,7 @@ fn a_loaded_snapshot_is_the_current_one_and_can_be_kept() {
     drop(picked);
     // Kept past an update, it still holds the set it was loaded with.
     let kept = loaded.into_arc();
-    p.update(set(vec![labelled(2, "1")]), |e, _| e.addr());
+    p.update(set(vec![labelled(2, "1")]), Endpoint::addr);
     assert_eq!(kept.set().len(), 2);
     assert_eq!(p.load().set().len(), 1);
 }
@@ -580,7 +582,7 @@ proptest::proptest! {
                 .enumerate()
                 .map(|(i, e)| (e.addr(), i))
                 .collect();
-            pool.update(next.clone(), |e, was| was.copied().unwrap_or((e.addr(), step + 1)));
+            pool.update(next.clone(), |e| (e.addr(), step + 1));
             let after = pool.snapshot();
             let fresh = Pool::new(config.clone(), next.clone(), |e| (e.addr(), 0usize));
             let fresh = fresh.snapshot();
@@ -596,7 +598,7 @@ proptest::proptest! {
             for (pos, e) in next.endpoints().iter().enumerate() {
                 match by_addr.get(&e.addr()) {
                     Some(&j) => {
-                        proptest::prop_assert!(Arc::ptr_eq(&after.loads()[pos], &before.loads()[j]));
+                        proptest::prop_assert!(Arc::ptr_eq(&after.entries()[pos], &before.entries()[j]));
                         proptest::prop_assert_eq!(after.extra(pos), before.extra(j));
                     }
                     None => proptest::prop_assert_eq!(after.extra(pos), &(e.addr(), step + 1)),
@@ -604,4 +606,52 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_new_pod_at_an_old_address_starts_a_history_of_its_own() {
+    let named = |i: u32, pod: &str| {
+        endpoint(
+            i,
+            EndpointMeta {
+                pod: Some(pod.into()),
+                ..Default::default()
+            },
+        )
+    };
+    let config = PoolConfig {
+        ejection: Ejection {
+            consecutive_failures: 1,
+            max_ejected_percent: 50,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = pool(config, vec![named(0, "a"), named(1, "b"), named(2, "c")]);
+    let s1 = p.snapshot();
+    // Pod a fails once and is ejected; a request to Pod b is still in flight.
+    p.start(&s1, 0).failed();
+    assert!(s1.entries()[0].load().is_ejected());
+    let in_flight = p.start(&s1, 1);
+
+    // Pod a is replaced by Pod z at the same address; b and c stay.
+    let mut made = Vec::new();
+    p.update(set(vec![named(0, "z"), named(1, "b"), named(2, "c")]), |e| {
+        made.push(e.addr());
+        e.addr()
+    });
+    let s2 = p.snapshot();
+    assert_eq!(made, [named(0, "z").addr()], "only the new Pod asks for a payload");
+    assert!(!Arc::ptr_eq(&s1.entries()[0], &s2.entries()[0]));
+    assert!(!s2.entries()[0].load().is_ejected(), "Pod z inherits no ejection");
+    assert!(Arc::ptr_eq(&s1.entries()[1], &s2.entries()[1]));
+    assert_eq!(s2.entries()[1].load().in_flight(), 1, "Pod b keeps its load");
+    drop(in_flight);
+    assert_eq!(s2.entries()[1].load().in_flight(), 0);
+
+    // Pod a's ejection no longer counts against the limit (at most 50 % of three
+    // endpoints: one): Pod b can be ejected now.
+    p.start(&s2, 1).failed();
+    assert!(s2.entries()[1].load().is_ejected());
+    assert_eq!(p.ejections(), 2);
 }

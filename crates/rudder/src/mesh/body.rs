@@ -6,8 +6,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::routed::Attempt;
 use http_body::{Body, Frame, SizeHint};
-use rudder_balance::Attempt;
 
 use super::ext::{Target, Whence};
 

@@ -39,9 +39,12 @@ pub(crate) struct EndpointExtra {
     pub(crate) tunnel: std::sync::OnceLock<crate::portforward::Release>,
 }
 
+/// One request on one endpoint, as the Mesh records it.
+pub(crate) type Attempt = rudder_balance::Attempt<EndpointExtra>;
+
 /// A new endpoint's payload (an address that stays with the same Pod keeps its own).
-fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
-    Arc::new(EndpointExtra {
+fn extra(telemetry: &Telemetry, e: &Endpoint) -> EndpointExtra {
+    EndpointExtra {
         authority: e
             .addr()
             .to_string()
@@ -51,7 +54,7 @@ fn extra(telemetry: &Telemetry, e: &Endpoint) -> Arc<EndpointExtra> {
         pod: e.meta().pod.clone(),
         #[cfg(feature = "port-forward")]
         tunnel: std::sync::OnceLock::new(),
-    })
+    }
 }
 
 /// One Service port as the Mesh routes to it.
@@ -60,7 +63,7 @@ pub(crate) struct Routed {
     pub(crate) service: ServiceRef,
     /// The Service as a metric label and log field, made once.
     pub(crate) label: Arc<str>,
-    pub(crate) pool: Arc<Pool<Arc<EndpointExtra>>>,
+    pub(crate) pool: Arc<Pool<EndpointExtra>>,
     /// Flips to `true` once discovery has decided: synced, or its first attempt failed.
     synced: watch::Receiver<bool>,
     /// The same, read by every request without the watch channel's lock; also set when a
@@ -209,7 +212,7 @@ impl Routed {
 /// ramps run, every [`Pool::refresh_interval`]. Ends when the [`Routed`] is dropped or
 /// discovery ends.
 async fn follow(
-    pool: Weak<Pool<Arc<EndpointExtra>>>,
+    pool: Weak<Pool<EndpointExtra>>,
     mut rx: watch::Receiver<Arc<EndpointSet>>,
     (synced, is_synced): (watch::Sender<bool>, Arc<AtomicBool>),
     mut stop: watch::Receiver<()>,
@@ -233,14 +236,9 @@ async fn follow(
                 let set = rx.borrow_and_update().clone();
                 let Some(p) = pool.upgrade() else { return };
                 let set_synced = *set.state() != ServiceState::Pending;
-                p.update(set, |e, before| {
-                    // A new Pod at an old Pod's address gets a payload of its own (its
-                    // port-forward tunnels name the Pod).
-                    before
-                        .filter(|b| b.pod.as_deref() == e.meta().pod.as_deref())
-                        .cloned()
-                        .unwrap_or_else(|| extra(&telemetry, e))
-                });
+                // A new Pod at an old Pod's address gets a payload of its own (its
+                // port-forward tunnels name the Pod): the pool asks only for those.
+                p.update(set, |e| extra(&telemetry, e));
                 ramp = p.ramping().then(|| p.refresh_interval());
                 if set_synced {
                     // The flag first: a request that sees the watch flip also sees it.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use pin_project_lite::pin_project;
-use rudder_balance::{Attempt, EmptyReason, Selector, ServiceState, Snapshot};
+use rudder_balance::{EmptyReason, Selector, ServiceState, Snapshot};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tower_service::Service;
@@ -24,7 +24,7 @@ use super::ext::{AffinityKey, Subset, Target, Whence};
 use super::gamma;
 use super::head::KeptHead;
 use super::replay::{Replay, ReplayBody};
-use super::routed::{EndpointExtra, Routed};
+use super::routed::{Attempt, EndpointExtra, Routed};
 use crate::BoxError;
 use crate::authority;
 use crate::telemetry::Outcome;
@@ -493,7 +493,7 @@ impl Routing {
 
 /// Whether the HTTPRoutes are asked: only once the Service answered, so an API that
 /// cannot be reached fails fast as before.
-fn asks_routes(snapshot: &Snapshot<Arc<EndpointExtra>>) -> bool {
+fn asks_routes(snapshot: &Snapshot<EndpointExtra>) -> bool {
     !matches!(
         snapshot.set().state(),
         ServiceState::Pending | ServiceState::Unreachable(_) | ServiceState::Forbidden(_)
@@ -505,7 +505,7 @@ fn asks_routes(snapshot: &Snapshot<Arc<EndpointExtra>>) -> bool {
 fn routing_now<B>(
     shared: &Shared,
     routed: &Arc<Routed>,
-    snapshot: &Snapshot<Arc<EndpointExtra>>,
+    snapshot: &Snapshot<EndpointExtra>,
     req: &Request<B>,
 ) -> Option<Result<Routing, MeshError>> {
     if !asks_routes(snapshot) {
@@ -693,7 +693,7 @@ fn plan<B>(
     shared: &Shared,
     addressed: &Addressed,
     routed: &Routed,
-    snapshot: Arc<Snapshot<Arc<EndpointExtra>>>,
+    snapshot: Arc<Snapshot<EndpointExtra>>,
     req: &Request<B>,
     waiting: Option<Instant>,
 ) -> Result<Plan, BoxError> {
@@ -794,7 +794,7 @@ fn is_idempotent(method: &http::Method) -> bool {
 /// The subset a request may go to, in the snapshot it was chosen from.
 struct Chosen {
     picked: rudder_balance::Picked<'static>,
-    snapshot: Arc<Snapshot<Arc<EndpointExtra>>>,
+    snapshot: Arc<Snapshot<EndpointExtra>>,
     /// The subset's metric label slot.
     slot: usize,
     /// The affinity key's hash, for Maglev.

@@ -109,7 +109,7 @@ impl ServiceView {
         let endpoints = set
             .endpoints()
             .iter()
-            .zip(snapshot.loads())
+            .zip(snapshot.entries().iter().map(|x| x.load()))
             .map(|(e, load)| EndpointView {
                 addr: e.addr(),
                 pod: e.meta().pod.as_deref().map(str::to_owned),
