@@ -636,16 +636,30 @@ fn a_new_pod_at_an_old_address_starts_a_history_of_its_own() {
 
     // Pod a is replaced by Pod z at the same address; b and c stay.
     let mut made = Vec::new();
-    p.update(set(vec![named(0, "z"), named(1, "b"), named(2, "c")]), |e| {
-        made.push(e.addr());
-        e.addr()
-    });
+    p.update(
+        set(vec![named(0, "z"), named(1, "b"), named(2, "c")]),
+        |e| {
+            made.push(e.addr());
+            e.addr()
+        },
+    );
     let s2 = p.snapshot();
-    assert_eq!(made, [named(0, "z").addr()], "only the new Pod asks for a payload");
+    assert_eq!(
+        made,
+        [named(0, "z").addr()],
+        "only the new Pod asks for a payload"
+    );
     assert!(!Arc::ptr_eq(&s1.entries()[0], &s2.entries()[0]));
-    assert!(!s2.entries()[0].load().is_ejected(), "Pod z inherits no ejection");
+    assert!(
+        !s2.entries()[0].load().is_ejected(),
+        "Pod z inherits no ejection"
+    );
     assert!(Arc::ptr_eq(&s1.entries()[1], &s2.entries()[1]));
-    assert_eq!(s2.entries()[1].load().in_flight(), 1, "Pod b keeps its load");
+    assert_eq!(
+        s2.entries()[1].load().in_flight(),
+        1,
+        "Pod b keeps its load"
+    );
     drop(in_flight);
     assert_eq!(s2.entries()[1].load().in_flight(), 0);
 
