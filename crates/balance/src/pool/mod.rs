@@ -19,6 +19,10 @@
 //! [`Pool::snapshot`] and the subset with [`Picked::into_owned`] instead: one reference
 //! count each.
 //!
+//! A snapshot such a request keeps may outlive its replacement; the updater keeps replaced
+//! snapshots in a [`Retired`] so that their teardown, O(endpoints), happens on its task
+//! and never in a request.
+//!
 //! Each endpoint's load state (in flight, peak EWMA, failure streaks, ejections) and
 //! payload live together in one [`PoolEntry`], which every snapshot that lists the
 //! endpoint unchanged shares, so a Pod keeps its history across updates and an update
@@ -298,7 +302,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// Returns the snapshot it replaced. Requests may still hold it; whoever drops the
     /// last reference releases its per-endpoint state, O(endpoints), after the swap and
-    /// not before it: an updater that times the swap drops it afterwards.
+    /// not before it. An updater keeps it in a [`Retired`], so that is the updater and
+    /// not a request.
     pub fn update(
         &self,
         set: Arc<EndpointSet>,
@@ -359,8 +364,10 @@ impl<T: Send + Sync + 'static> Pool<T> {
     }
 
     /// Re-indexes the current set at the current time, so slow-start weights follow their
-    /// ramps; returns when to call it again (`None`: no endpoint is ramping).
-    pub fn refresh(&self) -> Option<Duration> {
+    /// ramps; returns the snapshot it replaced, or `None` when no endpoint was ramping
+    /// (then nothing changed). Call it again after [`refresh_interval`](Self::refresh_interval)
+    /// while [`ramping`](Self::ramping).
+    pub fn refresh(&self) -> Option<Arc<Snapshot<T>>> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load_full();
         if !current.index.ramping() {
@@ -374,9 +381,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
             SystemTime::now(),
             Some((&current.index, None)),
         );
-        let ramping = next.index.ramping();
         self.current.store(Arc::new(next));
-        ramping.then(|| self.refresh_interval())
+        Some(current)
     }
 
     /// How often ramping weights are re-indexed: 1/20 of the window (so the effective
@@ -484,6 +490,59 @@ impl<T: Send + Sync + 'static> Pool<T> {
             addr: snapshot.set().endpoints()[pos].addr(),
             succeeded: false,
         }
+    }
+}
+
+/// Snapshots a pool replaced, kept until no request holds them any more, so that the last
+/// reference, and with it the O(endpoints) teardown of a snapshot, is dropped by the
+/// updater that keeps them rather than by whichever request happened to finish last.
+///
+/// An updater [`keep`](Self::keep)s what [`Pool::update`] and [`Pool::refresh`] return and
+/// calls [`release`](Self::release) after each update and, while some are still held, on
+/// a timer. It holds nothing a request does not hold too: a snapshot goes at the first
+/// release after its last request ended.
+#[derive(Debug)]
+pub struct Retired<T> {
+    held: Vec<Arc<Snapshot<T>>>,
+}
+
+impl<T> Default for Retired<T> {
+    fn default() -> Self {
+        Self { held: Vec::new() }
+    }
+}
+
+impl<T> Retired<T> {
+    /// None kept.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps `replaced` while requests hold it; drops it here when none does.
+    pub fn keep(&mut self, replaced: Arc<Snapshot<T>>) {
+        if Arc::strong_count(&replaced) > 1 {
+            self.held.push(replaced);
+        }
+    }
+
+    /// Drops the snapshots no request holds any more; returns how many are still held.
+    ///
+    /// A replaced snapshot cannot be referenced again (the pool no longer hands it out,
+    /// and its borrows were turned into references when it was replaced), so a count of
+    /// one is final.
+    pub fn release(&mut self) -> usize {
+        self.held.retain(|s| Arc::strong_count(s) > 1);
+        self.held.len()
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
     }
 }
 

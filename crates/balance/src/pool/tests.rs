@@ -232,11 +232,53 @@ fn ramping_pools_refresh_until_the_window_ends() {
     );
     assert!(p.ramping());
     let before = p.snapshot();
-    assert_eq!(p.refresh(), Some(Duration::from_secs(3)));
+    let replaced = p.refresh().expect("a ramping pool is re-indexed");
+    assert!(
+        Arc::ptr_eq(&before, &replaced),
+        "the refresh returns what it replaced"
+    );
     assert!(!Arc::ptr_eq(&before, &p.snapshot()), "a refresh publishes");
+    assert!(p.ramping());
+    assert_eq!(p.refresh_interval(), Duration::from_secs(3));
     let done = pool(config, vec![endpoint(0, ready(600))]);
     assert!(!done.ramping());
-    assert_eq!(done.refresh(), None);
+    assert!(done.refresh().is_none());
+}
+
+#[test]
+fn replaced_snapshots_are_released_by_their_keeper_once_no_request_holds_them() {
+    let p = pool(
+        PoolConfig::default(),
+        (0..4).map(|i| labelled(i, "1")).collect(),
+    );
+    let mut retired = Retired::new();
+    // Nobody holds the replaced snapshot: it goes at once.
+    let first = Arc::downgrade(&p.snapshot());
+    retired.keep(p.update(
+        set((0..3).map(|i| labelled(i, "1")).collect()),
+        Endpoint::addr,
+    ));
+    assert!(first.upgrade().is_none());
+    assert!(retired.is_empty());
+
+    // A request holds the snapshot across two updates (one a refresh would make alike).
+    let request = p.snapshot();
+    let second = Arc::downgrade(&request);
+    retired.keep(p.update(
+        set((0..2).map(|i| labelled(i, "1")).collect()),
+        Endpoint::addr,
+    ));
+    retired.keep(p.update(
+        set((0..4).map(|i| labelled(i, "1")).collect()),
+        Endpoint::addr,
+    ));
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired.release(), 1, "still held by the request");
+    // The request ends: its reference is not the last, so it tears nothing down.
+    drop(request);
+    assert!(second.upgrade().is_some(), "the keeper still holds it");
+    assert_eq!(retired.release(), 0);
+    assert!(second.upgrade().is_none(), "released by its keeper");
 }
 
 fn maglev_pool(n: u32) -> Pool<SocketAddr> {

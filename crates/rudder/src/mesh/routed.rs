@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rudder_balance::{EmptyReason, Endpoint, EndpointSet, Pool, PoolConfig, ServiceState};
+use rudder_balance::{EmptyReason, Endpoint, EndpointSet, Pool, PoolConfig, Retired, ServiceState};
 use rudder_k8s::ServiceRef;
 use tokio::sync::watch;
 
@@ -208,8 +208,13 @@ impl Routed {
     }
 }
 
+/// How often the updater looks again at replaced snapshots that requests still held.
+const RELEASE_EVERY: Duration = Duration::from_millis(250);
+
 /// The updater: re-indexes the pool whenever discovery publishes, and while slow-start
-/// ramps run, every [`Pool::refresh_interval`]. Ends when the [`Routed`] is dropped or
+/// ramps run, every [`Pool::refresh_interval`]. Replaced snapshots that requests still
+/// hold are kept until they no longer do, then dropped here (see [`Retired`]): a request
+/// never tears down a snapshot, O(endpoints). Ends when the [`Routed`] is dropped or
 /// discovery ends.
 async fn follow(
     pool: Weak<Pool<EndpointExtra>>,
@@ -221,11 +226,19 @@ async fn follow(
     let mut ramp = pool
         .upgrade()
         .and_then(|p| p.ramping().then(|| p.refresh_interval()));
+    let mut retired = Retired::new();
     loop {
         let tick = async {
             match ramp {
                 Some(every) => tokio::time::sleep(every).await,
                 None => std::future::pending().await,
+            }
+        };
+        let held = !retired.is_empty();
+        let release = async move {
+            match held {
+                true => tokio::time::sleep(RELEASE_EVERY).await,
+                false => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -238,7 +251,8 @@ async fn follow(
                 let set_synced = *set.state() != ServiceState::Pending;
                 // A new Pod at an old Pod's address gets a payload of its own (its
                 // port-forward tunnels name the Pod): the pool asks only for those.
-                p.update(set, |e| extra(&telemetry, e));
+                retired.keep(p.update(set, |e| extra(&telemetry, e)));
+                retired.release();
                 ramp = p.ramping().then(|| p.refresh_interval());
                 if set_synced {
                     // The flag first: a request that sees the watch flip also sees it.
@@ -248,7 +262,13 @@ async fn follow(
             }
             () = tick => {
                 let Some(p) = pool.upgrade() else { return };
-                ramp = p.refresh();
+                if let Some(replaced) = p.refresh() {
+                    retired.keep(replaced);
+                }
+                ramp = p.ramping().then(|| p.refresh_interval());
+            }
+            () = release => {
+                retired.release();
             }
             _ = stop.changed() => return,
         }

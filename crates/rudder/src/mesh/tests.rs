@@ -383,3 +383,59 @@ async fn chosen_statuses_are_retried_for_idempotent_requests_only() {
         "a POST's 503 is its answer"
     );
 }
+
+/// Polls `done` between yields to the runtime (where the Mesh's updater runs), at most
+/// 1,000 times.
+async fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not within 1,000 yields");
+}
+
+#[tokio::test]
+async fn a_request_that_outlives_its_snapshot_leaves_the_teardown_to_the_updater() {
+    let statics = pods(3);
+    let layer = layer(statics.clone());
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
+    let answer = Arc::new(tokio::sync::Notify::new());
+    let inner = {
+        let answer = answer.clone();
+        tower::service_fn(move |_: Request<Sent>| {
+            let (arrived_tx, answer) = (arrived_tx.clone(), answer.clone());
+            async move {
+                arrived_tx.send(()).await.unwrap();
+                answer.notified().await;
+                Ok::<_, Infallible>(Response::new(Body::default()))
+            }
+        })
+    };
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let request = tokio::spawn(layer.layer(inner).oneshot(req));
+    arrived.recv().await.unwrap();
+    let svc =
+        crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
+    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    let replaced = Arc::downgrade(&routed.pool.snapshot());
+
+    // Discovery publishes while the request is in flight (it holds the snapshot it was
+    // picked from, to retry from).
+    let endpoints = |n: usize| pods(3).subscribe().borrow().endpoints()[..n].to_vec();
+    statics.set(endpoints(2));
+    yield_until("swapped", || routed.pool.snapshot().set().len() == 2).await;
+    answer.notify_one();
+    drop(request.await.unwrap().unwrap());
+    assert!(
+        replaced.upgrade().is_some(),
+        "the request's reference was not the last: the updater keeps the snapshot"
+    );
+    // The updater releases it at its next update (or within its release interval).
+    statics.set(endpoints(3));
+    yield_until("released", || replaced.upgrade().is_none()).await;
+    assert_eq!(routed.pool.snapshot().set().len(), 3);
+}
