@@ -19,8 +19,9 @@ use crate::pods::Pods;
 use crate::proxy::{self, Backend, ProxyStats};
 
 /// One repetition of the rolling update: failed per 10k, requests, req/s, p99 (µs), share
-/// on the new Pods at the end (%), and req/s of the same load just before the rollout.
-type RollingCell = (f64, u64, f64, f64, f64, f64);
+/// on the new Pods at the end (%), req/s of the same load just before the rollout, and the
+/// first failure's error, if any.
+type RollingCell = (f64, u64, f64, f64, f64, f64, Option<String>);
 
 /// How long a retired Pod keeps serving after its deletion (a preStop hook's drain).
 const ROLLING_DRAIN: Duration = Duration::from_millis(500);
@@ -900,6 +901,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 "steady req/s just before (rollout ÷ steady)",
                 "p99",
                 "new Pods' share at the end",
+                "first failure",
             ],
         );
         for (name, sender, target) in &arms {
@@ -949,6 +951,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                     us(run.percentile(0.99)),
                     100.0 * on_new as f64 / tail.max(1) as f64,
                     before.throughput(),
+                    run.first_failure.clone(),
                 ));
                 cluster.api().settled().await;
             }
@@ -963,6 +966,12 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
                 join(&|c| format!("{:.0} ({:.2}×)", c.5, c.2 / c.5.max(1.0))),
                 join(&|c| ms(c.3)),
                 join(&|c| format!("{:.0} %", c.4)),
+                join(&|c| {
+                    c.6.as_deref().map_or_else(
+                        || "–".to_string(),
+                        |e| e.replace('|', "/").chars().take(120).collect(),
+                    )
+                }),
             ]);
         }
         t.note("One rollout per arm; the load runs from before the first new Pod until half a second after the last old one exited, and the last column is the share of that last half second on the new Pods. Keep-alive connections to a retired Pod end when its process exits; until then the ClusterIP keeps sending over them, while Rudder stops choosing a Pod as soon as its endpoint turns terminating.".into());
