@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::endpoint::{EndpointSet, Pairing};
+use crate::endpoint::EndpointSet;
 
 /// The process-wide origin of ejection deadlines, so an endpoint's load needs no clock of
 /// its own (keeping it small: balancers read many of them per second).
@@ -175,7 +175,7 @@ impl<L: HoldsLoad> InFlight<L> {
     }
 
     /// What holds the load.
-    pub fn holder(&self) -> &L {
+    pub(crate) fn holder(&self) -> &L {
         &self.0
     }
 }
@@ -400,39 +400,6 @@ impl LoadTable {
                 .is_ok()
         });
         aligned
-    }
-
-    /// The loads of `next`'s endpoints, carried over from `previous` (a set and its aligned
-    /// loads, as [`for_set`](Self::for_set) returned them) through `pairing` (how `next`
-    /// pairs with `previous`): only addresses that came or went touch the table, so an
-    /// update costs O(changed) table operations rather than O(endpoints).
-    pub fn carry(
-        &self,
-        previous: &EndpointSet,
-        previous_loads: &[Arc<EndpointLoad>],
-        next: &EndpointSet,
-        pairing: &Pairing,
-    ) -> Arc<[Arc<EndpointLoad>]> {
-        if !pairing.fits(previous, next) || previous_loads.len() != previous.len() {
-            return self.for_set(next);
-        }
-        let mut table = self
-            .recorder
-            .loads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // Only the addresses that came or went touch the table.
-        for gone in pairing.gone() {
-            table.remove(&previous.endpoints()[gone].addr());
-        }
-        // The endpoints between the first change and the last pair by address; the rest
-        // keep their loads in bulk.
-        pairing
-            .carry(previous_loads, |i, before| match before {
-                Some(j) => previous_loads[j].clone(),
-                None => self.held(&mut table, next.endpoints()[i].addr()),
-            })
-            .into()
     }
 
     /// The load the table holds for `addr`, made (and kept) if it has none.

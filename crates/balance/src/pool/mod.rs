@@ -221,12 +221,11 @@ impl<T: Send + Sync + 'static> Pool<T> {
     pub fn with_ejection_hook(
         config: PoolConfig,
         set: Arc<EndpointSet>,
-        extra: impl FnMut(&Endpoint) -> T,
+        mut extra: impl FnMut(&Endpoint) -> T,
         hook: Option<EjectionHook>,
     ) -> Self {
         let table = LoadTable::new(config.decay, config.initial_latency)
             .with_ejection(config.ejection.clone(), hook);
-        let mut extra = extra;
         let mut tracked = Vec::with_capacity(set.len());
         let entries: Arc<[Arc<PoolEntry<T>>]> = set
             .endpoints()
