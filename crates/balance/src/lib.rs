@@ -27,8 +27,8 @@ pub mod weighted;
 
 pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, MetaBlock, Pairing, Readiness,
-    ServiceState, SyncClock, Unroutable, UnroutableReason, WatchKind,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, LabelSets, Labels, MetaBlock, Pairing,
+    Readiness, ServiceState, SyncClock, Unroutable, UnroutableReason, WatchKind,
 };
 pub use self::load::{
     Ejection, EjectionHook, EndpointLoad, HoldsLoad, InFlight, LoadTable, calibrate_clock,

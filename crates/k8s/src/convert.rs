@@ -11,7 +11,8 @@
 //! preferring the ready copy.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -19,8 +20,8 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, Labels, MetaBlock, Readiness, ServiceState,
-    SyncClock, Unroutable, UnroutableReason,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, LabelSets, Labels, MetaBlock, Readiness,
+    ServiceState, SyncClock, Unroutable, UnroutableReason,
 };
 
 use crate::service_ref::PortSpec;
@@ -33,6 +34,39 @@ pub use self::slice::LeanSlice;
 /// The Pod annotation that sets an endpoint's weight (a positive integer; default 1, `0`
 /// takes the Pod out of rotation without failing readiness).
 pub const WEIGHT_ANNOTATION: &str = "rudder.io/weight";
+
+/// Where conversion finds the Pod an endpoint names (its `targetRef`), by Pod name:
+/// a map of Pods, or two maps looked up in turn (the first that knows the Pod wins).
+/// Discovery keeps its Pods in a hash map, so that each endpoint of a full rebuild costs
+/// one hash lookup rather than a walk down a tree of string comparisons.
+pub trait Pods {
+    /// The Pod named `name`, if known.
+    fn pod(&self, name: &str) -> Option<&PodInfo>;
+}
+
+impl Pods for BTreeMap<String, PodInfo> {
+    fn pod(&self, name: &str) -> Option<&PodInfo> {
+        self.get(name)
+    }
+}
+
+impl<S: BuildHasher> Pods for HashMap<String, PodInfo, S> {
+    fn pod(&self, name: &str) -> Option<&PodInfo> {
+        self.get(name)
+    }
+}
+
+impl<P: Pods + ?Sized> Pods for &P {
+    fn pod(&self, name: &str) -> Option<&PodInfo> {
+        (**self).pod(name)
+    }
+}
+
+impl<A: Pods, B: Pods> Pods for (A, B) {
+    fn pod(&self, name: &str) -> Option<&PodInfo> {
+        self.0.pod(name).or_else(|| self.1.pod(name))
+    }
+}
 
 /// What discovery keeps of a Pod: enough to label, weigh and age its endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +98,13 @@ impl PodInfo {
             ready_since,
             ..Self::from_metadata(&pod.metadata)
         }
+    }
+
+    /// The same, its labels shared with an equal set `sets` already keeps (see
+    /// [`LabelSets`]): how discovery keeps Pods, so that replicas share their labels.
+    pub fn with_labels_in(mut self, sets: &mut LabelSets) -> Self {
+        self.labels = sets.share(std::mem::take(&mut self.labels));
+        self
     }
 
     /// Extracts labels, deletion deadline and weight from a Pod's metadata (what a
@@ -199,13 +240,13 @@ fn with_unroutable(
 
 fn meta_for(
     pod_name: Option<Arc<str>>,
-    pods: &BTreeMap<String, PodInfo>,
+    pods: &impl Pods,
     zone: Option<Arc<str>>,
     node: Option<Arc<str>>,
     hints: Vec<String>,
     app_protocol: Option<&str>,
 ) -> (EndpointMeta, u32) {
-    let pod = pod_name.as_deref().and_then(|n| pods.get(n));
+    let pod = pod_name.as_deref().and_then(|n| pods.pod(n));
     let meta = EndpointMeta {
         pod: pod_name,
         // A Pod not seen yet is routable; its labels arrive with the Pod watch.
@@ -295,7 +336,7 @@ pub fn from_slices<'a>(
     service: Option<&Service>,
     port: Option<&PortSpec>,
     slices: impl IntoIterator<Item = &'a LeanSlice>,
-    pods: &BTreeMap<String, PodInfo>,
+    pods: &impl Pods,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
     let (state, resolved) = match target(service, port, clock) {
@@ -330,7 +371,7 @@ pub(crate) struct SliceEndpoints {
 pub(crate) fn slice_endpoints(
     slice: &LeanSlice,
     port_name: &str,
-    pods: &BTreeMap<String, PodInfo>,
+    pods: &impl Pods,
     mut ready_since: impl FnMut(SocketAddr) -> Option<SystemTime>,
 ) -> SliceEndpoints {
     let mut out = SliceEndpoints::default();
@@ -446,7 +487,7 @@ pub fn from_endpoints(
     service: Option<&Service>,
     port: Option<&PortSpec>,
     endpoints: Option<&Endpoints>,
-    pods: &BTreeMap<String, PodInfo>,
+    pods: &impl Pods,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
     let (state, resolved) = match target(service, port, clock) {

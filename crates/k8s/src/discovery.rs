@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
-use rudder_balance::{Endpoint, EndpointSet, Readiness, ServiceState, SyncClock, WatchKind};
+use rudder_balance::{
+    Endpoint, EndpointSet, LabelSets, Readiness, ServiceState, SyncClock, WatchKind,
+};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -453,47 +455,81 @@ impl Entry {
 
 // === the model ===
 
-/// A watched collection, with a relist collected apart and swapped in whole.
+/// A watched collection, with a relist collected apart and swapped in whole. Kept in a
+/// map `M` keyed by object name: ordered where the order of the objects matters (slices
+/// are merged in name order), hashed where they are only looked up (Pods).
 #[derive(Debug)]
-pub(crate) struct Cache<T> {
-    pub(crate) items: BTreeMap<String, T>,
-    pending: Option<BTreeMap<String, T>>,
+pub(crate) struct Cache<T, M = BTreeMap<String, T>> {
+    pub(crate) items: M,
+    pending: Option<M>,
     pub(crate) synced: bool,
+    _item: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T> Default for Cache<T> {
+impl<T, M: Default> Default for Cache<T, M> {
     fn default() -> Self {
         Self {
-            items: BTreeMap::new(),
+            items: M::default(),
             pending: None,
             synced: false,
+            _item: std::marker::PhantomData,
         }
     }
 }
 
-impl<T> Cache<T> {
+/// The map a [`Cache`] keeps its objects in.
+pub(crate) trait Named<T>: Default {
+    /// Puts `value` under `name`, returning what was there.
+    fn put(&mut self, name: String, value: T) -> Option<T>;
+    /// Takes what is under `name` out.
+    fn take(&mut self, name: &str) -> Option<T>;
+}
+
+impl<T> Named<T> for BTreeMap<String, T> {
+    fn put(&mut self, name: String, value: T) -> Option<T> {
+        self.insert(name, value)
+    }
+    fn take(&mut self, name: &str) -> Option<T> {
+        self.remove(name)
+    }
+}
+
+impl<T, S: std::hash::BuildHasher + Default> Named<T> for HashMap<String, T, S> {
+    fn put(&mut self, name: String, value: T) -> Option<T> {
+        self.insert(name, value)
+    }
+    fn take(&mut self, name: &str) -> Option<T> {
+        self.remove(name)
+    }
+}
+
+/// The Pods discovery knows, by name: only looked up (once per endpoint of a slice being
+/// converted), never walked in order.
+pub(crate) type PodMap = HashMap<String, PodInfo, foldhash::fast::RandomState>;
+
+impl<T, M: Named<T>> Cache<T, M> {
     /// Applies one watcher event; `key` names an object, `convert` keeps what matters.
     /// Returns what an `Apply` or `Delete` replaced: the object's previous value, if any.
     pub(crate) fn apply<K>(
         &mut self,
         event: Event<K>,
         key: impl Fn(&K) -> String,
-        convert: impl Fn(K) -> T,
+        mut convert: impl FnMut(K) -> T,
     ) -> Option<T> {
         match event {
-            Event::Init => self.pending = Some(BTreeMap::new()),
+            Event::Init => self.pending = Some(M::default()),
             Event::InitApply(o) => {
                 let k = key(&o);
                 self.pending
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(k, convert(o));
+                    .get_or_insert_with(M::default)
+                    .put(k, convert(o));
             }
             Event::InitDone => {
                 self.items = self.pending.take().unwrap_or_default();
                 self.synced = true;
             }
-            Event::Apply(o) => return self.items.insert(key(&o), convert(o)),
-            Event::Delete(o) => return self.items.remove(&key(&o)),
+            Event::Apply(o) => return self.items.put(key(&o), convert(o)),
+            Event::Delete(o) => return self.items.take(&key(&o)),
         }
         None
     }
@@ -505,7 +541,7 @@ pub(crate) struct Model {
     pub(crate) service: Cache<Service>,
     pub(crate) slices: Cache<convert::LeanSlice>,
     pub(crate) endpoints: Cache<Endpoints>,
-    pub(crate) pods: Cache<PodInfo>,
+    pub(crate) pods: Cache<PodInfo, PodMap>,
     /// Bumped when the Pods change whole (a relist, a selector change): every converted
     /// slice carries Pod data and goes stale with it. A change of single Pods only makes
     /// the slices naming them stale (see `Converted::stale_pods`).
@@ -524,7 +560,9 @@ pub(crate) struct Model {
     /// Pods the last selector change left out of the Pod watch, with their last labels,
     /// kept while slices still name them: a Pod that leaves a Service leaves its slices a
     /// moment later, and until then it is still that Pod, labels and all.
-    pub(crate) pods_departed: BTreeMap<String, PodInfo>,
+    pub(crate) pods_departed: PodMap,
+    /// The Pods' label sets, each kept once: a Deployment's replicas share theirs.
+    pub(crate) label_sets: LabelSets,
     /// Per watch, its last failure while it has not succeeded since: before the first
     /// sync, that is what the Service's state reports.
     pub(crate) errors: [Option<ServiceState>; 3],
@@ -578,21 +616,15 @@ impl Model {
         }
         self.forget_departed_pods();
         let service = self.service.items.values().next();
-        let merged;
-        let pods = if self.pods_departed.is_empty() {
-            &self.pods.items
-        } else {
-            let mut all = self.pods_departed.clone();
-            all.extend(self.pods.items.iter().map(|(k, v)| (k.clone(), v.clone())));
-            merged = all;
-            &merged
-        };
+        // The watched Pods, then those a selector change left out while slices still
+        // name them: looked up in turn, not merged into one map per build.
+        let pods = (&self.pods.items, &self.pods_departed);
         if self.source == Some(Source::Endpoints) {
             return convert::from_endpoints(
                 service,
                 port,
                 self.endpoints.items.values().next(),
-                pods,
+                &pods,
                 clock,
             );
         }
@@ -665,7 +697,7 @@ impl Model {
                 // ramps again (see `left` below). Set as the slice is converted, so the
                 // time stays with the converted endpoint and costs nothing on later builds.
                 let first_ready = &mut cache.first_ready;
-                let converted = convert::slice_endpoints(slice, &resolved.name, pods, |addr| {
+                let converted = convert::slice_endpoints(slice, &resolved.name, &pods, |addr| {
                     *first_ready
                         .entry(addr)
                         .or_insert_with(|| (!first).then_some(now))
@@ -858,7 +890,10 @@ impl Model {
             _ => None,
         };
         let before = (self.pods_relisting && relisted).then(|| self.pods.items.clone());
-        let was = self.pods.apply(event, name_of, convert);
+        let sets = &mut self.label_sets;
+        let was = self
+            .pods
+            .apply(event, name_of, |o| convert(o).with_labels_in(sets));
         match named {
             // One Pod: only when what discovery keeps of it changed (most Pod updates
             // are status the endpoints do not carry), and then only its slices.

@@ -11,7 +11,7 @@ mod tests;
 
 pub use self::clock::{SyncClock, WatchKind};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
@@ -191,6 +191,64 @@ impl Eq for Labels {}
 impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         (**self).fmt(f)
+    }
+}
+
+/// Label sets kept once each: [`share`](Self::share) gives back the equal set it already
+/// keeps, so that Pods with equal labels (a Deployment's replicas carry the same ones)
+/// share one allocation, in discovery's Pod cache and in every endpoint that carries them.
+///
+/// Bounded by what is in use: it keeps at most twice the sets that something else still
+/// holds, plus 64. When it reaches that, it lets go of the sets only it holds (a Pod that
+/// left), so label sets that come and go do not pile up.
+///
+/// ```
+/// use rudder_balance::endpoint::{LabelSets, Labels};
+///
+/// let mut sets = LabelSets::new();
+/// let a = sets.share([("app", "web"), ("version", "4.2")].into_iter().collect());
+/// let b = sets.share([("app", "web"), ("version", "4.2")].into_iter().collect());
+/// assert!(a.shares(&b));
+/// ```
+#[derive(Debug, Default)]
+pub struct LabelSets {
+    sets: HashSet<Arc<BTreeMap<String, String>>>,
+    /// How many sets were still in use when it last let go of the others.
+    in_use: usize,
+}
+
+impl LabelSets {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `labels`, or the equal set already kept.
+    pub fn share(&mut self, labels: Labels) -> Labels {
+        let Some(set) = labels.0 else {
+            return labels;
+        };
+        if let Some(kept) = self.sets.get(&*set) {
+            return Labels(Some(kept.clone()));
+        }
+        if self.sets.len() >= 2 * self.in_use + 64 {
+            // Only this table holds a set with one reference, and only this table could
+            // clone it: nothing races the count.
+            self.sets.retain(|s| Arc::strong_count(s) > 1);
+            self.in_use = self.sets.len();
+        }
+        self.sets.insert(set.clone());
+        Labels(Some(set))
+    }
+
+    /// How many sets it keeps.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Whether it keeps none.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
     }
 }
 

@@ -244,3 +244,36 @@ fn endpoints_of_a_block_share_it_each_at_its_place() {
     #[cfg(target_pointer_width = "64")]
     assert_eq!(std::mem::size_of::<Endpoint>(), 56);
 }
+
+#[test]
+fn label_sets_are_shared_while_in_use_and_stay_bounded_as_they_come_and_go() {
+    let set = |i: usize| -> Labels {
+        [("app", "web".to_string()), ("version", i.to_string())]
+            .into_iter()
+            .collect()
+    };
+    let mut sets = LabelSets::new();
+    // Two Pods of one ReplicaSet: one allocation.
+    let a = sets.share(set(0));
+    let b = sets.share(set(0));
+    assert!(a.shares(&b));
+    assert!(!a.shares(&sets.share(set(1))));
+    // 100,000 label sets that each come and go (a Pod that leaves drops its set), while
+    // 100 stay in use: the table keeps at most twice what is in use, plus 64.
+    let staying: Vec<Labels> = (0..100).map(|i| sets.share(set(1_000_000 + i))).collect();
+    let mut most = 0;
+    for i in 0..100_000 {
+        drop(sets.share(set(2_000_000 + i)));
+        most = most.max(sets.len());
+    }
+    assert!(most <= 2 * (100 + 2) + 64 + 1, "the table grew to {most}");
+    // What stayed in use is still the set it gives back, and what a caller holds is kept.
+    for (i, kept) in staying.iter().enumerate() {
+        assert!(kept.shares(&sets.share(set(1_000_000 + i))));
+    }
+    assert!(a.shares(&sets.share(set(0))));
+    // Empty labels allocate nothing and take no room.
+    let before = sets.len();
+    assert!(sets.share(Labels::new()).shares(&Labels::new()));
+    assert_eq!(sets.len(), before);
+}

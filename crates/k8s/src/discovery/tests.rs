@@ -539,7 +539,9 @@ fn addresses_of_the_other_family_are_skipped() {
         "endpoints": [{"addresses": ["::1"]}, {"addresses": ["10.0.0.1"]}],
         "ports": [{"port": 80}],
     }));
-    let eps = crate::convert::slice_endpoints(&slice, "", &Default::default(), |_| None).endpoints;
+    let eps =
+        crate::convert::slice_endpoints(&slice, "", &crate::discovery::PodMap::default(), |_| None)
+            .endpoints;
     let addrs: Vec<String> = eps.iter().map(|e| e.addr().to_string()).collect();
     assert_eq!(addrs, ["10.0.0.1:80"]);
 }

@@ -186,6 +186,16 @@ async fn pod_labels_reach_the_endpoints() {
                 .all(|e| e.labels().get("app").map(String::as_str) == Some("hello-world"))
     })
     .await;
+    // Replicas with equal labels share one label set: discovery keeps each set once.
+    let set = sub.current();
+    let [a, b] = set.endpoints() else {
+        panic!("two endpoints: {set:?}")
+    };
+    assert_eq!(a.labels(), b.labels());
+    assert!(
+        a.meta().labels.shares(&b.meta().labels),
+        "equal label sets were kept twice"
+    );
     cluster
         .label_pod(
             "hello-world-1",
