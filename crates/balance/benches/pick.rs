@@ -16,6 +16,12 @@ use rudder_balance::{
 };
 
 fn set(n: usize) -> Arc<EndpointSet> {
+    set_with(n, None)
+}
+
+/// [`set`], each endpoint's labels taken from `sets` (as discovery keeps them: two label
+/// sets between all the endpoints) rather than a set of its own.
+fn set_with(n: usize, mut sets: Option<&mut rudder_balance::LabelSets>) -> Arc<EndpointSet> {
     // Metadata in blocks of 100, one per EndpointSlice, as discovery makes it.
     let blocks: Vec<MetaBlock> = (0..n.div_ceil(100))
         .map(|b| {
@@ -30,6 +36,10 @@ fn set(n: usize) -> Arc<EndpointSet> {
                     ]
                     .into_iter()
                     .collect();
+                    let labels = match sets.as_deref_mut() {
+                        Some(sets) => sets.share(labels),
+                        None => labels,
+                    };
                     EndpointMeta {
                         labels,
                         ..Default::default()
@@ -122,6 +132,30 @@ fn subsets(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("index_new_snapshot", n), &n, |bench, _| {
             bench.iter(|| black_box(SubsetIndex::new(set.clone(), [&v42])))
         });
+        // A selector that was not configured, with the index's cache of such selectors
+        // full (say, filled by hostile headers): every lookup matches the endpoints again.
+        // With a label set per endpoint, and with the label sets shared as discovery keeps
+        // them (matched once per set).
+        let shared = set_with(n, Some(&mut rudder_balance::LabelSets::new()));
+        for (name, set) in [
+            ("lookup_uncached", &set),
+            ("lookup_uncached_shared_labels", &shared),
+        ] {
+            let index = SubsetIndex::new(set.clone(), [&v42]);
+            for i in 0..rudder_balance::subset::EXTRA_SUBSETS {
+                let other: Selector = format!("version=x{i}").parse().unwrap();
+                let _ = index.subset(&other, &Fallback::NoFallback);
+            }
+            let v41: Selector = "version=4.1".parse().unwrap();
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
+                bench.iter(|| black_box(index.subset(&v41, &Fallback::NoFallback).map(|p| p.len())))
+            });
+        }
+        group.bench_with_input(
+            BenchmarkId::new("index_new_snapshot_shared_labels", n),
+            &n,
+            |bench, _| bench.iter(|| black_box(SubsetIndex::new(shared.clone(), [&v42]))),
+        );
     }
     group.finish();
 }

@@ -23,7 +23,7 @@ mod tests;
 
 pub use self::error::SubsetError;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -323,12 +323,9 @@ impl Matches {
     /// The matches of `set`'s endpoints against `selectors`.
     pub fn new(set: &EndpointSet, selectors: &[&Selector]) -> Self {
         let count = selectors.len().min(64);
+        let mut bits = PerLabelSet::new(|labels| Self::compute(labels, &selectors[..count]));
         Self {
-            bits: set
-                .endpoints()
-                .iter()
-                .map(|e| Self::compute(e, &selectors[..count]))
-                .collect(),
+            bits: set.endpoints().iter().map(|e| bits.get(e)).collect(),
         }
     }
 
@@ -349,19 +346,19 @@ impl Matches {
         let old = previous.endpoints();
         // The endpoints the update left as they were are copied in bulk; only those
         // between are looked at one by one.
+        let mut computed = PerLabelSet::new(|labels| Self::compute(labels, &selectors[..count]));
         let bits = pairing.carry(&matches.bits, |i, before| {
             let e = &set.endpoints()[i];
             match before {
                 Some(j) if old[j].shares_meta(e) => matches.bits[j],
-                _ => Self::compute(e, &selectors[..count]),
+                _ => computed.get(e),
             }
         });
         Self { bits: bits.into() }
     }
 
-    /// One endpoint's bits.
-    fn compute(e: &Endpoint, selectors: &[&Selector]) -> u64 {
-        let labels = e.labels();
+    /// The bits of an endpoint with `labels`.
+    fn compute(labels: &BTreeMap<String, String>, selectors: &[&Selector]) -> u64 {
         selectors
             .iter()
             .enumerate()
@@ -529,9 +526,10 @@ impl SubsetIndex {
         {
             return Held::Shared(m.clone());
         }
+        let mut matching = PerLabelSet::new(|labels| selector.matches(labels));
         let m = Arc::new(Members::new(
             &self.set,
-            routable_positions(&self.set, |_, e| selector.matches(e.labels())),
+            routable_positions(&self.set, |_, e| matching.get(e)),
             None,
             &self.options,
             None,
@@ -624,12 +622,62 @@ fn carried_positions(
     Some((positions, unit))
 }
 
+/// A function of endpoints' labels, evaluated once per label set rather than once per
+/// endpoint: discovery keeps equal label sets once (see
+/// [`LabelSets`](crate::endpoint::LabelSets)), so a Service's endpoints carry a few sets
+/// between them (one per version, say), and an endpoint whose set is one of the last few
+/// seen takes the value found for it. Sets are told apart by address, valid while the
+/// endpoints are borrowed. Where every endpoint has a set of its own (a StatefulSet's
+/// Pods are labelled with their names), it stops looking after a run of misses.
+struct PerLabelSet<'a, T, F> {
+    seen: [Option<(&'a BTreeMap<String, String>, T)>; 4],
+    next: usize,
+    /// Values found since the last one taken from `seen`.
+    misses: u32,
+    of: F,
+}
+
+/// Misses in a row after which [`PerLabelSet`] evaluates every endpoint directly.
+const GIVE_UP_AFTER: u32 = 32;
+
+impl<'a, T: Copy, F: FnMut(&BTreeMap<String, String>) -> T> PerLabelSet<'a, T, F> {
+    fn new(of: F) -> Self {
+        Self {
+            seen: [None; 4],
+            next: 0,
+            misses: 0,
+            of,
+        }
+    }
+
+    fn get(&mut self, e: &'a Endpoint) -> T {
+        let labels = e.labels();
+        if self.misses >= GIVE_UP_AFTER {
+            return (self.of)(labels);
+        }
+        for (set, value) in self.seen.iter().flatten() {
+            if std::ptr::eq(*set, labels) {
+                self.misses = 0;
+                return *value;
+            }
+        }
+        self.misses += 1;
+        let value = (self.of)(labels);
+        self.seen[self.next] = Some((labels, value));
+        self.next = (self.next + 1) % self.seen.len();
+        value
+    }
+}
+
 /// Positions of the routable endpoints matching `selector`: its ready ones, or, when none of
 /// them is ready, its serving-terminating ones (kube-proxy's rule, applied per subset so a
 /// subset being rolled keeps serving). Among terminating ones, those killed last (latest
 /// deletion deadline, to the second as Kubernetes writes it; unknown counts as latest) are
 /// preferred: they will still be there when the request arrives.
-fn routable_positions(set: &EndpointSet, matches: impl Fn(usize, &Endpoint) -> bool) -> Vec<u32> {
+fn routable_positions<'a>(
+    set: &'a EndpointSet,
+    mut matches: impl FnMut(usize, &'a Endpoint) -> bool,
+) -> Vec<u32> {
     // One pass over the endpoints, matching each once; sized for all of them (no copies
     // while growing) and trimmed to what matched, since the list is kept with the
     // snapshot.

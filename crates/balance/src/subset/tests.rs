@@ -129,3 +129,61 @@ proptest! {
         }
     }
 }
+
+/// Label sets shared between endpoints (as discovery keeps them) are matched once per set:
+/// with more sets than the matcher remembers, interleaved, and with a run of endpoints
+/// that each have a set of their own (after which it stops remembering), every subset,
+/// configured or not, still holds exactly the endpoints its selector matches.
+#[test]
+fn shared_label_sets_match_as_each_endpoint_alone_would() {
+    let mut sets = crate::endpoint::LabelSets::new();
+    let mut state = 7u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let endpoints: Vec<Endpoint> = (0..2_000usize)
+        .map(|i| {
+            // Seven versions in a random order, then 100 endpoints each with its own set,
+            // then the seven again.
+            let version = if (900..1_000).contains(&i) {
+                format!("own-{i}")
+            } else {
+                format!("4.{}", next() % 7)
+            };
+            let labels: crate::endpoint::Labels =
+                [("app", "biz1".to_string()), ("version", version)]
+                    .into_iter()
+                    .collect();
+            Endpoint::new(
+                format!("10.{}.{}.1:8080", i / 250, i % 250)
+                    .parse()
+                    .unwrap(),
+            )
+            .with_meta(EndpointMeta {
+                labels: sets.share(labels),
+                ..EndpointMeta::default()
+            })
+        })
+        .collect();
+    let set = Arc::new(EndpointSet::new(ServiceState::Active, endpoints));
+    let configured: Vec<Selector> = ["version=4.1", "version in (4.2,4.5)", "version!=4.3"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let index = SubsetIndex::new(set.clone(), configured.iter());
+    let asked: Vec<Selector> = ["version=4.6", "version notin (4.0,4.4)", "version=own-950"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for selector in configured.iter().chain(&asked) {
+        let expected: Vec<u32> = (0..set.len() as u32)
+            .filter(|i| selector.matches(set.endpoints()[*i as usize].labels()))
+            .collect();
+        assert!(!expected.is_empty(), "{selector} matches some endpoint");
+        let picked = index.subset(selector, &Fallback::NoFallback).unwrap();
+        assert_eq!(picked.positions(), expected, "{selector}");
+    }
+}
