@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rudder_balance::{
     EmptyReason, Endpoint, EndpointMeta, EndpointSet, LabelSets, Labels, MetaBlock, Readiness,
-    ServiceState, SyncClock, Unroutable, UnroutableReason,
+    ServiceState, SyncClock, Unroutable, UnroutableReason, ZoneHints,
 };
 
 use crate::service_ref::PortSpec;
@@ -243,8 +243,8 @@ fn meta_for(
     pods: &impl Pods,
     zone: Option<Arc<str>>,
     node: Option<Arc<str>>,
-    hints: Vec<String>,
-    app_protocol: Option<&str>,
+    hints: ZoneHints,
+    app_protocol: Option<&Arc<str>>,
 ) -> (EndpointMeta, u32) {
     let pod = pod_name.as_deref().and_then(|n| pods.pod(n));
     let meta = EndpointMeta {
@@ -254,7 +254,7 @@ fn meta_for(
         zone,
         node,
         zone_hints: hints,
-        app_protocol: app_protocol.map(str::to_string),
+        app_protocol: app_protocol.cloned(),
         ready_since: pod.and_then(|p| p.ready_since),
         deletion_deadline: pod.and_then(|p| p.deletion_deadline),
     };
@@ -288,6 +288,35 @@ pub(crate) fn shared_name(name: &str) -> Arc<str> {
         })
         // The thread is exiting.
         .unwrap_or_else(|_| Arc::from(name))
+}
+
+thread_local! {
+    static HINTS: RefCell<HashSet<Arc<[Arc<str>]>, foldhash::fast::RandomState>> = RefCell::default();
+}
+
+/// The shared copy of a list of hinted zones: endpoints hinted for the same zones (those
+/// of one zone, under topology-aware routing) share one list, per thread that decodes
+/// slices, bounded like the names.
+pub(crate) fn shared_hints(zones: &[Arc<str>]) -> ZoneHints {
+    if zones.is_empty() {
+        return ZoneHints::new();
+    }
+    HINTS
+        .try_with(|lists| {
+            let mut lists = lists.borrow_mut();
+            if let Some(shared) = lists.get(zones) {
+                return shared.clone();
+            }
+            if lists.len() >= SHARED_NAMES {
+                lists.clear();
+            }
+            let shared: Arc<[Arc<str>]> = Arc::from(zones);
+            lists.insert(shared.clone());
+            shared
+        })
+        // The thread is exiting.
+        .unwrap_or_else(|_| Arc::from(zones))
+        .into()
 }
 
 /// How many names this thread's table holds.
@@ -404,6 +433,8 @@ pub(crate) fn slice_endpoints(
         tracing::warn!(slice = slice_name, port = ?sp.port, "skipping EndpointSlice port: not a valid port number");
         return out;
     };
+    // Shared by the port's endpoints.
+    let app_protocol = sp.app_protocol.as_deref().map(shared_name);
     // The routable endpoints, and their metadata for the block they will share.
     let mut routable = Vec::with_capacity(slice.endpoints.len());
     let mut metas = Vec::with_capacity(slice.endpoints.len());
@@ -454,7 +485,7 @@ pub(crate) fn slice_endpoints(
             ep.zone.clone(),
             ep.node_name.clone(),
             ep.zone_hints.clone(),
-            sp.app_protocol.as_deref(),
+            app_protocol.as_ref(),
         );
         let addr = SocketAddr::new(ip, number);
         if readiness == Readiness::Ready && meta.ready_since.is_none() {
@@ -544,8 +575,8 @@ pub fn from_endpoints(
                 pods,
                 None,
                 a.node_name.as_deref().map(shared_name),
-                Vec::new(),
-                sp.app_protocol.as_deref(),
+                ZoneHints::new(),
+                sp.app_protocol.as_deref().map(shared_name).as_ref(),
             );
             out.push(
                 Endpoint::new(SocketAddr::new(ip, number))

@@ -103,7 +103,7 @@ static NO_META: EndpointMeta = EndpointMeta {
     labels: Labels::new(),
     zone: None,
     node: None,
-    zone_hints: Vec::new(),
+    zone_hints: ZoneHints::new(),
     app_protocol: None,
     ready_since: None,
     deletion_deadline: None,
@@ -194,6 +194,64 @@ impl fmt::Debug for Labels {
     }
 }
 
+/// The zones an endpoint is hinted for (an EndpointSlice's `hints.forZones`, written by
+/// topology-aware routing), read as a slice of zone names: endpoints with the same hints
+/// can share one allocation (discovery shares them, as it shares zone names), and none is
+/// made when there are none.
+///
+/// ```
+/// use rudder_balance::endpoint::ZoneHints;
+///
+/// let hints: ZoneHints = ["zone-a"].into_iter().collect();
+/// assert!(hints.iter().any(|z| &**z == "zone-a"));
+/// assert!(ZoneHints::new().is_empty());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ZoneHints(Option<Arc<[Arc<str>]>>);
+
+impl ZoneHints {
+    /// No hints.
+    pub const fn new() -> Self {
+        Self(None)
+    }
+
+    /// Whether `other` is the very same allocation (or both are empty).
+    pub fn shares(&self, other: &ZoneHints) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::ops::Deref for ZoneHints {
+    type Target = [Arc<str>];
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl From<Arc<[Arc<str>]>> for ZoneHints {
+    fn from(zones: Arc<[Arc<str>]>) -> Self {
+        Self((!zones.is_empty()).then_some(zones))
+    }
+}
+
+impl<Z: Into<Arc<str>>> FromIterator<Z> for ZoneHints {
+    fn from_iter<I: IntoIterator<Item = Z>>(iter: I) -> Self {
+        let zones: Arc<[Arc<str>]> = iter.into_iter().map(Into::into).collect();
+        zones.into()
+    }
+}
+
+impl fmt::Debug for ZoneHints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Label sets kept once each: [`share`](Self::share) gives back the equal set it already
 /// keeps, so that Pods with equal labels (a Deployment's replicas carry the same ones)
 /// share one allocation, in discovery's Pod cache and in every endpoint that carries them.
@@ -267,9 +325,10 @@ pub struct EndpointMeta {
     /// The node the endpoint runs on (shared like `zone`).
     pub node: Option<Arc<str>>,
     /// Zones this endpoint is hinted for (topology-aware routing).
-    pub zone_hints: Vec<String>,
-    /// The port's `appProtocol` (e.g. `http`, `kubernetes.io/h2c`).
-    pub app_protocol: Option<String>,
+    pub zone_hints: ZoneHints,
+    /// The port's `appProtocol` (e.g. `http`, `kubernetes.io/h2c`; one allocation shared
+    /// by every endpoint of the port).
+    pub app_protocol: Option<Arc<str>>,
     /// When the Pod last became Ready.
     pub ready_since: Option<SystemTime>,
     /// When a terminating Pod will be killed (`deletionTimestamp` + grace period).

@@ -114,7 +114,8 @@ impl Members {
                 .copied()
                 .filter(|p| {
                     let meta = set.endpoints()[*p as usize].meta();
-                    meta.zone.as_deref() == Some(zone) || meta.zone_hints.iter().any(|h| h == zone)
+                    meta.zone.as_deref() == Some(zone)
+                        || meta.zone_hints.iter().any(|h| **h == *zone)
                 })
                 .collect();
             let before = previous.and_then(|p| p.local.as_deref());

@@ -26,7 +26,8 @@ use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-use super::shared_name;
+use super::{shared_hints, shared_name};
+use rudder_balance::ZoneHints;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 /// An EndpointSlice (`discovery.k8s.io/v1`) as discovery reads it: the metadata, the
@@ -93,9 +94,10 @@ pub(crate) struct LeanEndpoint {
     /// Shared like `node_name`.
     #[serde(default, deserialize_with = "name")]
     pub(crate) zone: Option<Arc<str>>,
-    /// `hints.forZones[].name`.
+    /// `hints.forZones[].name`, shared with every endpoint hinted for the same zones (see
+    /// [`shared_hints`]).
     #[serde(default, rename = "hints", deserialize_with = "zone_hints")]
-    pub(crate) zone_hints: Vec<String>,
+    pub(crate) zone_hints: ZoneHints,
 }
 
 /// An endpoint's address: parsed when it is an IP address (of either family: the slice's
@@ -248,12 +250,12 @@ fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
 }
 
 /// The zone names of `hints.forZones`.
-fn zone_hints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn zone_hints<'de, D: Deserializer<'de>>(d: D) -> Result<ZoneHints, D::Error> {
     /// A missing name reads as empty, as in `k8s_openapi`.
     #[derive(Deserialize)]
     struct Zone {
         #[serde(default, deserialize_with = "null_as_default")]
-        name: String,
+        name: Option<SharedName>,
     }
 
     #[derive(Deserialize)]
@@ -264,11 +266,12 @@ fn zone_hints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
     }
 
     let hints = Option::<Hints>::deserialize(d)?;
-    Ok(hints
+    let zones: Vec<Arc<str>> = hints
         .into_iter()
         .flat_map(|h| h.for_zones)
-        .map(|z| z.name)
-        .collect())
+        .map(|z| z.name.map_or_else(|| shared_name(""), |n| n.0))
+        .collect();
+    Ok(shared_hints(&zones))
 }
 
 impl From<&EndpointSlice> for LeanSlice {
@@ -293,14 +296,15 @@ impl From<&EndpointSlice> for LeanSlice {
                         .map(Arc::from),
                     node_name: ep.node_name.as_deref().map(shared_name),
                     zone: ep.zone.as_deref().map(shared_name),
-                    zone_hints: ep
-                        .hints
-                        .as_ref()
-                        .and_then(|h| h.for_zones.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .map(|z| z.name.clone())
-                        .collect(),
+                    zone_hints: shared_hints(
+                        &ep.hints
+                            .as_ref()
+                            .and_then(|h| h.for_zones.as_ref())
+                            .into_iter()
+                            .flatten()
+                            .map(|z| shared_name(&z.name))
+                            .collect::<Vec<_>>(),
+                    ),
                 }
             })
             .collect();

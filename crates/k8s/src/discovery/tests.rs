@@ -863,3 +863,51 @@ fn pod_changes_convert_only_the_slices_naming_them() {
     assert_eq!(version(&rolled, 0).as_deref(), Some("3"));
     assert_eq!(version(&rolled, 1).as_deref(), Some("4"));
 }
+
+/// Topology hints and the port's `appProtocol` are read into copies shared by every
+/// endpoint that has the same ones, not copied per endpoint.
+#[test]
+fn hints_and_app_protocol_are_shared_between_endpoints() {
+    let hinted = |ip: &str, zone: &str| {
+        let mut e = ep(ip, Some(true), None, None);
+        e["zone"] = json!(zone);
+        e["hints"] = json!({"forZones": [{"name": zone}]});
+        e
+    };
+    let two = |name: &str, first: &str, second: &str| {
+        slice(
+            json!({"metadata": {"name": name, "namespace": "d"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "appProtocol": "kubernetes.io/h2c"}],
+            "endpoints": [hinted(first, "zone-a"), hinted(second, "zone-b")]}),
+        )
+    };
+    // Two slices, decoded apart, as discovery decodes them.
+    let slices = [
+        two("a", "10.0.1.1", "10.0.1.2"),
+        two("b", "10.0.2.1", "10.0.2.2"),
+    ];
+    let set = convert::from_slices(
+        Some(&simple_service("http")),
+        None,
+        &slices,
+        &BTreeMap::new(),
+        &clock(),
+    );
+    let meta = |i: usize| set.endpoints()[i].meta();
+    assert_eq!(set.len(), 4, "{set:?}");
+    let zones = |i: usize| meta(i).zone.as_deref().unwrap_or_default().to_string();
+    for i in 0..4 {
+        assert_eq!(meta(i).zone_hints.len(), 1);
+        assert_eq!(&*meta(i).zone_hints[0], zones(i));
+        for j in 0..4 {
+            assert_eq!(
+                meta(i).zone_hints.shares(&meta(j).zone_hints),
+                zones(i) == zones(j),
+                "endpoints {i} and {j}"
+            );
+            let (a, b) = (meta(i).app_protocol.as_ref(), meta(j).app_protocol.as_ref());
+            assert!(a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b)));
+        }
+    }
+    assert_eq!(meta(0).app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+}

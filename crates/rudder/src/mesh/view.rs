@@ -122,7 +122,7 @@ impl ServiceView {
                 ejections: load.ejections(),
                 node: e.meta().node.as_deref().map(str::to_owned),
                 zone: e.meta().zone.as_deref().map(str::to_owned),
-                app_protocol: e.meta().app_protocol.clone(),
+                app_protocol: e.meta().app_protocol.as_deref().map(str::to_string),
                 idle_because: if load.is_ejected() {
                     Some("ejected after consecutive failures")
                 } else if e.weight() == 0 {

@@ -789,6 +789,83 @@ async fn zone_preference_keeps_traffic_local_while_local_pods_are_healthy() {
     );
 }
 
+/// Topology hints (`hints.forZones`, as topology-aware routing writes them) count an
+/// endpoint of another zone as local to the zones it is hinted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_hints_make_an_endpoint_local_to_the_zones_it_is_hinted_for() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+
+    // The hand-made slice lists loopback Pods, which a real API server refuses.
+    let api = rudder_testkit::ApiServer::builder()
+        .allow_loopback_endpoints(true)
+        .start()
+        .await
+        .unwrap();
+    let cluster = rudder_testkit::TestCluster::builder()
+        .service("hello-svc")
+        .pod_prefix("hello-world")
+        .label("app", "hello-world")
+        .replicas(4)
+        .start_on(api)
+        .await
+        .unwrap();
+    let client = cluster.api().client().await.unwrap();
+    // A selector-less Service over the same four Pods: two in zone-a, two in zone-b, one
+    // of which is hinted for zone-a (the other for its own zone).
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hinted"},
+        "spec": {"ports": [{"port": 8080}]},
+    }))
+    .unwrap();
+    Api::<Service>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let zones = [
+        ("hello-world-1", "zone-a", "zone-a"),
+        ("hello-world-2", "zone-b", "zone-a"),
+        ("hello-world-3", "zone-a", "zone-a"),
+        ("hello-world-4", "zone-b", "zone-b"),
+    ];
+    let endpoints: Vec<_> = zones
+        .iter()
+        .map(|(pod, zone, hint)| {
+            let ip = cluster.pod(pod).unwrap().addr().ip().to_string();
+            serde_json::json!({"addresses": [ip], "conditions": {"ready": true},
+                "zone": zone, "hints": {"forZones": [{"name": hint}]}})
+        })
+        .collect();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hinted-1", "labels": {"kubernetes.io/service-name": "hinted"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
+    let layer = MeshLayer::builder(client).zone("zone-a").build().unwrap();
+    let mut mesh = layer.layer(h1());
+    // Every Pod answers after 5 ms (see the zone preference test above).
+    for pod in cluster.pods() {
+        pod.set_latency(Duration::from_millis(5));
+    }
+    let counts = spread(&mut mesh, 600, || req("http://hinted:8080/")).await;
+    let count = |pod: &str| counts.get(pod).copied().unwrap_or(0);
+    let local = count("hello-world-1") + count("hello-world-2") + count("hello-world-3");
+    assert!(local >= 420, "{local} of 600 stayed local: {counts:?}");
+    // The hinted Pod takes its share of the local traffic; the other zone-b Pod only
+    // what spills over.
+    assert!(
+        count("hello-world-2") >= 100 && count("hello-world-2") > 2 * count("hello-world-4"),
+        "the Pod hinted for zone-a is not local to it: {counts:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_client_closes_connections_to_pods_that_left() {
     let cluster = hello(3).await;
