@@ -444,17 +444,15 @@ pub(crate) fn slice_endpoints(
         let serving = c.serving.unwrap_or(ready);
         let terminating = c.terminating.unwrap_or(false);
         out.seen_any = true;
-        let pod_name = ep.pod.as_deref();
         let unroutable = |reason| Unroutable {
             address: ep
                 .address
                 .as_ref()
-                .map(Address::to_string)
-                .unwrap_or_default(),
+                .map_or_else(|| Arc::from(""), |a| Arc::from(a.to_string())),
             port: number,
-            pod: pod_name.map(str::to_string),
-            node: ep.node_name.as_deref().map(str::to_owned),
-            zone: ep.zone.as_deref().map(str::to_owned),
+            pod: ep.pod.clone(),
+            node: ep.node_name.clone(),
+            zone: ep.zone.clone(),
             reason,
         };
         let readiness = if ready {
@@ -547,14 +545,15 @@ pub fn from_endpoints(
         for a in subset.not_ready_addresses.iter().flatten() {
             seen_any = true;
             unroutable.push(Unroutable {
-                address: a.ip.clone(),
+                address: a.ip.as_str().into(),
                 port: number,
                 pod: a
                     .target_ref
                     .as_ref()
                     .filter(|t| t.kind.as_deref() == Some("Pod"))
-                    .and_then(|t| t.name.clone()),
-                node: a.node_name.clone(),
+                    .and_then(|t| t.name.as_deref())
+                    .map(Arc::from),
+                node: a.node_name.as_deref().map(shared_name),
                 zone: None,
                 reason: UnroutableReason::NotReady,
             });

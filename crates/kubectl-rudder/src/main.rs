@@ -199,11 +199,11 @@ fn report(service: String, set: &EndpointSet, selector: Option<&Selector>) -> Re
         })
         .collect();
     endpoints.extend(set.unroutable().iter().map(|u| Row {
-        address: u.address.clone(),
+        address: u.address.to_string(),
         port: u.port,
-        pod: u.pod.clone(),
-        node: u.node.clone(),
-        zone: u.zone.clone(),
+        pod: u.pod.as_deref().map(str::to_string),
+        node: u.node.as_deref().map(str::to_string),
+        zone: u.zone.as_deref().map(str::to_string),
         labels: Default::default(),
         weight: None,
         state: "not routable",

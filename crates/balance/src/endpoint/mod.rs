@@ -468,19 +468,21 @@ impl ServiceState {
 }
 
 /// An endpoint discovery saw but does not route to, and why: so that "why does my Pod get
-/// no traffic?" has an answer in views.
+/// no traffic?" has an answer in views. Its names are shared with what discovery keeps of
+/// the slice, so that copying the list (every snapshot carries it) counts references
+/// rather than allocating.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unroutable {
     /// The address as the API listed it.
-    pub address: String,
+    pub address: Arc<str>,
     /// The target port.
     pub port: u16,
     /// The Pod, from the endpoint's `targetRef`.
-    pub pod: Option<String>,
+    pub pod: Option<Arc<str>>,
     /// The node it runs on.
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
     /// Its zone.
-    pub zone: Option<String>,
+    pub zone: Option<Arc<str>>,
     /// Why it gets no traffic.
     pub reason: UnroutableReason,
 }

@@ -911,3 +911,43 @@ fn hints_and_app_protocol_are_shared_between_endpoints() {
     }
     assert_eq!(meta(0).app_protocol.as_deref(), Some("kubernetes.io/h2c"));
 }
+
+/// Each publish copies the list of endpoints that are not routable (every slice's): the
+/// copy shares the names with what discovery keeps of the slices rather than allocating
+/// them again, publish after publish.
+#[test]
+fn the_not_routable_list_is_shared_from_publish_to_publish() {
+    let mut model = service_synced();
+    let c = clock();
+    let mut not_ready = ep("10.0.0.9", Some(false), None, None);
+    not_ready["targetRef"] = json!({"kind": "Pod", "name": "p9"});
+    let mut a = slice_of("s-a", "IPv4", 8080, vec![not_ready]);
+    a.metadata.resource_version = Some("1".into());
+    let mut b = slice_of("s-b", "IPv4", 8080, vec![ep("10.0.0.2", None, None, None)]);
+    b.metadata.resource_version = Some("1".into());
+    for s in [a, b.clone()] {
+        model.slices.apply(Event::InitApply(s), name_of, |s| s);
+    }
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    let first = model.build(None, &c);
+    // Another slice changes: the not-ready endpoint's entry is copied into the new set.
+    b.endpoints
+        .push(serde_json::from_value(ep("10.0.0.3", None, None, None)).unwrap());
+    b.metadata.resource_version = Some("2".into());
+    model.slices.apply(Event::Apply(b), name_of, |s| s);
+    let second = model.build_after(None, &c, Some(&first));
+    assert_eq!(second.len(), 2);
+    let (x, y) = (&first.unroutable()[0], &second.unroutable()[0]);
+    assert_eq!(x, y);
+    assert_eq!(&*x.address, "10.0.0.9");
+    assert!(Arc::ptr_eq(&x.address, &y.address));
+    assert!(
+        x.pod
+            .as_ref()
+            .zip(y.pod.as_ref())
+            .is_some_and(|(p, q)| Arc::ptr_eq(p, q))
+    );
+    // And the Pod's name with the slice discovery keeps.
+    let kept = model.slices.items["s-a"].endpoints[0].pod.as_ref().unwrap();
+    assert!(Arc::ptr_eq(kept, y.pod.as_ref().unwrap()));
+}

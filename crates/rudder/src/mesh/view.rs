@@ -138,10 +138,10 @@ impl ServiceView {
             .unroutable()
             .iter()
             .map(|u| UnroutableView {
-                address: u.address.clone(),
+                address: u.address.to_string(),
                 port: u.port,
-                pod: u.pod.clone(),
-                node: u.node.clone(),
+                pod: u.pod.as_deref().map(str::to_string),
+                node: u.node.as_deref().map(str::to_string),
                 reason: u.reason.as_str(),
             })
             .collect();
