@@ -600,7 +600,7 @@ impl Shared {
     /// lose their watches and keep the answer for `negative_ttl`; Services unused for
     /// `idle_timeout`, and negative answers that expired, are forgotten (the next request
     /// subscribes again).
-    fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         let s = &self.settings;
         let mut forget = Vec::new();
         for r in self.routed.read().expect("routed lock").values() {

@@ -209,13 +209,14 @@ impl Routed {
 }
 
 /// How often the updater looks again at replaced snapshots that requests still held.
-const RELEASE_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const RELEASE_EVERY: Duration = Duration::from_millis(250);
 
 /// The updater: re-indexes the pool whenever discovery publishes, and while slow-start
 /// ramps run, every [`Pool::refresh_interval`]. Replaced snapshots that requests still
 /// hold are kept until they no longer do, then dropped here (see [`Retired`]): a request
-/// never tears down a snapshot, O(endpoints). Ends when the [`Routed`] is dropped or
-/// discovery ends.
+/// never tears down a snapshot, O(endpoints). Stops updating when the [`Routed`] is
+/// released or dropped or discovery ends, and ends once no request holds a snapshot it
+/// replaced.
 async fn follow(
     pool: Weak<Pool<EndpointExtra>>,
     mut rx: watch::Receiver<Arc<EndpointSet>>,
@@ -227,7 +228,7 @@ async fn follow(
         .upgrade()
         .and_then(|p| p.ramping().then(|| p.refresh_interval()));
     let mut retired = Retired::new();
-    loop {
+    'routed: loop {
         let tick = async {
             match ramp {
                 Some(every) => tokio::time::sleep(every).await,
@@ -244,10 +245,10 @@ async fn follow(
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return;
+                    break 'routed;
                 }
                 let set = rx.borrow_and_update().clone();
-                let Some(p) = pool.upgrade() else { return };
+                let Some(p) = pool.upgrade() else { break 'routed };
                 let set_synced = *set.state() != ServiceState::Pending;
                 // A new Pod at an old Pod's address gets a payload of its own (its
                 // port-forward tunnels name the Pod): the pool asks only for those.
@@ -261,7 +262,7 @@ async fn follow(
                 }
             }
             () = tick => {
-                let Some(p) = pool.upgrade() else { return };
+                let Some(p) = pool.upgrade() else { break 'routed };
                 if let Some(replaced) = p.refresh() {
                     retired.keep(replaced);
                 }
@@ -270,7 +271,14 @@ async fn follow(
             () = release => {
                 retired.release();
             }
-            _ = stop.changed() => return,
+            _ = stop.changed() => break 'routed,
         }
+    }
+    // Released (or discovery ended): requests still in flight may hold snapshots this
+    // updater replaced. It stays until they let go, so that the last of them does not
+    // tear one down.
+    while !retired.is_empty() {
+        tokio::time::sleep(RELEASE_EVERY).await;
+        retired.release();
     }
 }

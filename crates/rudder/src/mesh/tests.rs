@@ -439,3 +439,61 @@ async fn a_request_that_outlives_its_snapshot_leaves_the_teardown_to_the_updater
     yield_until("released", || replaced.upgrade().is_none()).await;
     assert_eq!(routed.pool.snapshot().set().len(), 3);
 }
+
+/// The same when the Mesh releases the Service (idle) while the request is in flight: the
+/// updater stops updating but stays until the request lets go of the snapshot it replaced,
+/// and tears it down itself.
+#[tokio::test(start_paused = true)]
+async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
+    let statics = pods(3);
+    let layer = MeshLayer::builder_static()
+        .static_service("web", statics.clone())
+        .unwrap()
+        .idle_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
+    let answer = Arc::new(tokio::sync::Notify::new());
+    let inner = {
+        let answer = answer.clone();
+        tower::service_fn(move |_: Request<Sent>| {
+            let (arrived_tx, answer) = (arrived_tx.clone(), answer.clone());
+            async move {
+                arrived_tx.send(()).await.unwrap();
+                answer.notified().await;
+                Ok::<_, Infallible>(Response::new(Body::default()))
+            }
+        })
+    };
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let request = tokio::spawn(layer.layer(inner).oneshot(req));
+    arrived.recv().await.unwrap();
+    let svc =
+        crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
+    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    let replaced = Arc::downgrade(&routed.pool.snapshot());
+    let endpoints = |n: usize| pods(3).subscribe().borrow().endpoints()[..n].to_vec();
+    statics.set(endpoints(2));
+    yield_until("swapped", || routed.pool.snapshot().set().len() == 2).await;
+    // Two sweeps, the second after the idle timeout: the Mesh releases the Service.
+    let now = std::time::Instant::now();
+    layer.shared.sweep(now);
+    assert!(
+        !routed.is_released(),
+        "the request used it since the last sweep"
+    );
+    layer.shared.sweep(now + Duration::from_secs(2));
+    assert!(routed.is_released(), "the idle Service was released");
+    answer.notify_one();
+    drop(request.await.unwrap().unwrap());
+    assert!(
+        replaced.upgrade().is_some(),
+        "the request's reference was not the last: the released Service's updater keeps it"
+    );
+    // Its next look (every RELEASE_EVERY; the clock is paused, so this sleep only lets
+    // that timer fire) finds it held by nobody else and drops it.
+    tokio::time::sleep(super::routed::RELEASE_EVERY * 2).await;
+    assert!(replaced.upgrade().is_none(), "the updater dropped it");
+}
