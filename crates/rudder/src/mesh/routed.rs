@@ -271,12 +271,20 @@ async fn follow(
             () = release => {
                 retired.release();
             }
-            _ = stop.changed() => break 'routed,
+            _ = stop.changed() => {
+                // Released: requests in flight may still hold the Service's routing
+                // state, the pool and its snapshot with it, and the last of them would
+                // tear that down. Kept here too, it is torn down here.
+                if let Some(p) = pool.upgrade() {
+                    retired.keep(p.snapshot());
+                }
+                break 'routed;
+            }
         }
     }
     // Released (or discovery ended): requests still in flight may hold snapshots this
-    // updater replaced. It stays until they let go, so that the last of them does not
-    // tear one down.
+    // updater replaced, or the last one. It stays until they let go, so that the last of
+    // them does not tear one down.
     while !retired.is_empty() {
         tokio::time::sleep(RELEASE_EVERY).await;
         retired.release();

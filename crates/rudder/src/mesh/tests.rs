@@ -486,14 +486,23 @@ async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
     );
     layer.shared.sweep(now + Duration::from_secs(2));
     assert!(routed.is_released(), "the idle Service was released");
+    // The request holds the Service's routing state (the Mesh let go of it): its end
+    // drops the pool, with the last snapshot too.
+    let last = Arc::downgrade(&routed.pool.snapshot());
+    drop(routed);
     answer.notify_one();
     drop(request.await.unwrap().unwrap());
     assert!(
         replaced.upgrade().is_some(),
         "the request's reference was not the last: the released Service's updater keeps it"
     );
+    assert!(
+        last.upgrade().is_some(),
+        "the pool's last snapshot is kept by the updater too"
+    );
     // Its next look (every RELEASE_EVERY; the clock is paused, so this sleep only lets
     // that timer fire) finds it held by nobody else and drops it.
     tokio::time::sleep(super::routed::RELEASE_EVERY * 2).await;
     assert!(replaced.upgrade().is_none(), "the updater dropped it");
+    assert!(last.upgrade().is_none(), "the updater dropped the last one");
 }
