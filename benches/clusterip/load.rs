@@ -176,6 +176,8 @@ pub(crate) struct MachineUse {
     pub(crate) pods_listen_drops: u64,
     /// Packets conntrack found invalid (in this namespace).
     pub(crate) invalid: u64,
+    /// TCP connections opened from this namespace (the client's: `ActiveOpens`).
+    pub(crate) opened: u64,
 }
 
 /// The processes of the running Pods, whose network namespaces' TCP counters
@@ -233,7 +235,13 @@ pub(crate) fn stale_nat_entries() -> u64 {
 
 /// A `TcpExt` counter of `/proc/<pid>/net/netstat` (two lines: names, then values).
 fn tcp_ext(netstat: &str, name: &str) -> u64 {
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    counter(netstat, "TcpExt:", name)
+}
+
+/// The counter `name` of the `prefix` lines (a line of names, then one of values) of a
+/// `/proc/net/snmp`-style file.
+fn counter(text: &str, prefix: &str, name: &str) -> u64 {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
         return 0;
     };
@@ -288,6 +296,8 @@ impl MachineUse {
             .map(|p| p.iter().copied().collect())
             .unwrap_or_default();
         use_.invalid = conntrack_counter(&ct, "invalid");
+        let snmp = std::fs::read_to_string("/proc/self/net/snmp").unwrap_or_default();
+        use_.opened = counter(&snmp, "Tcp:", "ActiveOpens");
         for pid in pids {
             let netstat =
                 std::fs::read_to_string(format!("/proc/{pid}/net/netstat")).unwrap_or_default();
@@ -311,6 +321,7 @@ impl MachineUse {
                 .pods_listen_drops
                 .saturating_sub(before.pods_listen_drops),
             invalid: self.invalid.saturating_sub(before.invalid),
+            opened: self.opened.saturating_sub(before.opened),
         }
     }
 }

@@ -332,6 +332,21 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             jain("ClusterIP"),
             jain("ClusterIP (nftables)"),
         ));
+        // Where a layer's cost could hide beside its own code: connections it makes the
+        // client open (each a connect, an accept and a Pod-side task).
+        let opened = h1_arms
+            .iter()
+            .map(|(name, _, _)| {
+                format!(
+                    "{name} {:.0}",
+                    stat(&runs[*name], |r| r.machine.opened as f64).0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.note(format!(
+            "TCP connections the client opened per run (its namespace's `ActiveOpens`, which also counts the API clients' few): {opened}."
+        ));
         report.table(t);
         report.chart("clusterip-throughput.svg", chart);
 
