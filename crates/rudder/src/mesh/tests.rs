@@ -396,10 +396,15 @@ async fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("{what}: not within 1,000 yields");
 }
 
-#[tokio::test]
-async fn a_request_that_outlives_its_snapshot_leaves_the_teardown_to_the_updater() {
-    let statics = pods(3);
-    let layer = layer(statics.clone());
+/// A request to `web` that the inner service holds until `answer` is notified, sent once
+/// it is held: with it, the Service's routing state.
+async fn held_request(
+    layer: &MeshLayer,
+) -> (
+    tokio::task::JoinHandle<Result<Response<super::ResponseBody<Body>>, BoxError>>,
+    Arc<tokio::sync::Notify>,
+    Arc<super::routed::Routed>,
+) {
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
     let answer = Arc::new(tokio::sync::Notify::new());
     let inner = {
@@ -421,6 +426,14 @@ async fn a_request_that_outlives_its_snapshot_leaves_the_teardown_to_the_updater
     let svc =
         crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
     let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    (request, answer, routed)
+}
+
+#[tokio::test]
+async fn a_request_that_outlives_its_snapshot_leaves_the_teardown_to_the_updater() {
+    let statics = pods(3);
+    let layer = layer(statics.clone());
+    let (request, answer, routed) = held_request(&layer).await;
     let replaced = Arc::downgrade(&routed.pool.snapshot());
 
     // Discovery publishes while the request is in flight (it holds the snapshot it was
@@ -452,27 +465,7 @@ async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
         .idle_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
-    let answer = Arc::new(tokio::sync::Notify::new());
-    let inner = {
-        let answer = answer.clone();
-        tower::service_fn(move |_: Request<Sent>| {
-            let (arrived_tx, answer) = (arrived_tx.clone(), answer.clone());
-            async move {
-                arrived_tx.send(()).await.unwrap();
-                answer.notified().await;
-                Ok::<_, Infallible>(Response::new(Body::default()))
-            }
-        })
-    };
-    let req = Request::get("http://web:8080/")
-        .body(Body::default())
-        .unwrap();
-    let request = tokio::spawn(layer.layer(inner).oneshot(req));
-    arrived.recv().await.unwrap();
-    let svc =
-        crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
-    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    let (request, answer, routed) = held_request(&layer).await;
     let replaced = Arc::downgrade(&routed.pool.snapshot());
     let endpoints = |n: usize| pods(3).subscribe().borrow().endpoints()[..n].to_vec();
     statics.set(endpoints(2));

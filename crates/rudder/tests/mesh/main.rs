@@ -412,24 +412,10 @@ async fn concurrent_load_survives_readiness_loss_and_deletion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_name_and_selectorless_services() {
     use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use kube::api::{Api, PostParams};
 
-    // The hand-made slice below lists a loopback Pod, which a real API server refuses:
-    // this test opts in.
-    let api = rudder_testkit::ApiServer::builder()
-        .allow_loopback_endpoints(true)
-        .start()
-        .await
-        .unwrap();
-    let cluster = rudder_testkit::TestCluster::builder()
-        .service("hello-svc")
-        .pod_prefix("hello-world")
-        .label("app", "hello-world")
-        .replicas(1)
-        .start_on(api)
-        .await
-        .unwrap();
+    // The hand-made slice below lists a loopback Pod.
+    let cluster = hello_allowing_loopback_slices(1).await;
     let client = cluster.api().client().await.unwrap();
     // A server on 127.0.0.1 stands in for an external host reached by DNS (`localhost`).
     let outside = rudder_testkit::PodServer::start(
@@ -452,23 +438,9 @@ async fn external_name_and_selectorless_services() {
     let manual = rudder_testkit::PodServer::start_on_loopback("manual-0", 8080, labels(&[]))
         .await
         .unwrap();
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "manual"},
-        "spec": {"ports": [{"port": 8080}]},
-    }))
-    .unwrap();
-    services.create(&PostParams::default(), &svc).await.unwrap();
-    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "manual-1", "labels": {"kubernetes.io/service-name": "manual"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [manual.addr().ip().to_string()], "conditions": {"ready": true}}],
-        "ports": [{"port": 8080, "protocol": "TCP"}],
-    }))
-    .unwrap();
-    Api::<EndpointSlice>::default_namespaced(client.clone())
-        .create(&PostParams::default(), &slice)
-        .await
-        .unwrap();
+    let endpoint = serde_json::json!({"addresses": [manual.addr().ip().to_string()],
+        "conditions": {"ready": true}});
+    selectorless_service(&client, "manual", vec![endpoint]).await;
 
     let layer = MeshLayer::builder(client)
         .trust_subset_header()
@@ -793,36 +765,11 @@ async fn zone_preference_keeps_traffic_local_while_local_pods_are_healthy() {
 /// endpoint of another zone as local to the zones it is hinted for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_hints_make_an_endpoint_local_to_the_zones_it_is_hinted_for() {
-    use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use kube::api::{Api, PostParams};
-
-    // The hand-made slice lists loopback Pods, which a real API server refuses.
-    let api = rudder_testkit::ApiServer::builder()
-        .allow_loopback_endpoints(true)
-        .start()
-        .await
-        .unwrap();
-    let cluster = rudder_testkit::TestCluster::builder()
-        .service("hello-svc")
-        .pod_prefix("hello-world")
-        .label("app", "hello-world")
-        .replicas(4)
-        .start_on(api)
-        .await
-        .unwrap();
+    // The hand-made slice lists loopback Pods.
+    let cluster = hello_allowing_loopback_slices(4).await;
     let client = cluster.api().client().await.unwrap();
     // A selector-less Service over the same four Pods: two in zone-a, two in zone-b, one
     // of which is hinted for zone-a (the other for its own zone).
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "hinted"},
-        "spec": {"ports": [{"port": 8080}]},
-    }))
-    .unwrap();
-    Api::<Service>::default_namespaced(client.clone())
-        .create(&PostParams::default(), &svc)
-        .await
-        .unwrap();
     let zones = [
         ("hello-world-1", "zone-a", "zone-a"),
         ("hello-world-2", "zone-b", "zone-a"),
@@ -837,17 +784,7 @@ async fn zone_hints_make_an_endpoint_local_to_the_zones_it_is_hinted_for() {
                 "zone": zone, "hints": {"forZones": [{"name": hint}]}})
         })
         .collect();
-    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "hinted-1", "labels": {"kubernetes.io/service-name": "hinted"}},
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{"port": 8080, "protocol": "TCP"}],
-    }))
-    .unwrap();
-    Api::<EndpointSlice>::default_namespaced(client.clone())
-        .create(&PostParams::default(), &slice)
-        .await
-        .unwrap();
+    selectorless_service(&client, "hinted", endpoints).await;
     let layer = MeshLayer::builder(client).zone("zone-a").build().unwrap();
     let mut mesh = layer.layer(h1());
     // Every Pod answers after 5 ms (see the zone preference test above).

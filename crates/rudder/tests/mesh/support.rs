@@ -29,6 +29,57 @@ pub(crate) fn h1() -> H1 {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// [`hello`] on an API server that accepts EndpointSlices listing loopback addresses, as
+/// the test Pods have: a real one refuses them, so tests that write slices by hand opt in.
+pub(crate) async fn hello_allowing_loopback_slices(n: usize) -> TestCluster {
+    let api = rudder_testkit::ApiServer::builder()
+        .allow_loopback_endpoints(true)
+        .start()
+        .await
+        .expect("API server");
+    TestCluster::builder()
+        .service("hello-svc")
+        .pod_prefix("hello-world")
+        .label("app", "hello-world")
+        .replicas(n)
+        .start_on(api)
+        .await
+        .expect("cluster")
+}
+
+/// A Service `name` without a selector (port 8080) and one EndpointSlice for it, written
+/// by hand, listing `endpoints` (as the API takes them).
+pub(crate) async fn selectorless_service(
+    client: &kube::Client,
+    name: &str,
+    endpoints: Vec<serde_json::Value>,
+) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"ports": [{"port": 8080}]},
+    }))
+    .expect("Service");
+    Api::<Service>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the Service");
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }))
+    .expect("EndpointSlice");
+    Api::<EndpointSlice>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("create the EndpointSlice");
+}
+
 /// `hello-svc` over `n` `app=hello-world` Pods.
 pub(crate) async fn hello(n: usize) -> TestCluster {
     TestCluster::builder()
