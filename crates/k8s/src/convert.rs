@@ -265,58 +265,52 @@ fn meta_for(
 /// is emptied and filled again, so names from the API cannot grow it without bound.
 const SHARED_NAMES: usize = 4096;
 
+/// One table of shared copies per thread that decodes slices.
+type Shared<T> = RefCell<HashSet<Arc<T>, foldhash::fast::RandomState>>;
+
 thread_local! {
-    static NAMES: RefCell<HashSet<Arc<str>, foldhash::fast::RandomState>> = RefCell::default();
+    static NAMES: Shared<str> = RefCell::default();
+    static HINTS: Shared<[Arc<str>]> = RefCell::default();
+}
+
+/// The copy of `value` that `table` shares, made (and kept) if there is none yet: the
+/// table is emptied when full, so values from the API cannot grow it without bound.
+fn shared<T>(table: &'static std::thread::LocalKey<Shared<T>>, value: &T) -> Arc<T>
+where
+    T: ?Sized + std::hash::Hash + Eq,
+    Arc<T>: for<'a> From<&'a T>,
+{
+    table
+        .try_with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if let Some(shared) = kept.get(value) {
+                return shared.clone();
+            }
+            if kept.len() >= SHARED_NAMES {
+                kept.clear();
+            }
+            let shared = Arc::from(value);
+            kept.insert(shared.clone());
+            shared
+        })
+        // The thread is exiting.
+        .unwrap_or_else(|_| Arc::from(value))
 }
 
 /// The shared copy of a zone or node name: each is allocated once (per thread that
 /// decodes slices) and shared by every endpoint that names it, in every slice and snapshot
 /// (a Service's endpoints name a handful of zones and at most one node each).
 pub(crate) fn shared_name(name: &str) -> Arc<str> {
-    NAMES
-        .try_with(|names| {
-            let mut names = names.borrow_mut();
-            if let Some(shared) = names.get(name) {
-                return shared.clone();
-            }
-            if names.len() >= SHARED_NAMES {
-                names.clear();
-            }
-            let shared: Arc<str> = Arc::from(name);
-            names.insert(shared.clone());
-            shared
-        })
-        // The thread is exiting.
-        .unwrap_or_else(|_| Arc::from(name))
-}
-
-thread_local! {
-    static HINTS: RefCell<HashSet<Arc<[Arc<str>]>, foldhash::fast::RandomState>> = RefCell::default();
+    shared(&NAMES, name)
 }
 
 /// The shared copy of a list of hinted zones: endpoints hinted for the same zones (those
-/// of one zone, under topology-aware routing) share one list, per thread that decodes
-/// slices, bounded like the names.
+/// of one zone, under topology-aware routing) share one list, bounded like the names.
 pub(crate) fn shared_hints(zones: &[Arc<str>]) -> ZoneHints {
     if zones.is_empty() {
         return ZoneHints::new();
     }
-    HINTS
-        .try_with(|lists| {
-            let mut lists = lists.borrow_mut();
-            if let Some(shared) = lists.get(zones) {
-                return shared.clone();
-            }
-            if lists.len() >= SHARED_NAMES {
-                lists.clear();
-            }
-            let shared: Arc<[Arc<str>]> = Arc::from(zones);
-            lists.insert(shared.clone());
-            shared
-        })
-        // The thread is exiting.
-        .unwrap_or_else(|_| Arc::from(zones))
-        .into()
+    shared(&HINTS, zones).into()
 }
 
 /// How many names this thread's table holds.
@@ -558,6 +552,8 @@ pub fn from_endpoints(
                 reason: UnroutableReason::NotReady,
             });
         }
+        // Shared by the port's endpoints.
+        let app_protocol = sp.app_protocol.as_deref().map(shared_name);
         for a in subset.addresses.iter().flatten() {
             seen_any = true;
             let Ok(ip) = a.ip.parse::<IpAddr>() else {
@@ -575,7 +571,7 @@ pub fn from_endpoints(
                 None,
                 a.node_name.as_deref().map(shared_name),
                 ZoneHints::new(),
-                sp.app_protocol.as_deref().map(shared_name).as_ref(),
+                app_protocol.as_ref(),
             );
             out.push(
                 Endpoint::new(SocketAddr::new(ip, number))

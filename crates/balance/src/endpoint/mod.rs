@@ -136,6 +136,15 @@ pub struct Labels(Option<Arc<BTreeMap<String, String>>>);
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
+/// Whether two optional shared values are the very same allocation (or both absent).
+fn same_allocation<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 impl Labels {
     /// No labels.
     pub const fn new() -> Self {
@@ -149,11 +158,7 @@ impl Labels {
 
     /// Whether `other` is the very same allocation (or both are empty).
     pub fn shares(&self, other: &Labels) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
+        same_allocation(&self.0, &other.0)
     }
 }
 
@@ -217,11 +222,7 @@ impl ZoneHints {
 
     /// Whether `other` is the very same allocation (or both are empty).
     pub fn shares(&self, other: &ZoneHints) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
+        same_allocation(&self.0, &other.0)
     }
 }
 

@@ -785,7 +785,11 @@ async fn zone_hints_make_an_endpoint_local_to_the_zones_it_is_hinted_for() {
         })
         .collect();
     selectorless_service(&client, "hinted", endpoints).await;
-    let layer = MeshLayer::builder(client).zone("zone-a").build().unwrap();
+    // The Mesh with the least privilege users deploy (deploy/rbac.yaml).
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
+        .zone("zone-a")
+        .build()
+        .unwrap();
     let mut mesh = layer.layer(h1());
     // Every Pod answers after 5 ms (see the zone preference test above).
     for pod in cluster.pods() {
