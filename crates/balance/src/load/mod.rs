@@ -42,16 +42,31 @@ fn peak_ewma_nanos(estimate: f64, sample: f64, elapsed_per_decay: f64) -> f64 {
     if sample > estimate {
         return sample;
     }
-    let w = decay_factor(elapsed_per_decay);
-    estimate * w + sample * (1.0 - w)
+    // `estimate × w + sample × (1 - w)`, written as a pull toward the sample: with the
+    // pull `x` itself for a sample close after the last, three dependent operations
+    // rather than the polynomial's seven.
+    let pull = if elapsed_per_decay < LINEAR_BELOW {
+        elapsed_per_decay
+    } else {
+        1.0 - decay_factor(elapsed_per_decay)
+    };
+    estimate - (estimate - sample) * pull
 }
 
+/// Below this `x`, `e^-x` is taken as `1 - x`: the next term, `x² / 2`, is under 5 × 10⁻¹³,
+/// far below what a latency estimate resolves. At the default decay of 10 s that covers
+/// samples less than 9.5 ms apart: every sample of a busy endpoint.
+const LINEAR_BELOW: f64 = 1.0 / (1u64 << 20) as f64;
+
 /// `e^-x` for `x ≥ 0`. Busy endpoints update their estimates microseconds apart against a
-/// decay of seconds, so `x` is usually around 10⁻⁶: there the Taylor polynomial to the
-/// cubic term is exact to 3 × 10⁻⁹ and costs a few multiplications instead of a libm call
-/// (about a tenth of a pick's time).
+/// decay of seconds, so `x` is usually around 10⁻⁶: there `1 - x` (below
+/// [`LINEAR_BELOW`]) or the Taylor polynomial to the cubic term (below 1/64, exact to
+/// 3 × 10⁻⁹) cost one to a few multiplications instead of a libm call (about a tenth of a
+/// pick's time).
 pub(crate) fn decay_factor(x: f64) -> f64 {
-    if x < 1.0 / 64.0 {
+    if x < LINEAR_BELOW {
+        1.0 - x
+    } else if x < 1.0 / 64.0 {
         1.0 - x * (1.0 - x * (0.5 - x * (1.0 / 6.0)))
     } else {
         (-x).exp()

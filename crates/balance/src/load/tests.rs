@@ -17,6 +17,21 @@ fn peak_ewma_jumps_up_and_decays_down() {
         5e6,
         "no time passed, no decay"
     );
+    // Samples close together (the linear pull) and further apart (the polynomial), each
+    // against the exact update.
+    for elapsed in [
+        Duration::from_micros(3),
+        Duration::from_millis(9),
+        Duration::from_millis(50),
+    ] {
+        let w = (-elapsed.as_secs_f64() / decay.as_secs_f64()).exp();
+        let exact = 5e6 * w + 1e6 * (1.0 - w);
+        let ours = peak_ewma(5e6, 1e6, elapsed, decay);
+        assert!(
+            (ours - exact).abs() <= 1e-9 * exact,
+            "after {elapsed:?}: {ours} against {exact}"
+        );
+    }
 }
 
 #[test]
@@ -49,6 +64,8 @@ fn decay_factor_matches_exp_across_its_range() {
     for x in [
         0.0,
         1e-9,
+        LINEAR_BELOW - 1e-15,
+        LINEAR_BELOW,
         1e-6,
         1e-3,
         0.01,

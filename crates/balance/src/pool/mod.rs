@@ -92,6 +92,10 @@ impl Default for PoolConfig {
 #[derive(Debug)]
 pub struct PoolEntry<T> {
     load: EndpointLoad,
+    /// The endpoint's address, beside its load: starting a request reads both from the
+    /// one entry, not the snapshot's endpoint list too (a second cache miss per request
+    /// in a large Service).
+    addr: SocketAddr,
     extra: T,
 }
 
@@ -99,6 +103,11 @@ impl<T> PoolEntry<T> {
     /// The endpoint's load.
     pub fn load(&self) -> &EndpointLoad {
         &self.load
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The caller's payload.
@@ -254,6 +263,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ) -> Arc<PoolEntry<T>> {
         let entry = Arc::new(PoolEntry {
             load: table.new_load(),
+            addr: e.addr(),
             extra: extra(e),
         });
         tracked.push((e.addr(), Held::Pool(entry.clone())));
@@ -486,7 +496,6 @@ impl<T: Send + Sync + 'static> Pool<T> {
     pub fn start(&self, snapshot: &Snapshot<T>, pos: usize) -> Attempt<T> {
         Attempt {
             outcome: Outcome::start(&snapshot.entries[pos]),
-            addr: snapshot.set().endpoints()[pos].addr(),
             succeeded: false,
         }
     }
@@ -550,7 +559,6 @@ impl<T> Retired<T> {
 /// its snapshot, so a long stream pins neither.
 pub struct Attempt<T> {
     outcome: Outcome<Arc<PoolEntry<T>>>,
-    addr: SocketAddr,
     /// Response headers arrived and were not a counted failure: a success once the body
     /// ends (or is dropped) without an error.
     succeeded: bool,
@@ -559,7 +567,7 @@ pub struct Attempt<T> {
 impl<T> fmt::Debug for Attempt<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
-            .field("addr", &self.addr)
+            .field("addr", &self.addr())
             .finish_non_exhaustive()
     }
 }
@@ -567,7 +575,7 @@ impl<T> fmt::Debug for Attempt<T> {
 impl<T> Attempt<T> {
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.outcome.holder().addr
     }
 
     /// The endpoint's payload.
@@ -591,7 +599,7 @@ impl<T> Attempt<T> {
     pub fn responded_excluding(&mut self, failure: bool, setup: Duration) -> Duration {
         let latency = self.outcome.sample(setup.as_nanos() as u64);
         if failure {
-            self.outcome.failure(self.addr);
+            self.outcome.failure(self.addr());
         } else {
             self.succeeded = true;
         }
@@ -603,7 +611,7 @@ impl<T> Attempt<T> {
     /// Returns the time since the attempt started.
     pub fn failed(mut self) -> Duration {
         self.succeeded = false;
-        self.outcome.failure(self.addr);
+        self.outcome.failure(self.addr());
         Duration::from_nanos(self.outcome.elapsed_nanos())
     }
 }
