@@ -184,27 +184,23 @@ impl NsRoutes {
         sub: RouteSubscription,
         guard: Option<CanaryGuard>,
     ) -> Self {
-        let compiled = Arc::new(ArcSwap::from_pointee(Compiled::from_set(
-            namespace,
-            guard,
-            &sub.current(),
-            None,
-        )));
         let mut rx = sub.receiver();
+        let first = rx.borrow_and_update().clone();
+        let compiled = Arc::new(ArcSwap::from_pointee(
+            Compiled::from_set(namespace, guard, &first, None).seen_through(rx.clone()),
+        ));
         let out = compiled.clone();
         let ns = namespace.to_string();
         let task = tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let set = rx.borrow_and_update().clone();
-                // A request may have compiled this set already (see `ready`).
+                // A request may have compiled this set already (see `ready_now`).
                 let current = out.load_full();
-                if !Arc::ptr_eq(&current.source, &set) {
-                    out.store(Arc::new(Compiled::from_set(
-                        &ns,
-                        guard,
-                        &set,
-                        Some(&current),
-                    )));
+                if !Arc::ptr_eq(&current.source, &set) || current.outdated() {
+                    out.store(Arc::new(
+                        Compiled::from_set(&ns, guard, &set, Some(&current))
+                            .seen_through(rx.clone()),
+                    ));
                 }
             }
         });
@@ -232,28 +228,40 @@ impl NsRoutes {
         self.ready_now()
     }
 
+    /// The compiled routes for a request that does not wait; `None` while the namespace's
+    /// list is pending. A load of the shared pointer and an atomic read of the routes'
+    /// version: nothing written that other threads read (no reference count, no lock).
+    /// When a newer set arrived and the follower has not compiled it yet, the request
+    /// compiles it, once, for every request after it too: a route change reaches
+    /// requests as soon as it is published, not when the follower next runs.
+    pub(crate) fn now(&self) -> Option<arc_swap::Guard<Arc<Compiled>>> {
+        let current = self.compiled.load();
+        if current.outdated() {
+            drop(current);
+            self.ready_now()?;
+            return Some(self.compiled.load());
+        }
+        (current.source.state != RoutesState::Pending).then_some(current)
+    }
+
     /// The compiled routes if the namespace's list is known (or known to be unavailable),
-    /// without waiting; `None` while it is still pending.
-    pub(crate) fn ready_now(&self) -> Option<Arc<Compiled>> {
-        // The follower may not have compiled the newest set yet: compile it here, once,
-        // for every request after this one too.
+    /// without waiting; `None` while it is still pending. The newest set is compiled here
+    /// if the follower has not compiled it yet.
+    fn ready_now(&self) -> Option<Arc<Compiled>> {
         let current = self.compiled.load_full();
-        let set = {
-            let newest = self.rx.borrow();
-            if newest.state == RoutesState::Pending {
-                return None;
-            }
-            if Arc::ptr_eq(&current.source, &newest) {
-                return Some(current);
-            }
-            newest.clone()
-        };
-        let next = Arc::new(Compiled::from_set(
-            &current.namespace,
-            self.guard,
-            &set,
-            Some(&current),
-        ));
+        let mut seen = self.rx.clone();
+        let set = seen.borrow_and_update().clone();
+        if set.state == RoutesState::Pending {
+            return None;
+        }
+        // The same set, and a table that knows it is current.
+        if Arc::ptr_eq(&current.source, &set) && !current.outdated() {
+            return Some(current);
+        }
+        let next = Arc::new(
+            Compiled::from_set(&current.namespace, self.guard, &set, Some(&current))
+                .seen_through(seen),
+        );
         self.compiled.store(next.clone());
         Some(next)
     }
@@ -270,6 +278,9 @@ pub(crate) struct Compiled {
     namespace: String,
     /// The set this was compiled from.
     source: Arc<RouteSet>,
+    /// A receiver that has seen `source`: it tells, with one atomic load and no write,
+    /// whether a newer set was published since (see [`NsRoutes::now`]).
+    seen: Option<tokio::sync::watch::Receiver<Arc<RouteSet>>>,
     by_parent: HashMap<String, Vec<Entry>>,
 }
 
@@ -557,8 +568,22 @@ impl Compiled {
         Compiled {
             namespace: namespace.to_string(),
             source: set.clone(),
+            seen: None,
             by_parent,
         }
+    }
+
+    /// Notes `rx`, which has seen this table's set, to tell when a newer one arrives.
+    fn seen_through(mut self, rx: tokio::sync::watch::Receiver<Arc<RouteSet>>) -> Self {
+        self.seen = Some(rx);
+        self
+    }
+
+    /// Whether a newer set than this table's was published (not when unknown).
+    fn outdated(&self) -> bool {
+        self.seen
+            .as_ref()
+            .is_some_and(|rx| rx.has_changed().unwrap_or(false))
     }
 }
 
@@ -982,5 +1007,26 @@ mod tests {
         assert_eq!(picks.iter().filter(|p| *p == "v2").count(), 10);
         // Never two v2 in a row over a 9:1 split.
         assert!(picks.windows(2).all(|w| !(w[0] == "v2" && w[1] == "v2")));
+    }
+    /// What the request path relies on to use a compiled table without locking the
+    /// routes' channel: a table knows when a newer set was published after its own, and
+    /// does not before.
+    #[test]
+    fn a_table_knows_when_a_newer_set_was_published() {
+        let (tx, mut rx) = tokio::sync::watch::channel(set(&[]));
+        let first = rx.borrow_and_update().clone();
+        let table = Compiled::from_set("ns", None, &first, None).seen_through(rx.clone());
+        assert!(!table.outdated(), "nothing newer yet");
+        tx.send_replace(set(&[]));
+        assert!(table.outdated(), "a newer set was published");
+        let newer = rx.borrow_and_update().clone();
+        let next = Compiled::from_set("ns", None, &newer, Some(&table)).seen_through(rx.clone());
+        assert!(!next.outdated(), "compiled from the newest");
+        assert!(
+            !Compiled::from_set("ns", None, &newer, None).outdated(),
+            "a table with no receiver is never taken for outdated"
+        );
+        drop(tx);
+        assert!(!next.outdated(), "no sender, no newer set");
     }
 }

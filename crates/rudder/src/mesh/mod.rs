@@ -485,9 +485,12 @@ impl Shared {
     /// [`route_table`](Self::route_table) when it needs no wait: `Some` once the routes
     /// of `routed`'s namespace are known (or there are none to know), `None` while its
     /// first request must still subscribe or wait for the list.
-    pub(crate) fn route_table_now(&self, routed: &Routed) -> Option<Option<Arc<gamma::Compiled>>> {
+    pub(crate) fn route_table_now(
+        &self,
+        routed: &Routed,
+    ) -> Option<Option<arc_swap::Guard<Arc<gamma::Compiled>>>> {
         match (routed.routes.get(), &self.source) {
-            (Some(routes), _) => routes.ready_now().map(Some),
+            (Some(routes), _) => routes.now().map(Some),
             (None, Source::Kube(_)) => None,
             (None, _) => Some(None),
         }

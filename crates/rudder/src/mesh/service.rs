@@ -512,7 +512,12 @@ fn routing_now<B>(
         return Some(Ok(Routing::direct()));
     }
     let table = shared.route_table_now(routed)?;
-    Some(choose_route(shared, routed, table.as_deref(), req))
+    Some(choose_route(
+        shared,
+        routed,
+        table.as_deref().map(Arc::as_ref),
+        req,
+    ))
 }
 
 fn choose_route<B>(
