@@ -12,7 +12,12 @@
 //! cargo bench --bench clusterip -- --smoke      # seconds; checks the harness works (CI)
 //! cargo bench --bench clusterip -- --only 7     # some tables only (comma-separated), results in a temp dir
 //! cargo bench --bench clusterip -- --cleanup    # removes leftovers of interrupted runs
+//! cargo bench --bench clusterip -- --profile Rudder   # one arm of table 1 for 20 s, to profile
 //! ```
+//!
+//! With `--profile ARM` (an arm of table 1 by name: `Rudder`, `naive round robin`, ...),
+//! the client process prints its PID and starts the arm's closed loop three seconds later;
+//! attach a profiler to that process alone, e.g. `perf record -g -p PID -- sleep 20`.
 //!
 //! Needs root, iproute2 and iptables; without them it stops with a message saying what is
 //! missing. Everything it creates is named `rdr-<pid>-*` and removed on exit, on Ctrl-C and
@@ -36,6 +41,8 @@ pub(crate) struct Options {
     /// The tables to run (0–7); all when empty.
     pub(crate) only: Vec<u8>,
     pub(crate) out_dir: std::path::PathBuf,
+    /// Instead of the tables: one table-1 arm's closed loop, long enough to profile.
+    pub(crate) profile: Option<String>,
 }
 
 impl Options {
@@ -80,6 +87,7 @@ fn options(args: &[&str]) -> anyhow::Result<Options> {
     let mut smoke = false;
     let mut only = Vec::new();
     let mut out_dir = None;
+    let mut profile = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
@@ -97,8 +105,15 @@ fn options(args: &[&str]) -> anyhow::Result<Options> {
                 }
             }
             "--out-dir" => out_dir = Some(it.next().context("--out-dir needs a path")?.into()),
+            "--profile" => {
+                profile = Some(
+                    it.next()
+                        .context("--profile needs an arm of table 1, e.g. Rudder")?
+                        .to_string(),
+                )
+            }
             other => anyhow::bail!(
-                "unknown argument {other:?} (expected --smoke, --only N[,M...], --out-dir DIR, --cleanup)"
+                "unknown argument {other:?} (expected --smoke, --only N[,M...], --out-dir DIR, --profile ARM, --cleanup)"
             ),
         }
     }
@@ -115,6 +130,7 @@ fn options(args: &[&str]) -> anyhow::Result<Options> {
         smoke,
         only,
         out_dir,
+        profile,
     })
 }
 
@@ -147,6 +163,9 @@ fn outer(options: Options) -> anyhow::Result<()> {
         if !options.only.is_empty() {
             let list: Vec<String> = options.only.iter().map(u8::to_string).collect();
             cmd.args(["--only", &list.join(",")]);
+        }
+        if let Some(arm) = &options.profile {
+            cmd.args(["--profile", arm]);
         }
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -247,6 +247,42 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     wait_for(&h1_arms[1].1, &svc_uri, "Rudder's discovery").await?;
     let names = pods.names();
 
+    // Profiling: one arm alone, after a pause to attach a profiler to this process
+    // (e.g. `perf record -g -p PID -- sleep 20`).
+    if let Some(arm) = &options.profile {
+        let (name, sender, uri) = h1_arms
+            .iter()
+            .find(|(name, _, _)| name.eq_ignore_ascii_case(arm))
+            .with_context(|| {
+                let names: Vec<&str> = h1_arms.iter().map(|a| a.0).collect();
+                format!(
+                    "--profile: no arm {arm:?} in table 1 ({})",
+                    names.join(", ")
+                )
+            })?;
+        eprintln!(
+            "[clusterip] profiling {name}: pid {}, load in 3 s for 20 s",
+            std::process::id()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let run = load::closed(
+            sender,
+            uri,
+            plan.concurrency,
+            Duration::from_secs(20),
+            u64::MAX,
+        )
+        .await;
+        eprintln!(
+            "[clusterip] profiled {name}: {} requests, {:.0} req/s, client CPU {:.1} µs per request, {} failed",
+            run.ok(),
+            run.throughput(),
+            us(run.cpu_per_request()),
+            run.failures
+        );
+        return Ok(());
+    }
+
     // 0. The layer's own cost, on loopback: the same Pod server, raw client vs Mesh.
     if options.runs(0) {
         eprintln!("[clusterip] 0/7 layer overhead on loopback");

@@ -69,6 +69,42 @@ fn mesh(c: &mut Criterion) {
             b.iter(|| rt.block_on(async { black_box(no_retries.clone().oneshot(make()).await) }))
         });
     }
+    // An inner service whose response is not ready at once, as with real I/O: the first
+    // poll waits, so the Mesh arms its response timeout (default 15 s) on every request.
+    // Without a timeout there is nothing to arm: the difference is the timer's cost.
+    let waiting = tower::service_fn(|_: Request<rudder::ReplayBody<Empty<Bytes>>>| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    });
+    let waiting_layer = |timeout: Option<std::time::Duration>| {
+        let endpoints = (1..=10)
+            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
+            .collect();
+        MeshLayer::builder_static()
+            .static_service("web", Static::new(endpoints))
+            .expect("static")
+            .retries(0, 20.0, 10)
+            .response_timeout(timeout)
+            .build()
+            .expect("layer")
+    };
+    let timed = rt
+        .block_on(async { waiting_layer(Some(std::time::Duration::from_secs(15))).layer(waiting) });
+    let untimed = rt.block_on(async { waiting_layer(None).layer(waiting) });
+    group.bench_function("inner_alone_waiting", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = req().map(rudder::ReplayBody::new);
+                black_box(waiting.oneshot(req).await)
+            })
+        })
+    });
+    group.bench_function("through_mesh_waiting", |b| {
+        b.iter(|| rt.block_on(async { black_box(timed.clone().oneshot(req()).await) }))
+    });
+    group.bench_function("through_mesh_waiting_without_timeout", |b| {
+        b.iter(|| rt.block_on(async { black_box(untimed.clone().oneshot(req()).await) }))
+    });
     // Both cores sending at once (one runtime per thread, as a multi-threaded client's
     // workers do): whatever the requests share (reference counts, the pool's snapshot)
     // now moves between the cores' caches. Time per request over both threads.
