@@ -1,6 +1,10 @@
 //! The Mesh's own cost per request, without any I/O: an inner service that answers at
 //! once, called bare and through the Mesh (static endpoints, so no API server), on one
-//! thread and on two threads sharing one Mesh (or each with its own).
+//! thread and on two threads sharing one Mesh (or each with its own). The `hyper_` arms
+//! put hyper on both sides with no kernel in between: hyper-util's client, its pool and
+//! its futures, over in-memory pipes to a hyper server in the same runtime, bare and
+//! through the Mesh, so what the Mesh adds around a real client (larger futures moved,
+//! the response timeout's timer, a clone for retries) is counted too.
 //!
 //! `cargo bench -p rudder --bench mesh`
 
@@ -173,5 +177,135 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-criterion_group!(benches, mesh);
+/// A hyper-util connector whose connections are in-memory pipes to a hyper server
+/// spawned per connection on the current runtime (whatever the address).
+#[derive(Clone)]
+struct Pipes;
+
+/// One end of a pipe, as hyper-util wants a connection to be.
+struct Pipe(hyper_util::rt::TokioIo<tokio::io::DuplexStream>);
+
+impl hyper_util::client::legacy::connect::Connection for Pipe {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Pipe {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Pipe {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tower::Service<http::Uri> for Pipes {
+    type Response = Pipe;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<std::io::Result<Pipe>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+            hyper_util::rt::TokioIo::new(server),
+            hyper::service::service_fn(|_| async {
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }),
+        ));
+        std::future::ready(Ok(Pipe(hyper_util::rt::TokioIo::new(client))))
+    }
+}
+
+fn over_hyper(c: &mut Criterion) {
+    use http_body_util::BodyExt;
+    type Body = rudder::ReplayBody<Empty<Bytes>>;
+    let rt = runtime();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Body>(Pipes);
+    let layer = |retries: u32| {
+        let endpoints = (1..=10)
+            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
+            .collect();
+        MeshLayer::builder_static()
+            .static_service("web", Static::new(endpoints))
+            .expect("static")
+            .retries(retries, 20.0, 10)
+            .build()
+            .expect("layer")
+    };
+    let mesh = rt.block_on(async { layer(2).layer(client.clone()) });
+    let no_retries = rt.block_on(async { layer(0).layer(client.clone()) });
+    let mut group = c.benchmark_group("request");
+    // Requests are made alike in every arm: from a URI made beforehand.
+    let pods: Vec<http::Uri> = (1..=10)
+        .map(|i| format!("http://10.0.0.{i}:8080/x").parse().expect("uri"))
+        .collect();
+    let service: http::Uri = "http://web:8080/x".parse().expect("uri");
+    group.bench_function("hyper_client_alone", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            // Over the same ten addresses as the Mesh, in turn.
+            i = (i + 1) % pods.len();
+            let req = Request::get(pods[i].clone())
+                .body(rudder::ReplayBody::new(Empty::new()))
+                .expect("request");
+            rt.block_on(async {
+                let res = client.request(req).await.expect("response");
+                black_box(res.into_body().collect().await.expect("body"))
+            })
+        })
+    });
+    for (name, mesh) in [
+        ("hyper_through_mesh", &mesh),
+        ("hyper_through_mesh_without_retries", &no_retries),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let req = Request::get(service.clone())
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                rt.block_on(async {
+                    let res = mesh.clone().oneshot(req).await.expect("response");
+                    black_box(res.into_body().collect().await.expect("body"))
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, mesh, over_hyper);
 criterion_main!(benches);
