@@ -499,3 +499,84 @@ async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
     assert!(replaced.upgrade().is_none(), "the updater dropped it");
     assert!(last.upgrade().is_none(), "the updater dropped the last one");
 }
+
+/// An inner service that says which copy of it served an attempt: its `tag`, with the
+/// endpoint. 10.0.0.1 refuses connections.
+#[derive(Clone)]
+struct Tagged {
+    tag: u32,
+    served: Arc<Mutex<Vec<(String, u32)>>>,
+}
+
+impl tower::Service<Request<Sent>> for Tagged {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Sent>) -> Self::Future {
+        let authority = req.uri().authority().unwrap().to_string();
+        let refused = authority == "10.0.0.1:8080";
+        self.served.lock().unwrap().push((authority, self.tag));
+        std::future::ready(if refused {
+            Err(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) as BoxError)
+        } else {
+            Ok(Response::new(Body::default()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn retries_go_through_the_inner_service_as_get_mut_left_it() {
+    use tower::Service;
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut mesh = MeshLayer::builder_static()
+        .static_service("web", pods(2))
+        .unwrap()
+        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap()
+        .layer(Tagged {
+            tag: 1,
+            served: served.clone(),
+        });
+    // Round robin over two Pods: requests go first to the refusing Pod, in turn, and
+    // are retried on the other.
+    let send_two = async |mesh: &mut super::Mesh<Tagged>| {
+        for _ in 0..2 {
+            let req = Request::get("http://web:8080/")
+                .body(Body::default())
+                .unwrap();
+            mesh.ready()
+                .await
+                .unwrap()
+                .call(req)
+                .await
+                .expect("retried");
+        }
+        std::mem::take(&mut *served.lock().unwrap())
+    };
+    let retried = |attempts: &[(String, u32)]| {
+        attempts
+            .windows(2)
+            .filter(|w| w[0].0 == "10.0.0.1:8080" && w[1].0 == "10.0.0.2:8080")
+            .count()
+    };
+    let first = send_two(&mut mesh).await;
+    assert!(retried(&first) > 0, "a retry: {first:?}");
+    assert!(first.iter().all(|(_, tag)| *tag == 1), "{first:?}");
+    // A change through `get_mut` reaches the retries too.
+    mesh.get_mut().tag = 2;
+    let second = send_two(&mut mesh).await;
+    assert!(retried(&second) > 0, "a retry: {second:?}");
+    assert!(
+        second.iter().all(|(_, tag)| *tag == 2),
+        "every attempt, retries included, went through the service as changed: {second:?}"
+    );
+}
