@@ -25,17 +25,7 @@ fn mesh(c: &mut Criterion) {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
     // Ten endpoints; the default retries (2, within a 20 % budget) or none.
-    let layer = |retries: u32| {
-        let endpoints = (1..=10)
-            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
-            .collect();
-        MeshLayer::builder_static()
-            .static_service("web", Static::new(endpoints))
-            .expect("static")
-            .retries(retries, 20.0, 10)
-            .build()
-            .expect("layer")
-    };
+    let layer = |retries: u32| ten_endpoints(retries, DEFAULT_TIMEOUT);
     let mesh = rt.block_on(async { layer(2).layer(inner) });
     let no_retries = rt.block_on(async { layer(0).layer(inner) });
     let req = || {
@@ -80,21 +70,8 @@ fn mesh(c: &mut Criterion) {
         tokio::task::yield_now().await;
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
     });
-    let waiting_layer = |timeout: Option<std::time::Duration>| {
-        let endpoints = (1..=10)
-            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
-            .collect();
-        MeshLayer::builder_static()
-            .static_service("web", Static::new(endpoints))
-            .expect("static")
-            .retries(0, 20.0, 10)
-            .response_timeout(timeout)
-            .build()
-            .expect("layer")
-    };
-    let timed = rt
-        .block_on(async { waiting_layer(Some(std::time::Duration::from_secs(15))).layer(waiting) });
-    let untimed = rt.block_on(async { waiting_layer(None).layer(waiting) });
+    let timed = rt.block_on(async { ten_endpoints(0, DEFAULT_TIMEOUT).layer(waiting) });
+    let untimed = rt.block_on(async { ten_endpoints(0, None).layer(waiting) });
     group.bench_function("inner_alone_waiting", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -168,6 +145,24 @@ fn mesh(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// The Mesh's default response timeout.
+const DEFAULT_TIMEOUT: Option<std::time::Duration> = Some(std::time::Duration::from_secs(15));
+
+/// A Mesh layer over ten static endpoints (`web` → 10.0.0.1–10:8080), with `retries` (in a
+/// 20 % budget) and `timeout` as the response timeout.
+fn ten_endpoints(retries: u32, timeout: Option<std::time::Duration>) -> MeshLayer {
+    let endpoints = (1..=10)
+        .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
+        .collect();
+    MeshLayer::builder_static()
+        .static_service("web", Static::new(endpoints))
+        .expect("static")
+        .retries(retries, 20.0, 10)
+        .response_timeout(timeout)
+        .build()
+        .expect("layer")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -255,17 +250,7 @@ fn over_hyper(c: &mut Criterion) {
     let rt = runtime();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Body>(Pipes);
-    let layer = |retries: u32| {
-        let endpoints = (1..=10)
-            .map(|i| Endpoint::new(format!("10.0.0.{i}:8080").parse().expect("addr")))
-            .collect();
-        MeshLayer::builder_static()
-            .static_service("web", Static::new(endpoints))
-            .expect("static")
-            .retries(retries, 20.0, 10)
-            .build()
-            .expect("layer")
-    };
+    let layer = |retries: u32| ten_endpoints(retries, DEFAULT_TIMEOUT);
     let mesh = rt.block_on(async { layer(2).layer(client.clone()) });
     let no_retries = rt.block_on(async { layer(0).layer(client.clone()) });
     let mut group = c.benchmark_group("request");

@@ -1008,6 +1008,7 @@ mod tests {
         // Never two v2 in a row over a 9:1 split.
         assert!(picks.windows(2).all(|w| !(w[0] == "v2" && w[1] == "v2")));
     }
+
     /// What the request path relies on to use a compiled table without locking the
     /// routes' channel: a table knows when a newer set was published after its own, and
     /// does not before.
