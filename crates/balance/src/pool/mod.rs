@@ -105,11 +105,6 @@ impl<T> PoolEntry<T> {
         &self.load
     }
 
-    /// The endpoint's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The caller's payload.
     pub fn extra(&self) -> &T {
         &self.extra

@@ -39,6 +39,9 @@ pub struct Mesh<S> {
     /// rather than a clone of `inner` of its own: its future stays small (a hyper-util
     /// client is 304 bytes, moved with the future at every layer), and sending it clones
     /// one reference, not each of the client's. A retry clones the service from here.
+    /// The `Mutex` is what lets a request's future share it while `S` need only be
+    /// `Send` (tower services such as `BoxCloneService` are not `Sync`); only a retry
+    /// locks it.
     retry: Arc<OnceLock<Mutex<S>>>,
 }
 

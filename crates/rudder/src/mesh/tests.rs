@@ -580,3 +580,35 @@ async fn retries_go_through_the_inner_service_as_get_mut_left_it() {
         "every attempt, retries included, went through the service as changed: {second:?}"
     );
 }
+
+/// The Mesh takes inner services that are `Send` but not `Sync` (tower's
+/// `BoxCloneService`, for one): its retry clone is shared behind a lock, so requests can
+/// still be spawned onto a multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inner_service_that_is_not_sync_still_serves_spawned_requests() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let inner = tower::util::BoxCloneService::new(recorder(seen.clone(), &["10.0.0.1:8080"]));
+    let mesh = MeshLayer::builder_static()
+        .static_service("web", pods(2))
+        .unwrap()
+        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap()
+        .layer(inner);
+    for _ in 0..2 {
+        let req = Request::get("http://web:8080/")
+            .body(Body::default())
+            .unwrap();
+        let res = tokio::spawn(mesh.clone().oneshot(req)).await.unwrap();
+        assert_eq!(
+            res.expect("retried on the live Pod").status(),
+            StatusCode::OK
+        );
+    }
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .any(|r| r.uri().authority().unwrap().as_str() == "10.0.0.1:8080"),
+        "a request went first to the refusing Pod and was retried"
+    );
+}
