@@ -799,10 +799,12 @@ async fn zone_hints_make_an_endpoint_local_to_the_zones_it_is_hinted_for() {
     let count = |pod: &str| counts.get(pod).copied().unwrap_or(0);
     let local = count("hello-world-1") + count("hello-world-2") + count("hello-world-3");
     assert!(local >= 420, "{local} of 600 stayed local: {counts:?}");
-    // The hinted Pod takes its share of the local traffic; the other zone-b Pod only
-    // what spills over.
+    // The hinted Pod takes its share of the local traffic (about 1/3 of it) and the other
+    // zone-b Pod only what spills over, which a loaded machine raises for both alike:
+    // without hints the two would get about the same. (A margin rather than a ratio: a
+    // full parallel test run once spilled enough to break a 2× bound.)
     assert!(
-        count("hello-world-2") >= 100 && count("hello-world-2") > 2 * count("hello-world-4"),
+        count("hello-world-2") >= 100 && count("hello-world-2") >= count("hello-world-4") + 60,
         "the Pod hinted for zone-a is not local to it: {counts:?}"
     );
 }
