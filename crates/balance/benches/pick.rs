@@ -188,21 +188,20 @@ fn pick_and_record(c: &mut Criterion) {
         });
         // The same request keeping its snapshot and subset (two reference counts), as the
         // Mesh does so a retry can pick again from them.
+        let kept = || {
+            let snapshot = pool.snapshot();
+            let subset = snapshot
+                .subset(&everything, &Fallback::NoFallback)
+                .expect("endpoints")
+                .into_owned();
+            let pos = pool.pick(&snapshot, &subset, None).expect("pick");
+            let mut attempt = pool.start(&snapshot, pos);
+            black_box(attempt.responded(false));
+        };
         group.bench_with_input(
             BenchmarkId::new("rudder_pool_p2c_kept", n),
             &n,
-            |bench, _| {
-                bench.iter(|| {
-                    let snapshot = pool.snapshot();
-                    let subset = snapshot
-                        .subset(&everything, &Fallback::NoFallback)
-                        .expect("endpoints")
-                        .into_owned();
-                    let pos = pool.pick(&snapshot, &subset, None).expect("pick");
-                    let mut attempt = pool.start(&snapshot, pos);
-                    black_box(attempt.responded(false));
-                })
-            },
+            |bench, _| bench.iter(kept),
         );
         // Both cores sending through one pool: what a request costs when every shared
         // counter it touches may be on the other core's cache. The time is per request
@@ -217,6 +216,23 @@ fn pick_and_record(c: &mut Criterion) {
                     std::thread::scope(|s| {
                         for _ in 0..2 {
                             s.spawn(|| (0..iters).for_each(|_| request()));
+                        }
+                    });
+                    start.elapsed() / 2
+                })
+            },
+        );
+        // The same with the snapshot and subset kept: their reference counts are shared
+        // by both threads.
+        group.bench_with_input(
+            BenchmarkId::new("rudder_pool_p2c_kept_two_threads", n),
+            &n,
+            |bench, _| {
+                bench.iter_custom(|iters| {
+                    let start = std::time::Instant::now();
+                    std::thread::scope(|s| {
+                        for _ in 0..2 {
+                            s.spawn(|| (0..iters).for_each(|_| kept()));
                         }
                     });
                     start.elapsed() / 2

@@ -16,7 +16,8 @@
 //! 5. API write → routing pool swapped when one Pod of a 10,000-endpoint Service whose
 //!    Pods are watched (for label subsets) changes a label.
 //!
-//! `cargo bench -p rudder-k8s --bench discovery` (add `-- --quick` for fewer rounds).
+//! `cargo bench -p rudder-k8s --bench discovery` (add `-- --quick` for fewer rounds, or
+//! `-- --updates-only` to run part 2 alone, 1,000 updates, e.g. under `perf record`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -82,7 +83,12 @@ fn rss_bytes() -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (sync_rounds, update_rounds) = if quick { (2, 40) } else { (5, 200) };
+    let updates_only = std::env::args().any(|a| a == "--updates-only");
+    let (sync_rounds, update_rounds) = match (quick, updates_only) {
+        (_, true) => (0, 1000),
+        (true, _) => (2, 40),
+        _ => (5, 200),
+    };
     let server = ApiServer::builder().controllers(false).start().await?;
     let client = server.client().await?;
     let services: Api<Service> = Api::default_namespaced(client.clone());
@@ -112,10 +118,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(set.len(), SLICES * PER_SLICE);
     }
     syncs.sort();
-    println!(
-        "| initial sync, 10,000 endpoints in 100 slices (median of {sync_rounds}) | {:.1} ms |",
-        percentile(&syncs, 0.5).as_secs_f64() * 1e3
-    );
+    if !updates_only {
+        println!(
+            "| initial sync, 10,000 endpoints in 100 slices (median of {sync_rounds}) | {:.1} ms |",
+            percentile(&syncs, 0.5).as_secs_f64() * 1e3
+        );
+    }
 
     // 2. Write → snapshot latency.
     let discovery = Discovery::new(client.clone());
@@ -279,6 +287,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| API write → routing pool swapped, p99 | {:.2} ms |",
         percentile(&lat, 0.99).as_secs_f64() * 1e3
     );
+
+    if updates_only {
+        return Ok(());
+    }
 
     // 3. Pure rebuild cost.
     let svc = services.get("big").await?;

@@ -776,6 +776,14 @@ impl EndpointSet {
         self.clock.as_deref()
     }
 
+    /// The position of the endpoint at `addr`, if the set has one (a binary search: the
+    /// endpoints are sorted by address).
+    pub fn position(&self, addr: SocketAddr) -> Option<usize> {
+        self.endpoints
+            .binary_search_by_key(&addr, Endpoint::addr)
+            .ok()
+    }
+
     /// Number of endpoints (routable or not).
     pub fn len(&self) -> usize {
         self.endpoints.len()

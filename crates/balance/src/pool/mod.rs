@@ -15,13 +15,17 @@
 //!    one place its outcome is recorded: latency, success, failure and the ejection a
 //!    failure may cause, logged through the pool's ejection hook and counted.
 //!
-//! A caller that may pick again later (the Mesh, for a retry) keeps the snapshot with
-//! [`Pool::snapshot`] and the subset with [`Picked::into_owned`] instead: one reference
-//! count each.
+//! The [`Attempt`] holds its endpoint's entry and nothing of the snapshot, so a request in
+//! flight pins no snapshot. A caller that picks again later (the Mesh, for a retry) loads
+//! the newest snapshot then and avoids the addresses it tried
+//! ([`EndpointSet::position`] finds them), rather than keep the old one with
+//! [`Pool::snapshot`] and the subset with [`Picked::into_owned`]: a reference count each,
+//! on counters every thread shares, and a retry that may go to an endpoint gone since.
 //!
-//! A snapshot such a request keeps may outlive its replacement; the updater keeps replaced
-//! snapshots in a [`Retired`] so that their teardown, O(endpoints), happens on its task
-//! and never in a request.
+//! A snapshot someone does keep (or a [`Pool::load`] borrow that an update turned into a
+//! reference) may outlive its replacement; the updater keeps replaced snapshots in a
+//! [`Retired`] so that their teardown, O(endpoints), happens on its task and never in a
+//! request.
 //!
 //! Each endpoint's load state (in flight, peak EWMA, failure streaks, ejections) and
 //! payload live together in one [`PoolEntry`], which every snapshot that lists the
@@ -576,6 +580,11 @@ impl<T> Attempt<T> {
     /// The endpoint's payload.
     pub fn extra(&self) -> &T {
         &self.outcome.holder().extra
+    }
+
+    /// The endpoint's entry (load and payload), which the attempt holds until it ends.
+    pub fn entry(&self) -> &Arc<PoolEntry<T>> {
+        self.outcome.holder()
     }
 
     /// Response headers arrived: records the latency into peak EWMA, and a counted 5xx

@@ -76,8 +76,10 @@ pub enum Requirement {
 
 impl Selector {
     /// The selector that matches every set of labels.
-    pub fn everything() -> Self {
-        Self::default()
+    pub const fn everything() -> Self {
+        Self {
+            requirements: Vec::new(),
+        }
     }
 
     /// Parses the Kubernetes string form (see the [module docs](self)).

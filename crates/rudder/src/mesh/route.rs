@@ -93,11 +93,27 @@ impl Route {
                 .all(|(n, v)| req.headers().get_all(n).iter().any(|h| h == v))
     }
 
-    /// The subset for a matching request (`None`: the rule has no destination).
-    pub(crate) fn choose(&self) -> Option<&Selector> {
+    /// The subset for a matching request, as the leg of the destination it is (`None`:
+    /// the rule has no destination); [`selector`](Self::selector) gives it.
+    pub(crate) fn choose(&self) -> Option<usize> {
         match self.destination.as_ref()? {
-            Destination::Subset(s) => Some(s),
-            Destination::Split(split) => Some(split.choose()),
+            Destination::Subset(_) => Some(0),
+            Destination::Split(split) => Some(split.choose_leg()),
+        }
+    }
+
+    /// The subset of leg `leg` of the destination (see [`choose`](Self::choose)).
+    ///
+    /// # Panics
+    /// When the rule has no destination or no such leg.
+    pub(crate) fn selector(&self, leg: usize) -> &Selector {
+        match self
+            .destination
+            .as_ref()
+            .expect("a chosen rule has a destination")
+        {
+            Destination::Subset(s) => s,
+            Destination::Split(split) => &split.legs()[leg].0,
         }
     }
 

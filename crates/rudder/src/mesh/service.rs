@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use pin_project_lite::pin_project;
-use rudder_balance::{EmptyReason, Selector, ServiceState, Snapshot};
+use rudder_balance::{EmptyReason, Picked, Selector, ServiceState, Snapshot};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tower_service::Service;
@@ -19,6 +19,7 @@ use tower_service::Service;
 use super::Resolved;
 use super::Shared;
 use super::body::ResponseBody;
+use super::builder::Settings;
 use super::error::MeshError;
 use super::ext::{AffinityKey, Subset, Target, Whence};
 use super::gamma;
@@ -157,7 +158,6 @@ type Boxed<R> = Pin<Box<dyn Future<Output = Result<Answer<R>, BoxError>> + Send>
 struct Sent<S, B> {
     dispatch: Dispatch<B>,
     attempt: Attempt,
-    pos: usize,
     /// The service retries are sent through (see `Mesh::retry`), when the request may
     /// be retried.
     retry_with: Option<Arc<OnceLock<Mutex<S>>>>,
@@ -277,13 +277,12 @@ where
                     let Sent {
                         mut dispatch,
                         attempt,
-                        pos,
                         retry_with,
                         ..
                     } = sent.take().expect("polled after completion");
                     let step = match result {
-                        Ok(res) => dispatch.responded(res, attempt, pos),
-                        Err(e) => dispatch.errored(e, attempt, pos),
+                        Ok(res) => dispatch.responded(res, attempt),
+                        Err(e) => dispatch.errored(e, attempt),
                     };
                     match (step, retry_with) {
                         (Step::Done(result), _) => {
@@ -376,8 +375,9 @@ impl<S> Mesh<S> {
             return self.waits(req, Some(addressed), None);
         }
         // One snapshot load serves the route check and the pick, unless a route sends the
-        // request to another Service.
-        let snapshot = addressed.routed.pool.snapshot();
+        // request to another Service. No reference count is taken: the request holds no
+        // snapshot once the attempt started (a retry picks from the newest one).
+        let snapshot = addressed.routed.pool.load();
         let routing = match routing_now(shared, &addressed.routed, &snapshot, &req) {
             Some(Ok(routing)) => routing,
             Some(Err(e)) => return failed(e.into()),
@@ -387,13 +387,15 @@ impl<S> Mesh<S> {
         if !routed.is_decided() {
             return self.waits(req, Some(addressed), Some(routing));
         }
+        let backend;
         let snapshot = if Arc::ptr_eq(routed, &addressed.routed) {
-            snapshot
+            &snapshot
         } else {
-            routed.pool.snapshot()
+            backend = routed.pool.load();
+            &backend
         };
-        let chosen = match plan(shared, &addressed, routed, snapshot, &req, None) {
-            Ok(Plan::Send(chosen)) => chosen,
+        let (chosen, picked) = match plan(shared, &addressed, routed, snapshot, &req, None) {
+            Ok(Plan::Send(chosen, picked)) => (chosen, picked),
             Ok(Plan::Pass) => return self.pass(req),
             // Rare: the general path sends it.
             Ok(Plan::ExternalName) => return self.waits(req, Some(addressed), Some(routing)),
@@ -403,11 +405,11 @@ impl<S> Mesh<S> {
         // Only a request that may be retried keeps a service to retry on.
         let retry_with = dispatch.kept.is_some().then(|| self.retry().clone());
         let mut req = dispatch.first(req);
-        let (attempt, pos) = match dispatch
-            .pick()
-            .and_then(|(attempt, pos)| dispatch.aim(&mut req, pos).map(|()| (attempt, pos)))
+        let attempt = match dispatch
+            .start(snapshot, &picked, &[])
+            .and_then(|attempt| dispatch.aim(&mut req, &attempt).map(|()| attempt))
         {
-            Ok(next) => next,
+            Ok(attempt) => attempt,
             Err(e) => return failed(e),
         };
         State::Sent {
@@ -416,7 +418,6 @@ impl<S> Mesh<S> {
             sent: Some(Sent {
                 dispatch,
                 attempt,
-                pos,
                 retry_with,
                 armed: None,
             }),
@@ -628,9 +629,19 @@ where
     };
     let routed = routing.routed(&addressed);
     decided(routed).await?;
-    let snapshot = routed.pool.snapshot();
-    let chosen = match plan(shared, &addressed, routed, snapshot, &req, started)? {
-        Plan::Send(chosen) => chosen,
+    // The first attempt picks from the newest snapshot, as a retry does: none is held
+    // across an await.
+    let planned = plan(
+        shared,
+        &addressed,
+        routed,
+        &routed.pool.load(),
+        &req,
+        started,
+    )?
+    .without_members();
+    let chosen = match planned {
+        Plan::Send(chosen, ()) => chosen,
         Plan::Pass => return send_unchanged(inner, req).await,
         Plan::ExternalName => return external_name(inner, req, &addressed, routed).await,
     };
@@ -714,26 +725,38 @@ where
 }
 
 /// What to do with a request for a decided Service.
-enum Plan {
-    /// Send it to an endpoint of this subset.
-    Send(Chosen),
+enum Plan<P> {
+    /// Send it to an endpoint of this subset; `P` is its members, as the snapshot planned
+    /// with has them.
+    Send(Chosen, P),
     /// Send it unchanged (the Service is not there, or not ours to look at).
     Pass,
     /// Send it to the `ExternalName` Service's name.
     ExternalName,
 }
 
+impl<P> Plan<P> {
+    /// The plan without the members, which borrow the snapshot.
+    fn without_members(self) -> Plan<()> {
+        match self {
+            Plan::Send(chosen, _) => Plan::Send(chosen, ()),
+            Plan::Pass => Plan::Pass,
+            Plan::ExternalName => Plan::ExternalName,
+        }
+    }
+}
+
 /// Decides from the Service's state what happens to `req`, and for an active Service
 /// which subset it may go to. `waiting` is when the request began waiting for the
 /// Service's first sync, if it had to.
-fn plan<B>(
+fn plan<'s, B>(
     shared: &Shared,
     addressed: &Addressed,
     routed: &Routed,
-    snapshot: Arc<Snapshot<EndpointExtra>>,
+    snapshot: &'s Snapshot<EndpointExtra>,
     req: &Request<B>,
     waiting: Option<Instant>,
-) -> Result<Plan, BoxError> {
+) -> Result<Plan<Picked<'s>>, BoxError> {
     let settings = &shared.settings;
     let svc = &routed.service;
     let service = || svc.to_string();
@@ -776,22 +799,8 @@ fn plan<B>(
     }
 
     let choice = choose_subset(shared, req)?;
-    let selector = choice.selector();
-    let picked = snapshot
-        .subset(selector, &settings.fallback)
-        .map(rudder_balance::Picked::into_owned)
-        .map_err(|e| MeshError::NoEndpoints {
-            service: service(),
-            subset: selector.to_string(),
-            reason: match snapshot.set().empty_reason() {
-                Some(EmptyReason::NoSuchPort) => format!(
-                    "the Service has no such port (its ports: {})",
-                    snapshot.set().service_ports().join(", ")
-                ),
-                Some(r) => empty_reason(r).to_string(),
-                None => e.to_string(),
-            },
-        })?;
+    let selector = choice.selector(settings);
+    let picked = members(routed, snapshot, selector, &settings.fallback)?;
     let key = match settings.algorithm {
         rudder_balance::Algorithm::Maglev => req
             .extensions()
@@ -805,12 +814,37 @@ fn plan<B>(
     if tracing::enabled!(tracing::Level::DEBUG) {
         tracing::debug!(service = %svc, subset = %selector, fell_back = picked.fell_back(), "routing");
     }
-    Ok(Plan::Send(Chosen {
-        picked,
-        snapshot,
+    let chosen = Chosen {
+        members: picked.len(),
+        subset: choice,
         slot,
         key,
-    }))
+    };
+    Ok(Plan::Send(chosen, picked))
+}
+
+/// The members of `snapshot` (of `routed`'s Service) that `selector` (or the fallback)
+/// gives.
+fn members<'s>(
+    routed: &Routed,
+    snapshot: &'s Snapshot<EndpointExtra>,
+    selector: &Selector,
+    fallback: &rudder_balance::Fallback,
+) -> Result<Picked<'s>, MeshError> {
+    snapshot
+        .subset(selector, fallback)
+        .map_err(|e| MeshError::NoEndpoints {
+            service: routed.service.to_string(),
+            subset: selector.to_string(),
+            reason: match snapshot.set().empty_reason() {
+                Some(EmptyReason::NoSuchPort) => format!(
+                    "the Service has no such port (its ports: {})",
+                    snapshot.set().service_ports().join(", ")
+                ),
+                Some(r) => empty_reason(r).to_string(),
+                None => e.to_string(),
+            },
+        })
 }
 
 /// Whether `method` is idempotent (RFC 9110, 9.2.2): sending it twice has the effect of
@@ -828,10 +862,12 @@ fn is_idempotent(method: &http::Method) -> bool {
     .contains(method)
 }
 
-/// The subset a request may go to, in the snapshot it was chosen from.
+/// The subset a request may go to. It holds nothing of the snapshot it was chosen in: a
+/// retry looks the subset up again in the newest one.
 struct Chosen {
-    picked: rudder_balance::Picked<'static>,
-    snapshot: Arc<Snapshot<EndpointExtra>>,
+    subset: SubsetChoice,
+    /// How many endpoints the subset had at the last pick: another attempt needs another.
+    members: usize,
     /// The subset's metric label slot.
     slot: usize,
     /// The affinity key's hash, for Maglev.
@@ -865,7 +901,6 @@ struct Dispatch<B> {
     https: bool,
     attempt_no: u32,
     /// Endpoints this request already failed on; retries go elsewhere.
-    failed: Vec<usize>,
     tried: Vec<SocketAddr>,
 }
 
@@ -897,7 +932,7 @@ where
         let settings = &shared.settings;
         let retries = settings.max_retries > 0;
         // Another attempt needs another endpoint: with one, nothing is kept for it.
-        let keep = retries && chosen.picked.len() > 1;
+        let keep = retries && chosen.members > 1;
         // A matched rule's own request timeout replaces the Mesh's.
         let deadline = routing
             .timeout
@@ -921,7 +956,6 @@ where
             idempotent: is_idempotent(req.method()),
             https: req.uri().scheme() == Some(&Scheme::HTTPS),
             attempt_no: 0,
-            failed: Vec::new(),
             tried: Vec::new(),
         }
     }
@@ -941,32 +975,46 @@ where
     }
 
     /// Picks the next attempt's endpoint and starts it: the request to send (`first`, or
-    /// a copy for a retry), its attempt and the endpoint's position.
+    /// a copy for a retry) and its attempt.
     fn next(
         &mut self,
         first: Option<Request<ReplayBody<B>>>,
-    ) -> Result<(Request<ReplayBody<B>>, Attempt, usize), BoxError> {
-        let (attempt, pos) = self.pick()?;
+    ) -> Result<(Request<ReplayBody<B>>, Attempt), BoxError> {
+        let attempt = self.restart()?;
         let mut req = match first {
             Some(r) => r,
             None => self.again()?,
         };
-        self.aim(&mut req, pos)?;
-        Ok((req, attempt, pos))
+        self.aim(&mut req, &attempt)?;
+        Ok((req, attempt))
     }
 
-    /// Picks the next attempt's endpoint and starts the attempt on it.
-    fn pick(&mut self) -> Result<(Attempt, usize), BoxError> {
+    /// Starts an attempt on an endpoint of the Service's newest snapshot, in the subset
+    /// looked up again there, avoiding the endpoints already tried: endpoints that left
+    /// since the last attempt are not picked, those that joined may be.
+    fn restart(&mut self) -> Result<Attempt, BoxError> {
+        let snapshot = self.routed().pool.load();
+        let settings = &self.shared.settings;
+        let selector = self.chosen.subset.selector(settings);
+        let picked = members(self.routed(), &snapshot, selector, &settings.fallback)?;
+        let set = snapshot.set();
+        let avoid: Vec<usize> = self.tried.iter().filter_map(|a| set.position(*a)).collect();
+        self.start(&snapshot, &picked, &avoid)
+    }
+
+    /// Picks the next attempt's endpoint in `picked`, a subset of `snapshot`, avoiding the
+    /// positions in `avoid`, and starts the attempt on it.
+    fn start(
+        &mut self,
+        snapshot: &Snapshot<EndpointExtra>,
+        picked: &Picked<'_>,
+        avoid: &[usize],
+    ) -> Result<Attempt, BoxError> {
         self.attempt_no += 1;
+        self.chosen.members = picked.len();
         let pool = &self.routed().pool;
-        let Chosen {
-            picked,
-            snapshot,
-            key,
-            ..
-        } = &self.chosen;
         let pos = pool
-            .pick_avoiding(snapshot, picked, *key, &self.failed)
+            .pick_avoiding(snapshot, picked, self.chosen.key, avoid)
             .ok_or_else(|| MeshError::NoEndpoints {
                 service: self.routed().service.to_string(),
                 subset: String::new(),
@@ -991,7 +1039,7 @@ where
                 .get_or_init(|| pf.register(endpoint, self.routed().service.namespace(), pod));
         }
         tracing::trace!(service = %self.routed().service, endpoint = %attempt.addr(), attempt = self.attempt_no, "sending");
-        Ok((attempt, pos))
+        Ok(attempt)
     }
 
     /// The request again, for a retry: only chosen when the head was kept and the body
@@ -1014,9 +1062,9 @@ where
         })
     }
 
-    /// Points `req` at the endpoint at `pos`, in place.
-    fn aim(&self, req: &mut Request<ReplayBody<B>>, pos: usize) -> Result<(), BoxError> {
-        let extra = self.chosen.snapshot.extra(pos);
+    /// Points `req` at the endpoint of `attempt`, in place.
+    fn aim(&self, req: &mut Request<ReplayBody<B>>, attempt: &Attempt) -> Result<(), BoxError> {
+        let extra = attempt.extra();
         retarget(
             req,
             &self.addressed.host,
@@ -1044,12 +1092,7 @@ where
     }
 
     /// Records a response and decides whether it is the answer.
-    fn responded<RB>(
-        &mut self,
-        res: Response<RB>,
-        mut attempt: Attempt,
-        pos: usize,
-    ) -> Step<Response<RB>> {
+    fn responded<RB>(&mut self, res: Response<RB>, mut attempt: Attempt) -> Step<Response<RB>> {
         let settings = &self.shared.settings;
         let failure = settings.failure_on_5xx && res.status().is_server_error();
         // Opening a connection is not the Pod's latency.
@@ -1063,11 +1106,10 @@ where
         } else {
             Outcome::Success
         };
-        let extra = self.chosen.snapshot.extra(pos);
         let endpoint = attempt.addr();
         self.shared.telemetry.request(
             &self.routed().label,
-            &extra.telemetry,
+            &attempt.extra().telemetry,
             endpoint,
             self.chosen.slot,
             outcome,
@@ -1080,14 +1122,13 @@ where
             && settings.retry_statuses.contains(&res.status())
             && self.body_again()
             && self.attempt_no <= settings.max_retries
-            && self.chosen.picked.len() > self.failed.len() + 1
+            && self.chosen.members > self.tried.len() + 1
             && self.shared.budget.withdraw();
         if retry {
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
             drop((res, attempt));
             self.shared.telemetry.retry(&self.routed().label);
             self.tried.push(endpoint);
-            self.failed.push(pos);
             return Step::Retry;
         }
         Step::Done(Ok(Answer {
@@ -1099,14 +1140,15 @@ where
     }
 
     /// Records a failed attempt and decides whether to try another endpoint.
-    fn errored<R>(&mut self, e: BoxError, attempt: Attempt, pos: usize) -> Step<R> {
+    fn errored<R>(&mut self, e: BoxError, attempt: Attempt) -> Step<R> {
         let settings = &self.shared.settings;
         let endpoint = attempt.addr();
+        // The entry outlives the attempt for the metrics (a failure is the rare path).
+        let entry = attempt.entry().clone();
         let elapsed = attempt.failed();
-        let extra = self.chosen.snapshot.extra(pos);
         self.shared.telemetry.request(
             &self.routed().label,
-            &extra.telemetry,
+            &entry.extra().telemetry,
             endpoint,
             self.chosen.slot,
             Outcome::Error,
@@ -1123,7 +1165,7 @@ where
         let retry = self.body_again()
             && self.attempt_no <= settings.max_retries
             && unseen
-            && self.chosen.picked.len() > self.failed.len() + 1
+            && self.chosen.members > self.tried.len()
             && self.shared.budget.withdraw();
         if !retry {
             // The Mesh's own (a timeout) stays as it is.
@@ -1140,7 +1182,6 @@ where
         }
         self.shared.telemetry.retry(&self.routed().label);
         tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
-        self.failed.push(pos);
         Step::Retry
     }
 
@@ -1159,7 +1200,7 @@ where
         let run = async {
             let mut first = first;
             loop {
-                let (req, attempt, pos) = self.next(first.take())?;
+                let (req, attempt) = self.next(first.take())?;
                 let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
                 let limit = self.shared.settings.response_timeout;
                 let result = match (ready, limit) {
@@ -1177,8 +1218,8 @@ where
                     (Err(e), _) => Err(e),
                 };
                 let step = match result {
-                    Ok(res) => self.responded(res, attempt, pos),
-                    Err(e) => self.errored(e, attempt, pos),
+                    Ok(res) => self.responded(res, attempt),
+                    Err(e) => self.errored(e, attempt),
                 };
                 if let Step::Done(result) = step {
                     return result;
@@ -1235,18 +1276,26 @@ where
     }
 }
 
-/// The subset a request asked for, borrowed from the configuration where it came from
-/// there, so choosing allocates nothing on the common paths.
-enum SubsetChoice<'a> {
-    Configured(&'a Selector),
+/// The subset a request asked for: where it is in the configuration when it came from
+/// there, so choosing allocates nothing on the common paths, and a retry finds the same
+/// subset again.
+enum SubsetChoice {
+    /// The Mesh's subset, or every endpoint without one.
+    Configured,
+    /// A code route's subset, or one leg of its split.
+    Route { rule: usize, leg: usize },
+    /// A leg of the traffic split.
     Split(Arc<rudder_balance::Split>, usize),
+    /// From the request (extension or header).
     Owned(Selector),
 }
 
-impl SubsetChoice<'_> {
-    fn selector(&self) -> &Selector {
+impl SubsetChoice {
+    fn selector<'a>(&'a self, settings: &'a Settings) -> &'a Selector {
+        static EVERYTHING: Selector = Selector::everything();
         match self {
-            Self::Configured(s) => s,
+            Self::Configured => settings.subset.as_ref().unwrap_or(&EVERYTHING),
+            Self::Route { rule, leg } => settings.routes[*rule].selector(*leg),
             Self::Split(split, leg) => &split.legs()[*leg].0,
             Self::Owned(s) => s,
         }
@@ -1255,10 +1304,7 @@ impl SubsetChoice<'_> {
 
 /// The subset for this request: extension, header, routes, split, configured subset,
 /// everything.
-fn choose_subset<'a, B>(
-    shared: &'a Shared,
-    req: &Request<B>,
-) -> Result<SubsetChoice<'a>, MeshError> {
+fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<SubsetChoice, MeshError> {
     let settings = &shared.settings;
     if let Some(s) = req.extensions().get::<Subset>() {
         return Ok(SubsetChoice::Owned(s.selector().clone()));
@@ -1277,22 +1323,20 @@ fn choose_subset<'a, B>(
                 source,
             });
     }
-    if let Some(selector) = settings
+    if let Some((rule, leg)) = settings
         .routes
         .iter()
-        .find(|r| r.matches(req))
-        .and_then(|r| r.choose())
+        .enumerate()
+        .find(|(_, r)| r.matches(req))
+        .and_then(|(rule, r)| Some((rule, r.choose()?)))
     {
-        return Ok(SubsetChoice::Configured(selector));
+        return Ok(SubsetChoice::Route { rule, leg });
     }
     if let Some(split) = shared.split.load() {
         let leg = split.choose_leg();
         return Ok(SubsetChoice::Split(split, leg));
     }
-    Ok(match &settings.subset {
-        Some(s) => SubsetChoice::Configured(s),
-        None => SubsetChoice::Owned(Selector::everything()),
-    })
+    Ok(SubsetChoice::Configured)
 }
 
 fn empty_reason(r: EmptyReason) -> &'static str {

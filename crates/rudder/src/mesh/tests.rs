@@ -2,6 +2,8 @@
 //! service receives, retries, in-flight accounting and timeouts, without any I/O.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -430,32 +432,85 @@ async fn held_request(
 }
 
 #[tokio::test]
-async fn a_request_that_outlives_its_snapshot_leaves_the_teardown_to_the_updater() {
+async fn a_request_in_flight_holds_no_snapshot() {
     let statics = pods(3);
     let layer = layer(statics.clone());
     let (request, answer, routed) = held_request(&layer).await;
     let replaced = Arc::downgrade(&routed.pool.snapshot());
 
-    // Discovery publishes while the request is in flight (it holds the snapshot it was
-    // picked from, to retry from).
+    // Discovery publishes while the request is in flight. The request holds its
+    // endpoint's entry and nothing of the snapshot it was picked from (a retry picks from
+    // the newest one), so the updater drops the replaced snapshot at the swap, and no
+    // request ever pays for a teardown.
     let endpoints = |n: usize| pods(3).subscribe().borrow().endpoints()[..n].to_vec();
     statics.set(endpoints(2));
     yield_until("swapped", || routed.pool.snapshot().set().len() == 2).await;
+    yield_until("replaced snapshot dropped", || replaced.upgrade().is_none()).await;
+    assert!(!request.is_finished(), "the request is still in flight");
     answer.notify_one();
-    drop(request.await.unwrap().unwrap());
-    assert!(
-        replaced.upgrade().is_some(),
-        "the request's reference was not the last: the updater keeps the snapshot"
+    let res = request.await.unwrap().unwrap();
+    assert_eq!(res.status(), http::StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
+    let statics = pods(3);
+    let layer = layer(statics.clone());
+    // The first attempt waits until the test lets it fail with a refused connection; the
+    // others answer with the authority they were sent to.
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let fail = Arc::new(tokio::sync::Notify::new());
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let inner = {
+        let fail = fail.clone();
+        tower::service_fn(move |req: Request<Sent>| {
+            let authority = req.uri().authority().unwrap().to_string();
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            sent_tx.send(authority.clone()).unwrap();
+            let fail = fail.clone();
+            async move {
+                if first {
+                    fail.notified().await;
+                    let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+                    return Err::<Response<Body>, BoxError>(Box::new(e));
+                }
+                Ok(Response::new(Body::from(authority)))
+            }
+        })
+    };
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let request = tokio::spawn(layer.layer(inner).oneshot(req));
+    let first = sent.recv().await.unwrap();
+    let svc =
+        crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
+    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+
+    // Meanwhile the other two Pods left and a new one came.
+    let new_pod: SocketAddr = "10.0.0.9:8080".parse().unwrap();
+    statics.set(vec![
+        Endpoint::new(first.parse().unwrap()),
+        Endpoint::new(new_pod),
+    ]);
+    yield_until("swapped", || {
+        routed.pool.snapshot().set().position(new_pod).is_some()
+    })
+    .await;
+    fail.notify_one();
+    let res = request.await.unwrap().unwrap();
+    let answered = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        answered, "10.0.0.9:8080",
+        "the retry went to the new Pod: not to the one that failed, nor to those that left"
     );
-    // The updater releases it at its next update (or within its release interval).
-    statics.set(endpoints(3));
-    yield_until("released", || replaced.upgrade().is_none()).await;
-    assert_eq!(routed.pool.snapshot().set().len(), 3);
+    assert_eq!(sent.recv().await.unwrap(), "10.0.0.9:8080");
 }
 
 /// The same when the Mesh releases the Service (idle) while the request is in flight: the
-/// updater stops updating but stays until the request lets go of the snapshot it replaced,
-/// and tears it down itself.
+/// request holds the Service's routing state (the Mesh let go of it), but the pool's last
+/// snapshot is torn down by the Service's updater, which stays until nothing else holds
+/// it, and not by the request's end.
 #[tokio::test(start_paused = true)]
 async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
     let statics = pods(3);
@@ -470,6 +525,7 @@ async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
     let endpoints = |n: usize| pods(3).subscribe().borrow().endpoints()[..n].to_vec();
     statics.set(endpoints(2));
     yield_until("swapped", || routed.pool.snapshot().set().len() == 2).await;
+    yield_until("replaced snapshot dropped", || replaced.upgrade().is_none()).await;
     // Two sweeps, the second after the idle timeout: the Mesh releases the Service.
     let now = std::time::Instant::now();
     layer.shared.sweep(now);
@@ -479,24 +535,18 @@ async fn a_released_service_leaves_the_teardown_to_its_updater_too() {
     );
     layer.shared.sweep(now + Duration::from_secs(2));
     assert!(routed.is_released(), "the idle Service was released");
-    // The request holds the Service's routing state (the Mesh let go of it): its end
-    // drops the pool, with the last snapshot too.
+    // The request holds the Service's routing state: its end drops the pool.
     let last = Arc::downgrade(&routed.pool.snapshot());
     drop(routed);
     answer.notify_one();
     drop(request.await.unwrap().unwrap());
     assert!(
-        replaced.upgrade().is_some(),
-        "the request's reference was not the last: the released Service's updater keeps it"
-    );
-    assert!(
         last.upgrade().is_some(),
-        "the pool's last snapshot is kept by the updater too"
+        "the pool's last snapshot is kept by the updater, not dropped with the request"
     );
     // Its next look (every RELEASE_EVERY; the clock is paused, so this sleep only lets
     // that timer fire) finds it held by nobody else and drops it.
     tokio::time::sleep(super::routed::RELEASE_EVERY * 2).await;
-    assert!(replaced.upgrade().is_none(), "the updater dropped it");
     assert!(last.upgrade().is_none(), "the updater dropped the last one");
 }
 
