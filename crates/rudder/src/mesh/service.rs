@@ -815,7 +815,7 @@ fn plan<'s, B>(
         tracing::debug!(service = %svc, subset = %selector, fell_back = picked.fell_back(), "routing");
     }
     let chosen = Chosen {
-        members: picked.len(),
+        untried: picked.len(),
         subset: choice,
         slot,
         key,
@@ -866,8 +866,9 @@ fn is_idempotent(method: &http::Method) -> bool {
 /// retry looks the subset up again in the newest one.
 struct Chosen {
     subset: SubsetChoice,
-    /// How many endpoints the subset had at the last pick: another attempt needs another.
-    members: usize,
+    /// How many of the subset's endpoints, at the last pick, no attempt has gone to (the
+    /// one picked then included): another attempt needs another.
+    untried: usize,
     /// The subset's metric label slot.
     slot: usize,
     /// The affinity key's hash, for Maglev.
@@ -932,7 +933,7 @@ where
         let settings = &shared.settings;
         let retries = settings.max_retries > 0;
         // Another attempt needs another endpoint: with one, nothing is kept for it.
-        let keep = retries && chosen.members > 1;
+        let keep = retries && chosen.untried > 1;
         // A matched rule's own request timeout replaces the Mesh's.
         let deadline = routing
             .timeout
@@ -1011,7 +1012,12 @@ where
         avoid: &[usize],
     ) -> Result<Attempt, BoxError> {
         self.attempt_no += 1;
-        self.chosen.members = picked.len();
+        // Positions are in member order, which is address order.
+        let tried = avoid
+            .iter()
+            .filter(|p| picked.positions().binary_search(&(**p as u32)).is_ok())
+            .count();
+        self.chosen.untried = picked.len() - tried;
         let pool = &self.routed().pool;
         let pos = pool
             .pick_avoiding(snapshot, picked, self.chosen.key, avoid)
@@ -1122,7 +1128,7 @@ where
             && settings.retry_statuses.contains(&res.status())
             && self.body_again()
             && self.attempt_no <= settings.max_retries
-            && self.chosen.members > self.tried.len() + 1
+            && self.chosen.untried > 1
             && self.shared.budget.withdraw();
         if retry {
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
@@ -1165,7 +1171,7 @@ where
         let retry = self.body_again()
             && self.attempt_no <= settings.max_retries
             && unseen
-            && self.chosen.members > self.tried.len()
+            && self.chosen.untried > 1
             && self.shared.budget.withdraw();
         if !retry {
             // The Mesh's own (a timeout) stays as it is.

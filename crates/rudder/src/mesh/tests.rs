@@ -507,6 +507,73 @@ async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
     assert_eq!(sent.recv().await.unwrap(), "10.0.0.9:8080");
 }
 
+/// What counts as "another endpoint to retry on" is the subset as the retry found it: an
+/// endpoint that left does not use up a retry's place.
+#[tokio::test]
+async fn retries_count_the_endpoints_left_untried_in_the_newest_snapshot() {
+    let statics = pods(3);
+    let layer = layer(statics.clone());
+    // The first attempt waits for the test, then is refused; so is the second; the third
+    // answers with its authority.
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let fail = Arc::new(tokio::sync::Notify::new());
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let inner = {
+        let fail = fail.clone();
+        tower::service_fn(move |req: Request<Sent>| {
+            let authority = req.uri().authority().unwrap().to_string();
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            sent_tx.send(authority.clone()).unwrap();
+            let fail = fail.clone();
+            async move {
+                if n == 0 {
+                    fail.notified().await;
+                }
+                if n < 2 {
+                    let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+                    return Err::<Response<Body>, BoxError>(Box::new(e));
+                }
+                Ok(Response::new(Body::from(authority)))
+            }
+        })
+    };
+    let req = Request::get("http://web:8080/")
+        .body(Body::default())
+        .unwrap();
+    let request = tokio::spawn(layer.layer(inner).oneshot(req));
+    let first = sent.recv().await.unwrap();
+    let svc =
+        crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
+    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+
+    // The first attempt's Pod leaves: the retries find two Pods, both untried, so after
+    // the second attempt fails there is still one to try (two tried, of two left).
+    let next: Vec<Endpoint> = pods(3)
+        .subscribe()
+        .borrow()
+        .endpoints()
+        .iter()
+        .filter(|e| e.addr().to_string() != first)
+        .cloned()
+        .collect();
+    statics.set(next);
+    yield_until("swapped", || {
+        let snapshot = routed.pool.snapshot();
+        snapshot.set().len() == 2
+    })
+    .await;
+    fail.notify_one();
+    let res = request.await.unwrap().unwrap();
+    let answered = res.into_body().collect().await.unwrap().to_bytes();
+    let second = sent.recv().await.unwrap();
+    let third = sent.recv().await.unwrap();
+    assert_eq!(answered, third.as_bytes());
+    let mut tried = vec![first, second, third];
+    tried.sort();
+    tried.dedup();
+    assert_eq!(tried.len(), 3, "three attempts on three Pods: {tried:?}");
+}
+
 /// The same when the Mesh releases the Service (idle) while the request is in flight: the
 /// request holds the Service's routing state (the Mesh let go of it), but the pool's last
 /// snapshot is torn down by the Service's updater, which stays until nothing else holds
