@@ -303,20 +303,38 @@ pub(crate) struct RouteChoice {
 #[derive(Debug)]
 pub(crate) struct Shared {
     source: Source,
-    pub(crate) settings: Settings,
+    /// Settings, telemetry and retry budget (`Shared` derefs to them).
+    policy: Arc<Policy>,
     routed: RwLock<HashMap<ServiceRef, Arc<Routed>>>,
     /// Read on every request without a lock; copied on the rare insert.
     resolved: ArcSwap<Resolutions>,
     resolving: Mutex<()>,
-    pub(crate) budget: budget::RetryBudget,
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: SplitCell,
-    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
     /// Per namespace routed to, its HTTPRoutes (compiled as discovery publishes them).
     gamma: RwLock<HashMap<String, Arc<gamma::NsRoutes>>>,
     /// Itself, for the sweeper task it starts on first use.
     me: Weak<Shared>,
     sweeper: OnceLock<()>,
+}
+
+/// What a request reads once its call returned: the Mesh's settings, telemetry and retry
+/// budget. Each Service's routing state holds it too, so a request in flight reaches it
+/// through the Service it resolved to and takes no reference count of its own on a
+/// counter every thread shares.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub(crate) settings: Settings,
+    pub(crate) budget: budget::RetryBudget,
+    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Policy;
+
+    fn deref(&self) -> &Policy {
+        &self.policy
+    }
 }
 
 /// The split in force, with a flag that spares requests the load while there is none
@@ -369,11 +387,13 @@ impl Shared {
         Self {
             me,
             sweeper: OnceLock::new(),
-            telemetry: Arc::new(telemetry),
-            budget: budget::RetryBudget::new(percent, min),
             split: SplitCell::new(settings.split.clone()),
+            policy: Arc::new(Policy {
+                telemetry: Arc::new(telemetry),
+                budget: budget::RetryBudget::new(percent, min),
+                settings,
+            }),
             source,
-            settings,
             routed: RwLock::new(HashMap::new()),
             gamma: RwLock::new(HashMap::new()),
             resolved: ArcSwap::default(),
@@ -577,7 +597,7 @@ impl Shared {
             ..PoolConfig::default()
         };
         #[allow(unused_mut, reason = "set only with the tls feature")]
-        let mut r = Routed::new(svc.clone(), rx, keep, config, self.telemetry.clone());
+        let mut r = Routed::new(svc.clone(), rx, keep, config, self.policy.clone());
         #[cfg(feature = "tls")]
         {
             r.tls_name = s.tls.as_ref().and_then(|t| t.server_name_of(svc));

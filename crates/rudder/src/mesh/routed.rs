@@ -64,6 +64,8 @@ pub(crate) struct Routed {
     /// The Service as a metric label and log field, made once.
     pub(crate) label: Arc<str>,
     pub(crate) pool: Arc<Pool<EndpointExtra>>,
+    /// The Mesh's settings, telemetry and retry budget.
+    pub(crate) policy: Arc<super::Policy>,
     /// Flips to `true` once discovery has decided: synced, or its first attempt failed.
     synced: watch::Receiver<bool>,
     /// The same, read by every request without the watch channel's lock; also set when a
@@ -94,8 +96,9 @@ impl Routed {
         mut rx: watch::Receiver<Arc<EndpointSet>>,
         keep: Keep,
         config: PoolConfig,
-        telemetry: Arc<Telemetry>,
+        policy: Arc<super::Policy>,
     ) -> Self {
+        let telemetry = policy.telemetry.clone();
         let label: Arc<str> = service.to_string().into();
         let hook = telemetry.ejection_hook(label.clone());
         let set = rx.borrow_and_update().clone();
@@ -120,6 +123,7 @@ impl Routed {
             service,
             label,
             pool,
+            policy,
             synced,
             is_synced,
             running: Mutex::new(Some((keep, stop))),

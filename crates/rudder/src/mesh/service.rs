@@ -17,7 +17,6 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::Resolved;
-use super::Shared;
 use super::body::ResponseBody;
 use super::builder::Settings;
 use super::error::MeshError;
@@ -26,6 +25,7 @@ use super::gamma;
 use super::head::KeptHead;
 use super::replay::{Replay, ReplayBody};
 use super::routed::{Attempt, EndpointExtra, Routed};
+use super::{Policy, Shared};
 use crate::BoxError;
 use crate::authority;
 use crate::telemetry::Outcome;
@@ -469,9 +469,9 @@ impl<S> Mesh<S> {
 }
 
 /// Counts a request the Mesh itself failed.
-fn count(shared: &Shared, e: &BoxError) {
+fn count(policy: &Policy, e: &BoxError) {
     if let Some(e) = e.downcast_ref::<MeshError>() {
-        shared.telemetry.mesh_error(e);
+        policy.telemetry.mesh_error(e);
     }
 }
 
@@ -885,7 +885,6 @@ enum Step<R> {
 /// One request's attempts: picks, sends and records, retrying on another endpoint when the
 /// request never reached an application (or, opted in, on a listed status).
 struct Dispatch<B> {
-    shared: Arc<Shared>,
     /// A route's backend, when not the Service the request named (see `routed`).
     backend: Option<Arc<Routed>>,
     addressed: Addressed,
@@ -916,6 +915,11 @@ impl<B> Dispatch<B>
 where
     B: http_body::Body,
 {
+    /// The Mesh's settings, telemetry and retry budget, as the Service holds them.
+    fn policy(&self) -> &Policy {
+        &self.addressed.routed.policy
+    }
+
     /// The Service the attempts go to.
     fn routed(&self) -> &Arc<Routed> {
         self.backend.as_ref().unwrap_or(&self.addressed.routed)
@@ -924,7 +928,7 @@ where
     /// Prepares `req`'s attempts; [`first`](Self::first) then gives the request the first
     /// attempt sends.
     fn new(
-        shared: &Arc<Shared>,
+        shared: &Shared,
         addressed: Addressed,
         routing: Routing,
         chosen: Chosen,
@@ -943,7 +947,6 @@ where
             shared.budget.deposit();
         }
         Self {
-            shared: shared.clone(),
             backend: routing.backend,
             addressed,
             chosen,
@@ -964,10 +967,10 @@ where
     /// The request the first attempt sends: its body is kept as it is read (up to the
     /// cap) when another attempt may need it.
     fn first(&mut self, req: Request<B>) -> Request<ReplayBody<B>> {
+        let cap = self.policy().settings.max_replay_body;
         let Some(kept) = self.kept.as_mut() else {
             return req.map(|b| ReplayBody::first(b, 0).0);
         };
-        let cap = self.shared.settings.max_replay_body;
         req.map(|b| {
             let (body, replay) = ReplayBody::first(b, cap);
             kept.replay = replay;
@@ -995,7 +998,7 @@ where
     /// since the last attempt are not picked, those that joined may be.
     fn restart(&mut self) -> Result<Attempt, BoxError> {
         let snapshot = self.routed().pool.load();
-        let settings = &self.shared.settings;
+        let settings = &self.policy().settings;
         let selector = self.chosen.subset.selector(settings);
         let picked = members(self.routed(), &snapshot, selector, &settings.fallback)?;
         let set = snapshot.set();
@@ -1030,14 +1033,14 @@ where
         let extra = snapshot.extra(pos);
         #[cfg(feature = "tls")]
         if self.https
-            && let (Some(tls), Some(name)) = (&self.shared.settings.tls, &self.routed().tls_name)
+            && let (Some(tls), Some(name)) = (&self.policy().settings.tls, &self.routed().tls_name)
         {
             // The connector verifies this Pod as its Service's name.
             tls.names().ensure(&extra.authority, name);
         }
         let attempt = pool.start(snapshot, pos);
         #[cfg(feature = "port-forward")]
-        if let (Some(pf), Some(pod)) = (&self.shared.settings.port_forward, &extra.pod) {
+        if let (Some(pf), Some(pod)) = (&self.policy().settings.port_forward, &extra.pod) {
             // The connector opens its tunnels to this Pod while the endpoint lives.
             let endpoint = attempt.addr();
             extra
@@ -1081,7 +1084,7 @@ where
     /// When the attempt in flight times out: the earlier of the response timeout (from
     /// now) and the request's deadline.
     fn timer(&self) -> Option<Armed> {
-        let attempt = self.shared.settings.response_timeout.map(|l| Armed {
+        let attempt = self.policy().settings.response_timeout.map(|l| Armed {
             at: Instant::now() + l,
             timeout: l,
             whole_request: false,
@@ -1099,7 +1102,7 @@ where
 
     /// Records a response and decides whether it is the answer.
     fn responded<RB>(&mut self, res: Response<RB>, mut attempt: Attempt) -> Step<Response<RB>> {
-        let settings = &self.shared.settings;
+        let settings = &self.policy().settings;
         let failure = settings.failure_on_5xx && res.status().is_server_error();
         // Opening a connection is not the Pod's latency.
         let setup = res
@@ -1113,7 +1116,7 @@ where
             Outcome::Success
         };
         let endpoint = attempt.addr();
-        self.shared.telemetry.request(
+        self.policy().telemetry.request(
             &self.routed().label,
             &attempt.extra().telemetry,
             endpoint,
@@ -1129,11 +1132,11 @@ where
             && self.body_again()
             && self.attempt_no <= settings.max_retries
             && self.chosen.untried > 1
-            && self.shared.budget.withdraw();
+            && self.policy().budget.withdraw();
         if retry {
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
             drop((res, attempt));
-            self.shared.telemetry.retry(&self.routed().label);
+            self.policy().telemetry.retry(&self.routed().label);
             self.tried.push(endpoint);
             return Step::Retry;
         }
@@ -1147,12 +1150,12 @@ where
 
     /// Records a failed attempt and decides whether to try another endpoint.
     fn errored<R>(&mut self, e: BoxError, attempt: Attempt) -> Step<R> {
-        let settings = &self.shared.settings;
+        let settings = &self.addressed.routed.policy.settings;
         let endpoint = attempt.addr();
         // The entry outlives the attempt for the metrics (a failure is the rare path).
         let entry = attempt.entry().clone();
         let elapsed = attempt.failed();
-        self.shared.telemetry.request(
+        self.policy().telemetry.request(
             &self.routed().label,
             &entry.extra().telemetry,
             endpoint,
@@ -1172,7 +1175,7 @@ where
             && self.attempt_no <= settings.max_retries
             && unseen
             && self.chosen.untried > 1
-            && self.shared.budget.withdraw();
+            && self.policy().budget.withdraw();
         if !retry {
             // The Mesh's own (a timeout) stays as it is.
             if e.is::<MeshError>() {
@@ -1186,7 +1189,7 @@ where
             }
             .into()));
         }
-        self.shared.telemetry.retry(&self.routed().label);
+        self.policy().telemetry.retry(&self.routed().label);
         tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
         Step::Retry
     }
@@ -1208,7 +1211,7 @@ where
             loop {
                 let (req, attempt) = self.next(first.take())?;
                 let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
-                let limit = self.shared.settings.response_timeout;
+                let limit = self.policy().settings.response_timeout;
                 let result = match (ready, limit) {
                     (Ok(svc), None) => svc.call(req).await.map_err(Into::into),
                     (Ok(svc), Some(limit)) => {
@@ -1253,7 +1256,7 @@ where
         result: Result<Answer<Response<RB>>, BoxError>,
     ) -> Result<Answer<Response<RB>>, BoxError> {
         if let Err(e) = &result {
-            count(&self.shared, e);
+            count(self.policy(), e);
         }
         self.finish(result)
     }
