@@ -210,34 +210,14 @@ fn pick_and_record(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("rudder_pool_p2c_two_threads", n),
             &n,
-            |bench, _| {
-                bench.iter_custom(|iters| {
-                    let start = std::time::Instant::now();
-                    std::thread::scope(|s| {
-                        for _ in 0..2 {
-                            s.spawn(|| (0..iters).for_each(|_| request()));
-                        }
-                    });
-                    start.elapsed() / 2
-                })
-            },
+            |bench, _| bench.iter_custom(|iters| on_two_threads(iters, request)),
         );
         // The same with the snapshot and subset kept: their reference counts are shared
         // by both threads.
         group.bench_with_input(
             BenchmarkId::new("rudder_pool_p2c_kept_two_threads", n),
             &n,
-            |bench, _| {
-                bench.iter_custom(|iters| {
-                    let start = std::time::Instant::now();
-                    std::thread::scope(|s| {
-                        for _ in 0..2 {
-                            s.spawn(|| (0..iters).for_each(|_| kept()));
-                        }
-                    });
-                    start.elapsed() / 2
-                })
-            },
+            |bench, _| bench.iter_custom(|iters| on_two_threads(iters, kept)),
         );
 
         let services: Vec<_> = (0..n)
@@ -272,6 +252,17 @@ fn pick_and_record(c: &mut Criterion) {
         );
     }
     group.finish();
+}
+
+/// The wall time per call of `f` when two threads each call it `iters` times at once.
+fn on_two_threads(iters: u64, f: impl Fn() + Sync) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| (0..iters).for_each(|_| f()));
+        }
+    });
+    start.elapsed() / 2
 }
 
 /// What one discovery publish costs the pool off the request path: a 10,000-endpoint

@@ -452,12 +452,22 @@ async fn a_request_in_flight_holds_no_snapshot() {
     assert_eq!(res.status(), http::StatusCode::OK);
 }
 
-#[tokio::test]
-async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
-    let statics = pods(3);
+/// A request to `web` (three Pods) whose attempts are all refused up to the `refused`th;
+/// the first one waits to be refused until the returned `Notify` is notified, and later
+/// ones answer with the authority they were sent to. Returns the request, the authorities
+/// attempts were sent to (the first one already received), the `Notify` and the
+/// Service's routing state.
+async fn refused_at_first(
+    statics: &Static,
+    refused: u32,
+) -> (
+    tokio::task::JoinHandle<Result<Response<super::ResponseBody<Body>>, BoxError>>,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    Arc<tokio::sync::Notify>,
+    Arc<super::routed::Routed>,
+) {
     let layer = layer(statics.clone());
-    // The first attempt waits until the test lets it fail with a refused connection; the
-    // others answer with the authority they were sent to.
     let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
     let fail = Arc::new(tokio::sync::Notify::new());
     let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -465,12 +475,14 @@ async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
         let fail = fail.clone();
         tower::service_fn(move |req: Request<Sent>| {
             let authority = req.uri().authority().unwrap().to_string();
-            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
             sent_tx.send(authority.clone()).unwrap();
             let fail = fail.clone();
             async move {
-                if first {
+                if n == 0 {
                     fail.notified().await;
+                }
+                if n < refused {
                     let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
                     return Err::<Response<Body>, BoxError>(Box::new(e));
                 }
@@ -486,6 +498,13 @@ async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
     let svc =
         crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
     let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    (request, first, sent, fail, routed)
+}
+
+#[tokio::test]
+async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
+    let statics = pods(3);
+    let (request, first, mut sent, fail, routed) = refused_at_first(&statics, 1).await;
 
     // Meanwhile the other two Pods left and a new one came.
     let new_pod: SocketAddr = "10.0.0.9:8080".parse().unwrap();
@@ -512,39 +531,8 @@ async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
 #[tokio::test]
 async fn retries_count_the_endpoints_left_untried_in_the_newest_snapshot() {
     let statics = pods(3);
-    let layer = layer(statics.clone());
-    // The first attempt waits for the test, then is refused; so is the second; the third
-    // answers with its authority.
-    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
-    let fail = Arc::new(tokio::sync::Notify::new());
-    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let inner = {
-        let fail = fail.clone();
-        tower::service_fn(move |req: Request<Sent>| {
-            let authority = req.uri().authority().unwrap().to_string();
-            let n = attempts.fetch_add(1, Ordering::SeqCst);
-            sent_tx.send(authority.clone()).unwrap();
-            let fail = fail.clone();
-            async move {
-                if n == 0 {
-                    fail.notified().await;
-                }
-                if n < 2 {
-                    let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-                    return Err::<Response<Body>, BoxError>(Box::new(e));
-                }
-                Ok(Response::new(Body::from(authority)))
-            }
-        })
-    };
-    let req = Request::get("http://web:8080/")
-        .body(Body::default())
-        .unwrap();
-    let request = tokio::spawn(layer.layer(inner).oneshot(req));
-    let first = sent.recv().await.unwrap();
-    let svc =
-        crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
-    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    // The first attempt and the second are refused; the third answers.
+    let (request, first, mut sent, fail, routed) = refused_at_first(&statics, 2).await;
 
     // The first attempt's Pod leaves: the retries find two Pods, both untried, so after
     // the second attempt fails there is still one to try (two tried, of two left).
