@@ -212,15 +212,16 @@ impl Routed {
     }
 }
 
-/// How often the updater looks again at replaced snapshots that requests still held.
+/// How often the updater looks again at replaced snapshots that were still held.
 pub(crate) const RELEASE_EVERY: Duration = Duration::from_millis(250);
 
 /// The updater: re-indexes the pool whenever discovery publishes, and while slow-start
-/// ramps run, every [`Pool::refresh_interval`]. Replaced snapshots that requests still
-/// hold are kept until they no longer do, then dropped here (see [`Retired`]): a request
-/// never tears down a snapshot, O(endpoints). Stops updating when the [`Routed`] is
-/// released or dropped or discovery ends, and ends once no request holds a snapshot it
-/// replaced.
+/// ramps run, every [`Pool::refresh_interval`]. Replaced snapshots that something still
+/// holds (a request's [`Pool::load`] borrow that the swap turned into a reference, a view,
+/// or, once the Mesh released the Service, the pool that requests in flight still reach)
+/// are kept until they no longer are, then dropped here (see [`Retired`]): a request never
+/// tears down a snapshot, O(endpoints). Stops updating when the [`Routed`] is released or
+/// dropped or discovery ends, and ends once nothing else holds a snapshot it replaced.
 async fn follow(
     pool: Weak<Pool<EndpointExtra>>,
     mut rx: watch::Receiver<Arc<EndpointSet>>,

@@ -29,6 +29,17 @@ fn pods(n: u8) -> Static {
     )
 }
 
+/// A Mesh over two Pods of `web` (10.0.0.1 and 10.0.0.2) taking turns, so a test knows
+/// which Pod each request goes to.
+fn round_robin_over_two() -> MeshLayer {
+    MeshLayer::builder_static()
+        .static_service("web", pods(2))
+        .unwrap()
+        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap()
+}
+
 fn layer(statics: Static) -> MeshLayer {
     MeshLayer::builder_static()
         .static_service("web", statics)
@@ -184,13 +195,7 @@ async fn a_post_that_may_have_reached_an_application_is_not_retried() {
             Ok(Response::new(Body::default()))
         }
     });
-    let mesh = MeshLayer::builder_static()
-        .static_service("web", pods(2))
-        .unwrap()
-        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mesh = round_robin_over_two().layer(inner);
     let mut get_failed = 0;
     let mut post_failed = 0;
     for _ in 0..4 {
@@ -641,16 +646,10 @@ impl tower::Service<Request<Sent>> for Tagged {
 async fn retries_go_through_the_inner_service_as_get_mut_left_it() {
     use tower::Service;
     let served = Arc::new(Mutex::new(Vec::new()));
-    let mut mesh = MeshLayer::builder_static()
-        .static_service("web", pods(2))
-        .unwrap()
-        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
-        .build()
-        .unwrap()
-        .layer(Tagged {
-            tag: 1,
-            served: served.clone(),
-        });
+    let mut mesh = round_robin_over_two().layer(Tagged {
+        tag: 1,
+        served: served.clone(),
+    });
     // Round robin over two Pods: requests go first to the refusing Pod, in turn, and
     // are retried on the other.
     let send_two = async |mesh: &mut super::Mesh<Tagged>| {
@@ -693,13 +692,7 @@ async fn retries_go_through_the_inner_service_as_get_mut_left_it() {
 async fn an_inner_service_that_is_not_sync_still_serves_spawned_requests() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let inner = tower::util::BoxCloneService::new(recorder(seen.clone(), &["10.0.0.1:8080"]));
-    let mesh = MeshLayer::builder_static()
-        .static_service("web", pods(2))
-        .unwrap()
-        .algorithm(rudder_balance::Algorithm::WeightedRoundRobin)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mesh = round_robin_over_two().layer(inner);
     for _ in 0..2 {
         let req = Request::get("http://web:8080/")
             .body(Body::default())
