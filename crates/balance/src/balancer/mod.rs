@@ -1,7 +1,8 @@
 //! Choosing one endpoint of a subset per request, honouring weights.
 //!
 //! - [`Algorithm::P2cPeakEwma`] (default): power of two choices (Mitzenmacher; as in
-//!   Finagle, linkerd and tower) over peak-EWMA cost `latency × (in flight + 1) / weight`, with both
+//!   Finagle, linkerd and tower) over the cost `latency × (in flight + 1) / weight`, the
+//!   latency being the larger of a held peak and an EWMA ([`crate::load`]), with both
 //!   candidates drawn *by weight*. tower's `p2c::Balance` draws uniformly, so weights cannot
 //!   steer it; here a 99/0.5/0.5 weighting really sends about 99 %. The second candidate
 //!   wins only when it is clearly cheaper ([`TOLERANCE`]; latencies below
@@ -26,7 +27,7 @@ mod tests;
 
 use std::cell::Cell;
 
-use crate::load::{EndpointLoad, HoldsLoad, decay_factor};
+use crate::load::{EndpointLoad, HoldsLoad, decay_factor, held_peak};
 use crate::subset::Picked;
 
 thread_local! {
@@ -114,7 +115,8 @@ impl Balancer {
     /// overloaded, spilling over to `all` otherwise. The local choice is compared with one
     /// candidate drawn from `all`; the remote one wins only when its cost per weight times
     /// `spill_factor` (e.g. 2.0: remote must be twice as cheap) is still lower, or when the
-    /// local choice is ejected.
+    /// local choice is ejected. The cost here weighs the latency EWMA, not the peak: one
+    /// slow answer moves traffic within the zone, sustained latency out of it.
     pub fn pick_local_first(
         &self,
         local: Option<&Picked<'_>>,
@@ -136,8 +138,10 @@ impl Balancer {
             return Some(l);
         };
         let r = all.positions()[m] as usize;
-        // Compared the way P2C compares: estimates aged to the same moment and floored at
-        // the resolution, so scheduling noise on loopback does not read as a slow zone.
+        // Compared by load and sustained latency: EWMAs (not peaks: one slow answer is
+        // P2C's business within the zone, not a reason to leave it) aged to the same
+        // moment and floored at the resolution, so scheduling noise on loopback does not
+        // read as a slow zone.
         let reference = loads[l]
             .load()
             .stamp_nanos()
@@ -146,7 +150,7 @@ impl Balancer {
             let pending = f64::from(loads[p].load().in_flight() + 1) / w.max(1) as f64;
             match self.algorithm {
                 Algorithm::LeastRequests => pending,
-                _ => self.latency_at(loads[p].load(), reference) * pending,
+                _ => self.sustained_at(loads[p].load(), reference) * pending,
             }
         };
         let local_weight = u64::from(all.set().endpoints()[l].weight());
@@ -323,26 +327,35 @@ impl Balancer {
             < self.aged(seen_a, reference) * pending_a
     }
 
-    /// An endpoint's latency estimate as of `reference` (nanoseconds after its table's
-    /// origin: an estimate with no newer sample decays toward zero, so an endpoint that
-    /// stopped being picked is tried again), floored at [`LATENCY_RESOLUTION`].
-    fn latency_at(&self, load: &EndpointLoad, reference: u64) -> f64 {
-        self.aged(&Seen::of(load), reference)
+    /// An endpoint's latency EWMA (without its peak) as of `reference`, floored at
+    /// [`LATENCY_RESOLUTION`] (see [`aged`](Self::aged)).
+    fn sustained_at(&self, load: &EndpointLoad, reference: u64) -> f64 {
+        let seen = Seen {
+            peak: 0.0,
+            ..Seen::of(load)
+        };
+        self.aged(&seen, reference)
     }
 
-    /// [`latency_at`](Self::latency_at) of a load already read.
+    /// The latency estimate P2C compares, of a load already read: the larger of its EWMA
+    /// and its peak, each aged to `reference` (nanoseconds after its table's origin: an
+    /// estimate with no newer sample decays toward zero, so an endpoint that stopped being
+    /// picked is tried again), floored at [`LATENCY_RESOLUTION`].
     fn aged(&self, seen: &Seen, reference: u64) -> f64 {
         let floor = LATENCY_RESOLUTION.as_nanos() as f64;
+        let latency = seen.ewma.max(seen.peak);
         // Ageing only lowers an estimate, so one at the floor already, or one updated at
         // `reference` itself, needs no decay computed: the common cases on a busy pool.
-        if seen.ewma <= floor {
+        if latency <= floor {
             return floor;
         }
         let age = reference.saturating_sub(seen.stamp);
         if age == 0 {
-            return seen.ewma;
+            return latency;
         }
-        (seen.ewma * decay_factor(age as f64 * self.per_decay_nanos)).max(floor)
+        let age = age as f64;
+        let ewma = seen.ewma * decay_factor(age * self.per_decay_nanos);
+        held_peak(seen.peak, ewma, age).max(floor)
     }
 }
 
@@ -352,6 +365,7 @@ struct Seen {
     ejected: bool,
     in_flight: u32,
     ewma: f64,
+    peak: f64,
     stamp: u64,
 }
 
@@ -361,6 +375,7 @@ impl Seen {
             ejected: load.is_ejected(),
             in_flight: load.in_flight(),
             ewma: load.ewma_nanos(),
+            peak: load.peak_nanos(),
             stamp: load.stamp_nanos(),
         }
     }

@@ -2,36 +2,70 @@ use super::*;
 use crate::endpoint::{Endpoint, ServiceState};
 
 #[test]
-fn peak_ewma_jumps_up_and_decays_down() {
+fn the_ewma_weighs_each_sample_by_the_time_since_the_last() {
     let decay = Duration::from_secs(10);
-    assert_eq!(
-        peak_ewma(1e6, 5e6, Duration::ZERO, decay),
-        5e6,
-        "a peak replaces the estimate"
-    );
-    let after_one_tau = peak_ewma(5e6, 1e6, decay, decay);
+    let after_one_tau = ewma(5e6, 1e6, decay, decay);
     let expected = 5e6 * (-1f64).exp() + 1e6 * (1.0 - (-1f64).exp());
     assert!((after_one_tau - expected).abs() < 1.0);
     assert_eq!(
-        peak_ewma(5e6, 1e6, Duration::ZERO, decay),
+        ewma(5e6, 1e6, Duration::ZERO, decay),
         5e6,
-        "no time passed, no decay"
+        "no time passed, no weight"
     );
     // Samples close together (the linear pull) and further apart (the polynomial), each
-    // against the exact update.
+    // against the exact update, from below and from above.
     for elapsed in [
         Duration::from_micros(3),
         Duration::from_millis(9),
         Duration::from_millis(50),
     ] {
         let w = (-elapsed.as_secs_f64() / decay.as_secs_f64()).exp();
-        let exact = 5e6 * w + 1e6 * (1.0 - w);
-        let ours = peak_ewma(5e6, 1e6, elapsed, decay);
-        assert!(
-            (ours - exact).abs() <= 1e-9 * exact,
-            "after {elapsed:?}: {ours} against {exact}"
-        );
+        for (estimate, sample) in [(5e6, 1e6), (1e6, 5e6)] {
+            let exact = estimate * w + sample * (1.0 - w);
+            let ours = ewma(estimate, sample, elapsed, decay);
+            assert!(
+                (ours - exact).abs() <= 1e-9 * exact,
+                "after {elapsed:?}: {ours} against {exact}"
+            );
+        }
     }
+}
+
+#[test]
+fn a_peak_replaces_at_once_and_falls_back_linearly() {
+    assert_eq!(held_peak(1e6, 5e6, 0.0), 5e6, "a higher sample replaces it");
+    assert_eq!(held_peak(5e6, 1e6, 0.0), 5e6, "no time passed");
+    let after = held_peak(5e6, 1e6, 8e6);
+    assert_eq!(after, 5e6 - 8e6 / PEAK_HOLD);
+    assert_eq!(held_peak(5e6, 1e6, 1e9), 1e6, "gone: the sample stands");
+}
+
+#[test]
+fn a_stall_raises_the_peak_and_barely_the_ewma() {
+    let table = LoadTable::default();
+    let set = EndpointSet::new(
+        ServiceState::Active,
+        vec![Endpoint::new("10.0.0.1:80".parse().unwrap())],
+    );
+    let loads = table.for_set(&set);
+    let load = &loads[0];
+    let ms = Duration::from_millis;
+    // Answers every millisecond in 0.3 ms for ten seconds, from a minute on (the first
+    // answer nearly replaces the initial estimate)...
+    for t in 60_000..70_000 {
+        table.record_at(load, Duration::from_micros(300), ms(t));
+    }
+    let settled = load.ewma_nanos();
+    assert!((settled - 300e3).abs() < 1e3, "{settled}");
+    assert_eq!(load.peak_nanos(), 0.0);
+    // ...then once in 3 ms.
+    table.record_at(load, ms(3), ms(70_000));
+    assert_eq!(load.peak_nanos(), 3e6);
+    let moved = load.ewma_nanos() - settled;
+    assert!(moved < 1e3, "the EWMA moved {moved} ns");
+    // The peak is gone PEAK_HOLD × 2.7 ms later, and the next sample clears it.
+    table.record_at(load, Duration::from_micros(300), ms(70_000 + 11));
+    assert_eq!(load.peak_nanos(), 0.0);
 }
 
 #[test]
@@ -46,7 +80,7 @@ fn loads_survive_snapshots_and_leave_with_their_address() {
     let s2 = EndpointSet::new(ServiceState::Active, vec![b, a]);
     let l2 = table.for_set(&s2);
     assert_eq!(l2[0].in_flight(), 1, "same address, same load");
-    assert!(l2[1].ewma() >= Duration::from_millis(50));
+    assert!(l2[1].peak_nanos() >= 50e6, "{:?}", l2[1]);
     drop(guard);
     assert_eq!(l2[0].in_flight(), 0);
     let s3 = EndpointSet::new(

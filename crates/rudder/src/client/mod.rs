@@ -54,7 +54,7 @@ use crate::BoxError;
 
 /// A response extension: how long the client spent opening a new connection (TCP, and
 /// TLS when used) for this request. The Mesh leaves it out of the latency it records, so a
-/// Pod is not avoided for seconds because its first request paid for the handshake.
+/// Pod is not avoided because its first request paid for the handshake.
 /// [`PodClient`] sets it on the response of the request that opened a connection; other
 /// inner services may set it too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

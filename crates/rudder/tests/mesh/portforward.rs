@@ -40,9 +40,7 @@ async fn requests_reach_every_pod_through_port_forward_tunnels() {
     // The admin token: the deploy/rbac.yaml Role grants no pods/portforward (it is for
     // clients in the cluster).
     let kube = cluster.api().client().await.unwrap();
-    // Round robin: the spread checked below is the tunnels', not P2C's reading of tunnel
-    // latency, which one slow round trip on a busy test machine skews for seconds.
-    let builder = MeshLayer::builder(kube.clone()).algorithm(rudder::Algorithm::WeightedRoundRobin);
+    let builder = MeshLayer::builder(kube.clone());
     let (layer, mut mesh) = through_tunnels(kube, builder);
     let before = forwards(&cluster);
     let mut counts: HashMap<String, usize> = HashMap::new();

@@ -157,15 +157,14 @@ async fn ramp_share(algorithm: Algorithm, age_percent: u32, concurrent: bool) ->
 /// Slow start ramps a new Pod's share with its weight, `max(10 %, age / window)`, with
 /// sequential and concurrent callers, through the Mesh.
 ///
-/// Checked here for the algorithms that do not weigh latency (least requests, round
-/// robin), whose shares must follow the ramp within sampling noise. P2C also weighs
-/// measured latency, and in memory a scheduler pause on a loaded machine is a latency
-/// spike that peak EWMA keeps for seconds, which moves share between Pods more than the
-/// ramp does; `rudder_balance`'s pool tests check P2C's (and Maglev's unkeyed) ramp
-/// exactly, without real time.
+/// Every algorithm's shares must follow the ramp within sampling noise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_start_follows_the_ramp_through_the_mesh() {
-    for algorithm in [Algorithm::LeastRequests, Algorithm::WeightedRoundRobin] {
+    for algorithm in [
+        Algorithm::P2cPeakEwma,
+        Algorithm::LeastRequests,
+        Algorithm::WeightedRoundRobin,
+    ] {
         for concurrent in [false, true] {
             for (age, factor) in [(10, 0.1), (50, 0.5), (90, 0.9)] {
                 let expected: f64 = factor / (factor + 9.0);
