@@ -289,14 +289,14 @@ where
                             let result = dispatch.end(result);
                             return Poll::Ready(result.map(Answer::into_response));
                         }
-                        (Step::Retry, Some(template)) => {
+                        (Step::Retry(own), Some(template)) => {
                             let template =
                                 template.get().expect("made before the request was sent");
                             let inner =
                                 S::clone(&template.lock().unwrap_or_else(|e| e.into_inner()));
-                            retried(dispatch, inner)
+                            retried(dispatch, inner, own)
                         }
-                        (Step::Retry, None) => {
+                        (Step::Retry(_), None) => {
                             unreachable!("a retry needs the kept head, kept with the service")
                         }
                     }
@@ -307,8 +307,13 @@ where
     }
 }
 
-/// The rest of a request whose first attempt asked for a retry.
-fn retried<S, B, RB>(mut dispatch: Dispatch<B>, mut inner: S) -> Boxed<Response<RB>>
+/// The rest of a request whose first attempt asked for a retry; `own` is that attempt's
+/// result, the answer if no other endpoint is left to try.
+fn retried<S, B, RB>(
+    mut dispatch: Dispatch<B>,
+    mut inner: S,
+    own: Result<Answer<Response<RB>>, BoxError>,
+) -> Boxed<Response<RB>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
     S::Error: Into<BoxError>,
@@ -318,7 +323,7 @@ where
     RB: Send + 'static,
 {
     Box::pin(async move {
-        let result = dispatch.attempts(&mut inner, None).await;
+        let result = dispatch.attempts(&mut inner, None, Some(own)).await;
         dispatch.end(result)
     })
 }
@@ -652,7 +657,7 @@ where
         // The wait for the first sync counts.
         t.0 = began + t.1;
     }
-    let result = dispatch.attempts(&mut inner, Some(first)).await;
+    let result = dispatch.attempts(&mut inner, Some(first), None).await;
     dispatch.finish(result)
 }
 
@@ -878,8 +883,9 @@ struct Chosen {
 /// What one attempt ended in.
 enum Step<R> {
     Done(Result<Answer<R>, BoxError>),
-    /// Send again, to another endpoint.
-    Retry,
+    /// Send again, to another endpoint; the attempt's own result is the answer when the
+    /// newest snapshot has no other endpoint to send to.
+    Retry(Result<Answer<R>, BoxError>),
 }
 
 /// One request's attempts: picks, sends and records, retrying on another endpoint when the
@@ -1021,6 +1027,15 @@ where
             .filter(|p| picked.positions().binary_search(&(**p as u32)).is_ok())
             .count();
         self.chosen.untried = picked.len() - tried;
+        if self.chosen.untried == 0 {
+            // A retry goes to another endpoint, or nowhere.
+            return Err(MeshError::NoEndpoints {
+                service: self.routed().service.to_string(),
+                subset: String::new(),
+                reason: "every endpoint of the subset was tried".into(),
+            }
+            .into());
+        }
         let pool = &self.routed().pool;
         let pos = pool
             .pick_avoiding(snapshot, picked, self.chosen.key, avoid)
@@ -1135,17 +1150,19 @@ where
             && self.policy().budget.withdraw();
         if retry {
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
-            drop((res, attempt));
-            self.policy().telemetry.retry(&self.routed().label);
             self.tried.push(endpoint);
-            return Step::Retry;
         }
-        Step::Done(Ok(Answer {
+        let answer = Ok(Answer {
             res,
             attempt: Some(attempt),
             target: None,
             endpoint: Some(endpoint),
-        }))
+        });
+        if retry {
+            Step::Retry(answer)
+        } else {
+            Step::Done(answer)
+        }
     }
 
     /// Records a failed attempt and decides whether to try another endpoint.
@@ -1176,30 +1193,40 @@ where
             && unseen
             && self.chosen.untried > 1
             && self.policy().budget.withdraw();
-        if !retry {
-            // The Mesh's own (a timeout) stays as it is.
-            if e.is::<MeshError>() {
-                return Step::Done(Err(e));
-            }
-            return Step::Done(Err(MeshError::Failed {
+        if retry {
+            tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
+        }
+        // The Mesh's own (a timeout) stays as it is.
+        let failed = if e.is::<MeshError>() {
+            e
+        } else {
+            MeshError::Failed {
                 service: self.routed().service.to_string(),
-                tried: std::mem::take(&mut self.tried),
+                tried: if retry {
+                    self.tried.clone()
+                } else {
+                    std::mem::take(&mut self.tried)
+                },
                 hint: crate::error::hint(&*e, self.https),
                 source: e,
             }
-            .into()));
+            .into()
+        };
+        if retry {
+            Step::Retry(Err(failed))
+        } else {
+            Step::Done(Err(failed))
         }
-        self.policy().telemetry.retry(&self.routed().label);
-        tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
-        Step::Retry
     }
 
     /// Sends attempts until one is the answer, within the request's deadline; `first` is
-    /// the first attempt's request, or `None` when retrying.
+    /// the first attempt's request, or `None` when retrying, and `previous` the result of
+    /// the attempt that asked for the retry.
     async fn attempts<S, RB>(
         &mut self,
         inner: &mut S,
         first: Option<Request<ReplayBody<B>>>,
+        previous: Option<Result<Answer<Response<RB>>, BoxError>>,
     ) -> Result<Answer<Response<RB>>, BoxError>
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
@@ -1208,8 +1235,23 @@ where
         let deadline = self.deadline;
         let run = async {
             let mut first = first;
+            let mut previous = previous;
             loop {
-                let (req, attempt) = self.next(first.take())?;
+                let (req, attempt) = match (self.next(first.take()), previous.take()) {
+                    (Ok(next), previous) => {
+                        if previous.is_some() {
+                            self.policy().telemetry.retry(&self.routed().label);
+                        }
+                        next
+                    }
+                    // The endpoints left since: the last attempt's result is the answer,
+                    // not that there is nothing to send to.
+                    (Err(e), Some(previous)) => {
+                        tracing::debug!(error = %e, "no endpoint left to retry on");
+                        return previous;
+                    }
+                    (Err(e), None) => return Err(e),
+                };
                 let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
                 let limit = self.policy().settings.response_timeout;
                 let result = match (ready, limit) {
@@ -1230,8 +1272,9 @@ where
                     Ok(res) => self.responded(res, attempt),
                     Err(e) => self.errored(e, attempt),
                 };
-                if let Step::Done(result) = step {
-                    return result;
+                match step {
+                    Step::Done(result) => return result,
+                    Step::Retry(own) => previous = Some(own),
                 }
             }
         };

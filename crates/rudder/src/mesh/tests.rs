@@ -457,14 +457,15 @@ async fn a_request_in_flight_holds_no_snapshot() {
     assert_eq!(res.status(), http::StatusCode::OK);
 }
 
-/// A request to `web` (three Pods) whose attempts are all refused up to the `refused`th;
-/// the first one waits to be refused until the returned `Notify` is notified, and later
-/// ones answer with the authority they were sent to. Returns the request, the authorities
-/// attempts were sent to (the first one already received), the `Notify` and the
-/// Service's routing state.
-async fn refused_at_first(
-    statics: &Static,
-    refused: u32,
+/// A request to `web` through `layer` whose attempts all fail up to the `failing`th:
+/// refused, or answered with `status` when one is given. The first one waits to fail until
+/// the returned `Notify` is notified, and later ones answer with the authority they were
+/// sent to. Returns the request, the authorities attempts were sent to (the first one
+/// already received), the `Notify` and the Service's routing state.
+async fn failing_at_first(
+    layer: MeshLayer,
+    failing: u32,
+    status: Option<StatusCode>,
 ) -> (
     tokio::task::JoinHandle<Result<Response<super::ResponseBody<Body>>, BoxError>>,
     String,
@@ -472,7 +473,6 @@ async fn refused_at_first(
     Arc<tokio::sync::Notify>,
     Arc<super::routed::Routed>,
 ) {
-    let layer = layer(statics.clone());
     let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
     let fail = Arc::new(tokio::sync::Notify::new());
     let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -487,23 +487,103 @@ async fn refused_at_first(
                 if n == 0 {
                     fail.notified().await;
                 }
-                if n < refused {
-                    let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-                    return Err::<Response<Body>, BoxError>(Box::new(e));
+                let mut res = Response::new(Body::from(authority));
+                match status {
+                    _ if n >= failing => {}
+                    Some(status) => *res.status_mut() = status,
+                    None => {
+                        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+                        return Err::<Response<Body>, BoxError>(Box::new(e));
+                    }
                 }
-                Ok(Response::new(Body::from(authority)))
+                Ok(res)
             }
         })
     };
     let req = Request::get("http://web:8080/")
         .body(Body::default())
         .unwrap();
-    let request = tokio::spawn(layer.layer(inner).oneshot(req));
-    let first = sent.recv().await.unwrap();
     let svc =
         crate::ServiceRef::parse_in("web:8080", &layer.shared.settings.default_namespace).unwrap();
-    let routed = layer.shared.routed.read().unwrap()[&svc].clone();
+    let shared = layer.shared.clone();
+    let request = tokio::spawn(layer.layer(inner).oneshot(req));
+    let first = sent.recv().await.unwrap();
+    let routed = shared.routed.read().unwrap()[&svc].clone();
     (request, first, sent, fail, routed)
+}
+
+/// [`failing_at_first`] through [`layer`], refused.
+async fn refused_at_first(
+    statics: &Static,
+    refused: u32,
+) -> (
+    tokio::task::JoinHandle<Result<Response<super::ResponseBody<Body>>, BoxError>>,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    Arc<tokio::sync::Notify>,
+    Arc<super::routed::Routed>,
+) {
+    failing_at_first(layer(statics.clone()), refused, None).await
+}
+
+/// When every other endpoint left while the first attempt failed, the retry has nowhere
+/// to go: the request ends with the attempt's own failure (which endpoint, what error),
+/// not with "no endpoints".
+#[tokio::test]
+async fn a_retry_with_nowhere_left_to_go_ends_with_the_attempts_failure() {
+    for left in [1, 0] {
+        let statics = pods(3);
+        let (request, first, _sent, fail, routed) = refused_at_first(&statics, 1).await;
+        // The two others leave; with `left == 0` the one tried leaves too.
+        let only: Vec<Endpoint> = statics
+            .subscribe()
+            .borrow()
+            .endpoints()
+            .iter()
+            .filter(|e| e.addr().to_string() == first)
+            .take(left)
+            .cloned()
+            .collect();
+        statics.set(only);
+        yield_until("swapped", || routed.pool.snapshot().set().len() == left).await;
+        fail.notify_one();
+        let e = request.await.unwrap().unwrap_err();
+        match e.downcast_ref::<MeshError>() {
+            Some(MeshError::Failed { tried, source, .. }) => {
+                assert_eq!(tried, &[first.parse::<SocketAddr>().unwrap()]);
+                let io = source
+                    .downcast_ref::<std::io::Error>()
+                    .expect("the inner error");
+                assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+            other => panic!("with {left} endpoints left: expected Failed, got {other:?} ({e})"),
+        }
+    }
+}
+
+/// The same for a retry on a status: the attempt's own response is the answer.
+#[tokio::test]
+async fn a_status_retry_with_nowhere_left_to_go_answers_with_the_attempts_response() {
+    let statics = pods(3);
+    let layer = MeshLayer::builder_static()
+        .static_service("web", statics.clone())
+        .unwrap()
+        .retry_on_status([StatusCode::SERVICE_UNAVAILABLE])
+        .build()
+        .unwrap();
+    let (request, first, mut sent, fail, routed) =
+        failing_at_first(layer, 1, Some(StatusCode::SERVICE_UNAVAILABLE)).await;
+    statics.set(Vec::new());
+    yield_until("swapped", || routed.pool.snapshot().set().is_empty()).await;
+    fail.notify_one();
+    let res = request
+        .await
+        .unwrap()
+        .expect("the first attempt's response");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let answered = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(answered, first.as_bytes());
+    assert!(sent.try_recv().is_err(), "no second attempt was sent");
 }
 
 #[tokio::test]
