@@ -457,22 +457,23 @@ async fn a_request_in_flight_holds_no_snapshot() {
     assert_eq!(res.status(), http::StatusCode::OK);
 }
 
-/// A request to `web` through `layer` whose attempts all fail up to the `failing`th:
-/// refused, or answered with `status` when one is given. The first one waits to fail until
-/// the returned `Notify` is notified, and later ones answer with the authority they were
-/// sent to. Returns the request, the authorities attempts were sent to (the first one
-/// already received), the `Notify` and the Service's routing state.
-async fn failing_at_first(
-    layer: MeshLayer,
-    failing: u32,
-    status: Option<StatusCode>,
-) -> (
+/// A request held at its first attempt: the request, the authority of its first attempt,
+/// those of the attempts sent after, the `Notify` that ends the first attempt, and the
+/// Service's routing state.
+type Held = (
     tokio::task::JoinHandle<Result<Response<super::ResponseBody<Body>>, BoxError>>,
     String,
     tokio::sync::mpsc::UnboundedReceiver<String>,
     Arc<tokio::sync::Notify>,
     Arc<super::routed::Routed>,
-) {
+);
+
+/// A request to `web` through `layer` whose attempts all fail up to the `failing`th:
+/// refused, or answered with `status` when one is given. The first one waits to fail until
+/// the returned `Notify` is notified, and later ones answer with the authority they were
+/// sent to. Returns the request, the authorities attempts were sent to (the first one
+/// already received), the `Notify` and the Service's routing state.
+async fn failing_at_first(layer: MeshLayer, failing: u32, status: Option<StatusCode>) -> Held {
     let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
     let fail = Arc::new(tokio::sync::Notify::new());
     let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -513,16 +514,7 @@ async fn failing_at_first(
 }
 
 /// [`failing_at_first`] through [`layer`], refused.
-async fn refused_at_first(
-    statics: &Static,
-    refused: u32,
-) -> (
-    tokio::task::JoinHandle<Result<Response<super::ResponseBody<Body>>, BoxError>>,
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-    Arc<tokio::sync::Notify>,
-    Arc<super::routed::Routed>,
-) {
+async fn refused_at_first(statics: &Static, refused: u32) -> Held {
     failing_at_first(layer(statics.clone()), refused, None).await
 }
 
