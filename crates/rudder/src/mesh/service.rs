@@ -880,11 +880,25 @@ struct Chosen {
     key: Option<u64>,
 }
 
+/// Why a retry was not sent: the retry budget allows none now. Never the answer to a
+/// request (its last attempt's result is).
+#[derive(Debug)]
+struct BudgetExhausted;
+
+impl std::fmt::Display for BudgetExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the retry budget is spent")
+    }
+}
+
+impl std::error::Error for BudgetExhausted {}
+
 /// What one attempt ended in.
 enum Step<R> {
     Done(Result<Answer<R>, BoxError>),
     /// Send again, to another endpoint; the attempt's own result is the answer when the
-    /// newest snapshot has no other endpoint to send to.
+    /// newest snapshot has no other endpoint to send to or the retry budget allows no
+    /// retry.
     Retry(Result<Answer<R>, BoxError>),
 }
 
@@ -1044,6 +1058,11 @@ where
                 subset: String::new(),
                 reason: "every endpoint of the subset has weight 0".into(),
             })?;
+        // A retry takes from the budget once it has somewhere to go: one that finds no
+        // endpoint (above) costs the budget nothing.
+        if self.attempt_no > 1 && !self.policy().budget.withdraw() {
+            return Err(BudgetExhausted.into());
+        }
         #[cfg(any(feature = "tls", feature = "port-forward"))]
         let extra = snapshot.extra(pos);
         #[cfg(feature = "tls")]
@@ -1146,8 +1165,7 @@ where
             && settings.retry_statuses.contains(&res.status())
             && self.body_again()
             && self.attempt_no <= settings.max_retries
-            && self.chosen.untried > 1
-            && self.policy().budget.withdraw();
+            && self.chosen.untried > 1;
         if retry {
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
             self.tried.push(endpoint);
@@ -1191,8 +1209,7 @@ where
         let retry = self.body_again()
             && self.attempt_no <= settings.max_retries
             && unseen
-            && self.chosen.untried > 1
-            && self.policy().budget.withdraw();
+            && self.chosen.untried > 1;
         if retry {
             tracing::debug!(%endpoint, error = %e, "retrying on another endpoint");
         }
@@ -1244,10 +1261,11 @@ where
                         }
                         next
                     }
-                    // The endpoints left since: the last attempt's result is the answer,
-                    // not that there is nothing to send to.
+                    // No retry after all (the endpoints left since, or the budget is
+                    // spent): the last attempt's result is the answer, not why there is
+                    // nothing more to send.
                     (Err(e), Some(previous)) => {
-                        tracing::debug!(error = %e, "no endpoint left to retry on");
+                        tracing::debug!(error = %e, "not retried");
                         return previous;
                     }
                     (Err(e), None) => return Err(e),

@@ -578,6 +578,57 @@ async fn a_status_retry_with_nowhere_left_to_go_answers_with_the_attempts_respon
     assert!(sent.try_recv().is_err(), "no second attempt was sent");
 }
 
+/// A retry that finds nowhere to go is not sent and takes nothing from the retry budget:
+/// after more such requests than the budget holds retries, the next retry is still sent.
+#[tokio::test]
+async fn a_retry_with_nowhere_left_to_go_costs_the_budget_nothing() {
+    // No share of requests, a floor of one retry a second: tower's budget holds ten
+    // (its 10 s window's worth) and earns nothing from requests.
+    let statics = pods(3);
+    let all = statics.subscribe().borrow().endpoints().to_vec();
+    let layer = MeshLayer::builder_static()
+        .static_service("web", statics.clone())
+        .unwrap()
+        .retries(2, 0.0, 1)
+        .retry_on_status([StatusCode::SERVICE_UNAVAILABLE])
+        .build()
+        .unwrap();
+    let mut routed: Option<Arc<super::routed::Routed>> = None;
+    let back = |routed: &Option<Arc<super::routed::Routed>>| {
+        statics.set(all.clone());
+        let routed = routed.clone();
+        async move {
+            if let Some(routed) = routed {
+                yield_until("back", || routed.pool.snapshot().set().len() == 3).await;
+            }
+        }
+    };
+    for _ in 0..20 {
+        back(&routed).await;
+        let (request, _first, mut sent, fail, r) =
+            failing_at_first(layer.clone(), 1, Some(StatusCode::SERVICE_UNAVAILABLE)).await;
+        statics.set(Vec::new());
+        yield_until("swapped", || r.pool.snapshot().set().is_empty()).await;
+        fail.notify_one();
+        let res = request.await.unwrap().expect("the attempt's response");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(sent.try_recv().is_err(), "no retry was sent");
+        routed = Some(r);
+    }
+    back(&routed).await;
+    let (request, first, mut sent, fail, _) =
+        failing_at_first(layer, 1, Some(StatusCode::SERVICE_UNAVAILABLE)).await;
+    fail.notify_one();
+    let res = request.await.unwrap().unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the retry was sent and answered"
+    );
+    let retried_on = sent.recv().await.unwrap();
+    assert_ne!(retried_on, first);
+}
+
 #[tokio::test]
 async fn a_retry_picks_from_the_endpoints_published_since_the_first_attempt() {
     let statics = pods(3);
