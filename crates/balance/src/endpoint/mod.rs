@@ -796,12 +796,23 @@ impl EndpointSet {
 }
 
 /// How the endpoints of a new set pair with those of the set before it, by address: one
-/// merge walk over the two address-sorted lists, made once per update and shared by all
-/// that carries per-endpoint state (load, payload, label matches) from one to the other.
+/// merge walk over the part of the two address-sorted lists between the first address
+/// change and the last (the runs before and after pair in order and are stored as two
+/// lengths), made once per update and shared by all that carries per-endpoint state
+/// (load, payload, label matches) from one to the other.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pairing {
-    /// Per endpoint of the new set, its position in the old one, or [`Pairing::NEW`].
-    from: Vec<u32>,
+    /// How many endpoints at the start of both lists have the same addresses, in order:
+    /// new position `i` is old position `i` there.
+    head: usize,
+    /// How many at the end do (not overlapping `head`): new position `i` is old position
+    /// `i - new_len + old_len` there.
+    tail: usize,
+    /// Per endpoint of the new set between those two runs, its position in the old one, or
+    /// [`Pairing::NEW`]: an update pays for the endpoints it changed, not for the list.
+    mid: Vec<u32>,
+    /// The new set's length.
+    new_len: usize,
     /// Positions in the old set whose addresses are gone.
     gone: Vec<u32>,
     added: usize,
@@ -861,8 +872,7 @@ impl Pairing {
                 .take_while(|(a, b)| a.addr == b.addr)
                 .count();
         let (old_mid, new_mid) = (head..old.len() - tail, head..new.len() - tail);
-        let mut from = Vec::with_capacity(new.len());
-        from.extend(0..head as u32);
+        let mut mid = Vec::with_capacity(new_mid.len());
         let mut gone = Vec::new();
         let mut added = 0;
         let mut j = old_mid.start;
@@ -873,17 +883,19 @@ impl Pairing {
                 j += 1;
             }
             if j < old_mid.end && old[j].addr == addr {
-                from.push(j as u32);
+                mid.push(j as u32);
                 j += 1;
             } else {
-                from.push(Self::NEW);
+                mid.push(Self::NEW);
                 added += 1;
             }
         }
         gone.extend((j..old_mid.end).map(|j| j as u32));
-        from.extend(old_mid.end as u32..old.len() as u32);
         Self {
-            from,
+            head,
+            tail,
+            mid,
+            new_len: new.len(),
             gone,
             added,
             old_len: old.len(),
@@ -896,7 +908,19 @@ impl Pairing {
     /// carries state by position checks it first, so a pairing of other sets makes it
     /// start over rather than point past the end.
     pub fn fits(&self, previous: &EndpointSet, next: &EndpointSet) -> bool {
-        self.old_len == previous.len() && self.from.len() == next.len()
+        self.old_len == previous.len() && self.new_len == next.len()
+    }
+
+    /// The old position of new position `i`'s address, if the old set had it.
+    fn from(&self, i: usize) -> Option<usize> {
+        if i < self.head {
+            Some(i)
+        } else if i >= self.new_len - self.tail {
+            Some(i + self.old_len - self.new_len)
+        } else {
+            let j = self.mid[i - self.head];
+            (j != Self::NEW).then_some(j as usize)
+        }
     }
 
     /// How many endpoints at the start of the new set are the same as at the start of the
@@ -926,24 +950,18 @@ impl Pairing {
         mut make: impl FnMut(usize, Option<usize>) -> T,
     ) -> Vec<T> {
         assert_eq!(old.len(), self.old_len, "one value per old endpoint");
-        let (n, m) = (self.from.len(), self.old_len);
+        let (n, m) = (self.new_len, self.old_len);
         let (head, tail) = (self.same_head, self.same_tail);
         let mut carried = Vec::with_capacity(n);
         carried.extend_from_slice(&old[..head]);
-        carried.extend(
-            (head..n - tail)
-                .zip(&self.from[head..n - tail])
-                .map(|(i, j)| make(i, (*j != Self::NEW).then_some(*j as usize))),
-        );
+        carried.extend((head..n - tail).map(|i| make(i, self.from(i))));
         carried.extend_from_slice(&old[m - tail..]);
         carried
     }
 
     /// Per endpoint of the new set, in order, its position in the old one, if any.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<usize>> + '_ {
-        self.from
-            .iter()
-            .map(|j| (*j != Self::NEW).then_some(*j as usize))
+        (0..self.new_len).map(|i| self.from(i))
     }
 
     /// Positions in the old set of the addresses the new one does not have.
