@@ -882,16 +882,9 @@ struct Chosen {
 
 /// Why a retry was not sent: the retry budget allows none now. Never the answer to a
 /// request (its last attempt's result is).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the retry budget is spent")]
 struct BudgetExhausted;
-
-impl std::fmt::Display for BudgetExhausted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the retry budget is spent")
-    }
-}
-
-impl std::error::Error for BudgetExhausted {}
 
 /// What one attempt ended in.
 enum Step<R> {
