@@ -942,21 +942,28 @@ impl Pairing {
     /// after the last (see [`same_head`](Self::same_head)), made by `make` for those
     /// between, given the new position and the old one its address had, if any.
     ///
+    /// The values are collected straight into `C`, whose length is known up front: an
+    /// `Arc<[T]>` (what a snapshot keeps) is allocated once at its final size, rather
+    /// than a list being made and copied into one (at 10,000 endpoints that copy was a
+    /// second large allocation and 80 KB moved per update).
+    ///
     /// # Panics
     /// If `old` does not have one value per endpoint of the old set.
-    pub fn carry<T: Clone>(
+    pub fn carry<T: Clone, C: FromIterator<T>>(
         &self,
         old: &[T],
         mut make: impl FnMut(usize, Option<usize>) -> T,
-    ) -> Vec<T> {
+    ) -> C {
         assert_eq!(old.len(), self.old_len, "one value per old endpoint");
         let (n, m) = (self.new_len, self.old_len);
         let (head, tail) = (self.same_head, self.same_tail);
-        let mut carried = Vec::with_capacity(n);
-        carried.extend_from_slice(&old[..head]);
-        carried.extend((head..n - tail).map(|i| make(i, self.from(i))));
-        carried.extend_from_slice(&old[m - tail..]);
-        carried
+        // Each part has an exact length, so collecting allocates once.
+        old[..head]
+            .iter()
+            .cloned()
+            .chain((head..n - tail).map(|i| make(i, self.from(i))))
+            .chain(old[m - tail..].iter().cloned())
+            .collect()
     }
 
     /// Per endpoint of the new set, in order, its position in the old one, if any.

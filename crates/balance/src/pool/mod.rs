@@ -337,15 +337,14 @@ impl<T: Send + Sync + 'static> Pool<T> {
             previous.entries.clone()
         } else {
             let mut tracked = Vec::new();
-            let entries: Arc<[Arc<PoolEntry<T>>]> = pairing
-                .carry(&previous.entries, |i, before| {
+            let entries: Arc<[Arc<PoolEntry<T>>]> =
+                pairing.carry(&previous.entries, |i, before| {
                     let e = &set.endpoints()[i];
                     match before {
                         Some(j) if same(&old[j], e) => previous.entries[j].clone(),
                         _ => Self::entry(&self.table, e, &mut extra, &mut tracked),
                     }
-                })
-                .into();
+                });
             self.table
                 .track(pairing.gone().map(|j| old[j].addr()), tracked);
             entries

@@ -579,13 +579,18 @@ proptest::proptest! {
     /// random sequence, each subset is what a pool built fresh on the same set has, and
     /// each endpoint keeps its address's load and payload from the snapshot before.
     /// Changes fall anywhere (start, end, middle, all over), including readiness flips
-    /// that move a subset to its serving-terminating fallback and back.
+    /// that move a subset to its serving-terminating fallback and back, and relabels that
+    /// give an empty subset (`version=c`, no Pod at first) members and take them away;
+    /// `version=z` stays empty throughout.
     #[test]
     fn updates_give_what_a_fresh_index_gives(
         steps in proptest::collection::vec(proptest::collection::vec(0u8..8, 24), 1..6),
     ) {
         let selectors: Vec<Selector> =
-            ["version=a", "version=b"].iter().map(|s| s.parse().unwrap()).collect();
+            ["version=a", "version=b", "version=c", "version=z"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
         let config = PoolConfig {
             selectors: selectors.clone(),
             ..PoolConfig::default()
@@ -596,7 +601,7 @@ proptest::proptest! {
         let pool = Pool::new(config.clone(), set(base.clone()), |e| (e.addr(), 0usize));
         for (step, ops) in steps.iter().enumerate() {
             // Per address: 0–3 keep the endpoint as it was (its metadata shared), 4 drops
-            // it, 5 flips its readiness, 6 changes its weight, 7 relabels it.
+            // it, 5 flips its readiness, 6 changes its weight, 7 relabels it (a → b → c → a).
             for (i, op) in ops.iter().enumerate() {
                 let was = current[i].clone().unwrap_or_else(|| base[i].clone());
                 current[i] = match op {
@@ -609,7 +614,11 @@ proptest::proptest! {
                     6 => Some(was.clone().with_weight(was.weight() % 3 + 1)),
                     _ => {
                         let mut meta = was.meta().clone();
-                        let v = if meta.labels["version"] == "a" { "b" } else { "a" };
+                        let v = match meta.labels["version"].as_str() {
+                            "a" => "b",
+                            "b" => "c",
+                            _ => "a",
+                        };
                         meta.labels.to_mut().insert("version".into(), v.into());
                         Some(was.clone().with_meta(meta))
                     }

@@ -348,14 +348,14 @@ impl Matches {
         // The endpoints the update left as they were are copied in bulk; only those
         // between are looked at one by one.
         let mut computed = PerLabelSet::new(|labels| Self::compute(labels, &selectors[..count]));
-        let bits = pairing.carry(&matches.bits, |i, before| {
+        let bits: Box<[u64]> = pairing.carry(&matches.bits, |i, before| {
             let e = &set.endpoints()[i];
             match before {
                 Some(j) if old[j].shares_meta(e) => matches.bits[j],
                 _ => computed.get(e),
             }
         });
-        Self { bits: bits.into() }
+        Self { bits }
     }
 
     /// The bits of an endpoint with `labels`.
@@ -592,12 +592,21 @@ fn carried_positions(
 ) -> Option<(Vec<u32>, Option<u32>)> {
     let old_set = &*previous.set;
     let old = &previous.positions[..];
-    let first = *old.first()? as usize;
-    if !pairing.fits(old_set, set) || old_set.endpoints()[first].readiness() != Readiness::Ready {
+    if !pairing.fits(old_set, set) {
         return None;
     }
     let (n, m) = (set.len(), old_set.len());
     let (head, tail) = (pairing.same_head(), pairing.same_tail());
+    let Some(&first) = old.first() else {
+        // No member before (a configured subset no Pod matches yet, say): the endpoints
+        // the update left as they were are still not routable members, so only those
+        // between can be, fallback included. An update costs the change, not a pass
+        // over the set for a subset that stays empty.
+        return Some((routable_positions_in(set, head..n - tail, matches), None));
+    };
+    if old_set.endpoints()[first as usize].readiness() != Readiness::Ready {
+        return None;
+    }
     let before_change = old.partition_point(|p| (*p as usize) < head);
     let after_change = old.partition_point(|p| (*p as usize) < m - tail);
     let mut positions = Vec::with_capacity(old.len() + (n - tail - head));
@@ -677,14 +686,25 @@ impl<'a, T: Copy, F: FnMut(&BTreeMap<String, String>) -> T> PerLabelSet<'a, T, F
 /// preferred: they will still be there when the request arrives.
 fn routable_positions<'a>(
     set: &'a EndpointSet,
+    matches: impl FnMut(usize, &'a Endpoint) -> bool,
+) -> Vec<u32> {
+    routable_positions_in(set, 0..set.len(), matches)
+}
+
+/// [`routable_positions`] among the endpoints at `range` only.
+fn routable_positions_in<'a>(
+    set: &'a EndpointSet,
+    range: std::ops::Range<usize>,
     mut matches: impl FnMut(usize, &'a Endpoint) -> bool,
 ) -> Vec<u32> {
     // One pass over the endpoints, matching each once; sized for all of them (no copies
     // while growing) and trimmed to what matched, since the list is kept with the
     // snapshot.
-    let mut ready = Vec::with_capacity(set.len());
+    let mut ready = Vec::with_capacity(range.len());
     let mut serving: Vec<(u32, u64)> = Vec::new();
-    for (i, e) in set.endpoints().iter().enumerate() {
+    let start = range.start;
+    for (i, e) in set.endpoints()[range].iter().enumerate() {
+        let i = start + i;
         if !matches(i, e) {
             continue;
         }
