@@ -89,9 +89,13 @@ async fn pods_see_the_service_name_as_sni_and_traffic_spreads() {
         *counts.entry(reply.pod).or_default() += 1;
     }
     assert_eq!(counts.len(), 3, "{counts:?}");
-    // One handshake per pooled connection, not per request.
+    // One handshake per pooled connection, not per request (that would be 300). Not
+    // exactly one per Pod: hyper-util gives a connection back to its pool from the
+    // connection's own task once a response has ended, and on a busy machine the next
+    // request's checkout can come first and open another (7 were seen once, with the
+    // whole test suite running on two cores).
     let handshakes: u64 = cluster.pods().iter().map(|p| p.handshakes()).sum();
-    assert!(handshakes <= 6, "{handshakes} handshakes for 300 requests");
+    assert!(handshakes <= 30, "{handshakes} handshakes for 300 requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
