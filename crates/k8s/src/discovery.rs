@@ -575,10 +575,12 @@ pub(crate) struct Model {
 struct Converted {
     port_name: String,
     pods_epoch: u64,
-    slices: HashMap<String, (Option<String>, convert::SliceEndpoints)>,
+    slices: HashMap<String, (Option<String>, convert::SliceEndpoints), foldhash::fast::RandomState>,
     /// When this port's ready endpoints were first seen Ready (`None`: already Ready when
     /// the port's first snapshot was built), for those whose Pod gives no Ready time.
-    first_ready: HashMap<std::net::SocketAddr, Option<SystemTime>>,
+    /// Looked up for every endpoint of every slice converted, so hashed with foldhash
+    /// (the keys are addresses the API server listed, not a caller's input).
+    first_ready: HashMap<std::net::SocketAddr, Option<SystemTime>, foldhash::fast::RandomState>,
     /// Pods whose labels, weight or times changed since the port's last build: the slices
     /// naming them are converted again, the rest are not.
     stale_pods: Vec<String>,
