@@ -185,6 +185,17 @@ pub(crate) struct Answer<R> {
 }
 
 impl<RB> Answer<Response<RB>> {
+    /// The response `attempt` got; its body keeps the attempt until it ends.
+    fn sent(res: Response<RB>, attempt: Attempt) -> Self {
+        let endpoint = attempt.addr();
+        Self {
+            res,
+            attempt: Some(attempt),
+            target: None,
+            endpoint: Some(endpoint),
+        }
+    }
+
     fn passed(res: Response<RB>) -> Self {
         Self {
             res,
@@ -276,30 +287,36 @@ where
                     };
                     let Sent {
                         mut dispatch,
-                        attempt,
+                        mut attempt,
                         retry_with,
                         ..
                     } = sent.take().expect("polled after completion");
-                    let step = match result {
-                        Ok(res) => dispatch.responded(res, attempt),
-                        Err(e) => dispatch.errored(e, attempt),
+                    // A response is decided on where it lies and moved once, into the
+                    // answer (not into a step and out again on every request).
+                    let own = match result {
+                        Ok(res) => {
+                            let retry = dispatch.responded(&res, &mut attempt);
+                            let answer = Ok(Answer::sent(res, attempt));
+                            if !retry {
+                                let result = dispatch.end(answer);
+                                return Poll::Ready(result.map(Answer::into_response));
+                            }
+                            answer
+                        }
+                        Err(e) => match dispatch.errored(e, attempt) {
+                            Step::Done(result) => {
+                                let result = dispatch.end(result);
+                                return Poll::Ready(result.map(Answer::into_response));
+                            }
+                            Step::Retry(own) => own,
+                        },
                     };
-                    match (step, retry_with) {
-                        (Step::Done(result), _) => {
-                            let result = dispatch.end(result);
-                            return Poll::Ready(result.map(Answer::into_response));
-                        }
-                        (Step::Retry(own), Some(template)) => {
-                            let template =
-                                template.get().expect("made before the request was sent");
-                            let inner =
-                                S::clone(&template.lock().unwrap_or_else(|e| e.into_inner()));
-                            retried(dispatch, inner, own)
-                        }
-                        (Step::Retry(_), None) => {
-                            unreachable!("a retry needs the kept head, kept with the service")
-                        }
-                    }
+                    let template = retry_with
+                        .as_deref()
+                        .and_then(OnceLock::get)
+                        .expect("a retry keeps the service it is sent through");
+                    let inner = S::clone(&template.lock().unwrap_or_else(|e| e.into_inner()));
+                    retried(dispatch, inner, own)
                 }
             };
             state.set(State::Boxed { fut: retry });
@@ -1127,8 +1144,9 @@ where
         }
     }
 
-    /// Records a response and decides whether it is the answer.
-    fn responded<RB>(&mut self, res: Response<RB>, mut attempt: Attempt) -> Step<Response<RB>> {
+    /// Records a response; whether to retry it on another endpoint (else it is the
+    /// answer, see [`Answer::sent`]).
+    fn responded<RB>(&mut self, res: &Response<RB>, attempt: &mut Attempt) -> bool {
         let settings = &self.policy().settings;
         let failure = settings.failure_on_5xx && res.status().is_server_error();
         // Opening a connection is not the Pod's latency.
@@ -1163,17 +1181,7 @@ where
             tracing::debug!(%endpoint, status = %res.status(), "retrying on another endpoint");
             self.tried.push(endpoint);
         }
-        let answer = Ok(Answer {
-            res,
-            attempt: Some(attempt),
-            target: None,
-            endpoint: Some(endpoint),
-        });
-        if retry {
-            Step::Retry(answer)
-        } else {
-            Step::Done(answer)
-        }
+        retry
     }
 
     /// Records a failed attempt and decides whether to try another endpoint.
@@ -1280,7 +1288,16 @@ where
                     (Err(e), _) => Err(e),
                 };
                 let step = match result {
-                    Ok(res) => self.responded(res, attempt),
+                    Ok(res) => {
+                        let mut attempt = attempt;
+                        let retry = self.responded(&res, &mut attempt);
+                        let answer = Ok(Answer::sent(res, attempt));
+                        if retry {
+                            Step::Retry(answer)
+                        } else {
+                            Step::Done(answer)
+                        }
+                    }
                     Err(e) => self.errored(e, attempt),
                 };
                 match step {
