@@ -211,12 +211,13 @@ pub(crate) fn finish_sorted(
     state: ServiceState,
     endpoints: &[Endpoint],
     previous: Option<&EndpointSet>,
+    spent: Option<Arc<EndpointSet>>,
     unroutable: Vec<Unroutable>,
     seen_any: bool,
     clock: &Arc<SyncClock>,
 ) -> EndpointSet {
     let set = match previous {
-        Some(previous) => EndpointSet::from_sorted_after(state, endpoints, previous),
+        Some(previous) => EndpointSet::from_sorted_after_reusing(state, endpoints, previous, spent),
         None => EndpointSet::from_sorted(state, endpoints),
     };
     with_unroutable(set, unroutable, seen_any, clock)

@@ -442,13 +442,17 @@ impl Entry {
             let previous = tx.borrow().clone();
             let set = model.build_after(port.as_ref(), &self.clock, Some(&previous));
             drop(previous);
+            // The set replaced, or the one not published: either is spent.
+            let mut spent = None;
             tx.send_if_modified(|current| {
                 if **current == set {
+                    spent = Some(Arc::new(set));
                     return false;
                 }
-                *current = Arc::new(set);
+                spent = Some(std::mem::replace(current, Arc::new(set)));
                 true
             });
+            model.spend(port.as_ref(), spent);
         }
     }
 }
@@ -588,6 +592,10 @@ struct Converted {
     /// Every cached slice's endpoints, sorted by [`convert::endpoint_order`] (duplicates
     /// kept): patched with each slice change instead of merged again from every slice.
     merged: Option<Vec<Endpoint>>,
+    /// The set the last publish replaced: by the next build its subscribers have usually
+    /// moved on, and its list is then patched into the new set's instead of a new list
+    /// being allocated (see [`EndpointSet::from_sorted_after_reusing`]). One per port.
+    spent: Option<Arc<EndpointSet>>,
 }
 
 impl Model {
@@ -742,9 +750,18 @@ impl Model {
                 cache.first_ready.remove(&addr);
             }
         }
-        let set = convert::finish_sorted(state, &merged, previous, unroutable, seen_any, clock);
+        let spent = cache.spent.take();
+        let set =
+            convert::finish_sorted(state, &merged, previous, spent, unroutable, seen_any, clock);
         cache.merged = Some(merged);
         set
+    }
+
+    /// Keeps `spent`, a set `port` no longer publishes, for its next build to reuse.
+    fn spend(&mut self, port: Option<&PortSpec>, spent: Option<Arc<EndpointSet>>) {
+        if let Some(cache) = self.converted.get_mut(&port.cloned()) {
+            cache.spent = spent;
+        }
     }
 }
 

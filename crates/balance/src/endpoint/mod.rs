@@ -527,7 +527,9 @@ pub enum EmptyReason {
 #[derive(Clone, Debug)]
 pub struct EndpointSet {
     state: ServiceState,
-    endpoints: Arc<[Endpoint]>,
+    /// Sorted by address. A `Vec` so that a spent list can be patched into the next one
+    /// in place ([`from_sorted_after_reusing`](Self::from_sorted_after_reusing)).
+    endpoints: Arc<Vec<Endpoint>>,
     empty_reason: Option<EmptyReason>,
     unroutable: Arc<[Unroutable]>,
     service_ports: Arc<[String]>,
@@ -559,6 +561,30 @@ fn next_id() -> NonZeroU64 {
     NonZeroU64::MIN.saturating_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// How many endpoints at the start of `a` and `b` are the same ([`Endpoint::is_same`]),
+/// and how many at the end, not overlapping the first.
+fn same_ends(a: &[Endpoint], b: &[Endpoint]) -> (usize, usize) {
+    let head = a.iter().zip(b).take_while(|(a, b)| a.is_same(b)).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(a, b)| a.is_same(b))
+        .count();
+    (head, tail)
+}
+
+/// Makes `list` equal to `to` by replacing what lies between their same head and tail
+/// (the same endpoints are kept as they are: [`Endpoint::is_same`] leaves nothing to tell
+/// them apart). Grows the list to the size it needs and no further.
+fn patch_in_place(list: &mut Vec<Endpoint>, to: &[Endpoint]) {
+    let (head, tail) = same_ends(list, to);
+    list.reserve_exact(to.len().saturating_sub(list.len()));
+    let end = list.len() - tail;
+    list.splice(head..end, to[head..to.len() - tail].iter().cloned());
+    debug_assert_eq!(list.len(), to.len());
+}
+
 impl PartialEq for EndpointSet {
     /// Content equality; the sync clock is not content.
     fn eq(&self, other: &Self) -> bool {
@@ -578,7 +604,8 @@ impl EndpointSet {
             endpoints.sort_by_key(Endpoint::addr);
         }
         endpoints.dedup_by_key(|e| e.addr);
-        Self::with_endpoints(state, endpoints.into())
+        endpoints.shrink_to_fit();
+        Self::with_endpoints(state, Arc::new(endpoints))
     }
 
     /// [`new`](Self::new) from a borrowed list: when it is already sorted by address with
@@ -587,7 +614,7 @@ impl EndpointSet {
     /// discovery publishes from the list it keeps patched.
     pub fn from_sorted(state: ServiceState, endpoints: &[Endpoint]) -> Self {
         if endpoints.windows(2).all(|w| w[0].addr < w[1].addr) {
-            Self::with_endpoints(state, endpoints.into())
+            Self::with_endpoints(state, Arc::new(endpoints.to_vec()))
         } else {
             Self::new(state, endpoints.to_vec())
         }
@@ -605,26 +632,46 @@ impl EndpointSet {
         endpoints: &[Endpoint],
         previous: &EndpointSet,
     ) -> Self {
+        Self::from_sorted_after_reusing(state, endpoints, previous, None)
+    }
+
+    /// [`from_sorted_after`](Self::from_sorted_after), with the list of `spent` (a set
+    /// that went out of use, such as the one `previous` replaced) patched into this one in
+    /// place when nothing else holds it: only the endpoints between the first difference
+    /// and the last are replaced, so no list is allocated, and the endpoints the two have
+    /// in common are neither copied nor reference-counted again. A large Service then
+    /// costs an update two reads of its list, not a new list (on this machine, most of
+    /// that cost was the fresh memory's page faults). When `spent` is held elsewhere too,
+    /// or its list has room for more than twice the new one, the set is made as
+    /// `from_sorted_after` makes it.
+    pub fn from_sorted_after_reusing(
+        state: ServiceState,
+        endpoints: &[Endpoint],
+        previous: &EndpointSet,
+        spent: Option<Arc<EndpointSet>>,
+    ) -> Self {
         let old = previous.endpoints();
         // The lists are compared from each end to the first difference: an update
         // changes a few endpoints, so that is most of both, walked once here rather than
         // once by each that compares or pairs the sets.
-        let same_head = old
-            .iter()
-            .zip(endpoints)
-            .take_while(|(a, b)| a.is_same(b))
-            .count();
-        let same_tail = old[same_head..]
-            .iter()
-            .rev()
-            .zip(endpoints[same_head..].iter().rev())
-            .take_while(|(a, b)| a.is_same(b))
-            .count();
+        let (same_head, same_tail) = same_ends(old, endpoints);
         if !endpoints.windows(2).all(|w| w[0].addr < w[1].addr) {
             // Sorted and deduplicated as `new` does: not the list compared.
             return Self::new(state, endpoints.to_vec());
         }
-        let mut set = Self::with_endpoints(state, endpoints.into());
+        let reused = spent.and_then(|s| Arc::try_unwrap(s).ok()).and_then(|s| {
+            let mut list = s.endpoints;
+            let buf = Arc::get_mut(&mut list)?;
+            // A list that shrank to under half of the spent one's room gets its own, so a
+            // Service scaled down does not keep the room of its largest size for good.
+            if buf.capacity() > 2 * endpoints.len() {
+                return None;
+            }
+            patch_in_place(buf, endpoints);
+            Some(list)
+        });
+        let list = reused.unwrap_or_else(|| Arc::new(endpoints.to_vec()));
+        let mut set = Self::with_endpoints(state, list);
         // Lists of more than `u32::MAX` endpoints are not pairs' business.
         set.lineage = u32::try_from(same_head)
             .ok()
@@ -669,7 +716,7 @@ impl EndpointSet {
         self.lineage_to(previous).is_some()
     }
 
-    fn with_endpoints(state: ServiceState, endpoints: Arc<[Endpoint]>) -> Self {
+    fn with_endpoints(state: ServiceState, endpoints: Arc<Vec<Endpoint>>) -> Self {
         let empty_reason = match state {
             ServiceState::Active if endpoints.is_empty() => Some(EmptyReason::NoEndpoints),
             _ => None,

@@ -151,6 +151,7 @@ proptest::proptest! {
         before in proptest::collection::btree_set(0u8..40, 0..40),
         edits in proptest::collection::vec(0u8..8, 40),
         added in proptest::collection::btree_set(40u8..60, 0..4),
+        spent_edits in proptest::collection::vec(0u8..8, 40),
     ) {
         let ep = |i: u8| {
             Endpoint::new(SocketAddr::from(([10, 0, 0, i], 80))).with_meta(EndpointMeta {
@@ -182,6 +183,48 @@ proptest::proptest! {
         let other = EndpointSet::from_sorted(ServiceState::Active, old.endpoints());
         proptest::prop_assert_eq!(Pairing::new(&other, &after), Pairing::new(&other, &plain));
         proptest::prop_assert_eq!(after == other, equal);
+
+        // Made with a spent set's list patched in place: the same set, in the spent list's
+        // allocation when nothing else holds it, else in one of its own with the spent
+        // set untouched. (Spent lists here are `before` with some endpoints left out,
+        // remade or reweighted.)
+        let spent_list: Vec<Endpoint> = before
+            .iter()
+            .zip(old.endpoints())
+            .zip(&spent_edits)
+            .filter(|(_, edit)| **edit != 0)
+            .map(|((i, e), edit)| match edit {
+                1 => ep(*i),
+                2 => e.clone().with_weight(e.weight() + 2),
+                _ => e.clone(),
+            })
+            .collect();
+        for held in [false, true] {
+            let spent = Arc::new(EndpointSet::from_sorted(ServiceState::Active, &spent_list));
+            let at = spent.endpoints().as_ptr();
+            let kept = held.then(|| spent.clone());
+            let reused = EndpointSet::from_sorted_after_reusing(
+                ServiceState::Active,
+                &list,
+                &old,
+                Some(spent),
+            );
+            proptest::prop_assert_eq!(reused.endpoints(), plain.endpoints());
+            proptest::prop_assert!(reused.lineage_to(&old).is_some());
+            proptest::prop_assert_eq!(reused == old, equal);
+            proptest::prop_assert_eq!(Pairing::new(&old, &reused), Pairing::new(&old, &plain));
+            // A spent list shorter than the new one grows, which may move it; one more than
+            // twice as long is not reused; empty lists allocate nothing.
+            let fits = (list.len()..=2 * list.len()).contains(&spent_list.len());
+            if !list.is_empty() && (held || fits) {
+                proptest::prop_assert_eq!(reused.endpoints().as_ptr() == at, !held);
+            }
+            // Never more than twice the room the list needs.
+            proptest::prop_assert!(reused.endpoints.capacity() <= 2 * list.len());
+            if let Some(kept) = kept {
+                proptest::prop_assert_eq!(kept.endpoints(), &spent_list[..]);
+            }
+        }
     }
 }
 

@@ -655,6 +655,14 @@ fn patched_snapshots_equal_full_builds() {
     let mut duplicated = 0;
     let mut previous = None;
     let mut followed = 0;
+    // The list of the set spent before this round's build, and the set with its list as
+    // it was when a subscriber still holds it.
+    let mut spent_at = None;
+    let mut held: Option<(
+        Arc<rudder_balance::EndpointSet>,
+        Vec<rudder_balance::Endpoint>,
+    )> = None;
+    let mut reused = 0;
     for round in 0..600 {
         let name = format!("s-{}", next(4));
         if next(10) == 0 {
@@ -703,6 +711,14 @@ fn patched_snapshots_equal_full_builds() {
         // Made after the set before, as `publish` makes it: comparing and pairing the two
         // give what they give for the same list made on its own.
         let patched = model.build_after(None, &c, previous.as_ref());
+        // The spent set's list was patched into this one only when nothing held it; one
+        // a subscriber holds is left as it was.
+        let in_spent = spent_at.take() == Some(patched.endpoints().as_ptr());
+        reused += usize::from(in_spent);
+        if let Some((set, list)) = held.take() {
+            assert!(!in_spent, "round {round}: a held list was reused");
+            assert_eq!(set.endpoints(), &list[..], "round {round}");
+        }
         if let Some(previous) = &previous {
             let plain = rudder_balance::EndpointSet::new(
                 patched.state().clone(),
@@ -721,8 +737,22 @@ fn patched_snapshots_equal_full_builds() {
         assert_eq!(routed(&patched), routed(&full), "round {round}");
         let listed: usize = slices.values().map(|s| s.endpoints.len()).sum();
         duplicated += usize::from(listed > full.len() + full.unroutable().len());
-        previous = Some(patched);
+        // As `publish` does: the set replaced is spent, for the next build to reuse; in
+        // one round of three a subscriber still holds it.
+        if let Some(replaced) = previous.replace(patched).map(Arc::new) {
+            if !replaced.is_empty() {
+                spent_at = Some(replaced.endpoints().as_ptr());
+            }
+            if round % 3 == 0 {
+                held = Some((replaced.clone(), replaced.endpoints().to_vec()));
+            }
+            model.spend(None, Some(replaced));
+        }
     }
+    // Not every round can reuse: a held list, a list with an address twice (made as
+    // `new` makes it), and a list that must grow past the spent one's room or needs less
+    // than half of it do not; slices here change size a lot.
+    assert!(reused > 25, "{reused} spent lists were reused");
     // A list with an address twice is sorted and deduplicated as `new` does, and knows
     // nothing of the set before: that is most rounds here, where slices share addresses.
     assert!(
