@@ -34,7 +34,9 @@ pub use self::load::{
     Ejection, EjectionHook, EndpointLoad, HoldsLoad, InFlight, LoadTable, calibrate_clock,
 };
 pub use self::maglev::{Maglev, hash_key};
-pub use self::pool::{Attempt, Pool, PoolConfig, PoolEntry, Retired, Snapshot, SnapshotGuard};
+pub use self::pool::{
+    Attempt, Pool, PoolConfig, PoolEntry, Retired, Snapshot, SnapshotGuard, SpareEntries,
+};
 pub use self::selector::{Requirement, Selector, SelectorError};
 pub use self::slow_start::SlowStart;
 pub use self::split::{Split, SplitError};

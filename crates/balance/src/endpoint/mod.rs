@@ -659,18 +659,22 @@ impl EndpointSet {
             // Sorted and deduplicated as `new` does: not the list compared.
             return Self::new(state, endpoints.to_vec());
         }
-        let reused = spent.and_then(|s| Arc::try_unwrap(s).ok()).and_then(|s| {
-            let mut list = s.endpoints;
-            let buf = Arc::get_mut(&mut list)?;
+        let mut spent = spent
+            .and_then(|s| Arc::try_unwrap(s).ok())
+            .map(|s| s.endpoints);
+        let list = match spent.as_mut().and_then(Arc::get_mut) {
             // A list that shrank to under half of the spent one's room gets its own, so a
             // Service scaled down does not keep the room of its largest size for good.
-            if buf.capacity() > 2 * endpoints.len() {
-                return None;
+            Some(buf) if buf.capacity() <= 2 * endpoints.len() => {
+                patch_in_place(buf, endpoints);
+                spent.take()
             }
-            patch_in_place(buf, endpoints);
-            Some(list)
-        });
-        let list = reused.unwrap_or_else(|| Arc::new(endpoints.to_vec()));
+            _ => None,
+        };
+        // A spent list not reused goes only after this one is made: the two are never
+        // the same allocation.
+        let list = list.unwrap_or_else(|| Arc::new(endpoints.to_vec()));
+        drop(spent);
         let mut set = Self::with_endpoints(state, list);
         // Lists of more than `u32::MAX` endpoints are not pairs' business.
         set.lineage = u32::try_from(same_head)
@@ -1011,6 +1015,55 @@ impl Pairing {
             .chain((head..n - tail).map(|i| make(i, self.from(i))))
             .chain(old[m - tail..].iter().cloned())
             .collect()
+    }
+
+    /// [`carry`](Self::carry) into `list`, which holds values of some earlier set (such
+    /// as a snapshot's that went out of use): `list` ends up equal to what `carry` gives.
+    /// The values at its start and end that already are (`same`, e.g. [`Arc::ptr_eq`])
+    /// are kept where they are, and only those between are replaced, so an update that
+    /// changed a few endpoints writes, clones and drops a few values, not one per
+    /// endpoint. `list` grows to exactly the size it needs, if it must.
+    ///
+    /// # Panics
+    /// If `old` does not have one value per endpoint of the old set.
+    pub fn carry_into<T: Clone>(
+        &self,
+        old: &[T],
+        list: &mut Vec<T>,
+        same: impl Fn(&T, &T) -> bool,
+        mut make: impl FnMut(usize, Option<usize>) -> T,
+    ) {
+        assert_eq!(old.len(), self.old_len, "one value per old endpoint");
+        let (n, m) = (self.new_len, self.old_len);
+        let (head, tail) = (self.same_head, self.same_tail);
+        // What `carry` gives at new position `i`.
+        let mut value = |i: usize| {
+            if i < head {
+                old[i].clone()
+            } else if i >= n - tail {
+                old[i + m - n].clone()
+            } else {
+                make(i, self.from(i))
+            }
+        };
+        // The head of the list that is already the new head, and its tail that is the new
+        // tail (not overlapping the head in either list).
+        let kept_head = list
+            .iter()
+            .zip(&old[..head])
+            .take_while(|(a, b)| same(a, b))
+            .count();
+        let kept_tail = list[kept_head..]
+            .iter()
+            .rev()
+            .zip(old[m - tail..].iter().rev())
+            .take(n - kept_head)
+            .take_while(|(a, b)| same(a, b))
+            .count();
+        list.reserve_exact(n.saturating_sub(list.len()));
+        let end = list.len() - kept_tail;
+        list.splice(kept_head..end, (kept_head..n - kept_tail).map(&mut value));
+        debug_assert_eq!(list.len(), n);
     }
 
     /// Per endpoint of the new set, in order, its position in the old one, if any.

@@ -184,6 +184,28 @@ proptest::proptest! {
         proptest::prop_assert_eq!(Pairing::new(&other, &after), Pairing::new(&other, &plain));
         proptest::prop_assert_eq!(after == other, equal);
 
+        // Values carried into a list of some earlier set's values (the old ones with
+        // some left out, made again or kept) are those carried into a new list: the
+        // old values themselves where carried, made ones elsewhere.
+        let values: Vec<Arc<u32>> = (0..old.len() as u32).map(Arc::new).collect();
+        let pairing = Pairing::new(&old, &after);
+        let make = |i: usize, before: Option<usize>| match before {
+            Some(j) if j % 2 == 0 => values[j].clone(),
+            _ => Arc::new(1000 + i as u32),
+        };
+        let carried: Vec<Arc<u32>> = pairing.carry(&values, make);
+        let mut into: Vec<Arc<u32>> = values
+            .iter()
+            .zip(&spent_edits)
+            .filter(|(_, edit)| **edit != 0)
+            .map(|(v, edit)| if *edit == 1 { Arc::new(**v) } else { v.clone() })
+            .collect();
+        pairing.carry_into(&values, &mut into, Arc::ptr_eq, make);
+        proptest::prop_assert_eq!(&into, &carried);
+        for (a, b) in into.iter().zip(&carried) {
+            proptest::prop_assert_eq!(**a >= 1000, !Arc::ptr_eq(a, b));
+        }
+
         // Made with a spent set's list patched in place: the same set, in the spent list's
         // allocation when nothing else holds it, else in one of its own with the spent
         // set untouched. (Spent lists here are `before` with some endpoints left out,
@@ -213,14 +235,16 @@ proptest::proptest! {
             proptest::prop_assert!(reused.lineage_to(&old).is_some());
             proptest::prop_assert_eq!(reused == old, equal);
             proptest::prop_assert_eq!(Pairing::new(&old, &reused), Pairing::new(&old, &plain));
-            // A spent list shorter than the new one grows, which may move it; one more than
-            // twice as long is not reused; empty lists allocate nothing.
-            let fits = (list.len()..=2 * list.len()).contains(&spent_list.len());
-            if !list.is_empty() && (held || fits) {
-                proptest::prop_assert_eq!(reused.endpoints().as_ptr() == at, !held);
+            // Reused unless held or with room for more than twice the list; then in the
+            // spent list's allocation unless it had to grow (the spent list lives until
+            // a new one is made, so the allocator cannot hand its memory out again), with
+            // its room. Empty lists allocate nothing.
+            let reusable = !held && spent_list.len() <= 2 * list.len();
+            if !list.is_empty() && (!reusable || spent_list.len() >= list.len()) {
+                proptest::prop_assert_eq!(reused.endpoints().as_ptr() == at, reusable);
             }
-            // Never more than twice the room the list needs.
-            proptest::prop_assert!(reused.endpoints.capacity() <= 2 * list.len());
+            let expected = if reusable { spent_list.len().max(list.len()) } else { list.len() };
+            proptest::prop_assert_eq!(reused.endpoints.capacity(), expected);
             if let Some(kept) = kept {
                 proptest::prop_assert_eq!(kept.endpoints(), &spent_list[..]);
             }

@@ -125,8 +125,10 @@ impl<T> HoldsLoad for PoolEntry<T> {
 #[derive(Debug)]
 pub struct Snapshot<T> {
     index: SubsetIndex,
-    /// One entry per endpoint, aligned with the set's endpoints.
-    entries: Arc<[Arc<PoolEntry<T>>]>,
+    /// One entry per endpoint, aligned with the set's endpoints. A `Vec`, so that a later
+    /// update can patch the list of a snapshot gone out of use into its own (see
+    /// [`Retired`]).
+    entries: Arc<Vec<Arc<PoolEntry<T>>>>,
     /// The configured selectors' label matches, for the next update to reuse.
     matches: Matches,
 }
@@ -235,11 +237,12 @@ impl<T: Send + Sync + 'static> Pool<T> {
         let table = LoadTable::new(config.decay, config.initial_latency)
             .with_ejection(config.ejection.clone(), hook);
         let mut tracked = Vec::with_capacity(set.len());
-        let entries: Arc<[Arc<PoolEntry<T>>]> = set
-            .endpoints()
-            .iter()
-            .map(|e| Self::entry(&table, e, &mut extra, &mut tracked))
-            .collect();
+        let entries = Arc::new(
+            set.endpoints()
+                .iter()
+                .map(|e| Self::entry(&table, e, &mut extra, &mut tracked))
+                .collect(),
+        );
         table.track([], tracked);
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         let matches = Matches::new(&set, &selectors);
@@ -272,7 +275,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     fn index(
         config: &PoolConfig,
         set: Arc<EndpointSet>,
-        entries: Arc<[Arc<PoolEntry<T>>]>,
+        entries: Arc<Vec<Arc<PoolEntry<T>>>>,
         matches: Matches,
         now: SystemTime,
         previous: Option<(&SubsetIndex, Option<&Pairing>)>,
@@ -315,7 +318,23 @@ impl<T: Send + Sync + 'static> Pool<T> {
     pub fn update(
         &self,
         set: Arc<EndpointSet>,
+        extra: impl FnMut(&Endpoint) -> T,
+    ) -> Arc<Snapshot<T>> {
+        self.update_reusing(set, extra, None)
+    }
+
+    /// [`update`](Self::update), patching `spare` (the entry list of a snapshot gone out
+    /// of use, from [`Retired::take_spare`]) into the new snapshot's entry list in place
+    /// rather than making a new one: only the entries between the first change and the
+    /// last are replaced, so a large Service's update allocates no list and clones,
+    /// writes and drops a few entries, not one per endpoint. A spare with room for more
+    /// than twice the endpoints is dropped instead (a Service scaled down does not keep
+    /// its largest size's room).
+    pub fn update_reusing(
+        &self,
+        set: Arc<EndpointSet>,
         mut extra: impl FnMut(&Endpoint) -> T,
+        spare: Option<SpareEntries<T>>,
     ) -> Arc<Snapshot<T>> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
@@ -337,14 +356,21 @@ impl<T: Send + Sync + 'static> Pool<T> {
             previous.entries.clone()
         } else {
             let mut tracked = Vec::new();
-            let entries: Arc<[Arc<PoolEntry<T>>]> =
-                pairing.carry(&previous.entries, |i, before| {
-                    let e = &set.endpoints()[i];
-                    match before {
-                        Some(j) if same(&old[j], e) => previous.entries[j].clone(),
-                        _ => Self::entry(&self.table, e, &mut extra, &mut tracked),
-                    }
-                });
+            let make = |i: usize, before: Option<usize>| {
+                let e = &set.endpoints()[i];
+                match before {
+                    Some(j) if same(&old[j], e) => previous.entries[j].clone(),
+                    _ => Self::entry(&self.table, e, &mut extra, &mut tracked),
+                }
+            };
+            let spare = spare.map(|s| s.0).filter(|s| s.capacity() <= 2 * n);
+            let entries = match spare {
+                Some(mut list) => {
+                    pairing.carry_into(&previous.entries, &mut list, Arc::ptr_eq, make);
+                    Arc::new(list)
+                }
+                None => Arc::new(pairing.carry(&previous.entries, make)),
+            };
             self.table
                 .track(pairing.gone().map(|j| old[j].addr()), tracked);
             entries
@@ -506,15 +532,40 @@ impl<T: Send + Sync + 'static> Pool<T> {
 /// An updater [`keep`](Self::keep)s what [`Pool::update`] and [`Pool::refresh`] return and
 /// calls [`release`](Self::release) after each update and, while some are still held, on
 /// a timer. It holds nothing a request does not hold too: a snapshot goes at the first
-/// release after its last request ended.
+/// release after its last request ended. Of the last snapshot to go it keeps the entry
+/// list alone (when no other snapshot shares it), for the next update to patch in place
+/// ([`take_spare`](Self::take_spare), [`Pool::update_reusing`]); the rest of it, the
+/// endpoint set included, is dropped then. That list still holds the entries of
+/// endpoints gone since (their payloads may hold connections), so a spare no update took
+/// is dropped at the second release after it was kept: an updater that releases on a
+/// timer while [`is_empty`](Self::is_empty) is false lets them go within two ticks.
 #[derive(Debug)]
 pub struct Retired<T> {
     held: Vec<Arc<Snapshot<T>>>,
+    spare: Option<SpareEntries<T>>,
+    /// A release has seen the spare: the next one drops it.
+    spare_seen: bool,
+}
+
+/// The entry list of a snapshot gone out of use, for [`Pool::update_reusing`] to patch
+/// in place; see [`Retired::take_spare`].
+pub struct SpareEntries<T>(Vec<Arc<PoolEntry<T>>>);
+
+impl<T> fmt::Debug for SpareEntries<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpareEntries")
+            .field("len", &self.0.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Default for Retired<T> {
     fn default() -> Self {
-        Self { held: Vec::new() }
+        Self {
+            held: Vec::new(),
+            spare: None,
+            spare_seen: false,
+        }
     }
 }
 
@@ -524,31 +575,61 @@ impl<T> Retired<T> {
         Self::default()
     }
 
-    /// Keeps `replaced` while requests hold it; drops it here when none does.
+    /// Keeps `replaced` while requests hold it; lets it go here when none does.
     pub fn keep(&mut self, replaced: Arc<Snapshot<T>>) {
         if Arc::strong_count(&replaced) > 1 {
             self.held.push(replaced);
+        } else {
+            self.spend(replaced);
         }
     }
 
-    /// Drops the snapshots no request holds any more; returns how many are still held.
+    /// Lets go of the snapshots no request holds any more, and of a spare that a release
+    /// before this one saw; returns how many snapshots are still held.
     ///
     /// A replaced snapshot cannot be referenced again (the pool no longer hands it out,
     /// and its borrows were turned into references when it was replaced), so a count of
     /// one is final.
     pub fn release(&mut self) -> usize {
-        self.held.retain(|s| Arc::strong_count(s) > 1);
+        if std::mem::replace(&mut self.spare_seen, self.spare.is_some()) {
+            self.spare = None;
+            self.spare_seen = false;
+        }
+        let mut i = 0;
+        while i < self.held.len() {
+            if Arc::strong_count(&self.held[i]) > 1 {
+                i += 1;
+            } else {
+                let free = self.held.swap_remove(i);
+                self.spend(free);
+            }
+        }
         self.held.len()
     }
 
-    /// How many are kept.
+    /// The entry list of the last snapshot let go, if it is not taken (or dropped) yet.
+    pub fn take_spare(&mut self) -> Option<SpareEntries<T>> {
+        self.spare_seen = false;
+        self.spare.take()
+    }
+
+    /// Drops `free` (held here alone) but for its entry list, kept as the spare when no
+    /// other snapshot shares it.
+    fn spend(&mut self, free: Arc<Snapshot<T>>) {
+        if let Some(list) = Arc::into_inner(free).and_then(|s| Arc::into_inner(s.entries)) {
+            self.spare = Some(SpareEntries(list));
+            self.spare_seen = false;
+        }
+    }
+
+    /// How many snapshots are kept (held by requests; the spare is not counted).
     pub fn len(&self) -> usize {
         self.held.len()
     }
 
-    /// Whether none is kept.
+    /// Whether nothing is kept: no snapshot, and no spare.
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.spare.is_none()
     }
 }
 

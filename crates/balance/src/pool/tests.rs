@@ -259,6 +259,12 @@ fn replaced_snapshots_are_released_by_their_keeper_once_no_request_holds_them() 
         Endpoint::addr,
     ));
     assert!(first.upgrade().is_none());
+    assert_eq!(retired.len(), 0);
+    // Its entry list is kept for the next update, but not for long: two releases.
+    assert!(!retired.is_empty());
+    retired.release();
+    assert!(!retired.is_empty());
+    retired.release();
     assert!(retired.is_empty());
 
     // A request holds the snapshot across two updates (one a refresh would make alike).
@@ -279,6 +285,59 @@ fn replaced_snapshots_are_released_by_their_keeper_once_no_request_holds_them() 
     assert!(second.upgrade().is_some(), "the keeper still holds it");
     assert_eq!(retired.release(), 0);
     assert!(second.upgrade().is_none(), "released by its keeper");
+}
+
+#[test]
+fn the_entry_list_of_a_snapshot_let_go_is_patched_into_the_next() {
+    let p = pool(
+        PoolConfig::default(),
+        (0..100).map(|i| labelled(i, "1")).collect(),
+    );
+    let mut retired = Retired::new();
+    let update = |n: u32, retired: &mut Retired<SocketAddr>| {
+        let spare = retired.take_spare();
+        let next = set((0..n).map(|i| labelled(i, "1")).collect());
+        retired.keep(p.update_reusing(next, Endpoint::addr, spare));
+        retired.release();
+        p.snapshot()
+    };
+    // As the Mesh's updater does: keep what an update replaced, release what nobody
+    // holds after each update and on a timer (here: when the test lets go). A new list has room for its endpoints exactly; a patched one keeps the room of the
+    // list it was: that tells them apart (an address would not: the allocator may hand
+    // a freed list's memory out again).
+    let room = |s: &Snapshot<SocketAddr>| s.entries.capacity();
+    let second = update(99, &mut retired);
+    assert_eq!(room(&second), 99, "no spare yet: a new list");
+    // Nobody held the first snapshot once replaced: its list is the spare.
+    let third = update(98, &mut retired);
+    assert_eq!(room(&third), 100, "the first list, patched");
+    assert_eq!(third.entries().len(), 98);
+    for (a, b) in third.entries().iter().zip(second.entries()) {
+        assert!(Arc::ptr_eq(a, b), "entries carried");
+    }
+    drop(second);
+    retired.release();
+    // A request holds the third: its list is no spare, and stays as it is.
+    let request = third;
+    let fourth = update(97, &mut retired);
+    assert_eq!(room(&fourth), 99, "the second list, patched");
+    assert_eq!(retired.len(), 1, "the request holds the third");
+    drop(fourth);
+    let fifth = update(96, &mut retired);
+    assert_eq!(
+        room(&fifth),
+        96,
+        "the third held, the fourth current: a new list"
+    );
+    assert_eq!((room(&request), request.entries().len()), (100, 98));
+    assert_eq!(request.extra(97), &labelled(97, "1").addr());
+    // The request ends: its snapshot goes at the next release, its list the spare; but
+    // a list with room for more than twice the endpoints is not reused.
+    drop(request);
+    assert_eq!(retired.release(), 0);
+    drop(fifth);
+    let small = update(10, &mut retired);
+    assert_eq!(room(&small), 10);
 }
 
 fn maglev_pool(n: u32) -> Pool<SocketAddr> {
@@ -599,6 +658,9 @@ proptest::proptest! {
             (0..24).map(|i| labelled(i, if i % 3 == 0 { "a" } else { "b" })).collect();
         let mut current: Vec<Option<Endpoint>> = base.iter().cloned().map(Some).collect();
         let pool = Pool::new(config.clone(), set(base.clone()), |e| (e.addr(), 0usize));
+        // As the Mesh's updater does: each update patches the entry list of the snapshot
+        // let go before it.
+        let mut retired = Retired::new();
         for (step, ops) in steps.iter().enumerate() {
             // Per address: 0–3 keep the endpoint as it was (its metadata shared), 4 drops
             // it, 5 flips its readiness, 6 changes its weight, 7 relabels it (a → b → c → a).
@@ -633,7 +695,8 @@ proptest::proptest! {
                 .enumerate()
                 .map(|(i, e)| (e.addr(), i))
                 .collect();
-            pool.update(next.clone(), |e| (e.addr(), step + 1));
+            let spare = retired.take_spare();
+            let replaced = pool.update_reusing(next.clone(), |e| (e.addr(), step + 1), spare);
             let after = pool.snapshot();
             let fresh = Pool::new(config.clone(), next.clone(), |e| (e.addr(), 0usize));
             let fresh = fresh.snapshot();
@@ -655,6 +718,8 @@ proptest::proptest! {
                     None => proptest::prop_assert_eq!(after.extra(pos), &(e.addr(), step + 1)),
                 }
             }
+            drop(before);
+            retired.keep(replaced);
         }
     }
 }

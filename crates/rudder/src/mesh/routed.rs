@@ -257,7 +257,9 @@ async fn follow(
                 let set_synced = *set.state() != ServiceState::Pending;
                 // A new Pod at an old Pod's address gets a payload of its own (its
                 // port-forward tunnels name the Pod): the pool asks only for those.
-                retired.keep(p.update(set, |e| extra(&telemetry, e)));
+                // The entry list of the last snapshot let go is patched into the new one.
+                let spare = retired.take_spare();
+                retired.keep(p.update_reusing(set, |e| extra(&telemetry, e), spare));
                 retired.release();
                 ramp = p.ramping().then(|| p.refresh_interval());
                 if set_synced {
