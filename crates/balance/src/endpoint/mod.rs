@@ -574,11 +574,33 @@ fn same_ends(a: &[Endpoint], b: &[Endpoint]) -> (usize, usize) {
     (head, tail)
 }
 
+/// [`same_ends`], given that the first `known.0` and the last `known.1` of `a` and `b` are
+/// the same (not overlapping in either): the walks start past them. The head found does
+/// not reach into the known tail, so it may be shorter than `same_ends` finds; the two
+/// still never overlap.
+fn same_ends_past(a: &[Endpoint], b: &[Endpoint], known: (usize, usize)) -> (usize, usize) {
+    let (h, t) = known;
+    let (a_end, b_end) = (a.len() - t, b.len() - t);
+    let head = h + a[h..a_end]
+        .iter()
+        .zip(&b[h..b_end])
+        .take_while(|(a, b)| a.is_same(b))
+        .count();
+    let tail = t + a[head..a_end]
+        .iter()
+        .rev()
+        .zip(b[head..b_end].iter().rev())
+        .take_while(|(a, b)| a.is_same(b))
+        .count();
+    (head, tail)
+}
+
 /// Makes `list` equal to `to` by replacing what lies between their same head and tail
 /// (the same endpoints are kept as they are: [`Endpoint::is_same`] leaves nothing to tell
-/// them apart). Grows the list to the size it needs and no further.
-fn patch_in_place(list: &mut Vec<Endpoint>, to: &[Endpoint]) {
-    let (head, tail) = same_ends(list, to);
+/// them apart), given that the first `known.0` and the last `known.1` are the same
+/// already. Grows the list to the size it needs and no further.
+fn patch_in_place(list: &mut Vec<Endpoint>, to: &[Endpoint], known: (usize, usize)) {
+    let (head, tail) = same_ends_past(list, to, known);
     list.reserve_exact(to.len().saturating_sub(list.len()));
     let end = list.len() - tail;
     list.splice(head..end, to[head..to.len() - tail].iter().cloned());
@@ -655,10 +677,23 @@ impl EndpointSet {
         // changes a few endpoints, so that is most of both, walked once here rather than
         // once by each that compares or pairs the sets.
         let (same_head, same_tail) = same_ends(old, endpoints);
-        if !endpoints.windows(2).all(|w| w[0].addr < w[1].addr) {
+        // The same head and tail are `previous`'s, in order with no address twice: only
+        // the pairs that take in an endpoint between them need checking.
+        let n = endpoints.len();
+        let between = &endpoints[same_head.saturating_sub(1)..(n - same_tail + 1).min(n)];
+        if !between.windows(2).all(|w| w[0].addr < w[1].addr) {
             // Sorted and deduplicated as `new` does: not the list compared.
             return Self::new(state, endpoints.to_vec());
         }
+        // When `previous` was made after `spent`, what both kept of the set before them
+        // is the same in `spent` and in this list: patching it starts past that.
+        let known = match (&spent, previous.lineage) {
+            (Some(s), Some(l)) if l.previous == s.id => (
+                same_head.min(l.same_head as usize),
+                same_tail.min(l.same_tail as usize),
+            ),
+            _ => (0, 0),
+        };
         let mut spent = spent
             .and_then(|s| Arc::try_unwrap(s).ok())
             .map(|s| s.endpoints);
@@ -666,7 +701,7 @@ impl EndpointSet {
             // A list that shrank to under half of the spent one's room gets its own, so a
             // Service scaled down does not keep the room of its largest size for good.
             Some(buf) if buf.capacity() <= 2 * endpoints.len() => {
-                patch_in_place(buf, endpoints);
+                patch_in_place(buf, endpoints, known);
                 spent.take()
             }
             _ => None,

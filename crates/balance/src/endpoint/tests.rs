@@ -221,8 +221,16 @@ proptest::proptest! {
                 _ => e.clone(),
             })
             .collect();
-        for held in [false, true] {
+        // Either on its own, or as discovery makes them: the set in force made after the
+        // spent one (whose lineage then tells how much of the spent list is the same).
+        for (held, chained) in [(false, false), (true, false), (false, true), (true, true)] {
             let spent = Arc::new(EndpointSet::from_sorted(ServiceState::Active, &spent_list));
+            let old = if chained {
+                EndpointSet::from_sorted_after(ServiceState::Active, old.endpoints(), &spent)
+            } else {
+                old.clone()
+            };
+            proptest::prop_assert_eq!(old.follows(&spent), chained);
             let at = spent.endpoints().as_ptr();
             let kept = held.then(|| spent.clone());
             let reused = EndpointSet::from_sorted_after_reusing(
@@ -259,6 +267,19 @@ fn a_list_out_of_order_is_sorted_even_after_another() {
     let after = EndpointSet::from_sorted_after(ServiceState::Active, &list, &old);
     assert_eq!(after, EndpointSet::new(ServiceState::Active, list.to_vec()));
     assert_eq!(after.len(), 2);
+    assert!(after.lineage_to(&old).is_none(), "made as `new` makes it");
+    // An address twice right at the edge of what stayed the same is found too.
+    let old = EndpointSet::new(
+        ServiceState::Active,
+        vec![ep("10.0.0.1:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")],
+    );
+    let twice = old.endpoints()[1]
+        .clone()
+        .with_readiness(Readiness::ServingTerminating);
+    let mut list = old.endpoints().to_vec();
+    list.insert(2, twice);
+    let after = EndpointSet::from_sorted_after(ServiceState::Active, &list, &old);
+    assert_eq!(after.len(), 3);
     assert!(after.lineage_to(&old).is_none(), "made as `new` makes it");
 }
 
