@@ -373,8 +373,11 @@ fn pool_update(c: &mut Criterion) {
 /// (two configured subsets) to it. One endpoint's readiness flips back and forth. The set
 /// is made on its own (`from_sorted`: the comparison and the pool's pairing each walk
 /// both lists) or after the set in force (`from_sorted_after`: one walk finds what is the
-/// same, and the comparison and pairing look at the rest only); weights of 1 to 3, or all
-/// equal (most Services), where no subset needs a weight table.
+/// same, and the comparison and pairing look at the rest only), or after it with the list
+/// of the set before patched in place, and the pool patching the entry list of the
+/// snapshot it let go (`from_sorted_after_reusing`, `Pool::update_reusing` with a
+/// `Retired`: what discovery and the Mesh's updater do); weights of 1 to 3, or all equal
+/// (most Services), where no subset needs a weight table.
 fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     let n = 10_000;
@@ -389,7 +392,7 @@ fn publish(c: &mut Criterion) {
             .clone()
             .with_readiness(rudder_balance::Readiness::ServingTerminating);
         let lists = [a.endpoints().to_vec(), flipped];
-        for (made, after) in [("made_alone", false), ("made_after", true)] {
+        for made in ["made_alone", "made_after", "made_reusing"] {
             let config = rudder_balance::PoolConfig {
                 selectors: vec![
                     "version=4.1".parse().unwrap(),
@@ -399,20 +402,37 @@ fn publish(c: &mut Criterion) {
             };
             let pool = rudder_balance::Pool::new(config, a.clone(), Endpoint::addr);
             let mut current = a.clone();
+            let mut spent = None;
+            let mut retired = rudder_balance::Retired::new();
             let mut turn = 0;
             let name = format!("{made}{weights}");
             group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
                 bench.iter(|| {
                     turn += 1;
                     let list = &lists[turn % 2];
-                    let next = if after {
-                        EndpointSet::from_sorted_after(ServiceState::Active, list, &current)
-                    } else {
-                        EndpointSet::from_sorted(ServiceState::Active, list)
+                    let next = match made {
+                        "made_alone" => EndpointSet::from_sorted(ServiceState::Active, list),
+                        "made_after" => {
+                            EndpointSet::from_sorted_after(ServiceState::Active, list, &current)
+                        }
+                        _ => EndpointSet::from_sorted_after_reusing(
+                            ServiceState::Active,
+                            list,
+                            &current,
+                            spent.take(),
+                        ),
                     };
                     assert!(next != *current, "every turn changes one endpoint");
-                    current = Arc::new(next);
-                    pool.update(current.clone(), Endpoint::addr);
+                    let before = std::mem::replace(&mut current, Arc::new(next));
+                    if made == "made_reusing" {
+                        spent = Some(before);
+                        let spare = retired.take_spare();
+                        retired.keep(pool.update_reusing(current.clone(), Endpoint::addr, spare));
+                        retired.release();
+                    } else {
+                        drop(before);
+                        pool.update(current.clone(), Endpoint::addr);
+                    }
                 })
             });
         }
