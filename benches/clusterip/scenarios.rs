@@ -664,7 +664,7 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             r.push(spread(share, |v| format!("{v:.1} %")));
             t.row(r);
         }
-        t.note("At a fixed rate the ClusterIP (and a naive round robin) send about 1/n of requests to the slow Pod, so their p99 is the slow Pod's latency; Rudder's peak-EWMA P2C moves traffic away from it.".into());
+        t.note("At a fixed rate a naive round robin sends 1/n of requests to the slow Pod, so its p99 is the slow Pod's latency. The ClusterIP balances connections, not requests: the slow Pod gets the requests of whichever keep-alive connections landed on it, none in some runs and more than 1/n in others (the last column), and its p99 is the slow Pod's latency whenever more than 1 % do. Rudder's peak-EWMA P2C moves requests away from it.".into());
         report.table(t);
     }
 
