@@ -562,23 +562,11 @@ fn next_id() -> NonZeroU64 {
 }
 
 /// How many endpoints at the start of `a` and `b` are the same ([`Endpoint::is_same`]),
-/// and how many at the end, not overlapping the first.
-fn same_ends(a: &[Endpoint], b: &[Endpoint]) -> (usize, usize) {
-    let head = a.iter().zip(b).take_while(|(a, b)| a.is_same(b)).count();
-    let tail = a[head..]
-        .iter()
-        .rev()
-        .zip(b[head..].iter().rev())
-        .take_while(|(a, b)| a.is_same(b))
-        .count();
-    (head, tail)
-}
-
-/// [`same_ends`], given that the first `known.0` and the last `known.1` of `a` and `b` are
-/// the same (not overlapping in either): the walks start past them. The head found does
-/// not reach into the known tail, so it may be shorter than `same_ends` finds; the two
-/// still never overlap.
-fn same_ends_past(a: &[Endpoint], b: &[Endpoint], known: (usize, usize)) -> (usize, usize) {
+/// and how many at the end, not overlapping the first, given that the first `known.0`
+/// and the last `known.1` of both are (not overlapping in either; `(0, 0)` when nothing
+/// is known): the walks start past them. The head found does not reach into the known
+/// tail, so with a known tail it may be shorter than the longest same head.
+fn same_ends(a: &[Endpoint], b: &[Endpoint], known: (usize, usize)) -> (usize, usize) {
     let (h, t) = known;
     let (a_end, b_end) = (a.len() - t, b.len() - t);
     let head = h + a[h..a_end]
@@ -600,7 +588,7 @@ fn same_ends_past(a: &[Endpoint], b: &[Endpoint], known: (usize, usize)) -> (usi
 /// them apart), given that the first `known.0` and the last `known.1` are the same
 /// already. Grows the list to the size it needs and no further.
 fn patch_in_place(list: &mut Vec<Endpoint>, to: &[Endpoint], known: (usize, usize)) {
-    let (head, tail) = same_ends_past(list, to, known);
+    let (head, tail) = same_ends(list, to, known);
     list.reserve_exact(to.len().saturating_sub(list.len()));
     let end = list.len() - tail;
     list.splice(head..end, to[head..to.len() - tail].iter().cloned());
@@ -662,8 +650,9 @@ impl EndpointSet {
     /// place when nothing else holds it: only the endpoints between the first difference
     /// and the last are replaced, so no list is allocated, and the endpoints the two have
     /// in common are neither copied nor reference-counted again. A large Service then
-    /// costs an update two reads of its list, not a new list (on this machine, most of
-    /// that cost was the fresh memory's page faults). When `spent` is held elsewhere too,
+    /// costs an update one read of its list (against `previous`'s; the spent list is
+    /// compared past what `previous`'s lineage says the two share), not a new list (on
+    /// this machine, most of that cost was the fresh memory's page faults). When `spent` is held elsewhere too,
     /// or its list has room for more than twice the new one, the set is made as
     /// `from_sorted_after` makes it.
     pub fn from_sorted_after_reusing(
@@ -676,7 +665,7 @@ impl EndpointSet {
         // The lists are compared from each end to the first difference: an update
         // changes a few endpoints, so that is most of both, walked once here rather than
         // once by each that compares or pairs the sets.
-        let (same_head, same_tail) = same_ends(old, endpoints);
+        let (same_head, same_tail) = same_ends(old, endpoints, (0, 0));
         // The same head and tail are `previous`'s, in order with no address twice: only
         // the pairs that take in an endpoint between them need checking.
         let n = endpoints.len();
@@ -1028,10 +1017,9 @@ impl Pairing {
     /// after the last (see [`same_head`](Self::same_head)), made by `make` for those
     /// between, given the new position and the old one its address had, if any.
     ///
-    /// The values are collected straight into `C`, whose length is known up front: an
-    /// `Arc<[T]>` (what a snapshot keeps) is allocated once at its final size, rather
-    /// than a list being made and copied into one (at 10,000 endpoints that copy was a
-    /// second large allocation and 80 KB moved per update).
+    /// The values are collected straight into `C`, whose length is known up front: a
+    /// `Vec` (what a snapshot keeps, when it has no spare list to patch with
+    /// [`carry_into`](Self::carry_into)) is allocated once at its final size.
     ///
     /// # Panics
     /// If `old` does not have one value per endpoint of the old set.
