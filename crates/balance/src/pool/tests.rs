@@ -585,6 +585,85 @@ fn updates_share_the_weight_tables_of_subsets_whose_weights_stayed() {
 }
 
 #[test]
+fn updates_and_refreshes_rebuild_only_the_weight_chunks_that_changed() {
+    // 400 endpoints of unequal weights: 100 chunks of 4 under test (1,024 otherwise).
+    let now = SystemTime::now();
+    let all: Vec<Endpoint> = (0..400u32)
+        .map(|i| {
+            let age = if i == 100 { 30 } else { 600 };
+            endpoint(
+                i,
+                EndpointMeta {
+                    ready_since: Some(now - Duration::from_secs(age)),
+                    ..Default::default()
+                },
+            )
+            .with_weight(1 + i % 3)
+        })
+        .collect();
+    // Discovery's updates carry the endpoints that stayed as they were (metadata shared).
+    let mut fewer = all.clone();
+    fewer.remove(300);
+    let config = PoolConfig {
+        slow_start: Some(SlowStart::new(Duration::from_secs(60))),
+        ..Default::default()
+    };
+    let p = pool(config, all);
+    let weights = |p: &Pool<SocketAddr>| p.snapshot().index().all().weights().clone();
+    let fresh = |eps: Vec<Endpoint>| {
+        let options = IndexOptions {
+            slow_start: Some(SlowStart::new(Duration::from_secs(60))),
+            ..Default::default()
+        };
+        let index = SubsetIndex::with_options(set(eps), [], options);
+        index.all().weights().clone()
+    };
+    let first = weights(&p);
+    let chunks = first.chunks_shared_with(&first);
+    assert_eq!(chunks, 100);
+
+    // Endpoint 300 leaves: the chunks around it are rebuilt, the others (endpoint 100's
+    // among them, still ramping) shared.
+    p.update(set(fewer.clone()), Endpoint::addr);
+    let second = weights(&p);
+    assert_eq!(second.len(), 399);
+    assert!(second.chunks_shared_with(&first) >= chunks - 3);
+    assert!(second.chunks_shared_with(&first) < chunks);
+
+    // A refresh (slow start moves endpoint 100's weight) rebuilds its chunk alone.
+    // (Weights under slow start are in thousandths: endpoint 100 ramps up to 2,000.)
+    let ramped = p.snapshot().index().all().weights().weight(100);
+    assert!((1..2_000).contains(&ramped), "{ramped}");
+    // Refreshes until the ramp has moved it (one thousandth per 30 ms): those before
+    // change nothing and share every table.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut third = second.clone();
+    while third.weight(100) == ramped {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ramp did not move"
+        );
+        let before = weights(&p);
+        assert!(p.refresh().is_some());
+        third = weights(&p);
+        assert!(third.weight(100) != ramped || third.shares_tables_with(&before));
+    }
+    assert_eq!(
+        third.chunks_shared_with(&second),
+        second.chunks_shared_with(&second) - 1
+    );
+    // It equals an index made from scratch, but for the ramping weight, which moves on
+    // with the clock.
+    let from_scratch = fresh(fewer);
+    assert_eq!(third.len(), from_scratch.len());
+    assert!(
+        (0..third.len())
+            .filter(|i| *i != 100)
+            .all(|i| third.weight(i) == from_scratch.weight(i))
+    );
+}
+
+#[test]
 fn maglev_tables_are_shared_while_members_and_weights_stay() {
     let p = maglev_pool(10);
     let table = |p: &Pool<SocketAddr>| {

@@ -32,7 +32,7 @@ use crate::endpoint::{Endpoint, EndpointSet, Pairing, Readiness};
 use crate::maglev::Maglev;
 use crate::selector::Selector;
 use crate::slow_start::{SlowStart, effective_weight};
-use crate::weighted::WeightedIndex;
+use crate::weighted::{Splice, WeightedIndex};
 
 /// How many selectors that were not configured one snapshot caches (each holds a position
 /// list and weights: at most a few bytes per endpoint). Beyond this, such selectors are
@@ -98,13 +98,12 @@ struct Members {
 
 impl Members {
     /// `previous` is the same subset in the snapshot before: its weight tables are shared
-    /// when the weights did not change, its Maglev table when the addresses did not
-    /// either.
+    /// when the weights did not change (those of the members `splice` says the update
+    /// kept, when it is known), its Maglev table when the addresses did not either.
     /// `uniform`: the weight every member has, when the caller knows it.
     fn new(
         set: &Arc<EndpointSet>,
-        positions: Vec<u32>,
-        uniform: Option<u32>,
+        (positions, uniform, splice): Carried,
         options: &IndexOptions,
         previous: Option<&Members>,
     ) -> Self {
@@ -119,18 +118,18 @@ impl Members {
                 })
                 .collect();
             let before = previous.and_then(|p| p.local.as_deref());
-            (!here.is_empty()).then(|| Arc::new(Self::flat(set, here, None, options, before)))
+            (!here.is_empty())
+                .then(|| Arc::new(Self::flat(set, (here, None, None), options, before)))
         });
         Self {
             local,
-            ..Self::flat(set, positions, uniform, options, previous)
+            ..Self::flat(set, (positions, uniform, splice), options, previous)
         }
     }
 
     fn flat(
         set: &Arc<EndpointSet>,
-        positions: Vec<u32>,
-        uniform: Option<u32>,
+        (positions, uniform, splice): Carried,
         options: &IndexOptions,
         previous: Option<&Members>,
     ) -> Self {
@@ -146,15 +145,24 @@ impl Members {
         // The tables depend on the weights in order and nothing else: when an update left
         // them as they were (most subsets, most updates), they are shared, not rebuilt.
         // Equal weights (most Services) need no table and are not even collected.
+        // Otherwise the chunks of members the update kept are shared (see
+        // `WeightedIndex::spliced`); with a ramp, or with no splice known, their weights
+        // are compared first, since they may have changed in place.
         let unit = uniform.unwrap_or_else(|| positions.first().map_or(0, weight));
         let weights =
             if unit > 0 && (uniform.is_some() || positions.iter().all(|p| weight(p) == unit)) {
                 WeightedIndex::uniform(positions.len(), unit)
             } else {
-                let own: Vec<u32> = positions.iter().map(weight).collect();
-                match previous {
-                    Some(p) if p.weights.same_weights(own.iter().copied()) => p.weights.clone(),
-                    _ => WeightedIndex::new(own),
+                let unmoved =
+                    || (previous?.positions == positions).then(|| Splice::none(positions.len()));
+                match previous.zip(splice.or_else(unmoved)) {
+                    Some((p, s)) => p.weights.spliced(
+                        positions.len(),
+                        |m| weight(&positions[m]),
+                        s,
+                        splice.is_none() || options.slow_start.is_some(),
+                    ),
+                    None => WeightedIndex::new(positions.iter().map(weight)),
                 }
             };
         let stride = crate::weighted::coprime_stride(weights.total());
@@ -457,9 +465,9 @@ impl SubsetIndex {
             let carried = before
                 .zip(pairing)
                 .and_then(|(b, pairing)| carried_positions(b, &set, pairing, matching, &options));
-            let (positions, uniform) =
-                carried.unwrap_or_else(|| (routable_positions(&set, matching), None));
-            let m = Arc::new(Members::new(&set, positions, uniform, &options, before));
+            let carried =
+                carried.unwrap_or_else(|| (routable_positions(&set, matching), None, None));
+            let m = Arc::new(Members::new(&set, carried, &options, before));
             if options.maglev {
                 let _ = m.maglev();
                 if let Some(local) = &m.local {
@@ -530,8 +538,11 @@ impl SubsetIndex {
         let mut matching = PerLabelSet::new(|labels| selector.matches(labels));
         let m = Arc::new(Members::new(
             &self.set,
-            routable_positions(&self.set, |_, e| matching.get(e)),
-            None,
+            (
+                routable_positions(&self.set, |_, e| matching.get(e)),
+                None,
+                None,
+            ),
             &self.options,
             None,
         ));
@@ -581,15 +592,16 @@ impl SubsetIndex {
 /// past the change), and only the endpoints between are matched. `None` when that does
 /// not give what the full pass gives: when the subset had no ready member, or has none
 /// left, the serving-terminating fallback looks at the whole subset. With the positions,
-/// the weight every member has when that is known without looking at them all: the
-/// previous members all had it, no ramp changes weights, and the new ones have it too.
+/// the weight every member has when that is known without looking at them all (the
+/// previous members all had it, no ramp changes weights, and the new ones have it too),
+/// and how the members changed.
 fn carried_positions(
     previous: &Members,
     set: &EndpointSet,
     pairing: &Pairing,
     matches: impl Fn(usize, &Endpoint) -> bool,
     options: &IndexOptions,
-) -> Option<(Vec<u32>, Option<u32>)> {
+) -> Option<Carried> {
     let old_set = &*previous.set;
     let old = &previous.positions[..];
     if !pairing.fits(old_set, set) {
@@ -602,7 +614,11 @@ fn carried_positions(
         // the update left as they were are still not routable members, so only those
         // between can be, fallback included. An update costs the change, not a pass
         // over the set for a subset that stays empty.
-        return Some((routable_positions_in(set, head..n - tail, matches), None));
+        return Some((
+            routable_positions_in(set, head..n - tail, matches),
+            None,
+            None,
+        ));
     };
     if old_set.endpoints()[first as usize].readiness() != Readiness::Ready {
         return None;
@@ -629,8 +645,17 @@ fn carried_positions(
         return None;
     }
     positions.shrink_to_fit();
-    Some((positions, unit))
+    let splice = Splice {
+        head: before_change,
+        old_tail: after_change,
+        new_tail: positions.len() - (old.len() - after_change),
+    };
+    Some((positions, unit, Some(splice)))
 }
+
+/// A subset's member positions, the weight every member has when known, and how they
+/// changed from the subset's members before, when known.
+type Carried = (Vec<u32>, Option<u32>, Option<Splice>);
 
 /// A function of endpoints' labels, evaluated once per label set rather than once per
 /// endpoint: discovery keeps equal label sets once (see

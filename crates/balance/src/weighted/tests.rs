@@ -94,17 +94,38 @@ proptest! {
     /// Sweeping the alias table's draws evenly reproduces every weight within one draw per
     /// bucket.
     #[test]
-    fn alias_table_is_exact(weights in proptest::collection::vec(0u32..20, 1..30)) {
-        let w = WeightedIndex::new(weights.iter().copied());
-        prop_assume!(w.total() > 0);
-        let n = w.len() as u64 * w.total() * 64;
+    fn alias_table_is_exact(weights in proptest::collection::vec(0u64..20, 1..30)) {
+        let t = Table::new(&weights);
+        prop_assume!(t.total > 0);
+        let n = t.len() as u64 * t.total * 64;
         let mut counts = vec![0u64; weights.len()];
         for k in 0..n {
-            counts[w.draw(k.wrapping_mul(u64::MAX / n))] += 1;
+            counts[t.draw(k.wrapping_mul(u64::MAX / n)).0] += 1;
         }
         for (i, c) in counts.iter().enumerate() {
-            let want = n * u64::from(weights[i]) / w.total();
-            prop_assert!(c.abs_diff(want) <= w.len() as u64 + 1, "{i}: {c} vs {want}");
+            let want = n * weights[i] / t.total;
+            prop_assert!(c.abs_diff(want) <= t.len() as u64 + 1, "{i}: {c} vs {want}");
+        }
+    }
+
+    /// Draws through chunks (a chunk by the table on top, then a candidate by the
+    /// chunk's table, with what is left of the same random number) follow the weights:
+    /// over 50,000 random draws, every candidate's count is within six standard
+    /// deviations of its share, and weight 0 is never drawn.
+    #[test]
+    fn chunked_draws_follow_weights(weights in proptest::collection::vec(0u32..20, 1..30), seed in any::<u64>()) {
+        let w = WeightedIndex::new(weights.iter().copied());
+        prop_assume!(w.total() > 0);
+        let n = 50_000u64;
+        let mut counts = vec![0u64; weights.len()];
+        for k in 0..n {
+            counts[w.draw(crate::balancer::splitmix(seed.wrapping_add(k)))] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            let p = f64::from(weights[i]) / w.total() as f64;
+            let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+            let off = (*c as f64 - n as f64 * p).abs();
+            prop_assert!(off <= 6.0 * sigma, "{i}: {c} vs {} ({counts:?})", n as f64 * p);
         }
     }
 }
@@ -112,7 +133,10 @@ proptest! {
 #[test]
 fn equal_weights_draw_by_index_uniformly_without_replacement() {
     let w = WeightedIndex::new([3u32; 5]);
-    assert!(w.alias.is_empty(), "equal weights need no alias table");
+    assert!(
+        w.top.alias.is_empty() && w.chunks.is_empty(),
+        "equal weights need no alias table"
+    );
     let (mut first, mut second) = ([0u64; 5], [0u64; 5]);
     let n = 100_000u64;
     for k in 0..n {
@@ -147,4 +171,137 @@ fn same_weights_means_the_same_sequence() {
     assert!(!index.same_weights([1, 1, 5]));
     assert!(WeightedIndex::new([]).same_weights([]));
     assert!(!WeightedIndex::new([]).same_weights([0]));
+}
+
+/// The chunks are in order, none empty or larger than [`CHUNK`], cover every candidate,
+/// and the table on top sums them.
+fn assert_chunked_well(w: &WeightedIndex) {
+    if w.unit > 0 || w.chunks.is_empty() {
+        assert!(w.unit > 0 || w.len() <= CHUNK && w.top.len() == w.len());
+        return;
+    }
+    assert!(w.chunks.len() > 1);
+    let mut next = 0;
+    for (c, chunk) in w.chunks.iter().enumerate() {
+        assert_eq!(
+            chunk.start, next,
+            "chunk {c} starts where the one before ended"
+        );
+        assert!((1..=CHUNK).contains(&chunk.table.len()), "chunk {c} size");
+        assert_eq!(w.top.weight(c), chunk.table.total);
+        assert_eq!(chunk.table.total, chunk.table.weights().sum::<u64>());
+        next += chunk.table.len();
+    }
+    assert_eq!(next, w.len());
+    assert_eq!(w.top.total, w.total());
+}
+
+proptest! {
+    /// An index spliced from the one before equals one made from scratch over the same
+    /// weights (also when kept weights changed in place and `check` is set), is chunked
+    /// well, and picks exactly by weight; when nothing changed it is the index before.
+    #[test]
+    fn spliced_indexes_equal_fresh_ones(
+        old in proptest::collection::vec(0u32..6, 0..40),
+        cut in (0usize..=40, 0usize..=40),
+        middle in proptest::collection::vec(0u32..6, 0..12),
+        bump in proptest::option::of(0usize..40),
+    ) {
+        let head = cut.0.min(old.len());
+        let old_tail = (head + cut.1).min(old.len());
+        let mut new: Vec<u32> = old[..head].to_vec();
+        new.extend(&middle);
+        new.extend(&old[old_tail..]);
+        // With `check`, a weight may also have changed among the kept candidates.
+        let check = bump.is_some();
+        if let Some(i) = bump.filter(|i| *i < new.len()) {
+            new[i] += 1;
+        }
+        let splice = Splice { head, old_tail, new_tail: head + middle.len() };
+        let before = WeightedIndex::new(old.iter().copied());
+        let after = before.spliced(new.len(), |i| new[i], splice, check);
+        prop_assert_eq!(&after, &WeightedIndex::new(new.iter().copied()));
+        assert_chunked_well(&after);
+        let mut counts = vec![0u64; new.len()];
+        for x in 0..after.total() {
+            counts[after.pick(x).unwrap()] += 1;
+        }
+        prop_assert_eq!(counts, new.iter().map(|w| u64::from(*w)).collect::<Vec<_>>());
+        if new == old && !old.is_empty() && before.unit().is_none() {
+            prop_assert!(after.shares_tables_with(&before));
+        }
+    }
+}
+
+#[test]
+fn a_splice_rebuilds_the_chunks_around_the_change_only() {
+    // Unequal weights over 1,000 candidates: 250 chunks under test.
+    let weights = |n: usize, skip: Option<usize>| -> Vec<u32> {
+        (0..n)
+            .filter(|i| Some(*i) != skip)
+            .map(|i| 1 + (i % 3) as u32)
+            .collect()
+    };
+    let old = weights(1000, None);
+    let mut index = WeightedIndex::new(old.iter().copied());
+    let chunks = index.chunks.len();
+    // One candidate leaves: at most the chunk it was in and the neighbour it takes in
+    // are rebuilt.
+    let new = weights(1000, Some(500));
+    let splice = Splice {
+        head: 500,
+        old_tail: 501,
+        new_tail: 500,
+    };
+    let next = index.spliced(new.len(), |i| new[i], splice, false);
+    assert_eq!(next, WeightedIndex::new(new.iter().copied()));
+    assert!(next.chunks_shared_with(&index) >= chunks - 2);
+    // Only the replaced candidates' weights are asked for.
+    let asked = std::cell::Cell::new(0);
+    let _ = index.spliced(
+        new.len(),
+        |i| {
+            asked.set(asked.get() + 1);
+            new[i]
+        },
+        splice,
+        false,
+    );
+    assert!(asked.get() <= 2 * CHUNK, "asked {} weights", asked.get());
+    // Many such updates in a row keep chunks from shrinking away: all but one hold at
+    // least CHUNK / 2 candidates.
+    let mut list = old;
+    let mut seed = 7u64;
+    for _ in 0..2000 {
+        seed = crate::balancer::splitmix(seed);
+        let at = (seed % list.len() as u64) as usize;
+        let (splice, next) = if seed & (1 << 40) == 0 && list.len() > 1 {
+            let mut next = list.clone();
+            next.remove(at);
+            (
+                Splice {
+                    head: at,
+                    old_tail: at + 1,
+                    new_tail: at,
+                },
+                next,
+            )
+        } else {
+            let mut next = list.clone();
+            next.insert(at, 1 + (seed >> 50) as u32 % 4);
+            (
+                Splice {
+                    head: at,
+                    old_tail: at,
+                    new_tail: at + 1,
+                },
+                next,
+            )
+        };
+        index = index.spliced(next.len(), |i| next[i], splice, false);
+        list = next;
+        assert_chunked_well(&index);
+        assert!(index.chunks.len() <= list.len() / (CHUNK / 2) + 1);
+    }
+    assert_eq!(index, WeightedIndex::new(list.iter().copied()));
 }
