@@ -180,6 +180,86 @@ async fn slow_start_follows_the_ramp_through_the_mesh() {
     }
 }
 
+/// Weights over more endpoints than one weight table holds (1,024: above that they are
+/// chunked, and an update rebuilds only the chunks it touched) still give each endpoint
+/// its share through the Mesh, before and after an update adds a heavy endpoint in the
+/// middle of the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_over_thousands_of_endpoints_hold_through_an_update() {
+    // 2,000 endpoints, weight 1 and 3 in turn: three quarters of the weight is odd.
+    let at = |i: u32| SocketAddr::from(([10, 9, (i / 250) as u8, (i % 250 + 1) as u8], 8080));
+    let eps: Vec<Endpoint> = (0..2_000u32)
+        .map(|i| Endpoint::new(at(i)).with_weight(if i % 2 == 0 { 1 } else { 3 }))
+        .collect();
+    let odd: HashSet<String> = (0..2_000u32)
+        .filter(|i| i % 2 == 1)
+        .map(|i| at(i).to_string())
+        .collect();
+    let source = Static::new(eps.clone());
+    let layer = MeshLayer::builder_static()
+        .static_service("web", source.clone())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(echo_addr());
+    let mut send = async || {
+        let res = mesh
+            .ready()
+            .await
+            .unwrap()
+            .call(req("http://web:8080/"))
+            .await
+            .expect("response");
+        res.headers()["x-addr"].to_str().unwrap().to_string()
+    };
+    let n = 20_000;
+    // Within 4.5 binomial standard deviations of `p` over `n` requests.
+    let near = |hits: usize, p: f64| {
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        (hits as f64 / n as f64 - p).abs() <= 4.5 * sd
+    };
+    let (mut odd_hits, mut reached) = (0, HashSet::new());
+    for _ in 0..n {
+        let addr = send().await;
+        odd_hits += usize::from(odd.contains(&addr));
+        reached.insert(addr);
+    }
+    assert!(near(odd_hits, 0.75), "odd endpoints got {odd_hits} of {n}");
+    // Every endpoint is drawn, not only some of each chunk: at 5 requests per weight-1
+    // endpoint on average, about 7 of the 2,000 get none by chance.
+    assert!(
+        reached.len() >= 1_950,
+        "{} endpoints reached",
+        reached.len()
+    );
+
+    // A new endpoint of weight 2,000 between the others (10.9.3.251 sorts after
+    // 10.9.3.250): a third of the weight is now its.
+    let heavy = SocketAddr::from(([10, 9, 3, 251], 8080)).to_string();
+    let mut more = eps;
+    more.push(Endpoint::new(heavy.parse().unwrap()).with_weight(2_000));
+    source.set(more);
+    // The update is applied when the new endpoint first gets a request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while send().await != heavy {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never arrived"
+        );
+    }
+    let (mut heavy_hits, mut odd_hits) = (0, 0);
+    for _ in 0..n {
+        let addr = send().await;
+        heavy_hits += usize::from(addr == heavy);
+        odd_hits += usize::from(odd.contains(&addr));
+    }
+    assert!(
+        near(heavy_hits, 1.0 / 3.0),
+        "the heavy endpoint got {heavy_hits} of {n}"
+    );
+    assert!(near(odd_hits, 0.5), "odd endpoints got {odd_hits} of {n}");
+}
+
 type Frames =
     futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::io::Error>>>;
 
