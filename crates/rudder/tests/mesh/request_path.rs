@@ -196,9 +196,13 @@ async fn weights_over_thousands_of_endpoints_hold_through_an_update() {
         .map(|i| at(i).to_string())
         .collect();
     let source = Static::new(eps.clone());
+    // Least requests draws its two candidates by weight as P2C does; sequential requests
+    // tie on load, so each goes to the first draw and the shares are the weights' own,
+    // with no latency in play (P2C would also weigh the latencies measured).
     let layer = MeshLayer::builder_static()
         .static_service("web", source.clone())
         .unwrap()
+        .algorithm(Algorithm::LeastRequests)
         .build()
         .unwrap();
     let mut mesh = layer.layer(echo_addr());
