@@ -933,6 +933,18 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     // because it replaces the Pods the other scenarios address directly.
     if options.runs(7) {
         eprintln!("[clusterip] 7/7 rolling update");
+        // The naive round robin over the Pods as they are before any rollout, at the
+        // rollouts' concurrency: what spreading every worker's requests over all Pods
+        // costs here, without Rudder (it cannot follow a rollout, so it has no row).
+        let naive = Sender::RoundRobin(RoundRobin::new(h1(), &pod_addrs, "bench-svc:80"));
+        let naive_steady = load::closed(
+            &naive,
+            &svc_uri,
+            plan.concurrency.min(16),
+            plan.steady,
+            plan.max,
+        )
+        .await;
         let arms = [
             ("ClusterIP", Sender::Plain(h1()), vip_uri.clone()),
             ("ClusterIP (nftables)", Sender::Plain(h1()), nft_uri.clone()),
@@ -1026,6 +1038,13 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
             ]);
         }
         t.note("One rollout per arm; the load runs from before the first new Pod until half a second after the last old one exited, and the last column is the share of that last half second on the new Pods. Keep-alive connections to a retired Pod end when its process exits; until then the ClusterIP keeps sending over them, while Rudder stops choosing a Pod as soon as its endpoint turns terminating.".into());
+        t.note(format!(
+            "With the same {} workers and no rollout, the naive round robin over the {} Pods (the same client spreading every worker's requests over all Pods, as Rudder does) reached {:.0} req/s just before the first rollout: compare it with the steady column, since the ClusterIP's {} keep-alive connections may leave some Pods with none.",
+            plan.concurrency.min(16),
+            pod_addrs.len(),
+            naive_steady.throughput(),
+            plan.concurrency.min(16),
+        ));
         report.table(t);
     }
 
