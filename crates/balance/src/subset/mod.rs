@@ -149,22 +149,23 @@ impl Members {
         // `WeightedIndex::spliced`); with a ramp, or with no splice known, their weights
         // are compared first, since they may have changed in place.
         let unit = uniform.unwrap_or_else(|| positions.first().map_or(0, weight));
-        let weights =
-            if unit > 0 && (uniform.is_some() || positions.iter().all(|p| weight(p) == unit)) {
-                WeightedIndex::uniform(positions.len(), unit)
-            } else {
-                let unmoved =
-                    || (previous?.positions == positions).then(|| Splice::none(positions.len()));
-                match previous.zip(splice.or_else(unmoved)) {
-                    Some((p, s)) => p.weights.spliced(
-                        positions.len(),
-                        |m| weight(&positions[m]),
-                        s,
-                        splice.is_none() || options.slow_start.is_some(),
-                    ),
-                    None => WeightedIndex::new(positions.iter().map(weight)),
-                }
-            };
+        let weights = if unit > 0
+            && (uniform.is_some() || positions.iter().all(|p| weight(p) == unit))
+        {
+            WeightedIndex::uniform(positions.len(), unit)
+        } else {
+            let unmoved =
+                || (previous?.positions == positions).then(|| Splice::in_place(positions.len()));
+            match previous.zip(splice.or_else(unmoved)) {
+                Some((p, s)) => p.weights.spliced(
+                    positions.len(),
+                    |m| weight(&positions[m]),
+                    s,
+                    splice.is_none() || options.slow_start.is_some(),
+                ),
+                None => WeightedIndex::new(positions.iter().map(weight)),
+            }
+        };
         let stride = crate::weighted::coprime_stride(weights.total());
         // The consistent-hashing table depends on the members' addresses and own weights,
         // in order: when they stayed, the table built for the snapshot before is shared

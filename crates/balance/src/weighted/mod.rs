@@ -58,11 +58,11 @@ fn scale(r: u64, n: u64) -> u64 {
     ((u128::from(r) * u128::from(n)) >> 64) as u64
 }
 
-/// Weighted choice among a list of candidates; see the [module docs](self).
+/// Weighted choice among a list of candidates.
 ///
-/// Three shapes: equal weights (`unit`, no tables); up to 1,024 candidates, `top`
-/// over the candidates themselves (one lookup per draw, as before chunks); more, `top`
-/// over `chunks`, each with its own tables.
+/// Equal weights need no tables; up to 1,024 candidates are drawn through one table;
+/// more are kept in chunks, each with its own tables, under a table of the chunks'
+/// totals (see the [module docs](self)).
 #[derive(Clone, Debug, Default)]
 pub struct WeightedIndex {
     /// Over the candidates when there are no chunks; over the chunks' totals otherwise.
@@ -243,7 +243,7 @@ pub(crate) struct Splice {
 
 impl Splice {
     /// The same candidates at the same places (their weights may differ).
-    pub(crate) fn none(len: usize) -> Self {
+    pub(crate) fn in_place(len: usize) -> Self {
         Self {
             head: len,
             old_tail: len,
