@@ -933,10 +933,16 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
     // because it replaces the Pods the other scenarios address directly.
     if options.runs(7) {
         eprintln!("[clusterip] 7/7 rolling update");
-        // The naive round robin over the Pods as they are before any rollout, at the
-        // rollouts' concurrency: what spreading every worker's requests over all Pods
-        // costs here, without Rudder (it cannot follow a rollout, so it has no row).
-        let naive = Sender::RoundRobin(RoundRobin::new(h1(), &pod_addrs, "bench-svc:80"));
+        // The naive round robin over the Pods as they are before any rollout (earlier
+        // scenarios replaced some of the first ones), at the rollouts' concurrency: what
+        // spreading every worker's requests over all Pods costs here, without Rudder (it
+        // cannot follow a rollout, so it has no row).
+        let running: Vec<String> = pods
+            .running
+            .iter()
+            .map(|p| format!("{}:8080", p.ip))
+            .collect();
+        let naive = Sender::RoundRobin(RoundRobin::new(h1(), &running, "bench-svc:80"));
         let naive_steady = load::closed(
             &naive,
             &svc_uri,
@@ -1039,10 +1045,11 @@ pub(crate) async fn run(prefix: &str, options: Options) -> anyhow::Result<()> {
         }
         t.note("One rollout per arm; the load runs from before the first new Pod until half a second after the last old one exited, and the last column is the share of that last half second on the new Pods. Keep-alive connections to a retired Pod end when its process exits; until then the ClusterIP keeps sending over them, while Rudder stops choosing a Pod as soon as its endpoint turns terminating.".into());
         t.note(format!(
-            "With the same {} workers and no rollout, the naive round robin over the {} Pods (the same client spreading every worker's requests over all Pods, as Rudder does) reached {:.0} req/s just before the first rollout: compare it with the steady column, since the ClusterIP's {} keep-alive connections may leave some Pods with none.",
+            "With the same {} workers and no rollout, the naive round robin over the {} Pods (the same client spreading every worker's requests over all Pods, as Rudder does) reached {:.0} req/s ({} failed) just before the first rollout: compare it with the steady column, since the ClusterIP's {} keep-alive connections may leave some Pods with none.",
             plan.concurrency.min(16),
-            pod_addrs.len(),
+            running.len(),
             naive_steady.throughput(),
+            naive_steady.failures,
             plan.concurrency.min(16),
         ));
         report.table(t);
