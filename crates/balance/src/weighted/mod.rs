@@ -355,6 +355,7 @@ impl WeightedIndex {
         let fits = head <= old_tail
             && head <= new_tail
             && old_tail <= self.len
+            && new_tail <= len
             && len - new_tail == self.len - old_tail;
         // Equal weights and short lists have no chunks: their tables are shared whole or
         // not at all.
@@ -411,7 +412,8 @@ impl WeightedIndex {
         let end = |c: usize| old.get(c + 1).map_or(self.len, |n| n.start);
         // Chunks wholly before the change, and wholly after it.
         let mut kept_head = old.partition_point(|c| c.start < head);
-        while kept_head > 0 && end(kept_head - 1) > head {
+        if kept_head > 0 && end(kept_head - 1) > head {
+            // The chunk holding `head` (chunks are contiguous: only the last can).
             kept_head -= 1;
         }
         let mut kept_tail = old.partition_point(|c| c.start < old_tail).max(kept_head);

@@ -255,6 +255,15 @@ fn a_splice_rebuilds_the_chunks_around_the_change_only() {
     };
     let next = index.spliced(new.len(), |i| new[i], splice, false);
     assert_eq!(next, WeightedIndex::new(new.iter().copied()));
+    // A splice that does not fit the lengths is not trusted: the index is made afresh.
+    let wrong = Splice {
+        head: 500,
+        old_tail: 501,
+        new_tail: 1_200,
+    };
+    let afresh = index.spliced(new.len(), |i| new[i], wrong, false);
+    assert_eq!(afresh, WeightedIndex::new(new.iter().copied()));
+    assert_eq!(afresh.chunks_shared_with(&index), 0);
     assert!(next.chunks_shared_with(&index) >= chunks - 2);
     // Only the replaced candidates' weights are asked for.
     let asked = std::cell::Cell::new(0);

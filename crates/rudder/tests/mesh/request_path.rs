@@ -180,10 +180,9 @@ async fn slow_start_follows_the_ramp_through_the_mesh() {
     }
 }
 
-/// Weights over more endpoints than one weight table holds (1,024: above that they are
-/// chunked, and an update rebuilds only the chunks it touched) still give each endpoint
-/// its share through the Mesh, before and after an update adds a heavy endpoint in the
-/// middle of the list.
+/// Weights over more endpoints than one weight table holds (above 1,024 they are kept in
+/// chunks under a table of chunk totals) still give each endpoint its share through the
+/// Mesh, before and after an update adds a heavy endpoint in the middle of the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_over_thousands_of_endpoints_hold_through_an_update() {
     // 2,000 endpoints, weight 1 and 3 in turn: three quarters of the weight is odd.
