@@ -57,6 +57,37 @@ fn pod_ip(i: usize, j: usize) -> String {
     format!("10.{}.{}.{}", 100 + i / 250, i % 250, j + 1)
 }
 
+/// What the second watch decodes of each slice: its metadata only. It is an instrument
+/// (it stamps when an event reaches a client), so it skips the endpoints rather than
+/// decode them into `k8s_openapi`'s types: that took about 0.2 ms of CPU per event on
+/// the same two cores as the discovery being measured.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct SliceStamp {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+}
+
+impl k8s_openapi::Resource for SliceStamp {
+    const API_VERSION: &'static str = <EndpointSlice as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <EndpointSlice as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <EndpointSlice as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <EndpointSlice as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str =
+        <EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for SliceStamp {
+    type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn metadata(&self) -> &Self::Ty {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut Self::Ty {
+        &mut self.metadata
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -153,7 +184,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let (listed_tx, listed) = tokio::sync::oneshot::channel();
     let raw = tokio::spawn({
-        let slices = slices.clone();
+        let slices: Api<SliceStamp> = Api::default_namespaced(client.clone());
         async move {
             use futures::StreamExt;
             use kube::runtime::watcher::Event;
