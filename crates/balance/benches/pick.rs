@@ -420,6 +420,7 @@ fn publish(c: &mut Criterion) {
                             list,
                             &current,
                             spent.take(),
+                            None,
                         ),
                     };
                     assert!(next != *current, "every turn changes one endpoint");

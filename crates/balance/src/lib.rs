@@ -27,8 +27,9 @@ pub mod weighted;
 
 pub use self::balancer::{Algorithm, Balancer};
 pub use self::endpoint::{
-    EmptyReason, Endpoint, EndpointMeta, EndpointSet, LabelSets, Labels, MetaBlock, Pairing,
-    Readiness, ServiceState, SyncClock, Unroutable, UnroutableReason, WatchKind, ZoneHints,
+    EmptyReason, Endpoint, EndpointMeta, EndpointSet, KnownEnds, LabelSets, Labels, ListId,
+    MetaBlock, Pairing, Readiness, ServiceState, SyncClock, Unroutable, UnroutableReason,
+    WatchKind, ZoneHints,
 };
 pub use self::load::{
     Ejection, EjectionHook, EndpointLoad, HoldsLoad, InFlight, LoadTable, calibrate_clock,

@@ -205,26 +205,8 @@ pub(crate) fn finish(
     with_unroutable(set, unroutable, seen_any, clock)
 }
 
-/// [`finish`] for endpoints already sorted by [`endpoint_order`] (discovery's patched
-/// list): the set is made straight from the slice.
-pub(crate) fn finish_sorted(
-    state: ServiceState,
-    endpoints: &[Endpoint],
-    previous: Option<&EndpointSet>,
-    spent: Option<Arc<EndpointSet>>,
-    unroutable: Vec<Unroutable>,
-    seen_any: bool,
-    clock: &Arc<SyncClock>,
-) -> EndpointSet {
-    let set = match previous {
-        Some(previous) => EndpointSet::from_sorted_after_reusing(state, endpoints, previous, spent),
-        None => EndpointSet::from_sorted(state, endpoints),
-    };
-    with_unroutable(set, unroutable, seen_any, clock)
-}
-
 /// Attaches what was seen but is not routable, and says why an empty set is empty.
-fn with_unroutable(
+pub(crate) fn with_unroutable(
     set: EndpointSet,
     mut unroutable: Vec<Unroutable>,
     seen_any: bool,

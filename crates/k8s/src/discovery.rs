@@ -12,7 +12,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use rudder_balance::{
-    Endpoint, EndpointSet, LabelSets, Readiness, ServiceState, SyncClock, WatchKind,
+    Endpoint, EndpointSet, KnownEnds, LabelSets, ListId, Readiness, ServiceState, SyncClock,
+    WatchKind,
 };
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -592,6 +593,10 @@ struct Converted {
     /// Every cached slice's endpoints, sorted by [`convert::endpoint_order`] (duplicates
     /// kept): patched with each slice change instead of merged again from every slice.
     merged: Option<Vec<Endpoint>>,
+    /// The set whose endpoint list is `merged` as it is now, endpoint for endpoint: what a
+    /// patch of `merged` left as it was is the same in that set's list too, and the next
+    /// set, made after it, starts comparing past that ([`KnownEnds`]).
+    merged_as: Option<ListId>,
     /// The set the last publish replaced: by the next build its subscribers have usually
     /// moved on, and its list is then patched into the new set's instead of a new list
     /// being allocated (see [`EndpointSet::from_sorted_after_reusing`]). One per port.
@@ -723,21 +728,28 @@ impl Model {
         }
         // The merged list is patched with what changed; when it cannot be (the first
         // build, or an address listed twice), it is made again from every slice.
-        let patched = cache
-            .merged
-            .take()
-            .and_then(|mut merged| patch_merged(&mut merged, removed, added).then_some(merged));
-        let merged = match patched {
-            Some(merged) => merged,
+        let patched = cache.merged.take().and_then(|mut merged| {
+            let (head, tail) = patch_merged(&mut merged, removed, added)?;
+            Some((merged, head, tail))
+        });
+        let made_as = cache.merged_as.take();
+        let (merged, known) = match patched {
+            Some((merged, head, tail)) => {
+                let known = made_as.map(|after| KnownEnds { after, head, tail });
+                (merged, known)
+            }
             // In slice-name order, as the sort is stable: where an address is listed
             // twice with the same readiness, the first slice's copy wins, every time.
-            _ => convert::sort_endpoints(
-                self.slices
-                    .items
-                    .keys()
-                    .filter_map(|name| cache.slices.get(name))
-                    .flat_map(|(_, c)| c.endpoints.iter().cloned())
-                    .collect(),
+            _ => (
+                convert::sort_endpoints(
+                    self.slices
+                        .items
+                        .keys()
+                        .filter_map(|name| cache.slices.get(name))
+                        .flat_map(|(_, c)| c.endpoints.iter().cloned())
+                        .collect(),
+                ),
+                None,
             ),
         };
         // One that left and comes back ramps again.
@@ -751,8 +763,16 @@ impl Model {
             }
         }
         let spent = cache.spent.take();
-        let set =
-            convert::finish_sorted(state, &merged, previous, spent, unroutable, seen_any, clock);
+        let set = match previous {
+            Some(previous) => {
+                EndpointSet::from_sorted_after_reusing(state, &merged, previous, spent, known)
+            }
+            None => EndpointSet::from_sorted(state, &merged),
+        };
+        let set = convert::with_unroutable(set, unroutable, seen_any, clock);
+        // The set's list is `merged` with any address listed twice taken out: the same
+        // length, the same list.
+        cache.merged_as = (set.len() == merged.len()).then(|| set.list_id());
         cache.merged = Some(merged);
         set
     }
@@ -772,11 +792,13 @@ impl Model {
 /// endpoints without cloning them. `false` (and `merged` in an unknown state) when the
 /// patch would not give what a full build gives: an endpoint to take out is not there, or
 /// an added address is listed twice, where which copy wins depends on the slices' order.
+/// Else how many endpoints at the start and at the end of the list it left as they were
+/// (not overlapping; `(0, 0)` after a merge pass, which does not count them).
 fn patch_merged(
     merged: &mut Vec<Endpoint>,
     mut removed: Vec<Endpoint>,
     mut added: Vec<Endpoint>,
-) -> bool {
+) -> Option<(usize, usize)> {
     use convert::endpoint_order as key;
     /// Up to this many changes are made in place.
     const FEW: usize = 64;
@@ -784,6 +806,15 @@ fn patch_merged(
     added.sort_by_key(key);
     cancel_unchanged(&mut removed, &mut added);
     if removed.len() + added.len() <= FEW {
+        let before = merged.len();
+        // Each change below replaces the endpoints in `from..to` of the list it leaves
+        // (the rest only moves): what lies before the first such range and after the
+        // last is as it was.
+        let (mut head, mut tail) = (usize::MAX, usize::MAX);
+        let mut changed = |merged: &[Endpoint], from: usize, to: usize| {
+            head = head.min(from);
+            tail = tail.min(merged.len() - to);
+        };
         let find = |merged: &[Endpoint], r: &Endpoint| {
             let from = merged.partition_point(|e| key(e) < key(r));
             (from..merged.len())
@@ -796,16 +827,14 @@ fn patch_merged(
         let pairs = removed.len().min(added.len());
         let mut added = added.into_iter();
         for (r, a) in removed.iter().zip(added.by_ref().take(pairs)) {
-            let Some(i) = find(merged, r) else {
-                return false;
-            };
+            let i = find(merged, r)?;
             // Where `a` goes once `r` is out, and its neighbours there.
             let at = merged.partition_point(|e| key(e) < key(&a));
             let to = if at > i { at - 1 } else { at };
             let without = |q: usize| if q < i { q } else { q + 1 };
             let taken = |q: usize| q < merged.len() - 1 && merged[without(q)].addr() == a.addr();
             if taken(to) || (to > 0 && taken(to - 1)) {
-                return false;
+                return None;
             }
             if to >= i {
                 merged[i..=to].rotate_left(1);
@@ -813,22 +842,25 @@ fn patch_merged(
                 merged[to..=i].rotate_right(1);
             }
             merged[to] = a;
+            changed(merged, i.min(to), i.max(to) + 1);
         }
         for r in &removed[pairs..] {
-            let Some(i) = find(merged, r) else {
-                return false;
-            };
+            let i = find(merged, r)?;
             merged.remove(i);
+            changed(merged, i, i);
         }
         for a in added {
             let i = merged.partition_point(|e| key(e) < key(&a));
             let taken = |j: usize| merged.get(j).is_some_and(|e| e.addr() == a.addr());
             if taken(i) || (i > 0 && taken(i - 1)) {
-                return false;
+                return None;
             }
             merged.insert(i, a);
+            changed(merged, i, i + 1);
         }
-        return true;
+        let shorter = before.min(merged.len());
+        let head = head.min(shorter);
+        return Some((head, tail.min(shorter - head)));
     }
     let capacity = merged.len() + added.len();
     let old = std::mem::replace(merged, Vec::with_capacity(capacity));
@@ -841,22 +873,22 @@ fn patch_merged(
         }
         while let Some(a) = added.next_if(|a| key(a) <= key(&e)) {
             if a.addr() == e.addr() || merged.last().is_some_and(|l| l.addr() == a.addr()) {
-                return false;
+                return None;
             }
             merged.push(a);
         }
         if added.peek().is_some_and(|a| a.addr() == e.addr()) {
-            return false;
+            return None;
         }
         merged.push(e);
     }
     for a in added {
         if merged.last().is_some_and(|l| l.addr() == a.addr()) {
-            return false;
+            return None;
         }
         merged.push(a);
     }
-    removed.peek().is_none()
+    removed.peek().is_none().then_some((0, 0))
 }
 
 /// Drops from both sorted lists the endpoints they share (equal in every field), so what

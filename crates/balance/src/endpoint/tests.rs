@@ -184,6 +184,48 @@ proptest::proptest! {
         proptest::prop_assert_eq!(Pairing::new(&other, &after), Pairing::new(&other, &plain));
         proptest::prop_assert_eq!(after == other, equal);
 
+        // Made with what the list's maker knows of its ends (discovery's patched list),
+        // the walks start there: the same set, pairing and comparison, whatever part of
+        // the true ends is claimed. Claims about another list, or that do not fit the
+        // lengths, are not used.
+        let truth = after.lineage_to(&old).expect("made after old");
+        let (h, t) = (truth.same_head as usize, truth.same_tail as usize);
+        let claims = [
+            (old.list_id(), h, t),
+            (old.list_id(), h / 2, t / 2),
+            (old.list_id(), 0, t),
+            (old.list_id(), h, 0),
+            (old.list_id(), old.len() + 1, 0),
+            (old.list_id(), usize::MAX, 1),
+            (other.list_id(), old.len(), 0),
+        ];
+        for (after_list, head, tail) in claims {
+            let known = KnownEnds { after: after_list, head, tail };
+            let made = EndpointSet::from_sorted_after_reusing(
+                ServiceState::Active,
+                &list,
+                &old,
+                None,
+                Some(known),
+            );
+            proptest::prop_assert_eq!(made.endpoints(), plain.endpoints());
+            let lineage = made.lineage_to(&old).expect("made after old");
+            let (lh, lt) = (lineage.same_head as usize, lineage.same_tail as usize);
+            proptest::prop_assert!(lh + lt <= old.len().min(list.len()));
+            proptest::prop_assert!(old.endpoints()[..lh]
+                .iter()
+                .zip(&list[..lh])
+                .chain(old.endpoints()[old.len() - lt..].iter().zip(&list[list.len() - lt..]))
+                .all(|(a, b)| a.is_same(b)));
+            if after_list == old.list_id()
+                && head.checked_add(tail).is_some_and(|n| n <= old.len().min(list.len()))
+            {
+                proptest::prop_assert!(lh >= head && lt >= tail);
+            }
+            proptest::prop_assert_eq!(Pairing::new(&old, &made), Pairing::new(&old, &plain));
+            proptest::prop_assert_eq!(made == old, equal);
+        }
+
         // Values carried into a list of some earlier set's values (the old ones with
         // some left out, made again or kept) are those carried into a new list: the
         // old values themselves where carried, made ones elsewhere.
@@ -238,6 +280,7 @@ proptest::proptest! {
                 &list,
                 &old,
                 Some(spent),
+                None,
             );
             proptest::prop_assert_eq!(reused.endpoints(), plain.endpoints());
             proptest::prop_assert!(reused.lineage_to(&old).is_some());

@@ -663,6 +663,9 @@ fn patched_snapshots_equal_full_builds() {
         Vec<rudder_balance::Endpoint>,
     )> = None;
     let mut reused = 0;
+    // Rounds whose build knew which ends of its list were the same as the set before's
+    // (debug builds check each claim: a wrong one panics in the set's making).
+    let mut knowing = 0;
     for round in 0..600 {
         let name = format!("s-{}", next(4));
         if next(10) == 0 {
@@ -710,7 +713,12 @@ fn patched_snapshots_equal_full_builds() {
         }
         // Made after the set before, as `publish` makes it: comparing and pairing the two
         // give what they give for the same list made on its own.
+        let knows = |m: &Model| m.converted.get(&None).and_then(|c| c.merged_as);
+        let knew = previous
+            .as_ref()
+            .is_some_and(|p: &rudder_balance::EndpointSet| knows(&model) == Some(p.list_id()));
         let patched = model.build_after(None, &c, previous.as_ref());
+        knowing += usize::from(knew && patched.follows(previous.as_ref().expect("known")));
         // The spent set's list was patched into this one only when nothing held it; one
         // a subscriber holds is left as it was.
         let in_spent = spent_at.take() == Some(patched.endpoints().as_ptr());
@@ -763,6 +771,7 @@ fn patched_snapshots_equal_full_builds() {
         duplicated > 50,
         "the sequence lists addresses twice ({duplicated} rounds)"
     );
+    assert!(knowing > 50, "{knowing} builds knew their list's same ends");
 }
 
 #[test]
