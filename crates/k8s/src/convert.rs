@@ -365,9 +365,37 @@ pub fn from_slices<'a>(
 #[derive(Debug, Default)]
 pub(crate) struct SliceEndpoints {
     pub(crate) endpoints: Vec<Endpoint>,
+    /// Per endpoint, what `ready_since` gave it (`None` where it was not asked: its Pod
+    /// gave a time, or it is not Ready). The slice's next conversion takes these over for
+    /// the endpoints it still lists ([`seen_ready`](Self::seen_ready)), so an update looks
+    /// up only new addresses in discovery's map of them, whose entries are far apart in
+    /// memory (a cache miss or two each).
+    pub(crate) ready_since: Vec<Option<Option<SystemTime>>>,
     pub(crate) unroutable: Vec<Unroutable>,
     /// Whether the slice listed any endpoint for the port at all (routable or not).
     pub(crate) seen_any: bool,
+}
+
+impl SliceEndpoints {
+    /// What `ready_since` gave `addr` in this conversion, looked for at `*cursor` and
+    /// just past it (a slice lists its endpoints in the same order from one version to
+    /// the next, give or take one that came or went); the cursor moves past a find.
+    pub(crate) fn seen_ready(
+        &self,
+        addr: SocketAddr,
+        cursor: &mut usize,
+    ) -> Option<Option<SystemTime>> {
+        for at in [*cursor, *cursor + 1] {
+            let Some(e) = self.endpoints.get(at) else {
+                break;
+            };
+            if e.addr() == addr {
+                *cursor = at + 1;
+                return self.ready_since.get(at).copied().flatten();
+            }
+        }
+        None
+    }
 }
 
 /// The endpoints one slice contributes to the port named `port_name`, and those it lists
@@ -463,11 +491,14 @@ pub(crate) fn slice_endpoints(
             app_protocol.as_ref(),
         );
         let addr = SocketAddr::new(ip, number);
-        if readiness == Readiness::Ready && meta.ready_since.is_none() {
-            meta.ready_since = ready_since(addr);
-        }
+        let asked = (readiness == Readiness::Ready && meta.ready_since.is_none()).then(|| {
+            let since = ready_since(addr);
+            meta.ready_since = since;
+            since
+        });
         metas.push(meta);
         routable.push((addr, readiness, weight));
+        out.ready_since.push(asked);
     }
     if routable.is_empty() {
         return out;

@@ -711,11 +711,17 @@ impl Model {
                 // later ones ramp from their arrival, and one that leaves and comes back
                 // ramps again (see `left` below). Set as the slice is converted, so the
                 // time stays with the converted endpoint and costs nothing on later builds.
+                // The slice's conversion before this one knows the times of the endpoints
+                // it listed Ready: only new ones are looked up in `first_ready`.
                 let first_ready = &mut cache.first_ready;
+                let before = &entry.1;
+                let mut cursor = 0;
                 let converted = convert::slice_endpoints(slice, &resolved.name, &pods, |addr| {
-                    *first_ready
-                        .entry(addr)
-                        .or_insert_with(|| (!first).then_some(now))
+                    before.seen_ready(addr, &mut cursor).unwrap_or_else(|| {
+                        *first_ready
+                            .entry(addr)
+                            .or_insert_with(|| (!first).then_some(now))
+                    })
                 });
                 let before = std::mem::replace(entry, (rv.clone(), converted));
                 if patching {

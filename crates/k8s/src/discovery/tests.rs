@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -989,4 +989,98 @@ fn the_not_routable_list_is_shared_from_publish_to_publish() {
     // And the Pod's name with the slice discovery keeps.
     let kept = model.slices.items["s-a"].endpoints[0].pod.as_ref().unwrap();
     assert!(Arc::ptr_eq(kept, y.pod.as_ref().unwrap()));
+}
+
+/// Ready times discovery keeps itself (no Pod gives one) survive slice updates whether a
+/// conversion takes them from the slice's conversion before it (the same endpoints, in
+/// order or not) or from its map of them (an endpoint that moved to another slice); an
+/// endpoint that left and comes back ramps again.
+#[test]
+fn ready_times_carry_through_updates_reorders_and_moves() {
+    let c = clock();
+    let mut model = service_synced();
+    let mut version = 0;
+    let mut put = |model: &mut Model, name: &str, ready: &[(&str, bool)], init: bool| {
+        version += 1;
+        let eps = ready
+            .iter()
+            .map(|(ip, r)| ep(&format!("10.0.0.{ip}"), Some(*r), Some(*r), Some(false)))
+            .collect();
+        let mut s = slice_of(name, "IPv4", 8080, eps);
+        s.metadata.resource_version = Some(version.to_string());
+        let event = if init {
+            Event::InitApply(s)
+        } else {
+            Event::Apply(s)
+        };
+        model.slices.apply(event, name_of, |s| s);
+    };
+    let since = |set: &rudder_balance::EndpointSet, last: u8| {
+        let ip = std::net::IpAddr::from([10, 0, 0, last]);
+        set.endpoints()
+            .iter()
+            .find(|e| e.addr().ip() == ip)
+            .map(|e| e.meta().ready_since)
+    };
+    put(
+        &mut model,
+        "a",
+        &[("1", true), ("2", true), ("3", true)],
+        true,
+    );
+    model.slices.apply(Event::InitDone, name_of, |s| s);
+    let set = model.build(None, &c);
+    // Ready at the first snapshot: long Ready.
+    assert!((1..=3).all(|i| since(&set, i) == Some(None)));
+
+    let before = SystemTime::now();
+    put(
+        &mut model,
+        "a",
+        &[("1", true), ("2", true), ("3", true), ("4", true)],
+        false,
+    );
+    let set = model.build(None, &c);
+    let four = since(&set, 4).flatten().expect("a new endpoint ramps");
+    assert!(four >= before);
+    assert!((1..=3).all(|i| since(&set, i) == Some(None)));
+
+    // Another endpoint goes NotReady: the others keep their times.
+    put(
+        &mut model,
+        "a",
+        &[("1", true), ("2", true), ("3", false), ("4", true)],
+        false,
+    );
+    let set = model.build(None, &c);
+    assert_eq!(since(&set, 3), None);
+    assert_eq!(since(&set, 4), Some(Some(four)));
+    assert!((1..=2).all(|i| since(&set, i) == Some(None)));
+
+    // Back again: it ramps from now; listed in reverse, every time is still its own.
+    let back = SystemTime::now();
+    put(
+        &mut model,
+        "a",
+        &[("4", true), ("3", true), ("2", true), ("1", true)],
+        false,
+    );
+    let set = model.build(None, &c);
+    let three = since(&set, 3).flatten().expect("back again ramps");
+    assert!(three >= back);
+    assert_eq!(since(&set, 4), Some(Some(four)));
+    assert!((1..=2).all(|i| since(&set, i) == Some(None)));
+
+    // An endpoint moves to a new slice: its time moves with it.
+    put(
+        &mut model,
+        "a",
+        &[("1", true), ("2", true), ("3", true)],
+        false,
+    );
+    put(&mut model, "b", &[("4", true)], false);
+    let set = model.build(None, &c);
+    assert_eq!(since(&set, 4), Some(Some(four)));
+    assert_eq!(since(&set, 3), Some(Some(three)));
+    assert!((1..=2).all(|i| since(&set, i) == Some(None)));
 }
