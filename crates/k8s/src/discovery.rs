@@ -678,16 +678,6 @@ impl Model {
         // Without a merged list to patch (the first build, or every slice converted
         // again), changes are not collected: the list is made from every slice.
         let patching = cache.merged.is_some();
-        cache.slices.retain(|name, (_, converted)| {
-            let keep = self.slices.items.contains_key(name);
-            if !keep {
-                left.extend(ready_addrs(converted));
-                if patching {
-                    removed.append(&mut converted.endpoints);
-                }
-            }
-            keep
-        });
         let first = !std::mem::replace(&mut cache.built, true);
         let now = SystemTime::now();
         let mut unroutable = Vec::new();
@@ -731,6 +721,20 @@ impl Model {
             }
             unroutable.extend(entry.1.unroutable.iter().cloned());
             seen_any |= entry.1.seen_any;
+        }
+        // Every slice has its conversion now: more conversions than slices means some
+        // are of slices gone. Only then are they looked for, not on every build.
+        if cache.slices.len() > self.slices.items.len() {
+            cache.slices.retain(|name, (_, converted)| {
+                let keep = self.slices.items.contains_key(name);
+                if !keep {
+                    left.extend(ready_addrs(converted));
+                    if patching {
+                        removed.append(&mut converted.endpoints);
+                    }
+                }
+                keep
+            });
         }
         // The merged list is patched with what changed; when it cannot be (the first
         // build, or an address listed twice), it is made again from every slice.
