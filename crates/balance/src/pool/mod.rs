@@ -246,7 +246,15 @@ impl<T: Send + Sync + 'static> Pool<T> {
         table.track([], tracked);
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         let matches = Matches::new(&set, &selectors);
-        let first = Self::index(&config, set, entries, matches, SystemTime::now(), None);
+        let first = Self::index(
+            &config,
+            set,
+            entries,
+            matches,
+            SystemTime::now(),
+            None,
+            None,
+        );
         Self {
             balancer: Balancer::new(config.algorithm).with_decay(config.decay),
             config,
@@ -279,6 +287,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
         matches: Matches,
         now: SystemTime,
         previous: Option<(&SubsetIndex, Option<&Pairing>)>,
+        spare_positions: Option<Vec<u32>>,
     ) -> Snapshot<T> {
         let options = IndexOptions {
             zone: config.zone.clone(),
@@ -288,13 +297,14 @@ impl<T: Send + Sync + 'static> Pool<T> {
         };
         let selectors: Vec<&Selector> = config.selectors.iter().collect();
         Snapshot {
-            index: SubsetIndex::with_previous(
+            index: SubsetIndex::with_previous_reusing(
                 set,
                 &selectors,
                 &matches,
                 options,
                 previous.map(|(index, _)| index),
                 previous.and_then(|(_, pairing)| pairing),
+                spare_positions,
             ),
             entries,
             matches,
@@ -323,12 +333,14 @@ impl<T: Send + Sync + 'static> Pool<T> {
         self.update_reusing(set, extra, None)
     }
 
-    /// [`update`](Self::update), patching `spare` (the entry list of a snapshot gone out
-    /// of use, from [`Retired::take_spare`]) into the new snapshot's entry list in place
-    /// rather than making a new one: only the entries between the first change and the
-    /// last are replaced, so a large Service's update allocates no list and clones,
-    /// writes and drops a few entries, not one per endpoint. A spare with room for more
-    /// than twice the endpoints is dropped instead (a Service scaled down does not keep
+    /// [`update`](Self::update), patching `spare` (the lists of a snapshot gone out of
+    /// use, from [`Retired::take_spare`]) into the new snapshot's in place rather than
+    /// making new ones: only the entries between the first change and the last are
+    /// replaced, so a large Service's update allocates no entry list and clones, writes
+    /// and drops a few entries, not one per endpoint; the label matches and the list of
+    /// routable positions are written into the spare's lists, which spares their
+    /// allocation and the fresh memory's page faults. A spare list with room for more
+    /// than twice what is needed is dropped instead (a Service scaled down does not keep
     /// its largest size's room).
     pub fn update_reusing(
         &self,
@@ -339,6 +351,10 @@ impl<T: Send + Sync + 'static> Pool<T> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
         let old = previous.set().endpoints();
+        let (spare_entries, spare_matches, spare_positions) = match spare {
+            Some(s) => (s.entries, Some(s.matches), s.positions),
+            None => (None, None, None),
+        };
         // One merge walk pairs the two address-sorted lists; entries and label matches are
         // carried through it.
         let pairing = Pairing::new(previous.set(), &set);
@@ -363,7 +379,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     _ => Self::entry(&self.table, e, &mut extra, &mut tracked),
                 }
             };
-            let spare = spare.map(|s| s.0).filter(|s| s.capacity() <= 2 * n);
+            let spare = spare_entries.filter(|s| s.capacity() <= 2 * n);
             let entries = match spare {
                 Some(mut list) => {
                     pairing.carry_into(&previous.entries, &mut list, Arc::ptr_eq, make);
@@ -377,12 +393,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
         };
         // Label matches are made again only for endpoints whose metadata changed.
         let selectors: Vec<&Selector> = self.config.selectors.iter().collect();
-        let matches = Matches::carry(
+        let matches = Matches::carry_into(
             &set,
             &selectors,
             previous.set(),
             &previous.matches,
             &pairing,
+            spare_matches,
         );
         let next = Self::index(
             &self.config,
@@ -391,6 +408,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
             matches,
             SystemTime::now(),
             Some((&previous.index, Some(&pairing))),
+            spare_positions,
         );
         self.current.store(Arc::new(next));
         previous
@@ -413,6 +431,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
             current.matches.clone(),
             SystemTime::now(),
             Some((&current.index, None)),
+            None,
         );
         self.current.store(Arc::new(next));
         Some(current)
@@ -532,10 +551,11 @@ impl<T: Send + Sync + 'static> Pool<T> {
 /// An updater [`keep`](Self::keep)s what [`Pool::update`] and [`Pool::refresh`] return and
 /// calls [`release`](Self::release) after each update and, while some are still held, on
 /// a timer. It holds nothing a request does not hold too: a snapshot goes at the first
-/// release after its last request ended. Of the last snapshot to go it keeps the entry
-/// list alone (when no other snapshot shares it), for the next update to patch in place
-/// ([`take_spare`](Self::take_spare), [`Pool::update_reusing`]); the rest of it, the
-/// endpoint set included, is dropped then. That list still holds the entries of
+/// release after its last request ended. Of the last snapshot to go it keeps the lists
+/// alone (the entry list when no other snapshot shares it, the label matches, and the
+/// list of routable positions when no request holds it), for the next update to patch or
+/// fill in place ([`take_spare`](Self::take_spare), [`Pool::update_reusing`]); the rest
+/// of it, the endpoint set included, is dropped then. That list still holds the entries of
 /// endpoints gone since (their payloads may hold connections), so a spare no update took
 /// is dropped at the second release after it was kept: an updater that releases on a
 /// timer while [`is_empty`](Self::is_empty) is false lets them go within two ticks.
@@ -547,14 +567,20 @@ pub struct Retired<T> {
     spare_seen: bool,
 }
 
-/// The entry list of a snapshot gone out of use, for [`Pool::update_reusing`] to patch
-/// in place; see [`Retired::take_spare`].
-pub struct SpareEntries<T>(Vec<Arc<PoolEntry<T>>>);
+/// The lists of a snapshot gone out of use (entries, label matches, routable positions),
+/// for [`Pool::update_reusing`] to patch or fill in place; see [`Retired::take_spare`].
+pub struct SpareEntries<T> {
+    entries: Option<Vec<Arc<PoolEntry<T>>>>,
+    /// The snapshot's label matches and routable positions, filled by the next update
+    /// instead of new lists.
+    matches: Matches,
+    positions: Option<Vec<u32>>,
+}
 
 impl<T> fmt::Debug for SpareEntries<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpareEntries")
-            .field("len", &self.0.len())
+            .field("len", &self.entries.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
@@ -607,17 +633,22 @@ impl<T> Retired<T> {
         self.held.len()
     }
 
-    /// The entry list of the last snapshot let go, if it is not taken (or dropped) yet.
+    /// The lists of the last snapshot let go, if they are not taken (or dropped) yet.
     pub fn take_spare(&mut self) -> Option<SpareEntries<T>> {
         self.spare_seen = false;
         self.spare.take()
     }
 
-    /// Drops `free` (held here alone) but for its entry list, kept as the spare when no
-    /// other snapshot shares it.
+    /// Drops `free` (held here alone) but for its lists, kept as the spare: the entry
+    /// list when no other snapshot shares it, the routable positions when no request
+    /// holds them.
     fn spend(&mut self, free: Arc<Snapshot<T>>) {
-        if let Some(list) = Arc::into_inner(free).and_then(|s| Arc::into_inner(s.entries)) {
-            self.spare = Some(SpareEntries(list));
+        if let Some(s) = Arc::into_inner(free) {
+            self.spare = Some(SpareEntries {
+                entries: Arc::into_inner(s.entries),
+                matches: s.matches,
+                positions: s.index.into_spare(),
+            });
             self.spare_seen = false;
         }
     }

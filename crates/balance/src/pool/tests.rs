@@ -260,7 +260,7 @@ fn replaced_snapshots_are_released_by_their_keeper_once_no_request_holds_them() 
     ));
     assert!(first.upgrade().is_none());
     assert_eq!(retired.len(), 0);
-    // Its entry list is kept for the next update, but not for long: two releases.
+    // Its lists are kept for the next update, but not for long: two releases.
     assert!(!retired.is_empty());
     retired.release();
     assert!(!retired.is_empty());
@@ -306,11 +306,23 @@ fn the_entry_list_of_a_snapshot_let_go_is_patched_into_the_next() {
     // list it was: that tells them apart (an address would not: the allocator may hand
     // a freed list's memory out again).
     let room = |s: &Snapshot<SocketAddr>| s.entries.capacity();
+    // The label matches and the list of routable positions are filled the same way.
+    let rooms = |s: &Snapshot<SocketAddr>| (s.matches.room(), s.index.room());
+    let first_rooms = rooms(&p.snapshot());
     let second = update(99, &mut retired);
     assert_eq!(room(&second), 99, "no spare yet: a new list");
-    // Nobody held the first snapshot once replaced: its list is the spare.
+    assert_eq!(rooms(&second), (99, 99));
+    // Nobody held the first snapshot once replaced: its lists are the spare.
     let third = update(98, &mut retired);
     assert_eq!(room(&third), 100, "the first list, patched");
+    assert_eq!(
+        rooms(&third),
+        first_rooms,
+        "the first snapshot's lists, filled"
+    );
+    assert_eq!(third.index().all().len(), 98);
+    let fresh = SubsetIndex::new(third.set().clone(), []);
+    assert_eq!(third.index().all().positions(), fresh.all().positions());
     assert_eq!(third.entries().len(), 98);
     for (a, b) in third.entries().iter().zip(second.entries()) {
         assert!(Arc::ptr_eq(a, b), "entries carried");

@@ -326,7 +326,9 @@ impl Picked<'_> {
 /// beyond the 64th are matched in full on every index.
 #[derive(Clone, Debug, Default)]
 pub struct Matches {
-    bits: Box<[u64]>,
+    /// A `Vec`, so that an update can fill the list of a snapshot gone out of use rather
+    /// than allocate one (see [`carry_into`](Self::carry_into)).
+    bits: Vec<u64>,
 }
 
 impl Matches {
@@ -349,6 +351,21 @@ impl Matches {
         matches: &Matches,
         pairing: &Pairing,
     ) -> Self {
+        Self::carry_into(set, selectors, previous, matches, pairing, None)
+    }
+
+    /// [`carry`](Self::carry), filling `spare` (the matches of a snapshot gone out of
+    /// use) rather than a new list when it is given and has no more than twice the room
+    /// needed: no allocation, and so none of the fresh memory's page faults, which were
+    /// most of what carrying 10,000 matches cost.
+    pub fn carry_into(
+        set: &EndpointSet,
+        selectors: &[&Selector],
+        previous: &EndpointSet,
+        matches: &Matches,
+        pairing: &Pairing,
+        spare: Option<Matches>,
+    ) -> Self {
         if matches.bits.len() != previous.len() || !pairing.fits(previous, set) {
             return Self::new(set, selectors);
         }
@@ -357,14 +374,27 @@ impl Matches {
         // The endpoints the update left as they were are copied in bulk; only those
         // between are looked at one by one.
         let mut computed = PerLabelSet::new(|labels| Self::compute(labels, &selectors[..count]));
-        let bits: Box<[u64]> = pairing.carry(&matches.bits, |i, before| {
+        let make = |i: usize, before: Option<usize>| {
             let e = &set.endpoints()[i];
             match before {
                 Some(j) if old[j].shares_meta(e) => matches.bits[j],
                 _ => computed.get(e),
             }
-        });
+        };
+        let bits = match spare.filter(|s| s.bits.capacity() <= 2 * set.len()) {
+            Some(Matches { mut bits }) => {
+                pairing.carry_into(&matches.bits, &mut bits, |a, b| a == b, make);
+                bits
+            }
+            None => pairing.carry(&matches.bits, make),
+        };
         Self { bits }
+    }
+
+    /// The room of the list (tests tell a filled spare from a new list by it).
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.bits.capacity()
     }
 
     /// The bits of an endpoint with `labels`.
@@ -447,6 +477,21 @@ impl SubsetIndex {
         previous: Option<&SubsetIndex>,
         pairing: Option<&Pairing>,
     ) -> Self {
+        Self::with_previous_reusing(set, selectors, matches, options, previous, pairing, None)
+    }
+
+    /// [`with_previous`](Self::with_previous), filling `spare` (the list of every routable
+    /// endpoint's position of an index gone out of use, see [`into_spare`](Self::into_spare))
+    /// instead of allocating that list anew.
+    pub(crate) fn with_previous_reusing(
+        set: Arc<EndpointSet>,
+        selectors: &[&Selector],
+        matches: &Matches,
+        options: IndexOptions,
+        previous: Option<&SubsetIndex>,
+        pairing: Option<&Pairing>,
+        spare: Option<Vec<u32>>,
+    ) -> Self {
         let before = |s: &Selector| {
             previous.and_then(|p| {
                 if s.is_everything() {
@@ -456,16 +501,16 @@ impl SubsetIndex {
                 }
             })
         };
-        let build = |s: &Selector, bit: Option<usize>| {
+        let build = |s: &Selector, bit: Option<usize>, spare: Option<Vec<u32>>| {
             let bit = bit.filter(|_| matches.len() == set.len());
             let matching = |i: usize, e: &Endpoint| match bit {
                 Some(bit) => matches.get(i, bit),
                 None => s.matches(e.labels()),
             };
             let before = before(s);
-            let carried = before
-                .zip(pairing)
-                .and_then(|(b, pairing)| carried_positions(b, &set, pairing, matching, &options));
+            let carried = before.zip(pairing).and_then(|(b, pairing)| {
+                carried_positions(b, &set, pairing, matching, &options, spare)
+            });
             let carried =
                 carried.unwrap_or_else(|| (routable_positions(&set, matching), None, None));
             let m = Arc::new(Members::new(&set, carried, &options, before));
@@ -477,12 +522,12 @@ impl SubsetIndex {
             }
             m
         };
-        let all = build(&Selector::everything(), None);
+        let all = build(&Selector::everything(), None, spare);
         let known = selectors
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.is_everything())
-            .map(|(i, s)| ((*s).clone(), build(s, Matches::bit(i))))
+            .map(|(i, s)| ((*s).clone(), build(s, Matches::bit(i), None)))
             .collect();
         Self {
             all,
@@ -491,6 +536,19 @@ impl SubsetIndex {
             options,
             set,
         }
+    }
+
+    /// The list of every routable endpoint's position, when nothing else holds it: for
+    /// the next index to fill ([`with_previous_reusing`](Self::with_previous_reusing)).
+    pub(crate) fn into_spare(self) -> Option<Vec<u32>> {
+        Arc::into_inner(self.all).map(|m| m.positions)
+    }
+
+    /// The room of the list of every routable endpoint's position (see
+    /// [`Matches::room`]).
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.all.positions.capacity()
     }
 
     /// The snapshot indexed.
@@ -602,6 +660,7 @@ fn carried_positions(
     pairing: &Pairing,
     matches: impl Fn(usize, &Endpoint) -> bool,
     options: &IndexOptions,
+    spare: Option<Vec<u32>>,
 ) -> Option<Carried> {
     let old_set = &*previous.set;
     let old = &previous.positions[..];
@@ -626,7 +685,16 @@ fn carried_positions(
     }
     let before_change = old.partition_point(|p| (*p as usize) < head);
     let after_change = old.partition_point(|p| (*p as usize) < m - tail);
-    let mut positions = Vec::with_capacity(old.len() + (n - tail - head));
+    let most = old.len() + (n - tail - head);
+    // A spare list (a snapshot's gone out of use) with no more than twice the room is
+    // filled instead of a new one, and keeps its room.
+    let (mut positions, spared) = match spare.filter(|s| s.capacity() <= 2 * most) {
+        Some(mut list) => {
+            list.clear();
+            (list, true)
+        }
+        None => (Vec::with_capacity(most), false),
+    };
     positions.extend_from_slice(&old[..before_change]);
     let endpoints = set.endpoints();
     let mut unit = previous
@@ -645,7 +713,9 @@ fn carried_positions(
     if positions.is_empty() {
         return None;
     }
-    positions.shrink_to_fit();
+    if !spared {
+        positions.shrink_to_fit();
+    }
     let splice = Splice {
         head: before_change,
         old_tail: after_change,
