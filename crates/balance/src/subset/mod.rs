@@ -343,21 +343,11 @@ impl Matches {
 
     /// The matches of `set`'s endpoints, reusing those of `previous` (an earlier set, its
     /// matches, and how `set` pairs with it) for endpoints that share their metadata with
-    /// the endpoint they pair with there: only changed endpoints are matched again.
-    pub fn carry(
-        set: &EndpointSet,
-        selectors: &[&Selector],
-        previous: &EndpointSet,
-        matches: &Matches,
-        pairing: &Pairing,
-    ) -> Self {
-        Self::carry_into(set, selectors, previous, matches, pairing, None)
-    }
-
-    /// [`carry`](Self::carry), filling `spare` (the matches of a snapshot gone out of
-    /// use) rather than a new list when it is given and has no more than twice the room
-    /// needed: no allocation, and so none of the fresh memory's page faults, which were
-    /// most of what carrying 10,000 matches cost.
+    /// the endpoint they pair with there: only changed endpoints are matched again. Written
+    /// into `spare` (the matches of a snapshot gone out of use) rather than a new list
+    /// when it is given and has no more than twice the room needed: no allocation, and so
+    /// none of the fresh memory's page faults, which were most of what carrying 10,000
+    /// matches cost.
     pub fn carry_into(
         set: &EndpointSet,
         selectors: &[&Selector],
