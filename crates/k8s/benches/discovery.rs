@@ -121,7 +121,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (true, _) => (2, 40),
         _ => (5, 200),
     };
-    let server = ApiServer::builder().controllers(false).start().await?;
+    // The server keeps the last 200 events, not its default 10,000: in a long-running API
+    // server the history wraps and a new version reuses the memory of one it forgot. With
+    // every one of this run's ~1,100 versions kept, each write's copy of its slice landed
+    // on freshly faulted pages (the server's part of write → event p50 ~0.7 ms against
+    // ~0.55 ms). Every watch here follows live, far closer than 200 events behind.
+    let server = ApiServer::builder()
+        .controllers(false)
+        .history(200)
+        .start()
+        .await?;
     let client = server.client().await?;
     let services: Api<Service> = Api::default_namespaced(client.clone());
     let svc: Service = serde_json::from_value(

@@ -735,7 +735,6 @@ fn validate_slice(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
         }
         for (j, a) in addrs.iter().enumerate() {
             let s = a.as_str().unwrap_or("");
-            let field = format!("endpoints[{i}].addresses[{j}]");
             let problem = match at {
                 "FQDN" => (!is_dns1123_subdomain(s)).then_some(SUBDOMAIN_MSG),
                 family => match s.parse::<IpAddr>() {
@@ -745,7 +744,11 @@ fn validate_slice(obj: &Value, config: &Config, causes: &mut Vec<Cause>) {
                 },
             };
             if let Some(why) = problem {
-                causes.push(Cause::invalid(field, s, why));
+                causes.push(Cause::invalid(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    s,
+                    why,
+                ));
             }
         }
     }

@@ -121,16 +121,18 @@ impl Shared {
 impl Shared {
     /// Runs `f` on the store and wakes watchers and controllers if it wrote anything.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        let (out, rv) = {
+        let (out, rv, forgotten) = {
             let mut store = self.store.lock().expect("store lock");
             let out = f(&mut store);
-            (out, store.rv())
+            (out, store.rv(), store.take_forgotten())
         };
         self.changed.send_if_modified(|cur| {
             let modified = *cur != rv;
             *cur = rv;
             modified
         });
+        // The versions the history let go are freed here, after the watches were woken.
+        drop(forgotten);
         out
     }
 

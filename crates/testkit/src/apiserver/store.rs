@@ -42,6 +42,12 @@ pub(crate) struct Store {
     retention: usize,
     /// Every event with `rv > compacted` is still in `events`.
     compacted: u64,
+    /// Events trimmed from the history and not yet dropped: [`Shared::write`] drops them
+    /// once the store is unlocked and the watches are woken, so freeing the versions the
+    /// history forgot is not on the way from a write to its watch event.
+    ///
+    /// [`Shared::write`]: super::server::Shared::write
+    forgotten: Vec<Event>,
 }
 
 pub(crate) fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -64,6 +70,7 @@ impl Store {
             events: VecDeque::new(),
             retention: retention.max(1),
             compacted: 100,
+            forgotten: Vec::new(),
         }
     }
 
@@ -151,8 +158,14 @@ impl Store {
         while self.events.len() > self.retention {
             if let Some(e) = self.events.pop_front() {
                 self.compacted = e.rv;
+                self.forgotten.push(e);
             }
         }
+    }
+
+    /// The events trimmed from the history since the last call, for the caller to drop.
+    pub(crate) fn take_forgotten(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Events of `res` with a version above `after`; `None` when `after` is compacted.
