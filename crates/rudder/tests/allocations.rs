@@ -154,6 +154,36 @@ fn request_path_heap_use_is_bounded() {
             }
         }
 
+        // A Service with more endpoints than a thread keeps copies of their addresses
+        // for (`mesh/local.rs`): once the table is full, the rest share the Mesh's copy;
+        // nothing is copied per request.
+        let big: Vec<Endpoint> = (0..5_000u32)
+            .map(|i| {
+                let [_, _, a, b] = i.to_be_bytes();
+                Endpoint::new(SocketAddr::from(([10, 1, a, b], 8080)))
+            })
+            .collect();
+        let large = MeshLayer::builder_static()
+            .static_service("web", Static::new(big))
+            .expect("static")
+            .retries(0, 20.0, 10)
+            .build()
+            .expect("layer")
+            .layer(inner());
+        // Enough requests for the thread's table to fill (about 1,200 reach 1,024 of
+        // 5,000 endpoints), not to reach every endpoint (that takes about 43,000): the
+        // first request to an endpoint allocates nothing either.
+        for _ in 0..10_000 {
+            large
+                .clone()
+                .oneshot(with_header("http://web:8080/x"))
+                .await
+                .expect("response");
+        }
+        let large_service = added(&large, with_header).await;
+        println!("... to a Service of 5,000 endpoints: {large_service:.2}");
+        assert_eq!(large_service, 0.0, "requests to a large Service allocated");
+
         // Hostile subset headers: 100,000 distinct selectors leave memory flat once the
         // per-snapshot cache is full.
         let hostile = |i: usize| {

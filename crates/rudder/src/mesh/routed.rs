@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::uri::Authority;
 use rudder_balance::{EmptyReason, Endpoint, EndpointSet, Pool, PoolConfig, Retired, ServiceState};
 use rudder_k8s::ServiceRef;
 use tokio::sync::watch;
@@ -44,11 +46,11 @@ pub(crate) type Attempt = rudder_balance::Attempt<EndpointExtra>;
 
 /// A new endpoint's payload (an address that stays with the same Pod keeps its own).
 fn extra(telemetry: &Telemetry, e: &Endpoint) -> EndpointExtra {
+    super::local::endpoint_arrived();
     EndpointExtra {
-        authority: e
-            .addr()
-            .to_string()
-            .parse()
+        // Shared from the start: bytes made from a `String` (as `parse` makes them)
+        // allocate again on their first clone, which would be a request's.
+        authority: Authority::from_maybe_shared(Bytes::from_owner(e.addr().to_string()))
             .expect("a socket address is a URI authority"),
         telemetry: telemetry.endpoint(),
         pod: e.meta().pod.clone(),
