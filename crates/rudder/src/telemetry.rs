@@ -32,8 +32,10 @@ pub(crate) struct Telemetry {
     subsets: Vec<Selector>,
 }
 
-/// An endpoint's metric handles per subset label, looked up in the registry on first use
-/// and then held: a request records without building labels or allocating.
+/// An endpoint's request counters and latency histogram per subset label, made on first
+/// use and held with the endpoint's routing state: a request records without building
+/// labels or allocating, and a scrape reports them while the endpoint is in its Service's
+/// current snapshot (see [`Metrics`]), so the series of Pods that left go with them.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointTelemetry {
     #[cfg(feature = "metrics")]
@@ -73,7 +75,7 @@ impl Telemetry {
     }
 
     #[cfg(feature = "metrics")]
-    fn slot_label(&self, slot: usize) -> String {
+    pub(crate) fn slot_label(&self, slot: usize) -> String {
         match slot {
             0 => String::new(),
             i if i <= self.subsets.len() => self.subsets[i - 1].to_string(),
@@ -110,17 +112,15 @@ impl Telemetry {
 
     pub(crate) fn request(
         &self,
-        service: &str,
         endpoint: &EndpointTelemetry,
-        addr: SocketAddr,
         slot: usize,
         outcome: Outcome,
         latency: Duration,
     ) {
         #[cfg(feature = "metrics")]
-        if let (Some(m), Some(handles)) = (&self.metrics, endpoint.slots.get(slot)) {
+        if let Some(handles) = endpoint.slots.get(slot) {
             handles
-                .get_or_init(|| m.handles(service, &self.slot_label(slot), &addr.to_string()))
+                .get_or_init(self::prometheus::Handles::new)
                 .record(outcome, latency);
         }
     }
@@ -157,6 +157,7 @@ mod prometheus {
 
     use prometheus_client::collector::Collector;
     use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+    use prometheus_client::metrics::MetricType;
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::ConstGauge;
@@ -198,9 +199,8 @@ mod prometheus {
         state: &'static str,
     }
 
-    type Histograms = Family<LatencyLabels, Histogram, fn() -> Histogram>;
-
-    /// One endpoint's series under one subset label.
+    /// One endpoint's series under one subset label: not in any registry, reported by
+    /// [`Views`] while the endpoint is in its Service's snapshot.
     #[derive(Debug)]
     pub(crate) struct Handles {
         success: Counter,
@@ -210,6 +210,15 @@ mod prometheus {
     }
 
     impl Handles {
+        pub(crate) fn new() -> Self {
+            Self {
+                success: Counter::default(),
+                failure: Counter::default(),
+                error: Counter::default(),
+                latency: latency_histogram(),
+            }
+        }
+
         pub(crate) fn record(&self, outcome: Outcome, latency: Duration) {
             let counter = match outcome {
                 Outcome::Success => &self.success,
@@ -254,11 +263,13 @@ mod prometheus {
     /// no caller can grow the number of series.
     ///
     /// Endpoint labels make one series per Pod: fine for Services of tens or hundreds of
-    /// Pods; for thousands, aggregate in the scrape configuration.
+    /// Pods; for thousands, aggregate in the scrape configuration. A scrape reports the
+    /// per-endpoint series of the endpoints in each routed Service's current snapshot:
+    /// those of a Pod that left (a rollout, a scale-down, readiness lost) are gone from the
+    /// next scrape, so Pod churn does not grow the series, and start again from zero if
+    /// the endpoint comes back.
     #[derive(Clone, Debug)]
     pub struct Metrics {
-        requests: Family<RequestLabels, Counter>,
-        latency: Histograms,
         retries: Family<ServiceLabels, Counter>,
         ejections: Family<ServiceLabels, Counter>,
         dns_fallbacks: Family<ServiceLabels, Counter>,
@@ -275,8 +286,6 @@ mod prometheus {
     impl Metrics {
         pub(crate) fn register(registry: &mut Registry) -> Self {
             let m = Self {
-                requests: Family::default(),
-                latency: Histograms::new_with_constructor(latency_histogram),
                 retries: Family::default(),
                 ejections: Family::default(),
                 dns_fallbacks: Family::default(),
@@ -284,16 +293,6 @@ mod prometheus {
                 shared: Arc::new(OnceLock::new()),
             };
             let r = registry.sub_registry_with_prefix("rudder");
-            r.register(
-                "requests",
-                "Requests routed to endpoints",
-                m.requests.clone(),
-            );
-            r.register(
-                "request_duration_seconds",
-                "Time to response headers",
-                m.latency.clone(),
-            );
             r.register(
                 "retries",
                 "Requests retried on another endpoint",
@@ -316,33 +315,6 @@ mod prometheus {
             );
             r.register_collector(Box::new(Views(m.shared.clone())));
             m
-        }
-
-        /// The handles of one endpoint under one subset label.
-        pub(crate) fn handles(&self, service: &str, subset: &str, endpoint: &str) -> Handles {
-            let counter = |outcome| {
-                self.requests
-                    .get_or_create(&RequestLabels {
-                        service: service.into(),
-                        subset: subset.into(),
-                        endpoint: endpoint.into(),
-                        outcome,
-                    })
-                    .clone()
-            };
-            Handles {
-                success: counter("success"),
-                failure: counter("failure"),
-                error: counter("error"),
-                latency: self
-                    .latency
-                    .get_or_create(&LatencyLabels {
-                        service: service.into(),
-                        subset: subset.into(),
-                        endpoint: endpoint.into(),
-                    })
-                    .clone(),
-            }
         }
 
         /// The ejection counter of `service`.
@@ -404,6 +376,60 @@ mod prometheus {
             let Some(shared) = self.0.get().and_then(Weak::upgrade) else {
                 return Ok(());
             };
+            // Per endpoint of each Service's current snapshot, per subset label it took
+            // requests under.
+            let snapshots: Vec<_> = shared
+                .routed_now()
+                .into_iter()
+                .map(|r| (r.label.clone(), r.pool.snapshot()))
+                .collect();
+            let series = || {
+                snapshots.iter().flat_map(|(service, snapshot)| {
+                    let addrs = snapshot.set().endpoints().iter().map(|e| e.addr());
+                    addrs
+                        .zip(snapshot.entries())
+                        .flat_map(move |(addr, entry)| {
+                            let slots = entry.extra().telemetry.slots.iter().enumerate();
+                            slots.filter_map(move |(slot, h)| Some((service, slot, addr, h.get()?)))
+                        })
+                })
+            };
+            let telemetry = &shared.telemetry;
+            let mut family = encoder.encode_descriptor(
+                "requests",
+                "Requests routed to endpoints",
+                None,
+                MetricType::Counter,
+            )?;
+            for (service, slot, addr, h) in series() {
+                for (outcome, counter) in [
+                    ("success", &h.success),
+                    ("failure", &h.failure),
+                    ("error", &h.error),
+                ] {
+                    let labels = RequestLabels {
+                        service: service.to_string(),
+                        subset: telemetry.slot_label(slot),
+                        endpoint: addr.to_string(),
+                        outcome,
+                    };
+                    counter.encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "request_duration_seconds",
+                "Time to response headers",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (service, slot, addr, h) in series() {
+                let labels = LatencyLabels {
+                    service: service.to_string(),
+                    subset: telemetry.slot_label(slot),
+                    endpoint: addr.to_string(),
+                };
+                h.latency.encode(family.encode_family(&labels)?)?;
+            }
             let views = shared.views();
             let probe = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(

@@ -711,6 +711,13 @@ impl Shared {
         }
     }
 
+    /// Every Service port routed to now.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn routed_now(&self) -> Vec<Arc<Routed>> {
+        let routed = self.routed.read().expect("routed lock");
+        routed.values().cloned().collect()
+    }
+
     pub(crate) fn views(&self) -> Vec<ServiceView> {
         let routed: Vec<_> = self
             .routed

@@ -1160,15 +1160,13 @@ where
         } else {
             Outcome::Success
         };
-        let endpoint = attempt.addr();
         self.policy().telemetry.request(
-            &self.routed().label,
             &attempt.extra().telemetry,
-            endpoint,
             self.chosen.slot,
             outcome,
             latency,
         );
+        let endpoint = attempt.addr();
         // The opt-in retry on status codes: idempotent requests only, within the same
         // limits and budget as every retry.
         let retry = !settings.retry_statuses.is_empty()
@@ -1192,9 +1190,7 @@ where
         let entry = attempt.entry().clone();
         let elapsed = attempt.failed();
         self.policy().telemetry.request(
-            &self.routed().label,
             &entry.extra().telemetry,
-            endpoint,
             self.chosen.slot,
             Outcome::Error,
             elapsed,

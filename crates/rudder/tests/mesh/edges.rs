@@ -729,3 +729,93 @@ async fn a_relabelled_pod_moves_between_subsets() {
     let v41 = spread(&mut mesh, 30, || subset("4.1")).await;
     assert_eq!(pods_of(v41), ["biz1-41-1"]);
 }
+
+/// Per-endpoint series follow the endpoints: after every Pod was replaced, twice, a scrape
+/// has series for the Pods running now and none for the six that left.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_series_leave_with_their_pods() {
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+
+    let mut cluster = hello(3).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let layer = MeshLayer::builder(rbac_client(&cluster).await)
+        .metrics(&mut registry)
+        // Round robin reaches every Pod within a few requests, whatever latencies do.
+        .algorithm(rudder::Algorithm::WeightedRoundRobin)
+        .build()
+        .unwrap();
+    let mut mesh = layer.layer(h1());
+    // The endpoints of `rudder_requests_total` and `rudder_request_duration_seconds`
+    // series, and how many series each family has.
+    let scrape = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        let endpoints = |prefix: &str| -> (BTreeSet<String>, usize) {
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+            let set = lines
+                .iter()
+                .filter_map(|l| {
+                    Some(
+                        l.split("endpoint=\"")
+                            .nth(1)?
+                            .split('"')
+                            .next()?
+                            .to_string(),
+                    )
+                })
+                .collect();
+            (set, lines.len())
+        };
+        (
+            endpoints("rudder_requests_total{"),
+            endpoints("rudder_request_duration_seconds_count{"),
+        )
+    };
+    let addrs = |cluster: &rudder_testkit::TestCluster, names: &[String]| -> BTreeSet<String> {
+        names
+            .iter()
+            .map(|n| cluster.pod(n).unwrap().addr().to_string())
+            .collect()
+    };
+    let mut running: Vec<String> = (1..=3).map(|i| format!("hello-world-{i}")).collect();
+    spread(&mut mesh, 30, || req("http://hello-svc:8080/")).await;
+    let ((requests, request_series), (latency, latency_series)) = scrape(&registry);
+    assert_eq!(requests, addrs(&cluster, &running));
+    assert_eq!(latency, requests);
+    // Three outcomes per endpoint, one histogram.
+    assert_eq!((request_series, latency_series), (9, 3));
+    for generation in 2..=3 {
+        let next: Vec<String> = (1..=3)
+            .map(|i| format!("hello-world-g{generation}-{i}"))
+            .collect();
+        for name in &next {
+            cluster
+                .add_pod(name, labels(&[("app", "hello-world")]))
+                .await
+                .unwrap();
+        }
+        for name in &running {
+            cluster.delete_pod(name, 0).await.unwrap();
+            cluster.pod(name).unwrap().kill().await;
+        }
+        cluster.api().settled().await;
+        let want: BTreeSet<SocketAddr> = next
+            .iter()
+            .map(|n| cluster.pod(n).unwrap().addr())
+            .collect();
+        eventually("the Mesh routes to the new Pods only", || {
+            layer.view("hello-svc:8080").is_some_and(|v| {
+                v.endpoints.iter().map(|e| e.addr).collect::<BTreeSet<_>>() == want
+            })
+        })
+        .await;
+        spread(&mut mesh, 30, || req("http://hello-svc:8080/")).await;
+        let ((requests, request_series), (latency, latency_series)) = scrape(&registry);
+        assert_eq!(requests, addrs(&cluster, &next), "generation {generation}");
+        assert_eq!(latency, requests, "generation {generation}");
+        assert_eq!((request_series, latency_series), (9, 3));
+        running = next;
+    }
+}
