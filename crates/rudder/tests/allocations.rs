@@ -82,6 +82,53 @@ where
     region.change().allocations as f64 / f64::from(n) - bare
 }
 
+/// An inner service whose response is not ready at first, so that requests sent together
+/// are all in flight before any ends.
+fn yielding() -> impl tower::Service<
+    Request<rudder::ReplayBody<Empty<Bytes>>>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|_| async {
+        tokio::task::yield_now().await;
+        Ok(Response::new(Empty::new()))
+    })
+}
+
+/// Allocations per request through `svc` beyond the bare inner service's, sending `n`
+/// requests at once (all in flight together), after a warm-up round.
+async fn added_concurrently<S>(svc: &S, n: usize) -> f64
+where
+    S: tower::Service<Request<Empty<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    use futures::future::join_all;
+    let round = || join_all((0..n).map(|_| svc.clone().oneshot(with_header("http://web:8080/x"))));
+    for r in round().await {
+        r.expect("response");
+    }
+    let rounds = 10;
+    let bare = Region::new(GLOBAL);
+    for _ in 0..rounds {
+        join_all((0..n).map(|_| {
+            yielding().oneshot(with_header("http://web:8080/x").map(rudder::ReplayBody::new))
+        }))
+        .await;
+    }
+    let bare = bare.change().allocations as f64;
+    let region = Region::new(GLOBAL);
+    for _ in 0..rounds {
+        for r in round().await {
+            r.expect("response");
+        }
+    }
+    let total = (rounds * n) as f64;
+    (region.change().allocations as f64 - bare) / total
+}
+
 fn builder() -> rudder::MeshBuilder {
     MeshLayer::builder_static()
         .trust_subset_header()
@@ -183,6 +230,13 @@ fn request_path_heap_use_is_bounded() {
         let large_service = added(&large, with_header).await;
         println!("... to a Service of 5,000 endpoints: {large_service:.2}");
         assert_eq!(large_service, 0.0, "requests to a large Service allocated");
+
+        // Many requests in flight on one thread at once (as a busy client has), retries
+        // on: each keeps its head until it ends, in buffers the thread reuses.
+        let concurrent = builder().build().expect("layer").layer(yielding());
+        let in_flight = added_concurrently(&concurrent, 200).await;
+        println!("... with 200 requests in flight at once, retries on: {in_flight:.2}");
+        assert_eq!(in_flight, 0.0, "requests in flight at once allocated");
 
         // Hostile subset headers: 100,000 distinct selectors leave memory flat once the
         // per-snapshot cache is full.

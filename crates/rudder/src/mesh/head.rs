@@ -10,8 +10,10 @@
 //! a few short copies and no allocation; a request that carries extensions pays for a
 //! copy of them (`http::Extensions` offers nothing cheaper), one without pays nothing.
 //!
-//! Each thread keeps at most [`SPARE_PER_THREAD`] spare copies, and none whose buffers
-//! grew past [`SPARE_BYTES`] (a request with huge headers): the free list stays small.
+//! A thread keeps as many spare copies as it had requests in flight at once, so a busy
+//! client reuses them too, up to [`SPARE_PER_THREAD`] copies and [`SPARE_TOTAL`] bytes,
+//! and none whose buffers grew past [`SPARE_BYTES`] (a request with huge headers): beyond
+//! that, copies are allocated and freed, and the free list stays bounded.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -19,17 +21,32 @@ use std::ops::Range;
 use http::header::{HeaderName, HeaderValue};
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 
-/// Spare copies kept per thread.
-const SPARE_PER_THREAD: usize = 32;
+/// Spare copies kept per thread, at most.
+const SPARE_PER_THREAD: usize = 1024;
+
+/// Bytes of spare copies kept per thread, at most.
+const SPARE_TOTAL: usize = 1024 * 1024;
 
 /// A copy whose buffers hold more than this many bytes is dropped, not kept spare.
 const SPARE_BYTES: usize = 16 * 1024;
 
-thread_local! {
+/// One thread's spare copies.
+struct Spare {
     // Boxed: a copy lives in the response future as one pointer, moved in and out of
     // the free list as is.
     #[allow(clippy::vec_box)]
-    static SPARE: RefCell<Vec<Box<Buffers>>> = const { RefCell::new(Vec::new()) };
+    copies: Vec<Box<Buffers>>,
+    /// The copies' bytes ([`Buffers::size`]).
+    bytes: usize,
+}
+
+thread_local! {
+    static SPARE: RefCell<Spare> = const {
+        RefCell::new(Spare {
+            copies: Vec::new(),
+            bytes: 0,
+        })
+    };
 }
 
 /// A request head, copied; see the [module docs](self).
@@ -53,7 +70,8 @@ struct Buffers {
 
 impl Buffers {
     fn size(&self) -> usize {
-        self.uri.capacity()
+        std::mem::size_of::<Self>()
+            + self.uri.capacity()
             + self.bytes.capacity()
             + self.headers.capacity() * std::mem::size_of::<(Range<usize>, Range<usize>, bool)>()
     }
@@ -63,7 +81,12 @@ impl KeptHead {
     /// Copies `req`'s head: method, URI, version, headers and extensions.
     pub(crate) fn copy<B>(req: &Request<B>) -> Self {
         let mut b = SPARE
-            .try_with(|s| s.borrow_mut().pop())
+            .try_with(|s| {
+                let mut s = s.borrow_mut();
+                let b = s.copies.pop()?;
+                s.bytes -= b.size();
+                Some(b)
+            })
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -120,7 +143,8 @@ impl Drop for KeptHead {
         let Some(mut b) = self.buffers.take() else {
             return;
         };
-        if b.size() > SPARE_BYTES {
+        let size = b.size();
+        if size > SPARE_BYTES {
             return;
         }
         b.uri.clear();
@@ -130,8 +154,9 @@ impl Drop for KeptHead {
         // The thread may be exiting: then the copy is simply dropped.
         let _ = SPARE.try_with(|s| {
             let mut s = s.borrow_mut();
-            if s.len() < SPARE_PER_THREAD {
-                s.push(b);
+            if s.copies.len() < SPARE_PER_THREAD && s.bytes + size <= SPARE_TOTAL {
+                s.bytes += size;
+                s.copies.push(b);
             }
         });
     }
@@ -140,6 +165,26 @@ impl Drop for KeptHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spare_copies_are_bounded_in_bytes() {
+        // Heads of 8 KiB, a thousand in flight at once: the byte bound holds first.
+        let big = Request::get("http://web:8080/x")
+            .header("x-big", "a".repeat(8 * 1024))
+            .body(())
+            .expect("request");
+        let heads: Vec<_> = (0..1000).map(|_| KeptHead::copy(&big)).collect();
+        drop(heads);
+        let (copies, bytes) = SPARE.with(|s| {
+            let s = s.borrow();
+            (s.copies.len(), s.bytes)
+        });
+        assert!(bytes <= SPARE_TOTAL, "{bytes} bytes");
+        assert!((64..=128).contains(&copies), "{copies} copies of 8 KiB");
+        // The count matches what the list holds.
+        let held: usize = SPARE.with(|s| s.borrow().copies.iter().map(|b| b.size()).sum());
+        assert_eq!(held, bytes);
+    }
 
     #[test]
     fn a_kept_head_gives_the_same_request_back() {
@@ -189,10 +234,13 @@ mod tests {
             .map(|_| KeptHead::copy(&req))
             .collect();
         drop(kept);
-        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_PER_THREAD);
+        assert_eq!(SPARE.with(|s| s.borrow().copies.len()), SPARE_PER_THREAD);
         // A copy taken now is a spare one, emptied.
         let kept = KeptHead::copy(&req);
-        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_PER_THREAD - 1);
+        assert_eq!(
+            SPARE.with(|s| s.borrow().copies.len()),
+            SPARE_PER_THREAD - 1
+        );
         assert_eq!(
             kept.buffers.as_ref().map(|b| b.uri.as_str()),
             Some("http://web/x")
@@ -203,8 +251,8 @@ mod tests {
             .header("x-big", "a".repeat(SPARE_BYTES))
             .body(())
             .expect("request");
-        let before = SPARE.with(|s| s.borrow().len());
+        let before = SPARE.with(|s| s.borrow().copies.len());
         drop(KeptHead::copy(&big));
-        assert_eq!(SPARE.with(|s| s.borrow().len()), before - 1);
+        assert_eq!(SPARE.with(|s| s.borrow().copies.len()), before - 1);
     }
 }
