@@ -2,6 +2,7 @@
 //! a request ([`Target`]).
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use http::HeaderName;
 use http::uri::Authority;
@@ -15,16 +16,22 @@ use rudder_balance::{Selector, SelectorError};
 /// req.extensions_mut().insert("version=4.2".parse::<rudder::Subset>().unwrap());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Subset(Selector);
+pub struct Subset(Arc<Selector>);
 
 impl Subset {
     /// The subset of Pods matching `selector`.
     pub fn new(selector: Selector) -> Self {
-        Self(selector)
+        Self(Arc::new(selector))
     }
 
     /// The selector.
     pub fn selector(&self) -> &Selector {
+        &self.0
+    }
+
+    /// The selector, shared: what a request routed by it holds (a clone is a reference
+    /// count, not a copy of the selector).
+    pub(crate) fn shared(&self) -> &Arc<Selector> {
         &self.0
     }
 }
@@ -33,7 +40,7 @@ impl FromStr for Subset {
     type Err = SelectorError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Self)
+        s.parse().map(Self::new)
     }
 }
 

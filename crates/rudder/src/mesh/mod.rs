@@ -70,7 +70,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use rudder_balance::{PoolConfig, ServiceState, Split};
+use rudder_balance::{PoolConfig, Selector, SelectorError, ServiceState, Split};
 use rudder_k8s::ServiceRef;
 
 use self::builder::{Settings, Source};
@@ -289,6 +289,13 @@ const RESOLVED_CACHE: usize = 4096;
 /// almost always one entry.
 type Resolutions = HashMap<Box<str>, Vec<(u16, Resolved)>, foldhash::fast::RandomState>;
 
+/// How many distinct subset header values the parse cache holds; others (a caller sending
+/// ever new ones) are parsed per request.
+const HEADER_SELECTORS: usize = 64;
+
+/// Subset header values, as sent, and the selectors they parse to.
+type HeaderSelectors = HashMap<Box<str>, Arc<Selector>, foldhash::fast::RandomState>;
+
 /// State shared by every clone of a Mesh.
 /// Where an HTTPRoute sends a request.
 pub(crate) struct RouteChoice {
@@ -309,6 +316,8 @@ pub(crate) struct Shared {
     /// Read on every request without a lock; copied on the rare insert.
     resolved: ArcSwap<Resolutions>,
     resolving: Mutex<()>,
+    /// Read on every request with a subset header; copied on the rare insert.
+    header_selectors: ArcSwap<HeaderSelectors>,
     /// The split in force (see [`MeshLayer::set_split`]).
     pub(crate) split: SplitCell,
     /// Per namespace routed to, its HTTPRoutes (compiled as discovery publishes them).
@@ -398,7 +407,25 @@ impl Shared {
             gamma: RwLock::new(HashMap::new()),
             resolved: ArcSwap::default(),
             resolving: Mutex::new(()),
+            header_selectors: ArcSwap::default(),
         }
+    }
+
+    /// The selector a subset header value parses to: parsed once per distinct value (up
+    /// to [`HEADER_SELECTORS`] of them), so a request carrying one allocates nothing.
+    pub(crate) fn header_selector(&self, text: &str) -> Result<Arc<Selector>, SelectorError> {
+        if let Some(s) = self.header_selectors.load().get(text) {
+            return Ok(s.clone());
+        }
+        let selector = Arc::new(text.parse::<Selector>()?);
+        let _one = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self.header_selectors.load();
+        if cache.len() < HEADER_SELECTORS && !cache.contains_key(text) {
+            let mut next = HeaderSelectors::clone(&cache);
+            next.insert(text.into(), selector.clone());
+            self.header_selectors.store(Arc::new(next));
+        }
+        Ok(selector)
     }
 
     /// Resolves a request's authority (the request path's first step): cached, so the

@@ -1363,7 +1363,7 @@ enum SubsetChoice {
     /// A leg of the traffic split.
     Split(Arc<rudder_balance::Split>, usize),
     /// From the request (extension or header).
-    Owned(Selector),
+    Owned(Arc<Selector>),
 }
 
 impl SubsetChoice {
@@ -1383,7 +1383,7 @@ impl SubsetChoice {
 fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<SubsetChoice, MeshError> {
     let settings = &shared.settings;
     if let Some(s) = req.extensions().get::<Subset>() {
-        return Ok(SubsetChoice::Owned(s.selector().clone()));
+        return Ok(SubsetChoice::Owned(s.shared().clone()));
     }
     if let Some(name) = &settings.subset_header
         && let Some(value) = req.headers().get(name)
@@ -1391,8 +1391,8 @@ fn choose_subset<B>(shared: &Shared, req: &Request<B>) -> Result<SubsetChoice, M
         let text = value.to_str().map_err(|_| MeshError::SubsetNotAscii {
             header: name.to_string(),
         })?;
-        return text
-            .parse()
+        return shared
+            .header_selector(text)
             .map(SubsetChoice::Owned)
             .map_err(|source| MeshError::InvalidSubset {
                 header: name.to_string(),
