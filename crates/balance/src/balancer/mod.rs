@@ -37,6 +37,7 @@ thread_local! {
     static RNG: Cell<u64> = Cell::new(rand::random());
 }
 
+#[inline]
 fn random_pair() -> (u64, u64) {
     RNG.with(|state| {
         let s = state.get();
@@ -297,6 +298,7 @@ impl Balancer {
     /// weighted least-request balancers compare it, scaled by latency; but when both are
     /// idle their loads tie, so sequential traffic follows the weighted draw (slow start
     /// included) instead of always favouring the heavier one.
+    #[inline]
     fn second_wins(
         &self,
         weights: &crate::weighted::WeightedIndex,
@@ -341,6 +343,7 @@ impl Balancer {
     /// and its peak, each aged to `reference` (nanoseconds after its table's origin: an
     /// estimate with no newer sample decays toward zero, so an endpoint that stopped being
     /// picked is tried again), floored at [`LATENCY_RESOLUTION`].
+    #[inline]
     fn aged(&self, seen: &Seen, reference: u64) -> f64 {
         let floor = LATENCY_RESOLUTION.as_nanos() as f64;
         let latency = seen.ewma.max(seen.peak);
@@ -370,6 +373,7 @@ struct Seen {
 }
 
 impl Seen {
+    #[inline]
     fn of(load: &EndpointLoad) -> Self {
         Self {
             ejected: load.is_ejected(),
@@ -384,6 +388,7 @@ impl Seen {
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64: the output for state `z` (the state advances by [`GOLDEN`] per draw).
+#[inline]
 pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(GOLDEN);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -59,6 +59,7 @@ pub fn ewma(estimate: f64, sample: f64, elapsed: Duration, decay: Duration) -> f
 }
 
 /// [`ewma`] with the elapsed time already divided by the decay.
+#[inline]
 fn ewma_nanos(estimate: f64, sample: f64, elapsed_per_decay: f64) -> f64 {
     // `estimate × w + sample × (1 - w)`, written as a pull toward the sample: with the
     // pull `x` itself for a sample close after the last, three dependent operations
@@ -74,6 +75,7 @@ fn ewma_nanos(estimate: f64, sample: f64, elapsed_per_decay: f64) -> f64 {
 /// The peak (nanoseconds) `elapsed` nanoseconds after it was `peak`, when `sample` just
 /// arrived: the sample if it is higher, the peak fallen back by `elapsed / PEAK_HOLD`
 /// otherwise (0 once it is gone).
+#[inline]
 pub fn held_peak(peak: f64, sample: f64, elapsed: f64) -> f64 {
     sample.max(peak - elapsed * (1.0 / PEAK_HOLD))
 }
@@ -88,6 +90,7 @@ const LINEAR_BELOW: f64 = 1.0 / (1u64 << 20) as f64;
 /// [`LINEAR_BELOW`]) or the Taylor polynomial to the cubic term (below 1/64, exact to
 /// 3 × 10⁻⁹) cost one to a few multiplications instead of a libm call (about a tenth of a
 /// pick's time).
+#[inline]
 pub(crate) fn decay_factor(x: f64) -> f64 {
     if x < LINEAR_BELOW {
         1.0 - x
@@ -256,6 +259,7 @@ impl EndpointLoad {
     }
 
     /// Whether the endpoint is ejected now (see [`Ejection`]).
+    #[inline]
     pub fn is_ejected(&self) -> bool {
         // Fast path without reading the clock: not ejected (0).
         let until = self.ejected_until.load(Ordering::Relaxed);
@@ -282,6 +286,7 @@ impl EndpointLoad {
     }
 
     /// Requests currently in flight.
+    #[inline]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -292,21 +297,25 @@ impl EndpointLoad {
     }
 
     /// When the estimate was last updated, in nanoseconds after its table's origin.
+    #[inline]
     pub fn stamp_nanos(&self) -> u64 {
         self.stamp.load(Ordering::Relaxed)
     }
 
     /// The latency EWMA in nanoseconds as of the last update.
+    #[inline]
     pub fn ewma_nanos(&self) -> f64 {
         f64::from_bits(self.ewma.load(Ordering::Relaxed))
     }
 
     /// The latency peak in nanoseconds as of the last update (0 when none stands out).
+    #[inline]
     pub fn peak_nanos(&self) -> f64 {
         f64::from_bits(self.peak.load(Ordering::Relaxed))
     }
 
     /// A success ends the failure streak.
+    #[inline]
     fn end_streak(&self) {
         // Read first: most successes follow successes, and a store would take the cache
         // line from every other core reading this load.
@@ -523,21 +532,25 @@ impl LoadTable {
 
 impl Recorder {
     /// The clock's raw reading now (see [`elapsed_nanos`](Self::elapsed_nanos)).
+    #[inline]
     fn raw_now(&self) -> u64 {
         self.clock.raw()
     }
 
     /// Nanoseconds between two raw readings (0 when `end` is not after `start`).
+    #[inline]
     fn elapsed_nanos(&self, start: u64, end: u64) -> u64 {
         self.clock.delta_as_nanos(start, end)
     }
 
     /// Nanoseconds from the table's creation to the raw reading `raw`.
+    #[inline]
     fn since_origin(&self, raw: u64) -> u64 {
         self.clock.delta_as_nanos(self.origin, raw)
     }
 
     /// The update itself: `latency` and `now` (since the table's creation) in nanoseconds.
+    #[inline]
     fn record_nanos(&self, load: &EndpointLoad, latency: u64, now: u64) {
         // Plain loads and stores, not read-modify-writes: two samples of one endpoint
         // landing at once may lose one of them, which an average forgives, and the

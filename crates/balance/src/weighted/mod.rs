@@ -587,6 +587,7 @@ impl WeightedIndex {
 
     /// [`pick_two`](Self::pick_two) from two uniformly random `u64`s, scaled into range
     /// by a multiply instead of a division (Lemire), which is what the request path uses.
+    #[inline]
     pub fn pick_two_random(&self, r1: u64, r2: u64) -> Option<(usize, Option<usize>)> {
         if self.unit > 0 {
             // Uniform without replacement: the second among the other n - 1, skipping
