@@ -1,10 +1,11 @@
-//! The request path through the Mesh: affinity with Maglev, slow-start ramps, one place
-//! recording outcomes (also mid-body), and metric labels bounded against hostile headers.
+//! The request path through the Mesh: affinity with Maglev, weights over thousands of
+//! endpoints, one place recording outcomes (also mid-body), and metric labels bounded
+//! against hostile headers. Slow start's ramp is checked in `tests/slow_start.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -84,100 +85,6 @@ async fn affinity_keys_stick_to_a_pod_across_replicas_and_move_one_nth() {
     // Without a key, requests are still spread.
     let counts = spread(&mut ma, 300, || req("http://hello-svc:8080/")).await;
     assert!(counts.len() >= 8, "{counts:?}");
-}
-
-fn endpoint(i: u8, ready_since: SystemTime) -> Endpoint {
-    Endpoint::new(SocketAddr::from(([10, 9, 0, i], 8080))).with_meta(EndpointMeta {
-        pod: Some(format!("pod-{i}").into()),
-        ready_since: Some(ready_since),
-        ..EndpointMeta::default()
-    })
-}
-
-/// An inner service that answers at once, naming the address it was sent to.
-fn echo_addr() -> impl Service<
-    Request<rudder::ReplayBody<Empty<Bytes>>>,
-    Response = Response<Empty<Bytes>>,
-    Error = Infallible,
-    Future: Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(
-        |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
-            let mut res = Response::new(Empty::new());
-            let addr = req
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            res.headers_mut().insert("x-addr", addr.parse().unwrap());
-            Ok::<_, Infallible>(res)
-        },
-    )
-}
-
-/// The share of requests the ramping endpoint (Ready `age_percent` of a 1,000 s window
-/// ago, among nine old ones) gets through the Mesh, sequentially or with 400 in flight.
-async fn ramp_share(algorithm: Algorithm, age_percent: u32, concurrent: bool) -> f64 {
-    let window = Duration::from_secs(1_000);
-    let now = SystemTime::now();
-    let mut eps = vec![endpoint(1, now - window * age_percent / 100)];
-    eps.extend((2..=10).map(|i| endpoint(i, now - window * 10)));
-    let layer = MeshLayer::builder_static()
-        .trust_subset_header()
-        .static_service("web", Static::new(eps))
-        .unwrap()
-        .algorithm(algorithm)
-        .slow_start(window)
-        .build()
-        .unwrap();
-    let mesh = layer.layer(echo_addr());
-    let total = 4_000;
-    // Concurrent callers keep 400 responses open (each counts in flight until its body
-    // is dropped), 40 per endpoint at full weight, releasing the oldest as they go.
-    let window = if concurrent { 400 } else { 0 };
-    let mut open = std::collections::VecDeque::new();
-    let mut hits = 0;
-    for _ in 0..total {
-        let res = mesh
-            .clone()
-            .oneshot(req("http://web:8080/"))
-            .await
-            .expect("response");
-        hits += usize::from(res.headers()["x-addr"] == "10.9.0.1:8080");
-        open.push_back(res);
-        if open.len() > window {
-            open.pop_front();
-        }
-    }
-    hits as f64 / total as f64
-}
-
-/// Slow start ramps a new Pod's share with its weight, `max(10 %, age / window)`, with
-/// sequential and concurrent callers, through the Mesh.
-///
-/// Every algorithm's shares must follow the ramp within sampling noise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_start_follows_the_ramp_through_the_mesh() {
-    for algorithm in [
-        Algorithm::P2cPeakEwma,
-        Algorithm::LeastRequests,
-        Algorithm::WeightedRoundRobin,
-    ] {
-        for concurrent in [false, true] {
-            for (age, factor) in [(10, 0.1), (50, 0.5), (90, 0.9)] {
-                let expected: f64 = factor / (factor + 9.0);
-                let share = ramp_share(algorithm, age, concurrent).await;
-                // Binomial noise over 4,000 requests: 4.5 standard deviations.
-                let sd = (expected * (1.0 - expected) / 4_000.0).sqrt();
-                assert!(
-                    (share - expected).abs() <= 4.5 * sd + 0.002,
-                    "{algorithm:?} concurrent={concurrent} at {age} %: share {share:.4}, ramp says {expected:.4}"
-                );
-            }
-        }
-    }
 }
 
 /// Weights over more endpoints than one weight table holds (above 1,024 they are kept in

@@ -313,3 +313,26 @@ pub(crate) async fn rbac_client(cluster: &TestCluster) -> kube::Client {
         .await
         .expect("client")
 }
+
+/// An inner service that answers at once, naming the address it was sent to.
+pub(crate) fn echo_addr() -> impl Service<
+    Request<rudder::ReplayBody<Empty<Bytes>>>,
+    Response = http::Response<Empty<Bytes>>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(
+        |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
+            let mut res = http::Response::new(Empty::new());
+            let addr = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            res.headers_mut().insert("x-addr", addr.parse().unwrap());
+            Ok::<_, std::convert::Infallible>(res)
+        },
+    )
+}
