@@ -48,7 +48,7 @@ async fn ramp_share(algorithm: Algorithm, age_percent: u32, concurrent: bool) ->
         .slow_start(window)
         .build()
         .unwrap();
-    let mesh = layer.layer(echo_addr());
+    let mesh = layer.layer(recorder());
     let total = 4_000;
     // Concurrent callers keep 400 responses open (each counts in flight until its body
     // is dropped), 40 per endpoint at full weight, releasing the oldest as they go.

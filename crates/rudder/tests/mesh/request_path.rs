@@ -111,7 +111,7 @@ async fn weights_over_thousands_of_endpoints_hold_through_an_update() {
         .algorithm(Algorithm::LeastRequests)
         .build()
         .unwrap();
-    let mut mesh = layer.layer(echo_addr());
+    let mut mesh = layer.layer(recorder());
     let mut send = async || {
         let res = mesh
             .ready()
@@ -260,7 +260,7 @@ async fn header_subsets_share_one_metric_label() {
         .metrics(&mut registry)
         .build()
         .unwrap();
-    let mesh = layer.layer(echo_addr());
+    let mesh = layer.layer(recorder());
     let series = |registry: &prometheus_client::registry::Registry| {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).unwrap();

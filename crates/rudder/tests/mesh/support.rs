@@ -234,9 +234,10 @@ impl Load {
     }
 }
 
-/// An inner service that answers every request itself with `200` and the URI it was
-/// given in `x-uri`: what a request that falls through to the application's own client
-/// would reach (the network beyond loopback is not there to reach).
+/// An inner service that answers every request itself, at once, with `200`, the URI it
+/// was given in `x-uri` and that URI's authority (the Pod's address) in `x-addr`: what a
+/// request that falls through to the application's own client would reach (the network
+/// beyond loopback is not there to reach), or which Pod the Mesh chose.
 pub(crate) fn recorder() -> impl Service<
     Request<rudder::ReplayBody<Empty<Bytes>>>,
     Response = http::Response<Empty<Bytes>>,
@@ -248,12 +249,16 @@ pub(crate) fn recorder() -> impl Service<
     tower::service_fn(
         |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
             let mut res = http::Response::new(Empty::new());
-            res.headers_mut().insert(
+            let uri = req.uri();
+            let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let headers = res.headers_mut();
+            headers.insert(
                 "x-uri",
-                req.uri()
-                    .to_string()
-                    .parse()
-                    .expect("a URI is a header value"),
+                uri.to_string().parse().expect("a URI is a header value"),
+            );
+            headers.insert(
+                "x-addr",
+                addr.parse().expect("an authority is a header value"),
             );
             Ok(res)
         },
@@ -312,27 +317,4 @@ pub(crate) async fn rbac_client(cluster: &TestCluster) -> kube::Client {
         .client_with_token("rbac-yaml")
         .await
         .expect("client")
-}
-
-/// An inner service that answers at once, naming the address it was sent to.
-pub(crate) fn echo_addr() -> impl Service<
-    Request<rudder::ReplayBody<Empty<Bytes>>>,
-    Response = http::Response<Empty<Bytes>>,
-    Error = std::convert::Infallible,
-    Future: Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(
-        |req: Request<rudder::ReplayBody<Empty<Bytes>>>| async move {
-            let mut res = http::Response::new(Empty::new());
-            let addr = req
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            res.headers_mut().insert("x-addr", addr.parse().unwrap());
-            Ok::<_, std::convert::Infallible>(res)
-        },
-    )
 }
