@@ -5,7 +5,8 @@
 //! rightly reads as a slow Pod and avoids for a while. Among the `mesh` binary's tests,
 //! running two at a time on two cores, that happened often enough to move the ramping
 //! Pod's share outside the binomial bounds (0.0265 against 0.0526 once, with a busy loop
-//! beside the run). Alone, on one thread, nothing else competes for the cores.
+//! beside the run). Here it runs alone, on one thread: no other test of the run competes
+//! for the cores (other processes still can: two busy loops beside it failed it 1 time in 50).
 
 #[allow(
     dead_code,
