@@ -163,7 +163,7 @@ fn subsets(c: &mut Criterion) {
 /// A request's whole balancing cost, like for like: Rudder's pool (snapshot borrowed,
 /// subset lookup, weighted P2C pick, in-flight start, peak-EWMA record on response, end)
 /// against tower's `p2c::Balance` over `PeakEwma` services (poll_ready, call, the response
-/// future completing, which records the round trip).
+/// future completing, which records the round trip), and the floor under both (`floor`).
 fn pick_and_record(c: &mut Criterion) {
     use std::future::Future;
     use std::time::Duration;
@@ -220,6 +220,19 @@ fn pick_and_record(c: &mut Criterion) {
             |bench, _| bench.iter_custom(|iters| on_two_threads(iters, kept)),
         );
 
+        // The floor under any P2C + peak-EWMA pick and record on this machine: only what
+        // every such balancer must do (a snapshot borrowed, two candidates drawn at
+        // random and their loads read, the cheaper one's in-flight count up and down, two
+        // clock readings, its estimate stored), with no weights, subsets, ejection or
+        // ageing: a yardstick for how much the pool's own logic adds above.
+        let floor_loads: Vec<Arc<FloorLoad>> = (0..n).map(|_| Arc::default()).collect();
+        let floor_snapshot = arc_swap::ArcSwap::from_pointee(floor_loads);
+        let clock = quanta::Clock::new();
+        let seed = std::cell::Cell::new(1u64);
+        group.bench_with_input(BenchmarkId::new("floor", n), &n, |bench, _| {
+            bench.iter(|| floor_request(&floor_snapshot, &clock, &seed))
+        });
+
         let services: Vec<_> = (0..n)
             .map(|_| {
                 tower::load::PeakEwma::new(
@@ -252,6 +265,53 @@ fn pick_and_record(c: &mut Criterion) {
         );
     }
     group.finish();
+}
+
+/// An endpoint's load as the floor arm of `pick_and_record` keeps it: the fields a peak-EWMA
+/// P2C balancer reads and writes per request.
+#[derive(Default)]
+struct FloorLoad {
+    in_flight: std::sync::atomic::AtomicU32,
+    ewma: std::sync::atomic::AtomicU64,
+    stamp: std::sync::atomic::AtomicU64,
+}
+
+/// One request of the floor arm (see `pick_and_record`).
+fn floor_request(
+    snapshot: &arc_swap::ArcSwap<Vec<Arc<FloorLoad>>>,
+    clock: &quanta::Clock,
+    seed: &std::cell::Cell<u64>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let loads = snapshot.load();
+    let s = seed.get().wrapping_add(2);
+    seed.set(s);
+    let n = loads.len() as u64;
+    let draw = |r: u64| &loads[((u128::from(splitmix(r)) * u128::from(n)) >> 64) as usize];
+    let (a, b) = (draw(s), draw(s + 1));
+    let cost = |l: &FloorLoad| {
+        f64::from_bits(l.ewma.load(Relaxed)) * f64::from(l.in_flight.load(Relaxed) + 1)
+    };
+    let chosen = if cost(b) < cost(a) { b } else { a };
+    chosen.in_flight.fetch_add(1, Relaxed);
+    let start = clock.raw();
+    let end = clock.raw();
+    let latency = clock.delta_as_nanos(start, end) as f64;
+    let ewma = f64::from_bits(chosen.ewma.load(Relaxed));
+    chosen
+        .ewma
+        .store((ewma + (latency - ewma) * 1e-6).to_bits(), Relaxed);
+    chosen.stamp.store(end, Relaxed);
+    chosen.in_flight.fetch_sub(1, Relaxed);
+    black_box(chosen);
+}
+
+/// SplitMix64's output for state `z`.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The wall time per call of `f` when two threads each call it `iters` times at once.
