@@ -945,7 +945,7 @@ fn patch(
         let current = store.get(&k).cloned().ok_or_else(|| ApiError::not_found(res, &name))?;
         let copy = match kind {
             Kind::Merge => copy_for_merge(&current, &patch),
-            Kind::Json => (*current).clone(),
+            Kind::Json => shared.copy_of(&current),
         };
         let mut doc = admission::canonical(res, copy);
         match kind {

