@@ -154,17 +154,26 @@ impl Shared {
         if forgotten.is_empty() {
             return;
         }
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-        for e in forgotten {
-            for version in [Some(e.object), e.old].into_iter().flatten() {
-                if spares.len() >= SPARES {
-                    return;
-                }
-                if let Ok(v) = Arc::try_unwrap(version) {
-                    spares.push(v);
-                }
+        let spares = || self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let room = SPARES.saturating_sub(spares().len());
+        let mut unique = Vec::new();
+        for version in forgotten
+            .into_iter()
+            .flat_map(|e| [Some(e.object), e.old])
+            .flatten()
+        {
+            if unique.len() == room {
+                break;
+            }
+            if let Ok(v) = Arc::try_unwrap(version) {
+                unique.push(v);
             }
         }
+        // Another write may have filled the room meanwhile; what does not fit is freed
+        // after the lock is let go, so no copy waits on it.
+        let mut spares = spares();
+        let fits = SPARES.saturating_sub(spares.len()).min(unique.len());
+        spares.extend(unique.drain(..fits));
     }
 
     /// A deep copy of `value`, made in a spare version's memory when there is one.

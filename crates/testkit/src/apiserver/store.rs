@@ -42,9 +42,10 @@ pub(crate) struct Store {
     retention: usize,
     /// Every event with `rv > compacted` is still in `events`.
     compacted: u64,
-    /// Events trimmed from the history and not yet dropped: [`Shared::write`] drops them
-    /// once the store is unlocked and the watches are woken, so freeing the versions the
-    /// history forgot is not on the way from a write to its watch event.
+    /// Events trimmed from the history and not yet dropped: [`Shared::write`] keeps their
+    /// versions as spares for later copies, or drops them, once the store is unlocked and
+    /// the watches are woken, so freeing the versions the history forgot is not on the way
+    /// from a write to its watch event.
     ///
     /// [`Shared::write`]: super::server::Shared::write
     forgotten: Vec<Event>,
