@@ -5,7 +5,8 @@
 # (MESH_BIN=path measures another build of the bench, e.g. an older commit's)
 # then run: bash crates/rudder/benches/instructions.sh [arm ...]
 # (arms: inner_alone through_mesh through_mesh_without_retries, each also with the suffix
-# _one_header; needs valgrind).
+# _one_header; inner_alone_full_body through_mesh_without_retries_full_body; needs
+# valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 bin=${MESH_BIN:-$(ls -t target/release/deps/mesh-* | grep -v "\.d$" | head -1)}

@@ -291,17 +291,14 @@ where
                         retry_with,
                         ..
                     } = sent.take().expect("polled after completion");
-                    // A response is decided on where it lies and moved once, into the
-                    // answer (not into a step and out again on every request).
+                    // A response is decided on where it lies and moved once: into the
+                    // Mesh's response when it is the answer, else into the retry's.
                     let own = match result {
                         Ok(res) => {
-                            let retry = dispatch.responded(&res, &mut attempt);
-                            let answer = Ok(Answer::sent(res, attempt));
-                            if !retry {
-                                let result = dispatch.end(answer);
-                                return Poll::Ready(result.map(Answer::into_response));
+                            if !dispatch.responded(&res, &mut attempt) {
+                                return Poll::Ready(Ok(dispatch.respond(res, attempt)));
                             }
-                            answer
+                            Ok(Answer::sent(res, attempt))
                         }
                         Err(e) => match dispatch.errored(e, attempt) {
                             Step::Done(result) => {
@@ -1328,6 +1325,17 @@ where
         self.finish(result)
     }
 
+    /// The end of a request whose first attempt's response is the answer (the common
+    /// case): [`finish`](Self::finish) with the response built once, in place, rather than
+    /// moved through an [`Answer`] and a `Result` (a response is over a hundred bytes, and
+    /// every move of it is a copy).
+    #[inline(always)]
+    fn respond<RB>(self, res: Response<RB>, attempt: Attempt) -> Response<ResponseBody<RB>> {
+        self.guard(|| res.status().is_server_error());
+        let target = self.target(attempt.addr());
+        res.map(|b| ResponseBody::new(b, Some(attempt), Some(target)))
+    }
+
     /// The request's end: the canary guard counts what the backend an HTTPRoute chose did
     /// with it, and the answer takes the Service it came through along for its target.
     #[inline(always)]
@@ -1335,20 +1343,34 @@ where
         self,
         result: Result<Answer<Response<RB>>, BoxError>,
     ) -> Result<Answer<Response<RB>>, BoxError> {
-        if let Some((rule, index)) = &self.rule {
-            let failed = result
+        self.guard(|| {
+            result
                 .as_ref()
-                .map_or(true, |a| a.res.status().is_server_error());
-            rule.record(*index, failed);
-        }
+                .map_or(true, |a| a.res.status().is_server_error())
+        });
         let mut answer = result?;
         if let Some(endpoint) = answer.endpoint.take() {
-            answer.target = Some(Whence::Endpoint {
-                addressed: self.addressed,
-                endpoint,
-            });
+            answer.target = Some(self.target(endpoint));
         }
         Ok(answer)
+    }
+
+    /// Counts the request, as `failed` says, for the canary guard of the HTTPRoute rule
+    /// that chose its backend, if one did.
+    #[inline(always)]
+    fn guard(&self, failed: impl FnOnce() -> bool) {
+        if let Some((rule, index)) = &self.rule {
+            rule.record(*index, failed());
+        }
+    }
+
+    /// Where the request went: `endpoint`, of the Service it came through.
+    #[inline(always)]
+    fn target(self, endpoint: SocketAddr) -> Whence {
+        Whence::Endpoint {
+            addressed: self.addressed,
+            endpoint,
+        }
     }
 }
 
