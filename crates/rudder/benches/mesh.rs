@@ -69,8 +69,8 @@ fn mesh(c: &mut Criterion) {
     // the runtime is a few stores; the Mesh's response is larger (its body carries the
     // attempt and the target) and goes by `memcpy` at each of them. With a body of 17
     // bytes or more, the bare response goes by `memcpy` too (twelve more calls per
-    // request than with `Empty`, under callgrind), as with any real client: these arms
-    // show what the Mesh itself adds.
+    // request than with `Empty`, counted once from callgrind's call counts), as with any
+    // real client: these arms show what the Mesh itself adds.
     let full = tower::service_fn(|_: Request<rudder::ReplayBody<Empty<Bytes>>>| async {
         Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
             Bytes::from_static(b"ok"),
