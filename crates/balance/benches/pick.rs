@@ -173,8 +173,9 @@ fn pick_and_record(c: &mut Criterion) {
     let everything = Selector::everything();
     for n in [10usize, 1_000, 10_000] {
         let set = set(n);
-        let pool = rudder_balance::Pool::new(rudder_balance::PoolConfig::default(), set, |_| ());
-        let request = || {
+        let pool =
+            rudder_balance::Pool::new(rudder_balance::PoolConfig::default(), set.clone(), |_| ());
+        let one_request = |pool: &rudder_balance::Pool<()>| {
             let snapshot = pool.load();
             let subset = snapshot
                 .subset(&everything, &Fallback::NoFallback)
@@ -183,9 +184,25 @@ fn pick_and_record(c: &mut Criterion) {
             let mut attempt = pool.start(&snapshot, pos);
             black_box(attempt.responded(false));
         };
+        let request = || one_request(&pool);
         group.bench_with_input(BenchmarkId::new("rudder_pool_p2c", n), &n, |bench, _| {
             bench.iter(request)
         });
+        // The same with every weight equal (most Services: no weight annotations, no
+        // ramp): candidates are drawn by index, with no weight table to walk.
+        let equal = Arc::new(EndpointSet::new(
+            ServiceState::Active,
+            set.endpoints()
+                .iter()
+                .map(|e| e.clone().with_weight(1))
+                .collect(),
+        ));
+        let equal = rudder_balance::Pool::new(rudder_balance::PoolConfig::default(), equal, |_| ());
+        group.bench_with_input(
+            BenchmarkId::new("rudder_pool_p2c_equal_weights", n),
+            &n,
+            |bench, _| bench.iter(|| one_request(&equal)),
+        );
         // The same request keeping its snapshot and subset (two reference counts), as the
         // Mesh does so a retry can pick again from them.
         let kept = || {
